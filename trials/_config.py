@@ -1,0 +1,252 @@
+"""The PPO engine's config: one typed field per hyperparameter, each with its unit, range and help.
+
+A search-space key of a sweep spec is a field name here, so a sampled trial is the base config with
+some fields replaced. `ranges` are the documented ranges of the guidance (values outside them warn);
+`low`/`high`/`choices` are hard limits (values outside them are errors).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from trials._errors import ConfigError, Problem, did_you_mean
+
+__all__ = ["PPOConfig", "FieldSpec", "field_specs"]
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """What a config field means and which values it takes."""
+
+    name: str
+    type: str  # "float", "int", "bool", "str" or "choice"
+    help: str
+    unit: str = ""
+    documented: tuple[float, float] | None = None  # the guidance's typical range, inclusive
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: value must be > low, else >= low
+    high_open: bool = False
+    choices: tuple[Any, ...] | None = None
+    nullable: bool = False
+    default: Any = None
+
+    def check(self, value: Any) -> str | None:
+        """The reason a value of the right type is impossible, or None when it is allowed."""
+        if value is None:
+            return None if self.nullable else "must not be empty"
+        if self.choices is not None:
+            return None if value in self.choices else f"must be one of {', '.join(map(str, self.choices))}"
+        if self.type in ("float", "int"):
+            if isinstance(value, float) and not math.isfinite(value):
+                return "must be a finite number"
+            if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+                return f"must be {'>' if self.low_open else '>='} {self.low:g}"
+            if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+                return f"must be {'<' if self.high_open else '<='} {self.high:g}"
+        return None
+
+    def hard_range(self) -> str:
+        lo = "(" if self.low_open else "["
+        hi = ")" if self.high_open else "]"
+        a = "-inf" if self.low is None else f"{self.low:g}"
+        b = "inf" if self.high is None else f"{self.high:g}"
+        return f"{lo}{a}, {b}{hi}"
+
+
+def _p(default: Any, help: str, **spec: Any) -> Any:
+    return field(default=default, metadata={"spec": spec, "help": help})
+
+
+@dataclass
+class PPOConfig:
+    """Everything one PPO run needs. Units: KL in nats; lengths in tokens; batch sizes in samples."""
+
+    # -- what to train ---------------------------------------------------------------------------
+    model_path: str = _p("demo", "Hugging Face causal LM to fine-tune (a local path or 'demo' for the built-in tiny model); also the reference model")
+    value_model_path: str | None = _p(None, "model whose backbone initialises the value model; empty means model_path", nullable=True)
+    reward: str = _p("trials.demo:reward", "a Python callable 'module:function' (or 'file.py:function') taking (prompts, responses) and returning one float each, or the path of a sequence-classification reward model")
+    prompts: str = _p("demo", "training prompts: a .jsonl file (one {\"prompt\": ...} per line), a .txt file (one per line), or 'demo'")
+    eval_prompts: str | None = _p(None, "held-out evaluation prompts, same formats; empty means hold out num_eval_prompts of the training prompts", nullable=True)
+    num_eval_prompts: int = _p(64, "evaluation prompts held out of the training prompts when eval_prompts is empty", unit="prompts", low=1)
+    max_prompt_length: int = _p(64, "prompts are truncated on the left to this many tokens", unit="tokens", low=1)
+
+    # -- optimisation ----------------------------------------------------------------------------
+    policy_lr: float = _p(1e-5, "learning rate of the policy", unit="1/step", documented=(1e-6, 5e-5), low=0, low_open=True, high=1)
+    value_lr: float = _p(5e-5, "learning rate of the value model (its own parameters, its own param group)", unit="1/step", documented=(1e-5, 1e-4), low=0, low_open=True, high=1)
+    optimizer: Literal["adamw", "adam"] = _p("adamw", "optimizer of both models", choices=("adamw", "adam"))
+    weight_decay: float = _p(0.0, "decoupled weight decay (adamw) or L2 penalty (adam)", low=0, high=1)
+    lr_schedule: Literal["constant", "linear", "cosine"] = _p("constant", "learning-rate decay over all optimizer steps, after warmup", choices=("constant", "linear", "cosine"))
+    warmup_steps: int = _p(0, "optimizer steps of linear warmup from 0 to the learning rate", unit="steps", low=0)
+    max_grad_norm: float = _p(1.0, "gradients of each model are clipped to this global L2 norm", low=0, low_open=True)
+
+    # -- batches -------------------------------------------------------------------------------
+    rollout_batch_size: int = _p(64, "prompts per iteration: responses generated, scored and learned from", unit="samples", documented=(64, 1024), low=1)
+    mini_batch_size: int = _p(8, "samples per gradient step; must divide rollout_batch_size", unit="samples", documented=(4, 64), low=1)
+    micro_batch_size: int | None = _p(None, "samples per forward/backward pass (gradient accumulation and chunked scoring); empty means mini_batch_size", unit="samples", low=1, nullable=True)
+    ppo_epochs: int = _p(4, "passes over each rollout batch", unit="epochs", documented=(2, 10), low=1, high=100)
+
+    # -- KL to the reference ---------------------------------------------------------------------
+    kl_mode: Literal["fixed", "adaptive"] = _p("fixed", "fixed kl_coef, or the adaptive controller of Ziegler et al. (2019) steering KL to kl_target", choices=("fixed", "adaptive"))
+    kl_coef: float = _p(0.05, "KL penalty coefficient beta (the initial one when adaptive)", documented=(0.01, 0.2), low=0)
+    kl_target: float = _p(6.0, "adaptive mode: the KL the controller steers to", unit="nats (summed over the response)", documented=(1.0, 15.0), low=0, low_open=True)
+    kl_horizon: float = _p(10000.0, "adaptive mode: samples over which beta moves by at most 20%", unit="samples", low=0, low_open=True)
+    kl_estimator: Literal["k1", "k3"] = _p("k1", "per-token KL estimator: k1 = log p - log p_ref; k3 = (r - 1) - log r with r = p_ref / p", choices=("k1", "k3"))
+
+    # -- PPO losses ------------------------------------------------------------------------------
+    cliprange: float = _p(0.2, "clip epsilon of the surrogate: ratios outside [1-eps, 1+eps] are clipped", documented=(0.1, 0.3), low=0, low_open=True, high=1, high_open=True)
+    cliprange_value: float = _p(0.2, "clip range of the value prediction around its rollout value", low=0, low_open=True)
+    gae_lambda: float = _p(0.95, "GAE lambda: 1 is Monte Carlo, 0 is one-step TD", documented=(0.9, 1.0), low=0, high=1)
+    gamma: float = _p(1.0, "discount per token", low=0, high=1)
+    vf_coef: float = _p(0.5, "weight of the clipped value loss", documented=(0.5, 1.0), low=0, low_open=True)
+    ent_coef: float = _p(0.0, "weight of the entropy bonus", low=0)
+    whiten_advantages: bool = _p(True, "normalise advantages to zero mean and unit variance over each mini-batch")
+    whiten_rewards: bool = _p(False, "normalise per-token rewards over the rollout batch before GAE")
+
+    # -- generation ------------------------------------------------------------------------------
+    response_length: int = _p(16, "tokens generated per response (fewer if the model emits its EOS token)", unit="tokens", low=1)
+    temperature: float = _p(0.7, "sampling temperature; log-probs are taken at the same temperature", low=0, low_open=True)
+    top_k: int = _p(0, "sample among the k most likely tokens; 0 disables", low=0)
+    top_p: float = _p(1.0, "nucleus sampling mass; 1 disables", low=0, low_open=True, high=1)
+
+    # -- the run ---------------------------------------------------------------------------------
+    num_iterations: int = _p(30, "PPO iterations (rollout + update) to run", unit="iterations", low=1)
+    eval_interval: int = _p(5, "evaluate on the held-out prompts every this many iterations (and at the last)", unit="iterations", low=1)
+    seed: int = _p(0, "seed of sampling, shuffling and initialisation; runs on the CPU are deterministic under it", low=0)
+    device: Literal["auto", "cpu", "cuda"] = _p("auto", "auto: CUDA when present, else CPU", choices=("auto", "cpu", "cuda"))
+    precision: Literal["auto", "fp32", "bf16"] = _p("auto", "auto: bf16 autocast on CUDA devices that support it, fp32 elsewhere", choices=("auto", "fp32", "bf16"))
+    num_threads: int | None = _p(None, "CPU threads for torch; empty leaves torch's default", low=1, nullable=True)
+    output_dir: str | None = _p(None, "if set, the final policy and tokenizer are saved here with save_pretrained", nullable=True)
+
+    # -------------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, prefix: str = "") -> PPOConfig:
+        """Build and validate a config; every problem is reported at once as a ConfigError."""
+        if not isinstance(data, dict):
+            raise ConfigError([Problem(prefix.rstrip(".") or "config", data, "must be a mapping of field: value", "write one 'field: value' per line")])
+        specs = field_specs()
+        problems: list[Problem] = []
+        values: dict[str, Any] = {}
+        for key, raw in data.items():
+            path = f"{prefix}{key}"
+            if key not in specs:
+                problems.append(Problem(path, raw, "unknown config field", did_you_mean(str(key), specs)))
+                continue
+            value, error = coerce(specs[key], raw)
+            if error:
+                problems.append(Problem(path, raw, error, _fix(specs[key])))
+            else:
+                values[key] = value
+        config = cls(**values)
+        problems += [p for p in config.problems(prefix=prefix) if p.path.removeprefix(prefix) not in {q.path.removeprefix(prefix) for q in problems}]
+        if problems:
+            raise ConfigError(problems)
+        return config
+
+    def problems(self, *, prefix: str = "") -> list[Problem]:
+        """Impossible values and inconsistent pairs (empty when the config can run)."""
+        out = []
+        for name, spec in field_specs().items():
+            value = getattr(self, name)
+            reason = spec.check(value)
+            if reason:
+                out.append(Problem(prefix + name, value, reason, _fix(spec)))
+        if isinstance(self.rollout_batch_size, int) and isinstance(self.mini_batch_size, int) and self.mini_batch_size > 0:
+            if self.rollout_batch_size % self.mini_batch_size:
+                out.append(Problem(prefix + "mini_batch_size", self.mini_batch_size,
+                                   f"must divide rollout_batch_size ({self.rollout_batch_size})",
+                                   f"use a divisor such as {_nearest_divisor(self.rollout_batch_size, self.mini_batch_size)}"))
+        if self.micro_batch_size and self.mini_batch_size and self.mini_batch_size % self.micro_batch_size:
+            out.append(Problem(prefix + "micro_batch_size", self.micro_batch_size,
+                               f"must divide mini_batch_size ({self.mini_batch_size})",
+                               f"use a divisor such as {_nearest_divisor(self.mini_batch_size, self.micro_batch_size)}"))
+        return out
+
+    def warnings(self, *, prefix: str = "") -> list[str]:
+        """Values outside the guidance's documented ranges: allowed, but worth a second look."""
+        out = []
+        for name, spec in field_specs().items():
+            value = getattr(self, name)
+            if spec.documented and isinstance(value, (int, float)) and not isinstance(value, bool):
+                lo, hi = spec.documented
+                if not lo <= value <= hi:
+                    out.append(f"{prefix}{name} = {value:g} is outside the documented range {lo:g}..{hi:g}")
+        return out
+
+    def replace(self, **changes: Any) -> PPOConfig:
+        """A validated copy with some fields replaced (how a sampled trial is made from the base)."""
+        return PPOConfig.from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def num_mini_batches(self) -> int:
+        return self.rollout_batch_size // self.mini_batch_size
+
+
+def _nearest_divisor(n: int, near: int) -> int:
+    divisors = [d for d in range(1, n + 1) if n % d == 0]
+    return min(divisors, key=lambda d: (abs(d - near), d))
+
+
+def _fix(spec: FieldSpec) -> str:
+    if spec.choices is not None:
+        return f"use one of {', '.join(map(str, spec.choices))}"
+    if spec.type in ("float", "int"):
+        return f"use a{'n integer' if spec.type == 'int' else ' number'} in {spec.hard_range()}" + (
+            f" (documented range {spec.documented[0]:g}..{spec.documented[1]:g})" if spec.documented else "")
+    if spec.type == "bool":
+        return "use true or false"
+    return f"use a {spec.type}"
+
+
+def coerce(spec: FieldSpec, raw: Any) -> tuple[Any, str | None]:
+    """(value, None) for a value of the field's type (ints accepted for floats), else (None, reason)."""
+    if raw is None:
+        return (None, None) if spec.nullable else (None, "must not be empty")
+    if spec.type == "bool":
+        return (raw, None) if isinstance(raw, bool) else (None, "must be true or false")
+    if spec.type == "int":
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            if isinstance(raw, float) and raw.is_integer():
+                return int(raw), None
+            return None, "must be an integer"
+        return raw, None
+    if spec.type == "float":
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+            if isinstance(raw, str):
+                try:
+                    return float(raw), None  # YAML reads "1e-5" (no dot) as a string
+                except ValueError:
+                    pass
+            return None, "must be a number"
+        return float(raw), None
+    if spec.type == "choice":
+        return (raw, None) if raw in spec.choices else (None, f"must be one of {', '.join(map(str, spec.choices))}")
+    if not isinstance(raw, str) or not raw.strip():
+        return None, "must be a non-empty string"
+    return raw, None
+
+
+_SPECS: dict[str, FieldSpec] = {}
+
+
+def field_specs() -> dict[str, FieldSpec]:
+    """Every config field's meaning and limits, in declaration order."""
+    if not _SPECS:
+        hints = typing.get_type_hints(PPOConfig)
+        for f in dataclasses.fields(PPOConfig):
+            spec = dict(f.metadata["spec"])
+            hint = hints[f.name]
+            nullable = spec.pop("nullable", False)
+            base = [a for a in typing.get_args(hint) if a is not type(None)] if nullable else [hint]
+            kind = base[0]
+            type_name = "choice" if typing.get_origin(kind) is Literal else kind.__name__
+            _SPECS[f.name] = FieldSpec(name=f.name, type=type_name, help=f.metadata["help"],
+                                       nullable=nullable, default=f.default, **spec)
+    return _SPECS
