@@ -20,6 +20,7 @@ __all__ = [
     "ModelError",
     "NonFiniteError",
     "PPOConfig",
+    "PPOTrainer",
     "Problem",
     "Reporter",
     "RewardError",
@@ -34,7 +35,7 @@ __all__ = [
 
 def __getattr__(name: str):
     # The engine pulls in torch and transformers; keep `import trials` cheap for the spec tools.
-    if name in ("train", "Reporter", "TrainResult"):
+    if name in ("train", "PPOTrainer", "Reporter", "TrainResult"):
         from trials import _engine
 
         return getattr(_engine, name)

@@ -1,0 +1,64 @@
+"""Shared fixtures: the demo model (built once per machine, cached) and small real HF models."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def demo_model() -> Path:
+    from trials.demo import build_demo_model
+
+    return build_demo_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model(tmp_path_factory, demo_model) -> Path:
+    """A real sequence-classification reward model (GPT-2 with a score head) on the demo tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("reward-model")
+    tokenizer = AutoTokenizer.from_pretrained(demo_model)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=1, n_head=2,
+                        num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    GPT2ForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run `tuner ...` in process; returns (exit code, stdout, stderr)."""
+    from tuner.cli import main
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main([str(a) for a in argv])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+@pytest.fixture
+def reward_module(tmp_path, monkeypatch):
+    """Write a reward module into tmp_path and make it importable; returns its folder."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+
+    def write(name: str, body: str) -> str:
+        (tmp_path / f"{name}.py").write_text(body)
+        sys.modules.pop(name, None)
+        return name
+
+    return write
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

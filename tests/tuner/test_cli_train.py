@@ -1,0 +1,57 @@
+"""`tuner train`: a real run from a config file, and bad input as one line with exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+DEMO = ROOT / "configs" / "demo.yaml"
+
+
+def test_train_runs_the_demo_config_and_saves_the_policy(run_cli, demo_model, tmp_path):
+    code, out, err = run_cli("train", DEMO, "--set", "num_iterations=2", "--set", "num_threads=2",
+                             "--save", tmp_path / "policy", "--quiet")
+    assert code == 0, err
+    assert "iterations: 2/2" in out and "eval/scores:" in out and "objective/kl:" in out
+    assert (tmp_path / "policy" / "config.json").is_file()
+
+
+def test_the_kl_limit_stops_the_aggressive_demo(run_cli, demo_model):
+    code, out, err = run_cli("train", ROOT / "configs" / "demo_aggressive.yaml", "--kl-limit", "15",
+                             "--set", "num_threads=2", "--quiet")
+    assert code == 0, err
+    assert "stopped: objective/kl" in out and "passed the limit 15" in out
+
+
+@pytest.mark.parametrize("args,field", [
+    (["--set", "polcy_lr=1e-5"], "polcy_lr"),
+    (["--set", "cliprange=0"], "cliprange"),
+    (["--set", "mini_batch_size=7"], "mini_batch_size"),
+    (["--set", "model_path=/no/such/model"], "model_path"),
+    (["--set", "reward=no_such_module:score"], "reward"),
+    (["--set", "oops"], "--set"),
+])
+def test_bad_input_is_one_line_and_exit_2(run_cli, args, field, tmp_path):
+    code, out, err = run_cli("train", DEMO, *args, "--save", tmp_path / "out")
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and errors[0].startswith(f"error: {field}:")
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_a_missing_config_file_and_a_bad_yaml_file(run_cli, tmp_path):
+    code, _, err = run_cli("train", tmp_path / "nope.yaml")
+    assert code == 2 and "no such file" in err
+    (tmp_path / "bad.yaml").write_text("policy_lr: [1,\n")
+    code, _, err = run_cli("train", tmp_path / "bad.yaml")
+    assert code == 2 and "not valid YAML at line" in err
+
+
+def test_the_console_script_exits_2_without_a_traceback():
+    proc = subprocess.run([sys.executable, "-m", "tuner.cli", "train", str(DEMO), "--set", "kl_mode=auto"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "error: kl_mode: must be one of fixed, adaptive" in proc.stderr

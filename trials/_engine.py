@@ -1,0 +1,409 @@
+"""One PPO run on a causal LM: `train(config, reporter)`.
+
+The iteration reads top to bottom in `_iteration`: generate, score, shape rewards, GAE, PPO epochs,
+KL controller. Everything the run holds lives in `_Run`, built by `prepare`, which loads and checks
+every input (models, tokenizer, prompts, reward) before the first iteration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from trials import _math as M
+from trials import metrics as K
+from trials._config import PPOConfig
+from trials._errors import ConfigError, NonFiniteError, Problem
+from trials._models import load_causal_lm, load_tokenizer, load_value_model, resolve_model_path
+from trials._prompts import load_prompts, split_prompts
+from trials._reward import RewardFunction
+
+__all__ = ["PPOTrainer", "Reporter", "TrainResult", "evaluate", "train"]
+
+log = logging.getLogger(__name__)
+
+
+class Reporter(Protocol):
+    def report(self, iteration: int, metrics: dict[str, float]) -> bool:
+        """Called after every iteration (1-based); True asks the run to stop there."""
+
+
+ReportFn = Callable[[int, dict[str, float]], bool]
+
+
+@dataclass
+class TrainResult:
+    iterations: int  # iterations completed
+    stopped: bool  # True when the reporter asked to stop before num_iterations
+    metrics: dict[str, float]  # the last iteration's metrics
+    history: list[dict[str, float]]
+    initial_eval: float  # eval/scores before any update
+    output_dir: str | None = None
+
+
+@dataclass
+class _Rollout:
+    """One iteration's experience. B samples, P prompt tokens (left-padded), T response tokens."""
+
+    sequences: torch.Tensor  # (B, P + T) prompt + response ids
+    attention_mask: torch.Tensor  # (B, P + T) 0 on left padding and after the EOS
+    position_ids: torch.Tensor  # (B, P + T)
+    mask: torch.Tensor  # (B, T) 1.0 on response tokens up to and including the EOS
+    logprobs: torch.Tensor  # (B, T) under the policy that sampled them
+    ref_logprobs: torch.Tensor  # (B, T)
+    values: torch.Tensor  # (B, T)
+    scores: torch.Tensor  # (B,)
+    prompt_len: int
+
+
+@dataclass
+class _Run:
+    config: PPOConfig
+    device: torch.device
+    autocast: Callable[[], Any]
+    tokenizer: Any
+    policy: torch.nn.Module
+    ref: torch.nn.Module
+    value: torch.nn.Module
+    reward: RewardFunction
+    train_prompts: list[str]
+    eval_prompts: list[str]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    kl_ctl: M.FixedKLController | M.AdaptiveKLController
+    generation_config: Any
+    prompt_gen: torch.Generator
+    history: list[dict[str, float]] = field(default_factory=list)
+    _order: list[int] = field(default_factory=list)
+
+
+def _device(config: PPOConfig) -> torch.device:
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError([Problem("device", "cuda", "no CUDA device is available", "use device: auto or cpu")])
+    return torch.device("cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def _autocast(config: PPOConfig, device: torch.device) -> Callable[[], Any]:
+    bf16 = config.precision == "bf16" or (
+        config.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    if bf16:
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def _lr_lambda(config: PPOConfig) -> Callable[[int], float]:
+    total = config.num_iterations * config.ppo_epochs * config.num_mini_batches
+
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / (config.warmup_steps + 1)
+        progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
+        if config.lr_schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        if config.lr_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return 1.0
+
+    return factor
+
+
+def prepare(config: PPOConfig) -> _Run:
+    """Load and check every input; raises the project's errors before any training happens."""
+    problems = config.problems()
+    if problems:
+        raise ConfigError(problems)
+    train_prompts = load_prompts(config.prompts, "prompts")
+    train_prompts, eval_prompts = split_prompts(train_prompts, config.eval_prompts, config.num_eval_prompts, config.seed)
+    device = _device(config)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    model_path = resolve_model_path(config.model_path)
+    value_path = resolve_model_path(config.value_model_path, "value_model_path") if config.value_model_path else model_path
+    reward = RewardFunction(config.reward, device)
+    reward(train_prompts[:2], train_prompts[:2])  # fails now, not after the first rollout, if the reward is broken
+    torch.manual_seed(config.seed)
+    tokenizer = load_tokenizer(model_path)
+    policy = load_causal_lm(model_path).to(device)
+    ref = load_causal_lm(model_path).to(device).requires_grad_(False)
+    value = load_value_model(value_path).to(device)
+    decay = config.weight_decay if config.optimizer == "adamw" else 0.0
+    groups = [{"params": list(policy.parameters()), "lr": config.policy_lr, "name": "policy"},
+              {"params": list(value.parameters()), "lr": config.value_lr, "name": "value"}]
+    if config.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(groups, weight_decay=decay, eps=1e-8)
+    else:
+        optimizer = torch.optim.Adam(groups, weight_decay=config.weight_decay, eps=1e-8)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
+    kl_ctl = (M.AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
+              if config.kl_mode == "adaptive" else M.FixedKLController(config.kl_coef))
+    return _Run(config=config, device=device, autocast=_autocast(config, device), tokenizer=tokenizer,
+                policy=policy, ref=ref, value=value, reward=reward, train_prompts=train_prompts,
+                eval_prompts=eval_prompts, optimizer=optimizer, scheduler=scheduler, kl_ctl=kl_ctl,
+                generation_config=_generation_config(config, tokenizer, policy),
+                prompt_gen=torch.Generator().manual_seed(config.seed))
+
+
+def _generation_config(config: PPOConfig, tokenizer: Any, policy: torch.nn.Module) -> Any:
+    from transformers import GenerationConfig
+
+    return GenerationConfig(do_sample=True, temperature=config.temperature, top_k=config.top_k or None,
+                            top_p=config.top_p, max_new_tokens=config.response_length,
+                            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                            use_cache=True)
+
+
+class PPOTrainer:
+    """A PPO run, loaded and checked: `PPOTrainer(config)` raises the project's errors for bad input
+    (model path, prompts, reward) before any training; `.train(reporter)` runs it."""
+
+    def __init__(self, config: PPOConfig):
+        self.state = prepare(config)
+
+    @property
+    def policy(self) -> torch.nn.Module:
+        return self.state.policy
+
+    @property
+    def ref(self) -> torch.nn.Module:
+        return self.state.ref
+
+    @property
+    def value(self) -> torch.nn.Module:
+        return self.state.value
+
+    def train(self, reporter: Reporter | ReportFn | None = None) -> TrainResult:
+        """Run config.num_iterations iterations, or until the reporter asks to stop."""
+        run, config = self.state, self.state.config
+        report = _report_fn(reporter)
+        initial_eval = evaluate(run)
+        stopped = False
+        iteration = 0
+        for iteration in range(1, config.num_iterations + 1):
+            metrics = _iteration(run, iteration)
+            run.history.append(metrics)
+            if report(iteration, metrics):
+                stopped = iteration < config.num_iterations
+                break
+        if config.output_dir:
+            run.policy.save_pretrained(config.output_dir)
+            run.tokenizer.save_pretrained(config.output_dir)
+        return TrainResult(iterations=iteration, stopped=stopped, metrics=run.history[-1] if run.history else {},
+                           history=list(run.history), initial_eval=initial_eval, output_dir=config.output_dir)
+
+
+def train(config: PPOConfig, reporter: Reporter | ReportFn | None = None) -> TrainResult:
+    """Load, check and run one PPO training (see PPOTrainer)."""
+    return PPOTrainer(config).train(reporter)
+
+
+def _report_fn(reporter: Reporter | ReportFn | None) -> ReportFn:
+    if reporter is None:
+        return lambda iteration, metrics: False
+    if hasattr(reporter, "report"):
+        return reporter.report
+    return reporter
+
+
+def _iteration(run: _Run, iteration: int) -> dict[str, float]:
+    """One PPO iteration; returns its metrics (names from trials.metrics)."""
+    c = run.config
+    t0 = time.perf_counter()
+    beta = run.kl_ctl.value
+
+    # 1. Sample prompts and generate responses (KV cache).
+    prompts = _next_prompts(run, c.rollout_batch_size)
+    rollout_ids, responses = _generate(run, prompts)
+    t1 = time.perf_counter()
+
+    # 2. Log-probs under the policy and the reference, values, scores.
+    ro = _score(run, prompts, rollout_ids, responses)
+    t2 = time.perf_counter()
+
+    # 3. Per-token KL penalty, and the score on the last response token.
+    kl = M.kl_per_token(ro.logprobs, ro.ref_logprobs, c.kl_estimator) * ro.mask  # (B, T) nats
+    non_score = -beta * kl
+    last = (ro.mask.sum(1).long() - 1).clamp(min=0)  # index of each response's last token
+    rewards = non_score.clone()
+    rewards[torch.arange(len(last)), last] += ro.scores
+    if c.whiten_rewards:
+        rewards = M.masked_whiten(rewards, ro.mask, shift_mean=False)
+
+    # 4. GAE over each response.
+    advantages, returns = M.compute_gae(rewards, ro.values, ro.mask, c.gamma, c.gae_lambda)
+    if c.whiten_advantages:
+        advantages = M.masked_whiten(advantages, ro.mask) * ro.mask
+
+    # 5. ppo_epochs x mini-batches of the clipped surrogate, clipped value loss, entropy bonus.
+    stats = _update(run, ro, advantages, returns)
+    t3 = time.perf_counter()
+
+    # 6. The adaptive KL controller follows the batch's KL (summed over each response).
+    kl_sum = kl.sum(1)  # (B,)
+    run.kl_ctl.update(kl_sum.mean().item(), c.rollout_batch_size)
+
+    tokens = ro.mask.sum().item()
+    metrics = {
+        K.KL: kl_sum.mean().item(),
+        K.KL_COEF: beta,
+        K.SCORES: ro.scores.mean().item(),
+        K.SCORES_STD: ro.scores.std().item() if len(ro.scores) > 1 else 0.0,
+        K.RLHF_REWARD: (ro.scores + non_score.sum(1)).mean().item(),
+        K.NON_SCORE_REWARD: non_score.sum(1).mean().item(),
+        K.RESPONSE_LENGTH: ro.mask.sum(1).mean().item(),
+        K.EXPLAINED_VARIANCE: _explained_variance(ro.values, returns, ro.mask),
+        K.LR_POLICY: run.optimizer.param_groups[0]["lr"],
+        K.LR_VALUE: run.optimizer.param_groups[1]["lr"],
+        **stats,
+    }
+    if iteration % c.eval_interval == 0 or iteration == c.num_iterations:
+        metrics[K.EVAL_SCORES] = evaluate(run)
+    elapsed = time.perf_counter() - t0
+    metrics.update({K.ITERATION_SECONDS: elapsed, K.TOKENS_PER_SEC: tokens / elapsed,
+                    K.GENERATE_SECONDS: t1 - t0, K.SCORE_SECONDS: t2 - t1, K.UPDATE_SECONDS: t3 - t2})
+    return metrics
+
+
+def _next_prompts(run: _Run, n: int) -> list[str]:
+    """Prompts in a seeded random order, reshuffled after each pass over the training set."""
+    out = []
+    while len(out) < n:
+        if not run._order:
+            run._order = torch.randperm(len(run.train_prompts), generator=run.prompt_gen).tolist()
+        out.append(run.train_prompts[run._order.pop()])
+    return out
+
+
+@torch.no_grad()
+def _generate(run: _Run, prompts: list[str], model: torch.nn.Module | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Left-padded prompt ids and sampled responses (B, T); T <= response_length."""
+    enc = run.tokenizer(prompts, return_tensors="pt", padding=True, truncation=True,
+                        max_length=run.config.max_prompt_length, add_special_tokens=False).to(run.device)
+    with run.autocast():
+        out = (model or run.policy).generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                             generation_config=run.generation_config)
+    return enc, out[:, enc["input_ids"].shape[1]:]
+
+
+def _response_mask(responses: torch.Tensor, eos_id: int | None) -> torch.Tensor:
+    """1.0 up to and including the first EOS of each response, 0.0 after it. (B, T)"""
+    if eos_id is None:
+        return torch.ones_like(responses, dtype=torch.float32)
+    is_eos = (responses == eos_id).int()
+    after_eos = (is_eos.cumsum(1) - is_eos) > 0
+    return (~after_eos).float()
+
+
+def _logprobs_of(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def _forward_logits(model: torch.nn.Module, ro_ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor,
+                    prompt_len: int) -> torch.Tensor:
+    """Logits that predict each response token. (B, T, V)"""
+    return model(input_ids=ro_ids, attention_mask=attn, position_ids=pos).logits[:, prompt_len - 1:-1]
+
+
+@torch.no_grad()
+def _score(run: _Run, prompts: list[str], enc: dict[str, torch.Tensor], responses: torch.Tensor) -> _Rollout:
+    c = run.config
+    mask = _response_mask(responses, run.tokenizer.eos_token_id)
+    P = enc["input_ids"].shape[1]
+    sequences = torch.cat([enc["input_ids"], responses], 1)
+    attn = torch.cat([enc["attention_mask"], mask.long()], 1)
+    pos = (attn.cumsum(1) - 1).clamp(min=0)
+    chunk = c.micro_batch_size or len(prompts)
+    logprobs, ref_logprobs, values = [], [], []
+    with run.autocast():
+        for s in range(0, len(prompts), chunk):
+            sl = slice(s, s + chunk)
+            logits = _forward_logits(run.policy, sequences[sl], attn[sl], pos[sl], P)
+            logprobs.append(_logprobs_of(logits, responses[sl], c.temperature))
+            ref_logits = _forward_logits(run.ref, sequences[sl], attn[sl], pos[sl], P)
+            ref_logprobs.append(_logprobs_of(ref_logits, responses[sl], c.temperature))
+            values.append(run.value(sequences[sl], attn[sl], pos[sl])[:, P - 1:-1])
+    texts = _decode(run, responses, mask)
+    scores = run.reward(prompts, texts)
+    return _Rollout(sequences=sequences, attention_mask=attn, position_ids=pos, mask=mask,
+                    logprobs=torch.cat(logprobs) * mask, ref_logprobs=torch.cat(ref_logprobs) * mask,
+                    values=torch.cat(values) * mask, scores=scores, prompt_len=P)
+
+
+def _decode(run: _Run, responses: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    lengths = mask.sum(1).long().tolist()
+    return [run.tokenizer.decode(r[:n].tolist(), skip_special_tokens=True) for r, n in zip(responses, lengths, strict=True)]
+
+
+def _update(run: _Run, ro: _Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
+    c = run.config
+    B, P = len(ro.scores), ro.prompt_len
+    micro = c.micro_batch_size or c.mini_batch_size
+    sums: dict[str, float] = {}
+    steps = 0
+    for _ in range(c.ppo_epochs):
+        order = torch.randperm(B, generator=run.prompt_gen).to(run.device)
+        for start in range(0, B, c.mini_batch_size):
+            run.optimizer.zero_grad(set_to_none=True)
+            mb = order[start:start + c.mini_batch_size]
+            for m0 in range(0, len(mb), micro):
+                idx = mb[m0:m0 + micro]
+                stats = _micro_step(run, ro, advantages, returns, idx, P, weight=len(idx) / len(mb))
+                for key, value in stats.items():
+                    sums[key] = sums.get(key, 0.0) + value * len(idx) / len(mb)
+            torch.nn.utils.clip_grad_norm_(run.policy.parameters(), c.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(run.value.parameters(), c.max_grad_norm)
+            run.optimizer.step()
+            run.scheduler.step()
+            steps += 1
+    return {key: value / steps for key, value in sums.items()}
+
+
+def _micro_step(run: _Run, ro: _Rollout, advantages: torch.Tensor, returns: torch.Tensor,
+                idx: torch.Tensor, P: int, weight: float) -> dict[str, float]:
+    c = run.config
+    mask = ro.mask[idx]
+    with run.autocast():
+        logits = _forward_logits(run.policy, ro.sequences[idx], ro.attention_mask[idx], ro.position_ids[idx], P)
+        vpred = run.value(ro.sequences[idx], ro.attention_mask[idx], ro.position_ids[idx])[:, P - 1:-1]
+    responses = ro.sequences[idx, P:]
+    logits = logits.float() / c.temperature
+    logprobs = _logprobs_of(logits, responses, 1.0)
+    entropy = M.masked_mean(M.entropy_from_logits(logits), mask)
+    pg_loss, pg_stats = M.policy_loss(logprobs, ro.logprobs[idx], advantages[idx], mask, c.cliprange)
+    vf_loss, vf_stats = M.value_loss(vpred, ro.values[idx], returns[idx], mask, c.cliprange_value)
+    loss = pg_loss - c.ent_coef * entropy + c.vf_coef * vf_loss
+    if not torch.isfinite(loss):
+        raise NonFiniteError(f"the PPO loss became {loss.item()} (policy {pg_loss.item()}, value {vf_loss.item()})")
+    (loss * weight).backward()
+    return {K.POLICY_LOSS: pg_loss.item(), K.VALUE_LOSS: vf_loss.item(), K.CLIPFRAC: pg_stats["clipfrac"].item(),
+            K.APPROXKL: pg_stats["approxkl"].item(), K.VALUE_CLIPFRAC: vf_stats["clipfrac"].item(),
+            K.ENTROPY: entropy.item()}
+
+
+def _explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    var_returns = M.masked_var(returns, mask)
+    if var_returns.item() == 0:
+        return 0.0
+    return (1.0 - M.masked_var(returns - values, mask) / var_returns).item()
+
+
+@torch.no_grad()
+def evaluate(run: _Run) -> float:
+    """Mean score on the held-out prompts: sampled at the training temperature from a fixed seed,
+    so that evaluations differ only through the policy, and training's random stream is untouched."""
+    scores = []
+    with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
+        torch.manual_seed(run.config.seed + 7919)
+        for s in range(0, len(run.eval_prompts), run.config.rollout_batch_size):
+            prompts = run.eval_prompts[s:s + run.config.rollout_batch_size]
+            _, responses = _generate(run, prompts)
+            texts = _decode(run, responses, _response_mask(responses, run.tokenizer.eos_token_id))
+            scores.append(run.reward(prompts, texts))
+    return torch.cat(scores).mean().item()

@@ -1,0 +1,121 @@
+"""Loading the policy, the frozen reference and the value model, through `from_pretrained`.
+
+Loaded weights are cached per process (on the CPU), so a worker that runs several trials reads and
+builds each checkpoint once; every trial still gets its own fresh copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+from trials._errors import ModelError, Problem
+
+__all__ = ["ValueModel", "load_causal_lm", "load_tokenizer", "load_value_model", "resolve_model_path"]
+
+log = logging.getLogger(__name__)
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def resolve_model_path(path: str, field: str = "model_path") -> str:
+    """A local model directory ('demo' is built on first use); a clear error if there is none."""
+    if path == "demo":
+        from trials.demo import build_demo_model
+
+        return str(build_demo_model())
+    if not os.path.isdir(path):
+        raise ModelError([Problem(field, path, "no such model directory",
+                                  "give the folder a model was saved to with save_pretrained, or 'demo'")])
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ModelError([Problem(field, path, "the folder has no config.json, so it holds no Hugging Face model",
+                                  "give the folder a model was saved to with save_pretrained")])
+    return path
+
+
+@lru_cache(maxsize=4)
+def _cached(path: str, kind: str) -> nn.Module:
+    import transformers
+
+    _quiet_transformers()
+    auto = {"causal": transformers.AutoModelForCausalLM, "backbone": transformers.AutoModel,
+            "classifier": transformers.AutoModelForSequenceClassification}[kind]
+    try:
+        model = auto.from_pretrained(path, dtype=torch.float32)
+    except (ValueError, KeyError, OSError) as exc:
+        what = {"causal": "a causal language model", "backbone": "a transformer backbone",
+                "classifier": "a sequence-classification reward model"}[kind]
+        field = "reward" if kind == "classifier" else "model_path"
+        raise ModelError([Problem(field, path, f"cannot be loaded as {what} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})",
+                                  f"give the folder of {what} saved with save_pretrained")]) from None
+    _disable_dropout(model)
+    return model.eval()
+
+
+def _disable_dropout(model: nn.Module) -> None:
+    # Dropout would make the PPO ratio != 1 before any update; RLHF trainers turn it off.
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+def load_causal_lm(path: str) -> nn.Module:
+    """A fresh, trainable copy of the causal LM at `path` (fp32 master weights)."""
+    return copy.deepcopy(_cached(path, "causal"))
+
+
+def load_tokenizer(path: str):
+    """The model's tokenizer, left-padded for generation, with a pad token."""
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (ValueError, OSError) as exc:
+        raise ModelError([Problem("model_path", path, f"has no usable tokenizer ({str(exc).splitlines()[0][:160]})",
+                                  "save the tokenizer next to the model with tokenizer.save_pretrained")]) from None
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelError([Problem("model_path", path, "the tokenizer has neither a pad nor an EOS token",
+                                      "add a pad token to the tokenizer and save it again")])
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+class ValueModel(nn.Module):
+    """A transformer backbone with a scalar head: one value per position. (B, L) -> (B, L)"""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.config.hidden_size, 1)
+        nn.init.normal_(self.head.weight, std=1.0 / (backbone.config.hidden_size + 1) ** 0.5)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                               position_ids=position_ids).last_hidden_state  # (B, L, H)
+        return self.head(hidden).squeeze(-1).float()
+
+
+def load_value_model(path: str) -> ValueModel:
+    return ValueModel(copy.deepcopy(_cached(path, "backbone")))
+
+
+def load_reward_model(path: str) -> nn.Module:
+    model = _cached(path, "classifier")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model

@@ -1,0 +1,87 @@
+"""`tuner train CONFIG.yaml`: one PPO run from an engine config file, with a progress bar."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+import yaml
+
+from trials import ConfigError, Problem
+from trials import metrics as K
+from tuner._config_file import load_config_file
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="run one PPO training from an engine config file",
+                       description="Run one PPO training from a YAML file of engine fields (see configs/).")
+    p.add_argument("config", help="YAML file: a mapping of engine config fields")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override one field (YAML value), e.g. --set policy_lr=3e-5; repeatable")
+    p.add_argument("--save", metavar="DIR", help="save the final policy here with save_pretrained")
+    p.add_argument("--kl-limit", type=float, metavar="NATS",
+                   help="stop when objective/kl (nats, summed over the response) passes this")
+    p.add_argument("--quiet", action="store_true", help="no progress bar; print only the summary")
+    p.set_defaults(func=run)
+
+
+def _parse_overrides(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError([Problem("--set", item, "is not FIELD=VALUE", "write e.g. --set policy_lr=3e-5")])
+        out[key.strip()] = yaml.safe_load(raw) if raw else None
+    return out
+
+
+class _Progress:
+    """The reporter of a CLI run: a tqdm bar with reward and KL, and an optional KL limit."""
+
+    def __init__(self, total: int, kl_limit: float | None, quiet: bool):
+        from tqdm import tqdm
+
+        self.kl_limit = kl_limit
+        self.stop_reason = ""
+        self.eval = math.nan
+        self.bar = tqdm(total=total, unit="it", disable=quiet, dynamic_ncols=True, file=sys.stderr)
+
+    def report(self, iteration: int, metrics: dict[str, float]) -> bool:
+        self.eval = metrics.get(K.EVAL_SCORES, self.eval)
+        self.bar.set_postfix({"reward": f"{metrics[K.SCORES]:.3f}", "eval": f"{self.eval:.3f}",
+                              "kl": f"{metrics[K.KL]:.2f}", "beta": f"{metrics[K.KL_COEF]:.3g}"}, refresh=False)
+        self.bar.update(1)
+        if self.kl_limit is not None and metrics[K.KL] > self.kl_limit:
+            self.stop_reason = f"objective/kl {metrics[K.KL]:.1f} passed the limit {self.kl_limit:g}"
+            return True
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = _parse_overrides(args.overrides)
+    if args.save:
+        overrides["output_dir"] = args.save
+    config = load_config_file(args.config, overrides)
+    for warning in config.warnings():
+        print(f"warning: {warning}", file=sys.stderr)
+    from trials import (
+        PPOTrainer,  # torch and transformers load only once the config is known to be good
+    )
+
+    trainer = PPOTrainer(config)  # every input is loaded and checked before the bar appears
+    progress = _Progress(config.num_iterations, args.kl_limit, args.quiet)
+    try:
+        result = trainer.train(progress)
+    finally:
+        progress.bar.close()
+    m = result.metrics
+    print(f"iterations: {result.iterations}/{config.num_iterations}"
+          + (f" (stopped: {progress.stop_reason})" if progress.stop_reason else ""))
+    print(f"eval/scores: {result.initial_eval:.4f} at start -> {m.get(K.EVAL_SCORES, progress.eval):.4f} at end")
+    print(f"objective/kl: {m[K.KL]:.2f} nats (final), objective/kl_coef: {m[K.KL_COEF]:.4g}")
+    secs = [h[K.ITERATION_SECONDS] for h in result.history]
+    print(f"seconds per iteration: {sum(secs) / len(secs):.2f}")
+    if result.output_dir:
+        print(f"saved the policy to {result.output_dir}")
+    return 0
