@@ -1,0 +1,52 @@
+"""`tuner validate SPEC` and `tuner schema`: check a sweep spec, and describe the spec format."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from trials import TunerError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    validate = subparsers.add_parser(
+        "validate", help="check a sweep spec and print it with every default filled in",
+        description="Check a sweep spec. Prints the resolved spec (YAML) on stdout and warnings on stderr; "
+                    "exit code 2 and one line per problem when it is wrong.")
+    validate.add_argument("spec", type=Path, help="the sweep spec (YAML)")
+    validate.set_defaults(func=_validate)
+
+    schema = subparsers.add_parser(
+        "schema", help="write the JSON Schema of sweep specs (for editor completion)",
+        description="Write the JSON Schema of sweep specs, with a description of every key.")
+    schema.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
+    schema.set_defaults(func=_schema)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from tuner.spec import load_spec
+
+    spec = load_spec(args.spec)
+    for line in spec.warnings():
+        sys.stderr.write(f"warning: {line}\n")
+    sys.stdout.write(yaml.safe_dump(spec.resolved(), sort_keys=False, default_flow_style=False, width=100))
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from tuner.spec import SweepSpec
+
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", **SweepSpec.model_json_schema()}
+    text = json.dumps(schema, indent=2) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        args.output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise TunerError(f"{args.output}: cannot be written ({exc.strerror or type(exc).__name__})") from None
+    return 0

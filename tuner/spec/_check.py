@@ -1,0 +1,248 @@
+"""Checks that need the engine's field specs or span sections: base values, search-space bounds,
+KL-mode conditions, batch-size divisibility, grid finiteness. Errors are Problems; warnings are lines.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from trials import Problem, did_you_mean, field_specs, metrics
+from tuner.spec._models import TRIAL_FIELDS, SweepSpec
+from tuner.spec._space import Found, Param, build_space, check_value, plain
+
+__all__ = ["KL_ADAPTIVE_ONLY", "REQUIRED_PACKAGES", "check_spec", "coerced_base", "engine_base", "fixed_value",
+           "resolved_data", "space_of"]
+
+KL_ADAPTIVE_ONLY = ("kl_target", "kl_horizon")  # sampled only where kl_mode is adaptive
+_BATCH_FIX = ("use choices of powers of two for both, each mini_batch_size no larger than the smallest "
+              "rollout_batch_size (e.g. rollout_batch_size: {choices: [64, 128, 256]}, mini_batch_size: "
+              "{choices: [8, 16, 32]}), or search num_mini_batches instead of mini_batch_size")
+_MAX_PAIRS = 100_000
+# sampler type -> modules it imports when it first samples
+REQUIRED_PACKAGES = {"cmaes": ("cmaes",), "gp": ("torch", "scipy")}
+
+
+def check_spec(spec: SweepSpec, broken: frozenset[str] = frozenset()) -> tuple[list[Problem], list[str]]:
+    """(errors, warnings) of a structurally valid spec; `broken` names parts that failed structurally."""
+    found = Found()
+    base = _check_base(spec, found)
+    space, problems, warnings = build_space(spec.search_space)
+    found.problems += problems
+    found.warnings += warnings
+
+    def intact(*parts: str) -> bool:
+        return not any(p in broken or p.split(".")[0] in broken for p in parts)
+
+    def entries(*names: str) -> list[str]:
+        return ["base", *(f"search_space.{n}" for n in names)]
+
+    if intact(*entries("kl_mode", *KL_ADAPTIVE_ONLY)):
+        _check_kl(space, base, found)
+    if intact(*entries("rollout_batch_size", "mini_batch_size", "num_mini_batches", "micro_batch_size")):
+        _check_batches(spec, space, base, found)
+    if intact("sampler"):
+        _check_sampler(spec, space, found)
+    if intact("sampler", "objective") and spec.sampler.type == "nsga2" and spec.objective.metric == metrics.KL:
+        found.error("objective.metric", spec.objective.metric, "nsga2 already minimizes objective/kl as its second objective",
+                    "choose the metric to improve, such as eval/scores")
+    if intact("budget", "base", "scheduler") and not found.problems:
+        _budget_warnings(spec, found)
+    if not (5 <= spec.kl_limit <= 30):
+        found.warnings.append(f"kl_limit = {spec.kl_limit:g} is outside the usual range 5..30 nats "
+                              "(the guidance keeps KL below 15-20 nats)")
+    return found.problems, found.warnings
+
+
+def _check_base(spec: SweepSpec, found: Found) -> dict[str, Any]:
+    specs, base = field_specs(), {}
+    for name, raw in spec.base.items():
+        path = f"base.{name}"
+        if name not in specs:
+            found.error(path, raw, "unknown engine field", did_you_mean(str(name), specs))
+        elif name in TRIAL_FIELDS:
+            found.error(path, raw, "is set under trial", f"set trial.{TRIAL_FIELDS[name]} instead")
+        elif name in spec.search_space:
+            found.error(f"search_space.{name}", plain(spec.search_space[name]), f"is also fixed in base ({raw!r})",
+                        f"remove base.{name} or search_space.{name}")
+        else:
+            before = len(found.problems)
+            value = check_value(specs[name], raw, path, found)
+            if len(found.problems) == before:
+                base[name] = value
+    iterations = spec.budget.iterations
+    if iterations is not None and "num_iterations" in base and base["num_iterations"] != iterations:
+        found.error("budget.iterations", iterations, f"differs from base.num_iterations ({base['num_iterations']})",
+                    "set the iterations in one place: budget.iterations")
+    return base
+
+
+def fixed_value(name: str, space: dict[str, Param], base: dict[str, Any]) -> Any:
+    """A key's value where it is not searched: a fixed search-space value, the base, or the engine default."""
+    if name in space and not space[name].searched:
+        return space[name].value
+    return base[name] if name in base else field_specs()[name].default
+
+
+def _value_set(name: str, space: dict[str, Param], base: dict[str, Any]) -> Sequence[Any]:
+    if name in space and space[name].searched:
+        return space[name].values() or ()
+    return (fixed_value(name, space, base),)
+
+
+def _check_kl(space: dict[str, Param], base: dict[str, Any], found: Found) -> None:
+    if "adaptive" in _value_set("kl_mode", space, base):
+        return
+    for name in KL_ADAPTIVE_ONLY:
+        if name in space and space[name].searched:
+            found.error(f"search_space.{name}", space[name].to_data(),
+                        "is sampled only when kl_mode is adaptive, but kl_mode can only be fixed",
+                        "search kl_mode too (kl_mode: {choices: [fixed, adaptive]}), set kl_mode: adaptive, "
+                        f"or remove search_space.{name}")
+
+
+def _where(name: str, spec: SweepSpec) -> str | None:
+    if name in spec.search_space:
+        return f"search_space.{name}"
+    return f"base.{name}" if name in spec.base else None
+
+
+def _raw(spec: SweepSpec, space: dict[str, Param], where: str) -> Any:
+    section, _, name = where.partition(".")
+    if section == "base":
+        return spec.base.get(name)
+    return space[name].to_data() if name in space else None
+
+
+def _check_batches(spec: SweepSpec, space: dict[str, Param], base: dict[str, Any], found: Found) -> None:
+    """Every mini_batch_size a trial can get divides its rollout_batch_size, and micro_batch_size divides it."""
+    rollouts = _value_set("rollout_batch_size", space, base)
+    if "num_mini_batches" in space:
+        minis = _check_num_mini_batches(spec, space, base, rollouts, found)
+    else:
+        minis = _value_set("mini_batch_size", space, base)
+        bad = _first_bad_pair(rollouts, minis)
+        if bad:
+            candidates = (_searched("mini_batch_size", space), _searched("rollout_batch_size", space),
+                          _where("mini_batch_size", spec), _where("rollout_batch_size", spec))
+            where = next(filter(None, candidates), "search_space.mini_batch_size")
+            found.error(where, _raw(spec, space, where),
+                        f"mini_batch_size {bad[1]} does not divide rollout_batch_size {bad[0]}, a pair a trial could sample",
+                        _BATCH_FIX)
+            return
+    micros = [m for m in _value_set("micro_batch_size", space, base) if m is not None]
+    bad = _first_bad_pair(minis, micros) if minis is not None and micros else None
+    if bad:
+        where = _where("micro_batch_size", spec) or "search_space.mini_batch_size"
+        found.error(where, _raw(spec, space, where),
+                    f"micro_batch_size {bad[1]} does not divide mini_batch_size {bad[0]}, a value a trial could get",
+                    "use a micro_batch_size that divides every mini_batch_size (e.g. the smallest), or leave it empty")
+
+
+def _check_num_mini_batches(spec: SweepSpec, space: dict[str, Param], base: dict[str, Any],
+                            rollouts: Sequence[int], found: Found) -> set[int] | None:
+    """The mini_batch_sizes num_mini_batches can give (None: too many to list, or an error was found)."""
+    where = _where("mini_batch_size", spec)
+    if where:
+        found.error(where, _raw(spec, space, where), "cannot be set while num_mini_batches is searched "
+                    "(mini_batch_size = rollout_batch_size // num_mini_batches)", f"remove {where}")
+        return None
+    counts = _value_set("num_mini_batches", space, base)
+    bad = _first_bad_pair(rollouts, counts)
+    if bad:
+        where = "search_space.num_mini_batches"
+        found.error(where, _raw(spec, space, where),
+                    f"num_mini_batches {bad[1]} does not divide rollout_batch_size {bad[0]}, a pair a trial could sample",
+                    "use num_mini_batches choices that divide every rollout_batch_size, e.g. powers of two "
+                    "({choices: [1, 2, 4, 8]}) with rollout_batch_size powers of two no smaller than the largest")
+        return None
+    if len(rollouts) * len(counts) > _MAX_PAIRS:
+        return None  # too many to list; the engine still refuses a bad micro_batch_size per trial
+    return {r // n for r in rollouts for n in counts}
+
+
+def _searched(name: str, space: dict[str, Param]) -> str | None:
+    return f"search_space.{name}" if name in space and space[name].searched else None
+
+
+def _first_bad_pair(totals: Sequence[int], parts: Iterable[int]) -> tuple[int, int] | None:
+    """A (total, part) pair where part does not divide total, or None when every part divides every total."""
+    for part in parts:
+        if isinstance(totals, range) and len(totals) > 1:
+            if totals.start % part:
+                return totals.start, part
+            if totals.step % part:
+                return totals.start + totals.step, part
+            continue
+        for total in totals:
+            if total % part:
+                return total, part
+    return None
+
+
+def _check_sampler(spec: SweepSpec, space: dict[str, Param], found: Found) -> None:
+    grid = spec.sampler.type == "grid"
+    for name, param in space.items():
+        if param.kind != "float":
+            continue
+        if grid and param.grid() is None:
+            found.error(f"search_space.{name}", param.to_data(),
+                        "the grid sampler needs a finite set of values, but this float range is continuous",
+                        "add grid_points: 5 (or a step), or use choices")
+        elif not grid and param.grid_points is not None:
+            found.warnings.append(f"search_space.{name}.grid_points is used only by the grid sampler")
+    if grid and not found.problems:
+        size = 1
+        for param in space.values():
+            size *= len(param.grid() or [0]) if param.searched else 1
+        if size != spec.budget.trials:
+            found.warnings.append(f"the grid has {size} points but budget.trials is {spec.budget.trials}: "
+                                  + ("only part of the grid will run" if size > spec.budget.trials else "points will repeat"))
+    missing = [m for m in REQUIRED_PACKAGES.get(spec.sampler.type, ()) if importlib.util.find_spec(m) is None]
+    if missing:
+        found.error("sampler.type", spec.sampler.type, f"needs the {', '.join(missing)} package, which is not installed",
+                    f"pip install {' '.join(missing)}, or choose another sampler")
+    if spec.sampler.type == "cmaes":
+        found.warnings.append("the cmaes sampler does not use the KL-limit constraint (tpe, gp and nsga2 do)")
+    if spec.sampler.type == "nsga2" and spec.sampler.n_startup_trials is not None and spec.sampler.n_startup_trials < 2:
+        found.error("sampler.n_startup_trials", spec.sampler.n_startup_trials, "is nsga2's population size, which must be >= 2",
+                    "use 2 or more (e.g. half of budget.trials)")
+
+
+def _budget_warnings(spec: SweepSpec, found: Found) -> None:
+    if spec.scheduler.type != "none" and spec.scheduler.grace_period >= spec.iterations():
+        found.warnings.append(f"scheduler.grace_period = {spec.scheduler.grace_period} is not below the "
+                              f"{spec.iterations()} iterations per trial: no trial will be stopped early")
+
+
+# -- what the samplers and the resolved view read ------------------------------------------------
+def space_of(spec: SweepSpec) -> dict[str, Param]:
+    """The spec's search space as Params (rebuilt each time: cheap, and never stale after model_copy)."""
+    return build_space(spec.search_space)[0]
+
+
+def coerced_base(spec: SweepSpec) -> dict[str, Any]:
+    return _check_base(spec, Found())
+
+
+def engine_base(spec: SweepSpec) -> dict[str, Any]:
+    """Engine values shared by every trial: trial section, seed, base, fixed search-space values, iterations."""
+    t = spec.trial
+    data: dict[str, Any] = {"model_path": t.model, "reward": t.reward, "prompts": t.prompts,
+                            "eval_prompts": t.eval_prompts, "value_model_path": t.value_model, "seed": spec.seed}
+    data.update(coerced_base(spec))
+    data.update({name: p.value for name, p in space_of(spec).items() if not p.searched})
+    data["num_iterations"] = spec.iterations()
+    return data
+
+
+def resolved_data(spec: SweepSpec) -> dict[str, Any]:
+    data = spec.model_dump(mode="json")
+    data["base"] = coerced_base(spec)
+    data["search_space"] = {name: p.to_data() for name, p in space_of(spec).items()}
+    data["budget"]["iterations"] = spec.iterations()
+    data["sampler"].update(seed=spec.sampler_seed(), n_startup_trials=spec.n_startup_trials())
+    data["storage"] = spec.storage_url()
+    data["mlflow"] = {"tracking_uri": spec.tracking_uri(), "experiment": spec.experiment_name()}
+    return data

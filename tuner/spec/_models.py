@@ -1,0 +1,292 @@
+"""The sweep spec as pydantic models: the shape of the YAML, its defaults, and what each key means.
+
+These models check structure (types, unknown keys, simple bounds). What needs the engine's field
+specs (search-space bounds, base values, batch divisibility, KL conditions) is checked in `_check`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    WithJsonSchema,
+    model_validator,
+)
+
+from trials import did_you_mean, field_specs, metrics
+from tuner.spec import _values
+from tuner.spec._errors import spec_error
+
+__all__ = ["TRIAL_FIELDS", "Budget", "Choices", "Mlflow", "Objective", "Range", "Ray", "Resources", "SamplerSection",
+           "Scheduler", "SweepSpec", "TrialSection"]
+
+NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+# engine field -> key under the spec's `trial:` section
+TRIAL_FIELDS = {"model_path": "model", "reward": "reward", "prompts": "prompts",
+                "eval_prompts": "eval_prompts", "value_model_path": "value_model"}
+_SCALAR_SCHEMA = {"type": ["number", "integer", "string", "boolean", "null"]}
+
+
+def _scalar(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise spec_error("must be a single value, a range {low, high} or {choices: [...]}",
+                     "write e.g. 'policy_lr: {low: 1.0e-6, high: 5.0e-5, log: true}' or 'ppo_epochs: {choices: [2, 4]}'")
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):  # YAML reads 1e-5 (no dot) as a string
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+    raise spec_error("must be a number", "write a number such as 0.5 or 1.0e-5")
+
+
+Scalar = Annotated[Any, BeforeValidator(_scalar), WithJsonSchema(_SCALAR_SCHEMA)]
+Number = Annotated[Any, BeforeValidator(_number), WithJsonSchema({"type": "number"})]
+
+
+def _known_metric(value: str) -> str:
+    if value not in metrics.ALL:
+        raise spec_error("is not a metric the engine reports", did_you_mean(value, metrics.ALL))
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Range(_Section):
+    """A numeric range; integer or float follows the engine field's type."""
+
+    low: Number = Field(description="smallest value (inclusive)")
+    high: Number = Field(description="largest value (inclusive)")
+    log: bool = Field(False, description="sample on a log scale (needs low > 0)")
+    step: Number | None = Field(None, description="sample only low, low+step, ...; integer ranges default to 1")
+    grid_points: int | None = Field(None, ge=2, description="grid sampler only: points to take in a float range (log-spaced when log is true)")
+
+
+class Choices(_Section):
+    """A categorical choice among listed values."""
+
+    choices: list[Scalar] = Field(description="the values to choose among (at least one)")
+
+
+def _entry_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "choices" if "choices" in value else "range"
+    if isinstance(value, Choices):
+        return "choices"
+    return "range" if isinstance(value, Range) else "fixed"
+
+
+SpaceEntry = Annotated[
+    Annotated[Range, Tag("range")] | Annotated[Choices, Tag("choices")] | Annotated[Scalar, Tag("fixed")],
+    Discriminator(_entry_kind),
+]
+
+
+class TrialSection(_Section):
+    """What every trial trains: these map onto the engine's model_path, reward, prompts, eval_prompts, value_model_path."""
+
+    model: NonEmpty = Field("demo", description="Hugging Face causal LM to fine-tune: a local directory, a hub name, or 'demo' for the built-in tiny model")
+    reward: Annotated[NonEmpty, AfterValidator(_values.check_reward)] = Field(
+        "trials.demo:reward", description="'module:function', 'file.py:function' (relative to the spec file), or a sequence-classification reward-model directory")
+    prompts: NonEmpty = Field("demo", description="training prompts: a .jsonl file (one {\"prompt\": ...} per line), a .txt file (one per line), or 'demo'")
+    eval_prompts: NonEmpty | None = Field(None, description="held-out evaluation prompts, same formats; empty holds out some training prompts")
+    value_model: NonEmpty | None = Field(None, description="model whose backbone initialises the value model; empty means the policy model")
+
+
+class Objective(_Section):
+    """What a trial is scored by."""
+
+    metric: Annotated[str, AfterValidator(_known_metric)] = Field(
+        metrics.EVAL_SCORES, description="metric name from the engine's vocabulary, e.g. eval/scores or objective/scores")
+    direction: Literal["maximize", "minimize"] = Field("maximize", description="whether a larger metric is better")
+    score: Literal["final", "best", "mean_last"] = Field("final", description="the trial's value: the last report, the best report, or the mean of the last last_k reports")
+    last_k: int = Field(3, ge=1, description="reports averaged when score is mean_last")
+
+
+class Budget(_Section):
+    """How much the sweep may spend."""
+
+    trials: int = Field(8, ge=1, description="trials to run in all")
+    iterations: int | None = Field(None, ge=1, description="PPO iterations per trial (sets the engine's num_iterations); empty: base.num_iterations or the engine default")
+    wall_clock: Annotated[float | None, BeforeValidator(_values.parse_duration),
+                          WithJsonSchema({"type": ["number", "string", "null"]})] = Field(
+        None, description="time limit of the whole sweep: seconds, or a string such as '90s', '30m', '2h'; empty: none")
+    max_failures: int = Field(1, ge=0, description="retries of a trial that failed (crashed), not of one that was pruned")
+
+
+class Scheduler(_Section):
+    """Early stopping of unpromising trials."""
+
+    type: Literal["asha", "median", "none"] = Field("asha", description="asha: successive halving; median: stop below the median of earlier trials; none: run every trial to the end")
+    grace_period: int = Field(2, ge=1, description="iterations every trial runs before it can be stopped")
+    reduction_factor: float = Field(2.0, gt=1, description="asha: keep 1/reduction_factor of the trials at each rung")
+
+
+class SamplerSection(_Section):
+    """How the next trial's hyperparameters are chosen (Optuna)."""
+
+    type: Literal["tpe", "random", "grid", "cmaes", "gp", "nsga2"] = Field(
+        "tpe", description="tpe, random, grid, cmaes, gp, or nsga2 (multi-objective: the metric and objective/kl)")
+    seed: int | None = Field(None, ge=0, description="seed of the sampler; empty means the spec's seed")
+    n_startup_trials: int | None = Field(None, ge=0, description="random trials before the model-based samplers start (nsga2: the population size)")
+
+
+class Resources(_Section):
+    """What each trial gets from Ray."""
+
+    cpus_per_trial: float = Field(1.0, gt=0, description="CPUs reserved per trial")
+    gpus_per_trial: float = Field(0.0, ge=0, description="GPUs reserved per trial (fractions share a GPU)")
+    max_concurrent: int = Field(2, ge=1, description="trials running at once")
+
+
+class Ray(_Section):
+    """Where the trials run."""
+
+    address: Annotated[str | None, AfterValidator(_values.check_ray_address)] = Field(
+        None, description="an existing cluster: 'auto', 'host:6379', 'ray://host:10001' or 'http://host:8265'; empty starts a local Ray")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray (only without address)")
+
+    @model_validator(mode="after")
+    def _local_only(self) -> Ray:
+        if self.address is not None and self.num_cpus is not None:
+            raise spec_error("applies only to a local Ray, but address is set",
+                             "remove num_cpus (the cluster decides) or remove address", subpath="num_cpus",
+                             value=self.num_cpus)
+        return self
+
+
+class Mlflow(_Section):
+    """Where trials are tracked."""
+
+    tracking_uri: Annotated[str | None, AfterValidator(_values.check_tracking_uri)] = Field(
+        None, description="sqlite:///..., postgresql://... or http(s)://host:port; empty means sqlite:///<sweep dir>/mlflow.db")
+    experiment: NonEmpty | None = Field(None, description="MLflow experiment name; empty means the spec's name")
+
+
+def _engine_schema(schema: dict[str, Any], skip: tuple[str, ...] = ()) -> None:
+    """Name every engine field in the JSON Schema of base/search_space, so editors can complete them."""
+    value = schema.get("additionalProperties")
+    value = value if isinstance(value, dict) else {}
+    props = {}
+    for name, spec in field_specs().items():
+        if name in TRIAL_FIELDS or name in skip:
+            continue
+        doc = f" (documented range {spec.documented[0]:g}..{spec.documented[1]:g})" if spec.documented else ""
+        unit = f" [{spec.unit}]" if spec.unit else ""
+        props[name] = {**value, "description": f"{spec.help}{unit}{doc}"}
+    schema["properties"] = props
+    schema["additionalProperties"] = False
+
+
+def _search_space_schema(schema: dict[str, Any]) -> None:
+    value = schema.get("additionalProperties")
+    _engine_schema(schema, skip=("num_iterations",))
+    schema["properties"]["num_mini_batches"] = {
+        **(value if isinstance(value, dict) else {}),
+        "description": "sampled instead of mini_batch_size: mini_batch_size = rollout_batch_size // num_mini_batches"}
+
+
+class SweepSpec(_Section):
+    """A hyperparameter sweep: what to train, what to search, how to score, where to run."""
+
+    name: Annotated[str, AfterValidator(_values.check_name)] = Field(description="the study's name and the sweep folder's name: letters, digits, '-', '_', '.'")
+    trial: TrialSection = Field(default_factory=TrialSection, description=TrialSection.__doc__)
+    base: dict[str, Any] = Field(default_factory=dict, json_schema_extra=_engine_schema,
+                                 description="engine field -> value fixed for every trial")
+    search_space: dict[str, SpaceEntry] = Field(
+        default_factory=dict, json_schema_extra=_search_space_schema,
+        description="engine field -> {low, high, log?, step?}, {choices: [...]}, or a fixed value")
+    objective: Objective = Field(default_factory=Objective, description=Objective.__doc__)
+    kl_limit: float = Field(15.0, gt=0, description="a trial whose KL to the reference passes this is stopped and marked infeasible [nats, summed over the response]")
+    budget: Budget = Field(default_factory=Budget, description=Budget.__doc__)
+    scheduler: Scheduler = Field(default_factory=Scheduler, description=Scheduler.__doc__)
+    sampler: SamplerSection = Field(default_factory=SamplerSection, description=SamplerSection.__doc__)
+    resources: Resources = Field(default_factory=Resources, description=Resources.__doc__)
+    ray: Ray = Field(default_factory=Ray, description=Ray.__doc__)
+    storage: Annotated[str | None, AfterValidator(_values.check_storage_url)] = Field(
+        None, description="Optuna study database (sqlite:///... or postgresql+psycopg://...); empty means sqlite:///<sweep dir>/study.db")
+    mlflow: Mlflow = Field(default_factory=Mlflow, description=Mlflow.__doc__)
+    workdir: NonEmpty = Field("sweeps", description="the sweep's folder is <workdir>/<name>, relative to the current directory")
+    seed: int = Field(0, ge=0, description="seed of the sampler and of every trial (unless base.seed is set)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: Any) -> Any:
+        # 'budget:' with nothing under it reads as null in YAML: treat it as all defaults.
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if not (v is None and k in _SECTIONS)}
+        return data
+
+    # -- what the controller asks ----------------------------------------------------------------
+    def sweep_dir(self) -> Path:
+        return Path(self.workdir) / self.name
+
+    def storage_url(self) -> str:
+        if self.storage is not None:
+            return self.storage
+        return f"sqlite:///{(self.sweep_dir() / 'study.db').resolve()}"
+
+    def tracking_uri(self) -> str:
+        if self.mlflow.tracking_uri is not None:
+            return self.mlflow.tracking_uri
+        return f"sqlite:///{(self.sweep_dir() / 'mlflow.db').resolve()}"
+
+    def experiment_name(self) -> str:
+        return self.mlflow.experiment or self.name
+
+    def directions(self) -> list[str]:
+        """Optuna directions: the objective's, plus minimizing objective/kl for nsga2."""
+        if self.sampler.type == "nsga2":
+            return [self.objective.direction, "minimize"]
+        return [self.objective.direction]
+
+    def iterations(self) -> int:
+        if self.budget.iterations is not None:
+            return self.budget.iterations
+        if "num_iterations" in self.base:
+            return int(self.base["num_iterations"])
+        return int(field_specs()["num_iterations"].default)
+
+    def sampler_seed(self) -> int:
+        return self.sampler.seed if self.sampler.seed is not None else self.seed
+
+    def n_startup_trials(self) -> int:
+        """Random trials first (nsga2: its population size), defaulting to half the budget, at most 10 (50)."""
+        if self.sampler.n_startup_trials is not None:
+            return self.sampler.n_startup_trials
+        if self.sampler.type == "nsga2":
+            return max(2, min(50, self.budget.trials // 2))
+        return max(1, min(10, self.budget.trials // 2))
+
+    def warnings(self) -> list[str]:
+        """Values outside the guidance's documented ranges and other things worth a second look."""
+        from tuner.spec._check import check_spec
+
+        return check_spec(self)[1]
+
+    def resolved(self) -> dict[str, Any]:
+        """The spec with every default filled in, as plain YAML-able data."""
+        from tuner.spec._check import resolved_data
+
+        return resolved_data(self)
+
+
+_SECTIONS = ("trial", "base", "search_space", "objective", "budget", "scheduler", "sampler",
+             "resources", "ray", "mlflow")
