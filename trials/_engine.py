@@ -165,6 +165,13 @@ class PPOTrainer:
 
     def __init__(self, config: PPOConfig):
         self.state = prepare(config)
+        self._initial_eval: float | None = None
+
+    def initial_eval(self) -> float:
+        """eval/scores before any update (computed once)."""
+        if self._initial_eval is None:
+            self._initial_eval = evaluate(self.state)
+        return self._initial_eval
 
     @property
     def policy(self) -> torch.nn.Module:
@@ -182,7 +189,7 @@ class PPOTrainer:
         """Run config.num_iterations iterations, or until the reporter asks to stop."""
         run, config = self.state, self.state.config
         report = _report_fn(reporter)
-        initial_eval = evaluate(run)
+        initial_eval = self.initial_eval()
         stopped = False
         iteration = 0
         for iteration in range(1, config.num_iterations + 1):

@@ -44,6 +44,15 @@ from tuner.spec._models import SweepSpec
 __all__ = ["make_sampler", "sample_params", "trial_config"]
 
 
+class _GridSampler(optuna.samplers.GridSampler):
+    """A grid sampler that leaves stopping to the sweep's budget: Optuna's calls study.stop() once the
+    grid is exhausted, which is only allowed inside study.optimize, not with ask and tell."""
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                    state: optuna.trial.TrialState, values: Any) -> None:
+        pass
+
+
 def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
     """The spec's Optuna sampler, seeded, for a study created with `spec.directions()`.
 
@@ -62,7 +71,7 @@ def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "grid":
         grid = {name: p.grid() for name, p in space_of(spec).items() if p.searched}
-        return optuna.samplers.GridSampler(grid, seed=seed)
+        return _GridSampler(grid, seed=seed)
     if kind == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=n, warn_independent_sampling=False)
     if kind == "gp":

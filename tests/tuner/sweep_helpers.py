@@ -1,0 +1,51 @@
+"""Small sweep specs on the demo model, and a runner for `tuner` in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+FAST_BASE = {"response_length": 12, "eval_interval": 2, "device": "cpu", "num_threads": 1,
+             "rollout_batch_size": 32, "num_eval_prompts": 32}
+
+
+def write_spec(folder: Path, name: str, **overrides) -> Path:
+    """A grid over policy_lr x kl_coef: the 3e-3 column drives KL past the limit for certain."""
+    spec = {
+        "name": name,
+        "trial": {"model": "demo", "reward": "trials.demo:reward", "prompts": "demo"},
+        "base": {**FAST_BASE, "ppo_epochs": 2, "mini_batch_size": 16},
+        "search_space": {"policy_lr": {"choices": [3.0e-5, 3.0e-4, 3.0e-3]},
+                         "kl_coef": {"choices": [0.05, 0.005]}},
+        "kl_limit": 15,
+        "budget": {"trials": 6, "iterations": 6},
+        "scheduler": {"type": "asha", "grace_period": 2},
+        "sampler": {"type": "grid"},
+        "resources": {"cpus_per_trial": 1, "max_concurrent": 2},
+        "ray": {"num_cpus": 2},
+        "workdir": str(folder / "sweeps"),
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(spec.get(key), dict):
+            spec[key] = {**spec[key], **value}
+        else:
+            spec[key] = value
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def tuner(*args: str, cwd: Path, timeout: float = 600, **popen) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "tuner.cli", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout, **popen)
+
+
+def start_tuner(*args: str, cwd: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "tuner.cli", *map(str, args)], cwd=cwd, env=env,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)

@@ -1,0 +1,319 @@
+"""Exporting a PPOConfig through the public API: ppo-tuner's YAML and JSON, OpenRLHF, verl and TRL.
+
+The name tables each export documents (`_openrlhf.FLAGS`, `_verl.KEYS`, `_trl.KWARGS` and the verified
+name sets next to them) are read here so that an export can only use names checked against the target.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import json
+import math
+import re
+import shlex
+
+import pytest
+import yaml
+
+from trials import ConfigError, PPOConfig, field_specs
+from tuner.export import FORMATS, _openrlhf, _trl, _verl, export_config
+
+SOURCE = {"sweep": "kl-sweep", "trial": 7, "objective": 0.42, "kl": 5.5}
+
+# A tuned config: adaptive KL, k3, cosine schedule with warmup, micro-batches, a reward model folder.
+TUNED = PPOConfig(
+    model_path="/models/policy", value_model_path="/models/value", reward="/models/rm", prompts="/data/p.jsonl",
+    eval_prompts="/data/eval.jsonl", max_prompt_length=128, policy_lr=2e-6, value_lr=3e-5, weight_decay=0.0,
+    lr_schedule="cosine", warmup_steps=16, max_grad_norm=0.5, rollout_batch_size=128, mini_batch_size=16,
+    micro_batch_size=8, ppo_epochs=2, kl_mode="adaptive", kl_coef=0.1, kl_target=8.0, kl_horizon=20000.0,
+    kl_estimator="k3", cliprange=0.15, cliprange_value=0.3, gae_lambda=0.9, gamma=0.99, vf_coef=0.5,
+    ent_coef=0.0, response_length=64, temperature=0.9, top_k=0, top_p=1.0, num_iterations=50, seed=3,
+)
+# Values most targets cannot take: top-k/top-p cuts, no advantage whitening, L2 Adam, linear schedule, ...
+AWKWARD = PPOConfig(
+    reward="rewards.py:score", prompts="prompts.txt", optimizer="adam", weight_decay=0.1, lr_schedule="linear",
+    warmup_steps=5, value_lr=1e-5, policy_lr=1e-5, rollout_batch_size=32, mini_batch_size=4, vf_coef=1.0,
+    ent_coef=0.01, whiten_advantages=False, whiten_rewards=True, top_k=40, top_p=0.9, kl_horizon=12345.6,
+    kl_mode="adaptive", device="cpu", precision="fp32", output_dir="/tmp/out",
+)
+CONFIGS = {"default": PPOConfig(), "tuned": TUNED, "awkward": AWKWARD}
+TABLES = {"openrlhf": _openrlhf.FLAGS, "verl": _verl.KEYS, "trl": _trl.KWARGS}
+
+
+# -- reading the exports back ----------------------------------------------------------------------
+
+def openrlhf_flags(text: str) -> dict[str, list[str]]:
+    """{flag: its values} from the exported `args=( ... )` bash array."""
+    tokens = shlex.split(text, comments=True)
+    assert tokens[-4:] == ["python", "-m", "openrlhf.cli.train_ppo_ray", "${args[@]}"]
+    args = tokens[tokens.index("args=(") + 1:tokens.index(")")]
+    flags: dict[str, list[str]] = {}
+    for token in args:
+        if token.startswith("--"):
+            assert token not in flags, f"{token} written twice"
+            flags[token] = []
+        else:
+            flags[list(flags)[-1]].append(token)
+    return flags
+
+
+def verl_overrides(text: str) -> dict[str, str]:
+    tokens = shlex.split(text, comments=True)
+    assert tokens[-4:] == ["python", "-m", "verl.trainer.main_ppo", "${overrides[@]}"]
+    pairs = [t.split("=", 1) for t in tokens[tokens.index("overrides=(") + 1:tokens.index(")")]]
+    assert len({k for k, _ in pairs}) == len(pairs), "a key written twice"
+    return dict(pairs)
+
+
+def trl_kwargs(text: str) -> dict[str, object]:
+    tree = ast.parse(text)
+    imports = [n for n in tree.body if isinstance(n, ast.ImportFrom)]
+    assert [(n.module, [a.name for a in n.names]) for n in imports] == [("trl.experimental.ppo", ["PPOConfig"])]
+    (call,) = [n.value for n in tree.body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Call)]
+    assert call.func.id == "PPOConfig" and not call.args
+    return {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+
+
+def settings(fmt: str, text: str) -> dict:
+    return {"openrlhf": openrlhf_flags, "verl": verl_overrides, "trl": trl_kwargs}[fmt](text)
+
+
+def comments(text: str) -> str:
+    return "\n".join(m.group(1) for line in text.splitlines() if (m := re.search(r"(?:^|\s)# ?(.*)$", line)))
+
+
+def names(words: str) -> set[str]:
+    return set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", words))
+
+
+# -- ppo-tuner's own formats -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_yaml_round_trips_through_from_dict(name):
+    config = CONFIGS[name]
+    text, warnings = export_config(config, "yaml", source=SOURCE)
+    data = yaml.safe_load(text)
+    assert list(data) == list(field_specs())  # a flat mapping of every field, provenance only as comments
+    assert PPOConfig.from_dict(data) == config
+    assert warnings == []
+    assert "sweep=kl-sweep" in comments(text) and "kl-sweep" not in str(data)
+
+
+def test_the_yaml_export_runs_with_tuner_train(run_cli, demo_model, tmp_path):
+    config = PPOConfig(rollout_batch_size=8, mini_batch_size=4, num_iterations=1, num_threads=2, seed=1)
+    path = tmp_path / "trial.yaml"
+    path.write_text(export_config(config, "yaml", source=SOURCE)[0])
+    code, _, err = run_cli("train", path, "--quiet")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_json_round_trips_with_its_source(name):
+    text, warnings = export_config(CONFIGS[name], "json", source=SOURCE)
+    record = json.loads(text)
+    assert set(record) == {"config", "source"} and record["source"] == SOURCE
+    assert PPOConfig.from_dict(record["config"]) == CONFIGS[name]
+    assert warnings == []
+
+
+def test_json_without_source_and_with_a_non_finite_objective():
+    assert json.loads(export_config(TUNED, "json")[0])["source"] == {}
+    record = json.loads(export_config(TUNED, "json", source={"objective": math.nan, "trial": 1})[0])
+    assert record["source"] == {"objective": None, "trial": 1}
+
+
+# -- the targets' names ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt,verified", [("openrlhf", _openrlhf.VERIFIED_FLAGS), ("verl", _verl.VERIFIED_KEYS),
+                                          ("trl", _trl.VERIFIED_KWARGS)])
+def test_the_name_tables_use_only_verified_names(fmt, verified):
+    table_names = {n for names_ in TABLES[fmt].values() for n in names_}
+    fixed = {"openrlhf": _openrlhf.FIXED, "verl": _verl.FIXED, "trl": _trl.FIXED}[fmt]
+    assert table_names | set(fixed) <= verified
+    assert set(TABLES[fmt]) <= set(field_specs())
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("fmt,verified", [("openrlhf", _openrlhf.VERIFIED_FLAGS), ("verl", _verl.VERIFIED_KEYS),
+                                          ("trl", _trl.VERIFIED_KWARGS)])
+def test_every_written_name_is_verified(fmt, verified, name):
+    written = settings(fmt, export_config(CONFIGS[name], fmt)[0])
+    assert set(written) <= verified, set(written) - verified
+
+
+def test_openrlhf_values():
+    flags = openrlhf_flags(export_config(TUNED, "openrlhf")[0])
+    one = {flag: values[0] for flag, values in flags.items() if len(values) == 1}
+    assert float(one["--actor.adam.lr"]) == TUNED.policy_lr
+    assert float(one["--critic.adam.lr"]) == TUNED.value_lr
+    assert one["--actor.model_name_or_path"] == "/models/policy" and one["--critic.model_name_or_path"] == "/models/value"
+    assert one["--reward.model_name_or_path"] == "/models/rm" and "--reward.remote_url" not in flags
+    assert int(one["--rollout.batch_size"]) == 128 and int(one["--train.batch_size"]) == 16
+    assert int(one["--train.micro_batch_size"]) == 8 and int(one["--train.max_epochs"]) == 2
+    assert float(one["--algo.kl.init_coef"]) == 0.1 and one["--algo.kl.estimator"] == "k3"
+    assert float(one["--algo.kl.target"]) == pytest.approx(8.0 / 64)  # per response token
+    assert int(one["--algo.kl.horizon"]) == 20000
+    assert float(one["--actor.eps_clip"]) == 0.15 and float(one["--critic.value_clip"]) == 0.3
+    assert float(one["--algo.advantage.lambd"]) == 0.9 and float(one["--algo.advantage.gamma"]) == 0.99
+    assert one["--actor.lr_scheduler"] == "cosine" and float(one["--actor.max_norm"]) == 0.5
+    assert int(one["--rollout.max_new_tokens"]) == 64 and float(one["--rollout.temperature"]) == 0.9
+    assert int(one["--data.max_samples"]) == 50 * 128 and int(one["--train.num_episodes"]) == 1
+    assert one["--algo.advantage.estimator"] == "gae" and int(one["--rollout.n_samples_per_prompt"]) == 1
+    assert flags["--actor.adam.betas"] == ["0.9", "0.999"]
+    total = 50 * 2 * (128 // 16)  # optimizer steps; OpenRLHF warms up for ceil(total * ratio)
+    assert math.ceil(total * float(one["--actor.lr_warmup_ratio"])) == 16
+
+
+@pytest.mark.parametrize("warmup", [0, 1, 7, 16, 333, 800])
+def test_openrlhf_warmup_ratio_gives_back_the_warmup_steps(warmup):
+    config = dataclasses.replace(TUNED, warmup_steps=warmup)
+    one = openrlhf_flags(export_config(config, "openrlhf")[0])
+    total = 50 * 2 * 8
+    assert math.ceil(total * float(one["--critic.lr_warmup_ratio"][0])) == warmup
+
+
+def test_verl_values():
+    keys = verl_overrides(export_config(TUNED, "verl")[0])
+    assert float(keys["actor_rollout_ref.actor.optim.lr"]) == 2e-6 and float(keys["critic.optim.lr"]) == 3e-5
+    assert keys["actor_rollout_ref.model.path"] == "/models/policy" and keys["critic.model.path"] == "/models/value"
+    assert keys["reward.reward_model.enable"] == "True" and keys["reward.reward_model.model_path"] == "/models/rm"
+    assert keys["data.train_files"] == "/data/p.jsonl" and keys["data.val_files"] == "/data/eval.jsonl"
+    assert int(keys["data.train_batch_size"]) == 128 and int(keys["actor_rollout_ref.actor.ppo_mini_batch_size"]) == 16
+    assert int(keys["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu"]) == 8
+    assert keys["algorithm.kl_ctrl.type"] == "adaptive" and float(keys["algorithm.kl_ctrl.kl_coef"]) == 0.1
+    assert float(keys["algorithm.kl_ctrl.target_kl"]) == pytest.approx(8.0 / 64)
+    assert keys["algorithm.kl_penalty"] == "low_var_kl" and keys["algorithm.use_kl_in_reward"] == "True"
+    for key in ("clip_ratio", "clip_ratio_low", "clip_ratio_high"):
+        assert float(keys[f"actor_rollout_ref.actor.{key}"]) == 0.15
+    assert float(keys["algorithm.lam"]) == 0.9 and float(keys["algorithm.gamma"]) == 0.99
+    assert keys["actor_rollout_ref.actor.optim.lr_scheduler_type"] == "cosine"
+    assert int(keys["actor_rollout_ref.actor.optim.lr_warmup_steps"]) == 1  # 16 steps = 1 iteration of 2 x 8
+    assert float(keys["actor_rollout_ref.actor.optim.clip_grad"]) == 0.5
+    assert int(keys["data.max_response_length"]) == 64 and int(keys["data.max_prompt_length"]) == 128
+    assert keys["data.truncation"] == "left" and int(keys["actor_rollout_ref.rollout.top_k"]) == -1
+    assert int(keys["trainer.total_training_steps"]) == 50 and int(keys["actor_rollout_ref.rollout.n"]) == 1
+
+
+def test_trl_values():
+    kwargs = trl_kwargs(export_config(TUNED, "trl")[0])
+    assert kwargs["learning_rate"] == 2e-6 and kwargs["sft_model_path"] == "/models/policy"
+    assert kwargs["reward_model_path"] == "/models/rm"
+    assert kwargs["per_device_train_batch_size"] == 128 and kwargs["gradient_accumulation_steps"] == 1
+    assert kwargs["num_mini_batches"] == 128 // 16 and kwargs["local_rollout_forward_batch_size"] == 8
+    assert kwargs["total_episodes"] == 50 * 128 and kwargs["num_ppo_epochs"] == 2
+    assert kwargs["kl_coef"] == 0.1 and kwargs["kl_estimator"] == "k3" and kwargs["lam"] == 0.9
+    assert kwargs["cliprange"] == 0.15 and kwargs["cliprange_value"] == 0.3 and kwargs["vf_coef"] == 0.5
+    assert kwargs["lr_scheduler_type"] == "cosine" and kwargs["warmup_steps"] == 1
+    assert kwargs["response_length"] == 64 and kwargs["temperature"] == 0.9 and kwargs["stop_token"] == "eos"
+
+
+def test_values_with_spaces_and_quotes_survive_the_shell_and_python():
+    config = dataclasses.replace(TUNED, model_path="/models/my 'odd' model", reward="/models/r m")
+    assert openrlhf_flags(export_config(config, "openrlhf")[0])["--actor.model_name_or_path"] == [config.model_path]
+    keys = verl_overrides(export_config(config, "verl")[0])
+    assert keys["actor_rollout_ref.model.path"] == "'/models/my \\'odd\\' model'"  # Hydra's quoted string
+    assert trl_kwargs(export_config(config, "trl")[0])["sft_model_path"] == config.model_path
+
+
+@pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="trl (1.12, the last with PPO) is not installed")
+@pytest.mark.parametrize("name", ["tuned", "awkward"])
+def test_the_trl_snippet_builds_a_real_trl_ppo_config(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    config = dataclasses.replace(CONFIGS[name], device="cpu", output_dir=str(tmp_path))
+    namespace: dict = {}
+    exec(compile(export_config(config, "trl")[0], "exported.py", "exec"), namespace)
+    built = namespace["config"]
+    from trl.experimental.ppo import PPOConfig as TrlPPOConfig
+
+    assert isinstance(built, TrlPPOConfig)
+    assert {f.name for f in dataclasses.fields(TrlPPOConfig)} >= _trl.VERIFIED_KWARGS
+    assert built.learning_rate == config.policy_lr and built.num_ppo_epochs == config.ppo_epochs
+    assert built.num_mini_batches == config.num_mini_batches and built.use_cpu and not built.bf16
+
+
+# -- nothing dropped silently ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_field_is_expressed_or_named_in_a_comment(fmt, name):
+    config = CONFIGS[name]
+    text, warnings = export_config(config, fmt, source=SOURCE)
+    if fmt in ("yaml", "json"):
+        data = yaml.safe_load(text) if fmt == "yaml" else json.loads(text)["config"]
+        assert PPOConfig.from_dict(data) == config
+        return
+    written, said = set(settings(fmt, text)), names(comments(text))
+    for field in field_specs():
+        expressed = bool(written & set(TABLES[fmt].get(field, ())))
+        assert expressed or field in said, f"{fmt}: {field} is neither written nor named in a comment"
+    for warning in warnings:  # each names a field and its value, and stands in the file as a comment too
+        field = warning.split(" = ", 1)[0]
+        assert field in field_specs() and warning in comments(text)
+
+
+@pytest.mark.parametrize("fmt,changes,field", [
+    ("openrlhf", {"top_k": 40}, "top_k"),
+    ("openrlhf", {"whiten_advantages": False}, "whiten_advantages"),
+    ("openrlhf", {"whiten_rewards": True}, "whiten_rewards"),
+    ("openrlhf", {"optimizer": "adam", "weight_decay": 0.1}, "optimizer"),
+    ("openrlhf", {"vf_coef": 0.5}, "vf_coef"),
+    ("openrlhf", {"kl_mode": "adaptive"}, "kl_target"),
+    ("openrlhf", {"reward": "rewards.py:score"}, "reward"),
+    ("verl", {"lr_schedule": "linear"}, "lr_schedule"),
+    ("verl", {"whiten_advantages": False}, "whiten_advantages"),
+    ("verl", {"kl_mode": "adaptive"}, "kl_target"),
+    ("verl", {"kl_mode": "adaptive", "kl_horizon": 12345.6}, "kl_horizon"),
+    ("verl", {"warmup_steps": 5}, "warmup_steps"),
+    ("verl", {"prompts": "/data/p.jsonl"}, "prompts"),
+    ("trl", {"value_lr": 9e-5}, "value_lr"),
+    ("trl", {"kl_mode": "adaptive"}, "kl_mode"),
+    ("trl", {"ent_coef": 0.01}, "ent_coef"),
+    ("trl", {"top_k": 40}, "top_k"),
+    ("trl", {"top_p": 0.9}, "top_p"),
+    ("trl", {"micro_batch_size": 4}, "micro_batch_size"),
+    ("trl", {"whiten_advantages": False}, "whiten_advantages"),
+    ("trl", {"whiten_rewards": True, "mini_batch_size": 4, "micro_batch_size": None}, "whiten_rewards"),
+    ("trl", {}, "max_grad_norm"),
+    ("trl", {"reward": "my_rewards:score"}, "reward"),
+])
+def test_a_value_the_target_cannot_take_gives_a_warning(fmt, changes, field):
+    config = dataclasses.replace(TUNED, **changes)
+    text, warnings = export_config(config, fmt)
+    (warning,) = [w for w in warnings if w.startswith(f"{field} = ")]
+    assert repr(getattr(config, field)) in warning and warning in comments(text)
+
+
+@pytest.mark.parametrize("fmt,field", [("openrlhf", "top_k"), ("openrlhf", "whiten_advantages"),
+                                       ("verl", "lr_schedule"), ("trl", "value_lr"), ("trl", "kl_mode")])
+def test_no_warning_when_the_target_can_take_the_value(fmt, field):
+    config = dataclasses.replace(TUNED, value_lr=TUNED.policy_lr, kl_mode="fixed")
+    assert not [w for w in export_config(config, fmt)[1] if w.startswith(f"{field} = ")]
+
+
+def test_the_demo_model_and_prompts_are_flagged_for_the_targets():
+    for fmt in ("openrlhf", "verl", "trl"):
+        fields = {w.split(" = ")[0] for w in export_config(PPOConfig(), fmt)[1]}
+        assert {"model_path", "prompts"} <= fields, fmt
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "openrlhf", "verl", "trl"])
+def test_the_source_is_a_header_comment(fmt):
+    text = export_config(TUNED, fmt, source=SOURCE)[0]
+    assert "source: sweep=kl-sweep, trial=7, objective=0.42, kl=5.5" in comments("\n".join(text.splitlines()[:3]))
+
+
+# -- errors ------------------------------------------------------------------------------------------
+
+def test_an_unknown_format_is_a_config_error_naming_the_choices():
+    with pytest.raises(ConfigError) as info:
+        export_config(TUNED, "deepspeed-chat")
+    (line,) = info.value.lines()
+    assert line.startswith("--format:") and "'deepspeed-chat'" in line
+    assert all(fmt in line for fmt in FORMATS)
+
+
+def test_an_impossible_config_is_a_config_error():
+    with pytest.raises(ConfigError, match="mini_batch_size"):
+        export_config(PPOConfig(rollout_batch_size=64, mini_batch_size=7), "verl")

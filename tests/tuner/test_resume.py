@@ -1,0 +1,59 @@
+"""An interrupted sweep (Ctrl-C) resumes without running finished trials again."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import optuna
+from mlflow.tracking import MlflowClient
+
+from tests.tuner.sweep_helpers import start_tuner, tuner, write_spec
+from tuner.spec import load_spec
+
+
+def _finished(storage: str, name: str) -> int:
+    if not Path(storage.removeprefix("sqlite:///")).is_file():
+        return 0
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return 0
+    return sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+
+
+def test_an_interrupted_sweep_resumes(tmp_path, demo_model):
+    spec_path = write_spec(tmp_path, "resume6", scheduler={"type": "none"}, budget={"trials": 6, "iterations": 8},
+                           search_space={"policy_lr": {"choices": [3.0e-5, 1.0e-4]}, "kl_coef": {"choices": [0.05, 0.02, 0.1]}})
+    spec = load_spec(spec_path)
+    proc = start_tuner("run", spec_path, cwd=tmp_path, log=tmp_path / "run.log")
+    deadline = time.time() + 300
+    while _finished(spec.storage_url(), "resume6") < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+    proc.send_signal(signal.SIGINT)
+    code = proc.wait(timeout=120)
+    log = (tmp_path / "run.log").read_text()
+    assert code == 130, log[-3000:]
+    assert "tuner resume" in log
+    study = optuna.load_study(study_name="resume6", storage=spec.storage_url())
+    done_before = {t.number for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
+    assert 2 <= len(done_before) < 6
+
+    resumed = tuner("resume", spec.sweep_dir(), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    study = optuna.load_study(study_name="resume6", storage=spec.storage_url())
+    counted = [t for t in study.trials if t.user_attrs.get("stop_reason") != "interrupted"]
+    assert len(counted) == 6 and all(t.state == optuna.trial.TrialState.COMPLETE for t in counted)
+    assert done_before <= {t.number for t in counted}  # finished trials were kept, not run again
+    assert len({t.user_attrs["ray_trial_id"] for t in study.trials}) == len(study.trials)
+
+    client = MlflowClient(spec.tracking_uri())
+    experiment = client.get_experiment_by_name("resume6")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("ppo_tuner.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("ppo_tuner.kind") == "trial"]
+    assert len(parents) == 1  # the parent run is reused
+    assert len(children) == len(study.trials)  # one child run per trial, interrupted ones included
+    assert all(r.info.status != "RUNNING" for r in runs)

@@ -1,0 +1,124 @@
+"""A real sweep: local Ray, an Optuna study in SQLite, an MLflow store in SQLite, the demo model."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.tuner.sweep_helpers import tuner, write_spec
+from trials import metrics as K
+from tuner.spec import load_spec
+from tuner.sweep import best_feasible, load_study, trial_rows
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, demo_model):
+    folder = tmp_path_factory.mktemp("sweep")
+    spec_path = write_spec(folder, "grid6")
+    proc = tuner("run", spec_path, cwd=folder)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    spec = load_spec(spec_path)
+    return {"folder": folder, "spec": spec, "spec_path": spec_path, "proc": proc, "study": load_study(spec)}
+
+
+def test_the_sweep_finishes_every_trial(sweep):
+    rows = trial_rows(sweep["study"])
+    assert len(rows) == 6
+    assert all(r.state in ("COMPLETE", "INFEASIBLE", "PRUNED") for r in rows), [(r.number, r.state, r.stop_reason) for r in rows]
+    assert "Traceback" not in sweep["proc"].stderr
+    assert "best feasible: trial" in sweep["proc"].stdout and "controller overhead" in sweep["proc"].stdout
+
+
+def test_kl_limit_trials_are_infeasible_and_never_best(sweep):
+    study = sweep["study"]
+    rows = trial_rows(study)
+    stopped = [r for r in rows if r.stop_reason == "kl_limit"]
+    assert stopped, [(r.number, r.state, r.kl_max) for r in rows]
+    for r in stopped:
+        assert r.state == "INFEASIBLE" and r.kl_max > 15
+        assert r.iterations < 6  # stopped within the iteration that passed the limit
+    assert all(r.stop_reason == "kl_limit" for r in rows if r.params["policy_lr"] == 3e-3)
+    frozen = {t.number: t for t in study.trials}
+    assert all(frozen[r.number].constraints["kl"] > 0 for r in stopped)
+    best = best_feasible(study)
+    assert best is not None and best.user_attrs["kl_max"] <= 15
+    assert best.number not in {r.number for r in stopped}
+
+
+def test_asha_cuts_are_pruned_not_complete(sweep):
+    for r in trial_rows(sweep["study"]):
+        if r.state == "PRUNED":
+            assert r.stop_reason == "pruned" and r.iterations < 6
+        if r.state == "COMPLETE":
+            assert r.iterations == 6 and r.stop_reason == "completed"
+
+
+def test_mlflow_has_one_parent_and_one_child_run_per_trial(sweep):
+    spec = sweep["spec"]
+    client = MlflowClient(spec.tracking_uri())
+    experiment = client.get_experiment_by_name(spec.experiment_name())
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("ppo_tuner.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("ppo_tuner.kind") == "trial"]
+    assert len(parents) == 1 and len(children) == 6
+    parent = parents[0]
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    states = {r.number: r.state for r in trial_rows(sweep["study"])}
+    for child in children:
+        number = int(child.data.tags["ppo_tuner.trial_number"])
+        assert child.data.tags["ppo_tuner.state"] == states[number]
+        assert "policy_lr" in child.data.params and "kl_coef" in child.data.params
+        history = client.get_metric_history(child.info.run_id, K.KL)
+        assert len(history) >= 1
+        assert sorted(m.step for m in history) == list(range(1, len(history) + 1))
+    assert parent.data.metrics["trials_infeasible"] >= 1 and parent.info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"spec.yaml", "kl_trajectories.png", "reward_vs_kl.png", "best_config.yaml"} <= artifacts
+
+
+def test_yaml_export_goes_back_into_the_engine(sweep, tmp_path):
+    from trials import train
+    from tuner._config_file import load_config_file
+
+    out = tmp_path / "best.yaml"
+    proc = tuner("export", sweep["spec_path"], "--format", "yaml", "-o", out, cwd=sweep["folder"])
+    assert proc.returncode == 0, proc.stderr
+    best = best_feasible(sweep["study"])
+    config = load_config_file(out)
+    assert config.to_dict() == json.loads(best.user_attrs["engine_config"])
+    assert train(config.replace(num_iterations=1)).iterations == 1
+
+
+def test_other_exports_run_from_the_cli(sweep):
+    for fmt in ("json", "openrlhf", "verl", "trl"):
+        proc = tuner("export", "grid6", "--workdir", sweep["spec"].workdir, "--format", fmt, cwd=sweep["folder"])
+        assert proc.returncode == 0 and proc.stdout.strip(), (fmt, proc.stderr)
+    proc = tuner("export", "grid6", "--workdir", sweep["spec"].workdir, "--format", "docx", cwd=sweep["folder"])
+    assert proc.returncode == 2 and "--format" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_status_and_list_read_the_study(sweep):
+    workdir = sweep["spec"].workdir
+    status = tuner("status", "grid6", "--workdir", workdir, cwd=sweep["folder"])
+    assert status.returncode == 0 and "INFEASIBLE" in status.stdout
+    listing = tuner("list", "--workdir", workdir, cwd=sweep["folder"])
+    assert listing.returncode == 0 and "grid6" in listing.stdout and "best=" in listing.stdout
+    missing = tuner("status", "nope", "--workdir", workdir, cwd=sweep["folder"])
+    assert missing.returncode == 2 and "grid6" in missing.stderr
+
+
+def test_the_saved_spec_reloads_with_absolute_paths(sweep):
+    saved = yaml.safe_load((sweep["spec"].sweep_dir() / "spec.yaml").read_text())
+    assert saved["workdir"].startswith("/")
+    assert load_spec(sweep["spec"].sweep_dir() / "spec.yaml").storage_url() == sweep["spec"].storage_url()
+
+
+def test_running_the_same_spec_again_runs_nothing_new(sweep):
+    proc = tuner("run", sweep["spec_path"], cwd=sweep["folder"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "0 trials run" in proc.stdout
+    assert len(optuna.load_study(study_name="grid6", storage=sweep["spec"].storage_url()).trials) == 6

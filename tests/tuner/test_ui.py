@@ -1,0 +1,86 @@
+"""`tuner ui`: a real MLflow server on loopback, opened by headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import ROOT
+from tests.tuner.sweep_helpers import tuner, write_spec
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1400,900", "--virtual-time-budget=20000"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, seconds: float = 90) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        assert proc.poll() is None, "tuner ui exited early"
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"no MLflow server at {url} after {seconds} s")
+
+
+def _chromium(*args: str) -> subprocess.CompletedProcess:
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+                              capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (.ci/run installs it)")
+def test_the_dashboard_shows_the_sweeps_runs(tmp_path, demo_model):
+    spec_path = write_spec(tmp_path, "ui4", budget={"trials": 4, "iterations": 4},
+                           search_space={"policy_lr": {"choices": [3.0e-5, 3.0e-3]}, "kl_coef": {"choices": [0.05, 0.005]}})
+    proc = tuner("run", spec_path, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    port = _free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "tuner.cli", "ui", "ui4", "--workdir", tmp_path / "sweeps",
+                           "--port", str(port)], cwd=tmp_path, stdout=subprocess.PIPE, text=True,
+                          start_new_session=True)
+    try:
+        line = ui.stdout.readline()
+        url = f"http://127.0.0.1:{port}"
+        assert url in line, line
+        _wait_healthy(url, ui)
+        client = MlflowClient(f"sqlite:///{tmp_path / 'sweeps' / 'ui4' / 'mlflow.db'}")
+        experiment_id = client.get_experiment_by_name("ui4").experiment_id
+        page = f"{url}/#/experiments/{experiment_id}/runs"
+        assert page in line  # the printed link opens the sweep's runs
+        dom = _chromium("--dump-dom", page).stdout
+        assert "sweep-ui4" in dom  # the parent run, with its 4 trial runs nested under it
+        text = " ".join(re.sub(r"<[^>]+>", " ", dom).split())
+        assert "5 matching runs" in text  # 1 parent + 4 trials
+        out = ROOT / "test-artifacts"
+        out.mkdir(exist_ok=True)
+        shot = out / "mlflow_dashboard.png"
+        _chromium(f"--screenshot={shot}", page)
+        assert shot.is_file() and shot.stat().st_size > 10_000
+    finally:
+        os.killpg(ui.pid, signal.SIGINT)
+        try:
+            ui.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(ui.pid, signal.SIGKILL)

@@ -1,0 +1,194 @@
+"""`tuner run | resume | list | status | export | ui`: sweeps, from the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from trials import ConfigError, Problem
+from tuner.spec import load_spec
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a sweep from a spec file (loads its study if it exists)")
+    p.add_argument("spec", help="sweep spec YAML (see search_spaces/)")
+    p.add_argument("--address", help="Ray cluster address (overrides ray.address in the spec)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("resume", help="continue an interrupted sweep without re-running finished trials")
+    p.add_argument("sweep", help="sweep name (under --workdir), sweep folder, or spec file")
+    p.add_argument("--workdir", default="sweeps")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("list", help="list the sweeps under a folder, from their study storage")
+    p.add_argument("--workdir", default="sweeps")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("status", help="the trials of a sweep and their states, from the study storage")
+    p.add_argument("sweep")
+    p.add_argument("--workdir", default="sweeps")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("export", help="write the best feasible trial's config")
+    p.add_argument("sweep")
+    p.add_argument("--format", default="yaml", help="yaml, json, openrlhf, verl or trl")
+    p.add_argument("-o", "--output", help="file to write (default: stdout)")
+    p.add_argument("--workdir", default="sweeps")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 on a sweep's tracking store")
+    p.add_argument("sweep", nargs="?", help="sweep name, folder or spec (default: the only/most recent sweep)")
+    p.add_argument("--workdir", default="sweeps")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_ui)
+
+
+def _print_summary(summary) -> None:
+    c = summary.counts
+    print(f"sweep {summary.name}: {summary.ran} trials run in {summary.wall_seconds:.1f} s")
+    print("trials: " + ", ".join(f"{k.lower()} {v}" for k, v in c.items() if v))
+    if summary.best_number is not None:
+        print(f"best feasible: trial {summary.best_number}, score {summary.best_value:.4f}, "
+              f"KL max {summary.best_kl:.2f} nats")
+    else:
+        print("best feasible: none (every trial failed, was pruned, or passed the KL limit)")
+    if summary.ran:
+        print(f"controller overhead: wall {summary.wall_seconds:.1f} s vs ideal "
+              f"{summary.trial_compute_seconds / max(1, min(summary.concurrency, summary.ran)):.1f} s "
+              f"(trial compute {summary.trial_compute_seconds:.1f} s / concurrency "
+              f"{min(summary.concurrency, summary.ran)}) = {summary.overhead:.2f}x")
+    print(f"sweep folder: {summary.sweep_dir}   MLflow parent run: {summary.parent_run_id}")
+    print(f"next: tuner export {summary.name} --format yaml   |   tuner ui {summary.name}")
+
+
+def _start(spec) -> int:
+    from tuner.sweep import preflight, run_sweep
+
+    for warning in spec.warnings():
+        print(f"warning: {warning}", file=sys.stderr)
+    preflight(spec)  # model, prompts and reward are checked before any trial is launched
+    summary = run_sweep(spec)
+    _print_summary(summary)
+    if summary.missing:
+        print(f"sweep stopped with {summary.missing} of {spec.budget.trials} trials still to run; "
+              f"continue with: tuner resume {summary.sweep_dir}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    if args.address:
+        spec = spec.model_copy(update={"ray": spec.ray.model_copy(update={"address": args.address, "num_cpus": None})})
+    return _start(spec)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from tuner.sweep import find_sweep, load_study
+
+    spec = find_sweep(args.sweep, args.workdir)
+    load_study(spec)  # must exist
+    return _start(spec)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from tuner.sweep import best_feasible, count_states, list_sweeps, load_study, redact
+
+    sweeps = list_sweeps(args.workdir)
+    if not sweeps:
+        print(f"no sweeps under {args.workdir}/")
+        return 0
+    for spec in sweeps:
+        try:
+            study = load_study(spec)
+        except ConfigError:
+            print(f"{spec.name:<24} (no study yet in {redact(spec.storage_url())})")
+            continue
+        counts = count_states(study)
+        best = best_feasible(study)
+        states = " ".join(f"{k.lower()}={v}" for k, v in counts.items() if v)
+        print(f"{spec.name:<24} {states:<50} best={best.values[0]:.4f}" if best else f"{spec.name:<24} {states}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from tuner.sweep import find_sweep, load_study, trial_rows
+    from tuner.sweep._table import render_rows
+
+    spec = find_sweep(args.sweep, args.workdir)
+    study = load_study(spec)
+    rows = [{"number": r.number, "state": r.state, "iteration": r.iterations if r.iterations is not None else "-",
+             "score": r.value, "kl_max": r.kl_max, "stop": r.stop_reason,
+             "beta": r.params.get("kl_coef")} for r in trial_rows(study)]
+    Console(width=140).print(render_rows(rows, f"sweep {spec.name} ({len(rows)} of {spec.budget.trials} trials)"))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from trials import PPOConfig
+    from tuner.export import FORMATS, export_config
+    from tuner.sweep import best_feasible, engine_config_of, find_sweep, load_study
+
+    if args.format not in FORMATS:
+        raise ConfigError([Problem("--format", args.format, "is not an export format", f"use one of {', '.join(FORMATS)}")])
+    spec = find_sweep(args.sweep, args.workdir)
+    study = load_study(spec)
+    best = best_feasible(study)
+    if best is None:
+        raise ConfigError([Problem("SWEEP", spec.name, "has no completed trial within the KL limit",
+                                   "run more trials (tuner resume) or widen the search space")])
+    source = {"sweep": spec.name, "trial": best.number, "objective": best.values[0],
+              "kl_max": best.user_attrs.get("kl_max")}
+    text, warnings = export_config(PPOConfig.from_dict(engine_config_of(best)), args.format, source=source)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote trial {best.number}'s config ({args.format}) to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def mlflow_server_command(tracking_uri: str, host: str, port: int, artifacts: Path | None = None) -> list[str]:
+    """`mlflow server` on one worker, without its job runner (a few hundred MB instead of GBs)."""
+    mlflow = shutil.which("mlflow") or "mlflow"
+    cmd = [mlflow, "server", "--backend-store-uri", tracking_uri, "--host", host, "--port", str(port), "--workers", "1"]
+    if artifacts is not None:
+        cmd += ["--artifacts-destination", str(artifacts)]
+    return cmd
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from tuner.sweep import find_sweep, list_sweeps
+
+    if args.sweep:
+        spec = find_sweep(args.sweep, args.workdir)
+    else:
+        sweeps = list_sweeps(args.workdir)
+        if not sweeps:
+            raise ConfigError([Problem("SWEEP", None, f"no sweeps under {args.workdir}/", "run one with 'tuner run SPEC'")])
+        spec = max(sweeps, key=lambda s: (s.sweep_dir() / "spec.yaml").stat().st_mtime)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    cmd = mlflow_server_command(spec.tracking_uri(), args.host, args.port, spec.sweep_dir() / "mlartifacts")
+    from mlflow.tracking import MlflowClient
+
+    experiment = MlflowClient(spec.tracking_uri()).get_experiment_by_name(spec.experiment_name())
+    page = f"/#/experiments/{experiment.experiment_id}/runs" if experiment else ""
+    proc = subprocess.Popen(cmd, env=env)
+    print(f"MLflow UI for sweep {spec.name}: http://{args.host}:{args.port}{page}  (Ctrl-C stops it)", flush=True)
+    try:
+        while proc.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(timeout=10)
+    return 0

@@ -1,0 +1,39 @@
+"""`export_config`: one entry point for every export format."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from trials import ConfigError, PPOConfig, Problem
+from tuner.export._native import export_json, export_yaml
+from tuner.export._openrlhf import export_openrlhf
+from tuner.export._trl import export_trl
+from tuner.export._verl import export_verl
+
+FORMATS = ("yaml", "json", "openrlhf", "verl", "trl")
+
+_EXPORTERS: dict[str, Callable[[PPOConfig, dict | None], tuple[str, list[str]]]] = {
+    "yaml": export_yaml,
+    "json": export_json,
+    "openrlhf": export_openrlhf,
+    "verl": export_verl,
+    "trl": export_trl,
+}
+
+
+def export_config(config: PPOConfig, fmt: str, *, source: dict | None = None) -> tuple[str, list[str]]:
+    """Return (text, warnings): `config` in format `fmt`, and one warning per value the target cannot express.
+
+    fmt is one of FORMATS: "yaml" (ppo-tuner's engine config, runnable with `tuner train FILE`), "json"
+    ({"config": ..., "source": ...}), "openrlhf" (a bash script running OpenRLHF's PPO), "verl" (a bash
+    script of Hydra overrides for verl's PPO) or "trl" (Python that builds trl 1.12's PPOConfig).
+    `source` is optional provenance, e.g. {"sweep": name, "trial": number, "objective": value, "kl": value},
+    written as header comments (a "source" key in json).
+    """
+    key = fmt.strip().lower() if isinstance(fmt, str) else fmt
+    if key not in _EXPORTERS:
+        raise ConfigError([Problem("--format", fmt, "is not an export format", f"use one of {', '.join(FORMATS)}")])
+    problems = config.problems()
+    if problems:
+        raise ConfigError(problems)
+    return _EXPORTERS[key](config, source)

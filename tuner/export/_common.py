@@ -1,0 +1,176 @@
+"""What every export shares: the list of settings being written, lost values, provenance, unit conversions.
+
+An exporter fills an `Out` in the order the file will read: `put` writes one of the target's settings,
+`note` a comment, `lost` a value the target cannot express (a comment where it would go and a warning
+for the caller). Renderers then turn it into a bash array, Hydra overrides or Python keyword arguments.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shlex
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from trials import PPOConfig
+
+# Run plumbing of ppo-tuner, not hyperparameters: exports list them in one "not applicable" comment.
+NOT_APPLICABLE = ("device", "precision", "num_threads", "output_dir", "eval_prompts", "num_eval_prompts",
+                  "eval_interval")
+
+_CALLABLE = re.compile(r"^(?P<module>.+):(?P<name>[A-Za-z_][A-Za-z0-9_]*)$")
+
+
+@dataclass
+class Out:
+    """The settings of one export, in file order; `warnings` holds every value the target lost."""
+
+    target: str  # the target's name as warnings say it, e.g. "OpenRLHF"
+    items: list[tuple[str, Any, str]] = field(default_factory=list)  # (name, value, comment); name "" = comment line
+    warnings: list[str] = field(default_factory=list)
+
+    def put(self, names: Iterable[str], value: Any, comment: str = "") -> None:
+        """Set each of the target's `names` to `value`; the comment goes next to the first."""
+        for i, name in enumerate(names):
+            self.items.append((name, value, comment if i == 0 else ""))
+
+    def note(self, text: str) -> None:
+        self.items.append(("", None, text))
+
+    def lost(self, name: str, value: Any, instead: str) -> None:
+        """A value the target cannot express: a comment where it would go and a warning."""
+        message = f"{name} = {value!r}: {self.target} {instead}"
+        self.warnings.append(message)
+        self.note(message)
+
+
+def header(title: str, source: dict | None) -> list[str]:
+    """Comment lines (without '#') that open every export: what it is and where it came from."""
+    lines = [f"Exported by ppo-tuner: {title}"]
+    if source:
+        lines.append("source: " + ", ".join(f"{key}={_one_line(value)}" for key, value in source.items()))
+    return lines
+
+
+def not_applicable(config: PPOConfig, names: Iterable[str] = NOT_APPLICABLE) -> str:
+    values = ", ".join(f"{name}={getattr(config, name)!r}" for name in names)
+    return f"not applicable (ppo-tuner run plumbing, set these in the target's own way): {values}"
+
+
+def comment_lines(lines: Iterable[str], indent: str = "") -> list[str]:
+    return [f"{indent}# {_one_line(line)}".rstrip() for line in lines]
+
+
+def _one_line(value: Any) -> str:
+    return " ".join(str(value).split())
+
+
+# -- what our string fields point at -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RewardRef:
+    kind: str  # "model" (a reward-model folder), "file" ('path.py:function') or "module" ('module:function')
+    path: str  # the folder, the .py file, or the module name
+    function: str = ""
+
+
+def reward_ref(spec: str) -> RewardRef:
+    """What a `reward` value names, by the same rules as the engine (a folder wins over 'a:b')."""
+    match = _CALLABLE.match(spec)
+    if os.path.isdir(spec) or not match:
+        return RewardRef("model", spec)
+    module, name = match["module"], match["name"]
+    return RewardRef("file" if module.endswith(".py") else "module", module, name)
+
+
+def check_demo(out: Out, name: str, value: str | None) -> None:
+    """Warn about the built-in demo model or prompts, which exist only inside ppo-tuner."""
+    if value == "demo":
+        what = "prompts; give a prompt file" if name == "prompts" else "model; give a Hugging Face model name or folder"
+        out.lost(name, value, f"cannot load ppo-tuner's built-in demo {what}")
+
+
+# -- unit conversions ----------------------------------------------------------------------------
+
+def optimizer_steps(config: PPOConfig) -> int:
+    """Optimizer steps of the whole run: iterations x epochs x mini-batches."""
+    return config.num_iterations * config.ppo_epochs * config.num_mini_batches
+
+
+def warmup_ratio(config: PPOConfig) -> float:
+    """warmup_steps as a fraction of all optimizer steps, such that ceil(total * ratio) == warmup_steps."""
+    total = optimizer_steps(config)
+    ratio = min(config.warmup_steps / total, 1.0)
+    while ratio > 0 and math.ceil(total * ratio) > config.warmup_steps:
+        ratio = math.nextafter(ratio, 0.0)
+    return ratio
+
+
+def warmup_iterations(config: PPOConfig) -> tuple[int, bool]:
+    """warmup_steps (optimizer steps) in PPO iterations, for targets that step the schedule once per
+    iteration; and whether the conversion is exact."""
+    per_iteration = config.ppo_epochs * config.num_mini_batches
+    if config.warmup_steps == 0:
+        return 0, True
+    iterations = max(1, math.floor(config.warmup_steps / per_iteration + 0.5))
+    return iterations, iterations * per_iteration == config.warmup_steps
+
+
+def warmup_per_iteration(config: PPOConfig, iterations: int) -> str:
+    """What a target that steps its schedule once per iteration does with warmup_steps (for a warning)."""
+    per = config.ppo_epochs * config.num_mini_batches
+    unit = "iteration" if iterations == 1 else "iterations"
+    return (f"steps its schedule once per PPO iteration ({per} optimizer steps); exported {iterations} {unit}, "
+            f"that is {iterations * per} optimizer steps")
+
+
+def per_token_kl_target(config: PPOConfig) -> float:
+    """Our kl_target is summed over the response; targets that average KL over response tokens need it
+    per token. Exact only when responses run to response_length tokens."""
+    return config.kl_target / config.response_length
+
+
+def micro(config: PPOConfig) -> int:
+    return config.micro_batch_size or config.mini_batch_size
+
+
+# -- rendering -----------------------------------------------------------------------------------
+
+def shell_value(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return " ".join(shell_value(v) for v in value)
+    if isinstance(value, float):
+        return shlex.quote(repr(value))
+    return shlex.quote(str(value))
+
+
+def render_bash_array(out: Out, array: str, style: str) -> list[str]:
+    """Lines of `array=( ... )`: style "flag" writes `--name value`, style "hydra" writes `name=value`.
+    A value of True with style "flag" writes the bare flag (argparse store_true)."""
+    lines = [f"{array}=("]
+    for name, value, comment in out.items:
+        if not name:
+            lines += comment_lines([comment], "  ")
+            continue
+        if style == "flag":
+            text = name if value is True else f"{name} {shell_value(value)}"
+        else:
+            text = shlex.quote(f"{name}={hydra_value(value)}")
+        lines.append(f"  {text}" + (f"  # {_one_line(comment)}" if comment else ""))
+    lines.append(")")
+    return lines
+
+
+def hydra_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str) and not re.fullmatch(r"[A-Za-z0-9_./+-]+", value):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"  # Hydra's quoted string
+    return str(value)

@@ -1,0 +1,106 @@
+"""The Optuna study of a sweep: storage, loading, trial outcomes, the best feasible trial.
+
+Every trial that ran records on its Optuna trial: the constraint "kl" (max objective/kl minus the
+KL limit; > 0 means infeasible), and the user attributes below. A trial is feasible when it ran
+and its constraint is <= 0; only COMPLETE feasible trials can be the best.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = ["ATTR", "STATE_NAMES", "TrialRow", "best_feasible", "count_states", "open_storage",
+           "redact", "trial_rows"]
+
+# user attributes on each Optuna trial
+ATTR = {
+    "engine": "engine_config",  # JSON: the trial's full engine config
+    "stop": "stop_reason",  # why it ended: completed, kl_limit, pruned (asha), failed: ..., interrupted
+    "kl_max": "kl_max",  # the largest objective/kl it reported (nats)
+    "kl_final": "kl_final",
+    "iterations": "iterations",
+    "ray_trial": "ray_trial_id",
+    "mlflow_run": "mlflow_run_id",
+    "error": "error",
+}
+STATE_NAMES = ("COMPLETE", "INFEASIBLE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+
+
+def redact(url: str | None) -> str | None:
+    """The URL with any password replaced by ***, for logs, MLflow params and messages."""
+    if not url:
+        return url
+    return re.sub(r"(://[^:/@\s]+:)([^@\s]*)@", r"\1***@", url)
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An RDB storage that tolerates concurrent writers (SQLite: WAL and a long busy timeout)."""
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        kwargs = {"connect_args": {"timeout": 60}}
+    storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    if url.startswith("sqlite"):
+        with storage.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+    return storage
+
+
+def is_feasible(trial: FrozenTrial) -> bool:
+    constraints = trial.constraints or {}
+    return all(v <= 0 for v in constraints.values())
+
+
+def state_of(trial: FrozenTrial) -> str:
+    """COMPLETE, INFEASIBLE (complete, but passed the KL limit), PRUNED, FAIL, RUNNING or WAITING."""
+    if trial.state == TrialState.COMPLETE and not is_feasible(trial):
+        return "INFEASIBLE"
+    return trial.state.name
+
+
+def count_states(study: optuna.Study) -> dict[str, int]:
+    counts = dict.fromkeys(STATE_NAMES, 0)
+    for trial in study.get_trials(deepcopy=False):
+        counts[state_of(trial)] += 1
+    return counts
+
+
+def best_feasible(study: optuna.Study) -> FrozenTrial | None:
+    """The best COMPLETE trial within the KL limit (first objective for multi-objective studies)."""
+    direction = study.directions[0]
+    candidates = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                  if is_feasible(t) and t.values and math.isfinite(t.values[0])]
+    if not candidates:
+        return None
+    pick = max if direction == optuna.study.StudyDirection.MAXIMIZE else min
+    return pick(candidates, key=lambda t: t.values[0])
+
+
+@dataclass
+class TrialRow:
+    number: int
+    state: str
+    value: float | None
+    kl_max: float | None
+    iterations: int | None
+    params: dict[str, Any]
+    stop_reason: str
+
+
+def trial_rows(study: optuna.Study) -> list[TrialRow]:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        rows.append(TrialRow(number=t.number, state=state_of(t), value=t.values[0] if t.values else None,
+                             kl_max=t.user_attrs.get(ATTR["kl_max"]), iterations=t.user_attrs.get(ATTR["iterations"]),
+                             params=dict(t.params), stop_reason=t.user_attrs.get(ATTR["stop"], "")))
+    return rows
+
+
+def engine_config_of(trial: FrozenTrial) -> dict[str, Any]:
+    return json.loads(trial.user_attrs[ATTR["engine"]])

@@ -1,0 +1,172 @@
+"""MLflow tracking of a sweep, from the driver: a parent run per sweep, a nested child run per trial.
+
+All writes go through one MlflowClient with explicit run ids (no global active run), from the
+Tune driver's callbacks, so trials never touch the tracking store themselves.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import optuna
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+from trials import metrics as K
+from tuner.spec import SweepSpec
+from tuner.sweep._searcher import StudySearcher
+from tuner.sweep._study import ATTR, redact
+
+__all__ = ["SweepTracker", "TrialLogger"]
+
+PARENT_ATTR = "mlflow_parent_run_id"
+_STATUS = {"COMPLETE": "FINISHED", "INFEASIBLE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, str]:
+    if isinstance(data, dict):
+        out: dict[str, str] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): str(data)[:6000]}
+
+
+class SweepTracker:
+    """The parent run: created once per sweep, reused on resume (its id is kept in the study)."""
+
+    def __init__(self, spec: SweepSpec, study: optuna.Study):
+        self.spec, self.study = spec, study
+        self.client = MlflowClient(tracking_uri=spec.tracking_uri())
+        self.experiment_id = self._experiment()
+        self.parent_id = self._parent()
+
+    def _experiment(self) -> str:
+        name = self.spec.experiment_name()
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = None
+        if self.spec.tracking_uri().startswith("sqlite"):
+            location = (self.spec.sweep_dir() / "mlartifacts").resolve().as_uri()
+        # "finetuning" makes the MLflow UI open the experiment on its training-runs view
+        return self.client.create_experiment(name, artifact_location=location,
+                                             tags={"mlflow.experimentKind": "finetuning"})
+
+    def _parent(self) -> str:
+        run_id = self.study.user_attrs.get(PARENT_ATTR)
+        if run_id:
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(self.experiment_id, run_name=f"sweep-{self.spec.name}",
+                                     tags={"ppo_tuner.kind": "sweep", "ppo_tuner.study": self.spec.name})
+        self.study.set_user_attr(PARENT_ATTR, run.info.run_id)
+        settings = _flatten({k: v for k, v in self.spec.resolved().items() if k not in ("search_space", "base")})
+        settings["storage"] = redact(self.spec.storage_url())
+        settings["mlflow.tracking_uri"] = redact(self.spec.tracking_uri())
+        params = [Param(k, redact(v) or "") for k, v in sorted(settings.items())][:100]
+        self.client.log_batch(run.info.run_id, params=params)
+        self.log_text(run.info.run_id, _spec_yaml(self.spec), "spec.yaml")
+        return run.info.run_id
+
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_text(text)
+            self.client.log_artifact(run_id, str(path))
+
+    def log_file(self, path: Path) -> None:
+        self.client.log_artifact(self.parent_id, str(path))
+
+    def finish(self, summary: dict[str, float], tags: dict[str, str], status: str = "FINISHED") -> None:
+        metrics = [Metric(k, float(v), 0, 0) for k, v in summary.items() if v is not None and math.isfinite(v)]
+        self.client.log_batch(self.parent_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
+        self.client.set_terminated(self.parent_id, status=status)
+
+    def child_runs(self) -> list[Any]:
+        return self.client.search_runs([self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent_id}'",
+                                       max_results=5000)
+
+
+def _spec_yaml(spec: SweepSpec) -> str:
+    import yaml
+
+    data = spec.resolved()
+    data["storage"] = redact(data.get("storage"))
+    if isinstance(data.get("mlflow"), dict):
+        data["mlflow"]["tracking_uri"] = redact(data["mlflow"].get("tracking_uri"))
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+class TrialLogger(Callback):
+    """One nested child run per trial: its params, every iteration's metrics, its state and stop reason."""
+
+    def __getstate__(self) -> dict:
+        return {}  # Ray pickles callbacks into its experiment state; these hold live handles
+
+    def __init__(self, tracker: SweepTracker, searcher: StudySearcher):
+        self.tracker, self.searcher = tracker, searcher
+        self.client = tracker.client
+        self.runs: dict[str, str] = {}  # ray trial id -> mlflow run id
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.trial_id in self.runs:
+            return  # a retry of the same trial keeps its run
+        number = trial.config.get("number")
+        run = self.client.create_run(self.tracker.experiment_id, run_name=f"trial-{number}", tags={
+            "mlflow.parentRunId": self.tracker.parent_id, "ppo_tuner.kind": "trial",
+            "ppo_tuner.trial_number": str(number), "ppo_tuner.ray_trial_id": trial.trial_id})
+        self.runs[trial.trial_id] = run.info.run_id
+        params = [Param(k, str(v)) for k, v in sorted(trial.config.get("params", {}).items())]
+        params += [Param(f"engine.{k}", redact(str(v)) or "") for k, v in sorted(trial.config["engine"].items())
+                   if k not in trial.config.get("params", {})]
+        self.client.log_batch(run.info.run_id, params=params[:100])
+        live = self.searcher.live.get(trial.trial_id)
+        if live is not None:
+            live.set_user_attr(ATTR["mlflow_run"], run.info.run_id)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is None or "error" in result:
+            return
+        step = int(result.get("training_iteration", 0))
+        names = [*K.ALL, "objective", "kl_max", "perf/trial_start_seconds"]
+        metrics = [Metric(n, float(result[n]), 0, step) for n in names
+                   if isinstance(result.get(n), (int, float)) and math.isfinite(result[n])]
+        self.client.log_batch(run_id, metrics=metrics)
+
+    def _close(self, trial: Any, fallback: str) -> None:
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is None:
+            return
+        outcome = self.searcher.outcomes.get(trial.trial_id)
+        state = outcome.state if outcome else fallback
+        tags = [RunTag("ppo_tuner.state", state), RunTag("ppo_tuner.stop_reason", outcome.stop_reason if outcome else fallback)]
+        if outcome and outcome.error:
+            tags.append(RunTag("ppo_tuner.error", outcome.error[:5000]))
+        self.client.log_batch(run_id, tags=tags)
+        self.client.set_terminated(run_id, status=_STATUS.get(state, "KILLED"))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._close(trial, "COMPLETE")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._close(trial, "FAIL")
+
+    def close_orphans(self) -> int:
+        """Runs of this sweep still RUNNING (their controller died): mark them KILLED."""
+        closed = 0
+        for run in self.tracker.child_runs():
+            if run.info.status == "RUNNING" and run.info.run_id not in self.runs.values():
+                self.client.set_tag(run.info.run_id, "ppo_tuner.state", "KILLED")
+                self.client.set_terminated(run.info.run_id, status=RunStatus.to_string(RunStatus.KILLED))
+                closed += 1
+        return closed
+
+
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
