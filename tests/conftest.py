@@ -62,3 +62,15 @@ def reward_module(tmp_path, monkeypatch):
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A private PostgreSQL 15 on 127.0.0.1 (skipped where its server binaries are not installed)."""
+    from tests.pg import PrivatePostgres, available
+
+    if not available():
+        pytest.skip("needs PostgreSQL server binaries (/usr/lib/postgresql/15/bin) and runuser")
+    server = PrivatePostgres().start()
+    yield server
+    server.stop()

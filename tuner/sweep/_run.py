@@ -172,6 +172,7 @@ def run_sweep(spec: SweepSpec, *, stream: Any = None) -> SweepSummary:
             tuner.fit()
         finally:
             table.stop()
+            logger.close_abandoned(list(searcher.live))  # while their Optuna trials can still be written
             searcher.abandon_live()
             if started_ray:
                 import ray

@@ -42,7 +42,7 @@ class StudySearcher(Searcher):
         self.live: dict[str, optuna.trial.Trial] = {}  # ray trial id -> live Optuna trial
         self.last: dict[str, dict[str, Any]] = {}  # ray trial id -> last result
         self.outcomes: dict[str, Outcome] = {}  # ray trial id -> what was recorded
-        self.numbers: dict[str, int] = {}
+        self.configs: dict[str, dict[str, Any]] = {}  # ray trial id -> the config it was given
         self.multi = len(spec.directions()) > 1
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
@@ -55,9 +55,9 @@ class StudySearcher(Searcher):
         trial.set_user_attr(ATTR["engine"], json.dumps(engine))
         trial.set_user_attr(ATTR["ray_trial"], trial_id)
         self.live[trial_id] = trial
-        self.numbers[trial_id] = trial.number
-        return {"engine": engine, "params": params, "number": trial.number, "kl_limit": self.spec.kl_limit,
+        self.configs[trial_id] = config = {"engine": engine, "params": params, "number": trial.number, "kl_limit": self.spec.kl_limit,
                 "objective": self.spec.objective.model_dump(), "sys_path": [p for p in sys.path if p]}
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         self.last[trial_id] = result
@@ -99,13 +99,16 @@ class StudySearcher(Searcher):
         state = "INFEASIBLE" if reason == "kl_limit" else "COMPLETE"
         return Outcome(trial.number, state, reason, value)
 
-    def abandon_live(self, reason: str = "interrupted") -> None:
-        """Mark trials still running (the sweep was interrupted) as FAIL, so a resume re-runs them."""
-        for trial_id in list(self.live):
+    def abandon_live(self, reason: str = "interrupted") -> list[str]:
+        """Mark trials still running or pending (the sweep was interrupted) as FAIL, so a resume re-runs
+        them; returns their ray trial ids."""
+        abandoned = list(self.live)
+        for trial_id in abandoned:
             trial = self.live.pop(trial_id)
             trial.set_user_attr(ATTR["stop"], reason)
             self.study.tell(trial, state=TrialState.FAIL)
             self.outcomes[trial_id] = Outcome(trial.number, "FAIL", reason, None)
+        return abandoned
 
     def __getstate__(self) -> dict[str, Any]:
         # Ray pickles its search algorithm into the experiment state; the study is our checkpoint.

@@ -115,20 +115,32 @@ class TrialLogger(Callback):
         self.runs: dict[str, str] = {}  # ray trial id -> mlflow run id
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if trial.trial_id in self.runs:
-            return  # a retry of the same trial keeps its run
-        number = trial.config.get("number")
+        if trial.trial_id not in self.runs:  # a retry of the same trial keeps its run
+            self._create_run(trial.trial_id, trial.config)
+
+    def _create_run(self, trial_id: str, config: dict[str, Any]) -> str:
+        number = config.get("number")
         run = self.client.create_run(self.tracker.experiment_id, run_name=f"trial-{number}", tags={
             "mlflow.parentRunId": self.tracker.parent_id, "ppo_tuner.kind": "trial",
-            "ppo_tuner.trial_number": str(number), "ppo_tuner.ray_trial_id": trial.trial_id})
-        self.runs[trial.trial_id] = run.info.run_id
-        params = [Param(k, str(v)) for k, v in sorted(trial.config.get("params", {}).items())]
-        params += [Param(f"engine.{k}", redact(str(v)) or "") for k, v in sorted(trial.config["engine"].items())
-                   if k not in trial.config.get("params", {})]
+            "ppo_tuner.trial_number": str(number), "ppo_tuner.ray_trial_id": trial_id})
+        self.runs[trial_id] = run.info.run_id
+        params = [Param(k, str(v)) for k, v in sorted(config.get("params", {}).items())]
+        params += [Param(f"engine.{k}", redact(str(v)) or "") for k, v in sorted(config["engine"].items())
+                   if k not in config.get("params", {})]
         self.client.log_batch(run.info.run_id, params=params[:100])
-        live = self.searcher.live.get(trial.trial_id)
+        live = self.searcher.live.get(trial_id)
         if live is not None:
             live.set_user_attr(ATTR["mlflow_run"], run.info.run_id)
+        return run.info.run_id
+
+    def close_abandoned(self, trial_ids: list[str]) -> None:
+        """Trials the interrupted sweep had suggested, running or not yet started: a KILLED run each,
+        so that MLflow keeps exactly one child run per Optuna trial."""
+        for trial_id in trial_ids:
+            run_id = self.runs.get(trial_id) or self._create_run(trial_id, self.searcher.configs[trial_id])
+            self.client.log_batch(run_id, tags=[RunTag("ppo_tuner.state", "FAIL"),
+                                                RunTag("ppo_tuner.stop_reason", "interrupted")])
+            self.client.set_terminated(run_id, status="KILLED")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         run_id = self.runs.get(trial.trial_id)
