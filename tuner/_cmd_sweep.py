@@ -73,7 +73,15 @@ def _start(spec) -> int:
     for warning in spec.warnings():
         print(f"warning: {warning}", file=sys.stderr)
     preflight(spec)  # model, prompts and reward are checked before any trial is launched
-    summary = run_sweep(spec)
+    from ray.tune.error import TuneError
+
+    try:
+        summary = run_sweep(spec)
+    except TuneError as exc:  # Ray Tune itself failed; the study and MLflow keep what finished
+        reason = str(exc).strip().splitlines()[-1][:300]
+        print(f"error: the sweep stopped: {reason}; what finished is kept: continue with "
+              f"tuner resume {spec.sweep_dir()}", file=sys.stderr)
+        return 1
     _print_summary(summary)
     if summary.missing:
         print(f"sweep stopped with {summary.missing} of {spec.budget.trials} trials still to run; "

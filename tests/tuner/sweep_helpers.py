@@ -39,8 +39,8 @@ def write_spec(folder: Path, name: str, **overrides) -> Path:
     return path
 
 
-def tuner(*args: str, cwd: Path, timeout: float = 600, **popen) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def tuner(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None, **popen) -> subprocess.CompletedProcess:
+    env = {**(env or os.environ), "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "tuner.cli", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout, **popen)
 

@@ -107,6 +107,10 @@ def quiet_libraries() -> None:
 
 
 def _ray_init(spec: SweepSpec) -> bool:
+    """Join `ray.address`, else the cluster RAY_ADDRESS names (as in a Ray job's driver), else start a
+    local Ray. A jobs-API address (http://HEAD:8265) is for `tuner submit`: never joined."""
+    import socket
+
     import ray
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -114,11 +118,29 @@ def _ray_init(spec: SweepSpec) -> bool:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if ray.is_initialized():
         return False
-    address = spec.ray.address if spec.ray else None
+    field, address = "ray.address", (spec.ray.address if spec.ray else None) or None
+    env_address = os.environ.get("RAY_ADDRESS", "").strip()
+    if address in (None, "auto") and env_address and not (address is None and env_address.startswith("http")):
+        field, address = "RAY_ADDRESS", env_address
+    if address and address.startswith(("http://", "https://")):
+        raise ConfigError([Problem(field, address, "is a Ray jobs API address, which 'tuner run' cannot join",
+                                   f"submit the sweep there with 'tuner submit SPEC --address {address}', or give "
+                                   "the cluster's address: 'auto' on a cluster node, 'HOST:6379' or 'ray://HOST:10001'")])
+    host, _, port = (address or "").rpartition(":")
+    if host and port.isdigit() and "://" not in address:  # a GCS address: Ray would retry it for minutes
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except OSError:
+            raise ConfigError([Problem(field, address, "no Ray cluster answers there",
+                                       "start the cluster, or fix the address (empty: a local Ray)")]) from None
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False}
     if not address:
         kwargs["num_cpus"] = (spec.ray.num_cpus if spec.ray and spec.ray.num_cpus else None) or os.cpu_count()
-    ray.init(address=address or None, **kwargs)
+    try:
+        ray.init(address=address or "local", **kwargs)  # "local": a new Ray, never one found on this machine
+    except ConnectionError as exc:  # 'auto' found no cluster
+        raise ConfigError([Problem(field, address, f"no Ray cluster found ({str(exc).splitlines()[0][:200]})",
+                                   "start one (ray start --head), or fix the address (empty: a local Ray)")]) from None
     return True
 
 
@@ -141,7 +163,7 @@ def run_sweep(spec: SweepSpec, *, stream: Any = None) -> SweepSummary:
     tracker = SweepTracker(spec, study)
     searcher = StudySearcher(study, spec)
     logger = TrialLogger(tracker, searcher)
-    logger.close_orphans()
+    logger.reconcile(study)
     table = LiveTable(searcher, f"sweep {spec.name}", stream)
     started = time.perf_counter()
     if todo:

@@ -62,6 +62,12 @@ class StudySearcher(Searcher):
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         self.last[trial_id] = result
         trial = self.live.get(trial_id)
+        if trial is not None and "error" in result:
+            errors = [*trial.user_attrs.get(ATTR["errors"], []), str(result["error"])[:300]]
+            trial.set_user_attr(ATTR["errors"], errors)
+            return
+        if trial is not None and "pid" in result and trial.user_attrs.get(ATTR["pid"]) != int(result["pid"]):
+            trial.set_user_attr(ATTR["pid"], int(result["pid"]))
         value = result.get(OBJECTIVE)
         if trial is not None and not self.multi and value is not None and math.isfinite(value):
             trial.report(value, step=int(result["training_iteration"]))
@@ -98,6 +104,13 @@ class StudySearcher(Searcher):
         self.study.tell(trial, values)
         state = "INFEASIBLE" if reason == "kl_limit" else "COMPLETE"
         return Outcome(trial.number, state, reason, value)
+
+    def on_retry(self, trial_id: str) -> None:
+        """Ray restarts a trial after a failure (an exception that can pass, or its worker died)."""
+        trial = self.live.get(trial_id)
+        if trial is not None:
+            trial.set_user_attr(ATTR["retries"], int(trial.user_attrs.get(ATTR["retries"], 0)) + 1)
+            trial.set_user_attr(ATTR["pid"], -1)  # the next attempt reports its own pid
 
     def abandon_live(self, reason: str = "interrupted") -> list[str]:
         """Mark trials still running or pending (the sweep was interrupted) as FAIL, so a resume re-runs

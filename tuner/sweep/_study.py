@@ -16,7 +16,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["ATTR", "STATE_NAMES", "TrialRow", "best_feasible", "count_states", "open_storage",
+from trials import Problem, TunerError
+
+__all__ = ["ATTR", "STATE_NAMES", "StorageError", "sqlite_init_lock", "TrialRow", "best_feasible", "count_states", "open_storage",
            "redact", "trial_rows"]
 
 # user attributes on each Optuna trial
@@ -29,6 +31,9 @@ ATTR = {
     "ray_trial": "ray_trial_id",
     "mlflow_run": "mlflow_run_id",
     "error": "error",
+    "errors": "errors",  # each attempt's error, for trials that were retried
+    "retries": "retries",
+    "pid": "pid",  # the process running the trial's current attempt
 }
 STATE_NAMES = ("COMPLETE", "INFEASIBLE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
@@ -41,15 +46,49 @@ def redact(url: str | None) -> str | None:
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An RDB storage that tolerates concurrent writers (SQLite: WAL and a long busy timeout)."""
+    """An RDB storage that tolerates concurrent writers (SQLite: WAL and a long busy timeout).
+
+    The one place where a database error becomes the project's own error, with the password redacted.
+    """
+    import sqlalchemy.exc
+
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         kwargs = {"connect_args": {"timeout": 60}}
-    storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    if url.startswith("sqlite"):
-        with storage.engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+    try:
+        with sqlite_init_lock(url):  # two controllers creating the tables of one file at once collide
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        if url.startswith("sqlite"):
+            with storage.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
+        raise StorageError([Problem("storage", redact(url), f"cannot open the study database ({_scrub(reason, url)})",
+                                    "check that the database server is running and the URL, user and password are right")]) from None
     return storage
+
+
+def sqlite_init_lock(url: str) -> Any:
+    """An inter-process lock beside an SQLite database file (a no-op for other databases)."""
+    import contextlib
+
+    from filelock import FileLock
+
+    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
+        return contextlib.nullcontext()
+    path = url.removeprefix("sqlite:///")
+    return FileLock(f"{path}.init.lock", timeout=300)
+
+
+class StorageError(TunerError):
+    """The study database cannot be reached or opened."""
+
+
+def _scrub(text: str, url: str) -> str:
+    """Remove the URL's password from a driver's message, wherever it appears."""
+    match = re.search(r"://[^:/@\s]+:([^@\s]*)@", url)
+    text = redact(text) or ""
+    return text.replace(match.group(1), "***") if match and match.group(1) else text
 
 
 def is_feasible(trial: FrozenTrial) -> bool:

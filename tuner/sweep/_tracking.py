@@ -6,6 +6,7 @@ Tune driver's callbacks, so trials never touch the tracking store themselves.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -20,7 +21,7 @@ from ray.tune import Callback
 from trials import metrics as K
 from tuner.spec import SweepSpec
 from tuner.sweep._searcher import StudySearcher
-from tuner.sweep._study import ATTR, redact
+from tuner.sweep._study import ATTR, redact, sqlite_init_lock
 
 __all__ = ["SweepTracker", "TrialLogger"]
 
@@ -42,8 +43,9 @@ class SweepTracker:
 
     def __init__(self, spec: SweepSpec, study: optuna.Study):
         self.spec, self.study = spec, study
-        self.client = MlflowClient(tracking_uri=spec.tracking_uri())
-        self.experiment_id = self._experiment()
+        with sqlite_init_lock(spec.tracking_uri()):  # MLflow's schema migrations must not run twice at once
+            self.client = MlflowClient(tracking_uri=spec.tracking_uri())
+            self.experiment_id = self._experiment()
         self.parent_id = self._parent()
 
     def _experiment(self) -> str:
@@ -142,9 +144,21 @@ class TrialLogger(Callback):
                                                 RunTag("ppo_tuner.stop_reason", "interrupted")])
             self.client.set_terminated(run_id, status="KILLED")
 
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.searcher.on_retry(trial.trial_id)
+        run_id = self.runs.get(trial.trial_id)
+        live = self.searcher.live.get(trial.trial_id)
+        if run_id and live is not None:
+            self.client.set_tag(run_id, "ppo_tuner.retries", str(live.user_attrs.get(ATTR["retries"], 1)))
+
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         run_id = self.runs.get(trial.trial_id)
-        if run_id is None or "error" in result:
+        if run_id is None:
+            return
+        if "error" in result:  # an attempt failed: keep its error, whether or not it is retried
+            live = self.searcher.live.get(trial.trial_id)
+            errors = live.user_attrs.get(ATTR["errors"], []) if live is not None else [str(result["error"])]
+            self.client.set_tag(run_id, "ppo_tuner.errors", " | ".join(errors)[:5000])
             return
         step = int(result.get("training_iteration", 0))
         names = [*K.ALL, "objective", "kl_max", "perf/trial_start_seconds"]
@@ -170,15 +184,29 @@ class TrialLogger(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._close(trial, "FAIL")
 
-    def close_orphans(self) -> int:
-        """Runs of this sweep still RUNNING (their controller died): mark them KILLED."""
-        closed = 0
+    def reconcile(self, study: optuna.Study) -> dict[str, int]:
+        """Make MLflow agree with the study after a controller died: runs left RUNNING become KILLED,
+        and a trial that has no run (it was suggested but never started) gets a KILLED one, so that
+        there is exactly one child run per Optuna trial."""
+        by_number: dict[str, list[Any]] = {}
         for run in self.tracker.child_runs():
-            if run.info.status == "RUNNING" and run.info.run_id not in self.runs.values():
-                self.client.set_tag(run.info.run_id, "ppo_tuner.state", "KILLED")
-                self.client.set_terminated(run.info.run_id, status=RunStatus.to_string(RunStatus.KILLED))
-                closed += 1
-        return closed
-
+            by_number.setdefault(run.data.tags.get("ppo_tuner.trial_number", ""), []).append(run)
+        killed = created = 0
+        for trial in study.get_trials(deepcopy=False):
+            runs = by_number.get(str(trial.number), [])
+            for run in runs:
+                if run.info.status == "RUNNING" and run.info.run_id not in self.runs.values():
+                    self.client.set_tag(run.info.run_id, "ppo_tuner.state", "KILLED")
+                    self.client.set_terminated(run.info.run_id, status=RunStatus.to_string(RunStatus.KILLED))
+                    killed += 1
+            if not runs and trial.state.is_finished():
+                engine = json.loads(trial.user_attrs.get(ATTR["engine"], "{}"))
+                run_id = self._create_run(trial.user_attrs.get(ATTR["ray_trial"], f"optuna-{trial.number}"),
+                                          {"number": trial.number, "params": dict(trial.params), "engine": engine})
+                self.client.log_batch(run_id, tags=[RunTag("ppo_tuner.state", trial.state.name), RunTag(
+                    "ppo_tuner.stop_reason", trial.user_attrs.get(ATTR["stop"], "interrupted"))])
+                self.client.set_terminated(run_id, status="KILLED")
+                created += 1
+        return {"killed": killed, "created": created}
 
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")

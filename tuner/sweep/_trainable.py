@@ -7,6 +7,7 @@ loaded checkpoints per process, so a warm worker pays for imports and model load
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 import traceback
@@ -74,15 +75,36 @@ def run_trial(config: dict[str, Any]) -> None:
             score = scorer.update(metrics)
             result = {**metrics, "objective": score, "kl_max": state["kl_max"],
                       SCHEDULER_SCORE: worst if over or not math.isfinite(score) else score,
-                      "perf/trial_start_seconds": start_cost, "perf/warm_start": float(warm)}
+                      "perf/trial_start_seconds": start_cost, "perf/warm_start": float(warm), "pid": os.getpid()}
             if done:
                 result["stop_reason"] = "kl_limit" if over else "completed"
             tune.report(result)
             return over
 
         trainer.train(report)
-    except Exception as exc:  # reported as the trial's last result, then raised so Ray records (and retries) it
+    except Exception as exc:
+        # Reported as the trial's last result. A cause that can pass (out of memory, a reward that
+        # crashed, an unknown error) is raised again so that Ray retries the trial up to the spec's
+        # max_failures; a deterministic one (NaN/inf loss, bad reward output, bad config) ends it now.
         message = f"{type(exc).__name__}: {exc}"
-        tune.report({"error": message, "traceback": traceback.format_exc()[-4000:],
+        retry = retryable(exc)
+        tune.report({"error": message, "retryable": float(retry), "traceback": traceback.format_exc()[-4000:],
+                     "objective": math.nan, SCHEDULER_SCORE: worst, "pid": os.getpid(),
                      "kl_max": state["kl_max"] if math.isfinite(state["kl_max"]) else None})
-        raise
+        if retry:
+            raise
+
+
+def retryable(exc: BaseException) -> bool:
+    """Whether running the same trial again may succeed."""
+    import torch
+
+    from trials import NonFiniteError, RewardError, TunerError
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True  # memory may be free on the next attempt or another worker
+    if isinstance(exc, NonFiniteError):
+        return False  # the same config and seed diverge the same way
+    if isinstance(exc, RewardError):
+        return exc.__cause__ is not None  # the reward raised (a service down?) vs returned bad values
+    return not isinstance(exc, TunerError)

@@ -1,0 +1,38 @@
+"""Two sweeps at once on one SQLite study database and one MLflow store: no 'database is locked',
+nothing lost."""
+
+from __future__ import annotations
+
+import optuna
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from tests.tuner.sweep_helpers import start_tuner, write_spec
+
+
+def test_two_sweeps_share_one_sqlite_file(tmp_path, demo_model):
+    storage = f"sqlite:///{tmp_path / 'shared-study.db'}"
+    tracking = f"sqlite:///{tmp_path / 'shared-mlflow.db'}"
+    procs = []
+    for name in ("left", "right"):
+        path = write_spec(tmp_path, name, storage=storage, mlflow={"tracking_uri": tracking},
+                          budget={"trials": 4, "iterations": 4}, scheduler={"type": "none"},
+                          resources={"cpus_per_trial": 1, "max_concurrent": 1}, ray={"num_cpus": 1})
+        procs.append((name, start_tuner("run", path, cwd=tmp_path, log=tmp_path / f"{name}.log")))
+    for name, proc in procs:
+        code = proc.wait(timeout=900)
+        log = (tmp_path / f"{name}.log").read_text()
+        assert code == 0, log[-3000:]
+        assert "database is locked" not in log and "Traceback" not in log
+    client = MlflowClient(tracking)
+    for name, _ in procs:
+        trials = optuna.load_study(study_name=name, storage=storage).trials
+        assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+        experiment = client.get_experiment_by_name(name)
+        runs = client.search_runs([experiment.experiment_id], max_results=100)
+        children = {int(r.data.tags["ppo_tuner.trial_number"]): r for r in runs
+                    if r.data.tags.get("ppo_tuner.kind") == "trial"}
+        assert sorted(children) == [t.number for t in trials]
+        for t in trials:  # every iteration a trial ran is in its run (KL-limit stops end early)
+            history = client.get_metric_history(children[t.number].info.run_id, "objective/kl")
+            assert sorted(m.step for m in history) == list(range(1, t.user_attrs["iterations"] + 1))
