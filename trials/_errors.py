@@ -25,7 +25,9 @@ class Problem:
 
     def __str__(self) -> str:
         text = f"{self.path}: {self.message} (got {self.value!r})"
-        return f"{text}; {self.fix}" if self.fix else text
+        text = f"{text}; {self.fix}" if self.fix else text
+        # one line, always: control characters from the user's input (a key with a newline) are escaped
+        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class TunerError(Exception):

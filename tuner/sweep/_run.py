@@ -169,11 +169,12 @@ def run_sweep(spec: SweepSpec, *, stream: Any = None) -> SweepSummary:
     if todo:
         mode = "max" if spec.objective.direction == "maximize" else "min"
         sched = spec.scheduler
+        grace = min(sched.grace_period, spec.iterations())  # past the last iteration: nothing is cut (the spec warns)
         if sched.type == "asha":
             scheduler = ASHAScheduler(metric=SCHEDULER_SCORE, mode=mode, max_t=spec.iterations(),
-                                      grace_period=sched.grace_period, reduction_factor=sched.reduction_factor)
+                                      grace_period=grace, reduction_factor=sched.reduction_factor)
         elif sched.type == "median":
-            scheduler = MedianStoppingRule(metric=SCHEDULER_SCORE, mode=mode, grace_period=sched.grace_period,
+            scheduler = MedianStoppingRule(metric=SCHEDULER_SCORE, mode=mode, grace_period=grace,
                                            min_samples_required=2)
         else:
             scheduler = FIFOScheduler()
