@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from typing import Any
 
@@ -56,7 +57,7 @@ class StudySearcher(Searcher):
         trial.set_user_attr(ATTR["ray_trial"], trial_id)
         self.live[trial_id] = trial
         self.configs[trial_id] = config = {"engine": engine, "params": params, "number": trial.number, "kl_limit": self.spec.kl_limit,
-                "objective": self.spec.objective.model_dump(), "sys_path": [p for p in sys.path if p]}
+                "objective": self.spec.objective.model_dump(), "sys_path": [p for p in [os.getcwd(), *sys.path] if p]}
         return config
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:

@@ -161,7 +161,7 @@ class TrialLogger(Callback):
             self.client.set_tag(run_id, "ppo_tuner.errors", " | ".join(errors)[:5000])
             return
         step = int(result.get("training_iteration", 0))
-        names = [*K.ALL, "objective", "kl_max", "perf/trial_start_seconds"]
+        names = [*K.ALL, "objective", "kl_max", "perf/trial_start_seconds", "perf/warm_start"]
         metrics = [Metric(n, float(result[n]), 0, step) for n in names
                    if isinstance(result.get(n), (int, float)) and math.isfinite(result[n])]
         self.client.log_batch(run_id, metrics=metrics)

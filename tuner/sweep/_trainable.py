@@ -55,7 +55,7 @@ def run_trial(config: dict[str, Any]) -> None:
     from trials import PPOConfig, PPOTrainer
     from trials._models import _cached
 
-    hits_before = _cached.cache_info().hits
+    warm = _cached.cache_info().currsize > 0  # this worker ran a trial before: checkpoints are cached
     kl_limit = float(config["kl_limit"])
     objective = config["objective"]
     state = {"kl_max": -math.inf, "iteration": 0}
@@ -65,7 +65,6 @@ def run_trial(config: dict[str, Any]) -> None:
         initial = trainer.initial_eval() if objective["metric"] == K.EVAL_SCORES else math.nan
         scorer = Scorer(objective["metric"], objective["direction"], objective["score"], objective["last_k"], initial)
         start_cost = time.perf_counter() - started
-        warm = _cached.cache_info().hits > hits_before
 
         def report(iteration: int, metrics: dict[str, float]) -> bool:
             state["iteration"] = iteration
