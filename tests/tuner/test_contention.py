@@ -1,17 +1,22 @@
-"""Two sweeps at once on one SQLite study database and one MLflow store: no 'database is locked',
-nothing lost."""
+"""Two sweeps at once on one study database (SQLite, PostgreSQL) and one MLflow store: no
+'database is locked', nothing lost."""
 
 from __future__ import annotations
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from tests.tuner.sweep_helpers import start_tuner, write_spec
 
 
-def test_two_sweeps_share_one_sqlite_file(tmp_path, demo_model):
-    storage = f"sqlite:///{tmp_path / 'shared-study.db'}"
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_sweeps_share_one_database(tmp_path, demo_model, backend, request):
+    if backend == "sqlite":
+        storage = f"sqlite:///{tmp_path / 'shared-study.db'}"
+    else:
+        storage = request.getfixturevalue("postgres").create_db("shared_study")
     tracking = f"sqlite:///{tmp_path / 'shared-mlflow.db'}"
     procs = []
     for name in ("left", "right"):
