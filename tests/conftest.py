@@ -74,3 +74,16 @@ def postgres():
     server = PrivatePostgres().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def compose_cluster():
+    """docker/compose.yaml's services as local processes on loopback: PostgreSQL, MLflow, a Ray head and
+    a Ray worker (tests/cluster/compose_cluster.py); skipped where this machine cannot run them."""
+    from tests.cluster.cluster_helpers import start_cluster
+
+    cluster = start_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -12,7 +12,7 @@ import sys
 from trials import TunerError
 
 # module name under tuner/ -> its subcommands are added by module.register(subparsers)
-_COMMAND_MODULES = ["_cmd_train", "_cmd_spec", "_cmd_sweep"]
+_COMMAND_MODULES = ["_cmd_train", "_cmd_spec", "_cmd_sweep", "_cmd_cluster"]
 
 
 class _Parser(argparse.ArgumentParser):

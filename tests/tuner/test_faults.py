@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from tests.tuner.sweep_helpers import start_tuner, tuner, write_spec
 from tuner.spec import load_spec
+from tuner.sweep._study import open_storage
 
 HERE = Path(__file__).resolve().parent
 
@@ -34,7 +35,7 @@ def _env(tmp_path: Path, *flags: str, **extra: str) -> dict[str, str]:
 
 
 def _trials(spec) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=spec.name, storage=spec.storage_url()).trials
+    return optuna.load_study(study_name=spec.name, storage=open_storage(spec.storage_url())).trials
 
 
 def _children(spec) -> list:

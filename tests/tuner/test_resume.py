@@ -11,13 +11,14 @@ from mlflow.tracking import MlflowClient
 
 from tests.tuner.sweep_helpers import start_tuner, tuner, write_spec
 from tuner.spec import load_spec
+from tuner.sweep._study import open_storage
 
 
 def _finished(storage: str, name: str) -> int:
     if not Path(storage.removeprefix("sqlite:///")).is_file():
         return 0
     try:
-        study = optuna.load_study(study_name=name, storage=storage)
+        study = optuna.load_study(study_name=name, storage=open_storage(storage))
     except KeyError:
         return 0
     return sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))

@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     StringConstraints,
     Tag,
     WithJsonSchema,
@@ -176,7 +177,8 @@ class Mlflow(_Section):
     """Where trials are tracked."""
 
     tracking_uri: Annotated[str | None, AfterValidator(_values.check_tracking_uri)] = Field(
-        None, description="sqlite:///..., postgresql://... or http(s)://host:port; empty means sqlite:///<sweep dir>/mlflow.db")
+        None, description="sqlite:///..., postgresql://... or http(s)://host:port; empty means sqlite:///<sweep dir>/mlflow.db; "
+                          "${NAME} is replaced by that environment variable where the URI is used")
     experiment: NonEmpty | None = Field(None, description="MLflow experiment name; empty means the spec's name")
 
 
@@ -221,10 +223,13 @@ class SweepSpec(_Section):
     resources: Resources = Field(default_factory=Resources, description=Resources.__doc__)
     ray: Ray = Field(default_factory=Ray, description=Ray.__doc__)
     storage: Annotated[str | None, AfterValidator(_values.check_storage_url)] = Field(
-        None, description="Optuna study database (sqlite:///... or postgresql+psycopg://...); empty means sqlite:///<sweep dir>/study.db")
+        None, description="Optuna study database (sqlite:///... or postgresql+psycopg://user:${PGPASSWORD}@host:5432/db); "
+                          "empty means sqlite:///<sweep dir>/study.db; ${NAME} is replaced by that environment variable "
+                          "where the URL is used, so no password need be written in the spec")
     mlflow: Mlflow = Field(default_factory=Mlflow, description=Mlflow.__doc__)
     workdir: NonEmpty = Field("sweeps", description="the sweep's folder is <workdir>/<name>, relative to the current directory")
     seed: int = Field(0, ge=0, description="seed of the sampler and of every trial (unless base.seed is set)")
+    _expand: bool = PrivateAttr(True)  # False: URLs keep their ${NAME} references (saved specs, params)
 
     @model_validator(mode="before")
     @classmethod
@@ -239,14 +244,21 @@ class SweepSpec(_Section):
         return Path(self.workdir) / self.name
 
     def storage_url(self) -> str:
+        """The study database URL, its ${NAME} references replaced from the environment."""
         if self.storage is not None:
-            return self.storage
+            return _values.expand_env(self.storage, "storage") if self._expand else self.storage
         return f"sqlite:///{(self.sweep_dir() / 'study.db').resolve()}"
 
     def tracking_uri(self) -> str:
+        """The MLflow tracking URI, its ${NAME} references replaced from the environment."""
         if self.mlflow.tracking_uri is not None:
-            return self.mlflow.tracking_uri
+            uri = self.mlflow.tracking_uri
+            return _values.expand_env(uri, "mlflow.tracking_uri") if self._expand else uri
         return f"sqlite:///{(self.sweep_dir() / 'mlflow.db').resolve()}"
+
+    def env_references(self) -> list[str]:
+        """The environment variables that the storage and tracking URLs refer to (${NAME})."""
+        return _values.env_references(f"{self.storage or ''} {self.mlflow.tracking_uri or ''}")
 
     def experiment_name(self) -> str:
         return self.mlflow.experiment or self.name
@@ -282,10 +294,12 @@ class SweepSpec(_Section):
         return check_spec(self)[1]
 
     def resolved(self) -> dict[str, Any]:
-        """The spec with every default filled in, as plain YAML-able data."""
+        """The spec with every default filled in, as plain YAML-able data (URLs as written, ${NAME} kept)."""
         from tuner.spec._check import resolved_data
 
-        return resolved_data(self)
+        written = self.model_copy()
+        written._expand = False  # keep ${PGPASSWORD}-style references: the saved spec holds no secret
+        return resolved_data(written)
 
 
 _SECTIONS = ("trial", "base", "search_space", "objective", "budget", "scheduler", "sampler",

@@ -1,16 +1,21 @@
 """Checks of single spec values: names, durations, database URLs, addresses, reward references.
 
 Each raises `spec_error(message, fix)` (inside a pydantic validator) or returns the parsed value.
+Database and tracking URLs may name environment variables, `${PGPASSWORD}` or `${NAME:-default}`,
+so that no password is written in a spec: `expand_env` replaces them where the URL is used.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from trials import ConfigError, Problem
 from tuner.spec._errors import spec_error
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -20,6 +25,50 @@ _STORAGE_DRIVERS = {"sqlite": {None, "pysqlite"}, "postgresql": {None, "psycopg"
 _TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "http", "https")
 _RAY_ADDRESS = re.compile(r"^(auto|local|(ray|http|https)://[^\s/:]+(:\d+)?/?|[^\s/:]+:\d+)$")
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")  # ${NAME} or ${NAME:-default}
+
+
+def env_references(value: str | None) -> list[str]:
+    """The environment variables a URL refers to, in order, each once."""
+    return list(dict.fromkeys(m.group(1) for m in _ENV_REF.finditer(value or "")))
+
+
+def _userinfo_end(url: str) -> int:
+    """Index of the '@' that ends the user:password part of a URL, or -1."""
+    start = url.find("://")
+    if start < 0:
+        return -1
+    slash = url.find("/", start + 3)
+    return url.rfind("@", start + 3, len(url) if slash < 0 else slash)
+
+
+def expand_env(value: str, path: str, environ: dict[str, str] | None = None) -> str:
+    """The URL with each ${NAME} (or ${NAME:-default}) replaced by its value from the environment.
+
+    A value in the user:password part is percent-encoded, so a password may hold '@', ':' or '/'.
+    A variable that is not set (and has no default) is the user's mistake: a ConfigError naming it.
+    """
+    env = os.environ if environ is None else environ
+    at = _userinfo_end(value)
+    missing = [m.group(1) for m in _ENV_REF.finditer(value) if m.group(1) not in env and m.group(2) is None]
+    if missing:
+        raise ConfigError([Problem(path, value, f"refers to ${{{missing[0]}}}, which is not set in the environment",
+                                   f"export {missing[0]}=... before running (tuner submit passes it on to the job)")])
+
+    def replace(match: re.Match[str]) -> str:
+        default = match.group(2)  # as in the shell, ${NAME:-default} also replaces an empty value
+        found = (env.get(match.group(1)) or default) if default is not None else env[match.group(1)]
+        return quote(found, safe="") if match.start() < at else found
+
+    return _ENV_REF.sub(replace, value)
+
+
+def _checkable(value: str) -> str | None:
+    """The URL with placeholders for its ${...} references, to check its form; None when the whole
+    URL is one reference (it can only be checked once expanded)."""
+    if _ENV_REF.fullmatch(value.strip()):
+        return None
+    return _ENV_REF.sub(lambda m: m.group(2) or "1", value)
 
 
 def check_name(value: str) -> str:
@@ -50,11 +99,12 @@ def parse_duration(value: Any) -> float | None:
 
 def check_storage_url(value: str | None) -> str | None:
     """An Optuna storage URL: SQLite or PostgreSQL, as SQLAlchemy parses it."""
-    if value is None:
-        return None
-    fix = "use sqlite:///path/to/study.db or postgresql+psycopg://user:password@host:5432/dbname, or leave it empty for study.db in the sweep's folder"
+    if value is None or _checkable(value) is None:
+        return value
+    fix = ("use sqlite:///path/to/study.db or postgresql+psycopg://user:${PGPASSWORD}@host:5432/dbname, "
+           "or leave it empty for study.db in the sweep's folder")
     try:
-        url = make_url(value)
+        url = make_url(_checkable(value))
     except (ArgumentError, ValueError):
         raise spec_error("is not a database URL", fix) from None
     backend, driver = url.get_backend_name(), url.get_driver_name()
@@ -71,9 +121,10 @@ def check_storage_url(value: str | None) -> str | None:
 
 def check_tracking_uri(value: str | None) -> str | None:
     """An MLflow tracking URI: a database or a tracking server (MLflow 3 refuses plain ./mlruns stores)."""
-    if value is None:
-        return None
-    scheme = value.split(":", 1)[0].split("+", 1)[0].lower() if "://" in value else ""
+    if value is None or _checkable(value) is None:
+        return value
+    checked = _checkable(value) or ""
+    scheme = checked.split(":", 1)[0].split("+", 1)[0].lower() if "://" in checked else ""
     if scheme in ("", "file"):
         raise spec_error("a file store is not supported (MLflow 3 refuses ./mlruns file stores by default)",
                          "use sqlite:///path/to/mlflow.db, a server such as http://mlflow-host:5000, "
@@ -81,7 +132,7 @@ def check_tracking_uri(value: str | None) -> str | None:
     if scheme not in _TRACKING_SCHEMES:
         raise spec_error(f"scheme {scheme!r} is not supported",
                          "use sqlite:///..., postgresql://..., mysql://..., or http(s)://host:port")
-    if scheme == "sqlite" and not value.lower().startswith("sqlite:///"):
+    if scheme == "sqlite" and not checked.lower().startswith("sqlite:///"):
         raise spec_error("a SQLite URI needs a file path", "use sqlite:///path/to/mlflow.db")
     return value
 

@@ -129,7 +129,7 @@ def _ray_init(spec: SweepSpec) -> bool:
     host, _, port = (address or "").rpartition(":")
     if host and port.isdigit() and "://" not in address:  # a GCS address: Ray would retry it for minutes
         try:
-            socket.create_connection((host, int(port)), timeout=5).close()
+            socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
         except OSError:
             raise ConfigError([Problem(field, address, "no Ray cluster answers there",
                                        "start the cluster, or fix the address (empty: a local Ray)")]) from None

@@ -54,7 +54,7 @@ class SweepTracker:
         if found is not None:
             return found.experiment_id
         location = None
-        if self.spec.tracking_uri().startswith("sqlite"):
+        if not self.spec.tracking_uri().startswith(("http://", "https://")):  # a server stores its own
             location = (self.spec.sweep_dir() / "mlartifacts").resolve().as_uri()
         # "finetuning" makes the MLflow UI open the experiment on its training-runs view
         return self.client.create_experiment(name, artifact_location=location,
