@@ -7,9 +7,11 @@ and its constraint is <= 0; only COMPLETE feasible trials can be the best.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from trials import Problem, TunerError
 
-__all__ = ["ATTR", "STATE_NAMES", "StorageError", "sqlite_init_lock", "TrialRow", "best_feasible", "count_states", "open_storage",
+__all__ = ["ATTR", "STATE_NAMES", "StorageError", "schema_init_lock", "TrialRow", "best_feasible", "count_states", "open_storage",
            "redact", "trial_rows"]
 
 # user attributes on each Optuna trial
@@ -56,28 +58,62 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     if url.startswith("sqlite"):
         kwargs = {"connect_args": {"timeout": 60}}
     try:
-        with sqlite_init_lock(url):  # two controllers creating the tables of one file at once collide
+        with schema_init_lock(url):  # two controllers creating the tables of one database at once collide
             storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
         if url.startswith("sqlite"):
             with storage.engine.connect() as conn:
                 conn.exec_driver_sql("PRAGMA journal_mode=WAL")
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, TimeoutError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
         raise StorageError([Problem("storage", redact(url), f"cannot open the study database ({_scrub(reason, url)})",
                                     "check that the database server is running and the URL, user and password are right")]) from None
     return storage
 
 
-def sqlite_init_lock(url: str) -> Any:
-    """An inter-process lock beside an SQLite database file (a no-op for other databases)."""
-    import contextlib
+def schema_init_lock(url: str) -> Any:
+    """An inter-process lock held while a database's tables are created or migrated.
 
-    from filelock import FileLock
-
+    SQLite: a lock file beside the database. PostgreSQL: a session-level advisory lock, so two
+    controllers starting at once on a fresh database do not both create Optuna's or MLflow's types
+    (which fails with a duplicate key on pg_type). Other databases: no lock.
+    """
+    if url.startswith("postgresql"):
+        return _pg_advisory_lock(url)
     if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
         return contextlib.nullcontext()
+    from filelock import FileLock
+
     path = url.removeprefix("sqlite:///")
     return FileLock(f"{path}.init.lock", timeout=300)
+
+
+_PG_LOCK_KEY = 0x7070_6F74_756E  # "ppotun": one key for every ppo-tuner schema initialisation
+
+
+@contextlib.contextmanager
+def _pg_advisory_lock(url: str, timeout: float = 300.0) -> Iterator[None]:
+    import time
+
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            deadline = time.monotonic() + timeout
+            while not conn.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:k)"), {"k": _PG_LOCK_KEY}).scalar():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"another process held the schema lock for {timeout:.0f} s")
+                conn.rollback()
+                time.sleep(0.2)
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_LOCK_KEY})
+                conn.commit()
+    finally:
+        engine.dispose()
 
 
 class StorageError(TunerError):

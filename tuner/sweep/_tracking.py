@@ -21,7 +21,7 @@ from ray.tune import Callback
 from trials import metrics as K
 from tuner.spec import SweepSpec
 from tuner.sweep._searcher import StudySearcher
-from tuner.sweep._study import ATTR, redact, sqlite_init_lock
+from tuner.sweep._study import ATTR, redact, schema_init_lock
 
 __all__ = ["SweepTracker", "TrialLogger"]
 
@@ -43,7 +43,7 @@ class SweepTracker:
 
     def __init__(self, spec: SweepSpec, study: optuna.Study):
         self.spec, self.study = spec, study
-        with sqlite_init_lock(spec.tracking_uri()):  # MLflow's schema migrations must not run twice at once
+        with schema_init_lock(spec.tracking_uri()):  # MLflow's schema migrations must not run twice at once
             self.client = MlflowClient(tracking_uri=spec.tracking_uri())
             self.experiment_id = self._experiment()
         self.parent_id = self._parent()
