@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workdir", default="sweeps")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 on a sweep's tracking store")
+    p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 on a sweep's tracking store (for a sweep that logs to an MLflow server: print its page)")
     p.add_argument("sweep", nargs="?", help="sweep name, folder or spec (default: the only/most recent sweep)")
     p.add_argument("--workdir", default="sweeps")
     p.add_argument("--host", default="127.0.0.1")
@@ -185,12 +185,18 @@ def cmd_ui(args: argparse.Namespace) -> int:
         if not sweeps:
             raise ConfigError([Problem("SWEEP", None, f"no sweeps under {args.workdir}/", "run one with 'tuner run SPEC'")])
         spec = max(sweeps, key=lambda s: (s.sweep_dir() / "spec.yaml").stat().st_mtime)
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    cmd = mlflow_server_command(spec.tracking_uri(), args.host, args.port, spec.sweep_dir() / "mlartifacts")
     from mlflow.tracking import MlflowClient
 
-    experiment = MlflowClient(spec.tracking_uri()).get_experiment_by_name(spec.experiment_name())
+    from tuner.sweep._study import redact
+
+    uri = spec.tracking_uri()
+    experiment = MlflowClient(uri).get_experiment_by_name(spec.experiment_name())
     page = f"/#/experiments/{experiment.experiment_id}/runs" if experiment else ""
+    if uri.startswith(("http://", "https://")):  # the sweep logs to a server already: show its page
+        print(f"MLflow UI for sweep {spec.name}: {redact(uri).rstrip('/')}{page}", flush=True)
+        return 0
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    cmd = mlflow_server_command(uri, args.host, args.port, spec.sweep_dir() / "mlartifacts")
     proc = subprocess.Popen(cmd, env=env)
     print(f"MLflow UI for sweep {spec.name}: http://{args.host}:{args.port}{page}  (Ctrl-C stops it)", flush=True)
     try:

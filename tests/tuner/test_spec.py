@@ -60,9 +60,10 @@ def test_demo_spec_matches_its_purpose():
     assert spec.resources.max_concurrent == 2 and spec.scheduler.grace_period == 3
 
 
-def test_gpu_example_is_postgres_and_mlflow_server_without_checking_model_paths():
+def test_gpu_example_is_postgres_and_mlflow_server_without_checking_model_paths(monkeypatch):
+    monkeypatch.setenv("PGPASSWORD", "from-the-environment")
     spec = load_spec(ROOT / "search_spaces" / "gpu_example.yaml")
-    assert spec.storage_url().startswith("postgresql+psycopg://")
+    assert spec.storage_url() == "postgresql+psycopg://tuner:from-the-environment@db-host:5432/optuna"
     assert spec.tracking_uri().startswith("http://")
     assert spec.trial.model == "/models/my-sft-model" and not Path(spec.trial.model).exists()
     assert spec.resources.gpus_per_trial == 1 and spec.budget.wall_clock == 24 * 3600

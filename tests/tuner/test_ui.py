@@ -84,3 +84,30 @@ def test_the_dashboard_shows_the_sweeps_runs(tmp_path, demo_model):
             ui.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(ui.pid, signal.SIGKILL)
+
+
+def test_a_sweep_on_an_mlflow_server_gets_the_servers_page(tmp_path, demo_model):
+    """No second server: `tuner ui` prints the page on the server the sweep logged to, and returns."""
+    from tuner._cmd_sweep import mlflow_server_command
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(mlflow_server_command(f"sqlite:///{tmp_path / 'server.db'}", "127.0.0.1", port,
+                                                    tmp_path / "artifacts"),
+                              env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_healthy(url, server)
+        spec_path = write_spec(tmp_path, "served", budget={"trials": 2, "iterations": 2}, scheduler={"type": "none"},
+                               mlflow={"tracking_uri": url})
+        proc = tuner("run", spec_path, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        ui = tuner("ui", "served", "--workdir", tmp_path / "sweeps", cwd=tmp_path, timeout=120)
+        assert ui.returncode == 0, ui.stderr[-2000:]
+        experiment_id = MlflowClient(url).get_experiment_by_name("served").experiment_id
+        assert ui.stdout.strip() == f"MLflow UI for sweep served: {url}/#/experiments/{experiment_id}/runs"
+        runs = MlflowClient(url).search_runs([experiment_id])
+        assert len(runs) == 3  # the parent and two trials, on the server
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
