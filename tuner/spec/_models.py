@@ -147,6 +147,9 @@ class SamplerSection(_Section):
         "tpe", description="tpe, random, grid, cmaes, gp, or nsga2 (multi-objective: the metric and objective/kl)")
     seed: int | None = Field(None, ge=0, description="seed of the sampler; empty means the spec's seed")
     n_startup_trials: int | None = Field(None, ge=0, description="random trials before the model-based samplers start (nsga2: the population size)")
+    skip_duplicates: bool = Field(
+        True, description="a sampled config that a finished trial already ran (same engine config, seed included) is not "
+                          "run again: the study is told that trial's outcome and the sampler asked again")
 
 
 class Resources(_Section):

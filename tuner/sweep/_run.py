@@ -76,7 +76,8 @@ def load_study(spec: SweepSpec, create: bool = False) -> optuna.Study:
 def _counts(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether a trial counts toward the budget: it ended, and not because its controller stopped."""
     alive = trial.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
-    return not alive and trial.user_attrs.get(ATTR["stop"]) != "interrupted"
+    copy = ATTR["duplicate"] in trial.user_attrs  # told an earlier trial's outcome, never run
+    return not alive and not copy and trial.user_attrs.get(ATTR["stop"]) != "interrupted"
 
 
 def remaining_trials(study: optuna.Study, wanted: int) -> int:

@@ -6,7 +6,10 @@ with its last value. Here, in the driver (the only process that writes the study
 - a trial stopped by the KL limit: COMPLETE with its score and a positive constraint, so that it
   is infeasible (never the best) and constraint-aware samplers learn to avoid its region;
 - a trial cut by the scheduler (or the wall-clock budget): PRUNED, with its constraint;
-- a trial that raised: FAIL, with its error.
+- a trial that raised: FAIL, with its error;
+- a sampled config that a finished trial already ran (discrete spaces; see `tell_if_duplicate`):
+  that trial's outcome, at once, with user attribute duplicate_of; it is not run and does not
+  count toward budget.trials.
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from tuner.spec import SweepSpec, sample_params, trial_config
-from tuner.sweep._study import ATTR
+from tuner.sweep._study import ATTR, tell_if_duplicate
 
 __all__ = ["StudySearcher", "Outcome"]
 
 OBJECTIVE = "objective"  # the running score reported by the trainable (see _trainable.py)
+DUPLICATE_TRIES = 25  # samples asked for one slot before a repeated config is run anyway (a space nearly used up)
 
 
 class Outcome:
@@ -50,10 +54,14 @@ class StudySearcher(Searcher):
         return True
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        trial = self.study.ask()
-        params = sample_params(trial, self.spec)
-        engine = trial_config(self.spec, params).to_dict()
-        trial.set_user_attr(ATTR["engine"], json.dumps(engine))
+        for attempt in range(DUPLICATE_TRIES):
+            trial = self.study.ask()
+            params = sample_params(trial, self.spec)
+            engine = trial_config(self.spec, params).to_dict()
+            trial.set_user_attr(ATTR["engine"], json.dumps(engine))
+            if (attempt == DUPLICATE_TRIES - 1 or not self.spec.sampler.skip_duplicates or self.spec.sampler.type == "grid"
+                    or not tell_if_duplicate(self.study, trial, engine, self.multi)):
+                break
         trial.set_user_attr(ATTR["ray_trial"], trial_id)
         self.live[trial_id] = trial
         self.configs[trial_id] = config = {"engine": engine, "params": params, "number": trial.number, "kl_limit": self.spec.kl_limit,

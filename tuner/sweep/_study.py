@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from trials import Problem, TunerError
 
 __all__ = ["ATTR", "STATE_NAMES", "StorageError", "schema_init_lock", "TrialRow", "best_feasible", "count_states", "open_storage",
-           "redact", "trial_rows"]
+           "redact", "tell_if_duplicate", "trial_rows"]
 
 # user attributes on each Optuna trial
 ATTR = {
@@ -36,8 +36,9 @@ ATTR = {
     "errors": "errors",  # each attempt's error, for trials that were retried
     "retries": "retries",
     "pid": "pid",  # the process running the trial's current attempt
+    "duplicate": "duplicate_of",  # the number of the trial whose engine config this one repeated (not run)
 }
-STATE_NAMES = ("COMPLETE", "INFEASIBLE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+STATE_NAMES = ("COMPLETE", "INFEASIBLE", "PRUNED", "FAIL", "RUNNING", "WAITING", "DUPLICATE")
 
 
 def redact(url: str | None) -> str | None:
@@ -133,7 +134,10 @@ def is_feasible(trial: FrozenTrial) -> bool:
 
 
 def state_of(trial: FrozenTrial) -> str:
-    """COMPLETE, INFEASIBLE (complete, but passed the KL limit), PRUNED, FAIL, RUNNING or WAITING."""
+    """COMPLETE, INFEASIBLE (complete, but passed the KL limit), PRUNED, FAIL, RUNNING, WAITING, or
+    DUPLICATE (a sampled config that an earlier trial ran: told that trial's outcome, not run)."""
+    if ATTR["duplicate"] in trial.user_attrs:
+        return "DUPLICATE"
     if trial.state == TrialState.COMPLETE and not is_feasible(trial):
         return "INFEASIBLE"
     return trial.state.name
@@ -150,7 +154,7 @@ def best_feasible(study: optuna.Study) -> FrozenTrial | None:
     """The best COMPLETE trial within the KL limit (first objective for multi-objective studies)."""
     direction = study.directions[0]
     candidates = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                  if is_feasible(t) and t.values and math.isfinite(t.values[0])]
+                  if is_feasible(t) and t.values and math.isfinite(t.values[0]) and ATTR["duplicate"] not in t.user_attrs]
     if not candidates:
         return None
     pick = max if direction == optuna.study.StudyDirection.MAXIMIZE else min
@@ -179,3 +183,35 @@ def trial_rows(study: optuna.Study) -> list[TrialRow]:
 
 def engine_config_of(trial: FrozenTrial) -> dict[str, Any]:
     return json.loads(trial.user_attrs[ATTR["engine"]])
+
+
+def tell_if_duplicate(study: optuna.Study, trial: optuna.trial.Trial, engine: dict[str, Any], multi: bool = False) -> bool:
+    """Whether an earlier trial ran this engine config (seed included); if so, `trial` is told that
+    trial's outcome (its intermediate values, KL constraint and state) with user attribute duplicate_of,
+    and is not to be run. A sampler that keeps proposing a config it likes (discrete spaces) then learns
+    at no cost instead of spending a run on a known result. A config that a trial still running has is
+    told FAIL (its outcome is not known yet); a config whose trial failed may run again."""
+    for earlier in study.get_trials(deepcopy=False):
+        if earlier.number == trial.number or ATTR["duplicate"] in earlier.user_attrs or earlier.state == TrialState.FAIL:
+            continue
+        if earlier.user_attrs.get(ATTR["engine"]) is None or json.loads(earlier.user_attrs[ATTR["engine"]]) != engine:
+            continue
+        trial.set_user_attr(ATTR["duplicate"], earlier.number)
+        if earlier.state in (TrialState.RUNNING, TrialState.WAITING):
+            trial.set_user_attr(ATTR["stop"], f"same config as trial {earlier.number} (running)")
+            study.tell(trial, state=TrialState.FAIL)
+            return True
+        for key in ("kl_max", "kl_final", "iterations"):
+            if ATTR[key] in earlier.user_attrs:
+                trial.set_user_attr(ATTR[key], earlier.user_attrs[ATTR[key]])
+        trial.set_user_attr(ATTR["stop"], f"same config as trial {earlier.number}: {earlier.user_attrs.get(ATTR['stop'], '')}")
+        for step, value in earlier.intermediate_values.items():
+            trial.report(value, step=step)
+        for name, value in (earlier.constraints or {}).items():
+            trial.set_constraint(name, value)
+        if earlier.state == TrialState.COMPLETE:
+            study.tell(trial, earlier.values if multi else earlier.values[0])
+        else:
+            study.tell(trial, state=TrialState.PRUNED)
+        return True
+    return False
