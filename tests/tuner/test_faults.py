@@ -35,7 +35,9 @@ def _env(tmp_path: Path, *flags: str, **extra: str) -> dict[str, str]:
 
 
 def _trials(spec) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=spec.name, storage=open_storage(spec.storage_url())).trials
+    """The trials that ran (not the sampled repeats of a config told its earlier outcome: 4 configs, 5 trials)."""
+    trials = optuna.load_study(study_name=spec.name, storage=open_storage(spec.storage_url())).trials
+    return [t for t in trials if "duplicate_of" not in t.user_attrs]
 
 
 def _children(spec) -> list:

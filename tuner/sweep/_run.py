@@ -196,12 +196,14 @@ def run_sweep(spec: SweepSpec, *, stream: Any = None) -> SweepSummary:
             tuner.fit()
         finally:
             table.stop()
-            logger.close_abandoned(list(searcher.live))  # while their Optuna trials can still be written
-            searcher.abandon_live()
-            if started_ray:
-                import ray
+            try:
+                logger.close_abandoned(list(searcher.live))  # while their Optuna trials can still be written
+            finally:
+                searcher.abandon_live()
+                if started_ray:
+                    import ray
 
-                ray.shutdown()
+                    ray.shutdown()
     summary = _summarise(spec, study, tracker, table, time.perf_counter() - started, ran=todo)
     summary.missing = max(0, spec.budget.trials - sum(map(_counts, study.get_trials(deepcopy=False))))
     table.console.print(render_rows(_final_rows(study), f"sweep {spec.name}: all trials"))

@@ -1,15 +1,22 @@
 """MLflow tracking of a sweep, from the driver: a parent run per sweep, a nested child run per trial.
 
 All writes go through one MlflowClient with explicit run ids (no global active run), from the
-Tune driver's callbacks, so trials never touch the tracking store themselves.
+Tune driver's callbacks, so trials never touch the tracking store themselves. A trial waits while the
+driver handles its result, so each iteration's metrics and a run's closing are handed to one writer
+thread, in order (about 16 ms per result on SQLite that the trials no longer wait for); `flush()`
+waits for it and raises what it met.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import queue
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +31,8 @@ from tuner.sweep._searcher import StudySearcher
 from tuner.sweep._study import ATTR, redact, schema_init_lock
 
 __all__ = ["SweepTracker", "TrialLogger"]
+
+log = logging.getLogger(__name__)
 
 PARENT_ATTR = "mlflow_parent_run_id"
 _STATUS = {"COMPLETE": "FINISHED", "INFEASIBLE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
@@ -105,6 +114,35 @@ def _spec_yaml(spec: SweepSpec) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
+class _Writer:
+    """Calls run one at a time, in the order given, on a daemon thread."""
+
+    def __init__(self) -> None:
+        self.calls: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...]]] = queue.Queue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name="ppo-tuner-mlflow-writer", daemon=True)
+        self.thread.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.calls.put((fn, args))
+
+    def flush(self) -> None:
+        self.calls.join()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def _loop(self) -> None:
+        while True:
+            fn, args = self.calls.get()
+            try:
+                fn(*args)
+            except BaseException as exc:  # kept for flush(): the sweep goes on, as it would have after a failed write
+                self.error = self.error or exc
+            finally:
+                self.calls.task_done()
+
+
 class TrialLogger(Callback):
     """One nested child run per trial: its params, every iteration's metrics, its state and stop reason."""
 
@@ -115,6 +153,11 @@ class TrialLogger(Callback):
         self.tracker, self.searcher = tracker, searcher
         self.client = tracker.client
         self.runs: dict[str, str] = {}  # ray trial id -> mlflow run id
+        self.writer = _Writer()
+
+    def flush(self) -> None:
+        """Wait until every metric and closing handed to the writer is in the tracking store."""
+        self.writer.flush()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.trial_id not in self.runs:  # a retry of the same trial keeps its run
@@ -138,6 +181,11 @@ class TrialLogger(Callback):
     def close_abandoned(self, trial_ids: list[str]) -> None:
         """Trials the interrupted sweep had suggested, running or not yet started: a KILLED run each,
         so that MLflow keeps exactly one child run per Optuna trial."""
+        try:
+            self.flush()
+        except Exception as exc:  # the study has every outcome; a resume's reconcile repairs the runs
+            reason = (str(exc).splitlines() or [""])[0][:200]
+            log.warning("MLflow: a write failed (%s: %s); the study keeps every trial's outcome", type(exc).__name__, reason)
         for trial_id in trial_ids:
             run_id = self.runs.get(trial_id) or self._create_run(trial_id, self.searcher.configs[trial_id])
             self.client.log_batch(run_id, tags=[RunTag("ppo_tuner.state", "FAIL"),
@@ -164,7 +212,7 @@ class TrialLogger(Callback):
         names = [*K.ALL, "objective", "kl_max", "perf/trial_start_seconds", "perf/warm_start"]
         metrics = [Metric(n, float(result[n]), 0, step) for n in names
                    if isinstance(result.get(n), (int, float)) and math.isfinite(result[n])]
-        self.client.log_batch(run_id, metrics=metrics)
+        self.writer.submit(self.client.log_batch, run_id, metrics)
 
     def _close(self, trial: Any, fallback: str) -> None:
         run_id = self.runs.get(trial.trial_id)
@@ -175,8 +223,8 @@ class TrialLogger(Callback):
         tags = [RunTag("ppo_tuner.state", state), RunTag("ppo_tuner.stop_reason", outcome.stop_reason if outcome else fallback)]
         if outcome and outcome.error:
             tags.append(RunTag("ppo_tuner.error", outcome.error[:5000]))
-        self.client.log_batch(run_id, tags=tags)
-        self.client.set_terminated(run_id, status=_STATUS.get(state, "KILLED"))
+        self.writer.submit(self.client.log_batch, run_id, (), (), tags)  # after the run's metrics
+        self.writer.submit(self.client.set_terminated, run_id, _STATUS.get(state, "KILLED"))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._close(trial, "COMPLETE")
@@ -187,7 +235,7 @@ class TrialLogger(Callback):
     def reconcile(self, study: optuna.Study) -> dict[str, int]:
         """Make MLflow agree with the study after a controller died: runs left RUNNING become KILLED,
         and a trial that has no run (it was suggested but never started) gets a KILLED one, so that
-        there is exactly one child run per Optuna trial."""
+        there is exactly one child run per Optuna trial that ran or was meant to (a DUPLICATE never runs)."""
         by_number: dict[str, list[Any]] = {}
         for run in self.tracker.child_runs():
             by_number.setdefault(run.data.tags.get("ppo_tuner.trial_number", ""), []).append(run)
@@ -199,7 +247,7 @@ class TrialLogger(Callback):
                     self.client.set_tag(run.info.run_id, "ppo_tuner.state", "KILLED")
                     self.client.set_terminated(run.info.run_id, status=RunStatus.to_string(RunStatus.KILLED))
                     killed += 1
-            if not runs and trial.state.is_finished():
+            if not runs and trial.state.is_finished() and ATTR["duplicate"] not in trial.user_attrs:
                 engine = json.loads(trial.user_attrs.get(ATTR["engine"], "{}"))
                 run_id = self._create_run(trial.user_attrs.get(ATTR["ray_trial"], f"optuna-{trial.number}"),
                                           {"number": trial.number, "params": dict(trial.params), "engine": engine})
