@@ -59,6 +59,7 @@ def _cached(path: str, kind: str) -> nn.Module:
         raise ModelError([Problem(field, path, f"cannot be loaded as {what} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})",
                                   f"give the folder of {what} saved with save_pretrained")]) from None
     _disable_dropout(model)
+    _fuse_tanh_gelu(model)
     return model.eval()
 
 
@@ -67,6 +68,18 @@ def _disable_dropout(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
+
+
+def _fuse_tanh_gelu(model: nn.Module) -> None:
+    """GPT-2's tanh-approximate GELU, written in Python (8 elementwise ops forward, more backward), becomes
+    torch's fused kernel of the same function (transformers' own GELUTanh; outputs agree to ~1e-6): the
+    demo model's forward plus backward gets about 20% faster on a CPU. The saved config is unchanged."""
+    from transformers.activations import FastGELUActivation, GELUTanh, NewGELUActivation
+
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) in (NewGELUActivation, FastGELUActivation):
+                setattr(module, name, GELUTanh())
 
 
 def load_causal_lm(path: str) -> nn.Module:
