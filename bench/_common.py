@@ -1,0 +1,129 @@
+"""What the benchmarks share: the engine-vs-TRL workload, machine facts, timing and result files.
+
+Imported by the bench scripts and by their worker processes (which may run in bench/.venv-trl).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS = Path(os.environ.get("PPO_TUNER_BENCH_RESULTS") or BENCH / "results")  # tests write elsewhere
+TRL_PYTHON = BENCH / ".venv-trl" / "bin" / "python"
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """One PPO iteration's work, the same on both sides: the demo model, prompts and reward."""
+
+    rollout: int = 64  # prompts per iteration
+    mini: int = 16  # samples per gradient step
+    epochs: int = 4
+    response: int = 16  # tokens per response
+    lr: float = 3e-5  # policy and value (TRL has one learning rate)
+    kl_coef: float = 0.05
+    vf_coef: float = 0.5
+    temperature: float = 0.7
+    threads: int = 1  # torch threads per side
+    seed: int = 0
+
+    def engine_config(self, **changes: Any) -> Any:
+        """Our engine's config for this workload (evaluation only at the last iteration)."""
+        from trials import PPOConfig
+
+        fields = dict(rollout_batch_size=self.rollout, mini_batch_size=self.mini, ppo_epochs=self.epochs,
+                      response_length=self.response, policy_lr=self.lr, value_lr=self.lr, kl_coef=self.kl_coef,
+                      vf_coef=self.vf_coef, temperature=self.temperature, num_threads=self.threads,
+                      seed=self.seed, device="cpu", precision="fp32", eval_interval=10_000)
+        return PPOConfig.from_dict({**fields, **changes})
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Workload:
+        return cls(**json.loads(text))
+
+
+def load() -> list[float]:
+    """The 1, 5 and 15 minute load averages (other jobs share the cores: read every figure with them)."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "date": datetime.date.today().isoformat()}
+
+
+def run_worker(python: str | Path, script: str, args: list[str], timeout: float = 900,
+               first_on_path: str | None = None) -> dict[str, Any]:
+    """Run a worker script in its own process; it prints one JSON object as its last stdout line.
+    first_on_path: a folder whose packages win over the project's (e.g. an older trials/)."""
+    path = (first_on_path or "", os.environ.get("PYTHONPATH", ""), str(ROOT))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join(p for p in path if p)}
+    started = time.perf_counter()
+    proc = subprocess.run([str(python), str(BENCH / script), *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=ROOT)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise RuntimeError(f"{script} {' '.join(args)} failed with exit code {proc.returncode}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["process_seconds"] = time.perf_counter() - started
+    return result
+
+
+def emit(result: dict[str, Any]) -> None:
+    """A worker's answer: one JSON line, last on stdout."""
+    print(json.dumps(result), flush=True)
+
+
+def save(name: str, result: dict[str, Any]) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    return path
+
+
+def serve(argv: list[str], parity: Any, speed: Any) -> None:
+    """A side's entry point (`python _engine_X.py MODE WORKLOAD ...`): parity or speed/limit, printed as JSON."""
+    import torch
+
+    mode, w = argv[0], Workload.from_json(argv[1])
+    torch.set_num_threads(w.threads)
+    if mode == "parity":
+        emit(parity(w, argv[2], argv[3]))
+    elif mode == "limit":
+        emit(speed(w, int(argv[2]), int(argv[3]), with_floor=True))
+    else:
+        emit(speed(w, int(argv[2]), int(argv[3])))

@@ -1,0 +1,134 @@
+"""Our engine's side of bench/engine_vs_trl.py, run in a process of its own (its own peak RSS).
+
+    python bench/_engine_ours.py speed  WORKLOAD_JSON ITERATIONS WARMUP
+    python bench/_engine_ours.py limit  WORKLOAD_JSON ITERATIONS WARMUP
+    python bench/_engine_ours.py parity WORKLOAD_JSON REPLAY.pt OUT_DIR
+
+speed: seconds per phase of steady iterations. limit: the same iterations, each followed by every
+unavoidable model call of an iteration measured alone (on copies of the models, so training is
+untouched). parity: two iterations on a replayed rollout (see engine_vs_trl.py). Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from _common import Workload, load, peak_rss_mib, serve
+
+
+def _phases(metrics: dict[str, float]) -> dict[str, float]:
+    from trials import metrics as K
+
+    it, gen, score = metrics[K.ITERATION_SECONDS], metrics[K.GENERATE_SECONDS], metrics[K.SCORE_SECONDS]
+    return {"iteration": it, "generate": gen, "score": score, "update": it - gen - score, "gc": 0.0}
+
+
+def speed(w: Workload, iterations: int, warmup: int, with_floor: bool = False) -> dict[str, Any]:
+    from trials import PPOTrainer
+
+    # +1: the last iteration also evaluates, so it is not timed
+    trainer = PPOTrainer(w.engine_config(num_iterations=warmup + iterations + 1))
+    floor = Floor(trainer.state, w) if with_floor else None
+    rows: list[dict[str, float]] = []
+
+    def report(iteration: int, metrics: dict[str, float]) -> bool:
+        if warmup < iteration <= warmup + iterations:
+            rows.append({**_phases(metrics), **(floor.measure() if floor else {})})
+        return False
+
+    load_before = load()
+    trainer.train(report)
+    return {"side": "ours", "rows": rows, "load": [load_before, load()], "peak_rss_mib": peak_rss_mib()}
+
+
+class Floor:
+    """Each unavoidable model call of one iteration, timed alone: the generation (HF generate), the
+    reference and value forwards over the rollout, and per mini-batch the policy and value forward
+    plus backward and a fused AdamW step. Copies of the models (lr 0), so the run is untouched."""
+
+    def __init__(self, run: Any, w: Workload):
+        self.run, self.w = run, w
+        self.policy, self.value = copy.deepcopy(run.policy), copy.deepcopy(run.value)
+        params = [*self.policy.parameters(), *self.value.parameters()]
+        self.optimizer = torch.optim.AdamW(params, lr=0.0, fused=True)
+        self.enc = run.tokenizer(run.train_prompts[:w.rollout], return_tensors="pt", padding=True,
+                                 add_special_tokens=False)
+
+    def measure(self) -> dict[str, float]:
+        w, enc, P = self.w, self.enc, self.enc["input_ids"].shape[1]
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            seq = self.policy.generate(**enc, generation_config=self.run.generation_config)
+        t1 = time.perf_counter()
+        attn = torch.cat([enc["attention_mask"], torch.ones_like(seq[:, P:])], 1)
+        pos = (attn.cumsum(1) - 1).clamp(min=0)
+        with torch.no_grad():
+            self.run.ref(input_ids=seq, attention_mask=attn, position_ids=pos)
+            t2 = time.perf_counter()
+            self.value(seq, attn, pos)
+        t3 = time.perf_counter()
+        backward = step = 0.0
+        for _ in range(w.epochs):
+            for s in range(0, w.rollout, w.mini):
+                sl = slice(s, s + w.mini)
+                t4 = time.perf_counter()
+                logits = self.policy(input_ids=seq[sl], attention_mask=attn[sl], position_ids=pos[sl]).logits
+                logp = torch.log_softmax(logits[:, P - 1:-1].float() / w.temperature, -1)
+                logp = logp.gather(-1, seq[sl, P:, None]).squeeze(-1)
+                values = self.value(seq[sl], attn[sl], pos[sl])[:, P - 1:-1]
+                (logp.mean() + values.square().mean()).backward()
+                t5 = time.perf_counter()
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                backward, step = backward + t5 - t4, step + time.perf_counter() - t5
+        return {"floor_generate": t1 - t0, "floor_ref": t2 - t1, "floor_value": t3 - t2,
+                "floor_forward_backward": backward, "floor_optimizer": step}
+
+
+def parity(w: Workload, replay_path: str, out_dir: str) -> dict[str, Any]:
+    """Two iterations of one epoch and one mini-batch on a replayed rollout; the weights after the first."""
+    from trials import PPOTrainer
+    from trials import _engine as E
+    from trials._rollout import forward_logits, logprobs_of
+
+    replay = torch.load(replay_path)
+    prompts, responses = replay["prompts"], replay["responses"]
+    trainer = PPOTrainer(w.engine_config(rollout_batch_size=len(prompts), mini_batch_size=len(prompts), ppo_epochs=1,
+                                         num_iterations=2, max_grad_norm=1e9))  # TRL's PPO does not clip
+    sample = E._generate
+
+    def replayed(run: Any, batch: list[str], with_logprobs: bool = False) -> Any:
+        if batch != prompts:  # the evaluations sample as usual
+            return sample(run, batch, with_logprobs)
+        enc = run.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+        logprobs = None
+        if with_logprobs:  # what the sampling pass would have given: the policy's log-probs at the temperature
+            seq = torch.cat([enc["input_ids"], responses], 1)
+            attn = torch.cat([enc["attention_mask"], torch.ones_like(responses)], 1)
+            with torch.no_grad():
+                logits = forward_logits(run.policy, seq, attn, (attn.cumsum(1) - 1).clamp(min=0), enc["input_ids"].shape[1])
+                logprobs = logprobs_of(logits, responses, run.config.temperature)
+        return enc, responses, logprobs
+
+    E._generate = replayed
+    E._next_prompts = lambda run, n: list(prompts)
+    history: list[dict[str, float]] = []
+
+    def report(iteration: int, metrics: dict[str, float]) -> bool:
+        history.append(metrics)
+        if iteration == 1:
+            torch.save({"policy": trainer.policy.state_dict(), "value": trainer.value.state_dict()},
+                       Path(out_dir) / "ours_weights.pt")
+        return False
+
+    trainer.train(report)
+    return {"side": "ours", "history": history, "weights": str(Path(out_dir) / "ours_weights.pt")}
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1:], parity, speed)

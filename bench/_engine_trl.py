@@ -1,0 +1,212 @@
+"""TRL's side of bench/engine_vs_trl.py: trl 1.12's `trl.experimental.ppo.PPOTrainer` on the same
+work, run with bench/.venv-trl's python in a process of its own.
+
+    .venv-trl/bin/python bench/_engine_trl.py speed  WORKLOAD_JSON ITERATIONS WARMUP
+    .venv-trl/bin/python bench/_engine_trl.py parity WORKLOAD_JSON REPLAY.pt OUT_DIR
+
+The same models and weights as our engine, as a TRL user loads them: the demo policy, reference and
+value backbone with from_pretrained, and a linear value head with our engine's initial weights (same
+code, same seed), under the names TRL reads (`backbone`, `score`). The reward is the demo reward on
+the decoded responses, wrapped as the module TRL expects. TRL's loop is timed from outside: its
+generation, its no-grad scoring forwards, its gc.collect() calls; the update is the rest.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import gc
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from _common import Workload, load, peak_rss_mib, serve
+from torch import nn
+
+
+class _Hidden:
+    def __init__(self, hidden: torch.Tensor):
+        self.hidden_states = (hidden,)
+
+
+class _RewardBackbone(nn.Module):
+    """Puts each sequence's demo reward at every position; TRL then reads it at the last response token."""
+
+    def __init__(self, tokenizer: Any):
+        super().__init__()
+        self.tokenizer, self.context_length = tokenizer, 0
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> _Hidden:
+        from trials.demo import reward
+
+        P = self.context_length
+        texts = [self.tokenizer.decode(ids[mask.bool()].tolist(), skip_special_tokens=True)
+                 for ids, mask in zip(input_ids[:, P:], attention_mask[:, P:], strict=True)]
+        scores = torch.tensor(reward([""] * len(texts), texts))
+        return _Hidden(scores[:, None, None].expand(-1, input_ids.shape[1], 1))
+
+
+class RewardModel(nn.Module):
+    base_model_prefix = "backbone"
+
+    def __init__(self, tokenizer: Any):
+        super().__init__()
+        self.backbone, self.score = _RewardBackbone(tokenizer), nn.Identity()
+
+
+class ValueModel(nn.Module):
+    """A value model as a TRL user builds it (the backbone from from_pretrained, a linear head), with
+    our engine's initial head (same code, same seed), under the attribute names TRL reads."""
+
+    base_model_prefix = "backbone"
+
+    def __init__(self, path: str, ours: nn.Module):
+        from transformers import AutoModel
+
+        super().__init__()
+        self.backbone = AutoModel.from_pretrained(path, dtype=torch.float32)
+        self.score = copy.deepcopy(ours.head)
+
+
+class Timers:
+    """Wraps TRL's module-level functions to split each iteration into phases."""
+
+    def __init__(self, P: Any):
+        self.totals = {"generate": 0.0, "score": 0.0, "gc": 0.0}
+        self.stamps: list[float] = []
+        self._wrap(P, "batch_generation", "generate", always=True)
+        for name in ("forward", "get_reward", "selective_log_softmax"):
+            self._wrap(P, name, "score", always=False)
+        collect = gc.collect
+
+        def timed_collect(*args: Any) -> int:
+            t = time.perf_counter()
+            try:
+                return collect(*args)
+            finally:
+                self.totals["gc"] += time.perf_counter() - t
+
+        P.gc.collect = timed_collect
+
+    def _wrap(self, module: Any, name: str, phase: str, always: bool) -> None:
+        original = getattr(module, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if not always and torch.is_grad_enabled():  # a training forward: part of the update
+                return original(*args, **kwargs)
+            t = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.totals[phase] += time.perf_counter() - t
+
+        setattr(module, name, timed)
+
+
+def build(w: Workload, iterations: int, prompts: list[str] | None = None) -> tuple[Any, Any, Any]:
+    """(trainer, our run, TRL's ppo_trainer module) for `iterations` iterations of the workload."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.trainer_callback import PrinterCallback
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+    from trl.experimental.ppo import ppo_trainer as P
+
+    from trials._engine import prepare
+    from trials._models import resolve_model_path
+
+    path = resolve_model_path("demo")
+    run = prepare(w.engine_config(rollout_batch_size=w.rollout, num_iterations=iterations))  # our value head and prompts
+    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+    rows = prompts if prompts is not None else run.train_prompts
+    dataset = Dataset.from_dict({"input_ids": [tokenizer(p, add_special_tokens=False)["input_ids"] for p in rows]})
+    args = PPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=w.rollout, gradient_accumulation_steps=1,
+                     num_mini_batches=w.rollout // w.mini, num_ppo_epochs=w.epochs, response_length=w.response,
+                     local_rollout_forward_batch_size=w.rollout, total_episodes=w.rollout * iterations,
+                     stop_token="eos", temperature=w.temperature, kl_coef=w.kl_coef, vf_coef=w.vf_coef,
+                     learning_rate=w.lr, lr_scheduler_type="constant", bf16=False, gradient_checkpointing=False,
+                     num_sample_generations=0, report_to="none", save_strategy="no", logging_steps=1,
+                     disable_tqdm=True, use_cpu=True, seed=w.seed)
+    trainer = PPOTrainer(args=args, processing_class=tokenizer,
+                         model=AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
+                         ref_model=AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
+                         reward_model=RewardModel(tokenizer), train_dataset=dataset, value_model=ValueModel(path, run.value))
+    trainer.remove_callback(PrinterCallback)
+    get_reward = P.get_reward
+
+    def get_reward_with_context(model: Any, query_responses: Any, pad: int, context_length: int) -> Any:
+        if isinstance(model, RewardModel):
+            model.backbone.context_length = context_length
+        return get_reward(model, query_responses, pad, context_length)
+
+    P.get_reward = get_reward_with_context
+    return trainer, run, P
+
+
+def speed(w: Workload, iterations: int, warmup: int) -> dict[str, Any]:
+    from transformers import TrainerCallback
+
+    trainer, _, P = build(w, warmup + iterations)
+    timers = Timers(P)
+    rows: list[dict[str, float]] = []
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *args: Any, **kwargs: Any) -> None:
+            self.last, self.seen = time.perf_counter(), dict(timers.totals)
+
+        def on_step_end(self, args: Any, state: Any, *rest: Any, **kwargs: Any) -> None:
+            now = time.perf_counter()
+            row = {k: timers.totals[k] - self.seen[k] for k in timers.totals}
+            row.update(iteration=now - self.last, update=now - self.last - sum(row.values()))
+            if state.global_step > warmup:
+                rows.append(row)
+            self.last, self.seen = time.perf_counter(), dict(timers.totals)
+
+    trainer.add_callback(Clock())
+    load_before = load()
+    trainer.train()
+    return {"side": "trl", "rows": rows, "load": [load_before, load()], "peak_rss_mib": peak_rss_mib()}
+
+
+def parity(w: Workload, replay_path: str, out_dir: str) -> dict[str, Any]:
+    """Two iterations of one epoch and one mini-batch on the replayed rollout, in its order."""
+    from torch.utils.data import DataLoader
+    from transformers import TrainerCallback
+
+    replay = torch.load(replay_path)
+    prompts, responses = replay["prompts"], replay["responses"]
+    R = len(prompts)
+    w = dataclasses.replace(w, rollout=R, mini=R, epochs=1)
+    trainer, _, P = build(w, 2, prompts=prompts)
+    trainer.dataloader = DataLoader(trainer.train_dataset, batch_size=R, shuffle=False,
+                                    collate_fn=trainer.data_collator, drop_last=True)
+
+    @torch.no_grad()
+    def replayed(model: Any, queries: torch.Tensor, chunk: int, pad: int, generation_config: Any) -> Any:
+        seq = torch.cat([queries, responses], 1)
+        logits = P.forward(model, seq, pad).logits[:, queries.shape[1] - 1:-1]
+        return seq, logits / (w.temperature + 1e-7)  # what generate's output_scores hold: logits / temperature
+
+    P.batch_generation = replayed
+    history: list[dict[str, float]] = []
+    weights = Path(out_dir) / "trl_weights.pt"
+
+    class Record(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+            history.append(dict(logs or {}))
+
+        def on_step_end(self, args: Any, state: Any, *rest: Any, **kwargs: Any) -> None:
+            if state.global_step == 1:
+                model = trainer.accelerator.unwrap_model(trainer.model)
+                value = {k.replace("score.", "head."): v for k, v in model.value_model.state_dict().items()}
+                torch.save({"policy": model.policy.state_dict(), "value": value}, weights)
+
+    trainer.add_callback(Record())
+    trainer.train()
+    return {"side": "trl", "history": history, "weights": str(weights)}
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1:], parity, speed)

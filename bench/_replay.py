@@ -1,0 +1,185 @@
+"""Sweeps replayed on the recorded learning-curve table (bench/_curves.py), in simulated compute time.
+
+The controller's decisions, as it makes them:
+- sampling: the spec's Optuna sampler through the project's own `sample_params`, asked when a slot
+  frees (at most `workers` trials at once), told as tuner/sweep/_searcher.py tells (constraint
+  kl = kl_max - limit; PRUNED for a scheduler cut; intermediate values reported every iteration;
+  a config already run is told that run's outcome and the sampler asked again, `tell_if_duplicate`);
+- the score: tuner/sweep/_trainable.py's Scorer (the initial evaluation first);
+- the KL limit: a trial whose objective/kl passes the limit stops at that iteration, is infeasible,
+  and scores the worst possible value for the scheduler;
+- ASHA: ray.tune's AsyncHyperBandScheduler with one bracket (rungs at grace * rf^k below max_t; a trial
+  reaching a rung stops if its score is below the (1 - 1/rf) percentile of the scores recorded there
+  before it; every trial stops at max_t).
+Compute is the recorded seconds of what ran: each trial's start (loading, initial evaluation) and
+its iterations (evaluations included).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from _curves import Curve, key
+
+WORST = 1e30  # tuner/sweep/_trainable.py: what a trial past the KL limit scores for the scheduler
+
+
+class Asha:
+    """ray.tune.schedulers.AsyncHyperBandScheduler (brackets=1, stop_last_trials=True), mode max."""
+
+    def __init__(self, grace: int, rf: float, max_t: int):
+        n = int(np.log(max_t / grace) / np.log(rf) + 1)
+        self.rf, self.max_t = rf, max_t
+        self.rungs: list[tuple[float, dict[int, float]]] = [(grace * rf ** k, {}) for k in reversed(range(n))]
+
+    def on_result(self, trial: int, iteration: int, score: float) -> bool:
+        """True: stop the trial."""
+        if iteration >= self.max_t:
+            return True
+        return self._bracket(trial, iteration, score)
+
+    def on_complete(self, trial: int, iteration: int, score: float) -> None:
+        self._bracket(trial, iteration, score)
+
+    def _bracket(self, trial: int, iteration: int, score: float) -> bool:
+        for milestone, recorded in self.rungs:
+            if iteration < milestone or trial in recorded:
+                continue
+            cutoff = np.nanpercentile(list(recorded.values()), (1 - 1 / self.rf) * 100) if recorded else None
+            recorded[trial] = score
+            return cutoff is not None and score < cutoff
+        return False
+
+
+@dataclass
+class Trial:
+    number: int
+    params: dict[str, Any]
+    curve: Curve
+    started: float  # simulated time
+    iterations: int = 0
+    compute: float = 0.0
+    kl_max: float = -math.inf
+    value: float | None = None
+    state: str = "RUNNING"  # COMPLETE, INFEASIBLE, PRUNED
+    stop_reason: str = ""
+    ended: float = math.nan
+
+    @property
+    def feasible(self) -> bool:
+        return self.state == "COMPLETE"
+
+
+@dataclass
+class Sweep:
+    trials: list[Trial] = field(default_factory=list)
+    copies: int = 0  # sampled configs already run: told their outcome, not run
+    # after each trial ends: (compute so far, iterations so far, best feasible value so far)
+    timeline: list[tuple[float, int, float]] = field(default_factory=list)
+
+    def compute_to_reach(self, target: float) -> float:
+        """Compute spent when the best feasible value first reached target (inf if never)."""
+        return next((c for c, _, best in self.timeline if best >= target), math.inf)
+
+    @property
+    def compute(self) -> float:
+        return sum(t.compute for t in self.trials)
+
+    def best(self) -> float:
+        return max((t.value for t in self.trials if t.feasible and t.value is not None), default=-math.inf)
+
+
+def simulate(table: dict[str, Curve], spec: Any, sampler: Any, *, asha: bool, kl_limit: bool, workers: int,
+             max_trials: int | None = None, max_compute: float | None = None) -> Sweep:
+    """One sweep of `spec` over the table with `sampler`; ASHA and the KL limit on or off.
+
+    New trials start while fewer than max_trials have started and the compute spent is below
+    max_compute; running trials always finish (or are stopped) as they would be."""
+    import optuna
+
+    from trials import metrics as K
+    from tuner.spec import sample_params
+    from tuner.sweep._searcher import DUPLICATE_TRIES
+    from tuner.sweep._study import ATTR, tell_if_duplicate
+    from tuner.sweep._trainable import Scorer
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=spec.directions(), sampler=sampler)
+    max_t, limit, objective = spec.iterations(), spec.kl_limit, spec.objective
+    scheduler = Asha(spec.scheduler.grace_period, spec.scheduler.reduction_factor, max_t) if asha else None
+    grid_keys = [k for k, v in spec.search_space.items() if hasattr(v, "choices")]
+    sweep, events, live = Sweep(), [], {}
+    spent = [0.0, 0]  # compute, iterations
+
+    skip = spec.sampler.skip_duplicates and spec.sampler.type != "grid"
+
+    def start(now: float) -> None:
+        for attempt in range(DUPLICATE_TRIES):  # as StudySearcher.suggest
+            trial = study.ask()
+            params = {k: v for k, v in sample_params(trial, spec).items() if k in grid_keys}
+            trial.set_user_attr(ATTR["engine"], json.dumps(params))  # the rest of the engine config is fixed
+            if attempt == DUPLICATE_TRIES - 1 or not skip or not tell_if_duplicate(study, trial, params):
+                break
+            sweep.copies += 1
+        sim = Trial(number=trial.number, params=params, curve=table[key(params)], started=now)
+        scorer = Scorer(objective.metric, objective.direction, objective.score, objective.last_k, sim.curve.initial_eval)
+        live[sim.number] = (trial, scorer)
+        sweep.trials.append(sim)
+        heapq.heappush(events, (now + sim.curve.start_seconds + sim.curve.seconds[0], sim.number, sim))
+
+    def may_start() -> bool:
+        return ((max_trials is None or len(sweep.trials) < max_trials)
+                and (max_compute is None or spent[0] < max_compute))
+
+    for _ in range(workers):
+        if may_start():
+            start(0.0)
+    while events:
+        now, _, sim = heapq.heappop(events)
+        trial, scorer = live[sim.number]
+        sim.iterations += 1
+        i = sim.iterations - 1
+        cost = sim.curve.seconds[i] + (sim.curve.start_seconds if i == 0 else 0.0)
+        sim.compute += cost
+        spent[0] += cost
+        spent[1] += 1
+        kl = sim.curve.kl[i]
+        sim.kl_max = max(sim.kl_max, kl)
+        metrics = {K.KL: kl} if sim.curve.eval[i] is None else {K.KL: kl, K.EVAL_SCORES: sim.curve.eval[i]}
+        score = scorer.update(metrics)
+        over = kl_limit and (not math.isfinite(kl) or kl > limit)
+        done = over or sim.iterations == max_t
+        if math.isfinite(score):
+            trial.report(score, step=sim.iterations)
+        sched = -WORST if over or not math.isfinite(score) else score
+        cut = scheduler.on_result(sim.number, sim.iterations, sched) if scheduler else False
+        if not (done or cut):
+            heapq.heappush(events, (now + sim.curve.seconds[sim.iterations], sim.number, sim))
+            continue
+        if scheduler:
+            scheduler.on_complete(sim.number, sim.iterations, sched)
+        _finish(study, trial, sim, score, limit, "kl_limit" if over else "completed" if done else "pruned", now)
+        sweep.timeline.append((spent[0], spent[1], sweep.best()))
+        if may_start():
+            start(now)
+    return sweep
+
+
+def _finish(study: Any, trial: Any, sim: Trial, score: float, limit: float, reason: str, now: float) -> None:
+    """What StudySearcher._record tells the study, and the trial's end state."""
+    from optuna.trial import TrialState
+
+    trial.set_constraint("kl", sim.kl_max - limit if math.isfinite(sim.kl_max) else math.inf)
+    sim.ended, sim.stop_reason = now, reason
+    if reason == "pruned" or not math.isfinite(score):
+        study.tell(trial, state=TrialState.PRUNED)
+        sim.state = "PRUNED"
+        return
+    study.tell(trial, score)
+    sim.value = score
+    sim.state = "COMPLETE" if sim.kl_max <= limit else "INFEASIBLE"

@@ -1,0 +1,213 @@
+"""Our PPO engine against trl 1.12's `trl.experimental.ppo.PPOTrainer`, on the CPU, the same work on both sides.
+
+    bash bench/setup_trl.sh                 # once: bench/.venv-trl with trl 1.12.0 (the main environment is untouched)
+    python bench/engine_vs_trl.py           # about 4 minutes on 2 quiet cores
+
+Same work: the demo model and weights (policy, reference; the value model is our engine's, given to
+TRL under its attribute names), the same prompts and reward, the same rollout batch, mini-batch,
+epochs, response length, learning rate, KL coefficient, value coefficient and temperature.
+
+1. Parity: both engines replay one fixed rollout (responses sampled once with EOS suppressed, so
+   every response has the full length and TRL's end-of-response conventions cannot differ from ours)
+   for two iterations of one epoch and one mini-batch. Their metrics and their weights after the
+   first update must agree: no speed may come from doing less.
+2. Speed: processes alternate, ours then TRL's then TRL's then ours..., each running warm-up
+   iterations and then timed ones, and reporting its own peak RSS. Phases: generation, the no-grad
+   scoring forwards (and reward), gc.collect() (TRL calls it twice per iteration), and the rest
+   (GAE, the PPO epochs, the optimizer): the update.
+3. The limit: our iterations, each followed by every unavoidable model call of an iteration timed
+   alone (HF generate; the reference and value forwards; per mini-batch the policy and value forward
+   and backward, and a fused AdamW step); the ratio of the two.
+
+Prints a table and the ratios; writes bench/results/engine_vs_trl.json. Record the load with every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import TRL_PYTHON, Workload, load, machine, median, run_worker, save
+
+PARITY_KEYS = ["objective/kl", "objective/scores", "objective/non_score_reward", "objective/rlhf_reward",
+               "loss/policy_avg", "loss/value_avg", "policy/approxkl_avg", "policy/clipfrac_avg", "val/clipfrac_avg"]
+PARITY_REL, PARITY_ABS = 1e-4, 1e-6  # metrics: |a - b| <= ABS + REL * |b|
+WEIGHT_REL = 1e-2  # weights after the first update: ||a - b|| <= REL * ||update|| (L2 over all weights)
+
+
+def make_replay(w: Workload, n: int, path: Path) -> dict[str, Any]:
+    """n training prompts and one sampled full-length response each; the initial weights."""
+    import torch
+
+    from trials._engine import prepare
+
+    run = prepare(w.engine_config(rollout_batch_size=n, mini_batch_size=n))
+    prompts = run.train_prompts[:n]
+    enc = run.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(w.seed)
+    special = [run.tokenizer.pad_token_id, run.tokenizer.eos_token_id]
+    with torch.no_grad():
+        seq = run.policy.generate(**enc, generation_config=run.generation_config, suppress_tokens=special)
+    torch.save({"prompts": prompts, "responses": seq[:, enc["input_ids"].shape[1]:].clone()}, path)
+    return {"policy": run.policy.state_dict(), "value": run.value.state_dict()}
+
+
+def parity(w: Workload, n: int) -> dict[str, Any]:
+    import torch
+
+    tmp = Path(tempfile.mkdtemp(prefix="ppo-parity-"))
+    initial = make_replay(w, n, tmp / "replay.pt")
+    args = [w.to_json(), str(tmp / "replay.pt"), str(tmp)]
+    ours = run_worker(sys.executable, "_engine_ours.py", ["parity", *args])
+    trl = run_worker(TRL_PYTHON, "_engine_trl.py", ["parity", *args])
+    trl_history = [h for h in trl["history"] if "objective/kl" in h]
+    rows, ok = [], True
+    for i, (a, b) in enumerate(zip(ours["history"], trl_history, strict=True), start=1):
+        for key in PARITY_KEYS:
+            agree = abs(a[key] - b[key]) <= PARITY_ABS + PARITY_REL * abs(b[key])
+            ok &= agree
+            rows.append({"iteration": i, "metric": key, "ours": a[key], "trl": b[key], "agree": agree})
+    weights = []
+    ours_w, trl_w = torch.load(ours["weights"]), torch.load(trl["weights"])
+    for model in ("policy", "value"):
+        keys = list(ours_w[model])
+        a, b, init = (torch.cat([d[model][k].flatten() for k in keys]) for d in (ours_w, trl_w, initial))
+        rel = ((a - b).norm() / (a - init).norm()).item()  # of the update's size
+        agree = rel <= WEIGHT_REL
+        ok &= agree
+        weights.append({"model": model, "relative_diff": rel, "max_abs_diff": (a - b).abs().max().item(),
+                        "max_abs_update": (a - init).abs().max().item(), "agree": agree})
+    return {"ok": ok, "samples": n, "metrics": rows, "weights": weights,
+            "tolerance": f"metrics |a-b| <= {PARITY_ABS:g} + {PARITY_REL:g}|b|; weights ||a-b|| <= {WEIGHT_REL:g} ||update||"}
+
+
+def speed(w: Workload, reps: int, iterations: int, warmup: int, baseline: str | None = None,
+          trl: bool = True) -> dict[str, Any]:
+    """Alternating processes: ours, TRL (and our engine as it was, from `baseline`), order reversed every rep."""
+    args = [w.to_json(), str(iterations), str(warmup)]
+    runs: dict[str, list[dict[str, Any]]] = {"ours": [], **({"trl": []} if trl else {}),
+                                             **({"ours before": []} if baseline else {})}
+    for rep in range(reps):
+        order = list(runs) if rep % 2 == 0 else list(runs)[::-1]
+        for side in order:
+            python, script = (TRL_PYTHON, "_engine_trl.py") if side == "trl" else (sys.executable, "_engine_ours.py")
+            result = run_worker(python, script, ["speed", *args], first_on_path=baseline if side == "ours before" else None)
+            runs[side].append(result)
+            it = median([r["iteration"] for r in result["rows"]])
+            print(f"  rep {rep + 1} {side:11s}: {it:.3f} s/iteration, peak RSS {result['peak_rss_mib']:.0f} MiB, "
+                  f"load {result['load'][1][0]}", flush=True)
+    summary = {side: _summarise(w, rs) for side, rs in runs.items()}
+    def ratios(slow: str) -> list[float]:
+        return [median([r["iteration"] for r in s["rows"]]) / median([r["iteration"] for r in o["rows"]])
+                for o, s in zip(runs["ours"], runs[slow], strict=True)]
+
+    out: dict[str, Any] = {"sides": summary, "runs": runs}
+    if trl:
+        out.update(speedup_per_rep=ratios("trl"), speedup=median(ratios("trl")))
+    if baseline:
+        out.update(baseline=baseline, engine_speedup_per_rep=ratios("ours before"),
+                   engine_speedup=median(ratios("ours before")))
+    return out
+
+
+def _summarise(w: Workload, results: list[dict[str, Any]]) -> dict[str, float]:
+    rows = [row for r in results for row in r["rows"]]
+    out = {k: median([row[k] for row in rows]) for k in ("iteration", "generate", "score", "gc", "update")}
+    out["samples_per_sec"] = w.rollout / out["iteration"]
+    out["peak_rss_mib"] = median([r["peak_rss_mib"] for r in results])
+    return out
+
+
+def limit(w: Workload, iterations: int, warmup: int) -> dict[str, Any]:
+    result = run_worker(sys.executable, "_engine_ours.py", ["limit", w.to_json(), str(iterations), str(warmup)])
+    rows = result["rows"]
+    for row in rows:
+        row["floor"] = sum(v for k, v in row.items() if k.startswith("floor_"))
+    keys = ["iteration", "generate", "score", "update", "floor", "floor_generate", "floor_ref", "floor_value",
+            "floor_forward_backward", "floor_optimizer"]
+    out = {k: median([row[k] for row in rows]) for k in keys}
+    out["ratio"] = median([row["iteration"] / row["floor"] for row in rows])
+    out["load"] = result["load"]
+    return out
+
+
+def report(res: dict[str, Any]) -> None:
+    w = res["workload"]
+    print(f"\nworkload: rollout {w['rollout']}, mini-batch {w['mini']}, {w['epochs']} epochs, {w['response']}-token "
+          f"responses, {w['threads']} thread(s) per side; load {res['load']}")
+    if "parity" in res:
+        p = res["parity"]
+        print(f"parity ({p['samples']} samples, 1 epoch, 1 mini-batch, 2 iterations): {'OK' if p['ok'] else 'FAILED'} "
+              f"({p['tolerance']})")
+        for r in p["metrics"]:
+            print(f"  it {r['iteration']} {r['metric']:28s} ours {r['ours']: .6e}  trl {r['trl']: .6e}  {'ok' if r['agree'] else 'DIFFERS'}")
+        for r in p["weights"]:
+            print(f"  weights {r['model']:6s} ||diff|| / ||update|| {r['relative_diff']:.2e} (max|diff| {r['max_abs_diff']:.1e}, "
+                  f"max|update| {r['max_abs_update']:.1e}) "
+                  f"{'ok' if r['agree'] else 'DIFFERS'}")
+    if "speed" in res:
+        s = res["speed"]
+        print("\nseconds per iteration (median)   iteration  generate  score    gc     update  samples/s  peak RSS")
+        for side, r in s["sides"].items():
+            print(f"  {side:30s} {r['iteration']:9.3f} {r['generate']:9.3f} {r['score']:6.3f} {r['gc']:6.3f} "
+                  f"{r['update']:8.3f} {r['samples_per_sec']:9.1f} {r['peak_rss_mib']:7.0f} MiB")
+        if "speedup" in s:
+            print(f"speedup (TRL s/iteration / ours, median of {len(s['speedup_per_rep'])} alternating pairs): "
+                  f"{s['speedup']:.2f}x (target >= 2x): {'met' if s['speedup'] >= 2 else 'NOT met'}; per pair "
+                  f"{', '.join(f'{x:.2f}' for x in s['speedup_per_rep'])}")
+        if "engine_speedup" in s:
+            print(f"our engine now against itself before ({s['baseline']}): {s['engine_speedup']:.2f}x "
+                  f"(per pair {', '.join(f'{x:.2f}' for x in s['engine_speedup_per_rep'])})")
+    if "limit" in res:
+        lm = res["limit"]
+        print(f"\nlimit: iteration {lm['iteration']:.3f} s against its unavoidable model calls {lm['floor']:.3f} s "
+              f"(generate {lm['floor_generate']:.3f}, ref {lm['floor_ref']:.3f}, value {lm['floor_value']:.3f}, "
+              f"forward+backward {lm['floor_forward_backward']:.3f}, AdamW {lm['floor_optimizer']:.3f})")
+        print(f"  ours: generate {lm['generate']:.3f}, score {lm['score']:.3f}, update {lm['update']:.3f}")
+        print(f"  ratio {lm['ratio']:.3f}x (target <= 1.15x): {'met' if lm['ratio'] <= 1.15 else 'NOT met'}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reps", type=int, default=5, help="alternating pairs of processes")
+    parser.add_argument("--iterations", type=int, default=3, help="timed iterations per process")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per side (2 is torch's default here, but 2 threads on 2 shared cores stall whenever another job runs)")
+    parser.add_argument("--rollout", type=int, default=64)
+    parser.add_argument("--mini", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--response", type=int, default=16)
+    parser.add_argument("--parity-samples", type=int, default=32)
+    parser.add_argument("--only", choices=["parity", "speed", "limit"], action="append")
+    parser.add_argument("--out", default="engine_vs_trl", help="result name under bench/results/")
+    parser.add_argument("--no-trl", action="store_true", help="speed: leave TRL out (e.g. only ours against --baseline)")
+    parser.add_argument("--baseline", help="a folder holding an older trials/ to time as a third side, e.g. from "
+                                           "`git archive COMMIT trials | tar -x -C DIR`")
+    args = parser.parse_args()
+    if not TRL_PYTHON.exists() and (set(args.only or ["parity"]) & {"parity"} or not args.no_trl):
+        print(f"no {TRL_PYTHON}: run `bash bench/setup_trl.sh` first", file=sys.stderr)
+        return 2
+    w = Workload(rollout=args.rollout, mini=args.mini, epochs=args.epochs, response=args.response, threads=args.threads)
+    res: dict[str, Any] = {"workload": dataclasses.asdict(w), "machine": machine(), "load": load()}
+    started = time.perf_counter()
+    only = args.only or ["parity", "speed", "limit"]
+    if "parity" in only:
+        res["parity"] = parity(w, args.parity_samples)
+    if "speed" in only:
+        res["speed"] = speed(w, args.reps, args.iterations, args.warmup, args.baseline, trl=not args.no_trl)
+    if "limit" in only:
+        res["limit"] = limit(w, args.iterations * 2, args.warmup)
+    res["seconds"] = time.perf_counter() - started
+    res["load_end"] = load()
+    report(res)
+    print(f"\nwrote {save(args.out, res)} in {res['seconds']:.0f} s")
+    return 0 if res.get("parity", {}).get("ok", True) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,173 @@
+"""What the KL limit saves, and whether it stops trials that would have been among the best.
+
+    python bench/_curves.py && python bench/_curves.py --calibrate   # once: the table and its cost model
+    python bench/kl_pruning.py                                       # under a minute
+
+On the recorded table (every config of bench/specs/demo_grid.yaml run to its end: what "running
+every trial to its end" costs). The controller's rule: a trial stops at the first iteration whose
+objective/kl passes the limit (15 nats) and is infeasible. A doomed trial is one the rule stops (its
+KL passed the limit, so it is infeasible however it ends); saved: its iterations (and cost-model
+seconds) after the stop, against all it would have spent. False prunes: the rule cannot stop a trial
+whose KL never passes the limit, so they are counted in the view of a user who judges the final
+policy: the top-3 trials by final eval/scores among those whose KL is within the limit at their end,
+that the rule stops on the way. The same per replayed default sweep (TPE + ASHA + the limit), and
+for other stopping rules (patience, a grace period, a moving mean), to show the trade-off. Last, the
+top-3 are run again with Adam warmup, live (what causes their early KL spike).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from _common import load, machine, save
+from _curves import COSTS, Curve, costed, grid, load_grid_spec, load_table
+from _replay import simulate
+
+Rule = Callable[[list[float], float], "int | None"]  # (kl per iteration, limit) -> iteration it stops at
+
+
+def consecutive(p: int) -> Rule:
+    def rule(kl: list[float], limit: float) -> int | None:
+        run = 0
+        for i, value in enumerate(kl):
+            run = run + 1 if not math.isfinite(value) or value > limit else 0
+            if run >= p:
+                return i + 1
+        return None
+    return rule
+
+
+def after_grace(g: int) -> Rule:
+    return lambda kl, limit: next((i + 1 for i, v in enumerate(kl) if i + 1 > g and v > limit), None)
+
+
+def moving_mean(w: int) -> Rule:
+    return lambda kl, limit: next((i + 1 for i in range(w - 1, len(kl)) if sum(kl[i + 1 - w:i + 1]) / w > limit), None)
+
+
+CONTROLLER = "first crossing (the controller)"
+RULES: dict[str, Rule] = {CONTROLLER: consecutive(1), "2 in a row": consecutive(2), "3 in a row": consecutive(3),
+                          "5 in a row": consecutive(5), "not before iteration 4": after_grace(3),
+                          "not before iteration 7": after_grace(6), "mean of the last 3": moving_mean(3)}
+
+
+def savings(curves: list[Curve], limit: float, rule: Rule, doomed_by_end: bool = False) -> dict[str, Any]:
+    """Saved iterations on the doomed trials: those the rule stops (or, doomed_by_end, those above the limit at their end)."""
+    stops = [(c, rule(c.kl, limit)) for c in curves]
+    doomed = [(c, s) for c, s in stops if (c.kl[-1] > limit if doomed_by_end else s is not None)]
+    spent = sum(c.iterations for c, _ in doomed)
+    saved = sum(c.iterations - s for c, s in doomed if s is not None)
+    spent_s = sum(sum(c.seconds) for c, _ in doomed)
+    saved_s = sum(sum(c.seconds[s:]) for c, s in doomed if s is not None)
+    return {"trials": len(curves), "doomed": len(doomed), "iterations_doomed_would_spend": spent,
+            "iterations_saved": saved, "saved_fraction": saved / spent if spent else math.nan,
+            "seconds_saved_fraction": saved_s / spent_s if spent_s else math.nan,
+            "share_of_all_iterations": saved / sum(c.iterations for c in curves),
+            "stop_iterations": sorted(s for _, s in doomed if s is not None)}
+
+
+def false_prunes(curves: list[Curve], limit: float, rule: Rule, k: int = 3) -> dict[str, Any]:
+    """The top-k by final eval among trials within the limit at their end, and which the rule stops."""
+    ending_within = [c for c in curves if c.eval[-1] is not None and c.kl[-1] <= limit]
+    top = sorted(ending_within, key=lambda c: c.eval[-1], reverse=True)[:k]
+    return {"top": [{"params": c.params, "final_eval": c.eval[-1], "kl_max": max(c.kl), "kl_final": c.kl[-1],
+                     "stopped_at": rule(c.kl, limit)} for c in top],
+            "false_prunes": sum(rule(c.kl, limit) is not None for c in top),
+            "ending_within_but_stopped": sum(rule(c.kl, limit) is not None for c in ending_within),
+            "best_never_crossing": max((c.eval[-1] for c in ending_within if max(c.kl) <= limit), default=math.nan)}
+
+
+def replayed(spec: Any, table: dict, seeds: int, trials: int) -> dict[str, Any]:
+    """The default sweep per seed: what its KL stops saved, and whether they hit its own top-3."""
+    from tuner.spec import make_sampler
+
+    rows = []
+    for seed in range(seeds):
+        s = spec.model_copy(update={"sampler": spec.sampler.model_copy(update={"seed": seed}),
+                                    "budget": spec.budget.model_copy(update={"trials": trials})})
+        sweep = simulate(table, s, make_sampler(s), asha=True, kl_limit=True, workers=spec.resources.max_concurrent,
+                         max_trials=trials)
+        stopped = [t for t in sweep.trials if t.stop_reason == "kl_limit"]
+        fp = false_prunes([t.curve for t in sweep.trials], spec.kl_limit, RULES[CONTROLLER])
+        rows.append({"seed": seed, "kl_stopped": len(stopped), "iterations_would_spend": sum(t.curve.iterations for t in stopped),
+                     "iterations_saved": sum(t.curve.iterations - t.iterations for t in stopped),
+                     "false_prunes": fp["false_prunes"], "all_iterations": sum(t.iterations for t in sweep.trials)})
+    would, saved = sum(r["iterations_would_spend"] for r in rows), sum(r["iterations_saved"] for r in rows)
+    return {"seeds": seeds, "trials": trials, "per_seed": rows, "saved_fraction": saved / would if would else math.nan,
+            "false_prunes": sum(r["false_prunes"] for r in rows),
+            "sweeps_with_false_prunes": sum(r["false_prunes"] > 0 for r in rows)}
+
+
+def with_warmup(spec: Any, top: list[dict[str, Any]], warmup: int) -> list[dict[str, Any]]:
+    """The top trials run again, live, with `warmup` optimizer steps of learning-rate warmup."""
+    from trials import PPOTrainer
+    from trials import metrics as K
+    from tuner.spec import trial_config
+
+    out = []
+    for t in top:
+        history = PPOTrainer(trial_config(spec, t["params"]).replace(warmup_steps=warmup)).train().history
+        out.append({"params": t["params"], "kl_max": max(h[K.KL] for h in history),
+                    "final_eval": history[-1][K.EVAL_SCORES], "warmup_steps": warmup})
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--trials", type=int, default=32, help="trials per replayed sweep")
+    parser.add_argument("--warmup", type=int, default=8, help="warmup steps for the live re-run of the top-3 (0: skip)")
+    args = parser.parse_args()
+    spec, table = load_grid_spec(), load_table()
+    if len(table) < len(grid(spec)) or not COSTS.exists():
+        print("run `python bench/_curves.py` (resumable) and `python bench/_curves.py --calibrate` first", file=sys.stderr)
+        return 2
+    table = costed(table)
+    started = time.perf_counter()
+    curves, limit = list(table.values()), spec.kl_limit
+    res: dict[str, Any] = {"machine": machine(), "load": load(), "kl_limit": limit,
+                           "table": savings(curves, limit, RULES[CONTROLLER]),
+                           "top3": false_prunes(curves, limit, RULES[CONTROLLER]),
+                           "replayed": replayed(spec, table, args.seeds, args.trials),
+                           "rules": {name: {**savings(curves, limit, rule, doomed_by_end=True),
+                                            **false_prunes(curves, limit, rule)} for name, rule in RULES.items()}}
+    if args.warmup:
+        res["warmup"] = with_warmup(spec, res["top3"]["top"], args.warmup)
+    res["seconds"] = time.perf_counter() - started
+    report(res)
+    print(f"\nwrote {save('kl_pruning', res)} in {res['seconds']:.0f} s")
+    return 0
+
+
+def report(res: dict[str, Any]) -> None:
+    t, top, rp = res["table"], res["top3"], res["replayed"]
+    print(f"every grid config run to its end ({t['trials']} trials): the {res['kl_limit']:g}-nat limit stops {t['doomed']}")
+    print(f"  it saves {t['iterations_saved']} of the {t['iterations_doomed_would_spend']} iterations they would spend: "
+          f"{t['saved_fraction']:.1%} ({t['seconds_saved_fraction']:.1%} of their seconds; {t['share_of_all_iterations']:.1%} "
+          f"of all iterations); stops at iterations {dict(sorted((i, t['stop_iterations'].count(i)) for i in set(t['stop_iterations'])))}")
+    print(f"  false prunes: {top['false_prunes']} of the top-3 by final eval/scores among trials within the limit at their "
+          f"end ({top['ending_within_but_stopped']} such trials are stopped; the best that never passes it ends at "
+          f"{top['best_never_crossing']:.3f})")
+    for c in top["top"]:
+        print(f"    eval {c['final_eval']:.3f}, KL max {c['kl_max']:.1f}, final {c['kl_final']:.1f}, stopped at "
+              f"{c['stopped_at']}: {c['params']}")
+    print(f"replayed default sweeps ({rp['seeds']} seeds x {rp['trials']} trials): the limit saves {rp['saved_fraction']:.1%} "
+          f"of the iterations its stopped trials would spend; false prunes of a sweep's own top-3: {rp['false_prunes']} "
+          f"(in {rp['sweeps_with_false_prunes']} of {rp['seeds']} sweeps)")
+    print("other stopping rules (doomed = above the limit at the end):")
+    for name, r in res["rules"].items():
+        print(f"  {name:32s} saves {r['saved_fraction']:6.1%}, false prunes {r['false_prunes']}, "
+              f"stops {r['ending_within_but_stopped']} trials that end within the limit")
+    for w in res.get("warmup", []):
+        print(f"  with warmup_steps {w['warmup_steps']}: KL max {w['kl_max']:.1f}, final eval {w['final_eval']:.3f}: {w['params']}")
+    ok = t["saved_fraction"] >= 0.5 and top["false_prunes"] == 0
+    print(f"target (>= 50% saved, no false prunes): {'met' if ok else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Regenerates every figure of bench/README.md into bench/results/ (about 25 minutes on 2 cores, with the
+# table of learning curves already recorded; recording it from scratch adds 30-60 minutes).
+# BASELINE=DIR also times the engine as it was (DIR holds an older trials/, see README).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+python=${PYTHON:-python}
+uptime
+
+bash bench/setup_trl.sh
+baseline=()
+if [ -n "${BASELINE:-}" ]; then baseline=(--baseline "$BASELINE"); fi
+$python bench/engine_vs_trl.py --threads 1 "${baseline[@]}" --out engine_vs_trl
+# 2 threads per side (torch's default on 2 cores): only meaningful on a quiet machine (see README)
+$python bench/engine_vs_trl.py --threads 2 --only speed --only limit --out engine_vs_trl_2threads
+
+until $python bench/_curves.py --minutes 9; do :; done   # resumable; a no-op when the table is complete
+[ -f bench/data/demo_costs.json ] || $python bench/_curves.py --calibrate
+$python bench/sweep_efficiency.py
+$python bench/kl_pruning.py
+$python bench/controller_overhead.py
+uptime

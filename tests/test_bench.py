@@ -1,0 +1,39 @@
+"""The sweep benchmarks replay the controller's own code (sampling, duplicates, scoring) on the recorded
+table: they run here, briefly, so that a change to the controller cannot silently break them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def _bench(script: str, *args: str, out) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PPO_TUNER_BENCH_RESULTS": str(out), "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_sweep_efficiency_replays_the_table(tmp_path):
+    proc = _bench("sweep_efficiency.py", "--seeds", "2", "--no-live", out=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "sweep_efficiency.json").read_text())
+    assert res["table_configs"] == 360 and len(res["per_seed"]) == 2
+    for seed in res["per_seed"]:
+        ours = seed["ours: TPE + ASHA + KL limit"]
+        assert ours["trials"] > 0 and ours["fraction"] > 0
+        assert seed["budget_iterations"] == 32 * 12  # random search runs every trial to its end
+    assert "of random search's compute (target <= 0.25)" in proc.stdout
+
+
+def test_kl_pruning_counts_savings_on_the_table(tmp_path):
+    proc = _bench("kl_pruning.py", "--seeds", "2", "--warmup", "0", out=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "kl_pruning.json").read_text())
+    table = res["table"]
+    assert table["trials"] == 360 and 0 < table["doomed"] < 360
+    assert 0 < table["iterations_saved"] < table["iterations_doomed_would_spend"]
+    assert all(2 <= it <= 12 for it in table["stop_iterations"])
