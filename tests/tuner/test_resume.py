@@ -58,3 +58,21 @@ def test_an_interrupted_sweep_resumes(tmp_path, demo_model):
     assert len(parents) == 1  # the parent run is reused
     assert len(children) == len(study.trials)  # one child run per trial, interrupted ones included
     assert all(r.info.status != "RUNNING" for r in runs)
+
+
+def test_a_continued_study_does_not_draw_its_first_samples_again(tmp_path):
+    from tuner.spec import parse_spec, sample_params
+    from tuner.sweep import load_study
+
+    spec = parse_spec({"name": "reseed", "workdir": str(tmp_path / "sweeps"), "sampler": {"type": "random"},
+                       "search_space": {"policy_lr": {"low": 1.0e-6, "high": 5.0e-5, "log": True},
+                                        "kl_coef": {"low": 0.01, "high": 0.2, "log": True}}})
+    spec.sweep_dir().mkdir(parents=True)
+    first = load_study(spec, create=True)
+    trial = first.ask()
+    drawn = sample_params(trial, spec)
+    first.tell(trial, 0.1)
+    again = load_study(spec, create=True)  # what `tuner resume` opens
+    assert sample_params(again.ask(), spec) != drawn
+    fresh = parse_spec({**spec.resolved(), "name": "reseed-fresh"})
+    assert sample_params(load_study(fresh, create=True).ask(), fresh) == drawn  # a new sweep: the spec's seed, as before

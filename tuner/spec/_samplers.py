@@ -53,14 +53,15 @@ class _GridSampler(optuna.samplers.GridSampler):
         pass
 
 
-def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+def make_sampler(spec: SweepSpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
     """The spec's Optuna sampler, seeded, for a study created with `spec.directions()`.
 
     TPE, GP and NSGA-II avoid trials that passed the KL limit once the caller records, on every
     trial it tells, ``trial.set_constraint("kl", max_kl - spec.kl_limit)`` before ``study.tell``
-    (> 0 means infeasible; details in this module's docstring).
+    (> 0 means infeasible; details in this module's docstring). `seed_offset`: a continued study's
+    sampler needs a seed of its own (the number of trials it has), or it draws its first trials again.
     """
-    kind, seed, n = spec.sampler.type, spec.sampler_seed(), spec.n_startup_trials()
+    kind, seed, n = spec.sampler.type, spec.sampler_seed() + seed_offset, spec.n_startup_trials()
     missing = [m for m in REQUIRED_PACKAGES.get(kind, ()) if importlib.util.find_spec(m) is None]
     if missing:
         raise ConfigError([Problem("sampler.type", kind, f"needs the {', '.join(missing)} package, which is not installed",

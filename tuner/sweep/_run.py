@@ -62,12 +62,19 @@ class SweepSummary:
 
 
 def load_study(spec: SweepSpec, create: bool = False) -> optuna.Study:
+    """The sweep's study. A continued one (resume, or a spec run again) gets its sampler seeded with the
+    spec's seed plus its number of trials: with the spec's seed alone, a resumed sweep's first samples
+    would repeat the first sweep's."""
     storage = open_storage(spec.storage_url())
+    try:
+        done = len(storage.get_all_trials(storage.get_study_id_from_name(spec.name), deepcopy=False))
+    except KeyError:
+        done = 0
     if create:
-        return optuna.create_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec),
+        return optuna.create_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec, done),
                                    directions=spec.directions(), load_if_exists=True)
     try:
-        return optuna.load_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec))
+        return optuna.load_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec, done))
     except KeyError:
         raise ConfigError([Problem("sweep", spec.name, f"has no study in {redact(spec.storage_url())}",
                                    "start it with 'tuner run SPEC'")]) from None
