@@ -1,10 +1,10 @@
 """Sweeps replayed on the recorded learning-curve table (bench/_curves.py), in simulated compute time.
 
 The controller's decisions, as it makes them:
-- sampling: the spec's Optuna sampler through the project's own `sample_params`, asked when a slot
+- sampling: the spec's Optuna sampler through the controller's own `ask_trial`, asked when a slot
   frees (at most `workers` trials at once), told as tuner/sweep/_searcher.py tells (constraint
   kl = kl_max - limit; PRUNED for a scheduler cut; intermediate values reported every iteration;
-  a config already run is told that run's outcome and the sampler asked again, `tell_if_duplicate`);
+  a config already run is told that run's outcome and the sampler asked again, `ask_trial`);
 - the score: tuner/sweep/_trainable.py's Scorer (the initial evaluation first);
 - the KL limit: a trial whose objective/kl passes the limit stops at that iteration, is infeasible,
   and scores the worst possible value for the scheduler;
@@ -18,7 +18,6 @@ its iterations (evaluations included).
 from __future__ import annotations
 
 import heapq
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,9 +102,8 @@ def simulate(table: dict[str, Curve], spec: Any, sampler: Any, *, asha: bool, kl
     import optuna
 
     from trials import metrics as K
-    from tuner.spec import sample_params
-    from tuner.sweep._searcher import DUPLICATE_TRIES
-    from tuner.sweep._study import ATTR, tell_if_duplicate
+    from tuner.sweep._searcher import ask_trial
+    from tuner.sweep._study import ATTR
     from tuner.sweep._trainable import Scorer
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -116,16 +114,9 @@ def simulate(table: dict[str, Curve], spec: Any, sampler: Any, *, asha: bool, kl
     sweep, events, live = Sweep(), [], {}
     spent = [0.0, 0]  # compute, iterations
 
-    skip = spec.sampler.skip_duplicates and spec.sampler.type != "grid"
-
     def start(now: float) -> None:
-        for attempt in range(DUPLICATE_TRIES):  # as StudySearcher.suggest
-            trial = study.ask()
-            params = {k: v for k, v in sample_params(trial, spec).items() if k in grid_keys}
-            trial.set_user_attr(ATTR["engine"], json.dumps(params))  # the rest of the engine config is fixed
-            if attempt == DUPLICATE_TRIES - 1 or not skip or not tell_if_duplicate(study, trial, params):
-                break
-            sweep.copies += 1
+        trial, sampled, _ = ask_trial(study, spec)  # as StudySearcher.suggest
+        params = {k: v for k, v in sampled.items() if k in grid_keys}
         sim = Trial(number=trial.number, params=params, curve=table[key(params)], started=now)
         scorer = Scorer(objective.metric, objective.direction, objective.score, objective.last_k, sim.curve.initial_eval)
         live[sim.number] = (trial, scorer)
@@ -167,6 +158,7 @@ def simulate(table: dict[str, Curve], spec: Any, sampler: Any, *, asha: bool, kl
         sweep.timeline.append((spent[0], spent[1], sweep.best()))
         if may_start():
             start(now)
+    sweep.copies = sum(ATTR["duplicate"] in t.user_attrs for t in study.get_trials(deepcopy=False))
     return sweep
 
 

@@ -176,7 +176,7 @@ def mlflow_server_command(tracking_uri: str, host: str, port: int, artifacts: Pa
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from tuner.sweep import find_sweep, list_sweeps
+    from tuner.sweep import find_sweep, list_sweeps, redact
 
     if args.sweep:
         spec = find_sweep(args.sweep, args.workdir)
@@ -186,8 +186,6 @@ def cmd_ui(args: argparse.Namespace) -> int:
             raise ConfigError([Problem("SWEEP", None, f"no sweeps under {args.workdir}/", "run one with 'tuner run SPEC'")])
         spec = max(sweeps, key=lambda s: (s.sweep_dir() / "spec.yaml").stat().st_mtime)
     from mlflow.tracking import MlflowClient
-
-    from tuner.sweep._study import redact
 
     uri = spec.tracking_uri()
     experiment = MlflowClient(uri).get_experiment_by_name(spec.experiment_name())

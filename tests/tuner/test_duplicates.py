@@ -12,7 +12,7 @@ from tests.tuner.sweep_helpers import tuner, write_spec
 from tuner.spec import load_spec
 from tuner.sweep import best_feasible, count_states, load_study, trial_rows
 from tuner.sweep._run import remaining_trials
-from tuner.sweep._study import ATTR, tell_if_duplicate
+from tuner.sweep._study import ATTR, ran_configs, tell_duplicate
 
 
 def _study_with(engine: dict, state: TrialState, value: float | None = None) -> tuple[optuna.Study, int]:
@@ -28,6 +28,14 @@ def _study_with(engine: dict, state: TrialState, value: float | None = None) -> 
     first.set_constraint("kl", 5.0)
     study.tell(first, value, state=state) if state == TrialState.COMPLETE else study.tell(first, state=state)
     return study, first.number
+
+
+def tell_if_duplicate(study: optuna.Study, trial: optuna.trial.Trial, engine: dict) -> bool:
+    """What ask_trial does with one sample: look its config up among those that ran, tell a repeat."""
+    earlier = ran_configs(study).get(json.dumps(engine))
+    if earlier is not None:
+        tell_duplicate(study, trial, earlier)
+    return earlier is not None
 
 
 def test_a_finished_config_is_told_its_outcome():

@@ -67,7 +67,7 @@ def load_study(spec: SweepSpec, create: bool = False) -> optuna.Study:
     would repeat the first sweep's."""
     storage = open_storage(spec.storage_url())
     try:
-        done = len(storage.get_all_trials(storage.get_study_id_from_name(spec.name), deepcopy=False))
+        done = storage.get_n_trials(storage.get_study_id_from_name(spec.name))
     except KeyError:
         done = 0
     if create:

@@ -7,7 +7,7 @@ with its last value. Here, in the driver (the only process that writes the study
   is infeasible (never the best) and constraint-aware samplers learn to avoid its region;
 - a trial cut by the scheduler (or the wall-clock budget): PRUNED, with its constraint;
 - a trial that raised: FAIL, with its error;
-- a sampled config that a finished trial already ran (discrete spaces; see `tell_if_duplicate`):
+- a sampled config that a finished trial already ran (discrete spaces; see `ask_trial`):
   that trial's outcome, at once, with user attribute duplicate_of; it is not run and does not
   count toward budget.trials.
 """
@@ -25,12 +25,36 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from tuner.spec import SweepSpec, sample_params, trial_config
-from tuner.sweep._study import ATTR, tell_if_duplicate
+from tuner.sweep._study import ATTR, ran_configs, tell_duplicate
 
-__all__ = ["StudySearcher", "Outcome"]
+__all__ = ["StudySearcher", "Outcome", "ask_trial"]
 
 OBJECTIVE = "objective"  # the running score reported by the trainable (see _trainable.py)
 DUPLICATE_TRIES = 25  # samples asked for one slot before a repeated config is run anyway (a space nearly used up)
+
+
+def ask_trial(study: optuna.Study, spec: SweepSpec, multi: bool = False) -> tuple[optuna.trial.Trial, dict[str, Any], dict[str, Any]]:
+    """A new trial to run, its sampled params and its engine config (recorded on the trial). Unless
+    the spec says otherwise, a sampled config that a trial already ran is told that trial's outcome
+    (`tell_duplicate`) and the sampler asked again, DUPLICATE_TRIES times at most."""
+    skip = spec.sampler.skip_duplicates and spec.sampler.type != "grid"  # a grid never repeats itself
+    ran = ran_configs(study) if skip else {}
+    for _ in range(DUPLICATE_TRIES - 1):
+        trial, params, engine, text = _sample(study, spec)
+        if text not in ran:
+            return trial, params, engine
+        tell_duplicate(study, trial, ran[text], multi)
+    trial, params, engine, _ = _sample(study, spec)  # a space nearly used up: the repeat runs
+    return trial, params, engine
+
+
+def _sample(study: optuna.Study, spec: SweepSpec) -> tuple[optuna.trial.Trial, dict[str, Any], dict[str, Any], str]:
+    trial = study.ask()
+    params = sample_params(trial, spec)
+    engine = trial_config(spec, params).to_dict()
+    text = json.dumps(engine)
+    trial.set_user_attr(ATTR["engine"], text)
+    return trial, params, engine, text
 
 
 class Outcome:
@@ -54,14 +78,7 @@ class StudySearcher(Searcher):
         return True
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        for attempt in range(DUPLICATE_TRIES):
-            trial = self.study.ask()
-            params = sample_params(trial, self.spec)
-            engine = trial_config(self.spec, params).to_dict()
-            trial.set_user_attr(ATTR["engine"], json.dumps(engine))
-            if (attempt == DUPLICATE_TRIES - 1 or not self.spec.sampler.skip_duplicates or self.spec.sampler.type == "grid"
-                    or not tell_if_duplicate(self.study, trial, engine, self.multi)):
-                break
+        trial, params, engine = ask_trial(self.study, self.spec, self.multi)
         trial.set_user_attr(ATTR["ray_trial"], trial_id)
         self.live[trial_id] = trial
         self.configs[trial_id] = config = {"engine": engine, "params": params, "number": trial.number, "kl_limit": self.spec.kl_limit,

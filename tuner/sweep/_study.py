@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from trials import Problem, TunerError
 
 __all__ = ["ATTR", "STATE_NAMES", "StorageError", "schema_init_lock", "TrialRow", "best_feasible", "count_states", "open_storage",
-           "redact", "tell_if_duplicate", "trial_rows"]
+           "ran_configs", "redact", "tell_duplicate", "trial_rows"]
 
 # user attributes on each Optuna trial
 ATTR = {
@@ -185,33 +185,37 @@ def engine_config_of(trial: FrozenTrial) -> dict[str, Any]:
     return json.loads(trial.user_attrs[ATTR["engine"]])
 
 
-def tell_if_duplicate(study: optuna.Study, trial: optuna.trial.Trial, engine: dict[str, Any], multi: bool = False) -> bool:
-    """Whether an earlier trial ran this engine config (seed included); if so, `trial` is told that
-    trial's outcome (its intermediate values, KL constraint and state) with user attribute duplicate_of,
-    and is not to be run. A sampler that keeps proposing a config it likes (discrete spaces) then learns
-    at no cost instead of spending a run on a known result. A config that a trial still running has is
-    told FAIL (its outcome is not known yet); a config whose trial failed may run again."""
-    for earlier in study.get_trials(deepcopy=False):
-        if earlier.number == trial.number or ATTR["duplicate"] in earlier.user_attrs or earlier.state == TrialState.FAIL:
-            continue
-        if earlier.user_attrs.get(ATTR["engine"]) is None or json.loads(earlier.user_attrs[ATTR["engine"]]) != engine:
-            continue
-        trial.set_user_attr(ATTR["duplicate"], earlier.number)
-        if earlier.state in (TrialState.RUNNING, TrialState.WAITING):
-            trial.set_user_attr(ATTR["stop"], f"same config as trial {earlier.number} (running)")
-            study.tell(trial, state=TrialState.FAIL)
-            return True
-        for key in ("kl_max", "kl_final", "iterations"):
-            if ATTR[key] in earlier.user_attrs:
-                trial.set_user_attr(ATTR[key], earlier.user_attrs[ATTR[key]])
-        trial.set_user_attr(ATTR["stop"], f"same config as trial {earlier.number}: {earlier.user_attrs.get(ATTR['stop'], '')}")
-        for step, value in earlier.intermediate_values.items():
-            trial.report(value, step=step)
-        for name, value in (earlier.constraints or {}).items():
-            trial.set_constraint(name, value)
-        if earlier.state == TrialState.COMPLETE:
-            study.tell(trial, earlier.values if multi else earlier.values[0])
-        else:
-            study.tell(trial, state=TrialState.PRUNED)
-        return True
-    return False
+def ran_configs(study: optuna.Study) -> dict[str, FrozenTrial]:
+    """Each engine config (its JSON, as the trial's user attribute holds it) that a trial ran or is
+    running, with that trial. Failed trials are left out (their config may run again), and so are
+    DUPLICATE trials (they never ran)."""
+    out: dict[str, FrozenTrial] = {}
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    for t in study.get_trials(deepcopy=False, states=states):
+        if ATTR["engine"] in t.user_attrs and ATTR["duplicate"] not in t.user_attrs:
+            out.setdefault(t.user_attrs[ATTR["engine"]], t)
+    return out
+
+
+def tell_duplicate(study: optuna.Study, trial: optuna.trial.Trial, earlier: FrozenTrial, multi: bool = False) -> None:
+    """Tell `trial`, which repeats `earlier`'s engine config, `earlier`'s outcome (its intermediate
+    values, KL constraint and state), with user attribute duplicate_of; it is not to be run. A sampler
+    that keeps proposing a config it likes (discrete spaces) then learns at no cost instead of spending
+    a run on a known result. While `earlier` runs, its outcome is not known: `trial` is told FAIL."""
+    trial.set_user_attr(ATTR["duplicate"], earlier.number)
+    if earlier.state in (TrialState.RUNNING, TrialState.WAITING):
+        trial.set_user_attr(ATTR["stop"], f"same config as trial {earlier.number} (running)")
+        study.tell(trial, state=TrialState.FAIL)
+        return
+    for key in ("kl_max", "kl_final", "iterations"):
+        if ATTR[key] in earlier.user_attrs:
+            trial.set_user_attr(ATTR[key], earlier.user_attrs[ATTR[key]])
+    trial.set_user_attr(ATTR["stop"], f"same config as trial {earlier.number}: {earlier.user_attrs.get(ATTR['stop'], '')}")
+    for step, value in earlier.intermediate_values.items():
+        trial.report(value, step=step)
+    for name, value in (earlier.constraints or {}).items():
+        trial.set_constraint(name, value)
+    if earlier.state == TrialState.COMPLETE:
+        study.tell(trial, earlier.values if multi else earlier.values[0])
+    else:
+        study.tell(trial, state=TrialState.PRUNED)

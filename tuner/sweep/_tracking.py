@@ -3,8 +3,8 @@
 All writes go through one MlflowClient with explicit run ids (no global active run), from the
 Tune driver's callbacks, so trials never touch the tracking store themselves. A trial waits while the
 driver handles its result, so each iteration's metrics and a run's closing are handed to one writer
-thread, in order (about 16 ms per result on SQLite that the trials no longer wait for); `flush()`
-waits for it and raises what it met.
+thread, in order (about 16 ms per result on SQLite that the trials no longer wait for), flushed
+before the sweep's end is written.
 """
 
 from __future__ import annotations
@@ -155,10 +155,6 @@ class TrialLogger(Callback):
         self.runs: dict[str, str] = {}  # ray trial id -> mlflow run id
         self.writer = _Writer()
 
-    def flush(self) -> None:
-        """Wait until every metric and closing handed to the writer is in the tracking store."""
-        self.writer.flush()
-
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.trial_id not in self.runs:  # a retry of the same trial keeps its run
             self._create_run(trial.trial_id, trial.config)
@@ -182,15 +178,17 @@ class TrialLogger(Callback):
         """Trials the interrupted sweep had suggested, running or not yet started: a KILLED run each,
         so that MLflow keeps exactly one child run per Optuna trial."""
         try:
-            self.flush()
+            self.writer.flush()  # every metric and closing handed to the writer is in the store
         except Exception as exc:  # the study has every outcome; a resume's reconcile repairs the runs
             reason = (str(exc).splitlines() or [""])[0][:200]
             log.warning("MLflow: a write failed (%s: %s); the study keeps every trial's outcome", type(exc).__name__, reason)
         for trial_id in trial_ids:
             run_id = self.runs.get(trial_id) or self._create_run(trial_id, self.searcher.configs[trial_id])
-            self.client.log_batch(run_id, tags=[RunTag("ppo_tuner.state", "FAIL"),
-                                                RunTag("ppo_tuner.stop_reason", "interrupted")])
-            self.client.set_terminated(run_id, status="KILLED")
+            self._kill(run_id, "FAIL", "interrupted")
+
+    def _kill(self, run_id: str, state: str, stop_reason: str) -> None:
+        self.client.log_batch(run_id, tags=[RunTag("ppo_tuner.state", state), RunTag("ppo_tuner.stop_reason", stop_reason)])
+        self.client.set_terminated(run_id, status="KILLED")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.searcher.on_retry(trial.trial_id)
@@ -251,9 +249,7 @@ class TrialLogger(Callback):
                 engine = json.loads(trial.user_attrs.get(ATTR["engine"], "{}"))
                 run_id = self._create_run(trial.user_attrs.get(ATTR["ray_trial"], f"optuna-{trial.number}"),
                                           {"number": trial.number, "params": dict(trial.params), "engine": engine})
-                self.client.log_batch(run_id, tags=[RunTag("ppo_tuner.state", trial.state.name), RunTag(
-                    "ppo_tuner.stop_reason", trial.user_attrs.get(ATTR["stop"], "interrupted"))])
-                self.client.set_terminated(run_id, status="KILLED")
+                self._kill(run_id, trial.state.name, trial.user_attrs.get(ATTR["stop"], "interrupted"))
                 created += 1
         return {"killed": killed, "created": created}
 
