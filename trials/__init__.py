@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from trials import metrics
-from trials._config import FieldSpec, PPOConfig, field_specs
+from trials._config import FieldSpec, PPOConfig, field_specs, path_fields
 from trials._errors import (
     ConfigError,
     ModelError,
@@ -13,22 +13,31 @@ from trials._errors import (
     TunerError,
     did_you_mean,
 )
+from trials._refs import RewardRef, parse_reward, resolve_relative
+from trials._stop import KLLimit, chain, passes_kl_limit
 
 __all__ = [
     "ConfigError",
     "FieldSpec",
+    "KLLimit",
     "ModelError",
     "NonFiniteError",
     "PPOConfig",
     "PPOTrainer",
+    "RewardRef",
     "Problem",
     "Reporter",
     "RewardError",
     "TrainResult",
     "TunerError",
+    "chain",
     "did_you_mean",
     "field_specs",
     "metrics",
+    "parse_reward",
+    "passes_kl_limit",
+    "path_fields",
+    "resolve_relative",
     "train",
 ]
 

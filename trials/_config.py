@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from trials._errors import ConfigError, Problem, did_you_mean
 
-__all__ = ["PPOConfig", "FieldSpec", "field_specs"]
+__all__ = ["PPOConfig", "FieldSpec", "field_specs", "path_fields"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class FieldSpec:
     choices: tuple[Any, ...] | None = None
     nullable: bool = False
     default: Any = None
+    path: bool = False  # the value may name a file or folder, resolved against the config's folder
 
     def check(self, value: Any) -> str | None:
         """The reason a value of the right type is impossible, or None when it is allowed."""
@@ -49,6 +50,34 @@ class FieldSpec:
             if self.high is not None and (value >= self.high if self.high_open else value > self.high):
                 return f"must be {'<' if self.high_open else '<='} {self.high:g}"
         return None
+
+    def parse(self, raw: Any) -> tuple[Any, str | None]:
+        """(value, None) for an allowed value (coerced to the field's type), else (None, reason)."""
+        value, error = coerce(self, raw)
+        if error is None:
+            error = self.check(value)
+        return (None, error) if error else (value, None)
+
+    def warning(self, value: Any, path: str | None = None) -> str | None:
+        """A line when a number lies outside the guidance's documented range, else None."""
+        if self.documented is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        lo, hi = self.documented
+        if lo <= value <= hi:
+            return None
+        return f"{path or self.name} = {value:g} is outside the documented range {lo:g}..{hi:g}"
+
+    def fix(self) -> str:
+        """How to write an allowed value, for error messages."""
+        if self.choices is not None:
+            return f"use one of {', '.join(map(str, self.choices))}"
+        if self.type in ("float", "int"):
+            kind = "an integer" if self.type == "int" else "a number"
+            doc = f" (documented range {self.documented[0]:g}..{self.documented[1]:g})" if self.documented else ""
+            return f"use {kind} in {self.hard_range()}{doc}"
+        if self.type == "bool":
+            return "use true or false"
+        return "use a non-empty string"
 
     def hard_range(self) -> str:
         lo = "(" if self.low_open else "["
@@ -67,11 +96,11 @@ class PPOConfig:
     """Everything one PPO run needs. Units: KL in nats; lengths in tokens; batch sizes in samples."""
 
     # -- what to train ---------------------------------------------------------------------------
-    model_path: str = _p("demo", "Hugging Face causal LM to fine-tune (a local path or 'demo' for the built-in tiny model); also the reference model")
-    value_model_path: str | None = _p(None, "model whose backbone initialises the value model; empty means model_path", nullable=True)
-    reward: str = _p("trials.demo:reward", "a Python callable 'module:function' (or 'file.py:function') taking (prompts, responses) and returning one float each, or the path of a sequence-classification reward model")
-    prompts: str = _p("demo", "training prompts: a .jsonl file (one {\"prompt\": ...} per line), a .txt file (one per line), or 'demo'")
-    eval_prompts: str | None = _p(None, "held-out evaluation prompts, same formats; empty means hold out num_eval_prompts of the training prompts", nullable=True)
+    model_path: str = _p("demo", "Hugging Face causal LM to fine-tune (a local path or 'demo' for the built-in tiny model); also the reference model", path=True)
+    value_model_path: str | None = _p(None, "model whose backbone initialises the value model; empty means model_path", nullable=True, path=True)
+    reward: str = _p("trials.demo:reward", "a Python callable 'module:function' (or 'file.py:function') taking (prompts, responses) and returning one float each, or the path of a sequence-classification reward model", path=True)
+    prompts: str = _p("demo", "training prompts: a .jsonl file (one {\"prompt\": ...} per line), a .txt file (one per line), or 'demo'", path=True)
+    eval_prompts: str | None = _p(None, "held-out evaluation prompts, same formats; empty means hold out num_eval_prompts of the training prompts", nullable=True, path=True)
     num_eval_prompts: int = _p(64, "evaluation prompts held out of the training prompts when eval_prompts is empty", unit="prompts", low=1)
     max_prompt_length: int = _p(64, "prompts are truncated on the left to this many tokens", unit="tokens", low=1)
 
@@ -120,7 +149,7 @@ class PPOConfig:
     device: Literal["auto", "cpu", "cuda"] = _p("auto", "auto: CUDA when present, else CPU", choices=("auto", "cpu", "cuda"))
     precision: Literal["auto", "fp32", "bf16"] = _p("auto", "auto: bf16 autocast on CUDA devices that support it, fp32 elsewhere", choices=("auto", "fp32", "bf16"))
     num_threads: int | None = _p(None, "CPU threads for torch; empty leaves torch's default", low=1, nullable=True)
-    output_dir: str | None = _p(None, "if set, the final policy and tokenizer are saved here with save_pretrained", nullable=True)
+    output_dir: str | None = _p(None, "if set, the final policy and tokenizer are saved here with save_pretrained", nullable=True, path=True)
 
     # -------------------------------------------------------------------------------------------
     @classmethod
@@ -138,7 +167,7 @@ class PPOConfig:
                 continue
             value, error = coerce(specs[key], raw)
             if error:
-                problems.append(Problem(path, raw, error, _fix(specs[key])))
+                problems.append(Problem(path, raw, error, specs[key].fix()))
             else:
                 values[key] = value
         config = cls(**values)
@@ -154,7 +183,7 @@ class PPOConfig:
             value = getattr(self, name)
             reason = spec.check(value)
             if reason:
-                out.append(Problem(prefix + name, value, reason, _fix(spec)))
+                out.append(Problem(prefix + name, value, reason, spec.fix()))
         if isinstance(self.rollout_batch_size, int) and isinstance(self.mini_batch_size, int) and self.mini_batch_size > 0:
             if self.rollout_batch_size % self.mini_batch_size:
                 out.append(Problem(prefix + "mini_batch_size", self.mini_batch_size,
@@ -168,14 +197,8 @@ class PPOConfig:
 
     def warnings(self, *, prefix: str = "") -> list[str]:
         """Values outside the guidance's documented ranges: allowed, but worth a second look."""
-        out = []
-        for name, spec in field_specs().items():
-            value = getattr(self, name)
-            if spec.documented and isinstance(value, (int, float)) and not isinstance(value, bool):
-                lo, hi = spec.documented
-                if not lo <= value <= hi:
-                    out.append(f"{prefix}{name} = {value:g} is outside the documented range {lo:g}..{hi:g}")
-        return out
+        found = (spec.warning(getattr(self, name), prefix + name) for name, spec in field_specs().items())
+        return [w for w in found if w]
 
     def replace(self, **changes: Any) -> PPOConfig:
         """A validated copy with some fields replaced (how a sampled trial is made from the base)."""
@@ -192,17 +215,6 @@ class PPOConfig:
 def _nearest_divisor(n: int, near: int) -> int:
     divisors = [d for d in range(1, n + 1) if n % d == 0]
     return min(divisors, key=lambda d: (abs(d - near), d))
-
-
-def _fix(spec: FieldSpec) -> str:
-    if spec.choices is not None:
-        return f"use one of {', '.join(map(str, spec.choices))}"
-    if spec.type in ("float", "int"):
-        return f"use a{'n integer' if spec.type == 'int' else ' number'} in {spec.hard_range()}" + (
-            f" (documented range {spec.documented[0]:g}..{spec.documented[1]:g})" if spec.documented else "")
-    if spec.type == "bool":
-        return "use true or false"
-    return f"use a {spec.type}"
 
 
 def coerce(spec: FieldSpec, raw: Any) -> tuple[Any, str | None]:
@@ -250,3 +262,8 @@ def field_specs() -> dict[str, FieldSpec]:
             _SPECS[f.name] = FieldSpec(name=f.name, type=type_name, help=f.metadata["help"],
                                        nullable=nullable, default=f.default, **spec)
     return _SPECS
+
+
+def path_fields() -> tuple[str, ...]:
+    """The fields whose value may name a file or folder (the one list of them)."""
+    return tuple(name for name, spec in field_specs().items() if spec.path)

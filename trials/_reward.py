@@ -16,8 +16,9 @@ from typing import Any
 import torch
 
 from trials._errors import Problem, RewardError
+from trials._refs import RewardRef, parse_reward
 
-__all__ = ["RewardFunction", "load_reward"]
+__all__ = ["RewardFunction"]
 
 RewardCallable = Callable[[list[str], list[str]], Sequence[float]]
 
@@ -26,30 +27,26 @@ def _fail(value: str, message: str, fix: str) -> RewardError:
     return RewardError([Problem("reward", value, message, fix)])
 
 
-def _import_callable(spec: str) -> RewardCallable:
-    module_name, _, attr = spec.rpartition(":")
-    if not module_name or not attr:
-        raise _fail(spec, "is neither 'module:function' nor a reward-model folder",
-                    "write 'my_module:my_reward', 'path/to/file.py:my_reward', or the folder of a reward model")
+def _import_callable(spec: str, ref: RewardRef) -> RewardCallable:
     try:
-        if module_name.endswith(".py"):
-            if not os.path.isfile(module_name):
-                raise _fail(spec, f"file {module_name} does not exist", "give the path of the Python file that defines the reward")
-            loader = importlib.util.spec_from_file_location(f"_ppo_tuner_reward_{abs(hash(module_name))}", module_name)
+        if ref.kind == "file":
+            if not os.path.isfile(ref.target):
+                raise _fail(spec, f"file {ref.target} does not exist", "give the path of the Python file that defines the reward")
+            loader = importlib.util.spec_from_file_location(f"_ppo_tuner_reward_{abs(hash(ref.target))}", ref.target)
             module = importlib.util.module_from_spec(loader)
             loader.loader.exec_module(module)
         else:
             if os.getcwd() not in sys.path:
                 sys.path.insert(0, os.getcwd())
-            module = importlib.import_module(module_name)
+            module = importlib.import_module(ref.target)
     except RewardError:
         raise
     except Exception as exc:  # the user's module failed to import: say why, in one line
-        raise _fail(spec, f"cannot import {module_name} ({type(exc).__name__}: {exc})",
+        raise _fail(spec, f"cannot import {ref.target} ({type(exc).__name__}: {exc})",
                     "make the module importable (on PYTHONPATH or as a .py path) and free of import errors") from None
-    fn = getattr(module, attr, None)
+    fn = getattr(module, ref.function, None)
     if not callable(fn):
-        raise _fail(spec, f"{module_name} has no callable named {attr}",
+        raise _fail(spec, f"{ref.target} has no callable named {ref.function}",
                     "name a function that takes (prompts, responses) and returns one float each")
     return fn
 
@@ -60,10 +57,14 @@ class RewardFunction:
     def __init__(self, spec: str, device: torch.device):
         self.spec = spec
         self.device = device
-        if os.path.isdir(spec):
+        ref = parse_reward(spec)
+        if ref.kind == "model":
+            if not os.path.isdir(spec):
+                raise _fail(spec, "is neither 'module:function' nor a reward-model folder",
+                            "write 'my_module:my_reward', 'path/to/file.py:my_reward', or the folder of a reward model")
             self._fn = self._reward_model_fn(spec)
         else:
-            self._fn = _import_callable(spec)
+            self._fn = _import_callable(spec, ref)
 
     def _reward_model_fn(self, path: str) -> RewardCallable:
         from transformers import AutoTokenizer
@@ -108,7 +109,3 @@ class RewardFunction:
         if bad:
             raise _fail(self.spec, f"returned a non-finite value ({bad[0]})", "return finite floats (no NaN or inf)")
         return values
-
-
-def load_reward(spec: str, device: torch.device) -> RewardFunction:
-    return RewardFunction(spec, device)
