@@ -5,9 +5,10 @@ The controller's decisions, as it makes them:
   frees (at most `workers` trials at once), told as tuner/sweep/_searcher.py tells (constraint
   kl = kl_max - limit; PRUNED for a scheduler cut; intermediate values reported every iteration;
   a config already run is told that run's outcome and the sampler asked again, `ask_trial`);
-- the score: tuner/sweep/_trainable.py's Scorer (the initial evaluation first);
-- the KL limit: a trial whose objective/kl passes the limit stops at that iteration, is infeasible,
-  and scores the worst possible value for the scheduler;
+- the score: the controller's Scorer (tuner.trial; the initial evaluation first);
+- the KL limit: the engine's stopper (trials.KLLimit): a trial whose objective/kl passes the limit
+  stops at that iteration, is infeasible, and scores the worst possible value for the scheduler
+  (tuner.trial.scheduler_score);
 - ASHA: ray.tune's AsyncHyperBandScheduler with one bracket (rungs at grace * rf^k below max_t; a trial
   reaching a rung stops if its score is below the (1 - 1/rf) percentile of the scores recorded there
   before it; every trial stops at max_t).
@@ -24,8 +25,6 @@ from typing import Any
 
 import numpy as np
 from _curves import Curve, key
-
-WORST = 1e30  # tuner/sweep/_trainable.py: what a trial past the KL limit scores for the scheduler
 
 
 class Asha:
@@ -101,10 +100,11 @@ def simulate(table: dict[str, Curve], spec: Any, sampler: Any, *, asha: bool, kl
     max_compute; running trials always finish (or are stopped) as they would be."""
     import optuna
 
+    from trials import KLLimit
     from trials import metrics as K
     from tuner.sweep._searcher import ask_trial
     from tuner.sweep._study import ATTR
-    from tuner.sweep._trainable import Scorer
+    from tuner.trial import Scorer, StopReason, scheduler_score
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=spec.directions(), sampler=sampler)
@@ -119,7 +119,7 @@ def simulate(table: dict[str, Curve], spec: Any, sampler: Any, *, asha: bool, kl
         params = {k: v for k, v in sampled.items() if k in grid_keys}
         sim = Trial(number=trial.number, params=params, curve=table[key(params)], started=now)
         scorer = Scorer(objective.metric, objective.direction, objective.score, objective.last_k, sim.curve.initial_eval)
-        live[sim.number] = (trial, scorer)
+        live[sim.number] = (trial, scorer, KLLimit(limit))
         sweep.trials.append(sim)
         heapq.heappush(events, (now + sim.curve.start_seconds + sim.curve.seconds[0], sim.number, sim))
 
@@ -132,7 +132,7 @@ def simulate(table: dict[str, Curve], spec: Any, sampler: Any, *, asha: bool, kl
             start(0.0)
     while events:
         now, _, sim = heapq.heappop(events)
-        trial, scorer = live[sim.number]
+        trial, scorer, stopper = live[sim.number]
         sim.iterations += 1
         i = sim.iterations - 1
         cost = sim.curve.seconds[i] + (sim.curve.start_seconds if i == 0 else 0.0)
@@ -140,21 +140,23 @@ def simulate(table: dict[str, Curve], spec: Any, sampler: Any, *, asha: bool, kl
         spent[0] += cost
         spent[1] += 1
         kl = sim.curve.kl[i]
-        sim.kl_max = max(sim.kl_max, kl)
         metrics = {K.KL: kl} if sim.curve.eval[i] is None else {K.KL: kl, K.EVAL_SCORES: sim.curve.eval[i]}
+        crossed = stopper(sim.iterations, metrics)
+        sim.kl_max = stopper.kl_max
         score = scorer.update(metrics)
-        over = kl_limit and (not math.isfinite(kl) or kl > limit)
+        over = kl_limit and crossed
         done = over or sim.iterations == max_t
         if math.isfinite(score):
             trial.report(score, step=sim.iterations)
-        sched = -WORST if over or not math.isfinite(score) else score
+        sched = scheduler_score(score, over, objective.direction)
         cut = scheduler.on_result(sim.number, sim.iterations, sched) if scheduler else False
         if not (done or cut):
             heapq.heappush(events, (now + sim.curve.seconds[sim.iterations], sim.number, sim))
             continue
         if scheduler:
             scheduler.on_complete(sim.number, sim.iterations, sched)
-        _finish(study, trial, sim, score, limit, "kl_limit" if over else "completed" if done else "pruned", now)
+        reason = StopReason.KL_LIMIT if over else StopReason.COMPLETED if done else StopReason.PRUNED
+        _finish(study, trial, sim, score, limit, reason, now)
         sweep.timeline.append((spent[0], spent[1], sweep.best()))
         if may_start():
             start(now)
@@ -166,12 +168,15 @@ def _finish(study: Any, trial: Any, sim: Trial, score: float, limit: float, reas
     """What StudySearcher._record tells the study, and the trial's end state."""
     from optuna.trial import TrialState
 
+    from trials import passes_kl_limit
+    from tuner.trial import StopReason
+
     trial.set_constraint("kl", sim.kl_max - limit if math.isfinite(sim.kl_max) else math.inf)
     sim.ended, sim.stop_reason = now, reason
-    if reason == "pruned" or not math.isfinite(score):
+    if reason == StopReason.PRUNED or not math.isfinite(score):
         study.tell(trial, state=TrialState.PRUNED)
         sim.state = "PRUNED"
         return
     study.tell(trial, score)
     sim.value = score
-    sim.state = "COMPLETE" if sim.kl_max <= limit else "INFEASIBLE"
+    sim.state = "INFEASIBLE" if passes_kl_limit(sim.kl_max, limit) else "COMPLETE"

@@ -84,12 +84,11 @@ def false_prunes(curves: list[Curve], limit: float, rule: Rule, k: int = 3) -> d
 
 def replayed(spec: Any, table: dict, seeds: int, trials: int) -> dict[str, Any]:
     """The default sweep per seed: what its KL stops saved, and whether they hit its own top-3."""
-    from tuner.spec import make_sampler
+    from tuner.spec import derive_spec, make_sampler
 
     rows = []
     for seed in range(seeds):
-        s = spec.model_copy(update={"sampler": spec.sampler.model_copy(update={"seed": seed}),
-                                    "budget": spec.budget.model_copy(update={"trials": trials})})
+        s = derive_spec(spec, sampler={"seed": seed}, budget={"trials": trials})
         sweep = simulate(table, s, make_sampler(s), asha=True, kl_limit=True, workers=spec.resources.max_concurrent,
                          max_trials=trials)
         stopped = [t for t in sweep.trials if t.stop_reason == "kl_limit"]

@@ -43,9 +43,10 @@ OURS = "ours: TPE + ASHA + KL limit"
 
 
 def variant(spec: Any, sampler: str, seed: int, trials: int, startup: int | None = None, skip: bool = True) -> Any:
+    from tuner.spec import derive_spec
+
     sampling = {"type": sampler, "seed": seed, "n_startup_trials": startup, "skip_duplicates": skip}
-    return spec.model_copy(update={"sampler": spec.sampler.model_copy(update=sampling),
-                                   "budget": spec.budget.model_copy(update={"trials": trials})})
+    return derive_spec(spec, sampler=sampling, budget={"trials": trials})
 
 
 def one_seed(spec: Any, table: dict, seed: int, trials: int, workers: int) -> dict[str, Any]:

@@ -79,8 +79,8 @@ def postgres():
 @pytest.fixture(scope="session")
 def compose_cluster():
     """docker/compose.yaml's services as local processes on loopback: PostgreSQL, MLflow, a Ray head and
-    a Ray worker (tests/cluster/compose_cluster.py); skipped where this machine cannot run them."""
-    from tests.cluster.cluster_helpers import start_cluster
+    a Ray worker (tests/compose_cluster.py); skipped where this machine cannot run them."""
+    from tests.cluster_helpers import start_cluster
 
     cluster = start_cluster()
     try:

@@ -31,6 +31,7 @@ __all__ = [
     "TrainResult",
     "TunerError",
     "chain",
+    "checkpoints_cached",
     "did_you_mean",
     "field_specs",
     "metrics",
@@ -48,4 +49,8 @@ def __getattr__(name: str):
         from trials import _engine
 
         return getattr(_engine, name)
+    if name == "checkpoints_cached":
+        from trials import _models
+
+        return _models.checkpoints_cached
     raise AttributeError(name)

@@ -132,3 +132,8 @@ def load_reward_model(path: str) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def checkpoints_cached() -> int:
+    """How many loaded checkpoints this process holds in its cache (> 0: a later run skips loading them)."""
+    return _cached.cache_info().currsize

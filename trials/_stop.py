@@ -32,13 +32,14 @@ class KLLimit:
         self.kl_max = -math.inf  # largest objective/kl reported so far (nats)
         self.kl_last = math.nan
         self.crossed_at: int | None = None  # the iteration that passed the limit
+        self.kl_at_crossing = math.nan
 
     def __call__(self, iteration: int, metrics: dict[str, float]) -> bool:
         kl = float(metrics[K.KL])
         self.kl_last = kl
         self.kl_max = max(self.kl_max, kl) if math.isfinite(kl) else math.inf
         if self.crossed_at is None and passes_kl_limit(kl, self.limit):
-            self.crossed_at = iteration
+            self.crossed_at, self.kl_at_crossing = iteration, kl
         return self.crossed_at is not None
 
     @property
@@ -49,7 +50,7 @@ class KLLimit:
         """Why it stopped, in one line ("" while within the limit)."""
         if self.crossed_at is None:
             return ""
-        return f"{K.KL} {self.kl_last:.1f} passed the limit {self.limit:g} at iteration {self.crossed_at}"
+        return f"{K.KL} {self.kl_at_crossing:.1f} passed the limit {self.limit:g} at iteration {self.crossed_at}"
 
 
 def chain(*reporters: ReportFn | None) -> ReportFn:

@@ -19,13 +19,11 @@ from typing import Any
 
 import yaml
 
-from trials import ConfigError, Problem
-from tuner.spec import SweepSpec, load_spec
+from trials import ConfigError, Problem, TunerError, parse_reward
+from tuner.spec import TRIAL_FIELDS, CompiledSpec, load_spec
 
 __all__ = ["STOP_ENV", "JobPackage", "package_sweep"]
 
-# trial-section keys that may name a file or folder, relative to the spec file
-_TRIAL_PATHS = ("model", "reward", "prompts", "eval_prompts", "value_model")
 _MAX_BYTES = 100 * 2**20  # the Ray dashboard accepts working_dir uploads up to 100 MiB
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # `tuner cancel`: the job's driver gets SIGINT, as from Ctrl-C, and a minute to stop its trials and
@@ -41,7 +39,7 @@ class JobPackage:
 
     folder: Path  # the working_dir to upload
     spec_file: str  # the spec's file name in it
-    spec: SweepSpec
+    spec: CompiledSpec
     files: list[str] = field(default_factory=list)  # files copied beside the spec, relative to it
     env_vars: dict[str, str] = field(default_factory=dict)  # the job's environment (values are secrets)
     unset: list[str] = field(default_factory=list)  # variables the URLs refer to that are not set here
@@ -70,8 +68,8 @@ def package_sweep(spec_path: str | Path, folder: Path, env: list[str] | None = N
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy2(spec_path, folder / spec_path.name)
     package = JobPackage(folder=folder, spec_file=spec_path.name, spec=spec)
-    for key in _TRIAL_PATHS:
-        relative = _relative_path(key, trial.get(key), base)
+    for engine_field, key in TRIAL_FIELDS.items():  # the trial section's file and folder values
+        relative = _relative_path(engine_field, key, trial.get(key), base)
         if relative is not None:
             _copy(base / relative, folder / relative)
             package.files.append(relative.as_posix())
@@ -80,16 +78,17 @@ def package_sweep(spec_path: str | Path, folder: Path, env: list[str] | None = N
     return package
 
 
-def _relative_path(key: str, value: Any, base: Path) -> Path | None:
+def _relative_path(engine_field: str, key: str, value: Any, base: Path) -> Path | None:
     """The file part of a trial value, where it is a relative path that exists beside the spec."""
     if not isinstance(value, str) or value.strip() in ("", "demo"):
         return None
     text = value.strip()
-    if key == "reward":
-        target, sep, _ = text.rpartition(":")
-        if sep and target.endswith(".py"):
-            text = target
-        elif sep:
+    if engine_field == "reward":
+        try:
+            text = parse_reward(text).local_path
+        except TunerError:
+            return None  # the spec's checks report it
+        if text is None:
             return None  # module:function
     path = Path(text).expanduser()
     if path.is_absolute() or not (base / path).exists():
@@ -119,7 +118,7 @@ def _check_size(folder: Path) -> None:
                                    "put large models on storage every cluster node can read and give their absolute paths")])
 
 
-def _job_env(spec: SweepSpec, extra: list[str]) -> tuple[dict[str, str], list[str]]:
+def _job_env(spec: CompiledSpec, extra: list[str]) -> tuple[dict[str, str], list[str]]:
     """The job's env_vars: stop handling, the URLs' variables that are set here, and --env entries."""
     env = {**_LOG_ENV, **STOP_ENV}
     unset = []

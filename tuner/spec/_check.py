@@ -1,21 +1,23 @@
 """Checks that need the engine's field specs or span sections: base values, search-space bounds,
 KL-mode conditions, batch-size divisibility, grid finiteness. Errors are Problems; warnings are lines.
+
+`check_spec` returns a `Checked`: what was found, and the checked base values and search space that
+`_compile` resolves into the compiled spec. Nothing here resolves; nothing in `_compile` checks.
 """
 
 from __future__ import annotations
 
 import importlib.util
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from trials import Problem, did_you_mean, field_specs, metrics
+from tuner.spec._check_space import Found, build_space, check_value, plain
 from tuner.spec._models import TRIAL_FIELDS, SweepSpec
-from tuner.spec._space import Found, Param, build_space, check_value, plain
+from tuner.spec._space import KL_ADAPTIVE_ONLY, Param, fixed_value, iterations_of
 
-__all__ = ["KL_ADAPTIVE_ONLY", "REQUIRED_PACKAGES", "check_spec", "coerced_base", "engine_base", "fixed_value",
-           "resolved_data", "space_of"]
-
-KL_ADAPTIVE_ONLY = ("kl_target", "kl_horizon")  # sampled only where kl_mode is adaptive
+__all__ = ["REQUIRED_PACKAGES", "Checked", "check_spec"]
 _BATCH_FIX = ("use choices of powers of two for both, each mini_batch_size no larger than the smallest "
               "rollout_batch_size (e.g. rollout_batch_size: {choices: [64, 128, 256]}, mini_batch_size: "
               "{choices: [8, 16, 32]}), or search num_mini_batches instead of mini_batch_size")
@@ -24,8 +26,18 @@ _MAX_PAIRS = 100_000
 REQUIRED_PACKAGES = {"cmaes": ("cmaes",), "gp": ("torch", "scipy")}
 
 
-def check_spec(spec: SweepSpec, broken: frozenset[str] = frozenset()) -> tuple[list[Problem], list[str]]:
-    """(errors, warnings) of a structurally valid spec; `broken` names parts that failed structurally."""
+@dataclass(frozen=True)
+class Checked:
+    """What checking a structurally valid spec found, and the checked parts that compiling resolves."""
+
+    problems: list[Problem]
+    warnings: list[str]
+    base: dict[str, Any]  # base values in their fields' types (entries with errors left out)
+    space: dict[str, Param]  # search-space entries without errors
+
+
+def check_spec(spec: SweepSpec, broken: frozenset[str] = frozenset()) -> Checked:
+    """Errors and warnings of a structurally valid spec; `broken` names parts that failed structurally."""
     found = Found()
     base = _check_base(spec, found)
     space, problems, warnings = build_space(spec.search_space)
@@ -48,11 +60,11 @@ def check_spec(spec: SweepSpec, broken: frozenset[str] = frozenset()) -> tuple[l
         found.error("objective.metric", spec.objective.metric, "nsga2 already minimizes objective/kl as its second objective",
                     "choose the metric to improve, such as eval/scores")
     if intact("budget", "base", "scheduler") and not found.problems:
-        _budget_warnings(spec, found)
+        _budget_warnings(spec, iterations_of(spec.budget.iterations, base), found)
     if not (5 <= spec.kl_limit <= 30):
         found.warnings.append(f"kl_limit = {spec.kl_limit:g} is outside the usual range 5..30 nats "
                               "(the guidance keeps KL below 15-20 nats)")
-    return found.problems, found.warnings
+    return Checked(found.problems, found.warnings, base, space)
 
 
 def _check_base(spec: SweepSpec, found: Found) -> dict[str, Any]:
@@ -76,13 +88,6 @@ def _check_base(spec: SweepSpec, found: Found) -> dict[str, Any]:
         found.error("budget.iterations", iterations, f"differs from base.num_iterations ({base['num_iterations']})",
                     "set the iterations in one place: budget.iterations")
     return base
-
-
-def fixed_value(name: str, space: dict[str, Param], base: dict[str, Any]) -> Any:
-    """A key's value where it is not searched: a fixed search-space value, the base, or the engine default."""
-    if name in space and not space[name].searched:
-        return space[name].value
-    return base[name] if name in base else field_specs()[name].default
 
 
 def _value_set(name: str, space: dict[str, Param], base: dict[str, Any]) -> Sequence[Any]:
@@ -210,39 +215,7 @@ def _check_sampler(spec: SweepSpec, space: dict[str, Param], found: Found) -> No
                     "use 2 or more (e.g. half of budget.trials)")
 
 
-def _budget_warnings(spec: SweepSpec, found: Found) -> None:
-    if spec.scheduler.type != "none" and spec.scheduler.grace_period >= spec.iterations():
+def _budget_warnings(spec: SweepSpec, iterations: int, found: Found) -> None:
+    if spec.scheduler.type != "none" and spec.scheduler.grace_period >= iterations:
         found.warnings.append(f"scheduler.grace_period = {spec.scheduler.grace_period} is not below the "
-                              f"{spec.iterations()} iterations per trial: no trial will be stopped early")
-
-
-# -- what the samplers and the resolved view read ------------------------------------------------
-def space_of(spec: SweepSpec) -> dict[str, Param]:
-    """The spec's search space as Params (rebuilt each time: cheap, and never stale after model_copy)."""
-    return build_space(spec.search_space)[0]
-
-
-def coerced_base(spec: SweepSpec) -> dict[str, Any]:
-    return _check_base(spec, Found())
-
-
-def engine_base(spec: SweepSpec) -> dict[str, Any]:
-    """Engine values shared by every trial: trial section, seed, base, fixed search-space values, iterations."""
-    t = spec.trial
-    data: dict[str, Any] = {"model_path": t.model, "reward": t.reward, "prompts": t.prompts,
-                            "eval_prompts": t.eval_prompts, "value_model_path": t.value_model, "seed": spec.seed}
-    data.update(coerced_base(spec))
-    data.update({name: p.value for name, p in space_of(spec).items() if not p.searched})
-    data["num_iterations"] = spec.iterations()
-    return data
-
-
-def resolved_data(spec: SweepSpec) -> dict[str, Any]:
-    data = spec.model_dump(mode="json")
-    data["base"] = coerced_base(spec)
-    data["search_space"] = {name: p.to_data() for name, p in space_of(spec).items()}
-    data["budget"]["iterations"] = spec.iterations()
-    data["sampler"].update(seed=spec.sampler_seed(), n_startup_trials=spec.n_startup_trials())
-    data["storage"] = spec.storage_url()
-    data["mlflow"] = {"tracking_uri": spec.tracking_uri(), "experiment": spec.experiment_name()}
-    return data
+                              f"{iterations} iterations per trial: no trial will be stopped early")

@@ -52,13 +52,15 @@ def format_path(loc: tuple[Any, ...] | list[Any]) -> str:
     return out or "spec"
 
 
-def problems_from_validation_error(exc: ValidationError, root: type[BaseModel]) -> list[Problem]:
-    """One Problem per error, each with its YAML path, the value, a message and a fix."""
+def problems_from_validation_error(exc: ValidationError, root: type[BaseModel],
+                                   tagged: dict[str, type[BaseModel]] | None = None) -> list[Problem]:
+    """One Problem per error, each with its YAML path, the value, a message and a fix. `tagged` maps the
+    tags of the search-space entry union to their models (for a did-you-mean under an entry)."""
     problems: list[Problem] = []
     seen: set[str] = set()
     for err in exc.errors(include_url=False):
         raw_loc = tuple(err["loc"])
-        message, fix = _message_and_fix(err, raw_loc, root)
+        message, fix = _message_and_fix(err, raw_loc, root, tagged or {})
         loc = _strip_tags(raw_loc)
         ctx = (err.get("ctx") or {}) if err["type"] == "spec" else {}
         subpath = ctx.get("subpath")
@@ -71,12 +73,13 @@ def problems_from_validation_error(exc: ValidationError, root: type[BaseModel]) 
     return problems
 
 
-def _message_and_fix(err: dict[str, Any], loc: tuple[Any, ...], root: type[BaseModel]) -> tuple[str, str]:
+def _message_and_fix(err: dict[str, Any], loc: tuple[Any, ...], root: type[BaseModel],
+                     tagged: dict[str, type[BaseModel]]) -> tuple[str, str]:
     kind, ctx = err["type"], err.get("ctx") or {}
     if kind == "spec":
         return err["msg"], ctx.get("fix", "")
     if kind == "extra_forbidden":
-        known = _known_keys(loc[:-1], root)
+        known = _known_keys(loc[:-1], root, tagged)
         return "unknown key", did_you_mean(str(loc[-1]), known) if known else "remove it"
     if kind == "literal_error":
         expected = str(ctx.get("expected", ""))
@@ -101,20 +104,18 @@ def _strip_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return loc
 
 
-def _known_keys(parent: tuple[Any, ...], root: type[BaseModel]) -> list[str]:
+def _known_keys(parent: tuple[Any, ...], root: type[BaseModel], tagged: dict[str, type[BaseModel]]) -> list[str]:
     """The keys allowed at `parent` (a raw pydantic location), for a did-you-mean hint."""
-    model = _model_at(parent, root)
+    model = _model_at(parent, root, tagged)
     return list(model.model_fields) if model is not None else []
 
 
-def _model_at(parent: tuple[Any, ...], root: type[BaseModel]) -> type[BaseModel] | None:
+def _model_at(parent: tuple[Any, ...], root: type[BaseModel], tagged: dict[str, type[BaseModel]]) -> type[BaseModel] | None:
     if not parent:
         return root
     if len(parent) == 1 and parent[0] in root.model_fields:
         annotation = root.model_fields[parent[0]].annotation
         return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
     if len(parent) == 3 and parent[0] == "search_space":
-        from tuner.spec._models import Choices, Range
-
-        return {"range": Range, "choices": Choices}.get(parent[2])
+        return tagged.get(parent[2])
     return None

@@ -1,6 +1,6 @@
-"""Reading a spec: the YAML file, its structure (pydantic), then the checks against the engine.
-
-Every problem is reported at once: when some sections fail structurally, the rest are still checked.
+"""Reading a spec: the YAML file, its structure (pydantic), the checks against the engine, then the
+compiled spec. Every problem is reported at once: when some sections fail structurally, the rest are
+still checked.
 """
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ from pydantic import ValidationError
 
 from trials import ConfigError, Problem
 from tuner.spec._check import check_spec
+from tuner.spec._compile import CompiledSpec, compile_spec
 from tuner.spec._errors import problems_from_validation_error
-from tuner.spec._models import SweepSpec
+from tuner.spec._models import Choices, Range, SweepSpec
 
-__all__ = ["load_spec", "parse_spec"]
+__all__ = ["derive_spec", "load_spec", "parse_spec"]
 
 
-def load_spec(path: str | Path) -> SweepSpec:
-    """Read, validate and resolve a spec file; raises ConfigError listing every problem."""
+def load_spec(path: str | Path) -> CompiledSpec:
+    """Read, validate and compile a spec file; raises ConfigError listing every problem."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: {'is a directory, not a spec file' if path.is_dir() else 'spec file not found'}")
@@ -34,18 +35,28 @@ def load_spec(path: str | Path) -> SweepSpec:
     return parse_spec(data, base_dir=path.parent.resolve())
 
 
-def parse_spec(data: dict[str, Any], base_dir: Path | None = None) -> SweepSpec:
-    """Validate spec data; relative trial paths that exist under `base_dir` are resolved against it."""
+def parse_spec(data: dict[str, Any], base_dir: Path | None = None) -> CompiledSpec:
+    """Validate and compile spec data; relative trial paths that exist under `base_dir` are resolved against it."""
     if not isinstance(data, dict):
         raise ConfigError([Problem("spec", data, "the top level must be a mapping of key: value",
                                    "start with 'name: my-sweep' and one section per line")])
     spec, problems, broken = _validate(data)
-    if spec is not None:
+    checked = check_spec(spec, broken) if spec is not None else None
+    if checked is not None:
         seen = {p.path for p in problems}
-        problems += [p for p in check_spec(spec, broken)[0] if p.path not in seen]
-    if problems:
+        problems += [p for p in checked.problems if p.path not in seen]
+    if problems or checked is None:
         raise ConfigError(problems)
-    return _resolve_paths(spec, base_dir) if base_dir is not None else spec
+    return compile_spec(spec, checked.base, checked.space, checked.warnings, base_dir)
+
+
+def derive_spec(spec: CompiledSpec, **sections: dict[str, Any]) -> CompiledSpec:
+    """Another sweep from `spec`, with keys of some sections replaced (e.g. sampler={"seed": 3}), checked
+    and compiled as a spec file would be (defaults it left empty are derived again)."""
+    data = spec.spec.model_dump(mode="json", exclude_unset=True)
+    for name, changes in sections.items():
+        data[name] = {**data.get(name, {}), **changes} if isinstance(changes, dict) else changes
+    return parse_spec(data)
 
 
 # -- YAML --------------------------------------------------------------------------------------------
@@ -83,7 +94,7 @@ def _validate(data: dict[str, Any]) -> tuple[SweepSpec | None, list[Problem], fr
     try:
         return SweepSpec.model_validate(data), [], frozenset()
     except ValidationError as exc:
-        problems = problems_from_validation_error(exc, SweepSpec)
+        problems = problems_from_validation_error(exc, SweepSpec, {"range": Range, "choices": Choices})
         broken = frozenset(_broken_part(tuple(err["loc"])) for err in exc.errors())
     try:
         return SweepSpec.model_validate(_without(data, broken)), problems, broken
@@ -104,26 +115,3 @@ def _without(data: dict[str, Any], broken: frozenset[str]) -> dict[str, Any]:
         partial["search_space"] = {k: v for k, v in partial["search_space"].items() if str(k) not in entries}
     partial.setdefault("name", "spec")
     return partial
-
-
-# -- paths ---------------------------------------------------------------------------------------------
-def _resolve_paths(spec: SweepSpec, base_dir: Path) -> SweepSpec:
-    """Relative files of the trial section that exist next to the spec file become absolute paths."""
-    trial = spec.trial
-    updates = {key: _local(getattr(trial, key), base_dir) for key in ("model", "prompts", "eval_prompts", "value_model")}
-    target, sep, function = trial.reward.rpartition(":")
-    if sep and target.endswith(".py"):
-        updates["reward"] = f"{_local(target, base_dir)}:{function}"
-    elif not sep:
-        updates["reward"] = _local(trial.reward, base_dir)
-    return spec.model_copy(update={"trial": trial.model_copy(update=updates)})
-
-
-def _local(value: str | None, base_dir: Path) -> str | None:
-    if value is None or value == "demo":
-        return value
-    path = Path(value).expanduser()
-    if path.is_absolute():
-        return str(path)
-    candidate = base_dir / path
-    return str(candidate.resolve()) if candidate.exists() else value

@@ -1,12 +1,12 @@
 """The sweep spec as pydantic models: the shape of the YAML, its defaults, and what each key means.
 
 These models check structure (types, unknown keys, simple bounds). What needs the engine's field
-specs (search-space bounds, base values, batch divisibility, KL conditions) is checked in `_check`.
+specs (search-space bounds, base values, batch divisibility, KL conditions) is checked in `_check`,
+and `_compile` resolves the result into the `CompiledSpec` the controller takes.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -16,7 +16,6 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
-    PrivateAttr,
     StringConstraints,
     Tag,
     WithJsonSchema,
@@ -232,7 +231,6 @@ class SweepSpec(_Section):
     mlflow: Mlflow = Field(default_factory=Mlflow, description=Mlflow.__doc__)
     workdir: NonEmpty = Field("sweeps", description="the sweep's folder is <workdir>/<name>, relative to the current directory")
     seed: int = Field(0, ge=0, description="seed of the sampler and of every trial (unless base.seed is set)")
-    _expand: bool = PrivateAttr(True)  # False: URLs keep their ${NAME} references (saved specs, params)
 
     @model_validator(mode="before")
     @classmethod
@@ -241,68 +239,6 @@ class SweepSpec(_Section):
         if isinstance(data, dict):
             return {k: v for k, v in data.items() if not (v is None and k in _SECTIONS)}
         return data
-
-    # -- what the controller asks ----------------------------------------------------------------
-    def sweep_dir(self) -> Path:
-        return Path(self.workdir) / self.name
-
-    def storage_url(self) -> str:
-        """The study database URL, its ${NAME} references replaced from the environment."""
-        if self.storage is not None:
-            return _values.expand_env(self.storage, "storage") if self._expand else self.storage
-        return f"sqlite:///{(self.sweep_dir() / 'study.db').resolve()}"
-
-    def tracking_uri(self) -> str:
-        """The MLflow tracking URI, its ${NAME} references replaced from the environment."""
-        if self.mlflow.tracking_uri is not None:
-            uri = self.mlflow.tracking_uri
-            return _values.expand_env(uri, "mlflow.tracking_uri") if self._expand else uri
-        return f"sqlite:///{(self.sweep_dir() / 'mlflow.db').resolve()}"
-
-    def env_references(self) -> list[str]:
-        """The environment variables that the storage and tracking URLs refer to (${NAME})."""
-        return _values.env_references(f"{self.storage or ''} {self.mlflow.tracking_uri or ''}")
-
-    def experiment_name(self) -> str:
-        return self.mlflow.experiment or self.name
-
-    def directions(self) -> list[str]:
-        """Optuna directions: the objective's, plus minimizing objective/kl for nsga2."""
-        if self.sampler.type == "nsga2":
-            return [self.objective.direction, "minimize"]
-        return [self.objective.direction]
-
-    def iterations(self) -> int:
-        if self.budget.iterations is not None:
-            return self.budget.iterations
-        if "num_iterations" in self.base:
-            return int(self.base["num_iterations"])
-        return int(field_specs()["num_iterations"].default)
-
-    def sampler_seed(self) -> int:
-        return self.sampler.seed if self.sampler.seed is not None else self.seed
-
-    def n_startup_trials(self) -> int:
-        """Random trials first (nsga2: its population size), defaulting to half the budget, at most 10 (50)."""
-        if self.sampler.n_startup_trials is not None:
-            return self.sampler.n_startup_trials
-        if self.sampler.type == "nsga2":
-            return max(2, min(50, self.budget.trials // 2))
-        return max(1, min(10, self.budget.trials // 2))
-
-    def warnings(self) -> list[str]:
-        """Values outside the guidance's documented ranges and other things worth a second look."""
-        from tuner.spec._check import check_spec
-
-        return check_spec(self)[1]
-
-    def resolved(self) -> dict[str, Any]:
-        """The spec with every default filled in, as plain YAML-able data (URLs as written, ${NAME} kept)."""
-        from tuner.spec._check import resolved_data
-
-        written = self.model_copy()
-        written._expand = False  # keep ${PGPASSWORD}-style references: the saved spec holds no secret
-        return resolved_data(written)
 
 
 _SECTIONS = ("trial", "base", "search_space", "objective", "budget", "scheduler", "sampler",

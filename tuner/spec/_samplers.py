@@ -26,22 +26,17 @@ feasible when every value is <= 0). The caller records them on the live trial, b
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
 
-from trials import ConfigError, PPOConfig, Problem, field_specs
-from tuner.spec._check import (
-    KL_ADAPTIVE_ONLY,
-    REQUIRED_PACKAGES,
-    coerced_base,
-    engine_base,
-    fixed_value,
-    space_of,
-)
-from tuner.spec._models import SweepSpec
+from trials import ConfigError, Problem
+from tuner.spec._check import REQUIRED_PACKAGES
+from tuner.spec._compile import CompiledSpec
+from tuner.spec._space import KL_ADAPTIVE_ONLY
 
-__all__ = ["make_sampler", "sample_params", "trial_config"]
+__all__ = ["make_sampler", "sample_params"]
 
 
 class _GridSampler(optuna.samplers.GridSampler):
@@ -53,7 +48,7 @@ class _GridSampler(optuna.samplers.GridSampler):
         pass
 
 
-def make_sampler(spec: SweepSpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+def make_sampler(spec: CompiledSpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
     """The spec's Optuna sampler, seeded, for a study created with `spec.directions()`.
 
     TPE, GP and NSGA-II avoid trials that passed the KL limit once the caller records, on every
@@ -71,7 +66,7 @@ def make_sampler(spec: SweepSpec, seed_offset: int = 0) -> optuna.samplers.BaseS
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "grid":
-        grid = {name: p.grid() for name, p in space_of(spec).items() if p.searched}
+        grid = {name: p.grid() for name, p in spec.space.items() if p.searched}
         return _GridSampler(grid, seed=seed)
     if kind == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=n, warn_independent_sampling=False)
@@ -80,41 +75,28 @@ def make_sampler(spec: SweepSpec, seed_offset: int = 0) -> optuna.samplers.BaseS
     return optuna.samplers.NSGAIISampler(seed=seed, population_size=n)
 
 
-def sample_params(trial: optuna.Trial, spec: SweepSpec) -> dict[str, Any]:
+def sample_params(trial: optuna.Trial, spec: CompiledSpec) -> dict[str, Any]:
     """Engine-field values for one trial, asked of `trial` define-by-run.
 
     kl_target and kl_horizon are asked only where kl_mode is adaptive. A searched num_mini_batches
     stays the Optuna parameter, and comes back as mini_batch_size = rollout_batch_size // it.
     Fixed search-space values are included, so the result names every search-space key that applies.
     """
-    space, base = space_of(spec), coerced_base(spec)
+    space = spec.space
     out: dict[str, Any] = {}
     for name in _order(space):
         if name in KL_ADAPTIVE_ONLY:
-            mode = out["kl_mode"] if "kl_mode" in out else fixed_value("kl_mode", space, base)
+            mode = out["kl_mode"] if "kl_mode" in out else spec.fixed("kl_mode")
             if mode != "adaptive":
                 continue
         out[name] = space[name].suggest(trial)
     if "num_mini_batches" in out:
         count = out.pop("num_mini_batches")
-        rollout = out.get("rollout_batch_size", fixed_value("rollout_batch_size", space, base))
+        rollout = out.get("rollout_batch_size", spec.fixed("rollout_batch_size"))
         out["mini_batch_size"] = rollout // count
     return out
 
 
-def _order(space: dict[str, Any]) -> list[str]:
+def _order(space: Mapping[str, Any]) -> list[str]:
     first = [n for n in ("kl_mode", "rollout_batch_size") if n in space]
     return first + [n for n in space if n not in first]
-
-
-def trial_config(spec: SweepSpec, params: dict[str, Any]) -> PPOConfig:
-    """The engine config of one trial: trial section, seed, base, fixed values, iterations, then `params`.
-
-    `params` may be sample_params' result or Optuna's own trial.params (num_mini_batches included).
-    """
-    merged = {**engine_base(spec), **params}
-    count = merged.pop("num_mini_batches", None)
-    if count is not None and "mini_batch_size" not in params:
-        rollout = merged.get("rollout_batch_size", field_specs()["rollout_batch_size"].default)
-        merged["mini_batch_size"] = rollout // count
-    return PPOConfig.from_dict(merged)

@@ -15,7 +15,7 @@ from urllib.parse import quote
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from trials import ConfigError, Problem
+from trials import ConfigError, Problem, TunerError, parse_reward
 from tuner.spec._errors import spec_error
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -24,7 +24,6 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _STORAGE_DRIVERS = {"sqlite": {None, "pysqlite"}, "postgresql": {None, "psycopg", "psycopg2"}}
 _TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "http", "https")
 _RAY_ADDRESS = re.compile(r"^(auto|local|(ray|http|https)://[^\s/:]+(:\d+)?/?|[^\s/:]+:\d+)$")
-_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")  # ${NAME} or ${NAME:-default}
 
 
@@ -146,14 +145,10 @@ def check_ray_address(value: str | None) -> str | None:
 
 
 def check_reward(value: str) -> str:
-    """'module:function', 'file.py:function', or a reward-model directory (checked before launch)."""
-    if ":" not in value or re.match(r"^[A-Za-z]:[\\/]", value):
-        return value  # a reward-model directory (or a Windows path)
-    target, _, function = value.rpartition(":")
-    if not target or not function.isidentifier():
-        raise spec_error("must be 'module:function', 'file.py:function' or a reward-model directory",
-                         "write e.g. 'trials.demo:reward' or 'my_reward.py:score'")
-    if not target.endswith(".py") and not _DOTTED.match(target):
-        raise spec_error(f"{target!r} is neither a module name nor a .py file",
-                         "write e.g. 'trials.demo:reward' or 'my_reward.py:score'")
+    """'module:function', 'file.py:function', or a reward-model directory (its files are checked before launch)."""
+    try:
+        parse_reward(value)
+    except TunerError as exc:
+        problem = exc.problems[0]
+        raise spec_error(problem.message, problem.fix) from None
     return value

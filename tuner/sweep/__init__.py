@@ -1,10 +1,22 @@
-"""The sweep controller: Ray Tune schedules, an Optuna study samples and records, MLflow logs."""
+"""The sweep controller: Ray Tune schedules, an Optuna study samples and records, MLflow logs.
+
+`run_sweep(spec, callbacks)` runs a compiled spec and returns a `SweepSummary`; `SweepCallback`s are
+told each trial's start, reports and outcome.
+"""
 
 from __future__ import annotations
 
+from tuner.sweep._callback import SweepCallback
 from tuner.sweep._locate import find_sweep, list_sweeps
-from tuner.sweep._run import SweepSummary, load_study, preflight, run_sweep
-from tuner.sweep._study import best_feasible, count_states, engine_config_of, redact, trial_rows
+from tuner.sweep._run import SweepSummary, load_study, open_study, preflight, run_sweep
+from tuner.sweep._study import (
+           TrialRow,
+           best_feasible,
+           count_states,
+           engine_config_of,
+           redact,
+           trial_rows,
+)
 
-__all__ = ["SweepSummary", "best_feasible", "count_states", "engine_config_of", "find_sweep", "list_sweeps",
-           "load_study", "preflight", "redact", "run_sweep", "trial_rows"]
+__all__ = ["SweepCallback", "SweepSummary", "TrialRow", "best_feasible", "count_states", "engine_config_of",
+           "find_sweep", "list_sweeps", "load_study", "open_study", "preflight", "redact", "run_sweep", "trial_rows"]

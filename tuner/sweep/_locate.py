@@ -5,14 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from trials import ConfigError, Problem
-from tuner.spec import SweepSpec, load_spec
+from tuner.spec import SPEC_FILE, CompiledSpec, load_spec
 
 __all__ = ["find_sweep", "list_sweeps"]
 
-SPEC_FILE = "spec.yaml"
 
-
-def find_sweep(ref: str, workdir: str = "sweeps") -> SweepSpec:
+def find_sweep(ref: str, workdir: str = "sweeps") -> CompiledSpec:
     """SWEEP may be a sweep name (under workdir), a sweep folder, or the spec file it was run from."""
     path = Path(ref)
     candidates = [path / SPEC_FILE, Path(workdir) / ref / SPEC_FILE]
@@ -21,14 +19,14 @@ def find_sweep(ref: str, workdir: str = "sweeps") -> SweepSpec:
             return load_spec(candidate)
     if path.is_file():
         spec = load_spec(path)
-        saved = spec.sweep_dir() / SPEC_FILE
+        saved = spec.spec_file()
         return load_spec(saved) if saved.is_file() else spec
     known = ", ".join(s.name for s in list_sweeps(workdir)) or "none yet"
     raise ConfigError([Problem("SWEEP", ref, f"is no sweep name under {workdir}/, sweep folder or spec file",
                                f"give one of: {known}")])
 
 
-def list_sweeps(workdir: str = "sweeps") -> list[SweepSpec]:
+def list_sweeps(workdir: str = "sweeps") -> list[CompiledSpec]:
     root = Path(workdir)
     if not root.is_dir():
         return []

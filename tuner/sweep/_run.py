@@ -7,10 +7,11 @@ plots, and the best feasible config on the parent MLflow run.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,26 +20,32 @@ import optuna
 import yaml
 
 from trials import ConfigError, Problem
-from tuner.spec import SweepSpec, make_sampler
+from trials import metrics as K
+from tuner.spec import CompiledSpec, make_sampler
 from tuner.sweep import _plots
+from tuner.sweep._callback import SweepCallback
 from tuner.sweep._study import (
     ATTR,
+    TrialRow,
     best_feasible,
     count_states,
     engine_config_of,
+    mark_interrupted,
     open_storage,
     redact,
-    state_of,
+    trial_rows,
 )
+from tuner.trial import SCHEDULER_SCORE, Outcome, StopReason
 
-__all__ = ["SweepSummary", "run_sweep", "remaining_trials", "load_study", "preflight"]
+__all__ = ["SweepSummary", "load_study", "open_study", "preflight", "remaining_trials", "run_sweep"]
 
 log = logging.getLogger(__name__)
-SPEC_FILE = "spec.yaml"  # the resolved spec, kept in the sweep's directory for resume/status/export
 
 
 @dataclass
 class SweepSummary:
+    """What `run_sweep` returns: the study's counts and best trial, this run's timings, the trials."""
+
     name: str
     sweep_dir: Path
     counts: dict[str, int]
@@ -46,25 +53,31 @@ class SweepSummary:
     best_value: float | None
     best_kl: float | None
     wall_seconds: float
-    trial_compute_seconds: float
-    trial_wall_seconds: float
+    trial_compute_seconds: float  # the sum of this run's trials' iteration seconds
     concurrency: int
     ran: int
     parent_run_id: str
     missing: int = 0  # trials of the budget still to run (interrupted, or the wall-clock budget ran out)
     artifacts: list[str] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)  # this run's trials, as they ended
+    trials: list[TrialRow] = field(default_factory=list)  # every trial of the study, as it holds them
+
+    @property
+    def ideal_seconds(self) -> float:
+        """The sum of trial compute divided by the concurrency."""
+        return self.trial_compute_seconds / max(1, min(self.concurrency, self.ran))
 
     @property
     def overhead(self) -> float:
-        """Sweep wall time over the ideal: the sum of trial compute divided by the concurrency."""
-        ideal = self.trial_compute_seconds / max(1, min(self.concurrency, self.ran))
+        """Sweep wall time over the ideal."""
+        ideal = self.ideal_seconds
         return self.wall_seconds / ideal if ideal > 0 else float("nan")
 
 
-def load_study(spec: SweepSpec, create: bool = False) -> optuna.Study:
-    """The sweep's study. A continued one (resume, or a spec run again) gets its sampler seeded with the
-    spec's seed plus its number of trials: with the spec's seed alone, a resumed sweep's first samples
-    would repeat the first sweep's."""
+def open_study(spec: CompiledSpec, create: bool = False) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
+    """The sweep's study and its storage. A continued one (resume, or a spec run again) gets its sampler
+    seeded with the spec's seed plus its number of trials: with the spec's seed alone, a resumed sweep's
+    first samples would repeat the first sweep's."""
     storage = open_storage(spec.storage_url())
     try:
         done = storage.get_n_trials(storage.get_study_id_from_name(spec.name))
@@ -72,38 +85,38 @@ def load_study(spec: SweepSpec, create: bool = False) -> optuna.Study:
         done = 0
     if create:
         return optuna.create_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec, done),
-                                   directions=spec.directions(), load_if_exists=True)
+                                   directions=spec.directions(), load_if_exists=True), storage
     try:
-        return optuna.load_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec, done))
+        return optuna.load_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec, done)), storage
     except KeyError:
         raise ConfigError([Problem("sweep", spec.name, f"has no study in {redact(spec.storage_url())}",
                                    "start it with 'tuner run SPEC'")]) from None
+
+
+def load_study(spec: CompiledSpec, create: bool = False) -> optuna.Study:
+    """The sweep's study (see open_study)."""
+    return open_study(spec, create)[0]
 
 
 def _counts(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether a trial counts toward the budget: it ended, and not because its controller stopped."""
     alive = trial.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
     copy = ATTR["duplicate"] in trial.user_attrs  # told an earlier trial's outcome, never run
-    return not alive and not copy and trial.user_attrs.get(ATTR["stop"]) != "interrupted"
+    return not alive and not copy and trial.user_attrs.get(ATTR["stop"]) != StopReason.INTERRUPTED
 
 
-def remaining_trials(study: optuna.Study, wanted: int) -> int:
+def remaining_trials(study: optuna.Study, wanted: int, storage: optuna.storages.BaseStorage) -> int:
     """Trials still to run. Trials left RUNNING by a dead controller are marked FAIL (interrupted)
     and run again; every other finished trial counts toward the budget."""
-    for trial in study.get_trials(deepcopy=False):
-        if trial.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING):
-            study._storage.set_trial_user_attr(trial._trial_id, ATTR["stop"], "interrupted")
-            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    mark_interrupted(study, storage)
     return max(0, wanted - sum(map(_counts, study.get_trials(deepcopy=False))))
 
 
-def preflight(spec: SweepSpec) -> None:
+def preflight(spec: CompiledSpec) -> None:
     """Check what every trial needs (model, prompts, reward) once, before any trial is launched."""
     from trials import PPOTrainer
-    from tuner.spec import trial_config
 
-    base = trial_config(spec, {}).replace(num_iterations=1)
-    PPOTrainer(base)  # loads and checks the model, the tokenizer, the prompts and the reward
+    PPOTrainer(dataclasses.replace(spec.base, num_iterations=1))  # loads and checks the model, tokenizer, prompts, reward
 
 
 def quiet_libraries() -> None:
@@ -114,7 +127,7 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _ray_init(spec: SweepSpec) -> bool:
+def _ray_init(spec: CompiledSpec) -> bool:
     """Join `ray.address`, else the cluster RAY_ADDRESS names (as in a Ray job's driver), else start a
     local Ray. A jobs-API address (http://HEAD:8265) is for `tuner submit`: never joined."""
     import socket
@@ -152,122 +165,113 @@ def _ray_init(spec: SweepSpec) -> bool:
     return True
 
 
-def run_sweep(spec: SweepSpec, *, stream: Any = None) -> SweepSummary:
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
-
+def run_sweep(spec: CompiledSpec, callbacks: Sequence[SweepCallback] = ()) -> SweepSummary:
+    """Run the trials the budget still wants; returns the summary record (nothing is printed here:
+    the CLI renders it, and its live table is one of `callbacks`)."""
     from tuner.sweep._searcher import StudySearcher
-    from tuner.sweep._table import LiveTable, render_rows
     from tuner.sweep._tracking import SweepTracker, TrialLogger
-    from tuner.sweep._trainable import SCHEDULER_SCORE, run_trial
 
     quiet_libraries()
-    sweep_dir = spec.sweep_dir()
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    spec.sweep_dir().mkdir(parents=True, exist_ok=True)
     saved = {**spec.resolved(), "workdir": str(Path(spec.workdir).resolve())}
-    (sweep_dir / SPEC_FILE).write_text(yaml.safe_dump(saved, sort_keys=False))
-    study = load_study(spec, create=True)
-    todo = remaining_trials(study, spec.budget.trials)
+    spec.spec_file().write_text(yaml.safe_dump(saved, sort_keys=False))
+    study, storage = open_study(spec, create=True)
+    todo = remaining_trials(study, spec.budget.trials, storage)
     tracker = SweepTracker(spec, study)
     searcher = StudySearcher(study, spec)
-    logger = TrialLogger(tracker, searcher)
+    logger = TrialLogger(tracker)
     logger.reconcile(study)
-    table = LiveTable(searcher, f"sweep {spec.name}", stream)
     started = time.perf_counter()
     if todo:
-        mode = "max" if spec.objective.direction == "maximize" else "min"
-        sched = spec.scheduler
-        grace = min(sched.grace_period, spec.iterations())  # past the last iteration: nothing is cut (the spec warns)
-        if sched.type == "asha":
-            scheduler = ASHAScheduler(metric=SCHEDULER_SCORE, mode=mode, max_t=spec.iterations(),
-                                      grace_period=grace, reduction_factor=sched.reduction_factor)
-        elif sched.type == "median":
-            scheduler = MedianStoppingRule(metric=SCHEDULER_SCORE, mode=mode, grace_period=grace,
-                                           min_samples_required=2)
-        else:
-            scheduler = FIFOScheduler()
-        started_ray = _ray_init(spec)
-        res = spec.resources
-        trainable = tune.with_resources(run_trial, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=todo,
-                                        max_concurrent_trials=res.max_concurrent, reuse_actors=True,
-                                        trial_dirname_creator=_trial_dirname,
-                                        time_budget_s=spec.budget.wall_clock),
-            run_config=tune.RunConfig(name="tune", storage_path=str((sweep_dir / "ray").resolve()), verbose=0,
-                                      callbacks=[logger, table],
-                                      failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures)),
-        )
-        try:
-            tuner.fit()
-        finally:
-            table.stop()
-            try:
-                logger.close_abandoned(list(searcher.live))  # while their Optuna trials can still be written
-            finally:
-                searcher.abandon_live()
-                if started_ray:
-                    import ray
+        _fit(spec, todo, searcher, logger, callbacks)
+    outcomes = searcher.outcomes()
+    return _summarise(spec, study, tracker, outcomes, time.perf_counter() - started, ran=todo)
 
-                    ray.shutdown()
-    summary = _summarise(spec, study, tracker, table, time.perf_counter() - started, ran=todo)
-    summary.missing = max(0, spec.budget.trials - sum(map(_counts, study.get_trials(deepcopy=False))))
-    table.console.print(render_rows(_final_rows(study), f"sweep {spec.name}: all trials"))
-    return summary
+
+def _scheduler(spec: CompiledSpec) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+
+    mode = "max" if spec.objective.direction == "maximize" else "min"
+    sched = spec.scheduler
+    grace = min(sched.grace_period, spec.iterations())  # past the last iteration: nothing is cut (the spec warns)
+    if sched.type == "asha":
+        return ASHAScheduler(metric=SCHEDULER_SCORE, mode=mode, max_t=spec.iterations(),
+                             grace_period=grace, reduction_factor=sched.reduction_factor)
+    if sched.type == "median":
+        return MedianStoppingRule(metric=SCHEDULER_SCORE, mode=mode, grace_period=grace, min_samples_required=2)
+    return FIFOScheduler()
+
+
+def _fit(spec: CompiledSpec, todo: int, searcher: Any, logger: Any, callbacks: Sequence[SweepCallback]) -> None:
+    from ray import tune
+
+    from tuner.sweep._events import RayEvents
+    from tuner.trial._trainable import run_trial
+
+    started_ray = _ray_init(spec)
+    res = spec.resources
+    trainable = tune.with_resources(run_trial, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(spec), num_samples=todo,
+                                    max_concurrent_trials=res.max_concurrent, reuse_actors=True,
+                                    trial_dirname_creator=_trial_dirname, time_budget_s=spec.budget.wall_clock),
+        run_config=tune.RunConfig(name="tune", storage_path=str((spec.sweep_dir() / "ray").resolve()), verbose=0,
+                                  callbacks=[RayEvents(searcher, logger, callbacks)],
+                                  failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures)),
+    )
+    try:
+        tuner.fit()
+    finally:
+        try:  # while their Optuna trials can still be written
+            logger.close_abandoned([t for t in map(searcher.task, searcher.running()) if t is not None])
+        finally:
+            searcher.abandon_live()
+            if started_ray:
+                import ray
+
+                ray.shutdown()
 
 
 def _trial_dirname(trial: Any) -> str:
     return f"trial_{trial.config.get('number', trial.trial_id)}_{trial.trial_id}"
 
 
-def _final_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        engine = json.loads(t.user_attrs.get(ATTR["engine"], "{}"))
-        rows.append({"number": t.number, "state": state_of(t), "iteration": t.user_attrs.get(ATTR["iterations"], "-"),
-                     "score": t.values[0] if t.values else None, "kl": t.user_attrs.get(ATTR["kl_final"]),
-                     "kl_max": t.user_attrs.get(ATTR["kl_max"]), "beta": engine.get("kl_coef"),
-                     "stop": t.user_attrs.get(ATTR["stop"], "")})
-    return rows
-
-
-def _summarise(spec: SweepSpec, study: optuna.Study, tracker: Any, table: Any, wall: float, ran: int) -> SweepSummary:
+def _summarise(spec: CompiledSpec, study: optuna.Study, tracker: Any, outcomes: list[Outcome], wall: float,
+               ran: int) -> SweepSummary:
     counts = count_states(study)
     best = best_feasible(study)
     artifacts = _artifacts(spec, study, tracker, best)
     summary = SweepSummary(
         name=spec.name, sweep_dir=spec.sweep_dir(), counts=counts, best_number=best.number if best else None,
         best_value=best.values[0] if best else None, best_kl=best.user_attrs.get(ATTR["kl_max"]) if best else None,
-        wall_seconds=wall, trial_compute_seconds=sum(table.compute.values()),
-        trial_wall_seconds=sum(table.wall.values()), concurrency=spec.resources.max_concurrent, ran=ran,
-        parent_run_id=tracker.parent_id, artifacts=artifacts)
+        wall_seconds=wall, trial_compute_seconds=sum(o.compute_seconds for o in outcomes),
+        concurrency=spec.resources.max_concurrent, ran=ran, parent_run_id=tracker.parent_id, artifacts=artifacts,
+        outcomes=outcomes, trials=trial_rows(study),
+        missing=max(0, spec.budget.trials - sum(map(_counts, study.get_trials(deepcopy=False)))))
     metrics = {f"trials_{k.lower()}": float(v) for k, v in counts.items()}
     metrics.update({"sweep_wall_seconds": wall, "sweep_overhead_ratio": summary.overhead,
                     "trial_compute_seconds": summary.trial_compute_seconds})
     if best:
         metrics.update({"best_value": best.values[0], "best_trial": float(best.number)})
-    tags = {"ppo_tuner.best_trial": str(best.number) if best else "none"}
-    tracker.finish(metrics, tags)
+    tracker.finish(metrics, best.number if best else None)
     return summary
 
 
-def _artifacts(spec: SweepSpec, study: optuna.Study, tracker: Any, best: Any) -> list[str]:
+def _artifacts(spec: CompiledSpec, study: optuna.Study, tracker: Any, best: Any) -> list[str]:
     out_dir = spec.sweep_dir() / "artifacts"
     out_dir.mkdir(exist_ok=True)
     made: list[Path] = []
     curves, points = [], []
-    runs = {r.info.run_id: r for r in tracker.child_runs()}
-    for t in study.get_trials(deepcopy=False):
+    runs = {r.info.run_id for r in tracker.child_runs()}
+    for t, row in zip(study.get_trials(deepcopy=False), trial_rows(study), strict=True):
         run_id = t.user_attrs.get(ATTR["mlflow_run"])
         if run_id not in runs:
             continue
-        history = tracker.client.get_metric_history(run_id, "objective/kl")
-        engine = json.loads(t.user_attrs.get(ATTR["engine"], "{}"))
-        kl = sorted((m.step, m.value) for m in history)
-        curves.append({"number": t.number, "beta": engine.get("kl_coef"), "kl": kl, "state": state_of(t)})
+        kl = tracker.metric_history(run_id, K.KL)
+        curves.append({"number": t.number, "beta": row.beta, "kl": kl, "state": row.state})
         if kl and t.values:
-            points.append({"number": t.number, "kl": kl[-1][1], "score": t.values[0], "state": state_of(t)})
+            points.append({"number": t.number, "kl": kl[-1][1], "score": t.values[0], "state": row.state})
     made.append(_plots.kl_trajectories(curves, spec.kl_limit, out_dir / "kl_trajectories.png"))
     if points:
         made.append(_plots.reward_vs_kl(points, spec.kl_limit, out_dir / "reward_vs_kl.png", spec.objective.metric))

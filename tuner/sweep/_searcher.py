@@ -10,6 +10,7 @@ with its last value. Here, in the driver (the only process that writes the study
 - a sampled config that a finished trial already ran (discrete spaces; see `ask_trial`):
   that trial's outcome, at once, with user attribute duplicate_of; it is not run and does not
   count toward budget.trials.
+Each finished trial becomes an `Outcome` record, with its timings, which `outcome()` hands out.
 """
 
 from __future__ import annotations
@@ -18,22 +19,24 @@ import json
 import math
 import os
 import sys
+import time
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from tuner.spec import SweepSpec, sample_params, trial_config
+from tuner.spec import CompiledSpec, sample_params, trial_config
 from tuner.sweep._study import ATTR, ran_configs, tell_duplicate
+from tuner.trial import OBJECTIVE, Outcome, StopReason, TrialFailure, TrialReport, read_result
+from tuner.trial._task import TrialTask
 
-__all__ = ["StudySearcher", "Outcome", "ask_trial"]
+__all__ = ["StudySearcher", "ask_trial"]
 
-OBJECTIVE = "objective"  # the running score reported by the trainable (see _trainable.py)
 DUPLICATE_TRIES = 25  # samples asked for one slot before a repeated config is run anyway (a space nearly used up)
 
 
-def ask_trial(study: optuna.Study, spec: SweepSpec, multi: bool = False) -> tuple[optuna.trial.Trial, dict[str, Any], dict[str, Any]]:
+def ask_trial(study: optuna.Study, spec: CompiledSpec, multi: bool = False) -> tuple[optuna.trial.Trial, dict[str, Any], dict[str, Any]]:
     """A new trial to run, its sampled params and its engine config (recorded on the trial). Unless
     the spec says otherwise, a sampled config that a trial already ran is told that trial's outcome
     (`tell_duplicate`) and the sampler asked again, DUPLICATE_TRIES times at most."""
@@ -48,7 +51,7 @@ def ask_trial(study: optuna.Study, spec: SweepSpec, multi: bool = False) -> tupl
     return trial, params, engine
 
 
-def _sample(study: optuna.Study, spec: SweepSpec) -> tuple[optuna.trial.Trial, dict[str, Any], dict[str, Any], str]:
+def _sample(study: optuna.Study, spec: CompiledSpec) -> tuple[optuna.trial.Trial, dict[str, Any], dict[str, Any], str]:
     trial = study.ask()
     params = sample_params(trial, spec)
     engine = trial_config(spec, params).to_dict()
@@ -57,96 +60,142 @@ def _sample(study: optuna.Study, spec: SweepSpec) -> tuple[optuna.trial.Trial, d
     return trial, params, engine, text
 
 
-class Outcome:
-    """What the searcher decided about a finished trial, shared with the tracking callbacks."""
+class _Live:
+    """A trial the searcher suggested and has not recorded yet."""
 
-    def __init__(self, number: int, state: str, stop_reason: str, value: float | None, error: str = ""):
-        self.number, self.state, self.stop_reason, self.value, self.error = number, state, stop_reason, value, error
+    def __init__(self, trial: optuna.trial.Trial, task: TrialTask):
+        self.trial, self.task = trial, task
+        self.started = time.perf_counter()
+        self.compute = 0.0  # sum of its iterations' seconds
+        self.last: dict[str, Any] = {}
 
 
 class StudySearcher(Searcher):
-    def __init__(self, study: optuna.Study, spec: SweepSpec):
+    def __init__(self, study: optuna.Study, spec: CompiledSpec):
         super().__init__(metric=OBJECTIVE, mode="max" if spec.objective.direction == "maximize" else "min")
         self.study, self.spec = study, spec
-        self.live: dict[str, optuna.trial.Trial] = {}  # ray trial id -> live Optuna trial
-        self.last: dict[str, dict[str, Any]] = {}  # ray trial id -> last result
-        self.outcomes: dict[str, Outcome] = {}  # ray trial id -> what was recorded
-        self.configs: dict[str, dict[str, Any]] = {}  # ray trial id -> the config it was given
+        self._live: dict[str, _Live] = {}  # ray trial id -> a trial not yet recorded
+        self._outcomes: dict[str, Outcome] = {}  # ray trial id -> what was recorded
         self.multi = len(spec.directions()) > 1
 
+    # -- what the sweep's callbacks may ask ------------------------------------------------------
+    def outcome(self, trial_id: str) -> Outcome | None:
+        """What was recorded for a finished trial (None while it runs)."""
+        return self._outcomes.get(trial_id)
+
+    def outcomes(self) -> list[Outcome]:
+        return list(self._outcomes.values())
+
+    def running(self) -> list[str]:
+        """Ray ids of the trials suggested and not yet recorded."""
+        return list(self._live)
+
+    def task(self, trial_id: str) -> TrialTask | None:
+        live = self._live.get(trial_id)
+        return live.task if live is not None else None
+
+    def annotate(self, trial_id: str, key: str, value: Any) -> None:
+        """Set a user attribute (an ATTR key) on a trial not yet recorded."""
+        live = self._live.get(trial_id)
+        if live is not None:
+            live.trial.set_user_attr(ATTR[key], value)
+
+    def attempt_errors(self, trial_id: str) -> list[str]:
+        """Each failed attempt's error, for a trial not yet recorded."""
+        live = self._live.get(trial_id)
+        return list(live.trial.user_attrs.get(ATTR["errors"], [])) if live is not None else []
+
+    # -- Ray Tune's Searcher interface -----------------------------------------------------------
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         trial, params, engine = ask_trial(self.study, self.spec, self.multi)
         trial.set_user_attr(ATTR["ray_trial"], trial_id)
-        self.live[trial_id] = trial
-        self.configs[trial_id] = config = {"engine": engine, "params": params, "number": trial.number, "kl_limit": self.spec.kl_limit,
-                "objective": self.spec.objective.model_dump(), "sys_path": [p for p in [os.getcwd(), *sys.path] if p]}
-        return config
+        task = TrialTask(number=trial.number, engine=engine, params=params, kl_limit=self.spec.kl_limit,
+                         objective=self.spec.objective.model_dump(),
+                         sys_path=[p for p in [os.getcwd(), *sys.path] if p])
+        self._live[trial_id] = _Live(trial, task)
+        return task.to_config()
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        self.last[trial_id] = result
-        trial = self.live.get(trial_id)
-        if trial is not None and "error" in result:
-            errors = [*trial.user_attrs.get(ATTR["errors"], []), str(result["error"])[:300]]
-            trial.set_user_attr(ATTR["errors"], errors)
+        live = self._live.get(trial_id)
+        if live is None:
             return
-        if trial is not None and "pid" in result and trial.user_attrs.get(ATTR["pid"]) != int(result["pid"]):
-            trial.set_user_attr(ATTR["pid"], int(result["pid"]))
-        value = result.get(OBJECTIVE)
-        if trial is not None and not self.multi and value is not None and math.isfinite(value):
-            trial.report(value, step=int(result["training_iteration"]))
+        live.last = result
+        record = read_result(result)
+        trial = live.trial
+        if isinstance(record, TrialFailure):
+            trial.set_user_attr(ATTR["errors"], [*trial.user_attrs.get(ATTR["errors"], []), record.error[:300]])
+            return
+        live.compute += record.seconds
+        if record.pid and trial.user_attrs.get(ATTR["pid"]) != record.pid:
+            trial.set_user_attr(ATTR["pid"], record.pid)
+        if not self.multi and math.isfinite(record.objective):
+            trial.report(record.objective, step=int(result["training_iteration"]))
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        trial = self.live.pop(trial_id, None)
-        if trial is None:
+        live = self._live.pop(trial_id, None)
+        if live is None:
             return
-        last = result or self.last.get(trial_id, {})
-        outcome = self._record(trial, last, error)
-        self.outcomes[trial_id] = outcome
+        last = result or live.last
+        outcome = self._record(live.trial, read_result(last) if last else None, int(last.get("training_iteration", 0) or 0), error)
+        outcome.compute_seconds = live.compute
+        outcome.wall_seconds = time.perf_counter() - live.started
+        outcome.params = live.task.params
+        self._outcomes[trial_id] = outcome
 
-    def _record(self, trial: optuna.trial.Trial, last: dict[str, Any], error: bool) -> Outcome:
-        iterations = int(last.get("training_iteration", 0) or 0)
-        kl_max = last.get("kl_max")
+    def _record(self, trial: optuna.trial.Trial, last: TrialReport | TrialFailure | None, iterations: int,
+                error: bool) -> Outcome:
+        kl_max = last.kl_max if last is not None else None
+        kl_final = last.kl if isinstance(last, TrialReport) else kl_max
         trial.set_user_attr(ATTR["iterations"], iterations)
-        if kl_max is not None:
+        if kl_max is not None and not (isinstance(kl_max, float) and math.isnan(kl_max)):
             trial.set_user_attr(ATTR["kl_max"], float(kl_max))
-            trial.set_user_attr(ATTR["kl_final"], float(last.get("objective/kl", kl_max)))
+            trial.set_user_attr(ATTR["kl_final"], float(kl_final if kl_final is not None and not math.isnan(kl_final) else kl_max))
             trial.set_constraint("kl", float(kl_max) - self.spec.kl_limit if math.isfinite(kl_max) else math.inf)
-        if error or last.get("error"):
-            message = str(last.get("error") or "the trial's process died")
+        common = {"number": trial.number, "iterations": iterations, "kl_max": kl_max,
+                  "kl_final": trial.user_attrs.get(ATTR["kl_final"])}
+        if error or isinstance(last, TrialFailure):
+            message = last.error if isinstance(last, TrialFailure) else "the trial's process died"
             trial.set_user_attr(ATTR["error"], message[:2000])
-            trial.set_user_attr(ATTR["stop"], f"failed: {message.splitlines()[0][:200]}")
+            trial.set_user_attr(ATTR["stop"], StopReason.failed(message))
             self.study.tell(trial, state=TrialState.FAIL)
-            return Outcome(trial.number, "FAIL", f"failed: {message.splitlines()[0][:200]}", None, message)
-        value = last.get(OBJECTIVE)
-        reason = last.get("stop_reason") or ("pruned" if iterations < self.spec.iterations() else "completed")
+            return Outcome(state="FAIL", stop_reason=StopReason.failed(message), value=None, error=message, **common)
+        value = last.objective if last is not None else None
+        reason = (last.stop_reason if last is not None else None) or (
+            StopReason.PRUNED if iterations < self.spec.iterations() else StopReason.COMPLETED)
         trial.set_user_attr(ATTR["stop"], reason)
-        if reason == "pruned" or value is None or not math.isfinite(value):
+        if reason == StopReason.PRUNED or value is None or not math.isfinite(value):
             self.study.tell(trial, state=TrialState.PRUNED)
-            return Outcome(trial.number, "PRUNED", reason, value)
-        values = [value, float(last.get("objective/kl", kl_max or 0.0))] if self.multi else value
+            return Outcome(state="PRUNED", stop_reason=reason, value=value, **common)
+        values = [value, float(kl_final if kl_final is not None else 0.0)] if self.multi else value
         self.study.tell(trial, values)
-        state = "INFEASIBLE" if reason == "kl_limit" else "COMPLETE"
-        return Outcome(trial.number, state, reason, value)
+        return Outcome(state="INFEASIBLE" if reason == StopReason.KL_LIMIT else "COMPLETE", stop_reason=reason,
+                       value=value, **common)
 
-    def on_retry(self, trial_id: str) -> None:
-        """Ray restarts a trial after a failure (an exception that can pass, or its worker died)."""
-        trial = self.live.get(trial_id)
-        if trial is not None:
-            trial.set_user_attr(ATTR["retries"], int(trial.user_attrs.get(ATTR["retries"], 0)) + 1)
-            trial.set_user_attr(ATTR["pid"], -1)  # the next attempt reports its own pid
+    def on_retry(self, trial_id: str) -> int:
+        """Ray restarts a trial after a failure (an exception that can pass, or its worker died);
+        returns how many retries the trial has had."""
+        live = self._live.get(trial_id)
+        if live is None:
+            return 0
+        retries = int(live.trial.user_attrs.get(ATTR["retries"], 0)) + 1
+        live.trial.set_user_attr(ATTR["retries"], retries)
+        live.trial.set_user_attr(ATTR["pid"], -1)  # the next attempt reports its own pid
+        return retries
 
-    def abandon_live(self, reason: str = "interrupted") -> list[str]:
+    def abandon_live(self, reason: str = StopReason.INTERRUPTED) -> list[str]:
         """Mark trials still running or pending (the sweep was interrupted) as FAIL, so a resume re-runs
         them; returns their ray trial ids."""
-        abandoned = list(self.live)
+        abandoned = list(self._live)
         for trial_id in abandoned:
-            trial = self.live.pop(trial_id)
-            trial.set_user_attr(ATTR["stop"], reason)
-            self.study.tell(trial, state=TrialState.FAIL)
-            self.outcomes[trial_id] = Outcome(trial.number, "FAIL", reason, None)
+            live = self._live.pop(trial_id)
+            live.trial.set_user_attr(ATTR["stop"], reason)
+            self.study.tell(live.trial, state=TrialState.FAIL)
+            self._outcomes[trial_id] = Outcome(number=live.trial.number, state="FAIL", stop_reason=reason, value=None,
+                                               compute_seconds=live.compute,
+                                               wall_seconds=time.perf_counter() - live.started, params=live.task.params)
         return abandoned
 
     def __getstate__(self) -> dict[str, Any]:

@@ -19,9 +19,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from trials import Problem, TunerError
+from tuner.trial import STATES, StopReason
 
-__all__ = ["ATTR", "STATE_NAMES", "StorageError", "schema_init_lock", "TrialRow", "best_feasible", "count_states", "open_storage",
-           "ran_configs", "redact", "tell_duplicate", "trial_rows"]
+__all__ = ["ATTR", "PARENT_ATTR", "StorageError", "TrialRow", "best_feasible", "count_states", "mark_interrupted",
+           "open_storage", "ran_configs", "redact", "schema_init_lock", "tell_duplicate", "trial_rows"]
 
 # user attributes on each Optuna trial
 ATTR = {
@@ -38,7 +39,7 @@ ATTR = {
     "pid": "pid",  # the process running the trial's current attempt
     "duplicate": "duplicate_of",  # the number of the trial whose engine config this one repeated (not run)
 }
-STATE_NAMES = ("COMPLETE", "INFEASIBLE", "PRUNED", "FAIL", "RUNNING", "WAITING", "DUPLICATE")
+PARENT_ATTR = "mlflow_parent_run_id"  # study user attribute: the sweep's MLflow parent run
 
 
 def redact(url: str | None) -> str | None:
@@ -144,7 +145,7 @@ def state_of(trial: FrozenTrial) -> str:
 
 
 def count_states(study: optuna.Study) -> dict[str, int]:
-    counts = dict.fromkeys(STATE_NAMES, 0)
+    counts = dict.fromkeys(STATES, 0)
     for trial in study.get_trials(deepcopy=False):
         counts[state_of(trial)] += 1
     return counts
@@ -163,6 +164,8 @@ def best_feasible(study: optuna.Study) -> FrozenTrial | None:
 
 @dataclass
 class TrialRow:
+    """One trial as the study holds it: what `tuner status` and the end of `tuner run` show."""
+
     number: int
     state: str
     value: float | None
@@ -170,15 +173,32 @@ class TrialRow:
     iterations: int | None
     params: dict[str, Any]
     stop_reason: str
+    kl_final: float | None = None
+    beta: float | None = None  # the trial's (initial) kl_coef
 
 
 def trial_rows(study: optuna.Study) -> list[TrialRow]:
     rows = []
     for t in study.get_trials(deepcopy=False):
+        engine = json.loads(t.user_attrs.get(ATTR["engine"], "{}"))
         rows.append(TrialRow(number=t.number, state=state_of(t), value=t.values[0] if t.values else None,
                              kl_max=t.user_attrs.get(ATTR["kl_max"]), iterations=t.user_attrs.get(ATTR["iterations"]),
-                             params=dict(t.params), stop_reason=t.user_attrs.get(ATTR["stop"], "")))
+                             params=dict(t.params), stop_reason=t.user_attrs.get(ATTR["stop"], ""),
+                             kl_final=t.user_attrs.get(ATTR["kl_final"]), beta=engine.get("kl_coef")))
     return rows
+
+
+def mark_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
+    """Trials left RUNNING or WAITING by a controller that died: FAIL, stop reason 'interrupted', so a
+    resume runs them again. `storage` is the study's (a finished trial's attributes are written
+    through the storage's public API). Returns how many were marked."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    left = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+    for trial in left:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        storage.set_trial_user_attr(trial_id, ATTR["stop"], StopReason.INTERRUPTED)
+        study.tell(trial.number, state=TrialState.FAIL)
+    return len(left)
 
 
 def engine_config_of(trial: FrozenTrial) -> dict[str, Any]:

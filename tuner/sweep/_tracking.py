@@ -23,19 +23,25 @@ from typing import Any
 import optuna
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
-from ray.tune import Callback
 
 from trials import metrics as K
-from tuner.spec import SweepSpec
-from tuner.sweep._searcher import StudySearcher
-from tuner.sweep._study import ATTR, redact, schema_init_lock
+from tuner.spec import CompiledSpec
+from tuner.sweep._callback import SweepCallback
+from tuner.sweep._study import ATTR, PARENT_ATTR, redact, schema_init_lock
+from tuner.trial import KL_MAX, OBJECTIVE, Outcome, StopReason, TrialReport
+from tuner.trial._result import START_SECONDS, WARM_START
+from tuner.trial._task import TrialTask
 
-__all__ = ["SweepTracker", "TrialLogger"]
+__all__ = ["TAG", "SweepTracker", "TrialLogger"]
 
 log = logging.getLogger(__name__)
 
-PARENT_ATTR = "mlflow_parent_run_id"
 _STATUS = {"COMPLETE": "FINISHED", "INFEASIBLE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
+# MLflow tags of the parent and child runs
+TAG = {"kind": "ppo_tuner.kind", "study": "ppo_tuner.study", "number": "ppo_tuner.trial_number",
+       "state": "ppo_tuner.state", "stop": "ppo_tuner.stop_reason", "error": "ppo_tuner.error",
+       "errors": "ppo_tuner.errors", "retries": "ppo_tuner.retries", "best": "ppo_tuner.best_trial"}
+_METRICS = (*K.ALL, OBJECTIVE, KL_MAX, START_SECONDS, WARM_START)  # what a child run logs per iteration
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, str]:
@@ -50,7 +56,7 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, str]:
 class SweepTracker:
     """The parent run: created once per sweep, reused on resume (its id is kept in the study)."""
 
-    def __init__(self, spec: SweepSpec, study: optuna.Study):
+    def __init__(self, spec: CompiledSpec, study: optuna.Study):
         self.spec, self.study = spec, study
         with schema_init_lock(spec.tracking_uri()):  # MLflow's schema migrations must not run twice at once
             self.client = MlflowClient(tracking_uri=spec.tracking_uri())
@@ -75,7 +81,7 @@ class SweepTracker:
             self.client.update_run(run_id, status="RUNNING")
             return run_id
         run = self.client.create_run(self.experiment_id, run_name=f"sweep-{self.spec.name}",
-                                     tags={"ppo_tuner.kind": "sweep", "ppo_tuner.study": self.spec.name})
+                                     tags={TAG["kind"]: "sweep", TAG["study"]: self.spec.name})
         self.study.set_user_attr(PARENT_ATTR, run.info.run_id)
         settings = _flatten({k: v for k, v in self.spec.resolved().items() if k not in ("search_space", "base")})
         settings["storage"] = redact(self.spec.storage_url())
@@ -94,17 +100,22 @@ class SweepTracker:
     def log_file(self, path: Path) -> None:
         self.client.log_artifact(self.parent_id, str(path))
 
-    def finish(self, summary: dict[str, float], tags: dict[str, str], status: str = "FINISHED") -> None:
+    def finish(self, summary: dict[str, float], best: int | None, status: str = "FINISHED") -> None:
         metrics = [Metric(k, float(v), 0, 0) for k, v in summary.items() if v is not None and math.isfinite(v)]
-        self.client.log_batch(self.parent_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
+        tags = [RunTag(TAG["best"], str(best) if best is not None else "none")]
+        self.client.log_batch(self.parent_id, metrics=metrics, tags=tags)
         self.client.set_terminated(self.parent_id, status=status)
 
     def child_runs(self) -> list[Any]:
         return self.client.search_runs([self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent_id}'",
                                        max_results=5000)
 
+    def metric_history(self, run_id: str, name: str) -> list[tuple[int, float]]:
+        """(step, value) of one metric of a run, by step."""
+        return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, name))
 
-def _spec_yaml(spec: SweepSpec) -> str:
+
+def _spec_yaml(spec: CompiledSpec) -> str:
     import yaml
 
     data = spec.resolved()
@@ -143,38 +154,30 @@ class _Writer:
                 self.calls.task_done()
 
 
-class TrialLogger(Callback):
+class TrialLogger(SweepCallback):
     """One nested child run per trial: its params, every iteration's metrics, its state and stop reason."""
 
-    def __getstate__(self) -> dict:
-        return {}  # Ray pickles callbacks into its experiment state; these hold live handles
-
-    def __init__(self, tracker: SweepTracker, searcher: StudySearcher):
-        self.tracker, self.searcher = tracker, searcher
+    def __init__(self, tracker: SweepTracker):
+        self.tracker = tracker
         self.client = tracker.client
-        self.runs: dict[str, str] = {}  # ray trial id -> mlflow run id
+        self.runs: dict[int, str] = {}  # trial number -> mlflow run id
         self.writer = _Writer()
 
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if trial.trial_id not in self.runs:  # a retry of the same trial keeps its run
-            self._create_run(trial.trial_id, trial.config)
+    def open_run(self, task: TrialTask) -> str:
+        """The trial's child run (created on its first attempt; a retry keeps it)."""
+        if task.number not in self.runs:
+            self.runs[task.number] = self._create_run(task.number, task.params, task.engine)
+        return self.runs[task.number]
 
-    def _create_run(self, trial_id: str, config: dict[str, Any]) -> str:
-        number = config.get("number")
+    def _create_run(self, number: int, searched: dict[str, Any], engine: dict[str, Any]) -> str:
         run = self.client.create_run(self.tracker.experiment_id, run_name=f"trial-{number}", tags={
-            "mlflow.parentRunId": self.tracker.parent_id, "ppo_tuner.kind": "trial",
-            "ppo_tuner.trial_number": str(number), "ppo_tuner.ray_trial_id": trial_id})
-        self.runs[trial_id] = run.info.run_id
-        params = [Param(k, str(v)) for k, v in sorted(config.get("params", {}).items())]
-        params += [Param(f"engine.{k}", redact(str(v)) or "") for k, v in sorted(config["engine"].items())
-                   if k not in config.get("params", {})]
+            "mlflow.parentRunId": self.tracker.parent_id, TAG["kind"]: "trial", TAG["number"]: str(number)})
+        params = [Param(k, str(v)) for k, v in sorted(searched.items())]
+        params += [Param(f"engine.{k}", redact(str(v)) or "") for k, v in sorted(engine.items()) if k not in searched]
         self.client.log_batch(run.info.run_id, params=params[:100])
-        live = self.searcher.live.get(trial_id)
-        if live is not None:
-            live.set_user_attr(ATTR["mlflow_run"], run.info.run_id)
         return run.info.run_id
 
-    def close_abandoned(self, trial_ids: list[str]) -> None:
+    def close_abandoned(self, tasks: list[TrialTask]) -> None:
         """Trials the interrupted sweep had suggested, running or not yet started: a KILLED run each,
         so that MLflow keeps exactly one child run per Optuna trial."""
         try:
@@ -182,53 +185,39 @@ class TrialLogger(Callback):
         except Exception as exc:  # the study has every outcome; a resume's reconcile repairs the runs
             reason = (str(exc).splitlines() or [""])[0][:200]
             log.warning("MLflow: a write failed (%s: %s); the study keeps every trial's outcome", type(exc).__name__, reason)
-        for trial_id in trial_ids:
-            run_id = self.runs.get(trial_id) or self._create_run(trial_id, self.searcher.configs[trial_id])
-            self._kill(run_id, "FAIL", "interrupted")
+        for task in tasks:
+            self._kill(self.open_run(task), "FAIL", StopReason.INTERRUPTED)
 
     def _kill(self, run_id: str, state: str, stop_reason: str) -> None:
-        self.client.log_batch(run_id, tags=[RunTag("ppo_tuner.state", state), RunTag("ppo_tuner.stop_reason", stop_reason)])
+        self.client.log_batch(run_id, tags=[RunTag(TAG["state"], state), RunTag(TAG["stop"], stop_reason)])
         self.client.set_terminated(run_id, status="KILLED")
 
-    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.searcher.on_retry(trial.trial_id)
-        run_id = self.runs.get(trial.trial_id)
-        live = self.searcher.live.get(trial.trial_id)
-        if run_id and live is not None:
-            self.client.set_tag(run_id, "ppo_tuner.retries", str(live.user_attrs.get(ATTR["retries"], 1)))
+    def trial_retried(self, number: int, retries: int) -> None:
+        if number in self.runs and retries:
+            self.client.set_tag(self.runs[number], TAG["retries"], str(retries))
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        run_id = self.runs.get(trial.trial_id)
+    def attempt_failed(self, number: int, errors: list[str]) -> None:
+        if number in self.runs:
+            self.client.set_tag(self.runs[number], TAG["errors"], " | ".join(errors)[:5000])
+
+    def trial_reported(self, number: int, iteration: int, report: TrialReport) -> None:
+        run_id = self.runs.get(number)
         if run_id is None:
             return
-        if "error" in result:  # an attempt failed: keep its error, whether or not it is retried
-            live = self.searcher.live.get(trial.trial_id)
-            errors = live.user_attrs.get(ATTR["errors"], []) if live is not None else [str(result["error"])]
-            self.client.set_tag(run_id, "ppo_tuner.errors", " | ".join(errors)[:5000])
-            return
-        step = int(result.get("training_iteration", 0))
-        names = [*K.ALL, "objective", "kl_max", "perf/trial_start_seconds", "perf/warm_start"]
-        metrics = [Metric(n, float(result[n]), 0, step) for n in names
-                   if isinstance(result.get(n), (int, float)) and math.isfinite(result[n])]
+        values = report.to_result()
+        metrics = [Metric(n, float(values[n]), 0, iteration) for n in _METRICS
+                   if isinstance(values.get(n), (int, float)) and math.isfinite(values[n])]
         self.writer.submit(self.client.log_batch, run_id, metrics)
 
-    def _close(self, trial: Any, fallback: str) -> None:
-        run_id = self.runs.get(trial.trial_id)
+    def trial_ended(self, outcome: Outcome) -> None:
+        run_id = self.runs.get(outcome.number)
         if run_id is None:
             return
-        outcome = self.searcher.outcomes.get(trial.trial_id)
-        state = outcome.state if outcome else fallback
-        tags = [RunTag("ppo_tuner.state", state), RunTag("ppo_tuner.stop_reason", outcome.stop_reason if outcome else fallback)]
-        if outcome and outcome.error:
-            tags.append(RunTag("ppo_tuner.error", outcome.error[:5000]))
+        tags = [RunTag(TAG["state"], outcome.state), RunTag(TAG["stop"], outcome.stop_reason)]
+        if outcome.error:
+            tags.append(RunTag(TAG["error"], outcome.error[:5000]))
         self.writer.submit(self.client.log_batch, run_id, (), (), tags)  # after the run's metrics
-        self.writer.submit(self.client.set_terminated, run_id, _STATUS.get(state, "KILLED"))
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._close(trial, "COMPLETE")
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._close(trial, "FAIL")
+        self.writer.submit(self.client.set_terminated, run_id, _STATUS.get(outcome.state, "KILLED"))
 
     def reconcile(self, study: optuna.Study) -> dict[str, int]:
         """Make MLflow agree with the study after a controller died: runs left RUNNING become KILLED,
@@ -236,21 +225,24 @@ class TrialLogger(Callback):
         there is exactly one child run per Optuna trial that ran or was meant to (a DUPLICATE never runs)."""
         by_number: dict[str, list[Any]] = {}
         for run in self.tracker.child_runs():
-            by_number.setdefault(run.data.tags.get("ppo_tuner.trial_number", ""), []).append(run)
+            by_number.setdefault(run.data.tags.get(TAG["number"], ""), []).append(run)
         killed = created = 0
         for trial in study.get_trials(deepcopy=False):
             runs = by_number.get(str(trial.number), [])
             for run in runs:
                 if run.info.status == "RUNNING" and run.info.run_id not in self.runs.values():
-                    self.client.set_tag(run.info.run_id, "ppo_tuner.state", "KILLED")
+                    self.client.set_tag(run.info.run_id, TAG["state"], "KILLED")
                     self.client.set_terminated(run.info.run_id, status=RunStatus.to_string(RunStatus.KILLED))
                     killed += 1
             if not runs and trial.state.is_finished() and ATTR["duplicate"] not in trial.user_attrs:
                 engine = json.loads(trial.user_attrs.get(ATTR["engine"], "{}"))
-                run_id = self._create_run(trial.user_attrs.get(ATTR["ray_trial"], f"optuna-{trial.number}"),
-                                          {"number": trial.number, "params": dict(trial.params), "engine": engine})
-                self._kill(run_id, trial.state.name, trial.user_attrs.get(ATTR["stop"], "interrupted"))
+                run_id = self._create_run(trial.number, dict(trial.params), engine)
+                self._kill(run_id, trial.state.name, trial.user_attrs.get(ATTR["stop"], StopReason.INTERRUPTED))
                 created += 1
         return {"killed": killed, "created": created}
+
+    def flush(self) -> None:
+        self.writer.flush()
+
 
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")

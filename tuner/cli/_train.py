@@ -8,9 +8,9 @@ import sys
 
 import yaml
 
-from trials import ConfigError, Problem
+from trials import ConfigError, KLLimit, Problem, chain
 from trials import metrics as K
-from tuner._config_file import load_config_file
+from tuner.cli._config_file import load_config_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,10 +20,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override one field (YAML value), e.g. --set policy_lr=3e-5; repeatable")
     p.add_argument("--save", metavar="DIR", help="save the final policy here with save_pretrained")
-    p.add_argument("--kl-limit", type=float, metavar="NATS",
+    p.add_argument("--kl-limit", type=_nats, metavar="NATS",
                    help="stop when objective/kl (nats, summed over the response) passes this")
     p.add_argument("--quiet", action="store_true", help="no progress bar; print only the summary")
     p.set_defaults(func=run)
+
+
+def _nats(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number of nats, got {text!r}; the guidance keeps KL below 15-20")
+    return value
 
 
 def _parse_overrides(items: list[str]) -> dict:
@@ -37,13 +47,11 @@ def _parse_overrides(items: list[str]) -> dict:
 
 
 class _Progress:
-    """The reporter of a CLI run: a tqdm bar with reward and KL, and an optional KL limit."""
+    """A tqdm bar with reward, eval, KL and beta (a reporter that never asks to stop)."""
 
-    def __init__(self, total: int, kl_limit: float | None, quiet: bool):
+    def __init__(self, total: int, quiet: bool):
         from tqdm import tqdm
 
-        self.kl_limit = kl_limit
-        self.stop_reason = ""
         self.eval = math.nan
         self.bar = tqdm(total=total, unit="it", disable=quiet, dynamic_ncols=True, file=sys.stderr)
 
@@ -52,9 +60,6 @@ class _Progress:
         self.bar.set_postfix({"reward": f"{metrics[K.SCORES]:.3f}", "eval": f"{self.eval:.3f}",
                               "kl": f"{metrics[K.KL]:.2f}", "beta": f"{metrics[K.KL_COEF]:.3g}"}, refresh=False)
         self.bar.update(1)
-        if self.kl_limit is not None and metrics[K.KL] > self.kl_limit:
-            self.stop_reason = f"objective/kl {metrics[K.KL]:.1f} passed the limit {self.kl_limit:g}"
-            return True
         return False
 
 
@@ -70,14 +75,15 @@ def run(args: argparse.Namespace) -> int:
     )
 
     trainer = PPOTrainer(config)  # every input is loaded and checked before the bar appears
-    progress = _Progress(config.num_iterations, args.kl_limit, args.quiet)
+    progress = _Progress(config.num_iterations, args.quiet)
+    limit = KLLimit(args.kl_limit) if args.kl_limit is not None else None
     try:
-        result = trainer.train(progress)
+        result = trainer.train(chain(limit, progress.report))
     finally:
         progress.bar.close()
     m = result.metrics
     print(f"iterations: {result.iterations}/{config.num_iterations}"
-          + (f" (stopped: {progress.stop_reason})" if progress.stop_reason else ""))
+          + (f" (stopped: {limit.reason()})" if limit is not None and limit.stopped else ""))
     print(f"eval/scores: {result.initial_eval:.4f} at start -> {m.get(K.EVAL_SCORES, progress.eval):.4f} at end")
     print(f"objective/kl: {m[K.KL]:.2f} nats (final), objective/kl_coef: {m[K.KL_COEF]:.4g}")
     secs = [h[K.ITERATION_SECONDS] for h in result.history]

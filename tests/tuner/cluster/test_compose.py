@@ -1,6 +1,6 @@
 """docker/compose.yaml, checked as written and then run for real, without Docker.
 
-The slow test starts the compose services' own commands as local processes (tests/cluster/
+The slow test starts the compose services' own commands as local processes (tests/
 compose_cluster.py), submits the demo sweep of docker/sweep-demo.yaml to the Ray head with `tuner
 submit`, and checks that the job succeeds, its study is in PostgreSQL and its runs and artifacts are
 on the MLflow server. Commands, ports and environment come from the parsed compose file, so the
@@ -16,8 +16,8 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.cluster.cluster_helpers import DOCKER, cluster_spec, submit, tuner
-from tests.cluster.compose_cluster import ROOT, compose_file, interpolate, published
+from tests.cluster_helpers import DOCKER, cluster_spec, submit, tuner
+from tests.compose_cluster import ROOT, compose_file, interpolate, published
 
 SERVICES = compose_file()["services"]
 

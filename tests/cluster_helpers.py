@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.compose_cluster import ComposeCluster
+from tests.compose_cluster import ComposeCluster
 
-DOCKER = Path(__file__).resolve().parents[2] / "docker"
+DOCKER = Path(__file__).resolve().parents[1] / "docker"
 FAST_BASE = {"response_length": 12, "eval_interval": 2, "num_eval_prompts": 32}
 
 

@@ -8,12 +8,9 @@ from typing import Any
 
 import yaml
 
-from trials import ConfigError, PPOConfig, Problem
+from trials import ConfigError, PPOConfig, Problem, path_fields, resolve_relative
 
-__all__ = ["PATH_FIELDS", "load_config_file", "read_yaml", "resolve_relative"]
-
-# fields that may name a file or folder, resolved against the config file's folder
-PATH_FIELDS = ("model_path", "value_model_path", "prompts", "eval_prompts", "reward", "output_dir")
+__all__ = ["load_config_file", "read_yaml"]
 
 
 def read_yaml(path: str | os.PathLike, what: str = "config") -> Any:
@@ -35,23 +32,12 @@ def read_yaml(path: str | os.PathLike, what: str = "config") -> Any:
     return data
 
 
-def resolve_relative(value: Any, base_dir: Path) -> Any:
-    """A relative path that exists next to the file is made absolute; anything else is kept."""
-    if not isinstance(value, str) or os.path.isabs(value) or value == "demo":
-        return value
-    module, colon, attr = value.rpartition(":")
-    if colon and module.endswith(".py"):  # 'rewards.py:score'
-        candidate = base_dir / module
-        return f"{candidate}:{attr}" if candidate.is_file() else value
-    candidate = base_dir / value
-    return str(candidate) if candidate.exists() else value
-
-
 def load_config_file(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> PPOConfig:
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError([Problem("config", type(data).__name__, "must be a mapping of field: value",
                                    "write one 'field: value' per line")])
     base_dir = Path(path).resolve().parent
-    data = {k: resolve_relative(v, base_dir) if k in PATH_FIELDS else v for k, v in data.items()}
+    paths = path_fields()
+    data = {k: resolve_relative(k, v, base_dir) if k in paths else v for k, v in data.items()}
     return PPOConfig.from_dict({**data, **(overrides or {})})

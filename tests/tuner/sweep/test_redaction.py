@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from tests.tuner.sweep_helpers import tuner, write_spec
+from tests.sweep_helpers import tuner, write_spec
 
 
 def test_a_storage_password_never_leaves_the_url(tmp_path, demo_model, postgres):

@@ -8,7 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tests.tuner.sweep_helpers import start_tuner, write_spec
+from tests.sweep_helpers import start_tuner, write_spec
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

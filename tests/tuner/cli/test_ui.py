@@ -17,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT
-from tests.tuner.sweep_helpers import tuner, write_spec
+from tests.sweep_helpers import tuner, write_spec
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -88,7 +88,7 @@ def test_the_dashboard_shows_the_sweeps_runs(tmp_path, demo_model):
 
 def test_a_sweep_on_an_mlflow_server_gets_the_servers_page(tmp_path, demo_model):
     """No second server: `tuner ui` prints the page on the server the sweep logged to, and returns."""
-    from tuner._cmd_sweep import mlflow_server_command
+    from tuner.cli._sweep import mlflow_server_command
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"

@@ -8,11 +8,11 @@ import optuna
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tests.tuner.sweep_helpers import tuner, write_spec
+from tests.sweep_helpers import tuner, write_spec
 from tuner.spec import load_spec
 from tuner.sweep import best_feasible, count_states, load_study, trial_rows
 from tuner.sweep._run import remaining_trials
-from tuner.sweep._study import ATTR, ran_configs, tell_duplicate
+from tuner.sweep._study import ATTR, open_storage, ran_configs, tell_duplicate
 
 
 def _study_with(engine: dict, state: TrialState, value: float | None = None) -> tuple[optuna.Study, int]:
@@ -91,7 +91,7 @@ def test_a_sweep_over_two_configs_runs_each_once(tmp_path, demo_model):
     for r in copies:
         original = study.trials[study.trials[r.number].user_attrs[ATTR["duplicate"]]]
         assert r.params == original.params and r.value == original.values[0]
-    assert remaining_trials(study, spec.budget.trials) == 0  # copies do not count toward the budget
+    assert remaining_trials(study, spec.budget.trials, open_storage(spec.storage_url())) == 0  # copies do not count toward the budget
     assert ATTR["duplicate"] not in best_feasible(study).user_attrs
     client = MlflowClient(spec.tracking_uri())
     runs = client.search_runs([client.get_experiment_by_name(spec.name).experiment_id])

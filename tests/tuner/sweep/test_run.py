@@ -9,7 +9,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.tuner.sweep_helpers import tuner, write_spec
+from tests.sweep_helpers import tuner, write_spec
 from trials import metrics as K
 from tuner.spec import load_spec
 from tuner.sweep import best_feasible, load_study, trial_rows
@@ -82,7 +82,7 @@ def test_mlflow_has_one_parent_and_one_child_run_per_trial(sweep):
 
 def test_yaml_export_goes_back_into_the_engine(sweep, tmp_path):
     from trials import train
-    from tuner._config_file import load_config_file
+    from tuner.cli._config_file import load_config_file
 
     out = tmp_path / "best.yaml"
     proc = tuner("export", sweep["spec_path"], "--format", "yaml", "-o", out, cwd=sweep["folder"])

@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 from mlflow.tracking import MlflowClient
 
-from tests.tuner.sweep_helpers import start_tuner, tuner, write_spec
+from tests.sweep_helpers import start_tuner, tuner, write_spec
 from tuner.spec import load_spec
 from tuner.sweep._study import open_storage
 

@@ -1,4 +1,6 @@
-"""The `tuner` command. Each subcommand lives in its own module with `register(subparsers)`.
+"""The `tuner` command. Each group of subcommands lives in its own module with `register(subparsers)`:
+`_train` (train), `_spec` (validate, schema), `_sweep` (run, resume, list, status, export, ui) and
+`_cluster` (submit, jobs, logs, cancel). `_table` renders trials in the terminal.
 
 User mistakes (TunerError) become one line per problem on stderr and exit code 2, no traceback.
 """
@@ -6,13 +8,12 @@ User mistakes (TunerError) become one line per problem on stderr and exit code 2
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from trials import TunerError
+from tuner.cli import _cluster, _spec, _sweep, _train
 
-# module name under tuner/ -> its subcommands are added by module.register(subparsers)
-_COMMAND_MODULES = ["_cmd_train", "_cmd_spec", "_cmd_sweep", "_cmd_cluster"]
+_COMMANDS = (_train, _spec, _sweep, _cluster)  # each adds its subcommands with register(subparsers)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,13 +25,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tuner", description="Hyperparameter sweeps for PPO fine-tuning of language models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"tuner.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"tuner.{name}":
-                continue  # a command module not written yet
-            raise
+    for module in _COMMANDS:
         module.register(sub)
     return parser
 
@@ -47,6 +42,3 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("interrupted\n")
         return 130
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -15,7 +15,7 @@ from trials import ConfigError, PPOConfig
 from tuner.cli import main
 from tuner.spec import SweepSpec, load_spec, parse_spec
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SPEC_FILES = sorted((ROOT / "search_spaces").glob("*.yaml"))
 
 

@@ -8,7 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tests.cluster.cluster_helpers import cluster_spec, submit, tuner, wait_for
+from tests.cluster_helpers import cluster_spec, submit, tuner, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.tuner.sweep_helpers import tuner, write_spec
+from tests.sweep_helpers import tuner, write_spec
 from trials import TunerError, field_specs
 from tuner.cli import main
 from tuner.spec import load_spec, parse_spec

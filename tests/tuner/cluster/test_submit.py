@@ -118,7 +118,7 @@ def test_submit_checks_the_spec_before_the_cluster(run_cli, tmp_path, monkeypatc
     ("127.0.0.1:1", "ray.address: no Ray cluster answers there"),
 ])
 def test_tuner_run_names_an_address_it_cannot_join(tmp_path, demo_model, address, expected):
-    from tests.tuner.sweep_helpers import tuner, write_spec
+    from tests.sweep_helpers import tuner, write_spec
 
     done = tuner("run", write_spec(tmp_path, "join"), "--address", address, cwd=tmp_path, timeout=120)
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith(f"error: {expected}"), done.stderr

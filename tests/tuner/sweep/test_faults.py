@@ -12,11 +12,11 @@ import optuna
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tests.tuner.sweep_helpers import start_tuner, tuner, write_spec
+from tests.sweep_helpers import start_tuner, tuner, write_spec
 from tuner.spec import load_spec
 from tuner.sweep._study import open_storage
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[2]
 
 
 def _spec(tmp_path: Path, name: str, **overrides) -> Path:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from trials import ConfigError, Problem
-from tuner.spec import load_spec
+from tuner.spec import CompiledSpec, load_spec
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,15 +59,15 @@ def _print_summary(summary) -> None:
     else:
         print("best feasible: none (every trial failed, was pruned, or passed the KL limit)")
     if summary.ran:
-        print(f"controller overhead: wall {summary.wall_seconds:.1f} s vs ideal "
-              f"{summary.trial_compute_seconds / max(1, min(summary.concurrency, summary.ran)):.1f} s "
+        print(f"controller overhead: wall {summary.wall_seconds:.1f} s vs ideal {summary.ideal_seconds:.1f} s "
               f"(trial compute {summary.trial_compute_seconds:.1f} s / concurrency "
               f"{min(summary.concurrency, summary.ran)}) = {summary.overhead:.2f}x")
     print(f"sweep folder: {summary.sweep_dir}   MLflow parent run: {summary.parent_run_id}")
     print(f"next: tuner export {summary.name} --format yaml   |   tuner ui {summary.name}")
 
 
-def _start(spec) -> int:
+def _start(spec: CompiledSpec) -> int:
+    from tuner.cli._table import LiveTable, render_rows, row_of
     from tuner.sweep import preflight, run_sweep
 
     for warning in spec.warnings():
@@ -75,13 +75,17 @@ def _start(spec) -> int:
     preflight(spec)  # model, prompts and reward are checked before any trial is launched
     from ray.tune.error import TuneError
 
+    table = LiveTable(f"sweep {spec.name}")
     try:
-        summary = run_sweep(spec)
+        summary = run_sweep(spec, callbacks=[table])
     except TuneError as exc:  # Ray Tune itself failed; the study and MLflow keep what finished
         reason = str(exc).strip().splitlines()[-1][:300]
         print(f"error: the sweep stopped: {reason}; what finished is kept: continue with "
               f"tuner resume {spec.sweep_dir()}", file=sys.stderr)
         return 1
+    finally:
+        table.stop()
+    table.console.print(render_rows([row_of(t) for t in summary.trials], f"sweep {spec.name}: all trials"))
     _print_summary(summary)
     if summary.missing:
         print(f"sweep stopped with {summary.missing} of {spec.budget.trials} trials still to run; "
@@ -93,7 +97,7 @@ def _start(spec) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     if args.address:
-        spec = spec.model_copy(update={"ray": spec.ray.model_copy(update={"address": args.address, "num_cpus": None})})
+        spec = spec.with_ray_address(args.address)
     return _start(spec)
 
 
@@ -128,14 +132,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from tuner.cli._table import render_rows, row_of
     from tuner.sweep import find_sweep, load_study, trial_rows
-    from tuner.sweep._table import render_rows
 
     spec = find_sweep(args.sweep, args.workdir)
     study = load_study(spec)
-    rows = [{"number": r.number, "state": r.state, "iteration": r.iterations if r.iterations is not None else "-",
-             "score": r.value, "kl_max": r.kl_max, "stop": r.stop_reason,
-             "beta": r.params.get("kl_coef")} for r in trial_rows(study)]
+    rows = [row_of(r) for r in trial_rows(study)]
     Console(width=140).print(render_rows(rows, f"sweep {spec.name} ({len(rows)} of {spec.budget.trials} trials)"))
     return 0
 
@@ -144,6 +146,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from trials import PPOConfig
     from tuner.export import FORMATS, export_config
     from tuner.sweep import best_feasible, engine_config_of, find_sweep, load_study
+    from tuner.sweep._study import ATTR
 
     if args.format not in FORMATS:
         raise ConfigError([Problem("--format", args.format, "is not an export format", f"use one of {', '.join(FORMATS)}")])
@@ -154,7 +157,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ConfigError([Problem("SWEEP", spec.name, "has no completed trial within the KL limit",
                                    "run more trials (tuner resume) or widen the search space")])
     source = {"sweep": spec.name, "trial": best.number, "objective": best.values[0],
-              "kl_max": best.user_attrs.get("kl_max")}
+              "kl_max": best.user_attrs.get(ATTR["kl_max"])}
     text, warnings = export_config(PPOConfig.from_dict(engine_config_of(best)), args.format, source=source)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -184,7 +187,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
         sweeps = list_sweeps(args.workdir)
         if not sweeps:
             raise ConfigError([Problem("SWEEP", None, f"no sweeps under {args.workdir}/", "run one with 'tuner run SPEC'")])
-        spec = max(sweeps, key=lambda s: (s.sweep_dir() / "spec.yaml").stat().st_mtime)
+        spec = max(sweeps, key=lambda s: s.spec_file().stat().st_mtime)
     from mlflow.tracking import MlflowClient
 
     uri = spec.tracking_uri()

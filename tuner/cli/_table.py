@@ -1,0 +1,79 @@
+"""Trials in the terminal: the live table while a sweep runs, and the table of a study's trials."""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from trials import metrics as K
+from tuner.sweep import SweepCallback, TrialRow
+from tuner.trial import Outcome, TrialReport
+from tuner.trial._task import TrialTask
+
+__all__ = ["LiveTable", "render_rows", "row_of"]
+
+
+def _f(value: Any, fmt: str = ".3f") -> str:
+    return format(value, fmt) if isinstance(value, (int, float)) and math.isfinite(value) else "-"
+
+
+def row_of(t: TrialRow) -> dict[str, Any]:
+    """A study's trial as a table row."""
+    return {"number": t.number, "state": t.state, "iteration": t.iterations if t.iterations is not None else "-",
+            "score": t.value, "kl": t.kl_final, "kl_max": t.kl_max, "beta": t.beta, "stop": t.stop_reason}
+
+
+def render_rows(rows: list[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("trial", "state", "iter", "reward", "eval", "score", "KL", "KL max", "beta", "stop"):
+        table.add_column(column, justify="right" if column not in ("state", "stop") else "left")
+    for r in sorted(rows, key=lambda r: r["number"]):
+        table.add_row(str(r["number"]), r["state"], str(r.get("iteration", "-")), _f(r.get("reward")),
+                      _f(r.get("eval")), _f(r.get("score")), _f(r.get("kl"), ".2f"), _f(r.get("kl_max"), ".2f"),
+                      _f(r.get("beta"), ".3g"), r.get("stop", ""))
+    return table
+
+
+class LiveTable(SweepCallback):
+    """Trials' state, iteration, reward, KL and beta while the sweep runs (a redrawn table on a
+    terminal; one line per finished trial elsewhere)."""
+
+    def __init__(self, title: str, stream: Any = None):
+        self.title = title
+        self.console = Console(file=stream or sys.stderr)
+        self.rows: dict[int, dict[str, Any]] = {}  # trial number -> its row
+        self.live = Live(console=self.console, refresh_per_second=2, auto_refresh=False) if self.console.is_terminal else None
+
+    def _show(self, final_line: str | None = None) -> None:
+        if self.live is not None:
+            self.live.update(render_rows(list(self.rows.values()), self.title), refresh=True)
+        elif final_line:
+            self.console.print(final_line, highlight=False)
+
+    def trial_started(self, task: TrialTask) -> None:
+        if self.live is not None and not self.live.is_started:
+            self.live.start()
+        self.rows[task.number] = {"number": task.number, "state": "RUNNING", "beta": task.engine["kl_coef"]}
+        self._show()
+
+    def trial_reported(self, number: int, iteration: int, report: TrialReport) -> None:
+        row = self.rows.setdefault(number, {"number": number, "state": "RUNNING"})
+        m = report.metrics
+        row.update(iteration=iteration, reward=m.get(K.SCORES), kl=m.get(K.KL), kl_max=report.kl_max,
+                   beta=m.get(K.KL_COEF), score=report.objective, eval=m.get(K.EVAL_SCORES, row.get("eval")))
+        self._show()
+
+    def trial_ended(self, outcome: Outcome) -> None:
+        row = self.rows.setdefault(outcome.number, {"number": outcome.number})
+        row["state"], row["stop"] = outcome.state, outcome.stop_reason
+        self._show(f"trial {row['number']}: {row['state']:<10} iter {row.get('iteration', '-')}  "
+                   f"score {_f(row.get('score'))}  KL max {_f(row.get('kl_max'), '.2f')}  ({row['stop']})")
+
+    def stop(self) -> None:
+        if self.live is not None and self.live.is_started:
+            self.live.stop()

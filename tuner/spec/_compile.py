@@ -1,0 +1,165 @@
+"""Resolution: a checked spec becomes the one frozen object everything downstream takes.
+
+`CompiledSpec` holds the validated spec (its sections as written, URLs with their ${NAME}
+references), the search space as typed `Param`s, the engine base shared by every trial (as a
+`PPOConfig`), the resolved numbers (iterations, sampler seed, startup trials, directions) and the
+warnings found while checking. Samplers, the searcher, the trainable, export and `tuner validate`
+read it; none of them checks again. `trial_config` makes a trial's engine config from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from trials import PPOConfig, resolve_relative
+from tuner.spec import _values
+from tuner.spec._models import TRIAL_FIELDS, SweepSpec
+from tuner.spec._space import Param, fixed_value, iterations_of
+
+__all__ = ["SPEC_FILE", "CompiledSpec", "compile_spec", "trial_config"]
+
+SPEC_FILE = "spec.yaml"  # the resolved spec, kept in the sweep's folder for resume, status and export
+
+
+@dataclass(frozen=True)
+class CompiledSpec:
+    """A sweep spec, validated and resolved once. Its sections (`name`, `trial`, `objective`, `budget`,
+    `scheduler`, `sampler`, `resources`, `ray`, `mlflow`, `kl_limit`, `seed`, ...) read through to the
+    validated `spec`."""
+
+    spec: SweepSpec
+    space: Mapping[str, Param]
+    base: PPOConfig  # every engine field shared by the trials: trial section, seed, base, fixed values, iterations
+    notes: tuple[str, ...] = ()  # warnings found while checking
+    _derived: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in SweepSpec.model_fields:
+            return getattr(self.spec, name)
+        raise AttributeError(name)
+
+    # -- what the controller asks --------------------------------------------------------------
+    def warnings(self) -> list[str]:
+        """Values outside the guidance's documented ranges and other things worth a second look."""
+        return list(self.notes)
+
+    def iterations(self) -> int:
+        return self.base.num_iterations
+
+    def sweep_dir(self) -> Path:
+        return Path(self.spec.workdir) / self.spec.name
+
+    def spec_file(self) -> Path:
+        return self.sweep_dir() / SPEC_FILE
+
+    def storage_url(self, expand: bool = True) -> str:
+        """The study database URL; with `expand`, its ${NAME} references replaced from the environment."""
+        if self.spec.storage is not None:
+            return _values.expand_env(self.spec.storage, "storage") if expand else self.spec.storage
+        return f"sqlite:///{(self.sweep_dir() / 'study.db').resolve()}"
+
+    def tracking_uri(self, expand: bool = True) -> str:
+        """The MLflow tracking URI; with `expand`, its ${NAME} references replaced from the environment."""
+        uri = self.spec.mlflow.tracking_uri
+        if uri is not None:
+            return _values.expand_env(uri, "mlflow.tracking_uri") if expand else uri
+        return f"sqlite:///{(self.sweep_dir() / 'mlflow.db').resolve()}"
+
+    def env_references(self) -> list[str]:
+        """The environment variables that the storage and tracking URLs refer to (${NAME})."""
+        return _values.env_references(f"{self.spec.storage or ''} {self.spec.mlflow.tracking_uri or ''}")
+
+    def experiment_name(self) -> str:
+        return self.spec.mlflow.experiment or self.spec.name
+
+    def directions(self) -> list[str]:
+        """Optuna directions: the objective's, plus minimizing objective/kl for nsga2."""
+        return list(self._derived["directions"])
+
+    def sampler_seed(self) -> int:
+        return self._derived["sampler_seed"]
+
+    def n_startup_trials(self) -> int:
+        """Random trials first (nsga2: its population size), defaulting to half the budget, at most 10 (50)."""
+        return self._derived["n_startup_trials"]
+
+    def fixed(self, name: str) -> Any:
+        """An engine field's value where it is not searched."""
+        return fixed_value(name, self.space, self._derived["base_values"])
+
+    def with_ray_address(self, address: str) -> CompiledSpec:
+        """The same sweep, joining the Ray cluster at `address` (tuner run --address)."""
+        ray = self.spec.ray.model_copy(update={"address": address, "num_cpus": None})
+        return dataclasses.replace(self, spec=self.spec.model_copy(update={"ray": ray}))
+
+    def resolved(self) -> dict[str, Any]:
+        """The spec with every default filled in, as plain YAML-able data (URLs as written, ${NAME} kept)."""
+        data = self.spec.model_dump(mode="json")
+        data["base"] = dict(self._derived["base_values"])
+        data["search_space"] = {name: p.to_data() for name, p in self.space.items()}
+        data["budget"]["iterations"] = self.iterations()
+        data["sampler"].update(seed=self.sampler_seed(), n_startup_trials=self.n_startup_trials())
+        data["storage"] = self.storage_url(expand=False)
+        data["mlflow"] = {"tracking_uri": self.tracking_uri(expand=False), "experiment": self.experiment_name()}
+        return data
+
+
+def compile_spec(spec: SweepSpec, base_values: dict[str, Any], space: dict[str, Param], warnings: list[str],
+                 base_dir: Path | None = None) -> CompiledSpec:
+    """Resolve a checked spec. Relative trial paths that exist under `base_dir` become absolute."""
+    if base_dir is not None:
+        spec = _resolve_paths(spec, base_dir)
+    iterations = iterations_of(spec.budget.iterations, base_values)
+    engine = {**_trial_fields(spec), "seed": spec.seed, **base_values,
+              **{name: p.value for name, p in space.items() if not p.searched}, "num_iterations": iterations}
+    derived = {"directions": _directions(spec), "sampler_seed": _sampler_seed(spec),
+               "n_startup_trials": _n_startup_trials(spec), "base_values": MappingProxyType(dict(base_values))}
+    return CompiledSpec(spec=spec, space=MappingProxyType(dict(space)), base=PPOConfig(**engine),
+                        notes=tuple(warnings), _derived=MappingProxyType(derived))
+
+
+def trial_config(spec: CompiledSpec, params: Mapping[str, Any]) -> PPOConfig:
+    """The engine config of one trial: the compiled base with `params` in place (no validation again:
+    every sampled value lies in its checked range, and batch sizes were checked for every pair).
+
+    `params` may be sample_params' result or Optuna's own trial.params (num_mini_batches included).
+    """
+    values = dict(params)
+    count = values.pop("num_mini_batches", None)
+    if count is not None and "mini_batch_size" not in values:
+        rollout = values.get("rollout_batch_size", spec.base.rollout_batch_size)
+        values["mini_batch_size"] = rollout // count
+    return dataclasses.replace(spec.base, **values)
+
+
+def _trial_fields(spec: SweepSpec) -> dict[str, Any]:
+    return {engine: getattr(spec.trial, key) for engine, key in TRIAL_FIELDS.items()}
+
+
+def _resolve_paths(spec: SweepSpec, base_dir: Path) -> SweepSpec:
+    trial = spec.trial
+    updates = {key: resolve_relative(engine, getattr(trial, key), base_dir) for engine, key in TRIAL_FIELDS.items()}
+    return spec.model_copy(update={"trial": trial.model_copy(update=updates)})
+
+
+def _directions(spec: SweepSpec) -> tuple[str, ...]:
+    if spec.sampler.type == "nsga2":
+        return (spec.objective.direction, "minimize")
+    return (spec.objective.direction,)
+
+
+def _sampler_seed(spec: SweepSpec) -> int:
+    return spec.sampler.seed if spec.sampler.seed is not None else spec.seed
+
+
+def _n_startup_trials(spec: SweepSpec) -> int:
+    if spec.sampler.n_startup_trials is not None:
+        return spec.sampler.n_startup_trials
+    if spec.sampler.type == "nsga2":
+        return max(2, min(50, spec.budget.trials // 2))
+    return max(1, min(10, spec.budget.trials // 2))

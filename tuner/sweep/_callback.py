@@ -1,0 +1,25 @@
+"""What a running sweep tells those who watch it, as records.
+
+`run_sweep(spec, callbacks)` hands every `SweepCallback` the trial's task when it starts, each
+iteration's `TrialReport`, and the `Outcome` the searcher recorded when it ends.
+"""
+
+from __future__ import annotations
+
+from tuner.trial import Outcome, TrialReport
+from tuner.trial._task import TrialTask
+
+__all__ = ["SweepCallback"]
+
+
+class SweepCallback:
+    """Watches a sweep; override what you need. Called in the driver, in order, one at a time."""
+
+    def trial_started(self, task: TrialTask) -> None:
+        """A trial's first attempt started on a worker."""
+
+    def trial_reported(self, number: int, iteration: int, report: TrialReport) -> None:
+        """A trial reported an iteration (a `TrialReport`)."""
+
+    def trial_ended(self, outcome: Outcome) -> None:
+        """A trial ended, and the study holds its outcome."""

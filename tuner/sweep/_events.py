@@ -1,0 +1,64 @@
+"""The one Ray Tune callback of a sweep: Ray's events become records (`TrialTask`, `TrialReport`,
+`Outcome`) for the MLflow logger and every `SweepCallback`. Callbacks never see Ray's trial objects
+or the searcher's state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ray.tune import Callback
+
+from tuner.sweep._callback import SweepCallback
+from tuner.trial import ITERATION, Outcome, TrialFailure, read_result
+from tuner.trial._task import TrialTask
+
+__all__ = ["RayEvents"]
+
+
+class RayEvents(Callback):
+    """Ray Tune's callback events, as records: the searcher's outcomes and the trial logger's runs are
+    brought together here, then every SweepCallback is told."""
+
+    def __getstate__(self) -> dict:
+        return {}  # Ray pickles callbacks into its experiment state; these hold live handles
+
+    def __init__(self, searcher: Any, logger: Any, callbacks: Sequence[SweepCallback] = ()):
+        self.searcher, self.logger, self.callbacks = searcher, logger, list(callbacks)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        task = TrialTask.from_config(trial.config)
+        run_id = self.logger.open_run(task)  # a retry of the same trial keeps its run
+        self.searcher.annotate(trial.trial_id, "mlflow_run", run_id)
+        for callback in self.callbacks:
+            callback.trial_started(task)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.logger.trial_retried(trial.config["number"], self.searcher.on_retry(trial.trial_id))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        number = trial.config["number"]
+        record = read_result(result)
+        if isinstance(record, TrialFailure):  # an attempt failed: keep its error, whether or not it is retried
+            self.logger.attempt_failed(number, self.searcher.attempt_errors(trial.trial_id) or [record.error])
+            return
+        step = int(result.get(ITERATION, 0))
+        self.logger.trial_reported(number, step, record)
+        for callback in self.callbacks:
+            callback.trial_reported(number, step, record)
+
+    def _end(self, trial: Any, fallback: str) -> None:
+        outcome = self.searcher.outcome(trial.trial_id) or Outcome(
+            number=trial.config["number"], state=fallback, stop_reason=fallback.lower(), value=None)
+        self.logger.trial_ended(outcome)
+        for callback in self.callbacks:
+            callback.trial_ended(outcome)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._end(trial, "COMPLETE")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._end(trial, "FAIL")
+
+

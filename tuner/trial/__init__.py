@@ -1,0 +1,25 @@
+"""One trial, as the controller sees it: what a trial reports (`TrialReport`, `TrialFailure`, the
+keys of the result dict), how it is scored (`Scorer`, `scheduler_score`), and what the controller
+recorded when it ended (`Outcome`). `tuner.trial._trainable.run_trial` is the Ray Tune function that
+runs the engine under the KL limit and reports these records.
+"""
+
+from __future__ import annotations
+
+from tuner.trial._result import (
+    ERROR,
+    ITERATION,
+    KL_MAX,
+    OBJECTIVE,
+    SCHEDULER_SCORE,
+    STATES,
+    Outcome,
+    StopReason,
+    TrialFailure,
+    TrialReport,
+    read_result,
+)
+from tuner.trial._scoring import WORST, Scorer, scheduler_score, worst
+
+__all__ = ["ERROR", "ITERATION", "KL_MAX", "OBJECTIVE", "SCHEDULER_SCORE", "STATES", "WORST", "Outcome", "Scorer",
+           "StopReason", "TrialFailure", "TrialReport", "read_result", "scheduler_score", "worst"]

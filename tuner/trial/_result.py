@@ -1,0 +1,126 @@
+"""The one vocabulary of what a trial tells the controller, besides the engine's metrics
+(`trials.metrics`): the keys of the result dict a trial reports, the records that produce and read it,
+and the record of what the controller decided about a finished trial.
+
+A trial reports a `TrialReport` after every iteration and a `TrialFailure` if it raised; both turn
+into the flat dict Ray Tune carries (`to_result`) and back (`read_result`). Every reader (the
+searcher, the MLflow logger, the table, the benchmark replay) goes through these names.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from trials import metrics as K
+
+__all__ = ["ERROR", "ITERATION", "KL_MAX", "OBJECTIVE", "SCHEDULER_SCORE", "STATES", "Outcome", "StopReason",
+           "TrialFailure", "TrialReport", "read_result"]
+
+# keys of the result dict, besides the engine's metric names
+OBJECTIVE = "objective"  # the trial's running score: what the study records as its value
+SCHEDULER_SCORE = "scheduler_score"  # what ASHA ranks: the score, or the worst value past the KL limit
+KL_MAX = "kl_max"  # the largest objective/kl so far (nats, summed over the response)
+STOP_REASON = "stop_reason"  # on the last report only: why the trial ended
+START_SECONDS = "perf/trial_start_seconds"  # loading and the initial evaluation, before iteration 1
+WARM_START = "perf/warm_start"  # 1.0 when the worker had the checkpoints cached
+PID = "pid"  # the process running this attempt
+ERROR = "error"  # a failed attempt: "Type: message"
+RETRYABLE = "retryable"  # 1.0 when running the attempt again may succeed
+TRACEBACK = "traceback"
+ITERATION = "training_iteration"  # Ray Tune's count of reports: the engine's iteration
+
+# the outcomes a trial can have, as the study, the table and MLflow name them
+STATES = ("COMPLETE", "INFEASIBLE", "PRUNED", "FAIL", "RUNNING", "WAITING", "DUPLICATE")
+
+
+class StopReason:
+    """Why a trial ended (the study's stop_reason attribute; failures read 'failed: <error>')."""
+
+    COMPLETED = "completed"
+    KL_LIMIT = "kl_limit"
+    PRUNED = "pruned"
+    INTERRUPTED = "interrupted"
+
+    @staticmethod
+    def failed(error: str) -> str:
+        return f"failed: {error.splitlines()[0][:200] if error else ''}"
+
+
+@dataclass(frozen=True)
+class TrialReport:
+    """One iteration's report: the engine's metrics and the controller's numbers for them."""
+
+    metrics: dict[str, float]
+    objective: float
+    scheduler_score: float
+    kl_max: float
+    stop_reason: str | None = None  # set on the trial's last report
+    start_seconds: float = math.nan
+    warm_start: bool = False
+    pid: int = 0
+
+    def to_result(self) -> dict[str, Any]:
+        out: dict[str, Any] = {**self.metrics, OBJECTIVE: self.objective, SCHEDULER_SCORE: self.scheduler_score,
+                               KL_MAX: self.kl_max, START_SECONDS: self.start_seconds,
+                               WARM_START: float(self.warm_start), PID: self.pid}
+        if self.stop_reason is not None:
+            out[STOP_REASON] = self.stop_reason
+        return out
+
+    @property
+    def kl(self) -> float:
+        return self.metrics.get(K.KL, math.nan)
+
+    @property
+    def seconds(self) -> float:
+        return self.metrics.get(K.ITERATION_SECONDS, 0.0)
+
+
+@dataclass(frozen=True)
+class TrialFailure:
+    """An attempt that raised."""
+
+    error: str
+    retryable: bool
+    traceback: str = ""
+    scheduler_score: float = math.nan
+    kl_max: float | None = None
+    pid: int = 0
+
+    def to_result(self) -> dict[str, Any]:
+        return {ERROR: self.error, RETRYABLE: float(self.retryable), TRACEBACK: self.traceback,
+                OBJECTIVE: math.nan, SCHEDULER_SCORE: self.scheduler_score, PID: self.pid, KL_MAX: self.kl_max}
+
+
+def read_result(result: dict[str, Any]) -> TrialReport | TrialFailure:
+    """The record a result dict was made from (Ray adds keys of its own; they are ignored)."""
+    if ERROR in result:
+        return TrialFailure(error=str(result[ERROR]), retryable=bool(result.get(RETRYABLE)),
+                            traceback=str(result.get(TRACEBACK, "")),
+                            scheduler_score=float(result.get(SCHEDULER_SCORE, math.nan)),
+                            kl_max=result.get(KL_MAX), pid=int(result.get(PID, 0) or 0))
+    metrics = {k: float(result[k]) for k in K.ALL if isinstance(result.get(k), (int, float))}
+    return TrialReport(metrics=metrics, objective=float(result.get(OBJECTIVE, math.nan)),
+                       scheduler_score=float(result.get(SCHEDULER_SCORE, math.nan)),
+                       kl_max=float(result.get(KL_MAX, math.nan)), stop_reason=result.get(STOP_REASON),
+                       start_seconds=float(result.get(START_SECONDS, math.nan)),
+                       warm_start=bool(result.get(WARM_START)), pid=int(result.get(PID, 0) or 0))
+
+
+@dataclass
+class Outcome:
+    """What the controller recorded about a finished trial, with its timings."""
+
+    number: int
+    state: str  # one of STATES
+    stop_reason: str
+    value: float | None
+    error: str = ""
+    iterations: int = 0
+    kl_max: float | None = None
+    kl_final: float | None = None
+    compute_seconds: float = 0.0  # the trial's start plus the sum of its iterations' seconds
+    wall_seconds: float = 0.0  # from its suggestion to its end
+    params: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,47 @@
+"""A trial's score and the scheduler's score: pure functions of what the trial reported.
+
+The KL limit's rule itself lives in the engine (`trials.KLLimit`, `trials.passes_kl_limit`); here is
+what the controller makes of it: a trial past the limit scores the worst possible value for the
+scheduler, so that a run that drifted (and often scores high) never raises ASHA's bar for the others.
+"""
+
+from __future__ import annotations
+
+import math
+
+from trials import metrics as K
+
+__all__ = ["WORST", "Scorer", "scheduler_score", "worst"]
+
+WORST = 1e30  # magnitude of the worst possible scheduler score
+
+
+def worst(direction: str) -> float:
+    """The worst possible value in `direction` ('maximize' or 'minimize')."""
+    return -WORST if direction == "maximize" else WORST
+
+
+def scheduler_score(score: float, over_limit: bool, direction: str) -> float:
+    """What the scheduler ranks: the score, or the worst value once past the KL limit or without a score."""
+    return worst(direction) if over_limit or not math.isfinite(score) else score
+
+
+class Scorer:
+    """The trial's score from its evaluations: the final one, the best one, or the mean of the last k."""
+
+    def __init__(self, metric: str, direction: str, score: str, last_k: int, initial: float):
+        self.metric, self.score, self.last_k = metric, score, last_k
+        self.better = max if direction == "maximize" else min
+        self.values: list[float] = [initial] if metric == K.EVAL_SCORES else []
+
+    def update(self, metrics: dict[str, float]) -> float:
+        if self.metric in metrics and math.isfinite(metrics[self.metric]):
+            self.values.append(metrics[self.metric])
+        if not self.values:
+            return math.nan
+        if self.score == "best":
+            return self.better(self.values)
+        if self.score == "mean_last":
+            tail = self.values[-self.last_k:]
+            return sum(tail) / len(tail)
+        return self.values[-1]

@@ -1,0 +1,26 @@
+"""What the controller hands one trial: its number, its engine config, its searched values, the KL
+limit and the objective. It travels as Ray Tune's config dict (`to_config` / `from_config`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["TrialTask"]
+
+
+@dataclass(frozen=True)
+class TrialTask:
+    number: int  # the Optuna trial's number
+    engine: dict[str, Any]  # the full engine config (PPOConfig.to_dict())
+    params: dict[str, Any]  # the searched values, as sampled
+    kl_limit: float  # nats, summed over the response
+    objective: dict[str, Any]  # the spec's objective section: metric, direction, score, last_k
+    sys_path: list[str] = field(default_factory=list)  # where the driver finds user modules (rewards)
+
+    def to_config(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> TrialTask:
+        return cls(**{k: config[k] for k in cls.__dataclass_fields__ if k in config})
