@@ -74,10 +74,11 @@ def instrument() -> None:
 
     import tuner.sweep as sweep
     from trials import metrics as K
-    from tuner.sweep import _run, _searcher, _table, _tracking
+    from tuner.cli import _table
+    from tuner.sweep import _events, _run, _searcher, _tracking
 
     sweep.preflight = _step("preflight", sweep.preflight)
-    _run.load_study = _step("setup: Optuna study (SQLite)", _run.load_study)
+    _run.open_study = _step("setup: Optuna study (SQLite)", _run.open_study)
     _run.remaining_trials = _step("setup: Optuna study (SQLite)", _run.remaining_trials)
     _tracking.SweepTracker.__init__ = _step("setup: MLflow store and parent run", _tracking.SweepTracker.__init__)
     ray.tune.Tuner.__init__ = _step("setup: Ray Tune Tuner", ray.tune.Tuner.__init__)
@@ -85,27 +86,27 @@ def instrument() -> None:
     _run._ray_init = _step("ray_init", _run._ray_init)
     _run._summarise = _step("summary", _run._summarise)
     ray.tune.Tuner.fit = _step("fit", ray.tune.Tuner.fit)
-    for cls, names in ((_tracking.TrialLogger, ("on_trial_start", "on_trial_result", "on_trial_complete")),
+    for cls, names in ((_events.RayEvents, ("on_trial_start", "on_trial_result", "on_trial_complete")),
                        (_searcher.StudySearcher, ("suggest", "on_trial_result", "on_trial_complete"))):
         for name in names:
             setattr(cls, name, _callback(getattr(cls, name)))
 
     class TimedTable(_table.LiveTable):
-        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            CLOCK.trials.setdefault(trial.trial_id, {"start": time.perf_counter(), "results": []})
-            super().on_trial_start(iteration, trials, trial, **info)
+        def trial_started(self, task: Any) -> None:
+            CLOCK.trials.setdefault(task.number, {"start": time.perf_counter(), "results": []})
+            super().trial_started(task)
 
-        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-            rec = CLOCK.trials[trial.trial_id]
-            rec["results"].append((time.perf_counter(), result.get(K.ITERATION_SECONDS, 0.0)))
-            rec["trial_start_seconds"] = result.get("perf/trial_start_seconds")
-            rec["warm"] = result.get("perf/warm_start")
-            rec["pid"] = result.get("pid")
-            super().on_trial_result(iteration, trials, trial, result, **info)
+        def trial_reported(self, number: int, iteration: int, report: Any) -> None:
+            rec = CLOCK.trials[number]
+            rec["results"].append((time.perf_counter(), report.metrics.get(K.ITERATION_SECONDS, 0.0)))
+            rec["trial_start_seconds"] = report.start_seconds
+            rec["warm"] = float(report.warm_start)
+            rec["pid"] = report.pid
+            super().trial_reported(number, iteration, report)
 
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            CLOCK.trials[trial.trial_id]["end"] = time.perf_counter()
-            super().on_trial_complete(iteration, trials, trial, **info)
+        def trial_ended(self, outcome: Any) -> None:
+            CLOCK.trials[outcome.number]["end"] = time.perf_counter()
+            super().trial_ended(outcome)
 
     _table.LiveTable = TimedTable
 

@@ -34,7 +34,29 @@ def _validate(args: argparse.Namespace) -> int:
     for line in spec.warnings():
         sys.stderr.write(f"warning: {line}\n")
     sys.stdout.write(yaml.safe_dump(spec.resolved(), sort_keys=False, default_flow_style=False, width=100))
+    sys.stderr.write(_memory_line(spec) + "\n")
     return 0
+
+
+def _memory_line(spec) -> str:
+    """The memory model's prediction of a trial's peak at the extremes of the space, against the budget."""
+    from tuner.trial._memory import MemoryCheck, extreme_configs
+
+    res = spec.resources
+    check = MemoryCheck(res.trial_memory_gb or 0.0, res.gpus_per_trial)
+    try:
+        predicted = sorted(((check.predict_gb(c), c) for c in [spec.base, *extreme_configs(spec)]), key=lambda p: p[0])
+    except TunerError as exc:
+        return f"memory: not predicted here ({exc.lines()[0]})"
+    (low, _), (high, largest) = predicted[0], predicted[-1]
+    where = "GPU" if check.device == "cuda" else "CPU"
+    text = (f"memory: a trial's predicted peak on a {where} is {low:.2f}-{high:.2f} GiB over the space's extremes "
+            f"(largest: rollout {largest.rollout_batch_size}, mini-batch {largest.mini_batch_size}, response "
+            f"{largest.response_length} tokens, lora_rank {largest.lora_rank})")
+    if res.trial_memory_gb:
+        over = sum(p > res.trial_memory_gb for p, _ in predicted[1:])
+        text += f"; {over} of {len(predicted) - 1} extreme configs exceed resources.trial_memory_gb {res.trial_memory_gb:g}"
+    return text
 
 
 def _schema(args: argparse.Namespace) -> int:

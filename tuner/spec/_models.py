@@ -157,6 +157,11 @@ class Resources(_Section):
     cpus_per_trial: float = Field(1.0, gt=0, description="CPUs reserved per trial")
     gpus_per_trial: float = Field(0.0, ge=0, description="GPUs reserved per trial (fractions share a GPU)")
     max_concurrent: int = Field(2, ge=1, description="trials running at once")
+    trial_memory_gb: float | None = Field(
+        None, gt=0, description="memory one trial may use, in GiB: on GPU trials its GPU's (the card's size times "
+                                "gpus_per_trial where trials share a card), else the process's RAM. A sampled config "
+                                "whose predicted peak exceeds it is recorded infeasible (constraint 'memory') without "
+                                "being launched, and so is one that runs out of memory after its retries. Empty: no check")
 
 
 class Ray(_Section):

@@ -101,7 +101,7 @@ def load_study(spec: CompiledSpec, create: bool = False) -> optuna.Study:
 def _counts(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether a trial counts toward the budget: it ended, and not because its controller stopped."""
     alive = trial.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
-    copy = ATTR["duplicate"] in trial.user_attrs  # told an earlier trial's outcome, never run
+    copy = ATTR["duplicate"] in trial.user_attrs or ATTR["unlaunched"] in trial.user_attrs  # never run
     return not alive and not copy and trial.user_attrs.get(ATTR["stop"]) != StopReason.INTERRUPTED
 
 

@@ -9,13 +9,18 @@ with its last value. Here, in the driver (the only process that writes the study
 - a trial that raised: FAIL, with its error;
 - a sampled config that a finished trial already ran (discrete spaces; see `ask_trial`):
   that trial's outcome, at once, with user attribute duplicate_of; it is not run and does not
-  count toward budget.trials.
+  count toward budget.trials;
+- where resources.trial_memory_gb is set, every trial gets the constraint memory = predicted peak
+  minus that budget (GiB); a sampled config predicted not to fit is PRUNED with it (infeasible, so
+  the samplers learn), never launched and not counted toward budget.trials; a trial that ran out of
+  memory after its retries is recorded the same way.
 Each finished trial becomes an `Outcome` record, with its timings, which `outcome()` hands out.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -26,14 +31,18 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from trials import PPOConfig
 from tuner.spec import CompiledSpec, sample_params, trial_config
 from tuner.sweep._study import ATTR, ran_configs, tell_duplicate
 from tuner.trial import OBJECTIVE, Outcome, StopReason, TrialFailure, TrialReport, read_result
+from tuner.trial._memory import MemoryCheck
 from tuner.trial._task import TrialTask
 
 __all__ = ["StudySearcher", "ask_trial"]
 
 DUPLICATE_TRIES = 25  # samples asked for one slot before a repeated config is run anyway (a space nearly used up)
+OUT_OF_MEMORY = "OutOfMemoryError"  # the error of a trial that ran out of memory (torch.OutOfMemoryError)
+log = logging.getLogger(__name__)
 
 
 def ask_trial(study: optuna.Study, spec: CompiledSpec, multi: bool = False) -> tuple[optuna.trial.Trial, dict[str, Any], dict[str, Any]]:
@@ -77,6 +86,8 @@ class StudySearcher(Searcher):
         self._live: dict[str, _Live] = {}  # ray trial id -> a trial not yet recorded
         self._outcomes: dict[str, Outcome] = {}  # ray trial id -> what was recorded
         self.multi = len(spec.directions()) > 1
+        budget = spec.resources.trial_memory_gb
+        self.memory = MemoryCheck(budget, spec.resources.gpus_per_trial) if budget else None
 
     # -- what the sweep's callbacks may ask ------------------------------------------------------
     def outcome(self, trial_id: str) -> Outcome | None:
@@ -110,13 +121,39 @@ class StudySearcher(Searcher):
         return True
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        trial, params, engine = ask_trial(self.study, self.spec, self.multi)
+        for _ in range(DUPLICATE_TRIES):
+            trial, params, engine = ask_trial(self.study, self.spec, self.multi)
+            if self._fits(trial, engine):
+                break
+        else:
+            log.warning("sweep %s: %d sampled configs in a row were predicted not to fit in %g GiB; no more trials "
+                        "are launched (lower the batch sizes or lengths searched, or raise resources.trial_memory_gb)",
+                        self.spec.name, DUPLICATE_TRIES, self.spec.resources.trial_memory_gb)
+            return Searcher.FINISHED
         trial.set_user_attr(ATTR["ray_trial"], trial_id)
         task = TrialTask(number=trial.number, engine=engine, params=params, kl_limit=self.spec.kl_limit,
                          objective=self.spec.objective.model_dump(),
                          sys_path=[p for p in [os.getcwd(), *sys.path] if p])
         self._live[trial_id] = _Live(trial, task)
         return task.to_config()
+
+    def _fits(self, trial: optuna.trial.Trial, engine: dict[str, Any]) -> bool:
+        """Check a sampled config against the memory budget; one predicted not to fit is recorded
+        infeasible (PRUNED, constraint memory > 0) and never launched."""
+        if self.memory is None:
+            return True
+        predicted = self.memory.predict_gb(PPOConfig(**engine))
+        over = predicted - self.memory.budget_gb
+        trial.set_user_attr(ATTR["memory"], predicted)
+        if over <= 0:
+            return True
+        reason = f"memory: predicted {predicted:.2f} GiB > {self.memory.budget_gb:g} GiB"
+        trial.set_user_attr(ATTR["unlaunched"], reason)
+        trial.set_user_attr(ATTR["stop"], reason)
+        trial.set_constraint("kl", 0.0)  # never ran: no KL; GP wants the same constraint names on every trial
+        trial.set_constraint("memory", over)
+        self.study.tell(trial, state=TrialState.PRUNED)
+        return False
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         live = self._live.get(trial_id)
@@ -150,12 +187,25 @@ class StudySearcher(Searcher):
         kl_max = last.kl_max if last is not None else None
         kl_final = last.kl if isinstance(last, TrialReport) else kl_max
         trial.set_user_attr(ATTR["iterations"], iterations)
-        if kl_max is not None and not (isinstance(kl_max, float) and math.isnan(kl_max)):
+        ran = kl_max is not None and not (isinstance(kl_max, float) and math.isnan(kl_max))
+        if ran:
             trial.set_user_attr(ATTR["kl_max"], float(kl_max))
             trial.set_user_attr(ATTR["kl_final"], float(kl_final if kl_final is not None and not math.isnan(kl_final) else kl_max))
             trial.set_constraint("kl", float(kl_max) - self.spec.kl_limit if math.isfinite(kl_max) else math.inf)
         common = {"number": trial.number, "iterations": iterations, "kl_max": kl_max,
                   "kl_final": trial.user_attrs.get(ATTR["kl_final"])}
+        out_of_memory = isinstance(last, TrialFailure) and last.error.startswith(OUT_OF_MEMORY)
+        if out_of_memory:  # after its retries: infeasible for memory, as a config predicted not to fit
+            if not ran:
+                trial.set_constraint("kl", 0.0)
+            trial.set_constraint("memory", max(trial.user_attrs.get(ATTR["memory"], 0.0) - (self.memory.budget_gb if self.memory else 0.0), 0.0) + 1.0)
+            reason = f"memory: {last.error.splitlines()[0][:200]}"
+            trial.set_user_attr(ATTR["error"], last.error[:2000])
+            trial.set_user_attr(ATTR["stop"], reason)
+            self.study.tell(trial, state=TrialState.PRUNED)
+            return Outcome(state="INFEASIBLE", stop_reason=reason, value=None, error=last.error, **common)
+        if self.memory is not None and ATTR["memory"] in trial.user_attrs:
+            trial.set_constraint("memory", trial.user_attrs[ATTR["memory"]] - self.memory.budget_gb)
         if error or isinstance(last, TrialFailure):
             message = last.error if isinstance(last, TrialFailure) else "the trial's process died"
             trial.set_user_attr(ATTR["error"], message[:2000])

@@ -38,6 +38,8 @@ ATTR = {
     "retries": "retries",
     "pid": "pid",  # the process running the trial's current attempt
     "duplicate": "duplicate_of",  # the number of the trial whose engine config this one repeated (not run)
+    "memory": "predicted_memory_gb",  # the memory model's prediction of the trial's peak (GiB), where checked
+    "unlaunched": "not_launched",  # why a sampled config was recorded without running (predicted not to fit)
 }
 PARENT_ATTR = "mlflow_parent_run_id"  # study user attribute: the sweep's MLflow parent run
 
@@ -135,12 +137,12 @@ def is_feasible(trial: FrozenTrial) -> bool:
 
 
 def state_of(trial: FrozenTrial) -> str:
-    """COMPLETE, INFEASIBLE (complete, but passed the KL limit), PRUNED, FAIL, RUNNING, WAITING, or
+    """COMPLETE, INFEASIBLE (passed the KL limit, or did not fit in memory), PRUNED, FAIL, RUNNING, WAITING, or
     DUPLICATE (a sampled config that an earlier trial ran: told that trial's outcome, not run)."""
     if ATTR["duplicate"] in trial.user_attrs:
         return "DUPLICATE"
-    if trial.state == TrialState.COMPLETE and not is_feasible(trial):
-        return "INFEASIBLE"
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) and not is_feasible(trial):
+        return "INFEASIBLE"  # past the KL limit, or (pruned) predicted not to fit or out of memory
     return trial.state.name
 
 

@@ -25,7 +25,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 from trials import metrics as K
-from tuner.spec import CompiledSpec
+from tuner.spec import SPEC_FILE, CompiledSpec
 from tuner.sweep._callback import SweepCallback
 from tuner.sweep._study import ATTR, PARENT_ATTR, redact, schema_init_lock
 from tuner.trial import KL_MAX, OBJECTIVE, Outcome, StopReason, TrialReport
@@ -88,7 +88,7 @@ class SweepTracker:
         settings["mlflow.tracking_uri"] = redact(self.spec.tracking_uri())
         params = [Param(k, redact(v) or "") for k, v in sorted(settings.items())][:100]
         self.client.log_batch(run.info.run_id, params=params)
-        self.log_text(run.info.run_id, _spec_yaml(self.spec), "spec.yaml")
+        self.log_text(run.info.run_id, _spec_yaml(self.spec), SPEC_FILE)
         return run.info.run_id
 
     def log_text(self, run_id: str, text: str, name: str) -> None:
@@ -222,7 +222,8 @@ class TrialLogger(SweepCallback):
     def reconcile(self, study: optuna.Study) -> dict[str, int]:
         """Make MLflow agree with the study after a controller died: runs left RUNNING become KILLED,
         and a trial that has no run (it was suggested but never started) gets a KILLED one, so that
-        there is exactly one child run per Optuna trial that ran or was meant to (a DUPLICATE never runs)."""
+        there is exactly one child run per Optuna trial that ran or was meant to (a DUPLICATE, or a config
+        predicted not to fit in memory, never runs)."""
         by_number: dict[str, list[Any]] = {}
         for run in self.tracker.child_runs():
             by_number.setdefault(run.data.tags.get(TAG["number"], ""), []).append(run)
@@ -234,7 +235,8 @@ class TrialLogger(SweepCallback):
                     self.client.set_tag(run.info.run_id, TAG["state"], "KILLED")
                     self.client.set_terminated(run.info.run_id, status=RunStatus.to_string(RunStatus.KILLED))
                     killed += 1
-            if not runs and trial.state.is_finished() and ATTR["duplicate"] not in trial.user_attrs:
+            never_ran = ATTR["duplicate"] in trial.user_attrs or ATTR["unlaunched"] in trial.user_attrs
+            if not runs and trial.state.is_finished() and not never_ran:
                 engine = json.loads(trial.user_attrs.get(ATTR["engine"], "{}"))
                 run_id = self._create_run(trial.number, dict(trial.params), engine)
                 self._kill(run_id, trial.state.name, trial.user_attrs.get(ATTR["stop"], StopReason.INTERRUPTED))

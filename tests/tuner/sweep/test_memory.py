@@ -1,0 +1,82 @@
+"""Memory as a constraint of the search: configs predicted not to fit are recorded infeasible without
+being launched; `tuner validate` shows the prediction at the space's extremes."""
+
+from __future__ import annotations
+
+import optuna
+from mlflow.tracking import MlflowClient
+
+from tests.sweep_helpers import tuner, write_spec
+from trials import PPOConfig
+from tuner.spec import load_spec, parse_spec
+from tuner.sweep import load_study, trial_rows
+from tuner.sweep._study import ATTR
+from tuner.trial._memory import MemoryCheck, extreme_configs
+
+SPACE = {"rollout_batch_size": {"choices": [16, 512]}, "response_length": {"choices": [8, 96]}}
+
+
+def test_the_prediction_grows_with_the_batch_and_the_length(demo_model):
+    check = MemoryCheck(1.0, gpus_per_trial=0)
+    small = PPOConfig(model_path=str(demo_model), rollout_batch_size=16, mini_batch_size=8, response_length=8)
+    big_batch = PPOConfig(model_path=str(demo_model), rollout_batch_size=512, mini_batch_size=64, response_length=8)
+    long = PPOConfig(model_path=str(demo_model), rollout_batch_size=16, mini_batch_size=8, response_length=96)
+    assert check.predict_gb(small) < check.predict_gb(big_batch) and check.predict_gb(small) < check.predict_gb(long)
+    assert check.violation(small) == check.predict_gb(small) - 1.0
+
+
+def test_the_extremes_of_a_space_are_its_ends_and_choices():
+    spec = parse_spec({"name": "m", "base": {"mini_batch_size": 8}, "search_space": {
+        **SPACE, "policy_lr": {"low": 1e-6, "high": 5e-5, "log": True}}})
+    configs = list(extreme_configs(spec))
+    assert {(c.rollout_batch_size, c.response_length) for c in configs} == {(16, 8), (16, 96), (512, 8), (512, 96)}
+
+
+def _budget_between(demo_model, fitting: int) -> float:
+    """A budget that the `fitting` smallest configs of SPACE fit and the others do not."""
+    spec = parse_spec({"name": "b", "trial": {"model": str(demo_model)}, "base": {"mini_batch_size": 16},
+                       "search_space": SPACE})
+    check = MemoryCheck(1.0, gpus_per_trial=0)
+    peaks = sorted(check.predict_gb(c) for c in extreme_configs(spec))
+    assert len(peaks) == 4 and peaks[fitting - 1] < peaks[fitting]
+    return (peaks[fitting - 1] + peaks[fitting]) / 2
+
+
+def test_configs_predicted_not_to_fit_are_infeasible_and_never_launched(tmp_path, demo_model):
+    budget = _budget_between(demo_model, fitting=1)  # only rollout 16 with 8-token responses fits
+    path = write_spec(tmp_path, "mem", base={"mini_batch_size": 16}, sampler={"type": "random", "seed": 0},
+                      search_space=SPACE, budget={"trials": 2, "iterations": 2}, scheduler={"type": "none"},
+                      resources={"trial_memory_gb": budget, "max_concurrent": 1})
+    proc = tuner("run", path, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    spec = load_spec(path)
+    study = load_study(spec)
+    frozen = {t.number: t for t in study.trials}
+    unlaunched = [t for t in study.trials if ATTR["unlaunched"] in t.user_attrs]
+    launched = [t for t in study.trials if ATTR["unlaunched"] not in t.user_attrs and ATTR["duplicate"] not in t.user_attrs]
+    assert len(launched) == 2  # the budget counts launched trials only
+    assert unlaunched, [(t.number, t.params, t.user_attrs.get(ATTR["memory"])) for t in study.trials]
+    for t in unlaunched:
+        assert t.state == optuna.trial.TrialState.PRUNED and t.constraints["memory"] > 0
+        assert t.user_attrs[ATTR["memory"]] > budget and "predicted" in t.user_attrs[ATTR["stop"]]
+    for t in launched:
+        assert t.constraints["memory"] <= 0 and t.user_attrs[ATTR["memory"]] <= budget
+        assert (t.params["rollout_batch_size"], t.params["response_length"]) == (16, 8)
+    states = {r.number: r.state for r in trial_rows(study)}
+    assert all(states[t.number] == "INFEASIBLE" for t in unlaunched)
+    client = MlflowClient(spec.tracking_uri())
+    runs = client.search_runs([client.get_experiment_by_name(spec.name).experiment_id],
+                              "tags.ppo_tuner.kind = 'trial'")
+    assert sorted(int(r.data.tags["ppo_tuner.trial_number"]) for r in runs) == sorted(t.number for t in launched)
+    assert all(frozen[n].state != optuna.trial.TrialState.FAIL for n in frozen)
+
+
+def test_validate_shows_the_prediction_at_the_extremes(tmp_path, demo_model):
+    budget = _budget_between(demo_model, fitting=2)
+    path = write_spec(tmp_path, "val", base={"mini_batch_size": 16}, search_space=SPACE,
+                      resources={"trial_memory_gb": budget})
+    proc = tuner("validate", path, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stderr.splitlines() if x.startswith("memory:"))
+    assert "predicted peak on a CPU" in line and "rollout 512" in line and "response 96" in line
+    assert "exceed resources.trial_memory_gb" in line and not line.split(";")[1].strip().startswith("0 of")
