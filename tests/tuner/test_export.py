@@ -209,6 +209,21 @@ def test_trl_values():
     assert kwargs["response_length"] == 64 and kwargs["temperature"] == 0.9 and kwargs["stop_token"] == "eos"
 
 
+REWARD_MODEL_NAMES = {"openrlhf": "--reward.model_name_or_path", "verl": "reward.reward_model.model_path",
+                      "trl": "reward_model_path"}
+
+
+@pytest.mark.parametrize("fmt", REWARD_MODEL_NAMES)
+def test_a_reward_model_folder_is_exported_as_a_reward_model(fmt, tmp_path):
+    missing = "/no/such/reward-model"  # a folder of the machine that will run the export, not of this one
+    folder = tmp_path / "rm:score"  # an existing folder wins over the 'module:function' reading
+    folder.mkdir()
+    for reward in (missing, str(folder)):
+        text, warnings = export_config(dataclasses.replace(TUNED, reward=reward), fmt)
+        assert reward in str(settings(fmt, text)[REWARD_MODEL_NAMES[fmt]])  # as it is, or Hydra-quoted
+        assert not [w for w in warnings if w.startswith("reward = ")]
+
+
 def test_values_with_spaces_and_quotes_survive_the_shell_and_python():
     config = dataclasses.replace(TUNED, model_path="/models/my 'odd' model", reward="/models/r m")
     assert openrlhf_flags(export_config(config, "openrlhf")[0])["--actor.model_name_or_path"] == [config.model_path]

@@ -8,7 +8,6 @@ for the caller). Renderers then turn it into a bash array, Hydra overrides or Py
 from __future__ import annotations
 
 import math
-import os
 import re
 import shlex
 from collections.abc import Iterable
@@ -20,9 +19,6 @@ from trials import PPOConfig
 # Run plumbing of ppo-tuner, not hyperparameters: exports list them in one "not applicable" comment.
 NOT_APPLICABLE = ("device", "precision", "num_threads", "output_dir", "eval_prompts", "num_eval_prompts",
                   "eval_interval")
-
-_CALLABLE = re.compile(r"^(?P<module>.+):(?P<name>[A-Za-z_][A-Za-z0-9_]*)$")
-
 
 @dataclass
 class Out:
@@ -68,23 +64,7 @@ def _one_line(value: Any) -> str:
     return " ".join(str(value).split())
 
 
-# -- what our string fields point at -------------------------------------------------------------
-
-@dataclass(frozen=True)
-class RewardRef:
-    kind: str  # "model" (a reward-model folder), "file" ('path.py:function') or "module" ('module:function')
-    path: str  # the folder, the .py file, or the module name
-    function: str = ""
-
-
-def reward_ref(spec: str) -> RewardRef:
-    """What a `reward` value names, by the same rules as the engine (a folder wins over 'a:b')."""
-    match = _CALLABLE.match(spec)
-    if os.path.isdir(spec) or not match:
-        return RewardRef("model", spec)
-    module, name = match["module"], match["name"]
-    return RewardRef("file" if module.endswith(".py") else "module", module, name)
-
+# -- what only ppo-tuner has ---------------------------------------------------------------------
 
 def check_demo(out: Out, name: str, value: str | None) -> None:
     """Warn about the built-in demo model or prompts, which exist only inside ppo-tuner."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from trials import PPOConfig
+from trials import PPOConfig, parse_reward
 from tuner.export._common import (
     Out,
     check_demo,
@@ -29,7 +29,6 @@ from tuner.export._common import (
     optimizer_steps,
     per_token_kl_target,
     render_bash_array,
-    reward_ref,
     warmup_ratio,
 )
 
@@ -143,14 +142,14 @@ def _models_and_data(out: Out, c: PPOConfig) -> None:
     check_demo(out, "value_model_path", c.value_model_path)
     out.put(FLAGS["value_model_path"], value_path, "" if c.value_model_path else
             "value_model_path empty: the critic starts from model_path (OpenRLHF's default is the reward model)")
-    ref = reward_ref(c.reward)
+    ref = parse_reward(c.reward)
     if ref.kind == "model":
         out.put(("--reward.model_name_or_path",), c.reward, "sequence-classification reward model")
     else:
         out.lost("reward", c.reward, "calls reward_func(queries, prompts, labels) from the .py file given as "
                  "--reward.remote_url (queries = prompt + response text) and expects {'rewards': tensor}; "
                  f"write a reward_func there that calls {ref.function}(prompts, responses)")
-        out.put(("--reward.remote_url",), ref.path if ref.kind == "file" else "reward_func.py")
+        out.put(("--reward.remote_url",), ref.target if ref.kind == "file" else "reward_func.py")
     check_demo(out, "prompts", c.prompts)
     if c.prompts.endswith(".txt"):
         out.lost("prompts", c.prompts, "reads .json/.jsonl/.csv/.parquet datasets, not .txt; convert it to "

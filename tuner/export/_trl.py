@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from trials import PPOConfig
+from trials import PPOConfig, parse_reward
 from tuner.export._common import (
     Out,
     check_demo,
@@ -24,7 +24,6 @@ from tuner.export._common import (
     header,
     micro,
     not_applicable,
-    reward_ref,
     warmup_iterations,
     warmup_per_iteration,
 )
@@ -122,7 +121,7 @@ def _models(out: Out, c: PPOConfig) -> None:
     check_demo(out, "model_path", c.model_path)
     out.put(KWARGS["model_path"], c.model_path, "policy and reference")
     check_demo(out, "value_model_path", c.value_model_path)
-    ref = reward_ref(c.reward)
+    ref = parse_reward(c.reward)
     if ref.kind == "model":
         out.put(KWARGS["reward"], c.reward, "sequence-classification reward model")
     else:

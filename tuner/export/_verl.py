@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from trials import PPOConfig
+from trials import PPOConfig, parse_reward
 from tuner.export._common import (
     Out,
     check_demo,
@@ -25,7 +25,6 @@ from tuner.export._common import (
     not_applicable,
     per_token_kl_target,
     render_bash_array,
-    reward_ref,
     warmup_iterations,
     warmup_per_iteration,
 )
@@ -159,7 +158,7 @@ def _models_and_data(out: Out, c: PPOConfig) -> None:
     check_demo(out, "value_model_path", c.value_model_path)
     out.put(KEYS["value_model_path"], c.value_model_path or c.model_path,
             "" if c.value_model_path else "value_model_path empty: the critic starts from model_path")
-    ref = reward_ref(c.reward)
+    ref = parse_reward(c.reward)
     if ref.kind == "model":
         out.put(("reward.reward_model.enable",), True)
         out.put(("reward.reward_model.model_path",), c.reward, "sequence-classification reward model")
@@ -169,7 +168,7 @@ def _models_and_data(out: Out, c: PPOConfig) -> None:
                  "once per response (solution_str) from the file in reward.custom_reward_function.path; the prompt "
                  "reaches it only through the dataset's extra_info column: write a compute_score there that calls "
                  f"{ref.function}([extra_info['prompt']], [solution_str])[0]")
-        out.put(("reward.custom_reward_function.path",), ref.path if ref.kind == "file" else "reward_fn.py")
+        out.put(("reward.custom_reward_function.path",), ref.target if ref.kind == "file" else "reward_fn.py")
         out.put(("reward.custom_reward_function.name",), ref.function if ref.kind == "file" else "compute_score")
     for name in ("prompts", "eval_prompts"):
         _prompt_file(out, name, getattr(c, name))
