@@ -1,8 +1,9 @@
 """What every export shares: the list of settings being written, lost values, provenance, unit conversions.
 
-An exporter fills an `Out` in the order the file will read: `put` writes one of the target's settings,
-`note` a comment, `lost` a value the target cannot express (a comment where it would go and a warning
-for the caller). Renderers then turn it into a bash array, Hydra overrides or Python keyword arguments.
+An exporter fills an `Out` in the order the file will read: `set` writes one of our fields under the
+target's names (its name table), `put` writes names given explicitly, `note` a comment, `lost` a value
+the target cannot express (a comment where it would go and a warning for the caller). Renderers then
+turn it into a bash array, Hydra overrides or Python keyword arguments.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 import shlex
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,13 +21,19 @@ from trials import PPOConfig
 NOT_APPLICABLE = ("device", "precision", "num_threads", "output_dir", "eval_prompts", "num_eval_prompts",
                   "eval_interval")
 
+
 @dataclass
 class Out:
     """The settings of one export, in file order; `warnings` holds every value the target lost."""
 
     target: str  # the target's name as warnings say it, e.g. "OpenRLHF"
+    names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # our field -> the target's names
     items: list[tuple[str, Any, str]] = field(default_factory=list)  # (name, value, comment); name "" = comment line
     warnings: list[str] = field(default_factory=list)
+
+    def set(self, our_field: str, value: Any, comment: str = "") -> None:
+        """Set the target's names for `our_field` (from its name table) to `value`."""
+        self.put(self.names[our_field], value, comment)
 
     def put(self, names: Iterable[str], value: Any, comment: str = "") -> None:
         """Set each of the target's `names` to `value`; the comment goes next to the first."""
@@ -97,14 +104,6 @@ def warmup_iterations(config: PPOConfig) -> tuple[int, bool]:
         return 0, True
     iterations = max(1, math.floor(config.warmup_steps / per_iteration + 0.5))
     return iterations, iterations * per_iteration == config.warmup_steps
-
-
-def warmup_per_iteration(config: PPOConfig, iterations: int) -> str:
-    """What a target that steps its schedule once per iteration does with warmup_steps (for a warning)."""
-    per = config.ppo_epochs * config.num_mini_batches
-    unit = "iteration" if iterations == 1 else "iterations"
-    return (f"steps its schedule once per PPO iteration ({per} optimizer steps); exported {iterations} {unit}, "
-            f"that is {iterations * per} optimizer steps")
 
 
 def per_token_kl_target(config: PPOConfig) -> float:
