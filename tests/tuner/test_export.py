@@ -17,7 +17,7 @@ import shlex
 import pytest
 import yaml
 
-from trials import ConfigError, PPOConfig, field_specs
+from trials import ConfigError, PPOConfig, RewardError, field_specs
 from tuner.export import FORMATS, _openrlhf, _trl, _verl, export_config
 
 SOURCE = {"sweep": "kl-sweep", "trial": 7, "objective": 0.42, "kl": 5.5}
@@ -327,6 +327,11 @@ def test_an_unknown_format_is_a_config_error_naming_the_choices():
     (line,) = info.value.lines()
     assert line.startswith("--format:") and "'deepspeed-chat'" in line
     assert all(fmt in line for fmt in FORMATS)
+
+
+def test_a_malformed_reward_is_a_reward_error():
+    with pytest.raises(RewardError, match="reward"):
+        export_config(dataclasses.replace(TUNED, reward="not a module:score"), "verl")
 
 
 def test_an_impossible_config_is_a_config_error():
