@@ -116,6 +116,18 @@ def micro(config: PPOConfig) -> int:
     return config.micro_batch_size or config.mini_batch_size
 
 
+def lora_alpha_int(config: PPOConfig) -> int:
+    """lora_alpha for targets that take an integer: rounded, at least 1."""
+    return max(1, round(config.lora_alpha))
+
+
+def lora_targets(config: PPOConfig) -> str | list[str]:
+    """lora_target_modules as peft takes it: the string 'all-linear', or a list of module names."""
+    if config.lora_target_modules.strip() == "all-linear":
+        return "all-linear"
+    return [name.strip() for name in config.lora_target_modules.split(",") if name.strip()]
+
+
 # -- rendering -----------------------------------------------------------------------------------
 
 def shell_value(value: Any) -> str:
@@ -144,6 +156,8 @@ def render_bash_array(out: Out, array: str, style: str) -> list[str]:
 
 
 def hydra_value(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
     if isinstance(value, bool):
         return "True" if value else "False"
     if value is None:

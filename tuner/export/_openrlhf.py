@@ -12,6 +12,12 @@ the adaptive KL controller (`openrlhf/trainer/ppo_utils/kl_controller.py`) is fe
 response tokens (`experience_maker.py`); GAE advantages are always normalised over the rollout batch;
 the critic has its own optimizer and an unweighted 0.5 * max(...) value loss (`models/loss.py`);
 Adam exempts biases and norm weights from weight decay (`utils/deepspeed/deepspeed_utils.py`).
+LoRA: `--ds.lora.rank/alpha/target_modules/dropout` reach peft's LoraConfig for the actor
+(`trainer/ray/ppo_actor.py` -> `models/actor.py`) and the critic alike (`trainer/ray/ppo_critic.py` ->
+`models/model.py`); `--ds.lora.alpha` is an int; `--ds.lora.target_modules` takes `nargs="*"`, so any
+value given on the command line becomes a list, and peft reads only the string "all-linear" (the flag's
+default) as all linear layers. `--actor.gradient_checkpointing_enable` checkpoints actor and critic;
+every model is loaded in `--ds.param_dtype` (bf16 or fp16).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from trials import PPOConfig, RewardRef
 from tuner.export._common import (
     Out,
     check_demo,
+    lora_targets,
     optimizer_steps,
     render_bash_array,
     warmup_ratio,
@@ -46,10 +53,13 @@ VERIFIED_FLAGS = frozenset({
     "--algo.advantage.gamma", "--algo.advantage.no_std_norm", "--actor.entropy_coef",
     "--rollout.max_new_tokens", "--rollout.temperature", "--rollout.top_p",
     "--train.num_episodes", "--train.seed",
+    "--ds.lora.rank", "--ds.lora.alpha", "--ds.lora.target_modules", "--ds.lora.dropout",
+    "--actor.gradient_checkpointing_enable",
 })
 
 # Our field -> the OpenRLHF flags that carry it. Fields missing here are explained in a comment
-# (and a warning when a value is lost): vf_coef, whiten_advantages, whiten_rewards, top_k.
+# (and a warning when a value is lost): vf_coef, whiten_advantages, whiten_rewards, top_k, value_backbone,
+# frozen_dtype.
 FLAGS: dict[str, tuple[str, ...]] = {
     "model_path": ("--actor.model_name_or_path",),
     "value_model_path": ("--critic.model_name_or_path",),
@@ -80,6 +90,11 @@ FLAGS: dict[str, tuple[str, ...]] = {
     "response_length": ("--rollout.max_new_tokens",),
     "temperature": ("--rollout.temperature",),
     "top_p": ("--rollout.top_p",),
+    "lora_rank": ("--ds.lora.rank",),
+    "lora_alpha": ("--ds.lora.alpha",),
+    "lora_dropout": ("--ds.lora.dropout",),
+    "lora_target_modules": ("--ds.lora.target_modules",),
+    "gradient_checkpointing": ("--actor.gradient_checkpointing_enable",),
     "num_iterations": ("--data.max_samples", "--train.num_episodes"),
     "seed": ("--train.seed",),
 }
@@ -95,6 +110,9 @@ CONVERSIONS: dict[str, str] = {
     "kl_horizon": "rounded to an integer (samples, as ours)",
     "ent_coef": "written only when > 0 (OpenRLHF computes entropy whenever the flag is set)",
     "num_iterations": "--data.max_samples = num_iterations * rollout_batch_size, with --train.num_episodes 1",
+    "lora_alpha": "rounded to an integer",
+    "lora_target_modules": "all-linear -> the flag unset (its default); 'q_proj,v_proj' -> q_proj v_proj",
+    "gradient_checkpointing": "true -> the bare flag; false -> unset",
 }
 
 # Settings that make OpenRLHF run the algorithm of ppo-tuner's engine (its defaults differ).
@@ -119,6 +137,10 @@ class OpenRLHF(Exporter):
     optimizers = {"adamw": "adam", "adam": "adam"}
     critic_default = " (OpenRLHF's default is the reward model)"
     kl_caveat = " (and a TODO in openrlhf/trainer/ppo_trainer.py calls its adaptive controller unsupported)"
+    shared_value = ("its critic is a model of its own: exported from model_path, with a LoRA adapter of the same "
+                    "--ds.lora settings as the policy's, so the base is held twice")
+    frozen_dtypes = "loads every model, frozen or trained, in --ds.param_dtype (bf16, its default, or fp16)"
+    frozen_default = "bf16"
 
     def body(self, out: Out, c: PPOConfig) -> list[str]:
         return render_bash_array(out, "args", "flag") + ['python -m openrlhf.cli.train_ppo_ray "${args[@]}"']
@@ -149,7 +171,8 @@ class OpenRLHF(Exporter):
         out.set("lr_schedule", _SCHEDULES[c.lr_schedule], f"lr_schedule {c.lr_schedule}, per optimizer step")
 
     def warmup(self, out: Out, c: PPOConfig) -> None:
-        out.set("warmup_steps", warmup_ratio(c), f"warmup_steps {c.warmup_steps} of {optimizer_steps(c)} optimizer steps")
+        out.set("warmup_steps", warmup_ratio(c),
+                f"warmup_steps {c.warmup_steps} of {optimizer_steps(c)} optimizer steps")
 
     def entropy(self, out: Out, c: PPOConfig) -> None:
         if c.ent_coef > 0:
@@ -165,8 +188,9 @@ class OpenRLHF(Exporter):
                      "batch; --algo.advantage.no_std_norm only skips the division by their std")
             out.put(("--algo.advantage.no_std_norm",), True)
         if c.whiten_rewards:
-            out.lost("whiten_rewards", True, "has no whitening of per-token rewards before GAE (--reward.normalize_enable "
-                     "is a running normalisation of scores, not the same); rewards stay as they are")
+            out.lost("whiten_rewards", True, "has no whitening of per-token rewards before GAE "
+                     "(--reward.normalize_enable is a running normalisation of scores, not the same); rewards "
+                     "stay as they are")
         else:
             out.note("whiten_rewards false: OpenRLHF does not whiten rewards (its default)")
 
@@ -176,6 +200,30 @@ class OpenRLHF(Exporter):
         else:
             out.note("top_k 0: no top-k cut (OpenRLHF has no top-k flag)")
         out.set("top_p", c.top_p)
+
+    def adapter(self, out: Out, c: PPOConfig) -> None:
+        out.set("lora_rank", c.lora_rank, "LoRA on the policy and on the critic")
+        out.set("lora_alpha", self.whole_alpha(out, c))
+        out.set("lora_dropout", c.lora_dropout)
+        targets = lora_targets(c)
+        if targets == "all-linear":
+            out.note("lora_target_modules all-linear: --ds.lora.target_modules left at its default, the only way "
+                     "peft reads it as all linear layers (given on the command line it becomes a list)")
+        else:
+            out.set("lora_target_modules", targets)
+
+    def value_backbone(self, out: Out, c: PPOConfig) -> None:
+        if c.lora_rank and c.value_backbone == "separate":
+            out.lost("value_backbone", c.value_backbone, "applies --ds.lora to the critic too "
+                     "(trainer/ray/ppo_critic.py): the critic trains a LoRA adapter, not every weight")
+        else:
+            super().value_backbone(out, c)
+
+    def checkpointing(self, out: Out, c: PPOConfig) -> None:
+        if c.gradient_checkpointing:
+            out.set("gradient_checkpointing", True, "actor and critic")
+        else:
+            out.note("gradient_checkpointing false: OpenRLHF's default (--actor.gradient_checkpointing_enable unset)")
 
     def run(self, out: Out, c: PPOConfig) -> None:
         out.note(f"num_iterations {c.num_iterations}: OpenRLHF makes passes (episodes) over the prompt dataset; one "

@@ -19,6 +19,7 @@ from tuner.export._common import (
     check_demo,
     comment_lines,
     header,
+    lora_alpha_int,
     micro,
     not_applicable,
     per_token_kl_target,
@@ -31,7 +32,8 @@ class Exporter:
 
     A target supplies the steps every target does its own way, each `(self, out, c)`: `reward(out, c, ref)`,
     `data` (the prompts and their length), `schedule`, `whitening` (of advantages and rewards), `sampling`
-    (top_k and top_p) and `run`; and `body(out, c)`, the settings in its syntax below the header comments.
+    (top_k and top_p), `adapter` (the policy's LoRA settings, when lora_rank > 0), `checkpointing` and
+    `run`; and `body(out, c)`, the settings in its syntax below the header comments.
     """
 
     target: ClassVar[str]  # the target's name as warnings say it
@@ -44,15 +46,19 @@ class Exporter:
     kl_estimators: ClassVar[Mapping[str, str]] = {"k1": "k1", "k3": "k3"}  # ours -> the target's
     critic_default: ClassVar[str] = ""  # said when value_model_path is empty, if the target's default differs
     kl_caveat: ClassVar[str] = ""  # added to the warning about its per-token KL target
+    shared_value: ClassVar[str]  # what the target does for value_backbone shared (a value head on the policy's base)
+    frozen_dtypes: ClassVar[str]  # how the target chooses the dtype of frozen weights
+    frozen_default: ClassVar[str] = "auto"  # a frozen_dtype the target's default already gives
 
     def __call__(self, config: PPOConfig, source: dict | None = None) -> tuple[str, list[str]]:
         out = Out(self.target, self.names)
         for section in (self.models, self.data, self.optimisation, self.batches, self.kl, self.losses,
-                        self.generation, self.run):
+                        self.generation, self.memory, self.run):
             section(out, config)
         for name, (value, why) in self.fixed.items():
             out.put((name,), value, why)
-        lines = comment_lines(header(self.title, source)) + comment_lines([*self.notes, not_applicable(config, self.plumbing)])
+        lines = comment_lines(header(self.title, source))
+        lines += comment_lines([*self.notes, not_applicable(config, self.plumbing)])
         return "\n".join(lines + self.body(out, config)) + "\n", out.warnings
 
     # -- 1. models and data ----------------------------------------------------------------------------
@@ -62,9 +68,16 @@ class Exporter:
         out.set("model_path", c.model_path, "policy and reference")
         check_demo(out, "value_model_path", c.value_model_path)
         if "value_model_path" in self.names:  # else the critic is built outside the target's config
-            out.set("value_model_path", c.value_model_path or c.model_path, "" if c.value_model_path else
-                    f"value_model_path empty: the critic starts from model_path{self.critic_default}")
+            out.set("value_model_path", *self.critic_start(c))
         self.reward(out, c, parse_reward(c.reward))
+
+    def critic_start(self, c: PPOConfig) -> tuple[str, str]:
+        """The critic's initial weights, and why."""
+        if c.value_backbone == "shared":
+            return c.model_path, "value_backbone shared: the critic starts from the policy's base, model_path"
+        if c.value_model_path:
+            return c.value_model_path, ""
+        return c.model_path, f"value_model_path empty: the critic starts from model_path{self.critic_default}"
 
     # -- 2. optimisation -------------------------------------------------------------------------------
 
@@ -167,3 +180,33 @@ class Exporter:
         out.set("response_length", c.response_length, "tokens")
         out.set("temperature", c.temperature, "also the temperature of the log-probs, as ppo-tuner")
         self.sampling(out, c)
+
+    # -- 7. LoRA and memory ----------------------------------------------------------------------------
+
+    def memory(self, out: Out, c: PPOConfig) -> None:
+        if c.lora_rank:
+            self.adapter(out, c)
+        else:
+            out.note("lora_rank 0: full fine-tuning, every weight of the policy trained (lora_alpha, lora_dropout "
+                     "and lora_target_modules unused)")
+        self.value_backbone(out, c)
+        self.checkpointing(out, c)
+        if c.frozen_dtype in ("auto", self.frozen_default):
+            out.note(f"frozen_dtype {c.frozen_dtype}: {self.target} {self.frozen_dtypes}")
+        else:
+            out.lost("frozen_dtype", c.frozen_dtype, f"has no dtype for frozen weights alone: it {self.frozen_dtypes}")
+
+    def value_backbone(self, out: Out, c: PPOConfig) -> None:
+        if c.value_backbone == "separate":
+            out.note("value_backbone separate: the critic is a model of its own, every weight trained")
+        else:
+            out.lost("value_backbone", c.value_backbone,
+                     f"has no value head on the policy's frozen base: {self.shared_value}")
+
+    def whole_alpha(self, out: Out, c: PPOConfig) -> int:
+        """lora_alpha for a target that takes an integer (so the adapter's scale lora_alpha / lora_rank may move)."""
+        alpha = lora_alpha_int(c)
+        if alpha != c.lora_alpha:
+            out.lost("lora_alpha", c.lora_alpha, f"takes a whole-number alpha; exported {alpha}, a scale of "
+                     f"{alpha / c.lora_rank:g} instead of {c.lora_alpha / c.lora_rank:g}")
+        return alpha

@@ -10,6 +10,12 @@ per_device_train_batch_size x gradient_accumulation_steps x processes samples sp
 gradient_accumulation_steps=1 gives one optimizer step per mini-batch); the LR schedule steps once per
 PPO iteration; `optimizer.step()` without gradient clipping; sampling with top_k 0 and top_p 1.0;
 advantages always whitened; a fixed kl_coef; no entropy bonus.
+LoRA: PPOTrainer takes `peft_config` (a peft `LoraConfig`, keywords checked against peft 0.21.2
+`peft/tuners/lora/config.py`) and wraps the policy alone with it; the reference is then the policy with
+its adapter switched off, and `disable_dropout_in_model` sets every dropout of the wrapped policy to 0.
+`gradient_checkpointing` is a field of trl's `_BaseConfig` (`trl/trainer/base_config.py`, default True;
+transformers 5.24 keeps it as an alias of `activation_checkpointing`), but PPOTrainer runs neither
+`Trainer.__init__` nor `Trainer.train`, where transformers would act on it.
 """
 
 from __future__ import annotations
@@ -17,11 +23,12 @@ from __future__ import annotations
 from typing import Any
 
 from trials import PPOConfig, RewardRef
-from tuner.export._common import Out, check_demo, comment_lines, micro
+from tuner.export._common import Out, check_demo, comment_lines, lora_targets, micro
 from tuner.export._skeleton import Exporter
 
-SOURCE = ("huggingface/trl trl/experimental/ppo/ppo_config.py (trl 1.12.0) and huggingface/transformers "
-          "src/transformers/training_args.py (transformers 5.24)")
+SOURCE = ("huggingface/trl trl/experimental/ppo/ppo_config.py and trl/trainer/base_config.py (trl 1.12.0), "
+          "huggingface/transformers src/transformers/training_args.py (transformers 5.24), huggingface/peft "
+          "src/peft/tuners/lora/config.py (peft 0.21.2)")
 
 # Every keyword this export may write, as defined in SOURCE.
 VERIFIED_KWARGS = frozenset({
@@ -32,11 +39,16 @@ VERIFIED_KWARGS = frozenset({
     # transformers TrainingArguments
     "output_dir", "per_device_train_batch_size", "gradient_accumulation_steps", "optim", "weight_decay",
     "lr_scheduler_type", "warmup_steps", "max_grad_norm", "seed", "bf16", "use_cpu",
+    # trl/trainer/base_config.py (_BaseConfig, the TrainingArguments of every trl trainer)
+    "gradient_checkpointing",
 })
+# Every keyword of peft's LoraConfig this export may write, as defined in SOURCE.
+VERIFIED_LORA_KWARGS = frozenset({"r", "lora_alpha", "lora_dropout", "target_modules", "task_type"})
 
 # Our field -> the PPOConfig keywords that carry it. Fields missing here are explained in a comment (and
 # a warning when a value is lost): value_model_path, prompts, eval_prompts (PPOTrainer arguments),
-# max_prompt_length, value_lr, kl_mode, kl_target, kl_horizon, ent_coef, whiten_advantages, top_k, top_p.
+# max_prompt_length, value_lr, kl_mode, kl_target, kl_horizon, ent_coef, whiten_advantages, top_k, top_p,
+# value_backbone, frozen_dtype; and the LoRA fields, which go to LoraConfig (LORA_KWARGS).
 KWARGS: dict[str, tuple[str, ...]] = {
     "model_path": ("sft_model_path",),
     "reward": ("reward_model_path",),
@@ -65,6 +77,15 @@ KWARGS: dict[str, tuple[str, ...]] = {
     "device": ("use_cpu",),
     "precision": ("bf16",),
     "output_dir": ("output_dir",),
+    "gradient_checkpointing": ("gradient_checkpointing",),
+}
+
+# Our field -> the keywords of `peft_config = LoraConfig(...)`, written when lora_rank > 0.
+LORA_KWARGS: dict[str, tuple[str, ...]] = {
+    "lora_rank": ("r",),
+    "lora_alpha": ("lora_alpha",),
+    "lora_dropout": ("lora_dropout",),
+    "lora_target_modules": ("target_modules",),
 }
 
 # Where the units differ, how a value is converted.
@@ -78,6 +99,7 @@ CONVERSIONS: dict[str, str] = {
     "warmup_steps": "in PPO iterations = warmup_steps / (ppo_epochs * num_mini_batches)",
     "device": "cpu -> use_cpu=True",
     "precision": "fp32 -> bf16=False, bf16 -> bf16=True",
+    "lora_target_modules": "all-linear as it is; 'q_proj,v_proj' -> ['q_proj', 'v_proj']",
 }
 
 # Settings that make TRL run the algorithm of ppo-tuner's engine (its defaults differ).
@@ -93,15 +115,20 @@ class TRL(Exporter):
     title = "trl 1.12 PPOConfig (trl.experimental.ppo, the last TRL with PPO)"
     plumbing = ("num_threads", "num_eval_prompts", "eval_interval")
     optimizers = {"adamw": "adamw_torch", "adam": "adamw_torch"}
+    shared_value = ("it takes a value_model of its own, trained whole; wrap that model in a LoRA adapter of its "
+                    "own yourself (a second copy of the base)")
+    frozen_dtypes = ("takes the models you build (load reward_model, and under LoRA the policy's base, with "
+                     "from_pretrained(..., dtype=...))")
 
     def body(self, out: Out, c: PPOConfig) -> list[str]:
-        lines = ["from trl.experimental.ppo import PPOConfig", "", "config = PPOConfig("]
-        for name, value, comment in out.items:
-            if name:
-                lines.append(f"    {name}={value!r}," + (f"  # {' '.join(comment.split())}" if comment else ""))
-            else:
-                lines += comment_lines([comment], "    ")
-        return lines + [")"] + comment_lines(_trainer_note(c))
+        """`config = PPOConfig(...)`, and `peft_config = LoraConfig(...)` from the LoRA settings among the items."""
+        at = [i for i, (name, _, _) in enumerate(out.items) if name in VERIFIED_LORA_KWARGS]
+        start, end = (at[0], at[-1] + 1) if at else (len(out.items),) * 2
+        lora, ppo = out.items[start:end], out.items[:start] + out.items[end:]
+        lines = ["from peft import LoraConfig"] if lora else []
+        lines += ["from trl.experimental.ppo import PPOConfig", "", *_call("config = PPOConfig(", ppo)]
+        lines += _call("peft_config = LoraConfig(", lora) if lora else []
+        return lines + comment_lines(_trainer_note(c, self.critic_start(c)[0]))
 
     def reward(self, out: Out, c: PPOConfig, ref: RewardRef) -> None:
         if ref.kind == "model":
@@ -179,6 +206,23 @@ class TRL(Exporter):
         if not c.top_k and c.top_p == 1:
             out.note("top_k 0 and top_p 1.0: TRL samples the same way (it has no setting for either)")
 
+    def adapter(self, out: Out, c: PPOConfig) -> None:
+        out.put(("task_type",), "CAUSAL_LM", "the policy's adapter")
+        out.put(LORA_KWARGS["lora_rank"], c.lora_rank)
+        out.put(LORA_KWARGS["lora_alpha"], c.lora_alpha)
+        if c.lora_dropout:
+            out.lost("lora_dropout", c.lora_dropout, "sets every dropout of the policy to 0 after wrapping it "
+                     "(disable_dropout_in_model), the adapter's too")
+        out.put(LORA_KWARGS["lora_dropout"], c.lora_dropout)
+        out.put(LORA_KWARGS["lora_target_modules"], lora_targets(c))
+
+    def checkpointing(self, out: Out, c: PPOConfig) -> None:
+        if c.gradient_checkpointing:
+            out.lost("gradient_checkpointing", True, "never acts on its gradient_checkpointing keyword in PPO: call "
+                     "policy.gradient_checkpointing_enable() and value_model.gradient_checkpointing_enable() before "
+                     "building the PPOTrainer")
+        out.set("gradient_checkpointing", c.gradient_checkpointing, "TRL's default is True")
+
     def run(self, out: Out, c: PPOConfig) -> None:
         out.set("num_iterations", c.num_iterations * c.rollout_batch_size,
                 f"num_iterations {c.num_iterations} x rollout_batch_size")
@@ -198,17 +242,27 @@ class TRL(Exporter):
             out.note("output_dir empty: TRL writes to its default folder, trainer_output")
 
 
+def _call(opening: str, items: list[tuple[str, Any, str]]) -> list[str]:
+    lines = [opening]
+    for name, value, comment in items:
+        if name:
+            lines.append(f"    {name}={value!r}," + (f"  # {' '.join(comment.split())}" if comment else ""))
+        else:
+            lines += comment_lines([comment], "    ")
+    return lines + [")"]
 
-def _trainer_note(c: PPOConfig) -> list[str]:
-    value = c.value_model_path or c.model_path
+
+def _trainer_note(c: PPOConfig, value: str) -> list[str]:
     held_out = (f"tokenised prompts from {c.eval_prompts!r} (eval_prompts)" if c.eval_prompts else
                 f"{c.num_eval_prompts} prompts held out of train_dataset (eval_prompts empty, num_eval_prompts)")
+    models = (f"model=policy (from model_path {c.model_path!r}), ref_model=None (the policy with its adapter off)"
+              if c.lora_rank else f"model=policy, ref_model=reference (both from model_path {c.model_path!r})")
     return [
         "PPOTrainer takes the models and data, e.g. PPOTrainer(args=config, processing_class=tokenizer,",
-        f"  model=policy, ref_model=reference (both from model_path {c.model_path!r}), reward_model=...,",
+        f"  {models}, reward_model=...,",
         f"  value_model=AutoModelForSequenceClassification.from_pretrained({value!r}, num_labels=1) (value_model_path),",
         f"  train_dataset=tokenised prompts from {c.prompts!r} (prompts),",
-        f"  eval_dataset={held_out})",
+        f"  eval_dataset={held_out}" + (", peft_config=peft_config)" if c.lora_rank else ")"),
     ]
 
 

@@ -9,6 +9,11 @@ response tokens; `trainer/ppo/core_algos.py` always whitens GAE advantages, maps
 `workers/config/optimizer.py` (FSDPOptimizerConfig) takes `lr_scheduler_type` constant or cosine only,
 `optimizer` as a torch.optim class name and `clip_grad` (the actor's `grad_clip` is no longer read);
 `workers/engine_workers.py` steps the LR schedule once per PPO iteration.
+LoRA (FSDP engine, `workers/config/model.py` HFModelConfig, used for `actor_rollout_ref.model` and
+`critic.model`): `lora_rank` (0 = full fine-tuning), `lora_alpha` (an int), `target_modules`
+("all-linear" or a list of names) and `enable_gradient_checkpointing` (default True);
+`workers/engine/fsdp/transformer_impl.py` builds peft's LoraConfig from these with no dropout, and loads
+each model in its `fsdp_config.model_dtype` (fp32 by default).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from trials import PPOConfig, RewardRef
 from tuner.export._common import (
     Out,
     check_demo,
+    lora_alpha_int,
+    lora_targets,
     render_bash_array,
 )
 from tuner.export._skeleton import Exporter
@@ -49,10 +56,13 @@ VERIFIED_KEYS = frozenset({
     f"{_ROLLOUT}.name", f"{_ROLLOUT}.n", f"{_ROLLOUT}.temperature", f"{_ROLLOUT}.top_k", f"{_ROLLOUT}.top_p",
     f"{_ROLLOUT}.seed", f"{_ACTOR}.data_loader_seed", "critic.data_loader_seed",
     "trainer.total_training_steps", "trainer.total_epochs", "trainer.test_freq",
+    "actor_rollout_ref.model.lora_rank", "actor_rollout_ref.model.lora_alpha", "actor_rollout_ref.model.target_modules",
+    "critic.model.lora_rank", "critic.model.lora_alpha", "critic.model.target_modules",
+    "actor_rollout_ref.model.enable_gradient_checkpointing", "critic.model.enable_gradient_checkpointing",
 })
 
 # Our field -> the verl keys that carry it. Fields missing here are explained in a comment (and a
-# warning when a value is lost): vf_coef, whiten_advantages, whiten_rewards.
+# warning when a value is lost): vf_coef, whiten_advantages, whiten_rewards, lora_dropout, frozen_dtype.
 KEYS: dict[str, tuple[str, ...]] = {
     "model_path": ("actor_rollout_ref.model.path",),
     "value_model_path": ("critic.model.path",),
@@ -90,6 +100,12 @@ KEYS: dict[str, tuple[str, ...]] = {
     "top_p": (f"{_ROLLOUT}.top_p",),
     "num_iterations": ("trainer.total_training_steps", "trainer.total_epochs"),
     "eval_interval": ("trainer.test_freq",),
+    "lora_rank": ("actor_rollout_ref.model.lora_rank",),
+    "lora_alpha": ("actor_rollout_ref.model.lora_alpha",),
+    "lora_target_modules": ("actor_rollout_ref.model.target_modules",),
+    "value_backbone": ("critic.model.lora_rank", "critic.model.lora_alpha", "critic.model.target_modules"),
+    "gradient_checkpointing": ("actor_rollout_ref.model.enable_gradient_checkpointing",
+                               "critic.model.enable_gradient_checkpointing"),
     "seed": ("data.seed", f"{_ACTOR}.data_loader_seed", "critic.data_loader_seed", f"{_ROLLOUT}.seed"),
 }
 
@@ -107,6 +123,9 @@ CONVERSIONS: dict[str, str] = {
     "cliprange": "clip_ratio, clip_ratio_low and clip_ratio_high all set (verl reads low/high first)",
     "top_k": "0 -> -1 (verl's 'no top-k')",
     "num_iterations": "trainer.total_training_steps; trainer.total_epochs set as high so the steps decide",
+    "lora_alpha": "rounded to an integer",
+    "lora_target_modules": "all-linear as it is; 'q_proj,v_proj' -> [q_proj,v_proj]",
+    "value_backbone": "shared -> the critic, from model_path, gets the policy's LoRA settings (critic.model.*)",
 }
 
 # Settings that make verl run the algorithm of ppo-tuner's engine (its defaults differ).
@@ -132,6 +151,10 @@ class Verl(Exporter):
     plumbing = ("device", "precision", "num_threads", "output_dir", "num_eval_prompts")
     optimizers = {"adamw": "AdamW", "adam": "Adam"}
     kl_estimators = {"k1": "kl", "k3": "low_var_kl"}
+    shared_value = ("its critic is a model of its own: exported from model_path, with a LoRA adapter of the "
+                    "policy's settings (critic.model.lora_rank, lora_alpha, target_modules), so the base is held twice")
+    frozen_dtypes = ("loads each model in its worker's fsdp_config.model_dtype (fp32 by default; the reference's "
+                     "is actor_rollout_ref.ref.fsdp_config.model_dtype)")
 
     def body(self, out: Out, c: PPOConfig) -> list[str]:
         return render_bash_array(out, "overrides", "hydra") + ['python -m verl.trainer.main_ppo "${overrides[@]}"']
@@ -181,13 +204,35 @@ class Verl(Exporter):
         else:
             out.lost("whiten_advantages", False, "always whitens GAE advantages over the rollout batch (no switch)")
         if c.whiten_rewards:
-            out.lost("whiten_rewards", True, "has no whitening of per-token rewards before GAE; rewards stay as they are")
+            out.lost("whiten_rewards", True, "has no whitening of per-token rewards before GAE; rewards stay as "
+                     "they are")
         else:
             out.note("whiten_rewards false: verl does not whiten rewards")
 
     def sampling(self, out: Out, c: PPOConfig) -> None:
         out.set("top_k", c.top_k or -1, "" if c.top_k else "top_k 0: no top-k cut")
         out.set("top_p", c.top_p)
+
+    def adapter(self, out: Out, c: PPOConfig) -> None:
+        out.set("lora_rank", c.lora_rank, "LoRA on the policy")
+        out.set("lora_alpha", self.whole_alpha(out, c))
+        out.set("lora_target_modules", lora_targets(c))
+        if c.lora_dropout:
+            out.lost("lora_dropout", c.lora_dropout, "builds its FSDP LoRA adapters without dropout "
+                     "(workers/engine/fsdp/transformer_impl.py passes none to peft)")
+        else:
+            out.note("lora_dropout 0: verl's FSDP LoRA has no dropout, the same")
+
+    def value_backbone(self, out: Out, c: PPOConfig) -> None:
+        if c.value_backbone == "shared":
+            names = KEYS["value_backbone"]
+            out.put(names[:1], c.lora_rank, "value_backbone shared: a LoRA adapter of its own on the critic")
+            out.put(names[1:2], lora_alpha_int(c))
+            out.put(names[2:], lora_targets(c))
+        super().value_backbone(out, c)
+
+    def checkpointing(self, out: Out, c: PPOConfig) -> None:
+        out.set("gradient_checkpointing", c.gradient_checkpointing, "actor and critic (verl's default is True)")
 
     def run(self, out: Out, c: PPOConfig) -> None:
         out.put(KEYS["num_iterations"][:1], c.num_iterations, "PPO iterations")
