@@ -1,9 +1,12 @@
 """Export a PPOConfig to the formats people run: ppo-tuner's YAML and JSON, OpenRLHF, verl and TRL.
 
 Each target's name tables (our field -> its flag, key or keyword) are plain data in its module, with
-the source file they were checked against: `_openrlhf.FLAGS`, `_verl.KEYS`, `_trl.KWARGS`. A value a
-target cannot express is never dropped silently: the export says so in a comment where it would go
-and returns a warning naming the field, the value and what the target does instead.
+the source file they were checked against: `_openrlhf.FLAGS`, `_verl.KEYS`, `_trl.KWARGS` (and
+`_trl.LORA_KWARGS` for peft's LoraConfig). The walk
+through a config that every target shares is `_skeleton.Exporter`; a target module overrides only the
+steps where that target differs. A value a target cannot express is never dropped silently: the export
+says so in a comment where it would go and returns a warning naming the field, the value and what the
+target does instead.
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ def export_config(config: PPOConfig, fmt: str, *, source: dict | None = None) ->
     ({"config": ..., "source": ...}), "openrlhf" (a bash script running OpenRLHF's PPO), "verl" (a bash
     script of Hydra overrides for verl's PPO) or "trl" (Python that builds trl 1.12's PPOConfig).
     `source` is optional provenance, e.g. {"sweep": name, "trial": number, "objective": value, "kl": value},
-    written as header comments (a "source" key in json).
+    written as header comments (a "source" key in json). An unknown format or an impossible config is a
+    ConfigError; a malformed `reward` (which the engine would refuse too) is trials.RewardError.
     """
     key = fmt.strip().lower() if isinstance(fmt, str) else fmt
     if key not in _EXPORTERS:

@@ -1,17 +1,17 @@
 """What every export shares: the list of settings being written, lost values, provenance, unit conversions.
 
-An exporter fills an `Out` in the order the file will read: `put` writes one of the target's settings,
-`note` a comment, `lost` a value the target cannot express (a comment where it would go and a warning
-for the caller). Renderers then turn it into a bash array, Hydra overrides or Python keyword arguments.
+An exporter fills an `Out` in the order the file will read: `set` writes one of our fields under the
+target's names (its name table), `put` writes names given explicitly, `note` a comment, `lost` a value
+the target cannot express (a comment where it would go and a warning for the caller). Renderers then
+turn it into a bash array, Hydra overrides or Python keyword arguments.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
 import shlex
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,16 +21,19 @@ from trials import PPOConfig
 NOT_APPLICABLE = ("device", "precision", "num_threads", "output_dir", "eval_prompts", "num_eval_prompts",
                   "eval_interval")
 
-_CALLABLE = re.compile(r"^(?P<module>.+):(?P<name>[A-Za-z_][A-Za-z0-9_]*)$")
-
 
 @dataclass
 class Out:
     """The settings of one export, in file order; `warnings` holds every value the target lost."""
 
     target: str  # the target's name as warnings say it, e.g. "OpenRLHF"
+    names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # our field -> the target's names
     items: list[tuple[str, Any, str]] = field(default_factory=list)  # (name, value, comment); name "" = comment line
     warnings: list[str] = field(default_factory=list)
+
+    def set(self, our_field: str, value: Any, comment: str = "") -> None:
+        """Set the target's names for `our_field` (from its name table) to `value`."""
+        self.put(self.names[our_field], value, comment)
 
     def put(self, names: Iterable[str], value: Any, comment: str = "") -> None:
         """Set each of the target's `names` to `value`; the comment goes next to the first."""
@@ -68,23 +71,7 @@ def _one_line(value: Any) -> str:
     return " ".join(str(value).split())
 
 
-# -- what our string fields point at -------------------------------------------------------------
-
-@dataclass(frozen=True)
-class RewardRef:
-    kind: str  # "model" (a reward-model folder), "file" ('path.py:function') or "module" ('module:function')
-    path: str  # the folder, the .py file, or the module name
-    function: str = ""
-
-
-def reward_ref(spec: str) -> RewardRef:
-    """What a `reward` value names, by the same rules as the engine (a folder wins over 'a:b')."""
-    match = _CALLABLE.match(spec)
-    if os.path.isdir(spec) or not match:
-        return RewardRef("model", spec)
-    module, name = match["module"], match["name"]
-    return RewardRef("file" if module.endswith(".py") else "module", module, name)
-
+# -- what only ppo-tuner has ---------------------------------------------------------------------
 
 def check_demo(out: Out, name: str, value: str | None) -> None:
     """Warn about the built-in demo model or prompts, which exist only inside ppo-tuner."""
@@ -119,14 +106,6 @@ def warmup_iterations(config: PPOConfig) -> tuple[int, bool]:
     return iterations, iterations * per_iteration == config.warmup_steps
 
 
-def warmup_per_iteration(config: PPOConfig, iterations: int) -> str:
-    """What a target that steps its schedule once per iteration does with warmup_steps (for a warning)."""
-    per = config.ppo_epochs * config.num_mini_batches
-    unit = "iteration" if iterations == 1 else "iterations"
-    return (f"steps its schedule once per PPO iteration ({per} optimizer steps); exported {iterations} {unit}, "
-            f"that is {iterations * per} optimizer steps")
-
-
 def per_token_kl_target(config: PPOConfig) -> float:
     """Our kl_target is summed over the response; targets that average KL over response tokens need it
     per token. Exact only when responses run to response_length tokens."""
@@ -135,6 +114,18 @@ def per_token_kl_target(config: PPOConfig) -> float:
 
 def micro(config: PPOConfig) -> int:
     return config.micro_batch_size or config.mini_batch_size
+
+
+def lora_alpha_int(config: PPOConfig) -> int:
+    """lora_alpha for targets that take an integer: rounded, at least 1."""
+    return max(1, round(config.lora_alpha))
+
+
+def lora_targets(config: PPOConfig) -> str | list[str]:
+    """lora_target_modules as peft takes it: the string 'all-linear', or a list of module names."""
+    if config.lora_target_modules.strip() == "all-linear":
+        return "all-linear"
+    return [name.strip() for name in config.lora_target_modules.split(",") if name.strip()]
 
 
 # -- rendering -----------------------------------------------------------------------------------
@@ -165,6 +156,8 @@ def render_bash_array(out: Out, array: str, style: str) -> list[str]:
 
 
 def hydra_value(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
     if isinstance(value, bool):
         return "True" if value else "False"
     if value is None:

@@ -12,26 +12,28 @@ the adaptive KL controller (`openrlhf/trainer/ppo_utils/kl_controller.py`) is fe
 response tokens (`experience_maker.py`); GAE advantages are always normalised over the rollout batch;
 the critic has its own optimizer and an unweighted 0.5 * max(...) value loss (`models/loss.py`);
 Adam exempts biases and norm weights from weight decay (`utils/deepspeed/deepspeed_utils.py`).
+LoRA: `--ds.lora.rank/alpha/target_modules/dropout` reach peft's LoraConfig for the actor
+(`trainer/ray/ppo_actor.py` -> `models/actor.py`) and the critic alike (`trainer/ray/ppo_critic.py` ->
+`models/model.py`); `--ds.lora.alpha` is an int; `--ds.lora.target_modules` takes `nargs="*"`, so any
+value given on the command line becomes a list, and peft reads only the string "all-linear" (the flag's
+default) as all linear layers. `--actor.gradient_checkpointing_enable` checkpoints actor and critic;
+every model is loaded in `--ds.param_dtype` (bf16 or fp16).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from trials import PPOConfig
+from trials import PPOConfig, RewardRef
 from tuner.export._common import (
     Out,
     check_demo,
-    comment_lines,
-    header,
-    micro,
-    not_applicable,
+    lora_targets,
     optimizer_steps,
-    per_token_kl_target,
     render_bash_array,
-    reward_ref,
     warmup_ratio,
 )
+from tuner.export._skeleton import Exporter
 
 SOURCE = "OpenRLHF/OpenRLHF openrlhf/cli/train_ppo_ray.py (release 0.11.2; these names since 0.10.2)"
 
@@ -51,10 +53,13 @@ VERIFIED_FLAGS = frozenset({
     "--algo.advantage.gamma", "--algo.advantage.no_std_norm", "--actor.entropy_coef",
     "--rollout.max_new_tokens", "--rollout.temperature", "--rollout.top_p",
     "--train.num_episodes", "--train.seed",
+    "--ds.lora.rank", "--ds.lora.alpha", "--ds.lora.target_modules", "--ds.lora.dropout",
+    "--actor.gradient_checkpointing_enable",
 })
 
 # Our field -> the OpenRLHF flags that carry it. Fields missing here are explained in a comment
-# (and a warning when a value is lost): vf_coef, whiten_advantages, whiten_rewards, top_k.
+# (and a warning when a value is lost): vf_coef, whiten_advantages, whiten_rewards, top_k, value_backbone,
+# frozen_dtype.
 FLAGS: dict[str, tuple[str, ...]] = {
     "model_path": ("--actor.model_name_or_path",),
     "value_model_path": ("--critic.model_name_or_path",),
@@ -85,6 +90,11 @@ FLAGS: dict[str, tuple[str, ...]] = {
     "response_length": ("--rollout.max_new_tokens",),
     "temperature": ("--rollout.temperature",),
     "top_p": ("--rollout.top_p",),
+    "lora_rank": ("--ds.lora.rank",),
+    "lora_alpha": ("--ds.lora.alpha",),
+    "lora_dropout": ("--ds.lora.dropout",),
+    "lora_target_modules": ("--ds.lora.target_modules",),
+    "gradient_checkpointing": ("--actor.gradient_checkpointing_enable",),
     "num_iterations": ("--data.max_samples", "--train.num_episodes"),
     "seed": ("--train.seed",),
 }
@@ -100,6 +110,9 @@ CONVERSIONS: dict[str, str] = {
     "kl_horizon": "rounded to an integer (samples, as ours)",
     "ent_coef": "written only when > 0 (OpenRLHF computes entropy whenever the flag is set)",
     "num_iterations": "--data.max_samples = num_iterations * rollout_batch_size, with --train.num_episodes 1",
+    "lora_alpha": "rounded to an integer",
+    "lora_target_modules": "all-linear -> the flag unset (its default); 'q_proj,v_proj' -> q_proj v_proj",
+    "gradient_checkpointing": "true -> the bare flag; false -> unset",
 }
 
 # Settings that make OpenRLHF run the algorithm of ppo-tuner's engine (its defaults differ).
@@ -114,143 +127,111 @@ FIXED: dict[str, tuple[Any, str]] = {
 _SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 
 
-def export_openrlhf(config: PPOConfig, source: dict | None = None) -> tuple[str, list[str]]:
-    """A bash script that runs OpenRLHF's PPO with this config; and the values OpenRLHF cannot take."""
-    out = Out("OpenRLHF")
-    _models_and_data(out, config)
-    _optimisation(out, config)
-    _batches(out, config)
-    _kl(out, config)
-    _losses(out, config)
-    _generation(out, config)
-    _run(out, config)
-    lines = comment_lines(header("OpenRLHF PPO, `python -m openrlhf.cli.train_ppo_ray` (flag names of "
-                                 "openrlhf 0.11.2, valid since 0.10.2)", source))
-    lines += comment_lines([
-        "Run as a bash script (on a Ray cluster: ray job submit ... -- python -m openrlhf.cli.train_ppo_ray ...).",
-        "Add your cluster layout: --actor.num_gpus_per_node, --critic.num_gpus_per_node, --vllm.num_engines, ...",
-        not_applicable(config),
-    ])
-    lines += render_bash_array(out, "args", "flag")
-    lines.append('python -m openrlhf.cli.train_ppo_ray "${args[@]}"')
-    return "\n".join(lines) + "\n", out.warnings
+class OpenRLHF(Exporter):
+    """A bash script that runs OpenRLHF's PPO with a config; and the values OpenRLHF cannot take."""
 
+    target, names, fixed = "OpenRLHF", FLAGS, FIXED
+    title = "OpenRLHF PPO, `python -m openrlhf.cli.train_ppo_ray` (flag names of openrlhf 0.11.2, valid since 0.10.2)"
+    notes = ("Run as a bash script (on a Ray cluster: ray job submit ... -- python -m openrlhf.cli.train_ppo_ray ...).",
+             "Add your cluster layout: --actor.num_gpus_per_node, --critic.num_gpus_per_node, --vllm.num_engines, ...")
+    optimizers = {"adamw": "adam", "adam": "adam"}
+    critic_default = " (OpenRLHF's default is the reward model)"
+    kl_caveat = " (and a TODO in openrlhf/trainer/ppo_trainer.py calls its adaptive controller unsupported)"
+    shared_value = ("its critic is a model of its own: exported from model_path, with a LoRA adapter of the same "
+                    "--ds.lora settings as the policy's, so the base is held twice")
+    frozen_dtypes = "loads every model, frozen or trained, in --ds.param_dtype (bf16, its default, or fp16)"
+    frozen_default = "bf16"
 
-def _models_and_data(out: Out, c: PPOConfig) -> None:
-    check_demo(out, "model_path", c.model_path)
-    out.put(FLAGS["model_path"], c.model_path, "policy and reference")
-    value_path = c.value_model_path or c.model_path
-    check_demo(out, "value_model_path", c.value_model_path)
-    out.put(FLAGS["value_model_path"], value_path, "" if c.value_model_path else
-            "value_model_path empty: the critic starts from model_path (OpenRLHF's default is the reward model)")
-    ref = reward_ref(c.reward)
-    if ref.kind == "model":
-        out.put(("--reward.model_name_or_path",), c.reward, "sequence-classification reward model")
-    else:
+    def body(self, out: Out, c: PPOConfig) -> list[str]:
+        return render_bash_array(out, "args", "flag") + ['python -m openrlhf.cli.train_ppo_ray "${args[@]}"']
+
+    def reward(self, out: Out, c: PPOConfig, ref: RewardRef) -> None:
+        if ref.kind == "model":
+            out.put(("--reward.model_name_or_path",), c.reward, "sequence-classification reward model")
+            return
         out.lost("reward", c.reward, "calls reward_func(queries, prompts, labels) from the .py file given as "
                  "--reward.remote_url (queries = prompt + response text) and expects {'rewards': tensor}; "
                  f"write a reward_func there that calls {ref.function}(prompts, responses)")
-        out.put(("--reward.remote_url",), ref.path if ref.kind == "file" else "reward_func.py")
-    check_demo(out, "prompts", c.prompts)
-    if c.prompts.endswith(".txt"):
-        out.lost("prompts", c.prompts, "reads .json/.jsonl/.csv/.parquet datasets, not .txt; convert it to "
-                 ".jsonl with one {\"prompt\": ...} per line")
-    out.put(FLAGS["prompts"][:1], c.prompts)
-    out.put(FLAGS["prompts"][1:], "prompt", "the prompt column, used as it is (no chat template)")
-    total = c.max_prompt_length + c.response_length
-    out.lost("max_prompt_length", c.max_prompt_length, "has no prompt-length limit (since 0.10.2); "
-             f"--data.max_len {total} caps prompt + response and cuts the end of a long sequence, not the start "
-             f"of a long prompt: truncate prompts to {c.max_prompt_length} tokens beforehand")
-    out.put(FLAGS["max_prompt_length"], total)
+        out.put(("--reward.remote_url",), ref.target if ref.kind == "file" else "reward_func.py")
+
+    def data(self, out: Out, c: PPOConfig) -> None:
+        check_demo(out, "prompts", c.prompts)
+        if c.prompts.endswith(".txt"):
+            out.lost("prompts", c.prompts, "reads .json/.jsonl/.csv/.parquet datasets, not .txt; convert it to "
+                     ".jsonl with one {\"prompt\": ...} per line")
+        out.put(FLAGS["prompts"][:1], c.prompts)
+        out.put(FLAGS["prompts"][1:], "prompt", "the prompt column, used as it is (no chat template)")
+        total = c.max_prompt_length + c.response_length
+        out.lost("max_prompt_length", c.max_prompt_length, "has no prompt-length limit (since 0.10.2); "
+                 f"--data.max_len {total} caps prompt + response and cuts the end of a long sequence, not the "
+                 f"start of a long prompt: truncate prompts to {c.max_prompt_length} tokens beforehand")
+        out.set("max_prompt_length", total)
+
+    def schedule(self, out: Out, c: PPOConfig) -> None:
+        out.set("lr_schedule", _SCHEDULES[c.lr_schedule], f"lr_schedule {c.lr_schedule}, per optimizer step")
+
+    def warmup(self, out: Out, c: PPOConfig) -> None:
+        out.set("warmup_steps", warmup_ratio(c),
+                f"warmup_steps {c.warmup_steps} of {optimizer_steps(c)} optimizer steps")
+
+    def entropy(self, out: Out, c: PPOConfig) -> None:
+        if c.ent_coef > 0:
+            out.set("ent_coef", c.ent_coef)
+        else:
+            out.note("ent_coef 0: no entropy bonus (--actor.entropy_coef unset, OpenRLHF's default)")
+
+    def whitening(self, out: Out, c: PPOConfig) -> None:
+        if c.whiten_advantages:
+            out.note("whiten_advantages true: OpenRLHF normalises GAE advantages over the rollout batch (its default)")
+        else:
+            out.lost("whiten_advantages", False, "always subtracts the mean of the GAE advantages over the rollout "
+                     "batch; --algo.advantage.no_std_norm only skips the division by their std")
+            out.put(("--algo.advantage.no_std_norm",), True)
+        if c.whiten_rewards:
+            out.lost("whiten_rewards", True, "has no whitening of per-token rewards before GAE "
+                     "(--reward.normalize_enable is a running normalisation of scores, not the same); rewards "
+                     "stay as they are")
+        else:
+            out.note("whiten_rewards false: OpenRLHF does not whiten rewards (its default)")
+
+    def sampling(self, out: Out, c: PPOConfig) -> None:
+        if c.top_k:
+            out.lost("top_k", c.top_k, "has no top-k flag; it samples without a top-k cut")
+        else:
+            out.note("top_k 0: no top-k cut (OpenRLHF has no top-k flag)")
+        out.set("top_p", c.top_p)
+
+    def adapter(self, out: Out, c: PPOConfig) -> None:
+        out.set("lora_rank", c.lora_rank, "LoRA on the policy and on the critic")
+        out.set("lora_alpha", self.whole_alpha(out, c))
+        out.set("lora_dropout", c.lora_dropout)
+        targets = lora_targets(c)
+        if targets == "all-linear":
+            out.note("lora_target_modules all-linear: --ds.lora.target_modules left at its default, the only way "
+                     "peft reads it as all linear layers (given on the command line it becomes a list)")
+        else:
+            out.set("lora_target_modules", targets)
+
+    def value_backbone(self, out: Out, c: PPOConfig) -> None:
+        if c.lora_rank and c.value_backbone == "separate":
+            out.lost("value_backbone", c.value_backbone, "applies --ds.lora to the critic too "
+                     "(trainer/ray/ppo_critic.py): the critic trains a LoRA adapter, not every weight")
+        else:
+            super().value_backbone(out, c)
+
+    def checkpointing(self, out: Out, c: PPOConfig) -> None:
+        if c.gradient_checkpointing:
+            out.set("gradient_checkpointing", True, "actor and critic")
+        else:
+            out.note("gradient_checkpointing false: OpenRLHF's default (--actor.gradient_checkpointing_enable unset)")
+
+    def run(self, out: Out, c: PPOConfig) -> None:
+        out.note(f"num_iterations {c.num_iterations}: OpenRLHF makes passes (episodes) over the prompt dataset; one "
+                 f"pass over its first {c.num_iterations * c.rollout_batch_size} prompts is {c.num_iterations} "
+                 "iterations when the file holds that many (else raise --train.num_episodes)")
+        out.put(FLAGS["num_iterations"][:1], c.num_iterations * c.rollout_batch_size)
+        out.put(FLAGS["num_iterations"][1:], 1)
+        out.set("seed", c.seed)
 
 
-def _optimisation(out: Out, c: PPOConfig) -> None:
-    out.put(FLAGS["policy_lr"], c.policy_lr)
-    out.put(FLAGS["value_lr"], c.value_lr)
-    if c.optimizer == "adam" and c.weight_decay > 0:
-        out.lost("optimizer", c.optimizer, f"has AdamW only: weight_decay {c.weight_decay:g} is applied decoupled, "
-                 "not as an L2 penalty in the gradient")
-    out.put(FLAGS["optimizer"], "adam", f"optimizer {c.optimizer}: OpenRLHF's adam is AdamW")
-    if c.weight_decay > 0:
-        out.lost("weight_decay", c.weight_decay, "exempts biases and norm weights from weight decay "
-                 "(ppo-tuner decays every parameter)")
-    out.put(FLAGS["weight_decay"], c.weight_decay)
-    out.put(FLAGS["lr_schedule"], _SCHEDULES[c.lr_schedule], f"lr_schedule {c.lr_schedule}, per optimizer step")
-    out.put(FLAGS["warmup_steps"], warmup_ratio(c),
-            f"warmup_steps {c.warmup_steps} of {optimizer_steps(c)} optimizer steps")
-    out.put(FLAGS["max_grad_norm"], c.max_grad_norm, "each model's gradient norm, as ppo-tuner")
-
-
-def _batches(out: Out, c: PPOConfig) -> None:
-    out.put(FLAGS["rollout_batch_size"], c.rollout_batch_size, "prompts per rollout")
-    out.put(FLAGS["mini_batch_size"], c.mini_batch_size, "global samples per optimizer step")
-    out.put(FLAGS["micro_batch_size"], micro(c), "per GPU" if c.micro_batch_size else
-            "micro_batch_size empty: mini_batch_size (per GPU in OpenRLHF)")
-    out.put(FLAGS["ppo_epochs"], c.ppo_epochs)
-
-
-def _kl(out: Out, c: PPOConfig) -> None:
-    out.put(FLAGS["kl_coef"], c.kl_coef, "initial beta" if c.kl_mode == "adaptive" else "fixed beta")
-    if c.kl_mode == "adaptive":
-        target = per_token_kl_target(c)
-        out.lost("kl_target", c.kl_target, "compares the KL averaged over response tokens with its target; "
-                 f"exported --algo.kl.target {target:g} = kl_target / response_length, exact only for "
-                 "full-length responses (and a TODO in openrlhf/trainer/ppo_trainer.py calls its adaptive "
-                 "controller unsupported)")
-        out.put(("--algo.kl.target",), target, "kl_mode adaptive")
-        horizon = round(c.kl_horizon)
-        if horizon != c.kl_horizon:
-            out.lost("kl_horizon", c.kl_horizon, f"takes a whole number of samples; exported {horizon}")
-        out.put(FLAGS["kl_horizon"], horizon, "samples")
-    else:
-        out.note(f"kl_mode fixed: no --algo.kl.target, so beta stays fixed (kl_target={c.kl_target!r} and "
-                 f"kl_horizon={c.kl_horizon!r} are unused)")
-    out.put(FLAGS["kl_estimator"], c.kl_estimator, "per-token KL in the reward")
-
-
-def _losses(out: Out, c: PPOConfig) -> None:
-    out.put(FLAGS["cliprange"], c.cliprange)
-    out.put(FLAGS["cliprange_value"], c.cliprange_value)
-    out.put(FLAGS["gae_lambda"], c.gae_lambda)
-    out.put(FLAGS["gamma"], c.gamma)
-    if c.vf_coef != 1.0:
-        out.lost("vf_coef", c.vf_coef, "trains the critic with its own optimizer on the unweighted loss "
-                 "0.5 * max(...), as vf_coef 1.0; under Adam a loss weight changes little beyond gradient clipping")
-    else:
-        out.note("vf_coef 1.0: OpenRLHF's critic loss is unweighted, the same")
-    if c.ent_coef > 0:
-        out.put(FLAGS["ent_coef"], c.ent_coef)
-    else:
-        out.note("ent_coef 0: no entropy bonus (--actor.entropy_coef unset, OpenRLHF's default)")
-    if c.whiten_advantages:
-        out.note("whiten_advantages true: OpenRLHF normalises GAE advantages over the rollout batch (its default)")
-    else:
-        out.lost("whiten_advantages", False, "always subtracts the mean of the GAE advantages over the rollout "
-                 "batch; --algo.advantage.no_std_norm only skips the division by their std")
-        out.put(("--algo.advantage.no_std_norm",), True)
-    if c.whiten_rewards:
-        out.lost("whiten_rewards", True, "has no whitening of per-token rewards before GAE "
-                 "(--reward.normalize_enable is a running normalisation of scores, not the same); rewards stay as they are")
-    else:
-        out.note("whiten_rewards false: OpenRLHF does not whiten rewards (its default)")
-
-
-def _generation(out: Out, c: PPOConfig) -> None:
-    out.put(FLAGS["response_length"], c.response_length, "tokens")
-    out.put(FLAGS["temperature"], c.temperature, "also the temperature of the log-probs, as ppo-tuner")
-    if c.top_k:
-        out.lost("top_k", c.top_k, "has no top-k flag; it samples without a top-k cut")
-    else:
-        out.note("top_k 0: no top-k cut (OpenRLHF has no top-k flag)")
-    out.put(FLAGS["top_p"], c.top_p)
-
-
-def _run(out: Out, c: PPOConfig) -> None:
-    out.note(f"num_iterations {c.num_iterations}: OpenRLHF makes passes (episodes) over the prompt dataset; one "
-             f"pass over its first {c.num_iterations * c.rollout_batch_size} prompts is {c.num_iterations} "
-             "iterations when the file holds that many (else raise --train.num_episodes)")
-    out.put(FLAGS["num_iterations"][:1], c.num_iterations * c.rollout_batch_size)
-    out.put(FLAGS["num_iterations"][1:], 1)
-    out.put(FLAGS["seed"], c.seed)
-    for flag, (value, why) in FIXED.items():
-        out.put((flag,), value, why)
+export_openrlhf = OpenRLHF()

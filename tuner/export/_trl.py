@@ -10,27 +10,25 @@ per_device_train_batch_size x gradient_accumulation_steps x processes samples sp
 gradient_accumulation_steps=1 gives one optimizer step per mini-batch); the LR schedule steps once per
 PPO iteration; `optimizer.step()` without gradient clipping; sampling with top_k 0 and top_p 1.0;
 advantages always whitened; a fixed kl_coef; no entropy bonus.
+LoRA: PPOTrainer takes `peft_config` (a peft `LoraConfig`, keywords checked against peft 0.21.2
+`peft/tuners/lora/config.py`) and wraps the policy alone with it; the reference is then the policy with
+its adapter switched off, and `disable_dropout_in_model` sets every dropout of the wrapped policy to 0.
+`gradient_checkpointing` is a field of trl's `_BaseConfig` (`trl/trainer/base_config.py`, default True;
+transformers 5.24 keeps it as an alias of `activation_checkpointing`), but PPOTrainer runs neither
+`Trainer.__init__` nor `Trainer.train`, where transformers would act on it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from trials import PPOConfig
-from tuner.export._common import (
-    Out,
-    check_demo,
-    comment_lines,
-    header,
-    micro,
-    not_applicable,
-    reward_ref,
-    warmup_iterations,
-    warmup_per_iteration,
-)
+from trials import PPOConfig, RewardRef
+from tuner.export._common import Out, check_demo, comment_lines, lora_targets, micro
+from tuner.export._skeleton import Exporter
 
-SOURCE = ("huggingface/trl trl/experimental/ppo/ppo_config.py (trl 1.12.0) and huggingface/transformers "
-          "src/transformers/training_args.py (transformers 5.24)")
+SOURCE = ("huggingface/trl trl/experimental/ppo/ppo_config.py and trl/trainer/base_config.py (trl 1.12.0), "
+          "huggingface/transformers src/transformers/training_args.py (transformers 5.24), huggingface/peft "
+          "src/peft/tuners/lora/config.py (peft 0.21.2)")
 
 # Every keyword this export may write, as defined in SOURCE.
 VERIFIED_KWARGS = frozenset({
@@ -41,11 +39,16 @@ VERIFIED_KWARGS = frozenset({
     # transformers TrainingArguments
     "output_dir", "per_device_train_batch_size", "gradient_accumulation_steps", "optim", "weight_decay",
     "lr_scheduler_type", "warmup_steps", "max_grad_norm", "seed", "bf16", "use_cpu",
+    # trl/trainer/base_config.py (_BaseConfig, the TrainingArguments of every trl trainer)
+    "gradient_checkpointing",
 })
+# Every keyword of peft's LoraConfig this export may write, as defined in SOURCE.
+VERIFIED_LORA_KWARGS = frozenset({"r", "lora_alpha", "lora_dropout", "target_modules", "task_type"})
 
 # Our field -> the PPOConfig keywords that carry it. Fields missing here are explained in a comment (and
 # a warning when a value is lost): value_model_path, prompts, eval_prompts (PPOTrainer arguments),
-# max_prompt_length, value_lr, kl_mode, kl_target, kl_horizon, ent_coef, whiten_advantages, top_k, top_p.
+# max_prompt_length, value_lr, kl_mode, kl_target, kl_horizon, ent_coef, whiten_advantages, top_k, top_p,
+# value_backbone, frozen_dtype; and the LoRA fields, which go to LoraConfig (LORA_KWARGS).
 KWARGS: dict[str, tuple[str, ...]] = {
     "model_path": ("sft_model_path",),
     "reward": ("reward_model_path",),
@@ -74,6 +77,15 @@ KWARGS: dict[str, tuple[str, ...]] = {
     "device": ("use_cpu",),
     "precision": ("bf16",),
     "output_dir": ("output_dir",),
+    "gradient_checkpointing": ("gradient_checkpointing",),
+}
+
+# Our field -> the keywords of `peft_config = LoraConfig(...)`, written when lora_rank > 0.
+LORA_KWARGS: dict[str, tuple[str, ...]] = {
+    "lora_rank": ("r",),
+    "lora_alpha": ("lora_alpha",),
+    "lora_dropout": ("lora_dropout",),
+    "lora_target_modules": ("target_modules",),
 }
 
 # Where the units differ, how a value is converted.
@@ -87,6 +99,7 @@ CONVERSIONS: dict[str, str] = {
     "warmup_steps": "in PPO iterations = warmup_steps / (ppo_epochs * num_mini_batches)",
     "device": "cpu -> use_cpu=True",
     "precision": "fp32 -> bf16=False, bf16 -> bf16=True",
+    "lora_target_modules": "all-linear as it is; 'q_proj,v_proj' -> ['q_proj', 'v_proj']",
 }
 
 # Settings that make TRL run the algorithm of ppo-tuner's engine (its defaults differ).
@@ -95,153 +108,162 @@ FIXED: dict[str, tuple[Any, str]] = {
 }
 
 
-def export_trl(config: PPOConfig, source: dict | None = None) -> tuple[str, list[str]]:
-    """A Python snippet that builds trl's PPOConfig for this config; and the values TRL cannot take."""
-    out = Out("TRL")
-    _models(out, config)
-    _optimisation(out, config)
-    _batches(out, config)
-    _kl(out, config)
-    _losses(out, config)
-    _generation(out, config)
-    _run(out, config)
-    lines = comment_lines(header("trl 1.12 PPOConfig (trl.experimental.ppo, the last TRL with PPO)", source))
-    lines += comment_lines([not_applicable(config, ("num_threads", "num_eval_prompts", "eval_interval"))])
-    lines += ["from trl.experimental.ppo import PPOConfig", "", "config = PPOConfig("]
-    for name, value, comment in out.items:
+class TRL(Exporter):
+    """A Python snippet that builds trl's PPOConfig for a config; and the values TRL cannot take."""
+
+    target, names, fixed = "TRL", KWARGS, FIXED
+    title = "trl 1.12 PPOConfig (trl.experimental.ppo, the last TRL with PPO)"
+    plumbing = ("num_threads", "num_eval_prompts", "eval_interval")
+    optimizers = {"adamw": "adamw_torch", "adam": "adamw_torch"}
+    shared_value = ("it takes a value_model of its own, trained whole; wrap that model in a LoRA adapter of its "
+                    "own yourself (a second copy of the base)")
+    frozen_dtypes = ("takes the models you build (load reward_model, and under LoRA the policy's base, with "
+                     "from_pretrained(..., dtype=...))")
+
+    def body(self, out: Out, c: PPOConfig) -> list[str]:
+        """`config = PPOConfig(...)`, and `peft_config = LoraConfig(...)` from the LoRA settings among the items."""
+        at = [i for i, (name, _, _) in enumerate(out.items) if name in VERIFIED_LORA_KWARGS]
+        start, end = (at[0], at[-1] + 1) if at else (len(out.items),) * 2
+        lora, ppo = out.items[start:end], out.items[:start] + out.items[end:]
+        lines = ["from peft import LoraConfig"] if lora else []
+        lines += ["from trl.experimental.ppo import PPOConfig", "", *_call("config = PPOConfig(", ppo)]
+        lines += _call("peft_config = LoraConfig(", lora) if lora else []
+        return lines + comment_lines(_trainer_note(c, self.critic_start(c)[0]))
+
+    def reward(self, out: Out, c: PPOConfig, ref: RewardRef) -> None:
+        if ref.kind == "model":
+            out.set("reward", c.reward, "sequence-classification reward model")
+        else:
+            out.lost("reward", c.reward, "scores responses with a sequence-classification reward model only "
+                     "(PPOTrainer's reward_model); a Python reward function needs a reward model wrapper")
+
+    def data(self, out: Out, c: PPOConfig) -> None:
+        check_demo(out, "prompts", c.prompts)
+        out.lost("max_prompt_length", c.max_prompt_length, "has no prompt-length setting; truncate the prompts "
+                 f"on the left to {c.max_prompt_length} tokens when tokenising train_dataset")
+
+    def value_lr(self, out: Out, c: PPOConfig) -> None:
+        if c.value_lr != c.policy_lr:
+            out.lost("value_lr", c.value_lr, "trains policy and value with one optimizer and one learning rate: "
+                     f"both use learning_rate={c.policy_lr!r}")
+        else:
+            out.note("value_lr equals policy_lr: TRL's single learning rate serves both")
+
+    def schedule(self, out: Out, c: PPOConfig) -> None:
+        schedule = "constant_with_warmup" if c.lr_schedule == "constant" and c.warmup_steps else c.lr_schedule
+        out.set("lr_schedule", schedule, f"lr_schedule {c.lr_schedule}, stepped once per PPO iteration")
+
+    def max_grad_norm(self, out: Out, c: PPOConfig) -> None:
+        out.lost("max_grad_norm", c.max_grad_norm, "steps the optimizer without clipping gradients (PPOTrainer "
+                 "never calls clip_grad_norm_); max_grad_norm is passed but unused")
+        out.set("max_grad_norm", c.max_grad_norm)
+
+    def batches(self, out: Out, c: PPOConfig) -> None:
+        out.put(KWARGS["rollout_batch_size"][:1], c.rollout_batch_size,
+                "rollout_batch_size, one process (with N processes use rollout_batch_size / N)")
+        out.put(KWARGS["rollout_batch_size"][1:], 1, "one optimizer step per mini-batch")
+        out.set("mini_batch_size", c.num_mini_batches, f"mini-batches of {c.mini_batch_size} samples")
+        if c.micro_batch_size and c.micro_batch_size < c.mini_batch_size:
+            out.lost("micro_batch_size", c.micro_batch_size, "cannot split a mini-batch into micro-batches without "
+                     "changing the mini-batch size (its gradient accumulation spans the rollout batch); each "
+                     "mini-batch is one forward/backward pass, micro_batch_size sets only the rollout's forward passes")
+        out.set("micro_batch_size", micro(c), "samples per no-grad forward pass in the rollout")
+        out.set("ppo_epochs", c.ppo_epochs)
+
+    def kl(self, out: Out, c: PPOConfig) -> None:
+        if c.kl_mode == "adaptive":
+            out.lost("kl_mode", c.kl_mode, f"has no adaptive KL controller: beta stays at kl_coef {c.kl_coef:g} "
+                     f"(kl_target={c.kl_target!r} and kl_horizon={c.kl_horizon!r} are lost)")
+        else:
+            self.kl_unused(out, c)
+        out.set("kl_coef", c.kl_coef)
+        self.kl_estimator(out, c)
+
+    def value_loss(self, out: Out, c: PPOConfig) -> None:
+        out.set("vf_coef", c.vf_coef)
+
+    def entropy(self, out: Out, c: PPOConfig) -> None:
+        if c.ent_coef > 0:
+            out.lost("ent_coef", c.ent_coef, "has no entropy bonus; the loss is policy + vf_coef * value")
+        else:
+            out.note("ent_coef 0: no entropy bonus, as TRL")
+
+    def whitening(self, out: Out, c: PPOConfig) -> None:
+        if c.whiten_advantages:
+            out.note("whiten_advantages true: TRL always whitens advantages")
+        else:
+            out.lost("whiten_advantages", False, "always whitens advantages over the rollout batch (no switch)")
+        if c.whiten_rewards and c.mini_batch_size < 8:
+            out.lost("whiten_rewards", True, f"asserts at least 8 samples per mini-batch to whiten rewards; "
+                     f"mini_batch_size is {c.mini_batch_size}, so PPOTrainer will refuse this config")
+        out.set("whiten_rewards", c.whiten_rewards)
+
+    def sampling(self, out: Out, c: PPOConfig) -> None:
+        if c.top_k:
+            out.lost("top_k", c.top_k, "samples with top_k 0 (no top-k cut); it has no setting for it")
+        if c.top_p < 1:
+            out.lost("top_p", c.top_p, "samples with top_p 1.0 (no nucleus cut); it has no setting for it")
+        if not c.top_k and c.top_p == 1:
+            out.note("top_k 0 and top_p 1.0: TRL samples the same way (it has no setting for either)")
+
+    def adapter(self, out: Out, c: PPOConfig) -> None:
+        out.put(("task_type",), "CAUSAL_LM", "the policy's adapter")
+        out.put(LORA_KWARGS["lora_rank"], c.lora_rank)
+        out.put(LORA_KWARGS["lora_alpha"], c.lora_alpha)
+        if c.lora_dropout:
+            out.lost("lora_dropout", c.lora_dropout, "sets every dropout of the policy to 0 after wrapping it "
+                     "(disable_dropout_in_model), the adapter's too")
+        out.put(LORA_KWARGS["lora_dropout"], c.lora_dropout)
+        out.put(LORA_KWARGS["lora_target_modules"], lora_targets(c))
+
+    def checkpointing(self, out: Out, c: PPOConfig) -> None:
+        if c.gradient_checkpointing:
+            out.lost("gradient_checkpointing", True, "never acts on its gradient_checkpointing keyword in PPO: call "
+                     "policy.gradient_checkpointing_enable() and value_model.gradient_checkpointing_enable() before "
+                     "building the PPOTrainer")
+        out.set("gradient_checkpointing", c.gradient_checkpointing, "TRL's default is True")
+
+    def run(self, out: Out, c: PPOConfig) -> None:
+        out.set("num_iterations", c.num_iterations * c.rollout_batch_size,
+                f"num_iterations {c.num_iterations} x rollout_batch_size")
+        out.set("seed", c.seed)
+        if c.device == "cpu":
+            out.set("device", True, "device cpu")
+        else:
+            out.note(f"device {c.device}: TRL (accelerate) uses the GPU when there is one")
+        bf16 = {"fp32": False, "bf16": True}.get(c.precision, False if c.device == "cpu" else None)
+        if bf16 is None:
+            out.note("precision auto: TRL's default bf16=True needs a bf16-capable GPU (ppo-tuner falls back to fp32)")
+        else:
+            out.set("precision", bf16, f"precision {c.precision}")
+        if c.output_dir:
+            out.set("output_dir", c.output_dir)
+        else:
+            out.note("output_dir empty: TRL writes to its default folder, trainer_output")
+
+
+def _call(opening: str, items: list[tuple[str, Any, str]]) -> list[str]:
+    lines = [opening]
+    for name, value, comment in items:
         if name:
             lines.append(f"    {name}={value!r}," + (f"  # {' '.join(comment.split())}" if comment else ""))
         else:
             lines += comment_lines([comment], "    ")
-    lines.append(")")
-    lines += comment_lines(_trainer_note(config))
-    return "\n".join(lines) + "\n", out.warnings
+    return lines + [")"]
 
 
-def _models(out: Out, c: PPOConfig) -> None:
-    check_demo(out, "model_path", c.model_path)
-    out.put(KWARGS["model_path"], c.model_path, "policy and reference")
-    check_demo(out, "value_model_path", c.value_model_path)
-    ref = reward_ref(c.reward)
-    if ref.kind == "model":
-        out.put(KWARGS["reward"], c.reward, "sequence-classification reward model")
-    else:
-        out.lost("reward", c.reward, "scores responses with a sequence-classification reward model only "
-                 "(PPOTrainer's reward_model); a Python reward function needs a reward model wrapper")
-    check_demo(out, "prompts", c.prompts)
-    out.lost("max_prompt_length", c.max_prompt_length, "has no prompt-length setting; truncate the prompts "
-             f"on the left to {c.max_prompt_length} tokens when tokenising train_dataset")
-
-
-def _optimisation(out: Out, c: PPOConfig) -> None:
-    out.put(KWARGS["policy_lr"], c.policy_lr, "policy_lr")
-    if c.value_lr != c.policy_lr:
-        out.lost("value_lr", c.value_lr, "trains policy and value with one optimizer and one learning rate: "
-                 f"both use learning_rate={c.policy_lr!r}")
-    else:
-        out.note("value_lr equals policy_lr: TRL's single learning rate serves both")
-    if c.optimizer == "adam" and c.weight_decay > 0:
-        out.lost("optimizer", c.optimizer, f"has no plain Adam: weight_decay {c.weight_decay:g} is applied "
-                 "decoupled (AdamW), not as an L2 penalty in the gradient")
-    out.put(KWARGS["optimizer"], "adamw_torch", f"optimizer {c.optimizer}")
-    if c.weight_decay > 0:
-        out.lost("weight_decay", c.weight_decay, "exempts biases and LayerNorm weights from weight decay "
-                 "(ppo-tuner decays every parameter)")
-    out.put(KWARGS["weight_decay"], c.weight_decay)
-    schedule = "constant_with_warmup" if c.lr_schedule == "constant" and c.warmup_steps else c.lr_schedule
-    out.put(KWARGS["lr_schedule"], schedule, f"lr_schedule {c.lr_schedule}, stepped once per PPO iteration")
-    iterations, exact = warmup_iterations(c)
-    if not exact:
-        out.lost("warmup_steps", c.warmup_steps, warmup_per_iteration(c, iterations))
-    out.put(KWARGS["warmup_steps"], iterations, "PPO iterations")
-    out.lost("max_grad_norm", c.max_grad_norm, "steps the optimizer without clipping gradients (PPOTrainer "
-             "never calls clip_grad_norm_); max_grad_norm is passed but unused")
-    out.put(KWARGS["max_grad_norm"], c.max_grad_norm)
-
-
-def _batches(out: Out, c: PPOConfig) -> None:
-    out.put(KWARGS["rollout_batch_size"][:1], c.rollout_batch_size,
-            "rollout_batch_size, one process (with N processes use rollout_batch_size / N)")
-    out.put(KWARGS["rollout_batch_size"][1:], 1, "one optimizer step per mini-batch")
-    out.put(KWARGS["mini_batch_size"], c.num_mini_batches, f"mini-batches of {c.mini_batch_size} samples")
-    if c.micro_batch_size and c.micro_batch_size < c.mini_batch_size:
-        out.lost("micro_batch_size", c.micro_batch_size, "cannot split a mini-batch into micro-batches without "
-                 "changing the mini-batch size (its gradient accumulation spans the rollout batch); each "
-                 "mini-batch is one forward/backward pass, micro_batch_size sets only the rollout's forward passes")
-    out.put(KWARGS["micro_batch_size"], micro(c), "samples per no-grad forward pass in the rollout")
-    out.put(KWARGS["ppo_epochs"], c.ppo_epochs)
-
-
-def _kl(out: Out, c: PPOConfig) -> None:
-    if c.kl_mode == "adaptive":
-        out.lost("kl_mode", c.kl_mode, f"has no adaptive KL controller: beta stays at kl_coef {c.kl_coef:g} "
-                 f"(kl_target={c.kl_target!r} and kl_horizon={c.kl_horizon!r} are lost)")
-    else:
-        out.note(f"kl_mode fixed: kl_target={c.kl_target!r} and kl_horizon={c.kl_horizon!r} are unused")
-    out.put(KWARGS["kl_coef"], c.kl_coef)
-    out.put(KWARGS["kl_estimator"], c.kl_estimator)
-
-
-def _losses(out: Out, c: PPOConfig) -> None:
-    out.put(KWARGS["cliprange"], c.cliprange)
-    out.put(KWARGS["cliprange_value"], c.cliprange_value)
-    out.put(KWARGS["gae_lambda"], c.gae_lambda, "gae_lambda")
-    out.put(KWARGS["gamma"], c.gamma)
-    out.put(KWARGS["vf_coef"], c.vf_coef)
-    if c.ent_coef > 0:
-        out.lost("ent_coef", c.ent_coef, "has no entropy bonus; the loss is policy + vf_coef * value")
-    else:
-        out.note("ent_coef 0: no entropy bonus, as TRL")
-    if c.whiten_advantages:
-        out.note("whiten_advantages true: TRL always whitens advantages")
-    else:
-        out.lost("whiten_advantages", False, "always whitens advantages over the rollout batch (no switch)")
-    if c.whiten_rewards and c.mini_batch_size < 8:
-        out.lost("whiten_rewards", True, f"asserts at least 8 samples per mini-batch to whiten rewards; "
-                 f"mini_batch_size is {c.mini_batch_size}, so PPOTrainer will refuse this config")
-    out.put(KWARGS["whiten_rewards"], c.whiten_rewards)
-
-
-def _generation(out: Out, c: PPOConfig) -> None:
-    out.put(KWARGS["response_length"], c.response_length, "tokens")
-    out.put(KWARGS["temperature"], c.temperature)
-    if c.top_k:
-        out.lost("top_k", c.top_k, "samples with top_k 0 (no top-k cut); it has no setting for it")
-    if c.top_p < 1:
-        out.lost("top_p", c.top_p, "samples with top_p 1.0 (no nucleus cut); it has no setting for it")
-    if not c.top_k and c.top_p == 1:
-        out.note("top_k 0 and top_p 1.0: TRL samples the same way (it has no setting for either)")
-    for name, (value, why) in FIXED.items():
-        out.put((name,), value, why)
-
-
-def _run(out: Out, c: PPOConfig) -> None:
-    out.put(KWARGS["num_iterations"], c.num_iterations * c.rollout_batch_size,
-            f"num_iterations {c.num_iterations} x rollout_batch_size")
-    out.put(KWARGS["seed"], c.seed)
-    if c.device == "cpu":
-        out.put(KWARGS["device"], True, "device cpu")
-    else:
-        out.note(f"device {c.device}: TRL (accelerate) uses the GPU when there is one")
-    bf16 = {"fp32": False, "bf16": True}.get(c.precision, False if c.device == "cpu" else None)
-    if bf16 is None:
-        out.note("precision auto: TRL's default bf16=True needs a bf16-capable GPU (ppo-tuner falls back to fp32)")
-    else:
-        out.put(KWARGS["precision"], bf16, f"precision {c.precision}")
-    if c.output_dir:
-        out.put(KWARGS["output_dir"], c.output_dir)
-    else:
-        out.note("output_dir empty: TRL writes to its default folder, trainer_output")
-
-
-def _trainer_note(c: PPOConfig) -> list[str]:
-    value = c.value_model_path or c.model_path
+def _trainer_note(c: PPOConfig, value: str) -> list[str]:
     held_out = (f"tokenised prompts from {c.eval_prompts!r} (eval_prompts)" if c.eval_prompts else
                 f"{c.num_eval_prompts} prompts held out of train_dataset (eval_prompts empty, num_eval_prompts)")
+    models = (f"model=policy (from model_path {c.model_path!r}), ref_model=None (the policy with its adapter off)"
+              if c.lora_rank else f"model=policy, ref_model=reference (both from model_path {c.model_path!r})")
     return [
         "PPOTrainer takes the models and data, e.g. PPOTrainer(args=config, processing_class=tokenizer,",
-        f"  model=policy, ref_model=reference (both from model_path {c.model_path!r}), reward_model=...,",
+        f"  {models}, reward_model=...,",
         f"  value_model=AutoModelForSequenceClassification.from_pretrained({value!r}, num_labels=1) (value_model_path),",
         f"  train_dataset=tokenised prompts from {c.prompts!r} (prompts),",
-        f"  eval_dataset={held_out})",
+        f"  eval_dataset={held_out}" + (", peft_config=peft_config)" if c.lora_rank else ")"),
     ]
+
+
+export_trl = TRL()

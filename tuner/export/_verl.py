@@ -9,26 +9,26 @@ response tokens; `trainer/ppo/core_algos.py` always whitens GAE advantages, maps
 `workers/config/optimizer.py` (FSDPOptimizerConfig) takes `lr_scheduler_type` constant or cosine only,
 `optimizer` as a torch.optim class name and `clip_grad` (the actor's `grad_clip` is no longer read);
 `workers/engine_workers.py` steps the LR schedule once per PPO iteration.
+LoRA (FSDP engine, `workers/config/model.py` HFModelConfig, used for `actor_rollout_ref.model` and
+`critic.model`): `lora_rank` (0 = full fine-tuning), `lora_alpha` (an int), `target_modules`
+("all-linear" or a list of names) and `enable_gradient_checkpointing` (default True);
+`workers/engine/fsdp/transformer_impl.py` builds peft's LoraConfig from these with no dropout, and loads
+each model in its `fsdp_config.model_dtype` (fp32 by default).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from trials import PPOConfig
+from trials import PPOConfig, RewardRef
 from tuner.export._common import (
     Out,
     check_demo,
-    comment_lines,
-    header,
-    micro,
-    not_applicable,
-    per_token_kl_target,
+    lora_alpha_int,
+    lora_targets,
     render_bash_array,
-    reward_ref,
-    warmup_iterations,
-    warmup_per_iteration,
 )
+from tuner.export._skeleton import Exporter
 
 SOURCE = "volcengine/verl verl/trainer/config/_generated_ppo_trainer.yaml (release 0.9.1)"
 
@@ -56,10 +56,13 @@ VERIFIED_KEYS = frozenset({
     f"{_ROLLOUT}.name", f"{_ROLLOUT}.n", f"{_ROLLOUT}.temperature", f"{_ROLLOUT}.top_k", f"{_ROLLOUT}.top_p",
     f"{_ROLLOUT}.seed", f"{_ACTOR}.data_loader_seed", "critic.data_loader_seed",
     "trainer.total_training_steps", "trainer.total_epochs", "trainer.test_freq",
+    "actor_rollout_ref.model.lora_rank", "actor_rollout_ref.model.lora_alpha", "actor_rollout_ref.model.target_modules",
+    "critic.model.lora_rank", "critic.model.lora_alpha", "critic.model.target_modules",
+    "actor_rollout_ref.model.enable_gradient_checkpointing", "critic.model.enable_gradient_checkpointing",
 })
 
 # Our field -> the verl keys that carry it. Fields missing here are explained in a comment (and a
-# warning when a value is lost): vf_coef, whiten_advantages, whiten_rewards.
+# warning when a value is lost): vf_coef, whiten_advantages, whiten_rewards, lora_dropout, frozen_dtype.
 KEYS: dict[str, tuple[str, ...]] = {
     "model_path": ("actor_rollout_ref.model.path",),
     "value_model_path": ("critic.model.path",),
@@ -97,6 +100,12 @@ KEYS: dict[str, tuple[str, ...]] = {
     "top_p": (f"{_ROLLOUT}.top_p",),
     "num_iterations": ("trainer.total_training_steps", "trainer.total_epochs"),
     "eval_interval": ("trainer.test_freq",),
+    "lora_rank": ("actor_rollout_ref.model.lora_rank",),
+    "lora_alpha": ("actor_rollout_ref.model.lora_alpha",),
+    "lora_target_modules": ("actor_rollout_ref.model.target_modules",),
+    "value_backbone": ("critic.model.lora_rank", "critic.model.lora_alpha", "critic.model.target_modules"),
+    "gradient_checkpointing": ("actor_rollout_ref.model.enable_gradient_checkpointing",
+                               "critic.model.enable_gradient_checkpointing"),
     "seed": ("data.seed", f"{_ACTOR}.data_loader_seed", "critic.data_loader_seed", f"{_ROLLOUT}.seed"),
 }
 
@@ -114,6 +123,9 @@ CONVERSIONS: dict[str, str] = {
     "cliprange": "clip_ratio, clip_ratio_low and clip_ratio_high all set (verl reads low/high first)",
     "top_k": "0 -> -1 (verl's 'no top-k')",
     "num_iterations": "trainer.total_training_steps; trainer.total_epochs set as high so the steps decide",
+    "lora_alpha": "rounded to an integer",
+    "lora_target_modules": "all-linear as it is; 'q_proj,v_proj' -> [q_proj,v_proj]",
+    "value_backbone": "shared -> the critic, from model_path, gets the policy's LoRA settings (critic.model.*)",
 }
 
 # Settings that make verl run the algorithm of ppo-tuner's engine (its defaults differ).
@@ -127,58 +139,106 @@ FIXED: dict[str, tuple[Any, str]] = {
     "critic.shuffle": (True, ""),
 }
 
-_ESTIMATORS = {"k1": "kl", "k3": "low_var_kl"}
-_OPTIMIZERS = {"adamw": "AdamW", "adam": "Adam"}
 
 
-def export_verl(config: PPOConfig, source: dict | None = None) -> tuple[str, list[str]]:
-    """A bash script that runs verl's PPO with this config; and the values verl cannot take."""
-    out = Out("verl")
-    _models_and_data(out, config)
-    _optimisation(out, config)
-    _batches(out, config)
-    _kl(out, config)
-    _losses(out, config)
-    _generation(out, config)
-    _run(out, config)
-    lines = comment_lines(header("verl PPO, `python -m verl.trainer.main_ppo` with Hydra overrides (keys of verl 0.9.1)",
-                                 source))
-    lines += comment_lines([
-        "Add your cluster layout and logging: trainer.n_gpus_per_node, trainer.nnodes, "
-        "actor_rollout_ref.rollout.tensor_model_parallel_size, trainer.logger, ...",
-        not_applicable(config, ("device", "precision", "num_threads", "output_dir", "num_eval_prompts")),
-    ])
-    lines += render_bash_array(out, "overrides", "hydra")
-    lines.append('python -m verl.trainer.main_ppo "${overrides[@]}"')
-    return "\n".join(lines) + "\n", out.warnings
+class Verl(Exporter):
+    """A bash script that runs verl's PPO with a config; and the values verl cannot take."""
 
+    target, names, fixed = "verl", KEYS, FIXED
+    title = "verl PPO, `python -m verl.trainer.main_ppo` with Hydra overrides (keys of verl 0.9.1)"
+    notes = ("Add your cluster layout and logging: trainer.n_gpus_per_node, trainer.nnodes, "
+             "actor_rollout_ref.rollout.tensor_model_parallel_size, trainer.logger, ...",)
+    plumbing = ("device", "precision", "num_threads", "output_dir", "num_eval_prompts")
+    optimizers = {"adamw": "AdamW", "adam": "Adam"}
+    kl_estimators = {"k1": "kl", "k3": "low_var_kl"}
+    shared_value = ("its critic is a model of its own: exported from model_path, with a LoRA adapter of the "
+                    "policy's settings (critic.model.lora_rank, lora_alpha, target_modules), so the base is held twice")
+    frozen_dtypes = ("loads each model in its worker's fsdp_config.model_dtype (fp32 by default; the reference's "
+                     "is actor_rollout_ref.ref.fsdp_config.model_dtype)")
 
-def _models_and_data(out: Out, c: PPOConfig) -> None:
-    check_demo(out, "model_path", c.model_path)
-    out.put(KEYS["model_path"], c.model_path, "policy and reference")
-    check_demo(out, "value_model_path", c.value_model_path)
-    out.put(KEYS["value_model_path"], c.value_model_path or c.model_path,
-            "" if c.value_model_path else "value_model_path empty: the critic starts from model_path")
-    ref = reward_ref(c.reward)
-    if ref.kind == "model":
-        out.put(("reward.reward_model.enable",), True)
-        out.put(("reward.reward_model.model_path",), c.reward, "sequence-classification reward model")
-        out.put(("reward.reward_model.rollout.name",), "vllm", "the engine that serves the reward model")
-    else:
+    def body(self, out: Out, c: PPOConfig) -> list[str]:
+        return render_bash_array(out, "overrides", "hydra") + ['python -m verl.trainer.main_ppo "${overrides[@]}"']
+
+    def reward(self, out: Out, c: PPOConfig, ref: RewardRef) -> None:
+        if ref.kind == "model":
+            out.put(("reward.reward_model.enable",), True)
+            out.put(("reward.reward_model.model_path",), c.reward, "sequence-classification reward model")
+            out.put(("reward.reward_model.rollout.name",), "vllm", "the engine that serves the reward model")
+            return
         out.lost("reward", c.reward, "calls compute_score(data_source, solution_str, ground_truth, extra_info) "
                  "once per response (solution_str) from the file in reward.custom_reward_function.path; the prompt "
                  "reaches it only through the dataset's extra_info column: write a compute_score there that calls "
                  f"{ref.function}([extra_info['prompt']], [solution_str])[0]")
-        out.put(("reward.custom_reward_function.path",), ref.path if ref.kind == "file" else "reward_fn.py")
+        out.put(("reward.custom_reward_function.path",), ref.target if ref.kind == "file" else "reward_fn.py")
         out.put(("reward.custom_reward_function.name",), ref.function if ref.kind == "file" else "compute_score")
-    for name in ("prompts", "eval_prompts"):
-        _prompt_file(out, name, getattr(c, name))
-    out.put(KEYS["prompts"][:1], c.prompts)
-    out.put(KEYS["prompts"][1:], "prompt")
-    out.put(KEYS["eval_prompts"], c.eval_prompts or c.prompts, "" if c.eval_prompts else
-            "eval_prompts empty: the training prompts (verl cannot hold out num_eval_prompts of them)")
-    out.put(KEYS["max_prompt_length"][:1], c.max_prompt_length, "tokens")
-    out.put(KEYS["max_prompt_length"][1:], "left", "cut long prompts on the left, as ppo-tuner")
+
+    def data(self, out: Out, c: PPOConfig) -> None:
+        for name in ("prompts", "eval_prompts"):
+            _prompt_file(out, name, getattr(c, name))
+        out.put(KEYS["prompts"][:1], c.prompts)
+        out.put(KEYS["prompts"][1:], "prompt")
+        out.set("eval_prompts", c.eval_prompts or c.prompts, "" if c.eval_prompts else
+                "eval_prompts empty: the training prompts (verl cannot hold out num_eval_prompts of them)")
+        out.put(KEYS["max_prompt_length"][:1], c.max_prompt_length, "tokens")
+        out.put(KEYS["max_prompt_length"][1:], "left", "cut long prompts on the left, as ppo-tuner")
+
+    def optimizer(self, out: Out, c: PPOConfig) -> None:
+        out.set("optimizer", self.optimizers[c.optimizer])
+        out.set("weight_decay", c.weight_decay, "on every parameter, as ppo-tuner")
+
+    def schedule(self, out: Out, c: PPOConfig) -> None:
+        schedule = c.lr_schedule
+        if schedule == "linear":
+            out.lost("lr_schedule", schedule, "has constant and cosine schedules only; exported cosine, which also "
+                     "decays to 0 over the run")
+            schedule = "cosine"
+        out.set("lr_schedule", schedule, "stepped once per PPO iteration")
+
+    def kl(self, out: Out, c: PPOConfig) -> None:
+        out.set("kl_mode", c.kl_mode)
+        super().kl(out, c)
+
+    def whitening(self, out: Out, c: PPOConfig) -> None:
+        if c.whiten_advantages:
+            out.note("whiten_advantages true: verl always whitens GAE advantages over the rollout batch")
+        else:
+            out.lost("whiten_advantages", False, "always whitens GAE advantages over the rollout batch (no switch)")
+        if c.whiten_rewards:
+            out.lost("whiten_rewards", True, "has no whitening of per-token rewards before GAE; rewards stay as "
+                     "they are")
+        else:
+            out.note("whiten_rewards false: verl does not whiten rewards")
+
+    def sampling(self, out: Out, c: PPOConfig) -> None:
+        out.set("top_k", c.top_k or -1, "" if c.top_k else "top_k 0: no top-k cut")
+        out.set("top_p", c.top_p)
+
+    def adapter(self, out: Out, c: PPOConfig) -> None:
+        out.set("lora_rank", c.lora_rank, "LoRA on the policy")
+        out.set("lora_alpha", self.whole_alpha(out, c))
+        out.set("lora_target_modules", lora_targets(c))
+        if c.lora_dropout:
+            out.lost("lora_dropout", c.lora_dropout, "builds its FSDP LoRA adapters without dropout "
+                     "(workers/engine/fsdp/transformer_impl.py passes none to peft)")
+        else:
+            out.note("lora_dropout 0: verl's FSDP LoRA has no dropout, the same")
+
+    def value_backbone(self, out: Out, c: PPOConfig) -> None:
+        if c.value_backbone == "shared":
+            names = KEYS["value_backbone"]
+            out.put(names[:1], c.lora_rank, "value_backbone shared: a LoRA adapter of its own on the critic")
+            out.put(names[1:2], lora_alpha_int(c))
+            out.put(names[2:], lora_targets(c))
+        super().value_backbone(out, c)
+
+    def checkpointing(self, out: Out, c: PPOConfig) -> None:
+        out.set("gradient_checkpointing", c.gradient_checkpointing, "actor and critic (verl's default is True)")
+
+    def run(self, out: Out, c: PPOConfig) -> None:
+        out.put(KEYS["num_iterations"][:1], c.num_iterations, "PPO iterations")
+        out.put(KEYS["num_iterations"][1:], c.num_iterations, "an upper bound: total_training_steps ends the run")
+        out.set("eval_interval", c.eval_interval, "iterations between evaluations")
+        out.set("seed", c.seed)
 
 
 def _prompt_file(out: Out, name: str, path: str | None) -> None:
@@ -192,81 +252,4 @@ def _prompt_file(out: Out, name: str, path: str | None) -> None:
                  "row with [{\"role\": \"user\", \"content\": prompt}]")
 
 
-def _optimisation(out: Out, c: PPOConfig) -> None:
-    out.put(KEYS["policy_lr"], c.policy_lr)
-    out.put(KEYS["value_lr"], c.value_lr)
-    out.put(KEYS["optimizer"], _OPTIMIZERS[c.optimizer])
-    out.put(KEYS["weight_decay"], c.weight_decay, "on every parameter, as ppo-tuner")
-    schedule = c.lr_schedule
-    if schedule == "linear":
-        out.lost("lr_schedule", schedule, "has constant and cosine schedules only; exported cosine, which also "
-                 "decays to 0 over the run")
-        schedule = "cosine"
-    out.put(KEYS["lr_schedule"], schedule, "stepped once per PPO iteration")
-    iterations, exact = warmup_iterations(c)
-    if not exact:
-        out.lost("warmup_steps", c.warmup_steps, warmup_per_iteration(c, iterations))
-    out.put(KEYS["warmup_steps"], iterations, "PPO iterations")
-    out.put(KEYS["max_grad_norm"], c.max_grad_norm, "each model's gradient norm, as ppo-tuner")
-
-
-def _batches(out: Out, c: PPOConfig) -> None:
-    out.put(KEYS["rollout_batch_size"], c.rollout_batch_size, "prompts per iteration")
-    out.put(KEYS["mini_batch_size"], c.mini_batch_size, "global samples per optimizer step")
-    out.put(KEYS["micro_batch_size"], micro(c), "per GPU" if c.micro_batch_size else
-            "micro_batch_size empty: mini_batch_size (per GPU in verl)")
-    out.put(KEYS["ppo_epochs"], c.ppo_epochs)
-
-
-def _kl(out: Out, c: PPOConfig) -> None:
-    out.put(KEYS["kl_mode"], c.kl_mode)
-    out.put(KEYS["kl_coef"], c.kl_coef, "initial beta" if c.kl_mode == "adaptive" else "fixed beta")
-    if c.kl_mode == "adaptive":
-        target = per_token_kl_target(c)
-        out.lost("kl_target", c.kl_target, "compares the KL averaged over response tokens with its target; "
-                 f"exported target_kl {target:g} = kl_target / response_length, exact only for full-length responses")
-        out.put(KEYS["kl_target"], target)
-        horizon = round(c.kl_horizon)
-        if horizon != c.kl_horizon:
-            out.lost("kl_horizon", c.kl_horizon, f"takes a whole number of samples; exported {horizon}")
-        out.put(KEYS["kl_horizon"], horizon, "samples")
-    else:
-        out.note(f"kl_mode fixed: kl_target={c.kl_target!r} and kl_horizon={c.kl_horizon!r} are unused")
-    out.put(KEYS["kl_estimator"], _ESTIMATORS[c.kl_estimator], f"kl_estimator {c.kl_estimator}")
-
-
-def _losses(out: Out, c: PPOConfig) -> None:
-    out.put(KEYS["cliprange"], c.cliprange)
-    out.put(KEYS["cliprange_value"], c.cliprange_value)
-    out.put(KEYS["gae_lambda"], c.gae_lambda)
-    out.put(KEYS["gamma"], c.gamma)
-    if c.vf_coef != 1.0:
-        out.lost("vf_coef", c.vf_coef, "trains the critic with its own optimizer on the unweighted loss "
-                 "0.5 * max(...), as vf_coef 1.0; under Adam a loss weight changes little beyond gradient clipping")
-    else:
-        out.note("vf_coef 1.0: verl's critic loss is unweighted, the same")
-    out.put(KEYS["ent_coef"], c.ent_coef)
-    if c.whiten_advantages:
-        out.note("whiten_advantages true: verl always whitens GAE advantages over the rollout batch")
-    else:
-        out.lost("whiten_advantages", False, "always whitens GAE advantages over the rollout batch (no switch)")
-    if c.whiten_rewards:
-        out.lost("whiten_rewards", True, "has no whitening of per-token rewards before GAE; rewards stay as they are")
-    else:
-        out.note("whiten_rewards false: verl does not whiten rewards")
-
-
-def _generation(out: Out, c: PPOConfig) -> None:
-    out.put(KEYS["response_length"], c.response_length, "tokens")
-    out.put(KEYS["temperature"], c.temperature, "also the temperature of the log-probs, as ppo-tuner")
-    out.put(KEYS["top_k"], c.top_k or -1, "" if c.top_k else "top_k 0: no top-k cut")
-    out.put(KEYS["top_p"], c.top_p)
-
-
-def _run(out: Out, c: PPOConfig) -> None:
-    out.put(KEYS["num_iterations"][:1], c.num_iterations, "PPO iterations")
-    out.put(KEYS["num_iterations"][1:], c.num_iterations, "an upper bound: total_training_steps ends the run")
-    out.put(KEYS["eval_interval"], c.eval_interval, "iterations between evaluations")
-    out.put(KEYS["seed"], c.seed)
-    for key, (value, why) in FIXED.items():
-        out.put((key,), value, why)
+export_verl = Verl()

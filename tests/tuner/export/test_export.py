@@ -17,7 +17,7 @@ import shlex
 import pytest
 import yaml
 
-from trials import ConfigError, PPOConfig, field_specs
+from trials import ConfigError, PPOConfig, RewardError, field_specs
 from tuner.export import FORMATS, _openrlhf, _trl, _verl, export_config
 
 SOURCE = {"sweep": "kl-sweep", "trial": 7, "objective": 0.42, "kl": 5.5}
@@ -39,6 +39,13 @@ AWKWARD = PPOConfig(
     kl_mode="adaptive", device="cpu", precision="fp32", output_dir="/tmp/out",
 )
 CONFIGS = {"default": PPOConfig(), "tuned": TUNED, "awkward": AWKWARD}
+# LoRA on the policy (rank 16, alpha 32 = scale 2, two modules) with gradient checkpointing; and a value
+# head of its own adapter on the policy's base.
+LORA = dataclasses.replace(TUNED, lora_rank=16, lora_alpha=32.0, lora_target_modules="q_proj, v_proj",
+                           gradient_checkpointing=True)
+SHARED = dataclasses.replace(LORA, value_backbone="shared", lora_dropout=0.05, lora_target_modules="all-linear",
+                             frozen_dtype="bf16")
+LORA_CONFIGS = {"lora": LORA, "lora-shared": SHARED}
 TABLES = {"openrlhf": _openrlhf.FLAGS, "verl": _verl.KEYS, "trl": _trl.KWARGS}
 
 
@@ -74,6 +81,15 @@ def trl_kwargs(text: str) -> dict[str, object]:
     (call,) = [n.value for n in tree.body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Call)]
     assert call.func.id == "PPOConfig" and not call.args
     return {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+
+
+def trl_calls(text: str) -> dict[str, dict[str, object]]:
+    """{class: its keyword arguments} for each `name = Class(...)` of a TRL export that may hold a LoraConfig."""
+    tree = ast.parse(text)
+    imports = {(n.module, a.name) for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert imports <= {("trl.experimental.ppo", "PPOConfig"), ("peft", "LoraConfig")}
+    calls = [n.value for n in tree.body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Call)]
+    return {call.func.id: {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords} for call in calls}
 
 
 def settings(fmt: str, text: str) -> dict:
@@ -209,6 +225,21 @@ def test_trl_values():
     assert kwargs["response_length"] == 64 and kwargs["temperature"] == 0.9 and kwargs["stop_token"] == "eos"
 
 
+REWARD_MODEL_NAMES = {"openrlhf": "--reward.model_name_or_path", "verl": "reward.reward_model.model_path",
+                      "trl": "reward_model_path"}
+
+
+@pytest.mark.parametrize("fmt", REWARD_MODEL_NAMES)
+def test_a_reward_model_folder_is_exported_as_a_reward_model(fmt, tmp_path):
+    missing = "/no/such/reward-model"  # a folder of the machine that will run the export, not of this one
+    folder = tmp_path / "rm:score"  # an existing folder wins over the 'module:function' reading
+    folder.mkdir()
+    for reward in (missing, str(folder)):
+        text, warnings = export_config(dataclasses.replace(TUNED, reward=reward), fmt)
+        assert reward in str(settings(fmt, text)[REWARD_MODEL_NAMES[fmt]])  # as it is, or Hydra-quoted
+        assert not [w for w in warnings if w.startswith("reward = ")]
+
+
 def test_values_with_spaces_and_quotes_survive_the_shell_and_python():
     config = dataclasses.replace(TUNED, model_path="/models/my 'odd' model", reward="/models/r m")
     assert openrlhf_flags(export_config(config, "openrlhf")[0])["--actor.model_name_or_path"] == [config.model_path]
@@ -231,6 +262,99 @@ def test_the_trl_snippet_builds_a_real_trl_ppo_config(name, tmp_path, monkeypatc
     assert {f.name for f in dataclasses.fields(TrlPPOConfig)} >= _trl.VERIFIED_KWARGS
     assert built.learning_rate == config.policy_lr and built.num_ppo_epochs == config.ppo_epochs
     assert built.num_mini_batches == config.num_mini_batches and built.use_cpu and not built.bf16
+
+
+# -- LoRA and memory ---------------------------------------------------------------------------------
+
+def test_openrlhf_lora():
+    flags = openrlhf_flags(export_config(LORA, "openrlhf")[0])
+    assert flags["--ds.lora.rank"] == ["16"] and flags["--ds.lora.alpha"] == ["32"]
+    assert flags["--ds.lora.dropout"] == ["0.0"] and flags["--ds.lora.target_modules"] == ["q_proj", "v_proj"]
+    assert flags["--actor.gradient_checkpointing_enable"] == []  # a store_true flag
+
+
+def test_openrlhf_leaves_all_linear_at_its_default():
+    text = export_config(dataclasses.replace(LORA, lora_target_modules="all-linear"), "openrlhf")[0]
+    assert "--ds.lora.target_modules" not in openrlhf_flags(text)  # as a list, peft would not read it as all-linear
+    assert "lora_target_modules" in names(comments(text))
+
+
+def test_verl_lora():
+    keys = verl_overrides(export_config(LORA, "verl")[0])
+    model = "actor_rollout_ref.model"
+    assert keys[f"{model}.lora_rank"] == "16" and keys[f"{model}.lora_alpha"] == "32"
+    assert keys[f"{model}.target_modules"] == "[q_proj,v_proj]"  # a Hydra list
+    assert keys[f"{model}.enable_gradient_checkpointing"] == "True"
+    assert keys["critic.model.enable_gradient_checkpointing"] == "True"
+    assert "critic.model.lora_rank" not in keys  # value_backbone separate: the critic trains every weight
+
+
+def test_verl_gives_a_shared_value_backbone_a_critic_adapter():
+    keys = verl_overrides(export_config(SHARED, "verl")[0])
+    assert keys["critic.model.path"] == SHARED.model_path  # the policy's base, not value_model_path
+    assert keys["critic.model.lora_rank"] == "16" and keys["critic.model.lora_alpha"] == "32"
+    assert keys["critic.model.target_modules"] == keys["actor_rollout_ref.model.target_modules"] == "all-linear"
+
+
+def test_trl_lora_is_a_peft_config():
+    text = export_config(LORA, "trl")[0]
+    compile(text, "exported.py", "exec")
+    calls = trl_calls(text)
+    assert calls["LoraConfig"] == {"task_type": "CAUSAL_LM", "r": 16, "lora_alpha": 32.0, "lora_dropout": 0.0,
+                                   "target_modules": ["q_proj", "v_proj"]}
+    assert set(calls["LoraConfig"]) <= _trl.VERIFIED_LORA_KWARGS and set(calls["PPOConfig"]) <= _trl.VERIFIED_KWARGS
+    assert calls["PPOConfig"]["gradient_checkpointing"] is True
+    assert "peft_config=peft_config" in comments(text)  # how PPOTrainer takes it
+
+
+def test_the_trl_lora_config_builds_a_real_peft_lora_config():
+    peft = pytest.importorskip("peft")
+    for config in LORA_CONFIGS.values():
+        built = peft.LoraConfig(**trl_calls(export_config(config, "trl")[0])["LoraConfig"])
+        assert built.r == config.lora_rank and built.lora_alpha == config.lora_alpha
+
+
+@pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="trl (1.12, the last with PPO) is not installed")
+def test_the_trl_lora_snippet_builds_real_configs(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    namespace: dict = {}
+    config = dataclasses.replace(LORA, device="cpu", output_dir=str(tmp_path))
+    exec(compile(export_config(config, "trl")[0], "exported.py", "exec"), namespace)
+    assert namespace["peft_config"].r == 16 and namespace["peft_config"].target_modules == {"q_proj", "v_proj"}
+    assert namespace["config"].gradient_checkpointing is True
+
+
+def test_openrlhf_loads_frozen_weights_in_bf16_already():
+    text, warnings = export_config(dataclasses.replace(TUNED, frozen_dtype="bf16"), "openrlhf")
+    assert not [w for w in warnings if w.startswith("frozen_dtype")] and "frozen_dtype" in names(comments(text))
+
+
+@pytest.mark.parametrize("fmt", ["openrlhf", "verl", "trl"])
+def test_full_fine_tuning_writes_no_lora_setting(fmt):
+    text, warnings = export_config(TUNED, fmt)
+    written = set(settings(fmt, text))  # for TRL: one PPOConfig call, no peft import
+    lora = {n for field in ("lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules")
+            for n in TABLES[fmt].get(field, ())}
+    assert not written & lora
+    assert "lora_rank 0: full fine-tuning" in comments(text)
+    assert not [w for w in warnings if w.startswith(("lora_", "value_backbone", "frozen_dtype"))]
+
+
+@pytest.mark.parametrize("name", LORA_CONFIGS)
+@pytest.mark.parametrize("fmt", ["openrlhf", "verl", "trl"])
+def test_lora_fields_are_expressed_or_named_in_a_comment(fmt, name):
+    text, warnings = export_config(LORA_CONFIGS[name], fmt)
+    if fmt == "trl":
+        calls = trl_calls(text)
+        written, table = set(calls["PPOConfig"]) | set(calls["LoraConfig"]), {**_trl.KWARGS, **_trl.LORA_KWARGS}
+        verified = _trl.VERIFIED_KWARGS | _trl.VERIFIED_LORA_KWARGS
+    else:
+        written, table = set(settings(fmt, text)), TABLES[fmt]
+        verified = _openrlhf.VERIFIED_FLAGS if fmt == "openrlhf" else _verl.VERIFIED_KEYS
+    assert written <= verified, written - verified
+    for field in field_specs():
+        assert written & set(table.get(field, ())) or field in names(comments(text)), f"{fmt}: {field}"
+    assert all(warning in comments(text) for warning in warnings)
 
 
 # -- nothing dropped silently ------------------------------------------------------------------------
@@ -277,6 +401,16 @@ def test_every_field_is_expressed_or_named_in_a_comment(fmt, name):
     ("trl", {"whiten_rewards": True, "mini_batch_size": 4, "micro_batch_size": None}, "whiten_rewards"),
     ("trl", {}, "max_grad_norm"),
     ("trl", {"reward": "my_rewards:score"}, "reward"),
+    ("openrlhf", {"lora_rank": 16, "lora_alpha": 16.5}, "lora_alpha"),
+    ("openrlhf", {"lora_rank": 16}, "value_backbone"),  # its --ds.lora gives the critic an adapter too
+    ("openrlhf", {"frozen_dtype": "fp32"}, "frozen_dtype"),
+    ("verl", {"lora_rank": 16, "lora_dropout": 0.1}, "lora_dropout"),
+    ("verl", {"lora_rank": 16, "value_backbone": "shared"}, "value_backbone"),
+    ("verl", {"frozen_dtype": "bf16"}, "frozen_dtype"),
+    ("trl", {"lora_rank": 16, "lora_dropout": 0.1}, "lora_dropout"),
+    ("trl", {"lora_rank": 16, "value_backbone": "shared"}, "value_backbone"),
+    ("trl", {"gradient_checkpointing": True}, "gradient_checkpointing"),
+    ("trl", {"frozen_dtype": "bf16"}, "frozen_dtype"),
 ])
 def test_a_value_the_target_cannot_take_gives_a_warning(fmt, changes, field):
     config = dataclasses.replace(TUNED, **changes)
@@ -312,6 +446,11 @@ def test_an_unknown_format_is_a_config_error_naming_the_choices():
     (line,) = info.value.lines()
     assert line.startswith("--format:") and "'deepspeed-chat'" in line
     assert all(fmt in line for fmt in FORMATS)
+
+
+def test_a_malformed_reward_is_a_reward_error():
+    with pytest.raises(RewardError, match="reward"):
+        export_config(dataclasses.replace(TUNED, reward="not a module:score"), "verl")
 
 
 def test_an_impossible_config_is_a_config_error():
