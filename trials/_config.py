@@ -27,6 +27,7 @@ class FieldSpec:
     help: str
     unit: str = ""
     documented: tuple[float, float] | None = None  # the guidance's typical range, inclusive
+    documented_lora: tuple[float, float] | None = None  # the typical range when lora_rank > 0, if it differs
     low: float | None = None
     high: float | None = None
     low_open: bool = False  # True: value must be > low, else >= low
@@ -58,14 +59,20 @@ class FieldSpec:
             error = self.check(value)
         return (None, error) if error else (value, None)
 
-    def warning(self, value: Any, path: str | None = None) -> str | None:
-        """A line when a number lies outside the guidance's documented range, else None."""
-        if self.documented is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+    def documented_range(self, lora: bool = False) -> tuple[float, float] | None:
+        """The guidance's typical range; under LoRA (lora_rank > 0) its own range where it has one."""
+        return self.documented_lora if lora and self.documented_lora else self.documented
+
+    def warning(self, value: Any, path: str | None = None, *, lora: bool = False) -> str | None:
+        """A line when a number lies outside the documented range (the LoRA one when `lora`), else None."""
+        documented = self.documented_range(lora)
+        if documented is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             return None
-        lo, hi = self.documented
+        lo, hi = documented
         if lo <= value <= hi:
             return None
-        return f"{path or self.name} = {value:g} is outside the documented range {lo:g}..{hi:g}"
+        where = " under LoRA" if lora and self.documented_lora else ""
+        return f"{path or self.name} = {value:g} is outside the documented range{where} {lo:g}..{hi:g}"
 
     def fix(self) -> str:
         """How to write an allowed value, for error messages."""
@@ -105,7 +112,7 @@ class PPOConfig:
     max_prompt_length: int = _p(64, "prompts are truncated on the left to this many tokens", unit="tokens", low=1)
 
     # -- optimisation ----------------------------------------------------------------------------
-    policy_lr: float = _p(1e-5, "learning rate of the policy", unit="1/step", documented=(1e-6, 5e-5), low=0, low_open=True, high=1)
+    policy_lr: float = _p(1e-5, "learning rate of the policy (of its LoRA adapter when lora_rank > 0, where the best is typically ~10x higher: documented 1e-5..5e-4)", unit="1/step", documented=(1e-6, 5e-5), documented_lora=(1e-5, 5e-4), low=0, low_open=True, high=1)
     value_lr: float = _p(5e-5, "learning rate of the value model (its own parameters, its own param group)", unit="1/step", documented=(1e-5, 1e-4), low=0, low_open=True, high=1)
     optimizer: Literal["adamw", "adam"] = _p("adamw", "optimizer of both models", choices=("adamw", "adam"))
     weight_decay: float = _p(0.0, "decoupled weight decay (adamw) or L2 penalty (adam)", low=0, high=1)
@@ -143,13 +150,14 @@ class PPOConfig:
     top_p: float = _p(1.0, "nucleus sampling mass; 1 disables", low=0, low_open=True, high=1)
 
     # -- LoRA and memory ------------------------------------------------------------------------
-    lora_rank: int = _p(0, "rank of the policy's LoRA adapter (peft); 0 trains every weight (full fine-tuning). Under LoRA the best policy_lr is typically ~10x higher (documented 1e-5..5e-4)", unit="rank", low=0)
+    lora_rank: int = _p(0, "rank of the policy's LoRA adapter (peft); 0 trains every weight (full fine-tuning). With LoRA only the adapter trains (fp32, megabytes of gradients and Adam states), the base is frozen in frozen_dtype, and the reference is the same base with the adapter disabled (no second copy). Under LoRA the best policy_lr is typically ~10x higher (documented 1e-5..5e-4)", unit="rank", low=0, high=4096)
     lora_alpha: float = _p(16.0, "LoRA scaling numerator: the adapter's update is scaled by lora_alpha / lora_rank", documented=(4.0, 256.0), low=0, low_open=True)
-    lora_dropout: float = _p(0.0, "dropout on the LoRA adapter's input (0 keeps the PPO ratio exactly 1 before an update)", low=0, high=1, high_open=True)
-    lora_target_modules: str = _p("all-linear", "modules that get adapters: 'all-linear' or comma-separated module names such as 'q_proj,v_proj'")
-    value_backbone: Literal["separate", "shared"] = _p("separate", "separate: the value model is a full copy of value_model_path (or model_path), trained whole; shared: a value head on the policy's frozen base weights with a LoRA adapter of its own (needs lora_rank > 0; one base in memory for policy, reference and value)", choices=("separate", "shared"))
-    gradient_checkpointing: bool = _p(False, "recompute activations in the backward pass instead of keeping them: less memory, about a third more compute in the update")
-    frozen_dtype: Literal["auto", "fp32", "bf16"] = _p("auto", "dtype of frozen weights (reference, reward model, the LoRA base): auto is bf16 on CUDA devices that support it, fp32 elsewhere", choices=("auto", "fp32", "bf16"))
+    lora_dropout: float = _p(0.0, "dropout on the LoRA adapter's input during the update (0 keeps the PPO ratio exactly 1 before an update)", low=0, high=1, high_open=True)
+    lora_target_modules: str = _p("all-linear", "modules that get adapters: 'all-linear' (every linear layer but the LM head) or comma-separated module names such as 'q_proj,v_proj'; a name no module of the model has is an error before training")
+    value_backbone: Literal["separate", "shared"] = _p("separate", "separate: the value model is a full copy of value_model_path (or model_path), trained whole in fp32 (costs its weights x 16 bytes: weights, gradients, Adam; a smaller value_model_path costs less); shared: a value head on the policy's frozen base with a LoRA adapter of its own (needs lora_rank > 0; one base in memory serves policy, reference and value: costs only the adapter and the head, plus one more forward of the base per micro-batch)", choices=("separate", "shared"))
+    gradient_checkpointing: bool = _p(False, "recompute each layer's activations in the backward pass instead of keeping them (policy and value): the update keeps about one layer's activations instead of all of them, for about a third more compute in the update")
+    frozen_dtype: Literal["auto", "fp32", "bf16"] = _p("auto", "dtype of frozen weights (the reference, a reward model, the LoRA base): auto is bf16 on CUDA devices that support it, fp32 elsewhere; bf16 halves their memory", choices=("auto", "fp32", "bf16"))
+    save_merged: bool = _p(False, "with lora_rank > 0: output_dir gets the full model with the adapter merged into the base weights (saved in the base's dtype) instead of the adapter alone (megabytes, loaded with peft's AutoPeftModelForCausalLM)")
 
     # -- the run ---------------------------------------------------------------------------------
     num_iterations: int = _p(30, "PPO iterations (rollout + update) to run", unit="iterations", low=1)
@@ -210,7 +218,8 @@ class PPOConfig:
 
     def warnings(self, *, prefix: str = "") -> list[str]:
         """Values outside the guidance's documented ranges: allowed, but worth a second look."""
-        found = (spec.warning(getattr(self, name), prefix + name) for name, spec in field_specs().items())
+        lora = isinstance(self.lora_rank, int) and self.lora_rank > 0
+        found = (spec.warning(getattr(self, name), prefix + name, lora=lora) for name, spec in field_specs().items())
         return [w for w in found if w]
 
     def replace(self, **changes: Any) -> PPOConfig:

@@ -21,7 +21,8 @@ from trials import _math as M
 from trials import metrics as K
 from trials._config import PPOConfig
 from trials._errors import ConfigError, NonFiniteError, Problem
-from trials._models import load_causal_lm, load_tokenizer, load_value_model, resolve_model_path
+from trials._lora import frozen_dtype, load_models, reference, save_policy
+from trials._models import load_tokenizer, resolve_model_path
 from trials._prompts import load_prompts, split_prompts
 from trials._reward import RewardFunction
 from trials._rollout import (
@@ -77,9 +78,11 @@ class _Run:
     device: torch.device
     autocast: Callable[[], Any]
     tokenizer: Any
-    policy: torch.nn.Module
-    ref: torch.nn.Module
+    policy: torch.nn.Module  # a PeftModel when lora_rank > 0
+    ref: torch.nn.Module | None  # None under LoRA: the policy's base with the adapter disabled
     value: torch.nn.Module
+    policy_params: list[torch.nn.Parameter]  # what the policy trains (its adapter under LoRA)
+    value_params: list[torch.nn.Parameter]
     reward: RewardFunction
     train_prompts: list[str]
     eval_prompts: list[str]
@@ -135,34 +138,36 @@ def prepare(config: PPOConfig) -> _Run:
         torch.set_num_threads(config.num_threads)
     model_path = resolve_model_path(config.model_path)
     value_path = resolve_model_path(config.value_model_path, "value_model_path") if config.value_model_path else model_path
-    reward = RewardFunction(config.reward, device)
+    frozen = frozen_dtype(config, device)
+    reward = RewardFunction(config.reward, device, frozen)
     reward(train_prompts[:2], train_prompts[:2])  # fails now, not after the first rollout, if the reward is broken
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(model_path)
-    policy = load_causal_lm(model_path).to(device)
-    ref = load_causal_lm(model_path).to(device).requires_grad_(False)
-    value = load_value_model(value_path).to(device)
-    optimizer = _optimizer(config, policy, value, device)
+    models = load_models(config, model_path, value_path, device)
+    policy = models.policy
+    optimizer = _optimizer(config, models.policy_params, models.value_params, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
     kl_ctl = (M.AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
               if config.kl_mode == "adaptive" else M.FixedKLController(config.kl_coef))
     autocast = _autocast(config, device)
     vocab = policy.get_output_embeddings().weight.shape[0]
-    return _Run(config=config, device=device, autocast=autocast, tokenizer=tokenizer,
-                policy=policy, ref=ref, value=value, reward=reward, train_prompts=train_prompts,
+    bf16 = autocast is not contextlib.nullcontext or (config.lora_rank > 0 and frozen == torch.bfloat16)
+    return _Run(config=config, device=device, autocast=autocast, tokenizer=tokenizer, policy=policy,
+                ref=models.ref, value=models.value, policy_params=models.policy_params,
+                value_params=models.value_params, reward=reward, train_prompts=train_prompts,
                 eval_prompts=eval_prompts, optimizer=optimizer, scheduler=scheduler, kl_ctl=kl_ctl,
                 generation_config=_generation_config(config, tokenizer, policy),
                 prompt_gen=torch.Generator().manual_seed(config.seed),
                 sampler_logprobs=sampler_logprobs_fit(config.rollout_batch_size, config.response_length, vocab,
-                                                      autocast_bf16=autocast is not contextlib.nullcontext))
+                                                      autocast_bf16=bf16))
 
 
-def _optimizer(config: PPOConfig, policy: torch.nn.Module, value: torch.nn.Module,
+def _optimizer(config: PPOConfig, policy_params: list[torch.nn.Parameter], value_params: list[torch.nn.Parameter],
                device: torch.device) -> torch.optim.Optimizer:
-    """Adam(W) over both models, one param group each; the fused kernel where torch has one (one call
-    per step instead of a dozen per tensor: about 8x faster for the demo model on a CPU)."""
-    groups = [{"params": list(policy.parameters()), "lr": config.policy_lr, "name": "policy"},
-              {"params": list(value.parameters()), "lr": config.value_lr, "name": "value"}]
+    """Adam(W) over what both models train, one param group each; the fused kernel where torch has one
+    (one call per step instead of a dozen per tensor: about 8x faster for the demo model on a CPU)."""
+    groups = [{"params": policy_params, "lr": config.policy_lr, "name": "policy"},
+              {"params": value_params, "lr": config.value_lr, "name": "value"}]
     fused = True if device.type in ("cpu", "cuda") else None
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, weight_decay=config.weight_decay, eps=1e-8, fused=fused)
@@ -197,7 +202,8 @@ class PPOTrainer:
         return self.state.policy
 
     @property
-    def ref(self) -> torch.nn.Module:
+    def ref(self) -> torch.nn.Module | None:
+        """The frozen reference copy; None under LoRA, where the reference is the policy's base."""
         return self.state.ref
 
     @property
@@ -218,8 +224,7 @@ class PPOTrainer:
                 stopped = iteration < config.num_iterations
                 break
         if config.output_dir:
-            run.policy.save_pretrained(config.output_dir)
-            run.tokenizer.save_pretrained(config.output_dir)
+            save_policy(run.policy, run.tokenizer, config.output_dir, merged=config.save_merged)
         return TrainResult(iterations=iteration, stopped=stopped, metrics=run.history[-1] if run.history else {},
                            history=list(run.history), initial_eval=initial_eval, output_dir=config.output_dir)
 
@@ -334,9 +339,11 @@ def _score(run: _Run, prompts: list[str], enc: dict[str, torch.Tensor], response
             if sampled_logprobs is None:
                 logits = forward_logits(run.policy, sequences[sl], attn[sl], pos[sl], P)
                 logprobs.append(logprobs_of(logits, responses[sl], c.temperature))
-            ref_logits = forward_logits(run.ref, sequences[sl], attn[sl], pos[sl], P)
+            with reference(run.policy, run.ref) as ref:
+                ref_logits = forward_logits(ref, sequences[sl], attn[sl], pos[sl], P)
             ref_logprobs.append(logprobs_of(ref_logits, responses[sl], c.temperature))
-            values.append(run.value(sequences[sl], attn[sl], pos[sl])[:, P - 1:-1])
+            with run.value.active():
+                values.append(run.value(sequences[sl], attn[sl], pos[sl])[:, P - 1:-1])
     texts = decode(run.tokenizer, responses, mask)
     scores = run.reward(prompts, texts)
     policy_logprobs = sampled_logprobs if sampled_logprobs is not None else torch.cat(logprobs)
@@ -351,6 +358,8 @@ def _update(run: _Run, ro: _Rollout, advantages: torch.Tensor, returns: torch.Te
     micro = c.micro_batch_size or c.mini_batch_size
     sums: dict[str, float] = {}
     steps = 0
+    run.policy.train()  # dropout is off; training mode turns on gradient checkpointing and LoRA dropout
+    run.value.train()
     for _ in range(c.ppo_epochs):
         order = torch.randperm(B, generator=run.prompt_gen).to(run.device)
         for start in range(0, B, c.mini_batch_size):
@@ -361,32 +370,43 @@ def _update(run: _Run, ro: _Rollout, advantages: torch.Tensor, returns: torch.Te
                 stats = _micro_step(run, ro, advantages, returns, idx, P, weight=len(idx) / len(mb))
                 for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + value * len(idx) / len(mb)
-            torch.nn.utils.clip_grad_norm_(run.policy.parameters(), c.max_grad_norm)
-            torch.nn.utils.clip_grad_norm_(run.value.parameters(), c.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(run.policy_params, c.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(run.value_params, c.max_grad_norm)
             run.optimizer.step()
             run.scheduler.step()
             steps += 1
+    run.policy.eval()
+    run.value.eval()
     return {key: value / steps for key, value in sums.items()}
 
 
 def _micro_step(run: _Run, ro: _Rollout, advantages: torch.Tensor, returns: torch.Tensor,
                 idx: torch.Tensor, P: int, weight: float) -> dict[str, float]:
+    """Policy forward and backward, then value forward and backward: the loss is
+    pg_loss - ent_coef * entropy + vf_coef * vf_loss, its two parts touch disjoint parameters, and the
+    policy's activations are freed before the value's forward (a lower peak)."""
     c = run.config
     mask = ro.mask[idx]
+    ids, attn, pos = ro.sequences[idx], ro.attention_mask[idx], ro.position_ids[idx]
     with run.autocast():
-        logits = forward_logits(run.policy, ro.sequences[idx], ro.attention_mask[idx], ro.position_ids[idx], P)
-        vpred = run.value(ro.sequences[idx], ro.attention_mask[idx], ro.position_ids[idx])[:, P - 1:-1]
-    responses = ro.sequences[idx, P:]
+        logits = forward_logits(run.policy, ids, attn, pos, P)
     logits = logits.float() / c.temperature
-    logprobs = logprobs_of(logits, responses, 1.0)
+    logprobs = logprobs_of(logits, ids[:, P:], 1.0)
     with torch.set_grad_enabled(c.ent_coef != 0):  # without an entropy bonus it is only reported: no backward
         entropy = M.masked_mean(M.entropy_from_logits(logits), mask)
     pg_loss, pg_stats = M.policy_loss(logprobs, ro.logprobs[idx], advantages[idx], mask, c.cliprange)
-    vf_loss, vf_stats = M.value_loss(vpred, ro.values[idx], returns[idx], mask, c.cliprange_value)
-    loss = pg_loss - c.ent_coef * entropy + c.vf_coef * vf_loss
-    if not torch.isfinite(loss):
-        raise NonFiniteError(f"the PPO loss became {loss.item()} (policy {pg_loss.item()}, value {vf_loss.item()})")
-    (loss * weight).backward()
+    policy_loss = pg_loss - c.ent_coef * entropy
+    if not torch.isfinite(policy_loss):
+        raise NonFiniteError(f"the PPO loss became {policy_loss.item()} (policy {pg_loss.item()})")
+    (policy_loss * weight).backward()
+    del logits, logprobs
+    with run.value.active():  # a shared base runs the value adapter, in the forward and its backward
+        with run.autocast():
+            vpred = run.value(ids, attn, pos)[:, P - 1:-1]
+        vf_loss, vf_stats = M.value_loss(vpred, ro.values[idx], returns[idx], mask, c.cliprange_value)
+        if not torch.isfinite(vf_loss):
+            raise NonFiniteError(f"the value loss became {vf_loss.item()}")
+        (c.vf_coef * vf_loss * weight).backward()
     return {K.POLICY_LOSS: pg_loss.item(), K.VALUE_LOSS: vf_loss.item(), K.CLIPFRAC: pg_stats["clipfrac"].item(),
             K.APPROXKL: pg_stats["approxkl"].item(), K.VALUE_CLIPFRAC: vf_stats["clipfrac"].item(),
             K.ENTROPY: entropy.item()}

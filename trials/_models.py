@@ -1,11 +1,13 @@
 """Loading the policy, the frozen reference and the value model, through `from_pretrained`.
 
-Loaded weights are cached per process (on the CPU), so a worker that runs several trials reads and
-builds each checkpoint once; every trial still gets its own fresh copy.
+Small checkpoints (up to CACHE_MAX_BYTES on disk) are cached per process (on the CPU), so a worker
+that runs several trials reads and builds each once; every trial still gets its own fresh copy.
+Larger ones are read afresh for each trial: a cached copy would cost as much memory as the model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -19,6 +21,8 @@ from trials._errors import ModelError, Problem
 __all__ = ["ValueModel", "load_causal_lm", "load_tokenizer", "load_value_model", "resolve_model_path"]
 
 log = logging.getLogger(__name__)
+
+CACHE_MAX_BYTES = 64 * 2**20  # checkpoints larger than this on disk are not kept in the process cache
 
 
 def _quiet_transformers() -> None:
@@ -43,15 +47,31 @@ def resolve_model_path(path: str, field: str = "model_path") -> str:
     return path
 
 
+def _weights_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)
+               if f.endswith((".safetensors", ".bin", ".pt")))
+
+
+def _load(path: str, kind: str, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A fresh copy of the model at `path`: from the process cache for small checkpoints."""
+    if _weights_bytes(path) <= CACHE_MAX_BYTES:
+        return copy.deepcopy(_cached(path, kind, dtype))
+    return _from_pretrained(path, kind, dtype)
+
+
 @lru_cache(maxsize=4)
-def _cached(path: str, kind: str) -> nn.Module:
+def _cached(path: str, kind: str, dtype: torch.dtype) -> nn.Module:
+    return _from_pretrained(path, kind, dtype)
+
+
+def _from_pretrained(path: str, kind: str, dtype: torch.dtype) -> nn.Module:
     import transformers
 
     _quiet_transformers()
     auto = {"causal": transformers.AutoModelForCausalLM, "backbone": transformers.AutoModel,
             "classifier": transformers.AutoModelForSequenceClassification}[kind]
     try:
-        model = auto.from_pretrained(path, dtype=torch.float32)
+        model = auto.from_pretrained(path, dtype=dtype)
     except (ValueError, KeyError, OSError) as exc:
         what = {"causal": "a causal language model", "backbone": "a transformer backbone",
                 "classifier": "a sequence-classification reward model"}[kind]
@@ -64,10 +84,13 @@ def _cached(path: str, kind: str) -> nn.Module:
 
 
 def _disable_dropout(model: nn.Module) -> None:
-    # Dropout would make the PPO ratio != 1 before any update; RLHF trainers turn it off.
+    # Dropout would make the PPO ratio != 1 before any update; RLHF trainers turn it off (also the
+    # attention dropout that some attention modules keep as a float and apply in training mode).
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
 
 
 def _fuse_tanh_gelu(model: nn.Module) -> None:
@@ -82,9 +105,9 @@ def _fuse_tanh_gelu(model: nn.Module) -> None:
                 setattr(module, name, GELUTanh())
 
 
-def load_causal_lm(path: str) -> nn.Module:
-    """A fresh, trainable copy of the causal LM at `path` (fp32 master weights)."""
-    return copy.deepcopy(_cached(path, "causal"))
+def load_causal_lm(path: str, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A fresh copy of the causal LM at `path` (fp32 master weights unless `dtype` says otherwise)."""
+    return _load(path, "causal", dtype)
 
 
 def load_tokenizer(path: str):
@@ -118,17 +141,21 @@ class ValueModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 position_ids: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                               position_ids=position_ids).last_hidden_state  # (B, L, H)
-        return self.head(hidden).squeeze(-1).float()
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               use_cache=False).last_hidden_state  # (B, L, H)
+        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1).float()
+
+    def active(self) -> contextlib.AbstractContextManager:
+        """The scope of the value's forwards and backwards (see trials._lora.SharedValueModel)."""
+        return contextlib.nullcontext()
 
 
 def load_value_model(path: str) -> ValueModel:
-    return ValueModel(copy.deepcopy(_cached(path, "backbone")))
+    return ValueModel(_load(path, "backbone"))
 
 
-def load_reward_model(path: str) -> nn.Module:
-    model = _cached(path, "classifier")
+def load_reward_model(path: str, dtype: torch.dtype = torch.float32) -> nn.Module:
+    model = _cached(path, "classifier", dtype) if _weights_bytes(path) <= CACHE_MAX_BYTES else _from_pretrained(path, "classifier", dtype)
     for p in model.parameters():
         p.requires_grad_(False)
     return model

@@ -54,9 +54,10 @@ def _import_callable(spec: str, ref: RewardRef) -> RewardCallable:
 class RewardFunction:
     """Scores (prompts, responses) -> tensor of shape (B,), validated."""
 
-    def __init__(self, spec: str, device: torch.device):
+    def __init__(self, spec: str, device: torch.device, dtype: torch.dtype = torch.float32):
         self.spec = spec
         self.device = device
+        self.dtype = dtype  # of a reward model's weights (frozen_dtype)
         ref = parse_reward(spec)
         if ref.kind == "model":
             if not os.path.isdir(spec):
@@ -71,7 +72,7 @@ class RewardFunction:
 
         from trials._models import load_reward_model
 
-        model = load_reward_model(path).to(self.device)
+        model = load_reward_model(path, self.dtype).to(self.device)
         tokenizer = AutoTokenizer.from_pretrained(path)
         tokenizer.padding_side = "right"
         if tokenizer.pad_token is None:

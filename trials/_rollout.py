@@ -64,10 +64,12 @@ def _keeps_logits(model_type: type) -> bool:
 def forward_logits(model: torch.nn.Module, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor,
                    prompt_len: int) -> torch.Tensor:
     """Logits that predict each response token. (B, P + T) -> (B, T, V)"""
-    if _keeps_logits(type(model)):  # the LM head runs on the last T + 1 positions only
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model's
+    if _keeps_logits(type(inner)):  # the LM head runs on the last T + 1 positions only
         T = ids.shape[1] - prompt_len
-        return model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1).logits[:, :-1]
-    return model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, prompt_len - 1:-1]
+        return model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False,
+                     logits_to_keep=T + 1).logits[:, :-1]
+    return model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).logits[:, prompt_len - 1:-1]
 
 
 def decode(tokenizer: Any, responses: torch.Tensor, mask: torch.Tensor) -> list[str]:

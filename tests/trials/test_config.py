@@ -64,3 +64,19 @@ def test_replace_validates():
     assert PPOConfig().replace(policy_lr=2e-5).policy_lr == 2e-5
     with pytest.raises(ConfigError):
         PPOConfig().replace(mini_batch_size=7)
+
+
+def test_under_lora_the_policy_lr_range_is_ten_times_higher():
+    assert field_specs()["policy_lr"].documented_range(lora=True) == (1e-5, 5e-4)
+    assert PPOConfig.from_dict({"policy_lr": 1e-4, "lora_rank": 16}).warnings() == []
+    assert PPOConfig.from_dict({"policy_lr": 1e-3, "lora_rank": 16}).warnings() == [
+        "policy_lr = 0.001 is outside the documented range under LoRA 1e-05..0.0005"]
+    assert PPOConfig.from_dict({"policy_lr": 1e-4}).warnings() == [
+        "policy_lr = 0.0001 is outside the documented range 1e-06..5e-05"]
+
+
+def test_a_shared_value_backbone_needs_a_lora_policy():
+    with pytest.raises(ConfigError) as info:
+        PPOConfig.from_dict({"value_backbone": "shared"})
+    (problem,) = info.value.problems
+    assert problem.path == "value_backbone" and "lora_rank" in problem.fix
