@@ -14,7 +14,7 @@ from typing import Any
 
 from trials import Problem, did_you_mean, field_specs, metrics
 from tuner.spec._check_space import Found, build_space, check_value, plain
-from tuner.spec._models import TRIAL_FIELDS, SweepSpec
+from tuner.spec._models import TRIAL_FIELDS, Choices, Range, SweepSpec
 from tuner.spec._space import KL_ADAPTIVE_ONLY, Param, fixed_value, iterations_of
 
 __all__ = ["REQUIRED_PACKAGES", "Checked", "check_spec"]
@@ -38,9 +38,9 @@ class Checked:
 
 def check_spec(spec: SweepSpec, broken: frozenset[str] = frozenset()) -> Checked:
     """Errors and warnings of a structurally valid spec; `broken` names parts that failed structurally."""
-    found = Found()
+    found = Found(lora=_always_lora(spec))
     base = _check_base(spec, found)
-    space, problems, warnings = build_space(spec.search_space)
+    space, problems, warnings = build_space(spec.search_space, lora=found.lora)
     found.problems += problems
     found.warnings += warnings
 
@@ -65,6 +65,13 @@ def check_spec(spec: SweepSpec, broken: frozenset[str] = frozenset()) -> Checked
         found.warnings.append(f"kl_limit = {spec.kl_limit:g} is outside the usual range 5..30 nats "
                               "(the guidance keeps KL below 15-20 nats)")
     return Checked(found.problems, found.warnings, base, space)
+
+
+def _always_lora(spec: SweepSpec) -> bool:
+    """Whether every trial trains a LoRA adapter (lora_rank > 0 for every value a trial can get)."""
+    entry = spec.search_space.get("lora_rank", spec.base.get("lora_rank", 0))
+    values = [entry.low] if isinstance(entry, Range) else entry.choices if isinstance(entry, Choices) else [entry]
+    return bool(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values)
 
 
 def _check_base(spec: SweepSpec, found: Found) -> dict[str, Any]:

@@ -15,19 +15,22 @@ __all__ = ["Found", "build_space", "check_value", "plain"]
 
 
 class Found:
-    """Problems and warnings collected while checking."""
+    """Problems and warnings collected while checking; `lora`: every trial trains a LoRA adapter, so
+    the documented ranges under LoRA apply (policy_lr's is ~10x higher)."""
 
-    def __init__(self) -> None:
+    def __init__(self, lora: bool = False) -> None:
         self.problems: list[Problem] = []
         self.warnings: list[str] = []
+        self.lora = lora
 
     def error(self, path: str, value: Any, message: str, fix: str = "") -> None:
         self.problems.append(Problem(path, value, message, fix))
 
 
-def build_space(entries: dict[str, Any], prefix: str = "search_space") -> tuple[dict[str, Param], list[Problem], list[str]]:
+def build_space(entries: dict[str, Any], prefix: str = "search_space",
+                lora: bool = False) -> tuple[dict[str, Param], list[Problem], list[str]]:
     """Check every entry against its engine field; the Params of the entries without errors."""
-    found, space = Found(), {}
+    found, space = Found(lora), {}
     specs = field_specs()
     for name, entry in entries.items():
         path = f"{prefix}.{name}"
@@ -112,7 +115,7 @@ def check_value(spec: FieldSpec, raw: Any, path: str, found: Found) -> Any:
         hint = did_you_mean(raw, map(str, spec.choices)) if spec.choices and isinstance(raw, str) else ""
         found.error(path, raw, error, hint if hint.startswith("did you mean") else spec.fix())
         return raw
-    warning = spec.warning(value, path)
+    warning = spec.warning(value, path, lora=found.lora)
     if warning:
         found.warnings.append(warning)
     return value
