@@ -43,10 +43,18 @@ class PrivatePostgres:
         shutil.chown(pwfile, "postgres")
         self._as_postgres(str(BIN / "initdb"), "-D", str(self.data), "-U", "postgres", f"--pwfile={pwfile}",
                           "--auth-host=scram-sha-256", "--auth-local=trust", "-E", "UTF8")
+        self.start_server()
+        return self
+
+    def start_server(self) -> None:
+        """Start the server on its data folder (again, after stop_server)."""
         options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c max_connections=200"
         self._as_postgres(str(BIN / "pg_ctl"), "-D", str(self.data), "-o", options, "-l",
                           str(self.folder / "log"), "-w", "start")
-        return self
+
+    def stop_server(self) -> None:
+        """Stop the server, dropping every connection (pg_ctl -m fast); its data is kept for start_server."""
+        self._as_postgres(str(BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def create_db(self, name: str) -> str:
         self._as_postgres(str(BIN / "createdb"), "-h", str(self.folder), "-p", str(self.port), name)

@@ -2,7 +2,8 @@
 `_train` (train), `_spec` (validate, schema), `_sweep` (run, resume, list, status, export, ui) and
 `_cluster` (submit, jobs, logs, cancel). `_table` renders trials in the terminal.
 
-User mistakes (TunerError) become one line per problem on stderr and exit code 2, no traceback.
+User mistakes (TunerError) become one line per problem on stderr and exit code 2, no traceback. A stopped
+sweep exits 130 after Ctrl-C, 143 after SIGTERM (Kubernetes, systemd, `ray job stop`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in exc.lines():
             sys.stderr.write(f"error: {line}\n")
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C twice, or SIGTERM outside a sweep's trials
         sys.stderr.write("interrupted\n")
-        return 130
+        return _sweep.stopped_code()
 

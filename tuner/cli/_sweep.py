@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -69,15 +70,22 @@ def _print_summary(summary) -> None:
 def _start(spec: CompiledSpec) -> int:
     from tuner.cli._table import LiveTable, render_rows, row_of
     from tuner.sweep import preflight, run_sweep
+    from tuner.sweep._signals import stop_on_sigterm
 
+    stop_on_sigterm()  # SIGTERM stops the sweep as Ctrl-C does (exit code 143)
     for warning in spec.warnings():
         print(f"warning: {warning}", file=sys.stderr)
     preflight(spec)  # model, prompts and reward are checked before any trial is launched
     from ray.tune.error import TuneError
 
+    from tuner.sweep import StudyOutage
+
     table = LiveTable(f"sweep {spec.name}")
     try:
         summary = run_sweep(spec, callbacks=[table])
+    except StudyOutage as exc:  # stopped as on Ctrl-C: what finished is kept
+        print(f"error: {exc}; continue with: tuner resume {spec.sweep_dir()}", file=sys.stderr)
+        return stopped_code()
     except TuneError as exc:  # Ray Tune itself failed; the study and MLflow keep what finished
         reason = str(exc).strip().splitlines()[-1][:300]
         print(f"error: the sweep stopped: {reason}; what finished is kept: continue with "
@@ -90,8 +98,15 @@ def _start(spec: CompiledSpec) -> int:
     if summary.missing:
         print(f"sweep stopped with {summary.missing} of {spec.budget.trials} trials still to run; "
               f"continue with: tuner resume {summary.sweep_dir}", file=sys.stderr)
-        return 130
+        return stopped_code()
     return 0
+
+
+def stopped_code() -> int:
+    """The exit code of a sweep that was stopped before its budget: 143 after SIGTERM, else 130 (Ctrl-C)."""
+    from tuner.sweep._signals import stop_signal
+
+    return 128 + (stop_signal() or signal.SIGINT)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -233,6 +233,12 @@ class SweepSpec(_Section):
         None, description="Optuna study database (sqlite:///... or postgresql+psycopg://user:${PGPASSWORD}@host:5432/db); "
                           "empty means sqlite:///<sweep dir>/study.db; ${NAME} is replaced by that environment variable "
                           "where the URL is used, so no password need be written in the spec")
+    storage_outage: Annotated[float, BeforeValidator(_values.parse_duration),
+                              WithJsonSchema({"type": ["number", "string"]})] = Field(
+        120.0, description="how long the sweep rides through an outage of the study database (a restart, a failover): "
+                           "seconds, or a string such as '90s' or '5m'. Meanwhile the trials keep running and their "
+                           "results are held and written when it is back; a longer outage stops the sweep as Ctrl-C "
+                           "does (resume it with 'tuner resume')")
     mlflow: Mlflow = Field(default_factory=Mlflow, description=Mlflow.__doc__)
     workdir: NonEmpty = Field("sweeps", description="the sweep's folder is <workdir>/<name>, relative to the current directory")
     seed: int = Field(0, ge=0, description="seed of the sampler and of every trial (unless base.seed is set)")

@@ -24,6 +24,8 @@ from trials import metrics as K
 from tuner.spec import CompiledSpec, make_sampler
 from tuner.sweep import _plots
 from tuner.sweep._callback import SweepCallback
+from tuner.sweep._outage import StudyOutage
+from tuner.sweep._signals import stop_on_sigterm
 from tuner.sweep._study import (
     ATTR,
     TrialRow,
@@ -178,14 +180,22 @@ def run_sweep(spec: CompiledSpec, callbacks: Sequence[SweepCallback] = ()) -> Sw
     study, storage = open_study(spec, create=True)
     todo = remaining_trials(study, spec.budget.trials, storage)
     tracker = SweepTracker(spec, study)
-    searcher = StudySearcher(study, spec)
+    searcher = StudySearcher(study, spec, storage)
     logger = TrialLogger(tracker)
     logger.reconcile(study)
     started = time.perf_counter()
-    if todo:
-        _fit(spec, todo, searcher, logger, callbacks)
-    outcomes = searcher.outcomes()
-    return _summarise(spec, study, tracker, outcomes, time.perf_counter() - started, ran=todo)
+    try:
+        if todo:
+            _fit(spec, todo, searcher, logger, callbacks)
+        outcomes = searcher.outcomes()
+        # the study's reads retried likewise through an outage
+        return searcher.writes.wait(lambda: _summarise(spec, study, tracker, outcomes, time.perf_counter() - started,
+                                                       ran=todo))
+    except StudyOutage as exc:  # stopped as on Ctrl-C; what the study could not be told runs again on resume
+        tracker.finish({}, None, status="KILLED")
+        held = len(searcher.writes.pending)
+        raise StudyOutage(f"{exc}; the sweep stopped ({held} study writes not made: their trials run again "
+                          "on resume)") from None
 
 
 def _scheduler(spec: CompiledSpec) -> Any:
@@ -206,10 +216,13 @@ def _fit(spec: CompiledSpec, todo: int, searcher: Any, logger: Any, callbacks: S
     from ray import tune
 
     from tuner.sweep._events import RayEvents
+    from tuner.sweep._searcher import OutageStop
     from tuner.trial._trainable import run_trial
 
     started_ray = _ray_init(spec)
+    stop_on_sigterm()  # after ray.init: its native handler would abort on SIGTERM
     res = spec.resources
+    stopper = OutageStop(searcher)
     trainable = tune.with_resources(run_trial, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
     tuner = tune.Tuner(
         trainable,
@@ -217,12 +230,13 @@ def _fit(spec: CompiledSpec, todo: int, searcher: Any, logger: Any, callbacks: S
                                     max_concurrent_trials=res.max_concurrent, reuse_actors=True,
                                     trial_dirname_creator=_trial_dirname, time_budget_s=spec.budget.wall_clock),
         run_config=tune.RunConfig(name="tune", storage_path=str((spec.sweep_dir() / "ray").resolve()), verbose=0,
-                                  callbacks=[RayEvents(searcher, logger, callbacks)],
+                                  callbacks=[RayEvents(searcher, logger, callbacks)], stop=stopper,
                                   failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures)),
     )
     try:
         tuner.fit()
     finally:
+        stopper.close()
         try:  # while their Optuna trials can still be written
             logger.close_abandoned([t for t in map(searcher.task, searcher.running()) if t is not None])
         finally:
@@ -231,6 +245,11 @@ def _fit(spec: CompiledSpec, todo: int, searcher: Any, logger: Any, callbacks: S
                 import ray
 
                 ray.shutdown()
+    if searcher.writes.expired:
+        searcher.writes.drain(force=True)  # one last try
+        if searcher.writes.pending:
+            raise StudyOutage(searcher.writes.describe())
+    searcher.writes.wait()  # every result held through an outage is written
 
 
 def _trial_dirname(trial: Any) -> str:

@@ -15,6 +15,11 @@ with its last value. Here, in the driver (the only process that writes the study
   the samplers learn), never launched and not counted toward budget.trials; a trial that ran out of
   memory after its retries is recorded the same way.
 Each finished trial becomes an `Outcome` record, with its timings, which `outcome()` hands out.
+
+Every study write of a trial that was launched goes through `HeldWrites`: while the study database is
+unreachable, the writes are held (and the trial's attributes read back from `_Live`, never from the
+database), no new trial is suggested, and the running trials go on; `stop_all` tells Ray Tune to stop
+the sweep once the outage outlasts the spec's storage_outage.
 """
 
 from __future__ import annotations
@@ -30,15 +35,17 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
+from ray.tune.stopper import Stopper
 
 from trials import PPOConfig
 from tuner.spec import CompiledSpec, sample_params, trial_config
-from tuner.sweep._study import ATTR, ran_configs, tell_duplicate
+from tuner.sweep._outage import HeldWrites, Unavailable
+from tuner.sweep._study import ATTR, mark_interrupted, ran_configs, redact, tell_duplicate
 from tuner.trial import OBJECTIVE, Outcome, StopReason, TrialFailure, TrialReport, read_result
 from tuner.trial._memory import MemoryCheck
 from tuner.trial._task import TrialTask
 
-__all__ = ["StudySearcher", "ask_trial"]
+__all__ = ["OutageStop", "StudySearcher", "ask_trial"]
 
 DUPLICATE_TRIES = 25  # samples asked for one slot before a repeated config is run anyway (a space nearly used up)
 OUT_OF_MEMORY = "OutOfMemoryError"  # the error of a trial that ran out of memory (torch.OutOfMemoryError)
@@ -70,19 +77,35 @@ def _sample(study: optuna.Study, spec: CompiledSpec) -> tuple[optuna.trial.Trial
 
 
 class _Live:
-    """A trial the searcher suggested and has not recorded yet."""
+    """A trial the searcher suggested and has not recorded yet. Its writes go through `writes`; its user
+    attributes are read back from `user_attrs` (what was written or is held), never from the database."""
 
-    def __init__(self, trial: optuna.trial.Trial, task: TrialTask):
-        self.trial, self.task = trial, task
+    def __init__(self, trial: optuna.trial.Trial, task: TrialTask, writes: HeldWrites):
+        self.trial, self.task, self.writes = trial, task, writes
+        self.number = trial.number
+        self.user_attrs: dict[str, Any] = dict(trial.user_attrs)
         self.started = time.perf_counter()
         self.compute = 0.0  # sum of its iterations' seconds
         self.last: dict[str, Any] = {}
 
+    def set_user_attr(self, key: str, value: Any) -> None:
+        self.user_attrs[key] = value
+        self.writes.submit(self.trial.set_user_attr, key, value)
+
+    def set_constraint(self, key: str, value: float) -> None:
+        self.writes.submit(self.trial.set_constraint, key, value)
+
+    def report(self, value: float, step: int) -> None:
+        self.writes.submit(self.trial.report, value, step=step)
+
 
 class StudySearcher(Searcher):
-    def __init__(self, study: optuna.Study, spec: CompiledSpec):
+    def __init__(self, study: optuna.Study, spec: CompiledSpec, storage: optuna.storages.BaseStorage | None = None):
         super().__init__(metric=OBJECTIVE, mode="max" if spec.objective.direction == "maximize" else "min")
-        self.study, self.spec = study, spec
+        self.study, self.spec, self.storage = study, spec, storage
+        self.writes = HeldWrites(spec.storage_outage, redact(spec.storage_url()) or "")
+        self._launched: set[int] = set()  # numbers of the trials handed to Ray Tune
+        self._strays = False  # whether closing the trials an ask left behind is held
         self._live: dict[str, _Live] = {}  # ray trial id -> a trial not yet recorded
         self._outcomes: dict[str, Outcome] = {}  # ray trial id -> what was recorded
         self.multi = len(spec.directions()) > 1
@@ -109,18 +132,41 @@ class StudySearcher(Searcher):
         """Set a user attribute (an ATTR key) on a trial not yet recorded."""
         live = self._live.get(trial_id)
         if live is not None:
-            live.trial.set_user_attr(ATTR[key], value)
+            live.set_user_attr(ATTR[key], value)
 
     def attempt_errors(self, trial_id: str) -> list[str]:
         """Each failed attempt's error, for a trial not yet recorded."""
         live = self._live.get(trial_id)
-        return list(live.trial.user_attrs.get(ATTR["errors"], [])) if live is not None else []
+        return list(live.user_attrs.get(ATTR["errors"], [])) if live is not None else []
 
     # -- Ray Tune's Searcher interface -----------------------------------------------------------
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True
 
+    def stop_all(self) -> bool:
+        """Whether the sweep must stop: the study database has been unreachable longer than storage_outage.
+        Asked by Ray Tune at every step, so held writes are retried even while no trial reports."""
+        self.writes.drain()
+        return self.writes.expired
+
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self.writes.expired:  # Ray Tune waits here, not in stop_all, while no trial runs
+            return Searcher.FINISHED
+        try:  # None: Ray Tune asks again later
+            return self.writes.call(lambda: self._suggest(trial_id))
+        except Unavailable:
+            if self.storage is not None and not self._strays:  # a trial asked for as the connection dropped
+                self._strays = True
+                self.writes.submit(self._close_strays)
+            return None
+
+    def _close_strays(self) -> None:
+        """Mark FAIL (interrupted) the trials left RUNNING by an ask that the database cut off: never launched."""
+        assert self.storage is not None
+        mark_interrupted(self.study, self.storage, keep=self._launched)
+        self._strays = False
+
+    def _suggest(self, trial_id: str) -> dict[str, Any] | None:
         for _ in range(DUPLICATE_TRIES):
             trial, params, engine = ask_trial(self.study, self.spec, self.multi)
             if self._fits(trial, engine):
@@ -134,7 +180,8 @@ class StudySearcher(Searcher):
         task = TrialTask(number=trial.number, engine=engine, params=params, kl_limit=self.spec.kl_limit,
                          objective=self.spec.objective.model_dump(),
                          sys_path=[p for p in [os.getcwd(), *sys.path] if p])
-        self._live[trial_id] = _Live(trial, task)
+        self._live[trial_id] = _Live(trial, task, self.writes)
+        self._launched.add(trial.number)
         return task.to_config()
 
     def _fits(self, trial: optuna.trial.Trial, engine: dict[str, Any]) -> bool:
@@ -161,7 +208,7 @@ class StudySearcher(Searcher):
             return
         live.last = result
         record = read_result(result)
-        trial = live.trial
+        trial = live
         if isinstance(record, TrialFailure):
             trial.set_user_attr(ATTR["errors"], [*trial.user_attrs.get(ATTR["errors"], []), record.error[:300]])
             return
@@ -176,13 +223,18 @@ class StudySearcher(Searcher):
         if live is None:
             return
         last = result or live.last
-        outcome = self._record(live.trial, read_result(last) if last else None, int(last.get("training_iteration", 0) or 0), error)
+        outcome = self._record(live, read_result(last) if last else None, int(last.get("training_iteration", 0) or 0), error)
         outcome.compute_seconds = live.compute
         outcome.wall_seconds = time.perf_counter() - live.started
         outcome.params = live.task.params
         self._outcomes[trial_id] = outcome
 
-    def _record(self, trial: optuna.trial.Trial, last: TrialReport | TrialFailure | None, iterations: int,
+    def _tell(self, live: _Live, values: Any = None, state: TrialState | None = None) -> None:
+        """Tell the study a trial's end (held while the database is unreachable; a replay of a tell that
+        reached the database before its connection dropped changes nothing)."""
+        self.writes.submit(self.study.tell, live.trial, values, state=state, skip_if_finished=True)
+
+    def _record(self, trial: _Live, last: TrialReport | TrialFailure | None, iterations: int,
                 error: bool) -> Outcome:
         kl_max = last.kl_max if last is not None else None
         kl_final = last.kl if isinstance(last, TrialReport) else kl_max
@@ -202,7 +254,7 @@ class StudySearcher(Searcher):
             reason = f"memory: {last.error.splitlines()[0][:200]}"
             trial.set_user_attr(ATTR["error"], last.error[:2000])
             trial.set_user_attr(ATTR["stop"], reason)
-            self.study.tell(trial, state=TrialState.PRUNED)
+            self._tell(trial, state=TrialState.PRUNED)
             return Outcome(state="INFEASIBLE", stop_reason=reason, value=None, error=last.error, **common)
         if self.memory is not None and ATTR["memory"] in trial.user_attrs:
             trial.set_constraint("memory", trial.user_attrs[ATTR["memory"]] - self.memory.budget_gb)
@@ -210,17 +262,17 @@ class StudySearcher(Searcher):
             message = last.error if isinstance(last, TrialFailure) else "the trial's process died"
             trial.set_user_attr(ATTR["error"], message[:2000])
             trial.set_user_attr(ATTR["stop"], StopReason.failed(message))
-            self.study.tell(trial, state=TrialState.FAIL)
+            self._tell(trial, state=TrialState.FAIL)
             return Outcome(state="FAIL", stop_reason=StopReason.failed(message), value=None, error=message, **common)
         value = last.objective if last is not None else None
         reason = (last.stop_reason if last is not None else None) or (
             StopReason.PRUNED if iterations < self.spec.iterations() else StopReason.COMPLETED)
         trial.set_user_attr(ATTR["stop"], reason)
         if reason == StopReason.PRUNED or value is None or not math.isfinite(value):
-            self.study.tell(trial, state=TrialState.PRUNED)
+            self._tell(trial, state=TrialState.PRUNED)
             return Outcome(state="PRUNED", stop_reason=reason, value=value, **common)
         values = [value, float(kl_final if kl_final is not None else 0.0)] if self.multi else value
-        self.study.tell(trial, values)
+        self._tell(trial, values)
         return Outcome(state="INFEASIBLE" if reason == StopReason.KL_LIMIT else "COMPLETE", stop_reason=reason,
                        value=value, **common)
 
@@ -230,9 +282,9 @@ class StudySearcher(Searcher):
         live = self._live.get(trial_id)
         if live is None:
             return 0
-        retries = int(live.trial.user_attrs.get(ATTR["retries"], 0)) + 1
-        live.trial.set_user_attr(ATTR["retries"], retries)
-        live.trial.set_user_attr(ATTR["pid"], -1)  # the next attempt reports its own pid
+        retries = int(live.user_attrs.get(ATTR["retries"], 0)) + 1
+        live.set_user_attr(ATTR["retries"], retries)
+        live.set_user_attr(ATTR["pid"], -1)  # the next attempt reports its own pid
         return retries
 
     def abandon_live(self, reason: str = StopReason.INTERRUPTED) -> list[str]:
@@ -241,8 +293,8 @@ class StudySearcher(Searcher):
         abandoned = list(self._live)
         for trial_id in abandoned:
             live = self._live.pop(trial_id)
-            live.trial.set_user_attr(ATTR["stop"], reason)
-            self.study.tell(live.trial, state=TrialState.FAIL)
+            live.set_user_attr(ATTR["stop"], reason)
+            self._tell(live, state=TrialState.FAIL)
             self._outcomes[trial_id] = Outcome(number=live.trial.number, state="FAIL", stop_reason=reason, value=None,
                                                compute_seconds=live.compute,
                                                wall_seconds=time.perf_counter() - live.started, params=live.task.params)
@@ -257,3 +309,27 @@ class StudySearcher(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         pass
+
+
+class OutageStop(Stopper):
+    """A Ray Tune stopper: stop the sweep once the study database has been unreachable past storage_outage.
+    Ray Tune copies its stoppers (pickle, deepcopy): a copy finds the searcher by key in this process."""
+
+    _searchers: dict[int, StudySearcher] = {}
+
+    def __init__(self, searcher: StudySearcher):
+        self.key = id(searcher)
+        OutageStop._searchers[self.key] = searcher
+
+    def __getstate__(self) -> dict:
+        return {"key": self.key}  # the searcher holds live handles
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        searcher = OutageStop._searchers.get(self.key)
+        return searcher.stop_all() if searcher is not None else False
+
+    def close(self) -> None:
+        OutageStop._searchers.pop(self.key, None)

@@ -22,7 +22,7 @@ from trials import Problem, TunerError
 from tuner.trial import STATES, StopReason
 
 __all__ = ["ATTR", "PARENT_ATTR", "StorageError", "TrialRow", "best_feasible", "count_states", "mark_interrupted",
-           "open_storage", "ran_configs", "redact", "schema_init_lock", "tell_duplicate", "trial_rows"]
+           "is_connection_error", "open_storage", "ran_configs", "redact", "scrub", "schema_init_lock", "tell_duplicate", "trial_rows"]
 
 # user attributes on each Optuna trial
 ATTR = {
@@ -69,7 +69,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
                 conn.exec_driver_sql("PRAGMA journal_mode=WAL")
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, TimeoutError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
-        raise StorageError([Problem("storage", redact(url), f"cannot open the study database ({_scrub(reason, url)})",
+        raise StorageError([Problem("storage", redact(url), f"cannot open the study database ({scrub(reason, url)})",
                                     "check that the database server is running and the URL, user and password are right")]) from None
     return storage
 
@@ -124,7 +124,30 @@ class StorageError(TunerError):
     """The study database cannot be reached or opened."""
 
 
-def _scrub(text: str, url: str) -> str:
+def is_connection_error(exc: BaseException, chain: bool = True) -> bool:
+    """Whether an error (or, with `chain`, one it was raised from: Optuna wraps SQLAlchemy's) means the
+    database could not be reached or the connection dropped, so that the same call may pass later."""
+    import sqlalchemy.exc
+
+    try:
+        import psycopg
+        dropped: tuple[type[BaseException], ...] = (psycopg.OperationalError,)
+    except ImportError:
+        dropped = ()
+    seen = 0
+    cause: BaseException | None = exc
+    while cause is not None and seen < 10:
+        if isinstance(cause, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.DisconnectionError, *dropped)):
+            return True
+        if isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated:
+            return True
+        if not chain:
+            return False
+        cause, seen = cause.__cause__ or cause.__context__, seen + 1
+    return False
+
+
+def scrub(text: str, url: str) -> str:
     """Remove the URL's password from a driver's message, wherever it appears."""
     match = re.search(r"://[^:/@\s]+:([^@\s]*)@", url)
     text = redact(text) or ""
@@ -190,12 +213,14 @@ def trial_rows(study: optuna.Study) -> list[TrialRow]:
     return rows
 
 
-def mark_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
-    """Trials left RUNNING or WAITING by a controller that died: FAIL, stop reason 'interrupted', so a
-    resume runs them again. `storage` is the study's (a finished trial's attributes are written
-    through the storage's public API). Returns how many were marked."""
+def mark_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorage, keep: set[int] = frozenset()) -> int:
+    """Trials left RUNNING or WAITING by a controller that died (or asked for when the database dropped
+    the connection), except the numbers in `keep`: FAIL, stop reason 'interrupted', so a resume runs them
+    again. `storage` is the study's (a finished trial's attributes are written through the storage's
+    public API). Returns how many were marked."""
     study_id = storage.get_study_id_from_name(study.study_name)
-    left = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+    left = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+            if t.number not in keep]
     for trial in left:
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         storage.set_trial_user_attr(trial_id, ATTR["stop"], StopReason.INTERRUPTED)

@@ -1,0 +1,66 @@
+"""SIGTERM (Kubernetes, systemd, `ray job stop`) stops a sweep as Ctrl-C does: trials recorded, no
+trial or run left RUNNING, exit code 143, no native stack dump, and `tuner resume` finishes the budget."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import optuna
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from tests.sweep_helpers import start_tuner, tuner, write_spec
+from tuner.spec import load_spec
+from tuner.sweep._study import open_storage
+
+
+def _finished(spec) -> int:
+    if not Path(spec.storage_url().removeprefix("sqlite:///")).is_file():
+        return 0
+    try:
+        study = optuna.load_study(study_name=spec.name, storage=open_storage(spec.storage_url()))
+    except KeyError:
+        return 0
+    return sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+
+
+def test_sigterm_stops_the_sweep_as_ctrl_c_does(tmp_path, demo_model):
+    path = write_spec(tmp_path, "sigterm", scheduler={"type": "none"}, budget={"trials": 4, "iterations": 6},
+                      search_space={"policy_lr": {"choices": [3.0e-5, 1.0e-4]}, "kl_coef": {"choices": [0.05, 0.02, 0.1]}})
+    spec = load_spec(path)
+    log = tmp_path / "run.log"
+    proc = start_tuner("run", path, cwd=tmp_path, log=log)
+    deadline = time.time() + 300
+    while _finished(spec) < 1 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.3)
+    assert proc.poll() is None, log.read_text()[-3000:]
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=120)
+    seconds = time.monotonic() - sent
+    text = log.read_text()
+    assert code == 143, text[-3000:]
+    assert "SIGTERM received" not in text and "PC: @" not in text and "Traceback" not in text, text[-3000:]
+    assert "tuner resume" in text
+    print(f"SIGTERM to exit: {seconds:.1f} s")
+
+    study = optuna.load_study(study_name=spec.name, storage=open_storage(spec.storage_url()))
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    stopped = [t for t in study.trials if t.user_attrs.get("stop_reason") == "interrupted"]
+    done_before = {t.number for t in study.trials if t.state == TrialState.COMPLETE}
+    assert stopped and done_before
+    client = MlflowClient(spec.tracking_uri())
+    experiment = client.get_experiment_by_name(spec.name)
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    assert runs and all(r.info.status != "RUNNING" for r in runs)
+    children = [r for r in runs if r.data.tags.get("ppo_tuner.kind") == "trial"]
+    assert sorted(int(r.data.tags["ppo_tuner.trial_number"]) for r in children) == [t.number for t in study.trials]
+
+    resumed = tuner("resume", spec.sweep_dir(), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    study = optuna.load_study(study_name=spec.name, storage=open_storage(spec.storage_url()))
+    counted = [t for t in study.trials if t.user_attrs.get("stop_reason") != "interrupted"]
+    assert len(counted) == 4 and all(t.state == TrialState.COMPLETE for t in counted)
+    assert done_before <= {t.number for t in counted}
