@@ -26,6 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workdir", default="sweeps")
     p.set_defaults(func=cmd_resume)
 
+    p = sub.add_parser("sync", help="write to MLflow what the study holds and MLflow lacks (after the tracking server was away)")
+    p.add_argument("sweep", help="sweep name (under --workdir), sweep folder, or spec file")
+    p.add_argument("--workdir", default="sweeps")
+    p.set_defaults(func=cmd_sync)
+
     p = sub.add_parser("list", help="list the sweeps under a folder, from their study storage")
     p.add_argument("--workdir", default="sweeps")
     p.set_defaults(func=cmd_list)
@@ -122,6 +127,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
     spec = find_sweep(args.sweep, args.workdir)
     load_study(spec)  # must exist
     return _start(spec)
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from tuner.sweep import find_sweep, sync_tracking
+
+    spec = find_sweep(args.sweep, args.workdir)
+    counts = sync_tracking(spec)
+    print(f"sweep {spec.name}: MLflow synced from the study: {counts['created']} child runs created, "
+          f"{counts['closed']} closed, {counts['restored']} objective values restored")
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -39,7 +39,7 @@ from tuner.sweep._study import (
 )
 from tuner.trial import SCHEDULER_SCORE, Outcome, StopReason
 
-__all__ = ["SweepSummary", "load_study", "open_study", "preflight", "remaining_trials", "run_sweep"]
+__all__ = ["SweepSummary", "load_study", "open_study", "preflight", "remaining_trials", "run_sweep", "sync_tracking"]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,22 @@ def remaining_trials(study: optuna.Study, wanted: int, storage: optuna.storages.
     and run again; every other finished trial counts toward the budget."""
     mark_interrupted(study, storage)
     return max(0, wanted - sum(map(_counts, study.get_trials(deepcopy=False))))
+
+
+def sync_tracking(spec: CompiledSpec) -> dict[str, int]:
+    """Write to MLflow what the study holds and MLflow lacks (`TrialLogger.reconcile`): after an outage of
+    the tracking server longer than its client's retries, or a controller that died. Returns the counts."""
+    from tuner.sweep._tracking import SweepTracker, TrialLogger
+
+    quiet_libraries()
+    study = load_study(spec)  # a sweep still running keeps its runs: only those of finished trials are closed
+    tracker = SweepTracker(spec, study, reopen=False)
+    counts = TrialLogger(tracker).reconcile(study)
+    alive = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING))
+    if not alive and tracker.client.get_run(tracker.parent_id).info.status == "RUNNING":
+        tracker.client.set_terminated(tracker.parent_id, status="FINISHED")
+        counts["closed"] += 1
+    return counts
 
 
 def preflight(spec: CompiledSpec) -> None:
@@ -260,7 +276,14 @@ def _summarise(spec: CompiledSpec, study: optuna.Study, tracker: Any, outcomes: 
                ran: int) -> SweepSummary:
     counts = count_states(study)
     best = best_feasible(study)
-    artifacts = _artifacts(spec, study, tracker, best)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        artifacts = _artifacts(spec, study, tracker, best)
+    except MlflowException as exc:  # the tracking server is away; the study has every outcome
+        log.warning("MLflow: the sweep's plots could not be written (%s); 'tuner sync %s' closes the runs",
+                    str(exc).splitlines()[0][:200], spec.name)
+        artifacts = []
     summary = SweepSummary(
         name=spec.name, sweep_dir=spec.sweep_dir(), counts=counts, best_number=best.number if best else None,
         best_value=best.values[0] if best else None, best_kl=best.user_attrs.get(ATTR["kl_max"]) if best else None,
@@ -273,7 +296,11 @@ def _summarise(spec: CompiledSpec, study: optuna.Study, tracker: Any, outcomes: 
                     "trial_compute_seconds": summary.trial_compute_seconds})
     if best:
         metrics.update({"best_value": best.values[0], "best_trial": float(best.number)})
-    tracker.finish(metrics, best.number if best else None)
+    try:
+        tracker.finish(metrics, best.number if best else None)
+    except MlflowException as exc:  # the tracking server is away: said, and repaired by tuner sync
+        log.warning("MLflow: the parent run could not be closed (%s); 'tuner sync %s' closes it",
+                    str(exc).splitlines()[0][:200], spec.name)
     return summary
 
 

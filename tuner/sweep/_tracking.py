@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from trials import metrics as K
@@ -56,12 +56,12 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, str]:
 class SweepTracker:
     """The parent run: created once per sweep, reused on resume (its id is kept in the study)."""
 
-    def __init__(self, spec: CompiledSpec, study: optuna.Study):
+    def __init__(self, spec: CompiledSpec, study: optuna.Study, reopen: bool = True):
         self.spec, self.study = spec, study
         with schema_init_lock(spec.tracking_uri()):  # MLflow's schema migrations must not run twice at once
             self.client = MlflowClient(tracking_uri=spec.tracking_uri())
             self.experiment_id = self._experiment()
-        self.parent_id = self._parent()
+        self.parent_id = self._parent(reopen)
 
     def _experiment(self) -> str:
         name = self.spec.experiment_name()
@@ -75,10 +75,11 @@ class SweepTracker:
         return self.client.create_experiment(name, artifact_location=location,
                                              tags={"mlflow.experimentKind": "finetuning"})
 
-    def _parent(self) -> str:
+    def _parent(self, reopen: bool) -> str:
         run_id = self.study.user_attrs.get(PARENT_ATTR)
         if run_id:
-            self.client.update_run(run_id, status="RUNNING")
+            if reopen:
+                self.client.update_run(run_id, status="RUNNING")
             return run_id
         run = self.client.create_run(self.experiment_id, run_name=f"sweep-{self.spec.name}",
                                      tags={TAG["kind"]: "sweep", TAG["study"]: self.spec.name})
@@ -131,6 +132,7 @@ class _Writer:
     def __init__(self) -> None:
         self.calls: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...]]] = queue.Queue()
         self.error: BaseException | None = None
+        self.failed = 0  # calls that raised (each is repaired from the study by `tuner sync` or a resume)
         self.thread = threading.Thread(target=self._loop, name="ppo-tuner-mlflow-writer", daemon=True)
         self.thread.start()
 
@@ -150,6 +152,7 @@ class _Writer:
                 fn(*args)
             except BaseException as exc:  # kept for flush(): the sweep goes on, as it would have after a failed write
                 self.error = self.error or exc
+                self.failed += 1
             finally:
                 self.calls.task_done()
 
@@ -164,9 +167,16 @@ class TrialLogger(SweepCallback):
         self.writer = _Writer()
 
     def open_run(self, task: TrialTask) -> str:
-        """The trial's child run (created on its first attempt; a retry keeps it)."""
+        """The trial's child run (created on its first attempt; a retry keeps it); "" while the tracking
+        server cannot be reached: the trial runs on without one, and `tuner sync` creates it from the study."""
         if task.number not in self.runs:
-            self.runs[task.number] = self._create_run(task.number, task.params, task.engine)
+            try:
+                self.runs[task.number] = self._create_run(task.number, task.params, task.engine)
+            except Exception as exc:
+                self.writer.failed += 1
+                log.warning("MLflow: trial %d's run could not be created (%s); 'tuner sync' creates it from the study",
+                            task.number, _first_line(exc))
+                return ""
         return self.runs[task.number]
 
     def _create_run(self, number: int, searched: dict[str, Any], engine: dict[str, Any]) -> str:
@@ -183,10 +193,14 @@ class TrialLogger(SweepCallback):
         try:
             self.writer.flush()  # every metric and closing handed to the writer is in the store
         except Exception as exc:  # the study has every outcome; a resume's reconcile repairs the runs
-            reason = (str(exc).splitlines() or [""])[0][:200]
-            log.warning("MLflow: a write failed (%s: %s); the study keeps every trial's outcome", type(exc).__name__, reason)
+            log.warning("MLflow: %d writes failed (first: %s: %s); the study keeps every trial's outcome: "
+                        "'tuner sync %s' (or 'tuner resume') writes what is missing", self.writer.failed,
+                        type(exc).__name__, _first_line(exc), self.tracker.spec.name)
         for task in tasks:
-            self._kill(self.open_run(task), "FAIL", StopReason.INTERRUPTED)
+            try:
+                self._kill(self.open_run(task), "FAIL", StopReason.INTERRUPTED)
+            except Exception as exc:  # the next sync or resume marks it KILLED
+                log.warning("MLflow: trial %d's run could not be closed (%s)", task.number, _first_line(exc))
 
     def _kill(self, run_id: str, state: str, stop_reason: str) -> None:
         self.client.log_batch(run_id, tags=[RunTag(TAG["state"], state), RunTag(TAG["stop"], stop_reason)])
@@ -194,11 +208,11 @@ class TrialLogger(SweepCallback):
 
     def trial_retried(self, number: int, retries: int) -> None:
         if number in self.runs and retries:
-            self.client.set_tag(self.runs[number], TAG["retries"], str(retries))
+            self.writer.submit(self.client.set_tag, self.runs[number], TAG["retries"], str(retries))
 
     def attempt_failed(self, number: int, errors: list[str]) -> None:
         if number in self.runs:
-            self.client.set_tag(self.runs[number], TAG["errors"], " | ".join(errors)[:5000])
+            self.writer.submit(self.client.set_tag, self.runs[number], TAG["errors"], " | ".join(errors)[:5000])
 
     def trial_reported(self, number: int, iteration: int, report: TrialReport) -> None:
         run_id = self.runs.get(number)
@@ -220,31 +234,64 @@ class TrialLogger(SweepCallback):
         self.writer.submit(self.client.set_terminated, run_id, _STATUS.get(outcome.state, "KILLED"))
 
     def reconcile(self, study: optuna.Study) -> dict[str, int]:
-        """Make MLflow agree with the study after a controller died: runs left RUNNING become KILLED,
-        and a trial that has no run (it was suggested but never started) gets a KILLED one, so that
-        there is exactly one child run per Optuna trial that ran or was meant to (a DUPLICATE, or a config
-        predicted not to fit in memory, never runs)."""
+        """Make MLflow agree with the study after a controller died or the tracking server was away: a run
+        left RUNNING is closed as its trial ended in the study (KILLED where the trial did not end), a
+        trial that has no run gets one, so that there is exactly one child run per Optuna trial that ran or
+        was meant to (a DUPLICATE, or a config predicted not to fit in memory, never runs); and a run that
+        misses iterations gets the study's record of them: the objective per iteration and kl_max (the
+        engine's other metrics of those iterations are not in the study, and stay missing)."""
         by_number: dict[str, list[Any]] = {}
         for run in self.tracker.child_runs():
             by_number.setdefault(run.data.tags.get(TAG["number"], ""), []).append(run)
-        killed = created = 0
+        counts = {"closed": 0, "created": 0, "restored": 0}
         for trial in study.get_trials(deepcopy=False):
             runs = by_number.get(str(trial.number), [])
-            for run in runs:
-                if run.info.status == "RUNNING" and run.info.run_id not in self.runs.values():
-                    self.client.set_tag(run.info.run_id, TAG["state"], "KILLED")
-                    self.client.set_terminated(run.info.run_id, status=RunStatus.to_string(RunStatus.KILLED))
-                    killed += 1
             never_ran = ATTR["duplicate"] in trial.user_attrs or ATTR["unlaunched"] in trial.user_attrs
             if not runs and trial.state.is_finished() and not never_ran:
                 engine = json.loads(trial.user_attrs.get(ATTR["engine"], "{}"))
-                run_id = self._create_run(trial.number, dict(trial.params), engine)
-                self._kill(run_id, trial.state.name, trial.user_attrs.get(ATTR["stop"], StopReason.INTERRUPTED))
-                created += 1
-        return {"killed": killed, "created": created}
+                runs = [self.client.get_run(self._create_run(trial.number, dict(trial.params), engine))]
+                counts["created"] += 1
+            for run in runs:
+                if run.info.run_id in self.runs.values():
+                    continue  # this controller's own
+                counts["restored"] += self._restore(run.info.run_id, trial)
+                if run.info.status == "RUNNING" and trial.state.is_finished():
+                    self._close(run.info.run_id, trial)
+                    counts["closed"] += 1
+        return counts
+
+    def _restore(self, run_id: str, trial: optuna.trial.FrozenTrial) -> int:
+        """Log the study's objective per iteration that the run lacks; returns how many were written."""
+        have = {m.step for m in self.client.get_metric_history(run_id, OBJECTIVE)}
+        metrics = [Metric(OBJECTIVE, float(v), 0, int(step)) for step, v in sorted(trial.intermediate_values.items())
+                   if int(step) not in have and math.isfinite(v)]
+        if metrics and ATTR["kl_max"] in trial.user_attrs:
+            metrics.append(Metric(KL_MAX, float(trial.user_attrs[ATTR["kl_max"]]), 0, max(m.step for m in metrics)))
+        for start in range(0, len(metrics), 500):
+            self.client.log_batch(run_id, metrics=metrics[start:start + 500])
+        return len(metrics)
+
+    def _close(self, run_id: str, trial: optuna.trial.FrozenTrial) -> None:
+        """End a run as its (finished) trial ended in the study; KILLED if it was interrupted."""
+        from tuner.sweep._study import state_of
+
+        stop = trial.user_attrs.get(ATTR["stop"], StopReason.INTERRUPTED)
+        if stop == StopReason.INTERRUPTED:
+            self._kill(run_id, "FAIL", StopReason.INTERRUPTED)
+            return
+        state = state_of(trial)
+        tags = [RunTag(TAG["state"], state), RunTag(TAG["stop"], stop)]
+        if ATTR["error"] in trial.user_attrs:
+            tags.append(RunTag(TAG["error"], str(trial.user_attrs[ATTR["error"]])[:5000]))
+        self.client.log_batch(run_id, tags=tags)
+        self.client.set_terminated(run_id, status=_STATUS.get(state, "KILLED"))
 
     def flush(self) -> None:
         self.writer.flush()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")

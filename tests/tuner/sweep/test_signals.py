@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -26,6 +27,7 @@ def _finished(spec) -> int:
     return sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
 
 
+@pytest.mark.slow  # about 100 s with the resume
 def test_sigterm_stops_the_sweep_as_ctrl_c_does(tmp_path, demo_model):
     path = write_spec(tmp_path, "sigterm", scheduler={"type": "none"}, budget={"trials": 4, "iterations": 6},
                       search_space={"policy_lr": {"choices": [3.0e-5, 1.0e-4]}, "kl_coef": {"choices": [0.05, 0.02, 0.1]}})

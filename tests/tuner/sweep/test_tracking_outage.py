@@ -1,0 +1,92 @@
+"""The MLflow server killed mid-sweep (SIGKILL) and started again 20 s later, for real: within the
+client's retries the sweep rides through; past them (no retries), nothing is dropped silently and
+`tuner sync` writes from the study what MLflow lacks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from tests.sweep_helpers import start_tuner, tuner, write_spec
+from tuner.cli._sweep import mlflow_server_command
+from tuner.spec import load_spec
+
+
+def _server(tmp_path, port: int) -> subprocess.Popen:
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(mlflow_server_command(f"sqlite:///{tmp_path / 'server.db'}", "127.0.0.1", port,
+                                                  tmp_path / "artifacts"), env=env, start_new_session=True,
+                            stdout=(tmp_path / "server.log").open("a"), stderr=subprocess.STDOUT)
+    for _ in range(240):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return proc
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError((tmp_path / "server.log").read_text()[-3000:])
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)  # the server and its worker
+    proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("retries", ["default", "none"])
+def test_the_mlflow_server_killed_mid_sweep(tmp_path, demo_model, retries):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = _server(tmp_path, port)
+    path = write_spec(tmp_path, "mlkill", mlflow={"tracking_uri": f"http://127.0.0.1:{port}"}, scheduler={"type": "none"},
+                      budget={"trials": 8, "iterations": 4}, sampler={"type": "random"},
+                      search_space={"policy_lr": {"low": 1.0e-5, "high": 1.0e-4, "log": True}})
+    spec = load_spec(path)
+    log = tmp_path / "run.log"
+    if retries == "none":
+        os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
+    try:
+        proc = start_tuner("run", path, cwd=tmp_path, log=log)
+    finally:
+        os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+        os.environ.pop("MLFLOW_HTTP_REQUEST_TIMEOUT", None)
+    try:
+        deadline = time.time() + 300
+        while "trial " not in log.read_text():  # a trial ended
+            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.3)
+        _kill(server)
+        time.sleep(20)
+        server = _server(tmp_path, port)
+        assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+        text = log.read_text()
+        if retries == "none":  # writes failed: said so, with the repair
+            assert "tuner sync mlkill" in text, text[-3000:]
+            synced = tuner("sync", spec.sweep_dir(), cwd=tmp_path)
+            assert synced.returncode == 0, synced.stderr[-3000:]
+            print(synced.stdout.strip())
+        trials = optuna.load_study(study_name="mlkill", storage=spec.storage_url()).trials
+        ran = [t for t in trials if "duplicate_of" not in t.user_attrs]
+        assert len(ran) == 8 and all(t.state == TrialState.COMPLETE for t in ran)
+        client = MlflowClient(f"http://127.0.0.1:{port}")
+        experiment = client.get_experiment_by_name("mlkill")
+        runs = client.search_runs([experiment.experiment_id], max_results=100)
+        children = {int(r.data.tags["ppo_tuner.trial_number"]): r for r in runs if r.data.tags.get("ppo_tuner.kind") == "trial"}
+        assert sorted(children) == [t.number for t in ran]
+        assert all(r.info.status != "RUNNING" for r in children.values())
+        for t in ran:  # the study's record of every iteration is in the run (from the writer or from sync)
+            history = client.get_metric_history(children[t.number].info.run_id, "objective")
+            assert sorted(m.step for m in history) == sorted(t.intermediate_values)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _kill(server)
