@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from tuner.sweep._callback import SweepCallback
 from tuner.sweep._locate import find_sweep, list_sweeps
-from tuner.sweep._run import SweepSummary, load_study, open_study, preflight, run_sweep
+from tuner.sweep._run import (
+           SweepSummary,
+           load_study,
+           open_study,
+           preflight,
+           run_sweep,
+           trials_to_run,
+)
 from tuner.sweep._study import (
            TrialRow,
            best_feasible,
@@ -19,4 +26,4 @@ from tuner.sweep._study import (
 )
 
 __all__ = ["SweepCallback", "SweepSummary", "TrialRow", "best_feasible", "count_states", "engine_config_of",
-           "find_sweep", "list_sweeps", "load_study", "open_study", "preflight", "redact", "run_sweep", "trial_rows"]
+           "find_sweep", "list_sweeps", "load_study", "open_study", "preflight", "redact", "run_sweep", "trial_rows", "trials_to_run"]
