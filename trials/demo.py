@@ -78,10 +78,15 @@ def demo_cache_dir() -> Path:
     return Path(root) / f"demo-model-{_VERSION}"
 
 
+def demo_model_built() -> bool:
+    """Whether the demo model is in the cache (else the first use builds it)."""
+    return (demo_cache_dir() / "config.json").is_file()
+
+
 def build_demo_model(force: bool = False) -> Path:
     """The demo model's folder, built (a few seconds on a CPU) on first use and cached after."""
     target = demo_cache_dir()
-    if (target / "config.json").is_file() and not force:
+    if demo_model_built() and not force:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -115,6 +120,7 @@ def _build(folder: Path, steps: int = 250, seed: int = 0) -> None:
                         bos_token_id=vocab["[EOS]"], eos_token_id=vocab["[EOS]"], pad_token_id=vocab["[PAD]"])
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(config)
+    model.loss_type = "ForCausalLM"  # transformers warns once about loss_type=None otherwise
     rng = random.Random(seed)
     stream = tokenizer(" ".join(sentence(rng) for _ in range(6000)))["input_ids"]
     data = torch.tensor(stream)
@@ -134,5 +140,11 @@ def _build(folder: Path, steps: int = 250, seed: int = 0) -> None:
     log.info("demo SFT: final loss %.3f", loss.item())
     model.generation_config = GenerationConfig(pad_token_id=vocab["[PAD]"], eos_token_id=vocab["[EOS]"],
                                                bos_token_id=vocab["[EOS]"])
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Writing model shards": a bar for a one-file, 1 MB model
+    try:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    finally:
+        hf_logging.enable_progress_bar()

@@ -2,14 +2,17 @@
 `_train` (train), `_spec` (validate, schema), `_sweep` (run, resume, list, status, export, ui) and
 `_cluster` (submit, jobs, logs, cancel). `_table` renders trials in the terminal.
 
-User mistakes (TunerError) become one line per problem on stderr and exit code 2, no traceback. A stopped
-sweep exits 130 after Ctrl-C, 143 after SIGTERM (Kubernetes, systemd, `ray job stop`).
+Exit codes: 0 done; 1 the sweep itself stopped on an error (what finished is kept); 2 a user mistake
+(TunerError: one line per problem on stderr, no traceback, nothing written); 3 `tuner train` was
+stopped by its KL limit; 130 interrupted by Ctrl-C, 143 stopped by SIGTERM (Kubernetes, systemd,
+`ray job stop`): a sweep then continues with `tuner resume`.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
 from trials import TunerError
 from tuner.cli import _cluster, _spec, _sweep, _train
@@ -23,8 +26,17 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _version() -> str:
+    try:
+        return version("ppo-tuner")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tuner", description="Hyperparameter sweeps for PPO fine-tuning of language models.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
+                        help="print ppo-tuner's version and exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for module in _COMMANDS:
         module.register(sub)

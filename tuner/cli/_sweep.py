@@ -14,6 +14,9 @@ from pathlib import Path
 from trials import ConfigError, Problem
 from tuner.spec import CompiledSpec, load_spec
 
+WORKDIR_HELP = "folder that holds the sweeps, one subfolder per sweep (default: sweeps)"
+SWEEP_HELP = "sweep name (under --workdir), sweep folder, or spec file"
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a sweep from a spec file (loads its study if it exists)")
@@ -22,8 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("resume", help="continue an interrupted sweep without re-running finished trials")
-    p.add_argument("sweep", help="sweep name (under --workdir), sweep folder, or spec file")
-    p.add_argument("--workdir", default="sweeps")
+    p.add_argument("sweep", help=SWEEP_HELP)
+    p.add_argument("--workdir", default="sweeps", help=WORKDIR_HELP)
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("sync", help="write to MLflow what the study holds and MLflow lacks (after the tracking server was away)")
@@ -32,26 +35,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_sync)
 
     p = sub.add_parser("list", help="list the sweeps under a folder, from their study storage")
-    p.add_argument("--workdir", default="sweeps")
+    p.add_argument("--workdir", default="sweeps", help=WORKDIR_HELP)
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("status", help="the trials of a sweep and their states, from the study storage")
-    p.add_argument("sweep")
-    p.add_argument("--workdir", default="sweeps")
+    p.add_argument("sweep", help=SWEEP_HELP)
+    p.add_argument("--workdir", default="sweeps", help=WORKDIR_HELP)
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("export", help="write the best feasible trial's config")
-    p.add_argument("sweep")
+    p.add_argument("sweep", help=SWEEP_HELP)
     p.add_argument("--format", default="yaml", help="yaml, json, openrlhf, verl or trl")
     p.add_argument("-o", "--output", help="file to write (default: stdout)")
-    p.add_argument("--workdir", default="sweeps")
+    p.add_argument("--workdir", default="sweeps", help=WORKDIR_HELP)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 on a sweep's tracking store (for a sweep that logs to an MLflow server: print its page)")
     p.add_argument("sweep", nargs="?", help="sweep name, folder or spec (default: the only/most recent sweep)")
-    p.add_argument("--workdir", default="sweeps")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--workdir", default="sweeps", help=WORKDIR_HELP)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address the MLflow server listens on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=5000, help="port of the MLflow server (default: 5000)")
     p.set_defaults(func=cmd_ui)
 
 
@@ -73,13 +77,20 @@ def _print_summary(summary) -> None:
 
 
 def _start(spec: CompiledSpec) -> int:
-    from tuner.cli._table import LiveTable, render_rows, row_of
-    from tuner.sweep import preflight, run_sweep
+    from tuner.cli._table import LiveTable, console, render_rows, row_of
+    from tuner.sweep import load_study, preflight, run_sweep, trial_rows, trials_to_run
     from tuner.sweep._signals import stop_on_sigterm
 
     stop_on_sigterm()  # SIGTERM stops the sweep as Ctrl-C does (exit code 143)
     for warning in spec.warnings():
         print(f"warning: {warning}", file=sys.stderr)
+    if trials_to_run(spec) == 0:
+        rows = [row_of(r) for r in trial_rows(load_study(spec))]
+        console(sys.stderr).print(render_rows(rows, f"sweep {spec.name}: all trials"))
+        print(f"sweep {spec.name} is already complete: its {spec.budget.trials} trials have run, nothing to do "
+              f"(raise budget.trials in the spec to run more; tuner export {spec.name} for the best config)")
+        return 0
+    _say(_preflight_message(spec))
     preflight(spec)  # model, prompts and reward are checked before any trial is launched
     from ray.tune.error import TuneError
 
@@ -112,6 +123,20 @@ def stopped_code() -> int:
     from tuner.sweep._signals import stop_signal
 
     return 128 + (stop_signal() or signal.SIGINT)
+
+
+def _say(message: str) -> None:
+    """What `tuner run` is doing, before its table appears (stderr, like the table)."""
+    print(f"{message} ...", file=sys.stderr, flush=True)
+
+
+def _preflight_message(spec: CompiledSpec) -> str:
+    from trials.demo import demo_model_built
+
+    uses_demo = "demo" in (spec.base.model_path, spec.base.value_model_path)
+    build = ("building the demo model on first use (about 10 s; cached in ~/.cache/ppo-tuner), then "
+             if uses_demo and not demo_model_built() else "")
+    return f"{build}checking the model, tokenizer, prompts and reward once before any trial"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -160,15 +185,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from tuner.cli._table import render_rows, row_of
+    from tuner.cli._table import console, render_rows, row_of
     from tuner.sweep import find_sweep, load_study, trial_rows
 
     spec = find_sweep(args.sweep, args.workdir)
     study = load_study(spec)
     rows = [row_of(r) for r in trial_rows(study)]
-    Console(width=140).print(render_rows(rows, f"sweep {spec.name} ({len(rows)} of {spec.budget.trials} trials)"))
+    console().print(render_rows(rows, f"sweep {spec.name} ({len(rows)} of {spec.budget.trials} trials)"))
     return 0
 
 
@@ -220,20 +243,28 @@ def cmd_ui(args: argparse.Namespace) -> int:
         spec = max(sweeps, key=lambda s: s.spec_file().stat().st_mtime)
     from mlflow.tracking import MlflowClient
 
+    from tuner.sweep._tracking import sweep_page
+
     uri = spec.tracking_uri()
     experiment = MlflowClient(uri).get_experiment_by_name(spec.experiment_name())
-    page = f"/#/experiments/{experiment.experiment_id}/runs" if experiment else ""
+    server = redact(uri) if uri.startswith(("http://", "https://")) else f"http://{args.host}:{args.port}"
+    page = sweep_page(server, experiment.experiment_id) if experiment else server
     if uri.startswith(("http://", "https://")):  # the sweep logs to a server already: show its page
-        print(f"MLflow UI for sweep {spec.name}: {redact(uri).rstrip('/')}{page}", flush=True)
+        print(f"MLflow UI for sweep {spec.name}: {page}", flush=True)
         return 0
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     cmd = mlflow_server_command(uri, args.host, args.port, spec.sweep_dir() / "mlartifacts")
-    proc = subprocess.Popen(cmd, env=env)
-    print(f"MLflow UI for sweep {spec.name}: http://{args.host}:{args.port}{page}  (Ctrl-C stops it)", flush=True)
+    log_path = spec.sweep_dir() / "mlflow-ui.log"  # the server's requests and notices, not the terminal's
+    with log_path.open("a") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    print(f"MLflow UI for sweep {spec.name}: {page}  (Ctrl-C stops it)", flush=True)
+    print(f"the server's log: {log_path}", flush=True)
     try:
         while proc.poll() is None:
             time.sleep(0.5)
     except KeyboardInterrupt:
         proc.terminate()
         proc.wait(timeout=10)
-    return 0
+        return 0
+    print(f"error: the MLflow server exited with code {proc.returncode}; see {log_path}", file=sys.stderr)
+    return 1

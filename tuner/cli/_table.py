@@ -15,7 +15,18 @@ from tuner.sweep import SweepCallback, TrialRow
 from tuner.trial import Outcome, TrialReport
 from tuner.trial._task import TrialTask
 
-__all__ = ["LiveTable", "render_rows", "row_of"]
+__all__ = ["LiveTable", "console", "render_rows", "row_of"]
+
+PIPE_WIDTH = 200  # columns of a table written to a pipe or a file: wide enough that no column is cut
+
+
+def console(stream: Any = None) -> Console:
+    """A console on `stream` (stdout by default): a terminal's own width, or PIPE_WIDTH for a pipe or a
+    file (rich would cut tables at 80 columns there)."""
+    out = Console(file=stream or sys.stdout)
+    if not out.is_terminal:
+        out.width = PIPE_WIDTH
+    return out
 
 
 def _f(value: Any, fmt: str = ".3f") -> str:
@@ -25,7 +36,8 @@ def _f(value: Any, fmt: str = ".3f") -> str:
 def row_of(t: TrialRow) -> dict[str, Any]:
     """A study's trial as a table row."""
     return {"number": t.number, "state": t.state, "iteration": t.iterations if t.iterations is not None else "-",
-            "score": t.value, "kl": t.kl_final, "kl_max": t.kl_max, "beta": t.beta, "stop": t.stop_reason}
+            "score": t.value, "kl": t.kl_final, "kl_max": t.kl_max, "beta": t.beta, "stop": t.stop_reason,
+            "reward": t.reward, "eval": t.eval}
 
 
 def render_rows(rows: list[dict[str, Any]], title: str) -> Table:
@@ -45,7 +57,7 @@ class LiveTable(SweepCallback):
 
     def __init__(self, title: str, stream: Any = None):
         self.title = title
-        self.console = Console(file=stream or sys.stderr)
+        self.console = console(stream or sys.stderr)
         self.rows: dict[int, dict[str, Any]] = {}  # trial number -> its row
         self.live = Live(console=self.console, refresh_per_second=2, auto_refresh=False) if self.console.is_terminal else None
 
@@ -54,6 +66,9 @@ class LiveTable(SweepCallback):
             self.live.update(render_rows(list(self.rows.values()), self.title), refresh=True)
         elif final_line:
             self.console.print(final_line, highlight=False)
+
+    def phase(self, message: str) -> None:
+        self.console.print(f"{message} ...", highlight=False)
 
     def trial_started(self, task: TrialTask) -> None:
         if self.live is not None and not self.live.is_started:
@@ -65,7 +80,8 @@ class LiveTable(SweepCallback):
         row = self.rows.setdefault(number, {"number": number, "state": "RUNNING"})
         m = report.metrics
         row.update(iteration=iteration, reward=m.get(K.SCORES), kl=m.get(K.KL), kl_max=report.kl_max,
-                   beta=m.get(K.KL_COEF), score=report.objective, eval=m.get(K.EVAL_SCORES, row.get("eval")))
+                   beta=m.get(K.KL_COEF), score=report.objective,
+                   eval=m.get(K.EVAL_SCORES, row.get("eval", report.initial_eval)))
         self._show()
 
     def trial_ended(self, outcome: Outcome) -> None:

@@ -12,10 +12,16 @@ from trials import ConfigError, KLLimit, Problem, chain
 from trials import metrics as K
 from tuner.cli._config_file import load_config_file
 
+EXIT_KL_LIMIT = 3  # `tuner train` exit code: the KL limit (--kl-limit) stopped the run before its last iteration
+NOT_EVALUATED = "not evaluated yet"
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="run one PPO training from an engine config file",
-                       description="Run one PPO training from a YAML file of engine fields (see configs/).")
+                       description="Run one PPO training from a YAML file of engine fields (see configs/).",
+                       epilog=f"exit codes: 0 the run finished; {EXIT_KL_LIMIT} the KL limit stopped it (the "
+                              "summary says at which iteration); 2 a bad config or argument (nothing is run); "
+                              "130 interrupted.")
     p.add_argument("config", help="YAML file: a mapping of engine config fields")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override one field (YAML value), e.g. --set policy_lr=3e-5; repeatable")
@@ -36,6 +42,10 @@ def _nats(text: str) -> float:
     return value
 
 
+def _eval_text(value: float, fmt: str = ".3f") -> str:
+    return format(value, fmt) if math.isfinite(value) else NOT_EVALUATED
+
+
 def _parse_overrides(items: list[str]) -> dict:
     out = {}
     for item in items:
@@ -49,15 +59,17 @@ def _parse_overrides(items: list[str]) -> dict:
 class _Progress:
     """A tqdm bar with reward, eval, KL and beta (a reporter that never asks to stop)."""
 
-    def __init__(self, total: int, quiet: bool):
+    def __init__(self, total: int, quiet: bool, initial_eval: float = math.nan):
         from tqdm import tqdm
 
-        self.eval = math.nan
+        self.eval = initial_eval  # the last evaluation, the one before any update at first
+        self.evaluated = False  # whether the run evaluated since it started
         self.bar = tqdm(total=total, unit="it", disable=quiet, dynamic_ncols=True, file=sys.stderr)
 
     def report(self, iteration: int, metrics: dict[str, float]) -> bool:
-        self.eval = metrics.get(K.EVAL_SCORES, self.eval)
-        self.bar.set_postfix({"reward": f"{metrics[K.SCORES]:.3f}", "eval": f"{self.eval:.3f}",
+        if K.EVAL_SCORES in metrics:
+            self.eval, self.evaluated = metrics[K.EVAL_SCORES], True
+        self.bar.set_postfix({"reward": f"{metrics[K.SCORES]:.3f}", "eval": _eval_text(self.eval),
                               "kl": f"{metrics[K.KL]:.2f}", "beta": f"{metrics[K.KL_COEF]:.3g}"}, refresh=False)
         self.bar.update(1)
         return False
@@ -75,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     trainer = PPOTrainer(config)  # every input is loaded and checked before the bar appears
-    progress = _Progress(config.num_iterations, args.quiet)
+    progress = _Progress(config.num_iterations, args.quiet, trainer.initial_eval())  # train() reuses it
     limit = KLLimit(args.kl_limit) if args.kl_limit is not None else None
     try:
         result = trainer.train(chain(limit, progress.report))
@@ -84,10 +96,11 @@ def run(args: argparse.Namespace) -> int:
     m = result.metrics
     print(f"iterations: {result.iterations}/{config.num_iterations}"
           + (f" (stopped: {limit.reason()})" if limit is not None and limit.stopped else ""))
-    print(f"eval/scores: {result.initial_eval:.4f} at start -> {m.get(K.EVAL_SCORES, progress.eval):.4f} at end")
+    last_eval = progress.eval if progress.evaluated else math.nan
+    print(f"eval/scores: {_eval_text(result.initial_eval, '.4f')} at start -> {_eval_text(last_eval, '.4f')} at end")
     print(f"objective/kl: {m[K.KL]:.2f} nats (final), objective/kl_coef: {m[K.KL_COEF]:.4g}")
     secs = [h[K.ITERATION_SECONDS] for h in result.history]
     print(f"seconds per iteration: {sum(secs) / len(secs):.2f}")
     if result.output_dir:
         print(f"saved the policy to {result.output_dir}")
-    return 0
+    return EXIT_KL_LIMIT if limit is not None and limit.stopped else 0

@@ -16,6 +16,7 @@ from tuner.sweep._run import (
            preflight,
            run_sweep,
            sync_tracking,
+           trials_to_run,
 )
 from tuner.sweep._study import (
            TrialRow,
@@ -27,4 +28,5 @@ from tuner.sweep._study import (
 )
 
 __all__ = ["StudyOutage", "SweepCallback", "SweepSummary", "TrialRow", "best_feasible", "count_states", "engine_config_of",
-           "find_sweep", "list_sweeps", "load_study", "open_study", "preflight", "redact", "run_sweep", "sync_tracking", "trial_rows"]
+           "find_sweep", "list_sweeps", "load_study", "open_study", "preflight", "redact", "run_sweep", "sync_tracking",
+           "trial_rows", "trials_to_run"]

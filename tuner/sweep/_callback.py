@@ -1,7 +1,8 @@
 """What a running sweep tells those who watch it, as records.
 
-`run_sweep(spec, callbacks)` hands every `SweepCallback` the trial's task when it starts, each
-iteration's `TrialReport`, and the `Outcome` the searcher recorded when it ends.
+`run_sweep(spec, callbacks)` tells every `SweepCallback` what the sweep is doing before its first
+trial (`phase`), hands it the trial's task when it starts, each iteration's `TrialReport`, and the
+`Outcome` the searcher recorded when it ends.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ __all__ = ["SweepCallback"]
 
 class SweepCallback:
     """Watches a sweep; override what you need. Called in the driver, in order, one at a time."""
+
+    def phase(self, message: str) -> None:
+        """What the sweep is doing before its trials run (opening the study, starting Ray), in words."""
 
     def trial_started(self, task: TrialTask) -> None:
         """A trial's first attempt started on a worker."""

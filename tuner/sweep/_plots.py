@@ -17,15 +17,23 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
-__all__ = ["kl_trajectories", "pareto_front", "param_importance", "reward_vs_kl"]
+__all__ = ["importance_figure", "kl_figure", "kl_trajectories", "pareto_front", "param_importance", "reward_figure", "reward_vs_kl"]
 
 log = logging.getLogger(__name__)
 
 
 def kl_trajectories(curves: list[dict[str, Any]], kl_limit: float, path: Path) -> Path:
     """curves: [{"number", "beta", "kl": [(iteration, kl), ...], "state"}]"""
-    fig, ax = plt.subplots(figsize=(8, 5))
+    return _save(kl_figure(curves, kl_limit), path)
+
+
+def kl_figure(curves: list[dict[str, Any]], kl_limit: float) -> Figure:
+    """Every trial's KL by iteration, its number at the line's end; the limit and the legend sit outside
+    the data (above the highest marker, below the axes) so that no stopped trial's x is hidden."""
+    fig, ax = plt.subplots(figsize=(8, 5.6))
     betas = [c["beta"] for c in curves if c["beta"] and c["beta"] > 0]
     norm = matplotlib.colors.LogNorm(min(betas), max(betas)) if betas and min(betas) < max(betas) else None
     cmap = matplotlib.colormaps["viridis"]
@@ -36,18 +44,30 @@ def kl_trajectories(curves: list[dict[str, Any]], kl_limit: float, path: Path) -
         color = cmap(norm(c["beta"])) if norm and c["beta"] else cmap(0.5)
         ax.plot(xs, ys, color=color, alpha=0.85, lw=1.5, ls="--" if c["state"] == "PRUNED" else "-")
         if c["state"] == "INFEASIBLE":
-            ax.plot(xs[-1], ys[-1], "x", color="crimson", ms=9, mew=2)
-    ax.axhline(kl_limit, color="crimson", lw=1.5, ls=":", label=f"KL limit {kl_limit:g} nats")
+            ax.plot(xs[-1], ys[-1], "x", color="crimson", ms=10, mew=2.5, zorder=5, clip_on=False)
+        ax.annotate(str(c["number"]), (xs[-1], ys[-1]), xytext=(5, 0), textcoords="offset points", fontsize=8,
+                    va="center", color="crimson" if c["state"] == "INFEASIBLE" else "black")
+    ax.axhline(kl_limit, color="crimson", lw=1.5, ls=":")
     if norm:
         fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="beta (initial kl_coef)")
     ax.set(xlabel="iteration", ylabel="objective/kl (nats, summed over the response)",
-           title="KL to the reference, every trial (x: stopped at the limit, dashed: pruned)")
+           title="KL to the reference, every trial (labels: trial numbers)")
     ax.set_yscale("symlog", linthresh=1.0)
     top = max([kl_limit] + [y for c in curves for _, y in c["kl"]])
     bottom = min([0.0] + [y for c in curves for _, y in c["kl"]])
-    ax.set_ylim(bottom, top * 1.6)
-    ax.legend(loc="upper left")
-    fig.tight_layout()
+    ax.set_ylim(bottom, top * 4)  # a factor of 4 is headroom on the log part of the axis
+    xmax = max([1] + [x for c in curves for x, _ in c["kl"]])
+    ax.set_xlim(0, xmax * 1.08)  # room for the end labels
+    handles = [Line2D([], [], color="crimson", ls=":", lw=1.5, label=f"KL limit {kl_limit:g} nats"),
+               Line2D([], [], color="crimson", marker="x", ls="", mew=2.5, label="stopped at the limit (infeasible)"),
+               Line2D([], [], color="gray", ls="--", label="pruned (ASHA)"),
+               Line2D([], [], color="gray", ls="-", label="ran to the end")]
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -64,16 +84,26 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+_KIND = {  # a point of reward_vs_kl: (marker, colour, legend label)
+    "INFEASIBLE": ("x", "crimson", "past the KL limit (infeasible)"),
+    "COMPLETE": ("o", "tab:blue", "complete, within the limit"),
+    "PRUNED": ("o", "tab:gray", "pruned (ASHA): score when cut"),
+}
+
+
 def reward_vs_kl(rows: list[dict[str, Any]], kl_limit: float, path: Path, metric: str) -> Path:
     """rows: [{"number", "kl", "score", "state"}] with the final KL and the trial's score."""
+    return _save(reward_figure(rows, kl_limit, metric), path)
+
+
+def reward_figure(rows: list[dict[str, Any]], kl_limit: float, metric: str) -> Figure:
     pts = [(r["kl"], r["score"]) for r in rows]
     front = set(pareto_front(pts))
     fig, ax = plt.subplots(figsize=(7, 5))
-    for r in rows:
-        infeasible = r["kl"] > kl_limit
-        ax.scatter(r["kl"], r["score"], marker="x" if infeasible else "o", s=50,
-                   color="crimson" if infeasible else ("tab:blue" if r["state"] == "COMPLETE" else "tab:gray"))
-        ax.annotate(str(r["number"]), (r["kl"], r["score"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for state, (marker, color, label) in _KIND.items():
+        mine = [r for r in rows if _kind(r, kl_limit) == state]
+        if mine:
+            ax.scatter([r["kl"] for r in mine], [r["score"] for r in mine], marker=marker, s=50, color=color, label=label)
     if front:
         fp = sorted(pts[i] for i in front)
         ax.plot([p[0] for p in fp], [p[1] for p in fp], color="orange", lw=1.5, label="Pareto front")
@@ -82,11 +112,30 @@ def reward_vs_kl(rows: list[dict[str, Any]], kl_limit: float, path: Path, metric
     if pts and max(p[0] for p in pts) > 50 * max(1.0, min(p[0] for p in pts)):
         ax.set_xscale("symlog", linthresh=1.0)
         ax.set_xlim(min(0.0, *(p[0] for p in pts)), max(p[0] for p in pts) * 1.6)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    _label_points(ax, rows)
+    return fig
+
+
+def _kind(row: dict[str, Any], kl_limit: float) -> str:
+    return "INFEASIBLE" if row["kl"] > kl_limit or row["state"] == "INFEASIBLE" else (
+        "COMPLETE" if row["state"] == "COMPLETE" else "PRUNED")
+
+
+def _label_points(ax: Any, rows: list[dict[str, Any]], gap: float = 11.0) -> None:
+    """Trial numbers beside their points; a label that would overlap one already placed moves up a line
+    (pixels), with a leader line to its point, so clustered trials stay readable."""
+    placed: list[tuple[float, float]] = []
+    to_px = ax.transData.transform
+    for r in sorted(rows, key=lambda r: (r["score"], r["kl"])):
+        x, y = to_px((r["kl"], r["score"]))
+        dy = 3.0
+        while any(abs(x - px) < 2.2 * gap and abs((y + dy) - py) < gap for px, py in placed):
+            dy += gap
+        placed.append((x, y + dy))
+        ax.annotate(str(r["number"]), (r["kl"], r["score"]), fontsize=7, xytext=(4, dy), textcoords="offset points",
+                    arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "gray"} if dy > gap / 2 else None)
 
 
 def param_importance(study: optuna.Study, path: Path) -> Path | None:
@@ -99,11 +148,23 @@ def param_importance(study: optuna.Study, path: Path) -> Path | None:
         return None
     if not importances or any(not math.isfinite(v) for v in importances.values()):
         return None
+    completed = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    return _save(importance_figure(importances, completed), path)
+
+
+FEW_TRIALS = 20  # below this many completed trials, fANOVA's ranking is a hint, not a finding
+
+
+def importance_figure(importances: dict[str, float], completed: int) -> Figure:
+    """The importances as bars, titled with how many completed trials they rest on (a caveat when few)."""
     names, values = zip(*sorted(importances.items(), key=lambda kv: kv[1]), strict=True)
-    fig, ax = plt.subplots(figsize=(7, 0.5 * len(names) + 1.5))
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(names) + 2.0))
     ax.barh(names, values, color="tab:blue")
-    ax.set(xlabel="importance (fANOVA)", title="Parameter importance for the objective")
+    note = f"fANOVA over {completed} completed trial{'s' if completed != 1 else ''} (pruned ones are not counted)"
+    if completed < FEW_TRIALS:
+        note += f"\nfew trials: a hint only; rerun with more than {FEW_TRIALS} before trusting the ranking"
+    ax.set_xlabel("importance (fANOVA)")
+    fig.suptitle("Parameter importance for the objective")
+    ax.set_title(note, fontsize=8, color="dimgray" if completed >= FEW_TRIALS else "crimson")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig

@@ -39,7 +39,8 @@ from tuner.sweep._study import (
 )
 from tuner.trial import SCHEDULER_SCORE, Outcome, StopReason
 
-__all__ = ["SweepSummary", "load_study", "open_study", "preflight", "remaining_trials", "run_sweep", "sync_tracking"]
+__all__ = ["SweepSummary", "load_study", "open_study", "preflight", "remaining_trials", "run_sweep", "sync_tracking",
+           "trials_to_run"]
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,7 @@ def run_sweep(spec: CompiledSpec, callbacks: Sequence[SweepCallback] = ()) -> Sw
     spec.sweep_dir().mkdir(parents=True, exist_ok=True)
     saved = {**spec.resolved(), "workdir": str(Path(spec.workdir).resolve())}
     spec.spec_file().write_text(yaml.safe_dump(saved, sort_keys=False))
+    _tell(callbacks, f"opening the study and the MLflow store in {spec.sweep_dir()}")
     study, storage = open_study(spec, create=True)
     todo = remaining_trials(study, spec.budget.trials, storage)
     tracker = SweepTracker(spec, study)
@@ -212,6 +214,23 @@ def run_sweep(spec: CompiledSpec, callbacks: Sequence[SweepCallback] = ()) -> Sw
         held = len(searcher.writes.pending)
         raise StudyOutage(f"{exc}; the sweep stopped ({held} study writes not made: their trials run again "
                           "on resume)") from None
+
+
+def _tell(callbacks: Sequence[SweepCallback], message: str) -> None:
+    for callback in callbacks:
+        callback.phase(message)
+
+
+def trials_to_run(spec: CompiledSpec) -> int:
+    """How many trials `run_sweep` would run now: the budget for a sweep without a study yet, else the
+    trials still missing (see remaining_trials). Writes nothing for a sweep that never started."""
+    if not spec.spec_file().is_file():  # run_sweep writes it first: this sweep never started here
+        return spec.budget.trials
+    try:
+        study, storage = open_study(spec)
+    except ConfigError:  # no study yet
+        return spec.budget.trials
+    return remaining_trials(study, spec.budget.trials, storage)
 
 
 def _scheduler(spec: CompiledSpec) -> Any:
@@ -235,6 +254,9 @@ def _fit(spec: CompiledSpec, todo: int, searcher: Any, logger: Any, callbacks: S
     from tuner.sweep._searcher import OutageStop
     from tuner.trial._trainable import run_trial
 
+    address = (spec.ray.address if spec.ray else None) or os.environ.get("RAY_ADDRESS")
+    _tell(callbacks, (f"joining the Ray cluster at {address}" if address else "starting a local Ray")
+          + f" for {todo} trial{'s' if todo != 1 else ''}, {spec.resources.max_concurrent} at a time")
     started_ray = _ray_init(spec)
     stop_on_sigterm()  # after ray.init: its native handler would abort on SIGTERM
     res = spec.resources

@@ -38,10 +38,19 @@ from ray.tune.search import Searcher
 from ray.tune.stopper import Stopper
 
 from trials import PPOConfig
+from trials import metrics as K
 from tuner.spec import CompiledSpec, sample_params, trial_config
 from tuner.sweep._outage import HeldWrites, Unavailable
 from tuner.sweep._study import ATTR, mark_interrupted, ran_configs, redact, tell_duplicate
-from tuner.trial import OBJECTIVE, Outcome, StopReason, TrialFailure, TrialReport, read_result
+from tuner.trial import (
+    ITERATION,
+    OBJECTIVE,
+    Outcome,
+    StopReason,
+    TrialFailure,
+    TrialReport,
+    read_result,
+)
 from tuner.trial._memory import MemoryCheck
 from tuner.trial._task import TrialTask
 
@@ -87,6 +96,8 @@ class _Live:
         self.started = time.perf_counter()
         self.compute = 0.0  # sum of its iterations' seconds
         self.last: dict[str, Any] = {}
+        self.steps: set[int] = set()  # the iterations whose score the study was told (intermediate values)
+        self.eval = math.nan  # the last eval/scores reported
 
     def set_user_attr(self, key: str, value: Any) -> None:
         self.user_attrs[key] = value
@@ -212,17 +223,32 @@ class StudySearcher(Searcher):
         if isinstance(record, TrialFailure):
             trial.set_user_attr(ATTR["errors"], [*trial.user_attrs.get(ATTR["errors"], []), record.error[:300]])
             return
+        self._take(live, record, result)
+
+    def _take(self, live: _Live, record: TrialReport, result: dict[str, Any]) -> None:
+        """Count an iteration's seconds and tell the study its score, once per iteration. A pruned
+        trial's value is its last intermediate value, so the report the scheduler judged must reach
+        the study too: Ray hands that one to on_trial_complete only, not to on_trial_result."""
+        step = int(result.get(ITERATION, 0) or 0)
+        if step in live.steps:
+            return
+        live.steps.add(step)
         live.compute += record.seconds
-        if record.pid and trial.user_attrs.get(ATTR["pid"]) != record.pid:
-            trial.set_user_attr(ATTR["pid"], record.pid)
+        live.eval = record.metrics.get(K.EVAL_SCORES, live.eval if math.isfinite(live.eval) else record.initial_eval)
+        if record.pid and live.user_attrs.get(ATTR["pid"]) != record.pid:
+            live.set_user_attr(ATTR["pid"], record.pid)
         if not self.multi and math.isfinite(record.objective):
-            trial.report(record.objective, step=int(result["training_iteration"]))
+            live.report(record.objective, step=step)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         live = self._live.pop(trial_id, None)
         if live is None:
             return
         last = result or live.last
+        if last and isinstance(read_result(last), TrialReport):
+            self._take(live, read_result(last), last)
+        if math.isfinite(live.eval):
+            live.set_user_attr(ATTR["eval"], live.eval)
         outcome = self._record(live, read_result(last) if last else None, int(last.get("training_iteration", 0) or 0), error)
         outcome.compute_seconds = live.compute
         outcome.wall_seconds = time.perf_counter() - live.started
@@ -240,6 +266,8 @@ class StudySearcher(Searcher):
         kl_final = last.kl if isinstance(last, TrialReport) else kl_max
         trial.set_user_attr(ATTR["iterations"], iterations)
         ran = kl_max is not None and not (isinstance(kl_max, float) and math.isnan(kl_max))
+        if isinstance(last, TrialReport) and math.isfinite(last.metrics.get(K.SCORES, math.nan)):
+            trial.set_user_attr(ATTR["reward"], last.metrics[K.SCORES])
         if ran:
             trial.set_user_attr(ATTR["kl_max"], float(kl_max))
             trial.set_user_attr(ATTR["kl_final"], float(kl_final if kl_final is not None and not math.isnan(kl_final) else kl_max))
@@ -285,6 +313,7 @@ class StudySearcher(Searcher):
         retries = int(live.user_attrs.get(ATTR["retries"], 0)) + 1
         live.set_user_attr(ATTR["retries"], retries)
         live.set_user_attr(ATTR["pid"], -1)  # the next attempt reports its own pid
+        live.steps.clear()  # the next attempt counts its iterations from 1 again
         return retries
 
     def abandon_live(self, reason: str = StopReason.INTERRUPTED) -> list[str]:

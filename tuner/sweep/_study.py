@@ -30,6 +30,8 @@ ATTR = {
     "stop": "stop_reason",  # why it ended: completed, kl_limit, pruned (asha), failed: ..., interrupted
     "kl_max": "kl_max",  # the largest objective/kl it reported (nats)
     "kl_final": "kl_final",
+    "reward": "reward_final",  # the last iteration's objective/scores (mean reward of the rollout batch)
+    "eval": "eval_last",  # the last eval/scores it reported (held-out prompts), the initial one included
     "iterations": "iterations",
     "ray_trial": "ray_trial_id",
     "mlflow_run": "mlflow_run_id",
@@ -200,6 +202,8 @@ class TrialRow:
     stop_reason: str
     kl_final: float | None = None
     beta: float | None = None  # the trial's (initial) kl_coef
+    reward: float | None = None  # the last iteration's objective/scores
+    eval: float | None = None  # the last eval/scores
 
 
 def trial_rows(study: optuna.Study) -> list[TrialRow]:
@@ -209,7 +213,8 @@ def trial_rows(study: optuna.Study) -> list[TrialRow]:
         rows.append(TrialRow(number=t.number, state=state_of(t), value=t.values[0] if t.values else None,
                              kl_max=t.user_attrs.get(ATTR["kl_max"]), iterations=t.user_attrs.get(ATTR["iterations"]),
                              params=dict(t.params), stop_reason=t.user_attrs.get(ATTR["stop"], ""),
-                             kl_final=t.user_attrs.get(ATTR["kl_final"]), beta=engine.get("kl_coef")))
+                             kl_final=t.user_attrs.get(ATTR["kl_final"]), beta=engine.get("kl_coef"),
+                             reward=t.user_attrs.get(ATTR["reward"]), eval=t.user_attrs.get(ATTR["eval"])))
     return rows
 
 
@@ -254,7 +259,7 @@ def tell_duplicate(study: optuna.Study, trial: optuna.trial.Trial, earlier: Froz
         trial.set_user_attr(ATTR["stop"], f"same config as trial {earlier.number} (running)")
         study.tell(trial, state=TrialState.FAIL)
         return
-    for key in ("kl_max", "kl_final", "iterations"):
+    for key in ("kl_max", "kl_final", "iterations", "reward", "eval"):
         if ATTR[key] in earlier.user_attrs:
             trial.set_user_attr(ATTR[key], earlier.user_attrs[ATTR[key]])
     trial.set_user_attr(ATTR["stop"], f"same config as trial {earlier.number}: {earlier.user_attrs.get(ATTR['stop'], '')}")

@@ -32,16 +32,58 @@ from tuner.trial import KL_MAX, OBJECTIVE, Outcome, StopReason, TrialReport
 from tuner.trial._result import START_SECONDS, WARM_START
 from tuner.trial._task import TrialTask
 
-__all__ = ["TAG", "SweepTracker", "TrialLogger"]
+__all__ = ["TAG", "SweepTracker", "TrialLogger", "run_name", "sweep_page"]
 
 log = logging.getLogger(__name__)
 
-_STATUS = {"COMPLETE": "FINISHED", "INFEASIBLE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
+# a trial's MLflow run status: only a trial that ran to its end within the KL limit is FINISHED (a green
+# badge); one that passed the limit is FAILED (red), one cut by the scheduler KILLED (grey)
+_STATUS = {"COMPLETE": "FINISHED", "INFEASIBLE": "FAILED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 # MLflow tags of the parent and child runs
 TAG = {"kind": "ppo_tuner.kind", "study": "ppo_tuner.study", "number": "ppo_tuner.trial_number",
        "state": "ppo_tuner.state", "stop": "ppo_tuner.stop_reason", "error": "ppo_tuner.error",
        "errors": "ppo_tuner.errors", "retries": "ppo_tuner.retries", "best": "ppo_tuner.best_trial"}
 _METRICS = (*K.ALL, OBJECTIVE, KL_MAX, START_SECONDS, WARM_START)  # what a child run logs per iteration
+# learning rates (1e-6..1e-3) draw as flat zeros on MLflow's chart axes: logged in millionths instead
+LR_MICRO = {K.LR_POLICY: f"{K.LR_POLICY}_x1e6", K.LR_VALUE: f"{K.LR_VALUE}_x1e6"}
+
+# The page `tuner ui` prints: MLflow 3.17 opens an experiment in its GenAI layout (traces, judges, an
+# assistant) unless the URL says workflowType=machine_learning; the runs table takes its filter, order
+# and columns from a "shared view", an experiment tag mlflow.sharedViewState.<key> holding them as JSON
+# (what the UI's Share button writes), opened with ?viewStateShareKey=<key>. The view lists the trials
+# alone (child runs whose parent is filtered out are listed flat, not folded under the sweep's run).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # "Machine learning" in the UI
+VIEW_KEY = "ppo-tuner-trials"
+_VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+
+
+def run_name(number: int, state: str | None = None) -> str:
+    """A trial's run name: trial-3 while it runs, trial-3 PRUNED once it ended (the run list shows it)."""
+    return f"trial-{number}" + (f" {state}" if state else "")
+
+
+def _column(kind: str, name: str) -> str:
+    return f"{kind}.`{name}`"  # how the MLflow UI names a column (metrics, params, tags, attributes)
+
+
+def trials_view(searched: list[str]) -> dict[str, Any]:
+    """The runs table of the sweep's page: the trials, first to last, with the columns a user compares."""
+    columns = [_column("tags", TAG["state"]), _column("metrics", OBJECTIVE), _column("metrics", K.KL),
+               _column("metrics", KL_MAX), _column("metrics", K.EVAL_SCORES), _column("tags", TAG["stop"]),
+               *(_column("params", name) for name in searched)]
+    return {"searchFilter": f"tags.`{TAG['kind']}` = 'trial'", "orderByKey": "attributes.start_time",
+            "orderByAsc": True, "startTime": "ALL", "lifecycleFilter": "Active", "datasetsFilter": [],
+            "modelVersionFilter": "All Runs", "selectedColumns": columns, "columnOrder": columns,
+            "runsHiddenMode": "SHOW_ALL", "viewMaximized": False, "runListHidden": False,
+            # one group per state (COMPLETE, INFEASIBLE, PRUNED, FAIL), open: every trial is a row at once
+            "groupBy": {"aggregateFunction": "max", "groupByKeys": [{"mode": "tag", "groupByData": TAG["state"]}]},
+            "groupsExpanded": {}}
+
+
+def sweep_page(base_url: str, experiment_id: str) -> str:
+    """The sweep's page on an MLflow server at `base_url`: its trials in the model-training layout."""
+    return (f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs"
+            f"?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}")
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, str]:
@@ -66,14 +108,16 @@ class SweepTracker:
     def _experiment(self) -> str:
         name = self.spec.experiment_name()
         found = self.client.get_experiment_by_name(name)
+        searched = sorted(n for n, p in self.spec.space.items() if p.searched)
+        view = {_VIEW_TAG: json.dumps(trials_view(searched))}
         if found is not None:
+            for key, value in {**EXPERIMENT_KIND, **view}.items():  # a sweep made by an earlier version
+                self.client.set_experiment_tag(found.experiment_id, key, value)
             return found.experiment_id
         location = None
         if not self.spec.tracking_uri().startswith(("http://", "https://")):  # a server stores its own
             location = (self.spec.sweep_dir() / "mlartifacts").resolve().as_uri()
-        # "finetuning" makes the MLflow UI open the experiment on its training-runs view
-        return self.client.create_experiment(name, artifact_location=location,
-                                             tags={"mlflow.experimentKind": "finetuning"})
+        return self.client.create_experiment(name, artifact_location=location, tags={**EXPERIMENT_KIND, **view})
 
     def _parent(self, reopen: bool) -> str:
         run_id = self.study.user_attrs.get(PARENT_ATTR)
@@ -180,7 +224,7 @@ class TrialLogger(SweepCallback):
         return self.runs[task.number]
 
     def _create_run(self, number: int, searched: dict[str, Any], engine: dict[str, Any]) -> str:
-        run = self.client.create_run(self.tracker.experiment_id, run_name=f"trial-{number}", tags={
+        run = self.client.create_run(self.tracker.experiment_id, run_name=run_name(number), tags={
             "mlflow.parentRunId": self.tracker.parent_id, TAG["kind"]: "trial", TAG["number"]: str(number)})
         params = [Param(k, str(v)) for k, v in sorted(searched.items())]
         params += [Param(f"engine.{k}", redact(str(v)) or "") for k, v in sorted(engine.items()) if k not in searched]
@@ -219,8 +263,11 @@ class TrialLogger(SweepCallback):
         if run_id is None:
             return
         values = report.to_result()
-        metrics = [Metric(n, float(values[n]), 0, iteration) for n in _METRICS
+        metrics = [Metric(LR_MICRO[n], float(values[n]) * 1e6, 0, iteration) if n in LR_MICRO
+                   else Metric(n, float(values[n]), 0, iteration) for n in _METRICS
                    if isinstance(values.get(n), (int, float)) and math.isfinite(values[n])]
+        if iteration == 1 and math.isfinite(report.initial_eval):  # the curve starts before any update
+            metrics.append(Metric(K.EVAL_SCORES, report.initial_eval, 0, 0))
         self.writer.submit(self.client.log_batch, run_id, metrics)
 
     def trial_ended(self, outcome: Outcome) -> None:
@@ -231,6 +278,7 @@ class TrialLogger(SweepCallback):
         if outcome.error:
             tags.append(RunTag(TAG["error"], outcome.error[:5000]))
         self.writer.submit(self.client.log_batch, run_id, (), (), tags)  # after the run's metrics
+        self.writer.submit(self.client.update_run, run_id, None, run_name(outcome.number, outcome.state))
         self.writer.submit(self.client.set_terminated, run_id, _STATUS.get(outcome.state, "KILLED"))
 
     def reconcile(self, study: optuna.Study) -> dict[str, int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from tuner.trial._result import (
     ERROR,
+    INITIAL_EVAL,
     ITERATION,
     KL_MAX,
     OBJECTIVE,
@@ -21,5 +22,5 @@ from tuner.trial._result import (
 )
 from tuner.trial._scoring import WORST, Scorer, scheduler_score, worst
 
-__all__ = ["ERROR", "ITERATION", "KL_MAX", "OBJECTIVE", "SCHEDULER_SCORE", "STATES", "WORST", "Outcome", "Scorer",
+__all__ = ["ERROR", "INITIAL_EVAL", "ITERATION", "KL_MAX", "OBJECTIVE", "SCHEDULER_SCORE", "STATES", "WORST", "Outcome", "Scorer",
            "StopReason", "TrialFailure", "TrialReport", "read_result", "scheduler_score", "worst"]

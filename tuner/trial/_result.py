@@ -15,7 +15,7 @@ from typing import Any
 
 from trials import metrics as K
 
-__all__ = ["ERROR", "ITERATION", "KL_MAX", "OBJECTIVE", "SCHEDULER_SCORE", "STATES", "Outcome", "StopReason",
+__all__ = ["ERROR", "INITIAL_EVAL", "ITERATION", "KL_MAX", "OBJECTIVE", "SCHEDULER_SCORE", "STATES", "Outcome", "StopReason",
            "TrialFailure", "TrialReport", "read_result"]
 
 # keys of the result dict, besides the engine's metric names
@@ -25,6 +25,7 @@ KL_MAX = "kl_max"  # the largest objective/kl so far (nats, summed over the resp
 STOP_REASON = "stop_reason"  # on the last report only: why the trial ended
 START_SECONDS = "perf/trial_start_seconds"  # loading and the initial evaluation, before iteration 1
 WARM_START = "perf/warm_start"  # 1.0 when the worker had the checkpoints cached
+INITIAL_EVAL = "initial_eval"  # eval/scores before any update (iteration 0), where the trial evaluated it
 PID = "pid"  # the process running this attempt
 ERROR = "error"  # a failed attempt: "Type: message"
 RETRYABLE = "retryable"  # 1.0 when running the attempt again may succeed
@@ -60,11 +61,12 @@ class TrialReport:
     start_seconds: float = math.nan
     warm_start: bool = False
     pid: int = 0
+    initial_eval: float = math.nan  # eval/scores before any update; NaN where the trial did not evaluate it
 
     def to_result(self) -> dict[str, Any]:
         out: dict[str, Any] = {**self.metrics, OBJECTIVE: self.objective, SCHEDULER_SCORE: self.scheduler_score,
                                KL_MAX: self.kl_max, START_SECONDS: self.start_seconds,
-                               WARM_START: float(self.warm_start), PID: self.pid}
+                               WARM_START: float(self.warm_start), PID: self.pid, INITIAL_EVAL: self.initial_eval}
         if self.stop_reason is not None:
             out[STOP_REASON] = self.stop_reason
         return out
@@ -72,6 +74,11 @@ class TrialReport:
     @property
     def kl(self) -> float:
         return self.metrics.get(K.KL, math.nan)
+
+    @property
+    def eval(self) -> float:
+        """This iteration's eval/scores, NaN where it did not evaluate."""
+        return self.metrics.get(K.EVAL_SCORES, math.nan)
 
     @property
     def seconds(self) -> float:
@@ -106,7 +113,8 @@ def read_result(result: dict[str, Any]) -> TrialReport | TrialFailure:
                        scheduler_score=float(result.get(SCHEDULER_SCORE, math.nan)),
                        kl_max=float(result.get(KL_MAX, math.nan)), stop_reason=result.get(STOP_REASON),
                        start_seconds=float(result.get(START_SECONDS, math.nan)),
-                       warm_start=bool(result.get(WARM_START)), pid=int(result.get(PID, 0) or 0))
+                       warm_start=bool(result.get(WARM_START)), pid=int(result.get(PID, 0) or 0),
+                       initial_eval=float(result.get(INITIAL_EVAL, math.nan)))
 
 
 @dataclass

@@ -50,7 +50,7 @@ def run_trial(config: dict[str, Any]) -> None:
             reason = (StopReason.KL_LIMIT if over else StopReason.COMPLETED) if done else None
             tune.report(TrialReport(metrics=metrics, objective=score, scheduler_score=scheduler_score(score, over, direction),
                                     kl_max=limit.kl_max, stop_reason=reason, start_seconds=start_cost,
-                                    warm_start=warm, pid=os.getpid()).to_result())
+                                    warm_start=warm, pid=os.getpid(), initial_eval=initial).to_result())
             return over
 
         trainer.train(report)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -17,14 +18,19 @@ def test_train_runs_the_demo_config_and_saves_the_policy(run_cli, demo_model, tm
                              "--save", tmp_path / "policy", "--quiet")
     assert code == 0, err
     assert "iterations: 2/2" in out and "eval/scores:" in out and "objective/kl:" in out
+    assert re.search(r"eval/scores: -?\d\.\d{4} at start -> -?\d\.\d{4} at end", out), out
     assert (tmp_path / "policy" / "config.json").is_file()
 
 
-def test_the_kl_limit_stops_the_aggressive_demo(run_cli, demo_model):
+def test_the_kl_limit_stops_the_aggressive_demo_with_its_own_exit_code(run_cli, demo_model):
+    from tuner.cli._train import EXIT_KL_LIMIT
+
     code, out, err = run_cli("train", ROOT / "configs" / "demo_aggressive.yaml", "--kl-limit", "15",
                              "--set", "num_threads=2", "--quiet")
-    assert code == 0, err
+    assert code == EXIT_KL_LIMIT == 3, err
     assert "stopped: objective/kl" in out and "passed the limit 15" in out
+    eval_line = next(line for line in out.splitlines() if line.startswith("eval/scores:"))
+    assert "nan" not in eval_line and re.search(r"-> (-?\d\.\d{4}|not evaluated yet) at end", eval_line), eval_line
 
 
 @pytest.mark.parametrize("args,field", [

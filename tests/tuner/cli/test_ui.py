@@ -18,11 +18,12 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT
 from tests.sweep_helpers import tuner, write_spec
+from tuner.sweep._tracking import sweep_page
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1400,900", "--virtual-time-budget=20000"]
+                  "--window-size=1920,1000", "--virtual-time-budget=20000"]
 
 
 def _free_port() -> int:
@@ -67,16 +68,33 @@ def test_the_dashboard_shows_the_sweeps_runs(tmp_path, demo_model):
         _wait_healthy(url, ui)
         client = MlflowClient(f"sqlite:///{tmp_path / 'sweeps' / 'ui4' / 'mlflow.db'}")
         experiment_id = client.get_experiment_by_name("ui4").experiment_id
-        page = f"{url}/#/experiments/{experiment_id}/runs"
-        assert page in line  # the printed link opens the sweep's runs
+        page = sweep_page(url, experiment_id)
+        assert page in line  # the printed link opens the sweep's trials in the model-training layout
+        assert "workflowType=machine_learning" in page
+        assert ui.stdout.readline().startswith("the server's log: ")  # and nothing of the server's after it
+        for _ in range(3):  # page loads: the server's requests go to its log file, not the terminal
+            _chromium("--dump-dom", f"{url}/")
+        log = tmp_path / "sweeps" / "ui4" / "mlflow-ui.log"
+        assert log.is_file() and log.stat().st_size > 0
         dom = _chromium("--dump-dom", page).stdout
-        assert "sweep-ui4" in dom  # the parent run, with its 4 trial runs nested under it
         text = " ".join(re.sub(r"<[^>]+>", " ", dom).split())
-        assert "5 matching runs" in text  # 1 parent + 4 trials
+        for name in ("INFEASIBLE", "COMPLETE"):  # the trials, each a row with its state, without a click
+            assert re.search(rf"trial-\d {name}", text), name
+        for column in ("ppo_tuner.state", "objective", "objective/kl", "kl_max", "ppo_tuner.stop_reason", "policy_lr", "kl_coef"):
+            assert column in text, column
+        assert "Model training" in text and "Judges" not in text
         out = ROOT / "test-artifacts"
         out.mkdir(exist_ok=True)
         shot = out / "mlflow_dashboard.png"
         _chromium(f"--screenshot={shot}", page)
+        assert shot.is_file() and shot.stat().st_size > 10_000
+        infeasible = next(r for r in client.search_runs([experiment_id], "tags.`ppo_tuner.state` = 'INFEASIBLE'"))
+        assert infeasible.info.status == "FAILED"
+        trial_page = f"{url}/#/experiments/{experiment_id}/runs/{infeasible.info.run_id}?workflowType=machine_learning"
+        text = " ".join(re.sub(r"<[^>]+>", " ", _chromium("--dump-dom", trial_page).stdout).split())
+        assert infeasible.info.run_name in text and "kl_limit" in text
+        shot = out / "mlflow_trial.png"
+        _chromium(f"--screenshot={shot}", trial_page)
         assert shot.is_file() and shot.stat().st_size > 10_000
     finally:
         os.killpg(ui.pid, signal.SIGINT)
@@ -105,7 +123,7 @@ def test_a_sweep_on_an_mlflow_server_gets_the_servers_page(tmp_path, demo_model)
         ui = tuner("ui", "served", "--workdir", tmp_path / "sweeps", cwd=tmp_path, timeout=120)
         assert ui.returncode == 0, ui.stderr[-2000:]
         experiment_id = MlflowClient(url).get_experiment_by_name("served").experiment_id
-        assert ui.stdout.strip() == f"MLflow UI for sweep served: {url}/#/experiments/{experiment_id}/runs"
+        assert ui.stdout.strip() == f"MLflow UI for sweep served: {sweep_page(url, experiment_id)}"
         runs = MlflowClient(url).search_runs([experiment_id])
         assert len(runs) == 3  # the parent and two trials, on the server
     finally:

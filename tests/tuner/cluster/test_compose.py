@@ -92,7 +92,9 @@ def test_a_submitted_sweep_runs_on_the_compose_cluster(cluster, tmp_path):
     runs = client.search_runs([experiment.experiment_id], max_results=100)
     parent = next(r for r in runs if r.data.tags.get("ppo_tuner.kind") == "sweep")
     children = [r for r in runs if r.data.tags.get("ppo_tuner.kind") == "trial"]
-    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in [parent, *children])
+    status = {"COMPLETE": "FINISHED", "INFEASIBLE": "FAILED", "PRUNED": "KILLED"}  # a red or grey badge: not complete
+    assert parent.info.status == "FINISHED" and len(children) == 4
+    assert all(r.info.status == status[r.data.tags["ppo_tuner.state"]] for r in children)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"spec.yaml", "kl_trajectories.png", "best_config.yaml"} <= artifacts, artifacts
     password = cluster.secrets["POSTGRES_PASSWORD"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import optuna
 import pytest
@@ -120,5 +121,58 @@ def test_the_saved_spec_reloads_with_absolute_paths(sweep):
 def test_running_the_same_spec_again_runs_nothing_new(sweep):
     proc = tuner("run", sweep["spec_path"], cwd=sweep["folder"])
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "0 trials run" in proc.stdout
+    assert "sweep grid6 is already complete: its 6 trials have run, nothing to do" in proc.stdout
+    assert "starting a local Ray" not in proc.stderr  # nothing is checked or started for a finished sweep
     assert len(optuna.load_study(study_name="grid6", storage=sweep["spec"].storage_url()).trials) == 6
+
+
+def _live_scores(stderr: str) -> dict[int, float]:
+    """trial number -> the score its 'trial N: STATE ... score X' line showed while the sweep ran."""
+    return {int(m.group(1)): float(m.group(2)) for m in re.finditer(r"^trial (\d+): \w+ +iter \d+ +score (\S+)", stderr, re.M)}
+
+
+def test_one_score_per_trial_the_one_the_scheduler_judged(sweep):
+    """A pruned trial's value in the study (status, plots, the final table) is the score of its last
+    report, as the live table showed it, not the evaluation before."""
+    study, live = sweep["study"], _live_scores(sweep["proc"].stderr)
+    client = MlflowClient(sweep["spec"].tracking_uri())
+    ran = [t for t in study.trials if t.values]
+    assert any(t.state == optuna.trial.TrialState.PRUNED for t in ran), "the grid should have ASHA cuts"
+    for t in ran:
+        history = sorted((m.step, m.value) for m in client.get_metric_history(t.user_attrs["mlflow_run_id"], "objective"))
+        assert t.values[0] == pytest.approx(history[-1][1]), (t.number, t.state)
+        assert f"{t.values[0]:.3f}" == f"{live[t.number]:.3f}", (t.number, t.state)
+
+
+def test_status_shows_reward_and_eval_and_a_piped_table_is_not_cut(sweep):
+    status = tuner("status", "grid6", "--workdir", sweep["spec"].workdir, cwd=sweep["folder"])
+    rows = [line.split("│")[1:-1] for line in status.stdout.splitlines() if line.startswith("│")]
+    assert len(rows) == 6
+    for cells in rows:
+        reward, evaluation = cells[3].strip(), cells[4].strip()
+        assert reward != "-" and evaluation != "-", cells
+    for out in (status.stdout, sweep["proc"].stderr):  # both went to a pipe
+        assert "INFEASIBLE" in out and "reward" in out and "…" not in out
+
+
+def test_the_run_says_what_it_does_before_the_first_trial(sweep):
+    err = sweep["proc"].stderr
+    assert "checking the model, tokenizer, prompts and reward" in err
+    assert "starting a local Ray for 6 trials, 2 at a time" in err
+    assert "loss_type" not in err
+
+
+def test_each_trial_run_shows_its_state_and_its_curves_start_at_step_0(sweep):
+    client = MlflowClient(sweep["spec"].tracking_uri())
+    experiment = client.get_experiment_by_name("grid6")
+    children = client.search_runs([experiment.experiment_id], "tags.`ppo_tuner.kind` = 'trial'")
+    status = {"COMPLETE": "FINISHED", "INFEASIBLE": "FAILED", "PRUNED": "KILLED"}
+    for run in children:
+        state = run.data.tags["ppo_tuner.state"]
+        assert run.info.run_name == f"trial-{run.data.tags['ppo_tuner.trial_number']} {state}"
+        assert run.info.status == status[state], (run.info.run_name, run.info.status)
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, K.EVAL_SCORES)]
+        assert 0 in steps  # the evaluation before any update
+        assert K.LR_POLICY not in run.data.metrics and 1 < run.data.metrics[f"{K.LR_POLICY}_x1e6"] < 1e5
+    view = json.loads(experiment.tags["mlflow.sharedViewState.ppo-tuner-trials"])
+    assert "metrics.`objective`" in view["selectedColumns"] and "params.`policy_lr`" in view["selectedColumns"]
