@@ -13,6 +13,7 @@ from trials._errors import (
     TunerError,
     did_you_mean,
 )
+from trials._memory import MemoryEstimate, estimate_memory, model_config_of
 from trials._refs import RewardRef, parse_reward, resolve_relative
 from trials._stop import KLLimit, chain, passes_kl_limit
 
@@ -20,6 +21,7 @@ __all__ = [
     "ConfigError",
     "FieldSpec",
     "KLLimit",
+    "MemoryEstimate",
     "ModelError",
     "NonFiniteError",
     "PPOConfig",
@@ -33,8 +35,10 @@ __all__ = [
     "chain",
     "checkpoints_cached",
     "did_you_mean",
+    "estimate_memory",
     "field_specs",
     "metrics",
+    "model_config_of",
     "parse_reward",
     "passes_kl_limit",
     "path_fields",

@@ -93,13 +93,20 @@ def linear_modules(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D)) and m is not head]
 
 
+def target_matches(name: str, targets: str) -> bool:
+    """Whether the linear layer `name` gets an adapter under lora_target_modules = `targets` (as peft
+    matches: 'all-linear', or a comma-separated name equal to the module's name or a suffix of it)."""
+    wanted = [t.strip() for t in targets.split(",") if t.strip()]
+    return targets.strip() == "all-linear" or any(name == t or name.endswith("." + t) for t in wanted)
+
+
 def target_problems(config: PPOConfig, base: nn.Module) -> list[Problem]:
     """lora_target_modules names that match no linear layer of the model (peft matches name suffixes)."""
     if config.lora_target_modules.strip() == "all-linear":
         return []
     names = linear_modules(base)
     wanted = [t.strip() for t in config.lora_target_modules.split(",") if t.strip()]
-    missing = [t for t in wanted if not any(n == t or n.endswith("." + t) for n in names)]
+    missing = [t for t in wanted if not any(target_matches(n, t) for n in names)]
     if wanted and not missing:
         return []
     known = ", ".join(sorted({n.rsplit(".", 1)[-1] for n in names}))

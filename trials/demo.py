@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["POSITIVE", "build_demo_model", "demo_cache_dir", "demo_prompts", "reward", "sentence"]
+__all__ = ["POSITIVE", "build_demo_model", "byte_level_tokenizer", "demo_cache_dir", "demo_prompts", "reward", "sentence"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,23 @@ def demo_prompts(n: int = 640, seed: int = 1234) -> list[str]:
         words = sentence(rng).split()
         prompts.append(" ".join(words[: rng.randint(1, 4)]))
     return prompts
+
+
+def byte_level_tokenizer(vocab_size: int = 300):
+    """A byte-level BPE tokenizer of the grammar (every word becomes one token, like 'Ġhappy'; about
+    200 tokens), the kind Qwen2 and Llama 3 use. Needed for a model of type qwen2: transformers 5 loads
+    any tokenizer saved next to one as a Qwen2Tokenizer, which garbles the demo's word-level one."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]", "[EOS]"], initial_alphabet=[])
+    rng = random.Random(0)
+    backend.train_from_iterator([sentence(rng) for _ in range(2000)], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]",
+                                   eos_token="[EOS]", bos_token="[EOS]")
 
 
 def demo_cache_dir() -> Path:

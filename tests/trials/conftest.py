@@ -25,37 +25,18 @@ def tiny_config(kind: str, vocab: int, tokenizer):
                intermediate_size=64, **ids)
 
 
-def byte_level_tokenizer(vocab_size: int = 300):
-    """A byte-level BPE tokenizer of the demo grammar (every word one token, like 'Ġhappy'), the kind
-    Qwen2 uses: transformers 5 loads any tokenizer saved next to a qwen2 model as a Qwen2Tokenizer
-    (byte-level pre-tokenizer and decoder), which turns the demo's word-level tokenizer into garbage."""
-    import random
-
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from trials.demo import sentence
-
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]", "[EOS]"], initial_alphabet=[])
-    rng = random.Random(0)
-    backend.train_from_iterator([sentence(rng) for _ in range(2000)], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]",
-                                   eos_token="[EOS]", bos_token="[EOS]")
-
-
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, demo_model):
     """tiny_model(kind) -> the folder of a random-weight model of that architecture, with the demo's
-    word-level tokenizer (Qwen2: a byte-level BPE of the same grammar, see byte_level_tokenizer)."""
+    word-level tokenizer (Qwen2: a byte-level BPE of the same grammar, see trials.demo.byte_level_tokenizer)."""
     built: dict[str, Path] = {}
 
     def build(kind: str) -> Path:
         if kind not in built:
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+            from trials.demo import byte_level_tokenizer
 
             tokenizer = byte_level_tokenizer() if kind == "qwen2" else AutoTokenizer.from_pretrained(demo_model)
             config = tiny_config(kind, len(tokenizer), tokenizer)
