@@ -15,7 +15,7 @@ from trials import TunerError
 def register(subparsers: argparse._SubParsersAction) -> None:
     validate = subparsers.add_parser(
         "validate", help="check a sweep spec and print it with every default filled in",
-        description="Check a sweep spec. Prints the resolved spec (YAML) on stdout and warnings on stderr; "
+        description="Check a sweep spec. Prints the resolved spec (YAML) on stdout, ending with a comment that gives the memory model's prediction of a trial's peak at the space's extremes, and warnings on stderr; "
                     "exit code 2 and one line per problem when it is wrong.")
     validate.add_argument("spec", type=Path, help="the sweep spec (YAML)")
     validate.set_defaults(func=_validate)
@@ -34,7 +34,7 @@ def _validate(args: argparse.Namespace) -> int:
     for line in spec.warnings():
         sys.stderr.write(f"warning: {line}\n")
     sys.stdout.write(yaml.safe_dump(spec.resolved(), sort_keys=False, default_flow_style=False, width=100))
-    sys.stderr.write(_memory_line(spec) + "\n")
+    sys.stdout.write(f"# {_memory_line(spec)}\n")  # a YAML comment: the output stays the resolved spec
     return 0
 
 

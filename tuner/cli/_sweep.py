@@ -30,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("sync", help="write to MLflow what the study holds and MLflow lacks (after the tracking server was away)")
-    p.add_argument("sweep", help="sweep name (under --workdir), sweep folder, or spec file")
-    p.add_argument("--workdir", default="sweeps")
+    p.add_argument("sweep", help=SWEEP_HELP)
+    p.add_argument("--workdir", default="sweeps", help=WORKDIR_HELP)
     p.set_defaults(func=cmd_sync)
 
     p = sub.add_parser("list", help="list the sweeps under a folder, from their study storage")

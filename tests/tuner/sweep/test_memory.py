@@ -77,6 +77,6 @@ def test_validate_shows_the_prediction_at_the_extremes(tmp_path, demo_model):
                       resources={"trial_memory_gb": budget})
     proc = tuner("validate", path, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    line = next(x for x in proc.stderr.splitlines() if x.startswith("memory:"))
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("# memory:"))
     assert "predicted peak on a CPU" in line and "rollout 512" in line and "response 96" in line
     assert "exceed resources.trial_memory_gb" in line and not line.split(";")[1].strip().startswith("0 of")
