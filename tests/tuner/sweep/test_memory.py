@@ -4,6 +4,7 @@ being launched; `tuner validate` shows the prediction at the space's extremes.""
 from __future__ import annotations
 
 import optuna
+import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.sweep_helpers import tuner, write_spec
@@ -32,6 +33,15 @@ def test_the_extremes_of_a_space_are_its_ends_and_choices():
     assert {(c.rollout_batch_size, c.response_length) for c in configs} == {(16, 8), (16, 96), (512, 8), (512, 96)}
 
 
+def _write(tmp_path, name: str, **overrides):
+    """write_spec's demo sweep, searching SPACE: its fixed rollout and response lengths are left out."""
+    path = write_spec(tmp_path, name, search_space=SPACE, **overrides)
+    data = yaml.safe_load(path.read_text())
+    data["base"] = {k: v for k, v in data["base"].items() if k not in SPACE} | {"mini_batch_size": 16}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 def _budget_between(demo_model, fitting: int) -> float:
     """A budget that the `fitting` smallest configs of SPACE fit and the others do not."""
     spec = parse_spec({"name": "b", "trial": {"model": str(demo_model)}, "base": {"mini_batch_size": 16},
@@ -44,8 +54,8 @@ def _budget_between(demo_model, fitting: int) -> float:
 
 def test_configs_predicted_not_to_fit_are_infeasible_and_never_launched(tmp_path, demo_model):
     budget = _budget_between(demo_model, fitting=1)  # only rollout 16 with 8-token responses fits
-    path = write_spec(tmp_path, "mem", base={"mini_batch_size": 16}, sampler={"type": "random", "seed": 0},
-                      search_space=SPACE, budget={"trials": 2, "iterations": 2}, scheduler={"type": "none"},
+    path = _write(tmp_path, "mem", sampler={"type": "random", "seed": 0},
+                  budget={"trials": 2, "iterations": 2}, scheduler={"type": "none"},
                       resources={"trial_memory_gb": budget, "max_concurrent": 1})
     proc = tuner("run", path, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -73,8 +83,7 @@ def test_configs_predicted_not_to_fit_are_infeasible_and_never_launched(tmp_path
 
 def test_validate_shows_the_prediction_at_the_extremes(tmp_path, demo_model):
     budget = _budget_between(demo_model, fitting=2)
-    path = write_spec(tmp_path, "val", base={"mini_batch_size": 16}, search_space=SPACE,
-                      resources={"trial_memory_gb": budget})
+    path = _write(tmp_path, "val", resources={"trial_memory_gb": budget})
     proc = tuner("validate", path, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     line = next(x for x in proc.stdout.splitlines() if x.startswith("# memory:"))
