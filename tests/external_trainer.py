@@ -34,7 +34,7 @@ def main() -> int:
     args = parser.parse_args()
     with open(os.environ["PPO_TUNER_TRIAL_CONFIG"]) as f:
         trial = json.load(f)["number"]
-    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "ppo-tuner-test-helper"])
+    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", os.environ["PPO_TUNER_TRIAL_CONFIG"]])
     sys.stdout.write(f"trial {trial}: training with lr {args.lr:g} (helper {helper.pid})\n")
     for step in range(1, args.steps + 1):
         time.sleep(args.step_seconds)
