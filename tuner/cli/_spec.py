@@ -42,6 +42,8 @@ def _memory_line(spec) -> str:
     """The memory model's prediction of a trial's peak at the extremes of the space, against the budget."""
     from tuner.trial._memory import MemoryCheck, extreme_configs
 
+    if spec.trial.engine != "ppo-tuner":
+        return f"memory: not predicted for engine {spec.trial.engine} (the trainer's own)"
     res = spec.resources
     check = MemoryCheck(res.trial_memory_gb or 0.0, res.gpus_per_trial)
     try:

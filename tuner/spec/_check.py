@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trials import Problem, did_you_mean, field_specs, metrics
+from tuner.spec._check_engine import check_engine
 from tuner.spec._check_space import Found, build_space, check_value, plain
 from tuner.spec._models import TRIAL_FIELDS, Choices, Range, SweepSpec
 from tuner.spec._space import KL_ADAPTIVE_ONLY, Param, fixed_value, iterations_of
@@ -50,6 +51,8 @@ def check_spec(spec: SweepSpec, broken: frozenset[str] = frozenset()) -> Checked
     def entries(*names: str) -> list[str]:
         return ["base", *(f"search_space.{n}" for n in names)]
 
+    if intact("trial", "resources"):
+        check_engine(spec, found)
     if intact(*entries("kl_mode", *KL_ADAPTIVE_ONLY)):
         _check_kl(space, base, found)
     if intact(*entries("rollout_batch_size", "mini_batch_size", "num_mini_batches", "micro_batch_size")):

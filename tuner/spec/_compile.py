@@ -143,7 +143,11 @@ def _trial_fields(spec: SweepSpec) -> dict[str, Any]:
 
 def _resolve_paths(spec: SweepSpec, base_dir: Path) -> SweepSpec:
     trial = spec.trial
-    updates = {key: resolve_relative(engine, getattr(trial, key), base_dir) for engine, key in TRIAL_FIELDS.items()}
+    updates: dict[str, Any] = {key: resolve_relative(engine, getattr(trial, key), base_dir)
+                               for engine, key in TRIAL_FIELDS.items()}
+    if trial.command:  # the trainer runs in its trial's folder: a script named relative to the spec is made absolute
+        updates["command"] = [arg if "{" in arg or arg.startswith("-") else resolve_relative("command", arg, base_dir)
+                              for arg in trial.command]
     return spec.model_copy(update={"trial": trial.model_copy(update=updates)})
 
 

@@ -108,6 +108,29 @@ class TrialSection(_Section):
     prompts: NonEmpty = Field("demo", description="training prompts: a .jsonl file (one {\"prompt\": ...} per line), a .txt file (one per line), or 'demo'")
     eval_prompts: NonEmpty | None = Field(None, description="held-out evaluation prompts, same formats; empty holds out some training prompts")
     value_model: NonEmpty | None = Field(None, description="model whose backbone initialises the value model; empty means the policy model")
+    engine: Literal["ppo-tuner", "command", "verl", "openrlhf", "trl"] = Field(
+        "ppo-tuner", description="what trains a trial: ppo-tuner (our engine), or command (your own trainer, started with "
+                                 "trial.command, reporting JSON lines; see the README's 'Sweep your own trainer'). "
+                                 "verl, openrlhf and trl are not available yet")
+    command: list[NonEmpty] | None = Field(
+        None, description="engine command: the trainer's argv, e.g. [python, train.py, --lr, '{policy_lr}']; '{field}' "
+                          "is replaced by the trial's value of that engine field; the trial's whole config is also in "
+                          "the JSON file that $PPO_TUNER_TRIAL_CONFIG names")
+    env: dict[str, str] = Field(default_factory=dict, description="engine command: environment variables set for the trainer")
+    report_timeout: Annotated[float, BeforeValidator(_values.parse_duration),
+                              WithJsonSchema({"type": ["number", "string"]})] = Field(
+        600.0, description="engine command: a trainer that reports nothing for this long (seconds, or '90s', '10m') is "
+                           "stopped and its trial recorded FAIL")
+    stop_grace: Annotated[float, BeforeValidator(_values.parse_duration),
+                          WithJsonSchema({"type": ["number", "string"]})] = Field(
+        10.0, description="engine command: seconds between SIGTERM and SIGKILL when a trial's trainer is stopped")
+
+    def launch(self) -> dict[str, Any]:
+        """How an external trial's trainer is started (TrialTask.external); empty for our engine."""
+        if self.engine == "ppo-tuner":
+            return {}
+        return {"command": list(self.command or ()), "env": dict(self.env), "report_timeout": self.report_timeout,
+                "stop_grace": self.stop_grace}
 
 
 class Objective(_Section):

@@ -132,7 +132,10 @@ def sync_tracking(spec: CompiledSpec) -> dict[str, int]:
 
 
 def preflight(spec: CompiledSpec) -> None:
-    """Check what every trial needs (model, prompts, reward) once, before any trial is launched."""
+    """Check what every trial needs (model, prompts, reward) once, before any trial is launched. An
+    external trainer (trial.engine: command) loads its own: nothing is checked here."""
+    if spec.trial.engine != "ppo-tuner":
+        return
     from trials import PPOTrainer
 
     PPOTrainer(dataclasses.replace(spec.base, num_iterations=1))  # loads and checks the model, tokenizer, prompts, reward

@@ -29,7 +29,7 @@ from tuner.spec import SPEC_FILE, CompiledSpec
 from tuner.sweep._callback import SweepCallback
 from tuner.sweep._study import ATTR, PARENT_ATTR, redact, schema_init_lock
 from tuner.trial import KL_MAX, OBJECTIVE, Outcome, StopReason, TrialReport
-from tuner.trial._result import START_SECONDS, WARM_START
+from tuner.trial._result import START_SECONDS, TRAINER, WARM_START
 from tuner.trial._task import TrialTask
 
 __all__ = ["TAG", "SweepTracker", "TrialLogger", "run_name", "sweep_page"]
@@ -266,6 +266,7 @@ class TrialLogger(SweepCallback):
         metrics = [Metric(LR_MICRO[n], float(values[n]) * 1e6, 0, iteration) if n in LR_MICRO
                    else Metric(n, float(values[n]), 0, iteration) for n in _METRICS
                    if isinstance(values.get(n), (int, float)) and math.isfinite(values[n])]
+        metrics += [Metric(TRAINER + n, v, 0, iteration) for n, v in report.trainer.items() if math.isfinite(v)]
         if iteration == 1 and math.isfinite(report.initial_eval):  # the curve starts before any update
             metrics.append(Metric(K.EVAL_SCORES, report.initial_eval, 0, 0))
         self.writer.submit(self.client.log_batch, run_id, metrics)

@@ -30,6 +30,7 @@ PID = "pid"  # the process running this attempt
 ERROR = "error"  # a failed attempt: "Type: message"
 RETRYABLE = "retryable"  # 1.0 when running the attempt again may succeed
 TRACEBACK = "traceback"
+TRAINER = "trainer/"  # prefix of an external trainer's own metric names, kept besides ours
 ITERATION = "training_iteration"  # Ray Tune's count of reports: the engine's iteration
 
 # the outcomes a trial can have, as the study, the table and MLflow name them
@@ -62,9 +63,10 @@ class TrialReport:
     warm_start: bool = False
     pid: int = 0
     initial_eval: float = math.nan  # eval/scores before any update; NaN where the trial did not evaluate it
+    trainer: dict[str, float] = field(default_factory=dict)  # an external trainer's numbers, under its own names
 
     def to_result(self) -> dict[str, Any]:
-        out: dict[str, Any] = {**self.metrics, OBJECTIVE: self.objective, SCHEDULER_SCORE: self.scheduler_score,
+        out: dict[str, Any] = {**self.metrics, **{TRAINER + k: v for k, v in self.trainer.items()}, OBJECTIVE: self.objective, SCHEDULER_SCORE: self.scheduler_score,
                                KL_MAX: self.kl_max, START_SECONDS: self.start_seconds,
                                WARM_START: float(self.warm_start), PID: self.pid, INITIAL_EVAL: self.initial_eval}
         if self.stop_reason is not None:
@@ -114,7 +116,9 @@ def read_result(result: dict[str, Any]) -> TrialReport | TrialFailure:
                        kl_max=float(result.get(KL_MAX, math.nan)), stop_reason=result.get(STOP_REASON),
                        start_seconds=float(result.get(START_SECONDS, math.nan)),
                        warm_start=bool(result.get(WARM_START)), pid=int(result.get(PID, 0) or 0),
-                       initial_eval=float(result.get(INITIAL_EVAL, math.nan)))
+                       initial_eval=float(result.get(INITIAL_EVAL, math.nan)),
+                       trainer={k[len(TRAINER):]: float(v) for k, v in result.items()
+                                if k.startswith(TRAINER) and isinstance(v, (int, float))})
 
 
 @dataclass

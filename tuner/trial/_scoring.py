@@ -32,7 +32,7 @@ class Scorer:
     def __init__(self, metric: str, direction: str, score: str, last_k: int, initial: float):
         self.metric, self.score, self.last_k = metric, score, last_k
         self.better = max if direction == "maximize" else min
-        self.values: list[float] = [initial] if metric == K.EVAL_SCORES else []
+        self.values: list[float] = [initial] if metric == K.EVAL_SCORES and math.isfinite(initial) else []
 
     def update(self, metrics: dict[str, float]) -> float:
         if self.metric in metrics and math.isfinite(metrics[self.metric]):

@@ -1,5 +1,6 @@
 """What the controller hands one trial: its number, its engine config, its searched values, the KL
-limit and the objective. It travels as Ray Tune's config dict (`to_config` / `from_config`)."""
+limit, the objective, and which trainer runs it (ours, or an external one
+and how to start it). It travels as Ray Tune's config dict (`to_config` / `from_config`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ class TrialTask:
     kl_limit: float  # nats, summed over the response
     objective: dict[str, Any]  # the spec's objective section: metric, direction, score, last_k
     sys_path: list[str] = field(default_factory=list)  # where the driver finds user modules (rewards)
+    engine_kind: str = "ppo-tuner"  # the spec's trial.engine: what trains this trial
+    external: dict[str, Any] = field(default_factory=dict)  # an external trainer's launch (TrialSection.launch)
 
     def to_config(self) -> dict[str, Any]:
         return asdict(self)

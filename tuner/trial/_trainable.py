@@ -1,4 +1,5 @@
-"""The Ray Tune function that runs one trial: the engine, the KL limit as a stopper, the score.
+"""The Ray Tune function that runs one trial: the engine, the KL limit as a stopper, the score; or,
+for `trial.engine: command`, the user's trainer process under the same limit and score (`_external`).
 
 It runs in a Ray worker. Workers are reused between trials (reuse_actors), and the engine caches
 loaded checkpoints per process, so a warm worker pays for imports and model loading once.
@@ -11,6 +12,7 @@ import os
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 from tuner.trial._result import StopReason, TrialFailure, TrialReport
@@ -26,6 +28,9 @@ def run_trial(config: dict[str, Any]) -> None:
 
     started = time.perf_counter()
     task = TrialTask.from_config(config)
+    if task.engine_kind != "ppo-tuner":
+        _run_external(task)
+        return
     for path in task.sys_path:
         if path not in sys.path:
             sys.path.append(path)
@@ -65,6 +70,37 @@ def run_trial(config: dict[str, Any]) -> None:
                                  pid=os.getpid()).to_result())
         if retry:
             raise
+
+
+def _run_external(task: TrialTask) -> None:
+    """An external trainer's trial: its reports as our records; a fault reported as run_trial's are."""
+    import ray
+    from ray import tune
+
+    from tuner.trial._external import TrainerError, run_command
+
+    gpus = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, ray.get_gpu_ids()))}  # what Ray Tune reserved for it
+    workdir = Path(tune.get_context().get_trial_dir() or os.getcwd())
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_command(task, tune.report, workdir, stop_requested=_stop_requested, env=gpus)
+    except TrainerError as exc:
+        tune.report(TrialFailure(error=str(exc), retryable=exc.retryable, scheduler_score=worst(task.objective["direction"]),
+                                 pid=os.getpid()).to_result())
+        if exc.retryable:
+            raise
+
+
+def _stop_requested() -> bool:
+    """Whether Ray Tune asked this trial to stop (ASHA, the sweep's end) while it waits for its trainer.
+    Ray's function trainable sees it only at the next tune.report; its session's stop event says it now."""
+    try:
+        from ray.train._internal.session import get_session
+
+        session = get_session()
+        return bool(session is not None and session.stop_event.is_set())
+    except Exception:  # another Ray: the next tune.report stops the trial instead
+        return False
 
 
 def retryable(exc: BaseException) -> bool:

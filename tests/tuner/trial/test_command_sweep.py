@@ -1,0 +1,82 @@
+"""A real sweep of an external trainer (trial.engine: command): local Ray, the study, MLflow, and a
+user-style script that speaks the JSON-lines protocol; one trial passes the KL limit, one crashes,
+one hangs."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.sweep_helpers import tuner
+from trials import metrics as K
+from tuner.spec import load_spec
+from tuner.sweep import load_study, trial_rows
+
+SCRIPT = Path(__file__).resolve().parents[2] / "external_trainer.py"
+LRS = {1e-5: "COMPLETE", 2e-5: "FAIL", 3e-5: "FAIL", 1e-3: "INFEASIBLE"}  # 2e-5 crashes, 3e-5 hangs
+
+
+def processes_under(folder: Path) -> list[int]:
+    """Processes whose argv or environment names `folder` (the trainers and their helpers)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            text = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if state != "Z" and str(folder).encode() in text:
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("command")
+    spec = {"name": "byot",
+            "trial": {"engine": "command", "report_timeout": "4s", "stop_grace": 1,
+                      "command": [sys.executable, str(SCRIPT), "--lr", "{policy_lr}", "--steps", "{num_iterations}",
+                                  "--step-seconds", "0.1", "--crash-if-lr", "2e-5", "--hang-if-lr", "3e-5"],
+                      "env": {"MARKER": str(folder)}},
+            "search_space": {"policy_lr": {"choices": list(LRS)}}, "kl_limit": 15,
+            "budget": {"trials": 4, "iterations": 4, "max_failures": 0}, "scheduler": {"type": "none"},
+            "sampler": {"type": "grid"}, "resources": {"max_concurrent": 2}, "ray": {"num_cpus": 2},
+            "workdir": str(folder / "sweeps")}
+    path = folder / "byot.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    started = time.perf_counter()
+    proc = tuner("run", path, cwd=folder, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    compiled = load_spec(path)
+    return {"folder": folder, "spec": compiled, "study": load_study(compiled), "seconds": time.perf_counter() - started}
+
+
+def test_states_follow_the_kl_limit_and_the_faults(sweep):
+    rows = {r.params["policy_lr"]: r for r in trial_rows(sweep["study"])}
+    assert {lr: r.state for lr, r in rows.items()} == LRS, [(r.number, r.state, r.stop_reason) for r in rows.values()]
+    assert rows[1e-3].stop_reason == "kl_limit" and rows[1e-3].iterations == 2 and rows[1e-3].kl_max == 20
+    frozen = {t.number: t for t in sweep["study"].trials}
+    assert frozen[rows[1e-3].number].constraints["kl"] > 0 and frozen[rows[1e-5].number].constraints["kl"] < 0
+    crash, hang = (frozen[rows[lr].number].user_attrs["error"] for lr in (2e-5, 3e-5))
+    assert "exited with code 1" in crash and "illegal memory access" in crash  # the log's tail
+    assert "no report for 4 s" in hang
+    assert processes_under(sweep["folder"]) == []
+
+
+def test_mlflow_child_runs_carry_our_names_and_the_trainers(sweep):
+    spec = sweep["spec"]
+    client = MlflowClient(spec.tracking_uri())
+    experiment = client.get_experiment_by_name(spec.experiment_name())
+    children = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("ppo_tuner.kind") == "trial"]
+    assert len(children) == 4
+    by_state = {c.data.tags["ppo_tuner.state"]: c for c in children}
+    done = by_state["COMPLETE"].info.run_id
+    assert [m.step for m in client.get_metric_history(done, K.KL)] == [1, 2, 3, 4]
+    assert {K.SCORES, K.EVAL_SCORES, "trainer/kl_per_token", "trainer/loss"} <= set(by_state["COMPLETE"].data.metrics)
+    errors = [c.data.tags.get("ppo_tuner.error", "") for c in children if c.data.tags["ppo_tuner.state"] == "FAIL"]
+    assert len(errors) == 2 and any("illegal memory access" in e for e in errors) and any("no report" in e for e in errors)
