@@ -89,3 +89,27 @@ def test_validate_shows_the_prediction_at_the_extremes(tmp_path, demo_model):
     line = next(x for x in proc.stdout.splitlines() if x.startswith("# memory:"))
     assert "predicted peak on a CPU" in line and "rollout 512" in line and "response 96" in line
     assert "exceed resources.trial_memory_gb" in line and not line.split(";")[1].strip().startswith("0 of")
+
+
+def test_a_trial_out_of_memory_after_its_retries_is_infeasible_for_memory(tmp_path, demo_model):
+    """The searcher's record of a trial whose last attempt ran out of memory (the error Ray hands it
+    after the retries), in a real study: PRUNED with a positive memory constraint, shown INFEASIBLE."""
+    import torch
+
+    from tuner.sweep._searcher import StudySearcher
+    from tuner.sweep._study import state_of
+    from tuner.trial import TrialFailure
+    from tuner.trial._trainable import retryable
+
+    assert retryable(torch.OutOfMemoryError("CUDA out of memory"))  # Ray runs it again first
+    spec = load_spec(_write(tmp_path, "oom", resources={"trial_memory_gb": 100.0}))
+    study = optuna.create_study(study_name="oom", storage=f"sqlite:///{tmp_path / 'oom.db'}")
+    searcher = StudySearcher(study, spec)
+    searcher.suggest("ray-1")
+    failure = TrialFailure(error="OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+                           retryable=True, kl_max=3.0)
+    searcher.on_trial_complete("ray-1", failure.to_result(), error=True)
+    (trial,) = study.get_trials()
+    assert trial.state == optuna.trial.TrialState.PRUNED and trial.constraints["memory"] > 0
+    assert state_of(trial) == "INFEASIBLE" and trial.user_attrs[ATTR["stop"]].startswith("memory: OutOfMemoryError")
+    assert searcher.outcome("ray-1").state == "INFEASIBLE"
