@@ -2,7 +2,7 @@
 from a config): full fine-tuning, LoRA, LoRA + gradient checkpointing, LoRA + the shared-base value;
 against the memory model's prediction (trials.estimate_memory).
 
-    python bench/memory_lora.py                 # about 10 minutes on 2 cores; writes bench/results/memory_lora.json
+    python bench/memory_lora.py --repeats 1     # about 15 minutes on 2 quiet cores; writes bench/results/memory_lora.json
     python bench/memory_lora.py --repeats 1 --only lora-shared
 
 Each configuration runs in its own process; its peak is that process's max RSS minus the RSS it had after

@@ -31,7 +31,7 @@ FP32 = 4
 ACT_PER_LINEAR_ELEMENT = 1.0
 ACT_PER_HIDDEN = 4.0
 LOGIT_COPIES = 4  # the update's logits: the model's, / temperature, log_softmax, its gradient
-CPU_OVERHEAD = 150 * 2**20  # tokenizer, prompts, torch's CPU thread pools and allocator slack
+CPU_OVERHEAD = 60 * 2**20  # tokenizer, prompts, torch's CPU thread pools and allocator slack (fitted: 0.36B and 25M models)
 CUDA_OVERHEAD = 0
 
 
