@@ -51,6 +51,7 @@ def _chromium(*args: str) -> subprocess.CompletedProcess:
                               capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # a sweep, an MLflow server and headless Chromium: about 90 s
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (.ci/run installs it)")
 def test_the_dashboard_shows_the_sweeps_runs(tmp_path, demo_model):
     spec_path = write_spec(tmp_path, "ui4", budget={"trials": 4, "iterations": 4},

@@ -20,6 +20,8 @@ from tuner.sweep import load_study, trial_rows
 SCRIPT = Path(__file__).resolve().parents[2] / "external_trainer.py"
 LRS = {1e-5: "COMPLETE", 2e-5: "FAIL", 3e-5: "FAIL", 1e-3: "INFEASIBLE"}  # 2e-5 crashes, 3e-5 hangs
 
+pytestmark = pytest.mark.slow  # one real `tuner run` of external trainers: about 45 s
+
 
 def processes_under(folder: Path) -> list[int]:
     """Processes whose argv or environment names `folder` (the trainers and their helpers)."""
