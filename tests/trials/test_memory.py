@@ -93,7 +93,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline)
 
 
 # Only full fine-tuning here: on this 25M-parameter model, LoRA + shared peaks while loading, and the measured
-# peak RSS of that phase moved between runs (86 MB in two CI runs against 257 MB predicted; within 15% of the
+# peak RSS of that phase moved between runs (84 and 86 MB in two CI runs, against 257 MB predicted; within 15% of the
 # prediction run alone), so that case could not be a stable check. bench/memory_lora.py measures LoRA + shared on a 0.36B
 # model, where loading is not the whole story.
 @pytest.mark.slow
