@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from trials import ConfigError, Problem
 from tuner.spec import CompiledSpec, load_spec
@@ -18,30 +19,30 @@ WORKDIR_HELP = "folder that holds the sweeps, one subfolder per sweep (default: 
 SWEEP_HELP = "sweep name (under --workdir), sweep folder, or spec file"
 
 
+def _on_sweep(sub: argparse._SubParsersAction, name: str, help: str, func: Any) -> argparse.ArgumentParser:
+    """A subcommand that takes one sweep (name, folder or spec file) and --workdir."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("sweep", help=SWEEP_HELP)
+    p.add_argument("--workdir", default="sweeps", help=WORKDIR_HELP)
+    p.set_defaults(func=func)
+    return p
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a sweep from a spec file (loads its study if it exists)")
     p.add_argument("spec", help="sweep spec YAML (see search_spaces/)")
     p.add_argument("--address", help="Ray cluster address (overrides ray.address in the spec)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("resume", help="continue an interrupted sweep without re-running finished trials")
-    p.add_argument("sweep", help=SWEEP_HELP)
-    p.add_argument("--workdir", default="sweeps", help=WORKDIR_HELP)
-    p.set_defaults(func=cmd_resume)
-
-    p = sub.add_parser("sync", help="write to MLflow what the study holds and MLflow lacks (after the tracking server was away)")
-    p.add_argument("sweep", help=SWEEP_HELP)
-    p.add_argument("--workdir", default="sweeps", help=WORKDIR_HELP)
-    p.set_defaults(func=cmd_sync)
+    _on_sweep(sub, "resume", "continue an interrupted sweep without re-running finished trials", cmd_resume)
+    _on_sweep(sub, "sync", "write to MLflow what the study holds and MLflow lacks (after the tracking server was away)",
+              cmd_sync)
 
     p = sub.add_parser("list", help="list the sweeps under a folder, from their study storage")
     p.add_argument("--workdir", default="sweeps", help=WORKDIR_HELP)
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("status", help="the trials of a sweep and their states, from the study storage")
-    p.add_argument("sweep", help=SWEEP_HELP)
-    p.add_argument("--workdir", default="sweeps", help=WORKDIR_HELP)
-    p.set_defaults(func=cmd_status)
+    _on_sweep(sub, "status", "the trials of a sweep and their states, from the study storage", cmd_status)
 
     p = sub.add_parser("export", help="write the best feasible trial's config")
     p.add_argument("sweep", help=SWEEP_HELP)
