@@ -11,6 +11,6 @@ target does instead.
 
 from __future__ import annotations
 
-from tuner.export._api import FORMATS, export_config
+from tuner.export._api import FORMATS, LAUNCH_TARGETS, engine_launch, export_config
 
-__all__ = ["FORMATS", "export_config"]
+__all__ = ["FORMATS", "LAUNCH_TARGETS", "engine_launch", "export_config"]

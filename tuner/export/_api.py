@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from trials import ConfigError, PPOConfig, Problem
 from tuner.export._native import export_json, export_yaml
@@ -38,3 +39,15 @@ def export_config(config: PPOConfig, fmt: str, *, source: dict | None = None) ->
     if problems:
         raise ConfigError(problems)
     return _EXPORTERS[key](config, source)
+
+
+LAUNCH_TARGETS = {"openrlhf": export_openrlhf, "verl": export_verl, "trl": export_trl}
+
+
+def engine_launch(config: PPOConfig, engine: str) -> tuple[Any, list[str]]:
+    """`config`'s hyperparameters as `engine`'s launch arguments, through the same mapping as its export:
+    verl Hydra overrides and OpenRLHF flags as argv words, TRL {"ppo": PPOConfig kwargs, "lora": LoraConfig
+    kwargs}; and one warning per value the engine cannot express. The models, data and reward are not
+    among them (the user's fixed arguments name them)."""
+    return LAUNCH_TARGETS[engine].launch(config)
+

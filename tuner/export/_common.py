@@ -130,12 +130,29 @@ def lora_targets(config: PPOConfig) -> str | list[str]:
 
 # -- rendering -----------------------------------------------------------------------------------
 
-def shell_value(value: Any) -> str:
-    if isinstance(value, (tuple, list)):
-        return " ".join(shell_value(v) for v in value)
-    if isinstance(value, float):
-        return shlex.quote(repr(value))
-    return shlex.quote(str(value))
+def _word(value: Any) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def flag_words(name: str, value: Any) -> list[str]:
+    """One setting as argv words: `--name value ...`; True is the bare flag (argparse store_true)."""
+    if value is True:
+        return [name]
+    return [name, *(_word(v) for v in (value if isinstance(value, (tuple, list)) else (value,)))]
+
+
+def hydra_word(name: str, value: Any) -> str:
+    """One setting as a Hydra override word: `name=value`."""
+    return f"{name}={hydra_value(value)}"
+
+
+def launch_args(out: Out, style: str) -> list[str]:
+    """The settings of `out` as a trainer's argv tail (what render_bash_array writes, unquoted)."""
+    words: list[str] = []
+    for name, value, _ in out.items:
+        if name:
+            words += flag_words(name, value) if style == "flag" else [hydra_word(name, value)]
+    return words
 
 
 def render_bash_array(out: Out, array: str, style: str) -> list[str]:
@@ -146,11 +163,8 @@ def render_bash_array(out: Out, array: str, style: str) -> list[str]:
         if not name:
             lines += comment_lines([comment], "  ")
             continue
-        if style == "flag":
-            text = name if value is True else f"{name} {shell_value(value)}"
-        else:
-            text = shlex.quote(f"{name}={hydra_value(value)}")
-        lines.append(f"  {text}" + (f"  # {_one_line(comment)}" if comment else ""))
+        words = flag_words(name, value) if style == "flag" else [hydra_word(name, value)]
+        lines.append("  " + " ".join(shlex.quote(w) for w in words) + (f"  # {_one_line(comment)}" if comment else ""))
     lines.append(")")
     return lines
 

@@ -28,6 +28,7 @@ from trials import PPOConfig, RewardRef
 from tuner.export._common import (
     Out,
     check_demo,
+    launch_args,
     lora_targets,
     optimizer_steps,
     render_bash_array,
@@ -141,6 +142,9 @@ class OpenRLHF(Exporter):
                     "--ds.lora settings as the policy's, so the base is held twice")
     frozen_dtypes = "loads every model, frozen or trained, in --ds.param_dtype (bf16, its default, or fp16)"
     frozen_default = "bf16"
+
+    def args(self, out: Out) -> list[str]:
+        return launch_args(out, "flag")
 
     def body(self, out: Out, c: PPOConfig) -> list[str]:
         return render_bash_array(out, "args", "flag") + ['python -m openrlhf.cli.train_ppo_ray "${args[@]}"']

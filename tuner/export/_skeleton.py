@@ -27,6 +27,10 @@ from tuner.export._common import (
 )
 
 
+SECTIONS = ("models", "data", "optimisation", "batches", "kl", "losses", "generation", "memory", "run")
+LAUNCH_SECTIONS = SECTIONS[2:]  # a launched trial's: its models, data and reward are in the user's own arguments
+
+
 class Exporter:
     """One export target; calling it with a config (and optional provenance) gives (text, warnings).
 
@@ -51,15 +55,29 @@ class Exporter:
     frozen_default: ClassVar[str] = "auto"  # a frozen_dtype the target's default already gives
 
     def __call__(self, config: PPOConfig, source: dict | None = None) -> tuple[str, list[str]]:
-        out = Out(self.target, self.names)
-        for section in (self.models, self.data, self.optimisation, self.batches, self.kl, self.losses,
-                        self.generation, self.memory, self.run):
-            section(out, config)
-        for name, (value, why) in self.fixed.items():
-            out.put((name,), value, why)
+        out = self.settings(config, SECTIONS)
         lines = comment_lines(header(self.title, source))
         lines += comment_lines([*self.notes, not_applicable(config, self.plumbing)])
         return "\n".join(lines + self.body(out, config)) + "\n", out.warnings
+
+    def settings(self, config: PPOConfig, sections: tuple[str, ...]) -> Out:
+        """The target's settings for `config`, section by section (names from SECTIONS), then its `fixed` table."""
+        out = Out(self.target, self.names)
+        for section in sections:
+            getattr(self, section)(out, config)
+        for name, (value, why) in self.fixed.items():
+            out.put((name,), value, why)
+        return out
+
+    def launch(self, config: PPOConfig) -> tuple[Any, list[str]]:
+        """The hyperparameters of `config` as the target's launch arguments (`args`), and the lost values.
+        The models, data and reward (section 1) are the user's, in their fixed arguments."""
+        out = self.settings(config, LAUNCH_SECTIONS)
+        return self.args(out), out.warnings
+
+    def args(self, out: Out) -> Any:
+        """`out` as what the target's trainer takes at launch: argv words, or keyword arguments."""
+        raise NotImplementedError
 
     # -- 1. models and data ----------------------------------------------------------------------------
 

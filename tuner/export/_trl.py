@@ -120,11 +120,14 @@ class TRL(Exporter):
     frozen_dtypes = ("takes the models you build (load reward_model, and under LoRA the policy's base, with "
                      "from_pretrained(..., dtype=...))")
 
+    def args(self, out: Out) -> dict[str, dict[str, Any]]:
+        """{"ppo": PPOConfig's keyword arguments, "lora": LoraConfig's (empty without LoRA)}."""
+        ppo, lora = _split(out)
+        return {"ppo": {n: v for n, v, _ in ppo if n}, "lora": {n: v for n, v, _ in lora if n}}
+
     def body(self, out: Out, c: PPOConfig) -> list[str]:
         """`config = PPOConfig(...)`, and `peft_config = LoraConfig(...)` from the LoRA settings among the items."""
-        at = [i for i, (name, _, _) in enumerate(out.items) if name in VERIFIED_LORA_KWARGS]
-        start, end = (at[0], at[-1] + 1) if at else (len(out.items),) * 2
-        lora, ppo = out.items[start:end], out.items[:start] + out.items[end:]
+        ppo, lora = _split(out)
         lines = ["from peft import LoraConfig"] if lora else []
         lines += ["from trl.experimental.ppo import PPOConfig", "", *_call("config = PPOConfig(", ppo)]
         lines += _call("peft_config = LoraConfig(", lora) if lora else []
@@ -240,6 +243,13 @@ class TRL(Exporter):
             out.set("output_dir", c.output_dir)
         else:
             out.note("output_dir empty: TRL writes to its default folder, trainer_output")
+
+
+def _split(out: Out) -> tuple[list, list]:
+    """The items of PPOConfig and those of LoraConfig (the run of LoRA keywords among them)."""
+    at = [i for i, (name, _, _) in enumerate(out.items) if name in VERIFIED_LORA_KWARGS]
+    start, end = (at[0], at[-1] + 1) if at else (len(out.items),) * 2
+    return out.items[:start] + out.items[end:], out.items[start:end]
 
 
 def _call(opening: str, items: list[tuple[str, Any, str]]) -> list[str]:

@@ -24,6 +24,7 @@ from trials import PPOConfig, RewardRef
 from tuner.export._common import (
     Out,
     check_demo,
+    launch_args,
     lora_alpha_int,
     lora_targets,
     render_bash_array,
@@ -155,6 +156,9 @@ class Verl(Exporter):
                     "policy's settings (critic.model.lora_rank, lora_alpha, target_modules), so the base is held twice")
     frozen_dtypes = ("loads each model in its worker's fsdp_config.model_dtype (fp32 by default; the reference's "
                      "is actor_rollout_ref.ref.fsdp_config.model_dtype)")
+
+    def args(self, out: Out) -> list[str]:
+        return launch_args(out, "hydra")
 
     def body(self, out: Out, c: PPOConfig) -> list[str]:
         return render_bash_array(out, "overrides", "hydra") + ['python -m verl.trainer.main_ppo "${overrides[@]}"']
