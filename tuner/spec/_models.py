@@ -109,9 +109,11 @@ class TrialSection(_Section):
     eval_prompts: NonEmpty | None = Field(None, description="held-out evaluation prompts, same formats; empty holds out some training prompts")
     value_model: NonEmpty | None = Field(None, description="model whose backbone initialises the value model; empty means the policy model")
     engine: Literal["ppo-tuner", "command", "verl", "openrlhf", "trl"] = Field(
-        "ppo-tuner", description="what trains a trial: ppo-tuner (our engine), or command (your own trainer, started with "
-                                 "trial.command, reporting JSON lines; see the README's 'Sweep your own trainer'). "
-                                 "verl, openrlhf and trl are not available yet")
+        "ppo-tuner", description="what trains a trial: ppo-tuner (our engine); command (your own trainer, started with "
+                                 "trial.command, reporting JSON lines); verl, openrlhf (trial.command starts their PPO "
+                                 "with your fixed arguments, the trial's hyperparameters are added in their names, "
+                                 "their logs are read) or trl (trial.command is the python of an environment with trl "
+                                 "1.12); see the README's 'Sweep your own trainer'")
     command: list[NonEmpty] | None = Field(
         None, description="engine command: the trainer's argv, e.g. [python, train.py, --lr, '{policy_lr}']; '{field}' "
                           "is replaced by the trial's value of that engine field; the trial's whole config is also in "
@@ -125,12 +127,13 @@ class TrialSection(_Section):
                           WithJsonSchema({"type": ["number", "string"]})] = Field(
         10.0, description="engine command: seconds between SIGTERM and SIGKILL when a trial's trainer is stopped")
 
-    def launch(self) -> dict[str, Any]:
-        """How an external trial's trainer is started (TrialTask.external); empty for our engine."""
+    def launch(self, cluster: bool = False) -> dict[str, Any]:
+        """How an external trial's trainer is started (TrialTask.external); empty for our engine. `cluster`:
+        the sweep runs on a Ray cluster, which a trainer with a Ray of its own joins (else it starts its own)."""
         if self.engine == "ppo-tuner":
             return {}
         return {"command": list(self.command or ()), "env": dict(self.env), "report_timeout": self.report_timeout,
-                "stop_grace": self.stop_grace}
+                "stop_grace": self.stop_grace, "ray": "cluster" if cluster else "private"}
 
 
 class Objective(_Section):

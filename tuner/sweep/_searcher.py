@@ -190,7 +190,7 @@ class StudySearcher(Searcher):
         trial.set_user_attr(ATTR["ray_trial"], trial_id)
         task = TrialTask(number=trial.number, engine=engine, params=params, kl_limit=self.spec.kl_limit,
                          objective=self.spec.objective.model_dump(), engine_kind=self.spec.trial.engine,
-                         external=self.spec.trial.launch(),
+                         external=self.spec.trial.launch(cluster=self.spec.ray.address is not None),
                          sys_path=[p for p in [os.getcwd(), *sys.path] if p])
         self._live[trial_id] = _Live(trial, task, self.writes)
         self._launched.add(trial.number)

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import queue
+import re
 import tempfile
 import threading
 from collections.abc import Callable
@@ -266,7 +267,7 @@ class TrialLogger(SweepCallback):
         metrics = [Metric(LR_MICRO[n], float(values[n]) * 1e6, 0, iteration) if n in LR_MICRO
                    else Metric(n, float(values[n]), 0, iteration) for n in _METRICS
                    if isinstance(values.get(n), (int, float)) and math.isfinite(values[n])]
-        metrics += [Metric(TRAINER + n, v, 0, iteration) for n, v in report.trainer.items() if math.isfinite(v)]
+        metrics += [Metric(_metric_name(TRAINER + n), v, 0, iteration) for n, v in report.trainer.items() if math.isfinite(v)]
         if iteration == 1 and math.isfinite(report.initial_eval):  # the curve starts before any update
             metrics.append(Metric(K.EVAL_SCORES, report.initial_eval, 0, 0))
         self.writer.submit(self.client.log_batch, run_id, metrics)
@@ -344,3 +345,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+
+def _metric_name(name: str) -> str:
+    """An external trainer's own metric name as MLflow accepts it (verl's 'val-core/x/reward/mean@1': '@' -> '_')."""
+    return re.sub(r"[^/\w.\- :]", "_", name)
+

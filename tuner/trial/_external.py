@@ -25,7 +25,6 @@ import json
 import math
 import os
 import queue
-import re
 import signal
 import subprocess
 import threading
@@ -37,51 +36,25 @@ from typing import Any
 
 from trials import KLLimit
 from trials import metrics as K
+from tuner.trial._engines import ENGINES
+from tuner.trial._protocol import (
+    CONFIG_ENV,
+    PLACEHOLDER,
+    PREFIX,
+    TrainerError,
+    command_argv,
+    parse_report,
+)
 from tuner.trial._result import StopReason, TrialReport
 from tuner.trial._scoring import Scorer, scheduler_score
 from tuner.trial._task import TrialTask
 
 __all__ = ["CONFIG_ENV", "PLACEHOLDER", "PREFIX", "TrainerError", "TrainerProcess", "command_argv", "parse_report", "run_command"]
 
-PREFIX = "@ppo-tuner "  # a report line: this, then one JSON object
-CONFIG_ENV = "PPO_TUNER_TRIAL_CONFIG"  # names the trial's config file (JSON)
-PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")  # '{policy_lr}' in trial.command: that engine field's value
 LOG_FILE = "trainer.log"  # the trainer's stdout and stderr, in the trial's folder
 _TAIL_LINES = 30  # of the log, in a failed trial's error
 _TIMEOUT, _STOPPED, _EOF = "timeout", "stopped", "eof"
-
-
-class TrainerError(Exception):
-    """The external trainer failed: exited non-zero, went silent, or wrote a report we cannot read."""
-
-    def __init__(self, message: str, retryable: bool = False):
-        super().__init__(message)
-        self.retryable = retryable
-
-
-def parse_report(line: str) -> tuple[dict[str, float], dict[str, float]] | None:
-    """A report line's metrics under our names and the trainer's own numbers; None for another line."""
-    if not line.startswith(PREFIX):
-        return None
-    try:
-        data = json.loads(line[len(PREFIX):])
-    except json.JSONDecodeError as exc:
-        raise TrainerError(f"a report line is not JSON ({exc.msg}): {line.strip()[:200]}") from None
-    if not isinstance(data, dict):
-        raise TrainerError(f"a report line must hold a JSON object: {line.strip()[:200]}")
-    raw = {str(k): float(v) for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    ours = {k: v for k, v in raw.items() if k in K.ALL}
-    if "kl" in raw:
-        ours[K.KL] = raw["kl"]  # nats, summed over the response
-    elif "kl_per_token" in raw and "response_length" in raw:
-        ours[K.KL] = raw["kl_per_token"] * raw["response_length"]  # nats/token x tokens
-    elif K.KL not in ours:
-        raise TrainerError("a report needs 'kl' (nats summed over the response), or 'kl_per_token' with "
-                           f"'response_length': {line.strip()[:200]}")
-    for theirs, name in (("reward", K.SCORES), ("eval_reward", K.EVAL_SCORES), ("response_length", K.RESPONSE_LENGTH)):
-        if theirs in raw:
-            ours.setdefault(name, raw[theirs])
-    return ours, {k: v for k, v in raw.items() if k not in K.ALL}
+_POLL = 0.02  # s between reads of a metrics file: the most a report waits to be seen
 
 
 def _die_with_parent() -> None:
@@ -93,12 +66,16 @@ def _die_with_parent() -> None:
 
 
 class TrainerProcess:
-    """The trainer in its own process group; a thread copies its output to the log and queues reports."""
+    """The trainer in its own process group; a thread copies its output to the log and queues the report
+    lines (those holding `marker`); where the trainer writes its reports to a file (`metrics_path`), a
+    second thread reads that file as it grows and queues its lines instead."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path):
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path, marker: str | None = PREFIX,
+                 metrics_path: Path | None = None):
         self.log_path = cwd / LOG_FILE
         self.tail: deque[str] = deque(maxlen=_TAIL_LINES)
         self.lines: queue.Queue[tuple[float, str] | None] = queue.Queue()
+        self.marker, self._output_done = marker, threading.Event()
         try:
             self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                          stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
@@ -106,19 +83,47 @@ class TrainerProcess:
         except OSError as exc:
             raise TrainerError(f"trial.command could not be started: {exc}") from None
         self.pid = self.proc.pid
-        self._reader = threading.Thread(target=self._read, name=f"trainer-{self.pid}", daemon=True)
+        self._reader = threading.Thread(target=self._read, args=(metrics_path is None,), name=f"trainer-{self.pid}",
+                                        daemon=True)
         self._reader.start()
+        if metrics_path is not None:
+            threading.Thread(target=self._follow, args=(metrics_path,), name=f"metrics-{self.pid}", daemon=True).start()
 
-    def _read(self) -> None:
+    def _read(self, last: bool) -> None:
         assert self.proc.stdout is not None
         with self.log_path.open("w") as log:
             for line in self.proc.stdout:
                 log.write(line)
                 self.tail.append(line.rstrip("\n"))
-                if line.startswith(PREFIX):
+                if self.marker is not None and self.marker in line:
                     self.lines.put((time.perf_counter(), line))
                     log.flush()
-        self.lines.put(None)
+        self._output_done.set()
+        if last:
+            self.lines.put(None)
+
+    def _follow(self, path: Path) -> None:
+        """Queue each complete line the trainer appends to `path`, polled every _POLL s, until its output ends."""
+        handle, partial = None, b""
+        try:
+            while True:
+                done = self._output_done.is_set()
+                if handle is None and path.exists():
+                    handle = path.open("rb")
+                chunk = handle.read() if handle is not None else b""
+                if chunk:
+                    *complete, partial = (partial + chunk).split(b"\n")
+                    now = time.perf_counter()
+                    for line in complete:
+                        if line.strip():
+                            self.lines.put((now, line.decode("utf-8", "replace")))
+                if done:
+                    break
+                time.sleep(_POLL)
+        finally:
+            if handle is not None:
+                handle.close()
+            self.lines.put(None)
 
     def next_report(self, timeout: float, stop_requested: Callable[[], bool]) -> tuple[float, str] | str:
         """The next report line with the time it was read, or _EOF, _TIMEOUT, _STOPPED."""
@@ -167,30 +172,30 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         pass
 
 
-def command_argv(command: list[str], engine: dict[str, Any]) -> list[str]:
-    """trial.command with each '{field}' replaced by the trial's value of that engine field."""
-    return [PLACEHOLDER.sub(lambda m: str(engine[m.group(1)]), arg) for arg in command]
-
-
 def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir: Path,
-                stop_requested: Callable[[], bool] = lambda: False, env: dict[str, str] | None = None) -> None:
-    """Run the task's external trainer to its end, emitting a TrialReport result per report line.
+                stop_requested: Callable[[], bool] = lambda: False, env: dict[str, str] | None = None,
+                ray_address: str = "") -> None:
+    """Run the task's external trainer to its end, emitting a TrialReport result per report.
 
     Stops it after its last report, past the KL limit, or when `stop_requested()`; raises TrainerError
     on a fault (with the log's tail). `emit` may raise (Ray stops the trial): the trainer is stopped too.
+    `ray_address`: the sweep's cluster, which an engine with a Ray of its own joins (else it starts its own).
     """
-    ext, objective = task.external, task.objective
+    ext, objective, engine = task.external, task.objective, ENGINES[task.engine_kind]
     direction, last = objective["direction"], int(task.engine["num_iterations"])
     limit = KLLimit(task.kl_limit)
     scorer = Scorer(objective["metric"], direction, objective["score"], objective["last_k"], math.nan)
+    argv, launch, lost = engine.launch(ext["command"], task.engine)
     config = workdir / "trial_config.json"
     config.write_text(json.dumps({"number": task.number, "params": task.params, "engine": task.engine,
-                                  "kl_limit": task.kl_limit}, indent=1))
-    environ = {**os.environ, **ext.get("env", {}), CONFIG_ENV: str(config), **(env or {})}
+                                  "kl_limit": task.kl_limit, "launch": launch, "not_expressed": lost}, indent=1))
+    environ = {**os.environ, **engine.environ(workdir, ext.get("ray", "private"), ray_address),
+               **ext.get("env", {}), CONFIG_ENV: str(config), **(env or {})}
     started = time.perf_counter()
-    trainer = TrainerProcess(command_argv(ext["command"], task.engine), environ, workdir)
+    metrics_path = workdir / engine.metrics_file if engine.metrics_file else None
+    trainer = TrainerProcess(argv, environ, workdir, engine.marker, metrics_path)
     try:
-        count, previous = 0, started
+        count, previous, held = 0, started, {}
         while count < last:
             item = trainer.next_report(float(ext["report_timeout"]), stop_requested)
             if item == _STOPPED:
@@ -201,7 +206,14 @@ def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir:
             if item == _EOF:
                 break
             at, line = item
-            metrics, own = parse_report(line) or ({}, {})
+            raw = engine.decode(line)
+            if raw is None:
+                continue
+            if not engine.units.needs_kl and engine.units.kl_of(raw) is None and K.KL not in raw:
+                held.update(raw)  # a record without KL (verl's validation before training): merged into the next
+                continue
+            metrics, own = engine.units.convert({**held, **raw})
+            held = {}
             count += 1
             metrics.setdefault(K.ITERATION_SECONDS, at - previous)
             previous = at

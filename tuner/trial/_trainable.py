@@ -83,7 +83,8 @@ def _run_external(task: TrialTask) -> None:
     workdir = Path(tune.get_context().get_trial_dir() or os.getcwd())
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        run_command(task, tune.report, workdir, stop_requested=_stop_requested, env=gpus)
+        run_command(task, tune.report, workdir, stop_requested=_stop_requested, env=gpus,
+                    ray_address=ray.get_runtime_context().gcs_address)
     except TrainerError as exc:
         tune.report(TrialFailure(error=str(exc), retryable=exc.retryable, scheduler_score=worst(task.objective["direction"]),
                                  pid=os.getpid()).to_result())

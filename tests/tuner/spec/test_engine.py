@@ -11,7 +11,26 @@ CASES = [
     ("no-command", "trial: {engine: command}", "trial.command", "is needed with engine: command"),
     ("placeholder", "trial: {engine: command, command: [python, t.py, '--lr={policy_lrr}']}", "trial.command[2]",
      "'{policy_lrr}' is not an engine field"),
-    ("not-yet", "trial: {engine: verl}", "trial.engine", "has no backend yet"),
+    ("verl-no-command", "trial: {engine: verl}", "trial.command", "is needed with engine: verl"),
+    ("verl-sets-ours", "trial: {engine: verl, command: [py, -m, verl.trainer.main_ppo, trainer.n_gpus_per_node=1, "
+     "'actor_rollout_ref.actor.optim.lr=1e-6']}\nresources: {gpus_per_trial: 1}", "trial.command[4]",
+     "sets what the sweep sets from each trial's config"),
+    ("verl-logger", "trial: {engine: verl, command: [py, trainer.n_gpus_per_node=1, 'trainer.logger=[wandb]']}\n"
+     "resources: {gpus_per_trial: 1}", "trial.command[2]", "sets what the sweep sets"),
+    ("openrlhf-sets-ours", "trial: {engine: openrlhf, command: [py, --actor.num_gpus_per_node, '2', --actor.adam.lr, "
+     "'1e-6']}\nresources: {gpus_per_trial: 2}", "trial.command[3]", "sets what the sweep sets"),
+    ("verl-no-gpu", "trial: {engine: verl, command: [py, trainer.n_gpus_per_node=1]}", "resources.gpus_per_trial",
+     "must be a whole number of GPUs for verl"),
+    ("verl-gpus-differ", "trial: {engine: verl, command: [py, trainer.n_gpus_per_node=4]}\n"
+     "resources: {gpus_per_trial: 2}", "trial.command", "must equal resources.gpus_per_trial (2)"),
+    ("openrlhf-default-gpus", "trial: {engine: openrlhf, command: [py]}\nresources: {gpus_per_trial: 1}",
+     "trial.command", "--actor.num_gpus_per_node (its default, 8)"),
+    ("verl-two-nodes", "trial: {engine: verl, command: [py, trainer.n_gpus_per_node=1, trainer.nnodes=2]}\n"
+     "resources: {gpus_per_trial: 1}", "trial.command", "needs more than one node"),
+    ("verl-cluster-gpus", "trial: {engine: verl, command: [py, trainer.n_gpus_per_node=8]}\n"
+     "resources: {gpus_per_trial: 1}\nray: {address: auto}", "resources.gpus_per_trial",
+     "would hold GPUs that verl's own workers then cannot get"),
+    ("trl-no-command", "trial: {engine: trl}", "trial.command", "an environment with trl 1.12"),
     ("ours-with-command", "trial: {command: [python, t.py]}", "trial.command", "applies only to an external engine"),
     ("timeout", "trial: {engine: command, command: [t], report_timeout: soon}", "trial.report_timeout", "duration"),
     ("unknown-engine", "trial: {engine: deepspeed}", "trial.engine", ""),
@@ -36,3 +55,18 @@ def test_an_external_trainer_is_launched_from_the_spec(tmp_path):
     assert launch["command"] == ["python", str(tmp_path / "train.py"), "--lr", "{policy_lr}"]
     assert launch["env"] == {"WANDB_MODE": "offline"} and launch["report_timeout"] == 120.0
     assert load_spec(spec).trial.engine == "command"
+
+
+@pytest.mark.parametrize(("engine", "text"), [
+    ("verl", "command: [py, -m, verl.trainer.main_ppo, trainer.n_gpus_per_node=2, data.train_files=d.parquet]}\n"
+             "resources: {gpus_per_trial: 2}"),
+    ("verl", "command: [py, -m, verl.trainer.main_ppo, trainer.n_gpus_per_node=8, trainer.nnodes=2]}\n"
+             "ray: {address: auto}"),
+    ("openrlhf", "command: [py, -m, openrlhf.cli.train_ppo_ray, --actor.num_gpus_per_node, '1']}\n"
+                 "resources: {gpus_per_trial: 1}"),
+    ("trl", "command: [py]}"),
+])
+def test_an_engine_spec_whose_resources_work_is_valid(tmp_path, engine, text):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"name: x\ntrial: {{engine: {engine}, {text}\n")
+    assert load_spec(spec).trial.launch(cluster=False)["command"][0] == "py"

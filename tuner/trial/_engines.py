@@ -1,0 +1,148 @@
+"""The external engines a trial can run: how each is started and where its metrics are read.
+
+Every engine runs under `_external` (start, reports, KL limit, stop, faults); this module says, per
+engine, (a) its launch argv: the user's `trial.command` (their interpreter, module and fixed arguments)
+followed by the trial's hyperparameters in the engine's own names, through the same mapping as
+`tuner export` (`tuner.export.engine_launch`); (b) where its metrics are read as they are written,
+without a change to the trainer; (c) how its KL to the reference becomes our unit and which key is
+the reward (`Units`).
+
+- command: the JSON-lines protocol on its output (`@ppo-tuner {...}`).
+- verl 0.9: its `file` logger (verl/utils/tracking.py FileLogger: one `{"step": n, "data": {...}}` line
+  per step, unbuffered, at $VERL_FILE_LOGGER_PATH). KL: `actor/reward_kl_penalty` (the KL to the
+  reference in the reward, per-token mean averaged over the batch; ray_trainer.apply_kl_penalty), else
+  `actor/kl_loss`; never `actor/ppo_kl` (the policy against its own rollout). x `response_length/mean`.
+  Reward: `critic/score/mean`.
+- OpenRLHF 0.11: its per-step log line (`✨ Global step N: {...}`, trainer/ppo_trainer.py, the same dict
+  its TensorBoard and W&B loggers get, printed before them and with no flush delay). KL: `kl` (per-token
+  mean to the reference, experience_maker.py) x `rollout/response_length_mean`. Reward: `rollout/reward_mean`.
+- TRL 1.12: our launcher (`launchers/trl_ppo.py`, run by the user's interpreter) builds
+  `trl.experimental.ppo.PPOTrainer` and prints TRL's own logs in the protocol; TRL's `objective/kl` is
+  already summed over the response (ppo_trainer.py: `mean_kl = kl.sum(1).mean()`).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trials import PPOConfig
+from trials import metrics as K
+from tuner.trial._protocol import PREFIX, PROTOCOL, TrainerError, Units, command_argv, numbers
+
+__all__ = ["ENGINES", "Engine", "LAUNCHERS"]
+
+LAUNCHERS = Path(__file__).parent / "launchers"
+_OPENRLHF_STEP = re.compile(r"Global step (\d+): (\{.*\})\s*$")
+
+
+def _protocol_line(line: str) -> dict[str, float]:
+    try:
+        data = json.loads(line[line.index(PREFIX) + len(PREFIX):])
+    except json.JSONDecodeError as exc:
+        raise TrainerError(f"a report line is not JSON ({exc.msg}): {line.strip()[:200]}") from None
+    if not isinstance(data, dict):
+        raise TrainerError(f"a report line must hold a JSON object: {line.strip()[:200]}")
+    return numbers(data)
+
+
+def _verl_line(line: str) -> dict[str, float]:
+    """One line of verl's file logger: {"step": n, "data": {metric: value}}."""
+    try:
+        record = json.loads(line)
+        return {"step": float(record["step"]), **numbers(record["data"])}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise TrainerError(f"verl's metrics file has a line we cannot read ({exc}): {line.strip()[:200]}") from None
+
+
+def _openrlhf_line(line: str) -> dict[str, float] | None:
+    """OpenRLHF's `✨ Global step N: {...}` (a Python dict's repr) after its logger's prefix."""
+    match = _OPENRLHF_STEP.search(line)
+    if match is None:  # another line naming a global step
+        return None
+    try:
+        status = ast.literal_eval(match.group(2))
+    except (ValueError, SyntaxError):  # a value that is not a literal (np.float64(...)): take the plain numbers
+        status = {k: float(v) for k, v in re.findall(r"'([^']+)': (-?[0-9.]+(?:e[-+]?\d+)?|nan|inf)", match.group(2))}
+    return {"step": float(match.group(1)), **numbers(status)}
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One external engine: how its trainer is started and how its reports are read."""
+
+    name: str
+    units: Units
+    marker: str | None  # a line of the trainer's output holding this is a report; None: its reports go to metrics_file
+    decode: Any  # (line) -> the report's numbers under the engine's names, None for no report; TrainerError when malformed
+    export: str = ""  # the export target whose mapping gives the hyperparameters' arguments ("" for command)
+    metrics_file: str = ""  # the trainer writes its reports to this file in the trial's folder ...
+    metrics_env: str = ""  # ... which this environment variable names to it
+    extra: tuple[str, ...] = ()  # arguments after the hyperparameters
+    launcher: str = ""  # a script of ours the user's interpreter runs (after trial.command)
+    ray: bool = False  # the trainer starts or joins a Ray of its own
+    gpu_args: tuple[str, ...] = field(default=())  # its arguments that count the GPUs it uses
+
+    def launch(self, command: list[str], engine: dict[str, Any]) -> tuple[list[str], Any, list[str]]:
+        """(argv, the launch arguments as the exporter gives them, the values the engine cannot express)."""
+        argv = command_argv(command, engine)
+        if not self.export:
+            return argv, None, []
+        from tuner.export import engine_launch
+
+        args, lost = engine_launch(PPOConfig.from_dict(engine), self.export)
+        if self.launcher:
+            return [*argv, str(LAUNCHERS / self.launcher)], args, lost
+        return [*argv, *args, *self.extra], args, lost
+
+    def environ(self, workdir: Path, ray: str, gcs: str = "") -> dict[str, str]:
+        """Variables set for the trainer: its metrics file; for an engine that runs its own Ray, which Ray:
+        `private` (a local sweep: a Ray of its own, in a temp folder of its own, on free ports) or `cluster`
+        (the sweep's cluster, which it joins as a driver of its own at `gcs`)."""
+        env: dict[str, str] = {}
+        if self.metrics_env:
+            env[self.metrics_env] = str(workdir / self.metrics_file)
+        if self.launcher:  # our launcher imports the engine package `trials` from where it is here
+            import trials
+
+            root = str(Path(trials.__file__).resolve().parent.parent)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+        if self.ray:
+            if ray == "cluster" and gcs:
+                env["RAY_ADDRESS"] = gcs
+            else:  # short: Ray's socket paths must stay under 108 bytes, which a trial's folder may not
+                env["RAY_ADDRESS"] = "local"
+                env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray-trial-")
+        return env
+
+
+ENGINES: dict[str, Engine] = {
+    "command": Engine("command", PROTOCOL, PREFIX, _protocol_line),
+    "verl": Engine(
+        "verl", Units(kl_per_token=("actor/reward_kl_penalty", "actor/kl_loss"), length=("response_length/mean",),
+                      names={"critic/score/mean": K.SCORES, "response_length/mean": K.RESPONSE_LENGTH,
+                             "actor/reward_kl_penalty_coeff": K.KL_COEF, "actor/entropy": K.ENTROPY,
+                             "actor/pg_loss": K.POLICY_LOSS, "actor/pg_clipfrac": K.CLIPFRAC,
+                             "critic/vf_loss": K.VALUE_LOSS, "critic/vf_clipfrac": K.VALUE_CLIPFRAC,
+                             "critic/vf_explained_var": K.EXPLAINED_VARIANCE, "actor/lr": K.LR_POLICY,
+                             "critic/lr": K.LR_VALUE},
+                      needs_kl=False),  # validation before training is logged alone, without KL
+        None, _verl_line, export="verl", metrics_file="verl_metrics.jsonl", metrics_env="VERL_FILE_LOGGER_PATH",
+        extra=("trainer.logger=[console,file]",), ray=True,
+        gpu_args=("trainer.n_gpus_per_node", "trainer.nnodes")),
+    "openrlhf": Engine(
+        "openrlhf", Units(kl_per_token=("kl",), length=("rollout/response_length_mean", "response_length"),
+                          names={"rollout/reward_mean": K.SCORES, "reward": K.SCORES,
+                                 "rollout/reward_std": K.SCORES_STD,
+                                 "rollout/response_length_mean": K.RESPONSE_LENGTH, "policy_loss": K.POLICY_LOSS,
+                                 "critic_loss": K.VALUE_LOSS, "actor_lr": K.LR_POLICY, "critic_lr": K.LR_VALUE}),
+        "Global step ", _openrlhf_line, export="openrlhf", ray=True,
+        gpu_args=("--actor.num_gpus_per_node", "--actor.num_nodes")),
+    "trl": Engine("trl", PROTOCOL, PREFIX, _protocol_line, export="trl", launcher="trl_ppo.py"),
+}
