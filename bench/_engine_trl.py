@@ -24,51 +24,16 @@ from typing import Any
 
 import torch
 from _common import Workload, load, peak_rss_mib, serve
-from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tuner" / "trial" / "launchers"))
+from trl_ppo import RewardModel, ValueModel, pass_context_length  # noqa: E402  (TRL trials' own launcher)
 
 
-class _Hidden:
-    def __init__(self, hidden: torch.Tensor):
-        self.hidden_states = (hidden,)
+def _demo_reward(prompts: list[str], responses: list[str]) -> list[float]:
+    """The demo reward on the responses alone, as our engine's side of the benchmark scores them."""
+    from trials.demo import reward
 
-
-class _RewardBackbone(nn.Module):
-    """Puts each sequence's demo reward at every position; TRL then reads it at the last response token."""
-
-    def __init__(self, tokenizer: Any):
-        super().__init__()
-        self.tokenizer, self.context_length = tokenizer, 0
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> _Hidden:
-        from trials.demo import reward
-
-        P = self.context_length
-        texts = [self.tokenizer.decode(ids[mask.bool()].tolist(), skip_special_tokens=True)
-                 for ids, mask in zip(input_ids[:, P:], attention_mask[:, P:], strict=True)]
-        scores = torch.tensor(reward([""] * len(texts), texts))
-        return _Hidden(scores[:, None, None].expand(-1, input_ids.shape[1], 1))
-
-
-class RewardModel(nn.Module):
-    base_model_prefix = "backbone"
-
-    def __init__(self, tokenizer: Any):
-        super().__init__()
-        self.backbone, self.score = _RewardBackbone(tokenizer), nn.Identity()
-
-
-class ValueModel(nn.Module):
-    """A value model as a TRL user builds it (the backbone from from_pretrained, a linear head), with
-    our engine's initial head (same code, same seed), under the attribute names TRL reads."""
-
-    base_model_prefix = "backbone"
-
-    def __init__(self, path: str, ours: nn.Module):
-        from transformers import AutoModel
-
-        super().__init__()
-        self.backbone = AutoModel.from_pretrained(path, dtype=torch.float32)
-        self.score = copy.deepcopy(ours.head)
+    return reward([""] * len(responses), responses)
 
 
 class Timers:
@@ -132,16 +97,10 @@ def build(w: Workload, iterations: int, prompts: list[str] | None = None) -> tup
     trainer = PPOTrainer(args=args, processing_class=tokenizer,
                          model=AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
                          ref_model=AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
-                         reward_model=RewardModel(tokenizer), train_dataset=dataset, value_model=ValueModel(path, run.value))
+                         reward_model=RewardModel(tokenizer, _demo_reward), train_dataset=dataset,
+                         value_model=ValueModel(path, copy.deepcopy(run.value.head)))
     trainer.remove_callback(PrinterCallback)
-    get_reward = P.get_reward
-
-    def get_reward_with_context(model: Any, query_responses: Any, pad: int, context_length: int) -> Any:
-        if isinstance(model, RewardModel):
-            model.backbone.context_length = context_length
-        return get_reward(model, query_responses, pad, context_length)
-
-    P.get_reward = get_reward_with_context
+    pass_context_length(P)
     return trainer, run, P
 
 

@@ -144,5 +144,7 @@ ENGINES: dict[str, Engine] = {
                                  "critic_loss": K.VALUE_LOSS, "actor_lr": K.LR_POLICY, "critic_lr": K.LR_VALUE}),
         "Global step ", _openrlhf_line, export="openrlhf", ray=True,
         gpu_args=("--actor.num_gpus_per_node", "--actor.num_nodes")),
-    "trl": Engine("trl", PROTOCOL, PREFIX, _protocol_line, export="trl", launcher="trl_ppo.py"),
+    # TRL's objective/entropy is summed over the response (ours: the per-token mean): kept as trainer/objective/entropy
+    "trl": Engine("trl", Units(kl=("objective/kl",), foreign=("objective/entropy",)), PREFIX, _protocol_line,
+                  export="trl", launcher="trl_ppo.py"),
 }

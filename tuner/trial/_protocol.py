@@ -39,6 +39,7 @@ class Units:
     length: tuple[str, ...] = ()
     names: dict[str, str] = field(default_factory=dict)  # the engine's key -> our metric name
     needs_kl: bool = True  # a record without KL is an error; else it is held and merged into the next report
+    foreign: tuple[str, ...] = ()  # our metric names that the engine logs with another meaning: kept as its own
 
     def kl_of(self, raw: dict[str, float]) -> float | None:
         """nats summed over the response, or None when the record has no KL."""
@@ -53,7 +54,7 @@ class Units:
 
     def convert(self, raw: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
         """(our metrics, the trainer's other numbers under their own names). Raises TrainerError without a KL."""
-        ours = {k: v for k, v in raw.items() if k in K.ALL}
+        ours = {k: v for k, v in raw.items() if k in K.ALL and k not in self.foreign}
         kl = self.kl_of(raw)
         if kl is not None:
             ours[K.KL] = kl
@@ -63,7 +64,7 @@ class Units:
         for theirs, name in self.names.items():
             if theirs in raw:
                 ours.setdefault(name, raw[theirs])
-        return ours, {k: v for k, v in raw.items() if k not in K.ALL}
+        return ours, {k: v for k, v in raw.items() if k not in ours}
 
 
 # The JSON-lines protocol of `trial.engine: command` (README: 'Sweep your own trainer').

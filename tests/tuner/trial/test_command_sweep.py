@@ -49,10 +49,15 @@ def sweep(tmp_path_factory):
             "budget": {"trials": 4, "iterations": 4, "max_failures": 0}, "scheduler": {"type": "none"},
             "sampler": {"type": "grid"}, "resources": {"max_concurrent": 2}, "ray": {"num_cpus": 2},
             "workdir": str(folder / "sweeps")}
-    path = folder / "byot.yaml"
+    return run_spec(folder, spec, timeout=300)
+
+
+def run_spec(folder: Path, spec: dict, timeout: float) -> dict:
+    """`tuner run` of the spec, written to folder/NAME.yaml; its compiled spec, study and seconds."""
+    path = folder / f"{spec['name']}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     started = time.perf_counter()
-    proc = tuner("run", path, cwd=folder, timeout=300)
+    proc = tuner("run", path, cwd=folder, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     compiled = load_spec(path)
     return {"folder": folder, "spec": compiled, "study": load_study(compiled), "seconds": time.perf_counter() - started}

@@ -1,0 +1,105 @@
+"""The verl and OpenRLHF engines against those releases' own code (no GPU, none of their training stack):
+the launch arguments compose with verl 0.9.1's Hydra config and parse with OpenRLHF 0.11.2's argument
+parser, and a trial reads the metrics that verl's `Tracking` file logger and OpenRLHF's logger write,
+converts their per-token KL to the reference, and stops the trainer at the report past the KL limit.
+The wheels come from the package registry (tests/engine_packages.py); without it these tests skip."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.engine_packages import check_python, source
+from tests.tuner.trial.test_external import run
+from trials import PPOConfig
+from trials import metrics as K
+from tuner.export import engine_launch
+from tuner.trial import StopReason
+from tuner.trial._engines import ENGINES
+from tuner.trial._task import TrialTask
+
+TRAINERS = Path(__file__).resolve().parents[2] / "engine_trainers.py"
+CONFIGS = {  # configs whose launch covers every setting the mappings write
+    "default": {},
+    "adaptive-lora": {"kl_mode": "adaptive", "lora_rank": 8, "lora_alpha": 16.5, "lora_target_modules": "q_proj,v_proj",
+                      "lr_schedule": "linear", "warmup_steps": 8, "gradient_checkpointing": True, "ent_coef": 0.01,
+                      "value_backbone": "shared", "top_k": 20, "whiten_advantages": False},
+}
+
+pytestmark = pytest.mark.slow  # a virtualenv and two wheels on first use; about 20 s after
+
+
+def config(**changes) -> PPOConfig:
+    return PPOConfig.from_dict({"num_iterations": 6, "rollout_batch_size": 16, "mini_batch_size": 8, **changes})
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_verl_overrides_compose_with_verls_own_config(name):
+    c = config(**CONFIGS[name])
+    argv, _, _ = ENGINES["verl"].launch(["python", "-m", "verl.trainer.main_ppo"], c.to_dict())
+    overrides = argv[3:]
+    proc = subprocess.run([str(check_python()), str(TRAINERS), "compose", str(source("verl")), *overrides],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    composed = json.loads(proc.stdout.strip().splitlines()[-1])
+    words, _ = engine_launch(c, "verl")
+    assert words == overrides[:len(words)] and overrides[len(words):] == ["trainer.logger=[console,file]"]
+    assert composed["actor_rollout_ref.actor.optim.lr"] == c.policy_lr and composed["critic.optim.lr"] == c.value_lr
+    assert composed["trainer.total_training_steps"] == 6 and composed["trainer.logger"] == ["console", "file"]
+    if name != "default":
+        assert composed["algorithm.kl_ctrl.type"] == "adaptive" and composed["actor_rollout_ref.model.lora_rank"] == 8
+        assert composed["actor_rollout_ref.model.target_modules"] == ["q_proj", "v_proj"]
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_openrlhf_flags_parse_with_openrlhfs_own_parser(name):
+    c = config(**CONFIGS[name])
+    argv, _, _ = ENGINES["openrlhf"].launch(["python"], c.to_dict())
+    code = ("import sys, json; sys.path.insert(0, sys.argv[1]); import engine_trainers as t; from pathlib import Path; "
+            "a = vars(t.openrlhf_parser(Path(sys.argv[2])).parse_args(sys.argv[3:])); print(json.dumps(a, default=str))")
+    proc = subprocess.run([str(check_python()), "-c", code, str(TRAINERS.parent), str(source("openrlhf")), *argv[1:]],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    args = json.loads(proc.stdout)
+    assert args["actor.adam.lr"] == c.policy_lr and args["critic.adam.lr"] == c.value_lr
+    assert args["actor.adam.betas"] == [0.9, 0.999] and args["data.max_samples"] == 6 * 16
+    if name != "default":
+        assert args["algo.kl.target"] == pytest.approx(c.kl_target / c.response_length)
+        assert args["ds.lora.rank"] == 8 and args["ds.lora.target_modules"] == ["q_proj", "v_proj"]
+        assert args["actor.gradient_checkpointing_enable"] is True
+
+
+def task(engine: str, lr: float, fixed: list[str]) -> TrialTask:
+    c = config(policy_lr=lr, num_iterations=5)
+    return TrialTask(number=0, engine=c.to_dict(), params={"policy_lr": lr}, kl_limit=15.0,
+                     objective={"metric": K.SCORES, "direction": "maximize", "score": "final", "last_k": 3},
+                     engine_kind=engine, external={"command": [str(check_python()), str(TRAINERS), engine,
+                                                               str(source(engine)), *fixed],
+                                                   "env": {}, "report_timeout": 60, "stop_grace": 1, "ray": "private"})
+
+
+@pytest.mark.parametrize("engine", ["verl", "openrlhf"])
+def test_a_trial_reads_what_the_engines_own_loggers_write(tmp_path, engine):
+    done = run(task(engine, 1e-4, []), tmp_path)  # KL per token 0.1 * step, 10 tokens: 1..5 nats
+    assert [r.metrics[K.KL] for r in done] == pytest.approx([1.0, 2.0, 3.0, 4.0, 5.0])  # never actor/ppo_kl's 100 x 10
+    assert done[-1].stop_reason == StopReason.COMPLETED
+    assert done[-1].metrics[K.SCORES] == pytest.approx(0.5) and done[-1].metrics[K.RESPONSE_LENGTH] == 10.0
+    own = done[-1].trainer
+    if engine == "verl":  # verl's names kept; its validation before training came with the first report
+        assert own["actor/reward_kl_penalty"] == pytest.approx(0.5) and own["actor/ppo_kl"] == 100.0
+        assert done[0].trainer["val-core/demo/reward/mean@1"] == pytest.approx(0.1)
+    else:
+        assert own["kl"] == pytest.approx(0.5) and own["timing/step_total"] == 0.05
+
+
+@pytest.mark.parametrize("engine", ["verl", "openrlhf"])
+def test_the_kl_limit_stops_the_engine_at_the_report_that_crossed(tmp_path, engine):
+    reports = run(task(engine, 6e-4, []), tmp_path)  # 0.6 * 10 nats per step: 18 > 15 at the third
+    assert [r.metrics[K.KL] for r in reports] == pytest.approx([6.0, 12.0, 18.0])
+    assert reports[-1].stop_reason == StopReason.KL_LIMIT
+    seen = time.time() - reports[-1].trainer["t"]
+    assert seen < 5.0  # read as it was written (the trainer logs every 0.05 s; the poll is 0.02 s)
