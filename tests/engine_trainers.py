@@ -7,7 +7,7 @@ checks (tests/tuner/trial/test_engines_real.py). Run by .engines/venv-checks' py
 
 verl: the arguments are composed with verl's own Hydra config (verl/trainer/config/ppo_trainer.yaml) and
 the metrics logged by verl's own `Tracking` with the `file` backend (verl/utils/tracking.py), at the
-path $VERL_FILE_LOGGER_PATH names. OpenRLHF: the flags are parsed by its own argument parser (the
+path $VERL_FILE_LOGGER_PATH names; with $START_RAY set, it first starts a Ray as main_ppo does (ray.init()). OpenRLHF: the flags are parsed by its own argument parser (the
 argparse statements of openrlhf/cli/train_ppo_ray.py, run without its heavy imports) and each step is
 logged by its own logger (openrlhf/utils/logging_utils.py) with its own per-step line (the f-string of
 openrlhf/trainer/ppo_trainer.py). The per-token KL to the reference grows with the learning rate, as in
@@ -64,6 +64,11 @@ def verl(src: Path, argv: list[str]) -> None:
 
     config = verl_config(src, argv)
     lr, steps = OmegaConf.select(config, "actor_rollout_ref.actor.optim.lr"), config.trainer.total_training_steps
+    if os.environ.get("START_RAY"):  # as main_ppo does: ray.init() unless a Ray is running in this process
+        import ray
+
+        ray.init(num_cpus=1, include_dashboard=False)
+        print(f"ray session {ray.get_runtime_context().gcs_address} in {os.environ.get('RAY_TMPDIR')}", flush=True)
     tracking = load(src / "verl" / "utils" / "tracking.py", "verl_tracking")
     logger = tracking.Tracking("ppo", "trial", default_backend=list(config.trainer.logger)[1:])  # console needs verl
     logger.log({"val-core/demo/reward/mean@1": 0.1}, step=0)  # validation before training: no KL

@@ -27,6 +27,7 @@ import ast
 import json
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from tuner.trial._protocol import PREFIX, PROTOCOL, TrainerError, Units, command
 __all__ = ["ENGINES", "Engine", "LAUNCHERS"]
 
 LAUNCHERS = Path(__file__).parent / "launchers"
+_RAY_TMP = "ray-trial-"  # prefix of a private Ray's temp folder
 _OPENRLHF_STEP = re.compile(r"Global step (\d+): (\{.*\})\s*$")
 
 
@@ -118,8 +120,15 @@ class Engine:
                 env["RAY_ADDRESS"] = gcs
             else:  # short: Ray's socket paths must stay under 108 bytes, which a trial's folder may not
                 env["RAY_ADDRESS"] = "local"
-                env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray-trial-")
+                env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix=_RAY_TMP)
         return env
+
+
+    def cleanup(self, env: dict[str, str]) -> None:
+        """After the trainer is gone: the private Ray's temp folder this engine made (see environ)."""
+        folder = env.get("RAY_TMPDIR", "")
+        if self.ray and Path(folder).name.startswith(_RAY_TMP):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 ENGINES: dict[str, Engine] = {

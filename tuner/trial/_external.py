@@ -228,6 +228,7 @@ def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir:
         _check_exit(trainer, count, last, float(ext["report_timeout"]))
     finally:
         trainer.stop(float(ext.get("stop_grace", 10.0)))
+        engine.cleanup(environ)
 
 
 def _check_exit(trainer: TrainerProcess, count: int, last: int, timeout: float) -> None:

@@ -7,6 +7,7 @@ The wheels come from the package registry (tests/engine_packages.py); without it
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.engine_packages import check_python, source
+from tests.tuner.trial.test_command_sweep import processes_under
 from tests.tuner.trial.test_external import run
 from trials import PPOConfig
 from trials import metrics as K
@@ -73,13 +75,13 @@ def test_openrlhf_flags_parse_with_openrlhfs_own_parser(name):
         assert args["actor.gradient_checkpointing_enable"] is True
 
 
-def task(engine: str, lr: float, fixed: list[str]) -> TrialTask:
+def task(engine: str, lr: float, fixed: list[str], env: dict | None = None) -> TrialTask:
     c = config(policy_lr=lr, num_iterations=5)
     return TrialTask(number=0, engine=c.to_dict(), params={"policy_lr": lr}, kl_limit=15.0,
                      objective={"metric": K.SCORES, "direction": "maximize", "score": "final", "last_k": 3},
                      engine_kind=engine, external={"command": [str(check_python()), str(TRAINERS), engine,
                                                                str(source(engine)), *fixed],
-                                                   "env": {}, "report_timeout": 60, "stop_grace": 1, "ray": "private"})
+                                                   "env": env or {}, "report_timeout": 60, "stop_grace": 1, "ray": "private"})
 
 
 @pytest.mark.parametrize("engine", ["verl", "openrlhf"])
@@ -103,3 +105,17 @@ def test_the_kl_limit_stops_the_engine_at_the_report_that_crossed(tmp_path, engi
     assert reports[-1].stop_reason == StopReason.KL_LIMIT
     seen = time.time() - reports[-1].trainer["t"]
     assert seen < 5.0  # read as it was written (the trainer logs every 0.05 s; the poll is 0.02 s)
+
+
+def test_a_trainer_that_starts_ray_gets_a_private_one_and_leaves_nothing(tmp_path):
+    reports = run(task("verl", 6e-4, [], env={"START_RAY": "1"}), tmp_path)  # stopped by the KL limit at report 3
+    assert reports[-1].stop_reason == StopReason.KL_LIMIT and len(reports) == 3
+    session = re.search(r"ray session (\S+) in (\S+)", (tmp_path / "trainer.log").read_text())
+    assert session is not None, (tmp_path / "trainer.log").read_text()[-2000:]
+    folder = session.group(2)
+    assert Path(folder).name.startswith("ray-trial-") and not Path(folder).exists()  # its own, and removed
+    left, deadline = processes_under(Path(folder)), time.monotonic() + 10
+    while left and time.monotonic() < deadline:  # Ray's processes die with their parent (kill-on-parent-death)
+        time.sleep(0.2)
+        left = processes_under(Path(folder))
+    assert left == [], [Path(f"/proc/{p}/cmdline").read_bytes()[:200] for p in left]
