@@ -55,6 +55,9 @@ def openrlhf_parser(src: Path) -> argparse.ArgumentParser:
     return scope["parser"]
 
 
+STEP_SECONDS = float(os.environ.get("STEP_SECONDS", "0.05"))  # a training step's wall time
+
+
 def kl_per_token(lr: float, step: int) -> float:
     return lr * 1e3 * step
 
@@ -73,7 +76,7 @@ def verl(src: Path, argv: list[str]) -> None:
     logger = tracking.Tracking("ppo", "trial", default_backend=list(config.trainer.logger)[1:])  # console needs verl
     logger.log({"val-core/demo/reward/mean@1": 0.1}, step=0)  # validation before training: no KL
     for step in range(1, steps + 1):
-        time.sleep(0.05)
+        time.sleep(STEP_SECONDS)
         logger.log({"actor/reward_kl_penalty": kl_per_token(lr, step), "actor/ppo_kl": 100.0,
                     "response_length/mean": 10.0, "critic/score/mean": 0.1 * step, "actor/pg_loss": 1.0 / step,
                     "timing_s/step": 0.05, "t": time.time()}, step=step)
@@ -89,7 +92,7 @@ def openrlhf(src: Path, argv: list[str]) -> None:
     line = next(node for node in ast.walk(ast.parse(trainer))
                 if isinstance(node, ast.JoinedStr) and "Global step" in ast.unparse(node))
     for global_step in range(1, steps + 1):
-        time.sleep(0.05)
+        time.sleep(STEP_SECONDS)
         log_status = {"policy_loss": 1.0 / global_step, "kl": kl_per_token(lr, global_step), "response_length": 10.0,
                       "rollout/reward_mean": 0.1 * global_step, "rollout/response_length_mean": 10.0,
                       "timing/step_total": 0.05, "t": time.time()}
