@@ -90,6 +90,7 @@ class Engine:
     launcher: str = ""  # a script of ours the user's interpreter runs (after trial.command)
     ray: bool = False  # the trainer starts or joins a Ray of its own
     gpu_args: tuple[str, ...] = field(default=())  # its arguments that count the GPUs it uses
+    user_choice: tuple[str, ...] = ()  # settings of the export's `fixed` table that trial.command may set instead
 
     def launch(self, command: list[str], engine: dict[str, Any]) -> tuple[list[str], Any, list[str]]:
         """(argv, the launch arguments as the exporter gives them, the values the engine cannot express)."""
@@ -101,7 +102,9 @@ class Engine:
         args, lost = engine_launch(PPOConfig.from_dict(engine), self.export)
         if self.launcher:
             return [*argv, str(LAUNCHERS / self.launcher)], args, lost
-        return [*argv, *args, *self.extra], args, lost
+        mine = {word.split("=", 1)[0] for word in argv if "=" in word}  # the user's Hydra overrides
+        words = [w for w in args if w.split("=", 1)[0] not in mine or w.split("=", 1)[0] not in self.user_choice]
+        return [*argv, *words, *self.extra], args, lost
 
     def environ(self, workdir: Path, ray: str, gcs: str = "") -> dict[str, str]:
         """Variables set for the trainer: its metrics file; for an engine that runs its own Ray, which Ray:
@@ -144,7 +147,7 @@ ENGINES: dict[str, Engine] = {
                       needs_kl=False),  # validation before training is logged alone, without KL
         None, _verl_line, export="verl", metrics_file="verl_metrics.jsonl", metrics_env="VERL_FILE_LOGGER_PATH",
         extra=("trainer.logger=[console,file]",), ray=True,
-        gpu_args=("trainer.n_gpus_per_node", "trainer.nnodes")),
+        gpu_args=("trainer.n_gpus_per_node", "trainer.nnodes"), user_choice=("actor_rollout_ref.rollout.name",)),
     "openrlhf": Engine(
         "openrlhf", Units(kl_per_token=("kl",), length=("rollout/response_length_mean", "response_length"),
                           names={"rollout/reward_mean": K.SCORES, "reward": K.SCORES,

@@ -58,7 +58,8 @@ def test_an_external_trainer_is_launched_from_the_spec(tmp_path):
 
 
 @pytest.mark.parametrize(("engine", "text"), [
-    ("verl", "command: [py, -m, verl.trainer.main_ppo, trainer.n_gpus_per_node=2, data.train_files=d.parquet]}\n"
+    ("verl", "command: [py, -m, verl.trainer.main_ppo, trainer.n_gpus_per_node=2, data.train_files=d.parquet, "
+             "actor_rollout_ref.rollout.name=sglang]}\n"
              "resources: {gpus_per_trial: 2}"),
     ("verl", "command: [py, -m, verl.trainer.main_ppo, trainer.n_gpus_per_node=8, trainer.nnodes=2]}\n"
              "ray: {address: auto}"),

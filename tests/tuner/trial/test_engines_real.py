@@ -57,6 +57,13 @@ def test_verl_overrides_compose_with_verls_own_config(name):
         assert composed["actor_rollout_ref.model.target_modules"] == ["q_proj", "v_proj"]
 
 
+def test_verl_takes_the_users_rollout_engine():
+    argv, _, _ = ENGINES["verl"].launch(["py", "actor_rollout_ref.rollout.name=sglang"], config().to_dict())
+    assert [a for a in argv if a.startswith("actor_rollout_ref.rollout.name=")] == ["actor_rollout_ref.rollout.name=sglang"]
+    argv, _, _ = ENGINES["verl"].launch(["py"], config().to_dict())
+    assert "actor_rollout_ref.rollout.name=vllm" in argv  # verl's own default is '???' (required)
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_openrlhf_flags_parse_with_openrlhfs_own_parser(name):
     c = config(**CONFIGS[name])
