@@ -71,7 +71,7 @@ def _openrlhf_line(line: str) -> dict[str, float] | None:
     try:
         status = ast.literal_eval(match.group(2))
     except (ValueError, SyntaxError):  # a value that is not a literal (np.float64(...)): take the plain numbers
-        status = {k: float(v) for k, v in re.findall(r"'([^']+)': (-?[0-9.]+(?:e[-+]?\d+)?|nan|inf)", match.group(2))}
+        status = {k: float(v) for k, v in re.findall(r"'([^']+)': (?:\w+\.\w+\()?(-?[0-9.]+(?:e[-+]?\d+)?|nan|inf)", match.group(2))}
     return {"step": float(match.group(1)), **numbers(status)}
 
 
