@@ -59,7 +59,8 @@ def _check_launch_names(spec: SweepSpec, found: Found) -> None:
     from tuner.export import LAUNCH_TARGETS
 
     style = "hydra" if engine.export == "verl" else "flag"
-    ours = (LAUNCH_TARGETS[engine.export].launch_names() | {_arg_name(a, style) for a in engine.extra}) - set(engine.user_choice)
+    ours = LAUNCH_TARGETS[engine.export].launch_names() | {_arg_name(a, style) for a in (*engine.extra, engine.path_setting)}
+    ours -= {*engine.user_choice, ""}
     for i, arg in enumerate(spec.trial.command or ()):
         if (style == "hydra" or arg.startswith("--")) and _arg_name(arg, style) in ours:
             found.error(f"trial.command[{i}]", arg, "sets what the sweep sets from each trial's config",

@@ -35,6 +35,8 @@ from typing import Any
 
 from trials import PPOConfig
 from trials import metrics as K
+from tuner.export import engine_launch
+from tuner.export._common import hydra_word
 from tuner.trial._protocol import PREFIX, PROTOCOL, TrainerError, Units, command_argv, numbers
 
 __all__ = ["ENGINES", "Engine", "LAUNCHERS"]
@@ -91,20 +93,24 @@ class Engine:
     ray: bool = False  # the trainer starts or joins a Ray of its own
     gpu_args: tuple[str, ...] = field(default=())  # its arguments that count the GPUs it uses
     user_choice: tuple[str, ...] = ()  # settings of the export's `fixed` table that trial.command may set instead
+    path_setting: str = ""  # a Hydra override that also gives metrics_file's path to the trainer's Ray actors
 
-    def launch(self, command: list[str], engine: dict[str, Any]) -> tuple[list[str], Any, list[str]]:
-        """(argv, the launch arguments as the exporter gives them, the values the engine cannot express)."""
+    def launch(self, command: list[str], engine: dict[str, Any], workdir: Path | None = None
+               ) -> tuple[list[str], Any, list[str]]:
+        """(argv, the launch arguments as the exporter gives them, the values the engine cannot express).
+        `workdir`: the trial's folder, where the trainer writes metrics_file."""
         argv = command_argv(command, engine)
         if not self.export:
             return argv, None, []
-        from tuner.export import engine_launch
-
         args, lost = engine_launch(PPOConfig.from_dict(engine), self.export)
         if self.launcher:
             return [*argv, str(LAUNCHERS / self.launcher)], args, lost
         mine = {word.split("=", 1)[0] for word in argv if "=" in word}  # the user's Hydra overrides
         words = [w for w in args if w.split("=", 1)[0] not in mine or w.split("=", 1)[0] not in self.user_choice]
-        return [*argv, *words, *self.extra], args, lost
+        extra = list(self.extra)
+        if self.path_setting and workdir is not None:  # verl logs from its TaskRunner actor, in a Ray worker
+            extra.append(hydra_word(self.path_setting, str(workdir / self.metrics_file)))
+        return [*argv, *words, *extra], args, lost
 
     def environ(self, workdir: Path, ray: str, gcs: str = "") -> dict[str, str]:
         """Variables set for the trainer: its metrics file; for an engine that runs its own Ray, which Ray:
@@ -147,7 +153,8 @@ ENGINES: dict[str, Engine] = {
                       needs_kl=False),  # validation before training is logged alone, without KL
         None, _verl_line, export="verl", metrics_file="verl_metrics.jsonl", metrics_env="VERL_FILE_LOGGER_PATH",
         extra=("trainer.logger=[console,file]",), ray=True,
-        gpu_args=("trainer.n_gpus_per_node", "trainer.nnodes"), user_choice=("actor_rollout_ref.rollout.name",)),
+        gpu_args=("trainer.n_gpus_per_node", "trainer.nnodes"), user_choice=("actor_rollout_ref.rollout.name",),
+        path_setting="+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH"),
     "openrlhf": Engine(
         "openrlhf", Units(kl_per_token=("kl",), length=("rollout/response_length_mean", "response_length"),
                           names={"rollout/reward_mean": K.SCORES, "reward": K.SCORES,

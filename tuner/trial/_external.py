@@ -185,7 +185,7 @@ def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir:
     direction, last = objective["direction"], int(task.engine["num_iterations"])
     limit = KLLimit(task.kl_limit)
     scorer = Scorer(objective["metric"], direction, objective["score"], objective["last_k"], math.nan)
-    argv, launch, lost = engine.launch(ext["command"], task.engine)
+    argv, launch, lost = engine.launch(ext["command"], task.engine, workdir)
     config = workdir / "trial_config.json"
     config.write_text(json.dumps({"number": task.number, "params": task.params, "engine": task.engine,
                                   "kl_limit": task.kl_limit, "launch": launch, "not_expressed": lost}, indent=1))

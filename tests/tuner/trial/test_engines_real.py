@@ -42,14 +42,17 @@ def config(**changes) -> PPOConfig:
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_verl_overrides_compose_with_verls_own_config(name):
     c = config(**CONFIGS[name])
-    argv, _, _ = ENGINES["verl"].launch(["python", "-m", "verl.trainer.main_ppo"], c.to_dict())
+    argv, _, _ = ENGINES["verl"].launch(["python", "-m", "verl.trainer.main_ppo"], c.to_dict(), Path("/tmp/trial 1"))
     overrides = argv[3:]
     proc = subprocess.run([str(check_python()), str(TRAINERS), "compose", str(source("verl")), *overrides],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     composed = json.loads(proc.stdout.strip().splitlines()[-1])
     words, _ = engine_launch(c, "verl")
-    assert words == overrides[:len(words)] and overrides[len(words):] == ["trainer.logger=[console,file]"]
+    path = "ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH"
+    assert words == overrides[:len(words)] and overrides[len(words):] == [
+        "trainer.logger=[console,file]", f"+{path}='/tmp/trial 1/verl_metrics.jsonl'"]
+    assert composed[path] == "/tmp/trial 1/verl_metrics.jsonl"  # for verl's TaskRunner actor, in a Ray worker
     assert composed["actor_rollout_ref.actor.optim.lr"] == c.policy_lr and composed["critic.optim.lr"] == c.value_lr
     assert composed["trainer.total_training_steps"] == 6 and composed["trainer.logger"] == ["console", "file"]
     if name != "default":
