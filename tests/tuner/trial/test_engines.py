@@ -34,6 +34,8 @@ def test_openrlhf_reads_its_step_line_after_its_loggers_prefix():
     ours, own = openrlhf.units.convert(openrlhf.decode(line))
     assert ours[K.KL] == pytest.approx(2.4) and ours[K.SCORES] == 0.4 and ours[K.POLICY_LOSS] == 0.1
     assert own["kl"] == 0.02 and own["step"] == 7.0
+    forwarded = f"\x1b[36m(PPOTrainer pid=4242)\x1b[0m {line}"  # the actor's output, as Ray forwards it to the driver
+    assert openrlhf.units.convert(openrlhf.decode(forwarded))[0] == ours
     numpy_repr = "✨ Global step 2: {'kl': np.float64(0.5), 'rollout/response_length_mean': 4.0}"  # not a literal
     assert openrlhf.units.convert(openrlhf.decode(numpy_repr))[0][K.KL] == pytest.approx(2.0)
     assert openrlhf.decode("Saved at Global step 3 of 10") is None
