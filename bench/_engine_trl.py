@@ -29,13 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tuner" / "trial" /
 from trl_ppo import RewardModel, ValueModel, pass_context_length  # noqa: E402  (TRL trials' own launcher)
 
 
-def _demo_reward(prompts: list[str], responses: list[str]) -> list[float]:
-    """The demo reward on the responses alone, as our engine's side of the benchmark scores them."""
-    from trials.demo import reward
-
-    return reward([""] * len(responses), responses)
-
-
 class Timers:
     """Wraps TRL's module-level functions to split each iteration into phases."""
 
@@ -81,6 +74,7 @@ def build(w: Workload, iterations: int, prompts: list[str] | None = None) -> tup
 
     from trials._engine import prepare
     from trials._models import resolve_model_path
+    from trials.demo import reward
 
     path = resolve_model_path("demo")
     run = prepare(w.engine_config(rollout_batch_size=w.rollout, num_iterations=iterations))  # our value head and prompts
@@ -97,7 +91,7 @@ def build(w: Workload, iterations: int, prompts: list[str] | None = None) -> tup
     trainer = PPOTrainer(args=args, processing_class=tokenizer,
                          model=AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
                          ref_model=AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
-                         reward_model=RewardModel(tokenizer, _demo_reward), train_dataset=dataset,
+                         reward_model=RewardModel(tokenizer, reward, prompts=False), train_dataset=dataset,
                          value_model=ValueModel(path, copy.deepcopy(run.value.head)))
     trainer.remove_callback(PrinterCallback)
     pass_context_length(P)

@@ -37,29 +37,30 @@ class _Hidden:
 class _RewardBackbone(nn.Module):
     """Puts each sequence's reward at every position; TRL then reads it at the last response token."""
 
-    def __init__(self, tokenizer: Any, reward: Any):
+    def __init__(self, tokenizer: Any, reward: Any, prompts: bool):
         super().__init__()
-        self.tokenizer, self.reward, self.context_length = tokenizer, reward, 0
+        self.tokenizer, self.reward, self.prompts, self.context_length = tokenizer, reward, prompts, 0
 
     def _texts(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
         return [self.tokenizer.decode(i[m.bool()].tolist(), skip_special_tokens=True) for i, m in zip(ids, mask, strict=True)]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> _Hidden:
         P = self.context_length
-        prompts = self._texts(input_ids[:, :P], attention_mask[:, :P])
         responses = self._texts(input_ids[:, P:], attention_mask[:, P:])
+        prompts = self._texts(input_ids[:, :P], attention_mask[:, :P]) if self.prompts else [""] * len(responses)
         scores = torch.as_tensor(self.reward(prompts, responses), dtype=torch.float32)
         return _Hidden(scores[:, None, None].expand(-1, input_ids.shape[1], 1))
 
 
 class RewardModel(nn.Module):
-    """A reward callable (prompts, responses) -> scores as the module TRL scores with (`backbone`, `score`)."""
+    """A reward callable (prompts, responses) -> scores as the module TRL scores with (`backbone`, `score`).
+    prompts=False: the callable gets empty prompts (no decoding of them, for a reward of the response alone)."""
 
     base_model_prefix = "backbone"
 
-    def __init__(self, tokenizer: Any, reward: Any):
+    def __init__(self, tokenizer: Any, reward: Any, prompts: bool = True):
         super().__init__()
-        self.backbone, self.score = _RewardBackbone(tokenizer, reward), nn.Identity()
+        self.backbone, self.score = _RewardBackbone(tokenizer, reward, prompts), nn.Identity()
 
 
 class ValueModel(nn.Module):
