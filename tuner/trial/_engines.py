@@ -132,7 +132,6 @@ class Engine:
                 env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix=_RAY_TMP)
         return env
 
-
     def cleanup(self, env: dict[str, str]) -> None:
         """After the trainer is gone: the private Ray's temp folder this engine made (see environ)."""
         folder = env.get("RAY_TMPDIR", "")

@@ -1,17 +1,11 @@
-"""An external trainer as a trial (`trial.engine: command`): start it, read its reports, stop it.
-
-The protocol: the trainer prints one line per logged step on stdout (or stderr),
-
-    @ppo-tuner {"step": 3, "kl": 4.2, "reward": 0.61, "loss": 0.9}
-
-a JSON object after the prefix. `kl` is nats summed over the response (our unit); a trainer that logs
-the per-token mean gives `kl_per_token` and `response_length` instead (mean tokens per response), and
-their product is taken (exact when every response has the mean length). `reward` becomes
-objective/scores, `eval_reward` eval/scores; a key that is one of our metric names is taken as is; every
-number is also kept under trainer/<key>. Every other line goes to the trial's trainer.log only.
+"""An external trainer as a trial (`trial.engine: command | verl | openrlhf | trl`): start it, read its
+reports, stop it. What differs per engine (its argv, where its reports are, their units) is in
+`_engines`; the report line of `command` and the conversion to our names in `_protocol`. The trainer's
+output goes to the trial's trainer.log; report lines (or, for verl, the lines of its metrics file) are
+queued as they are written.
 
 The trial's config reaches the trainer as '{field}' placeholders in its argv and as the JSON file that
-$PPO_TUNER_TRIAL_CONFIG names (number, params, engine, kl_limit). The n-th report is the trial's
+$PPO_TUNER_TRIAL_CONFIG names (number, params, engine, kl_limit, and the engine's launch arguments). The n-th report is the trial's
 iteration n; the one numbered engine.num_iterations (budget.iterations) is its last.
 
 The trainer runs in its own process group. Whenever the trial ends (its last report, the KL limit, the
@@ -193,7 +187,11 @@ def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir:
                **ext.get("env", {}), CONFIG_ENV: str(config), **(env or {})}
     started = time.perf_counter()
     metrics_path = workdir / engine.metrics_file if engine.metrics_file else None
-    trainer = TrainerProcess(argv, environ, workdir, engine.marker, metrics_path)
+    try:
+        trainer = TrainerProcess(argv, environ, workdir, engine.marker, metrics_path)
+    except TrainerError:
+        engine.cleanup(environ)
+        raise
     try:
         count, previous, held = 0, started, {}
         while count < last:
