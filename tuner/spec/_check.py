@@ -64,8 +64,8 @@ def check_spec(spec: SweepSpec, broken: frozenset[str] = frozenset()) -> Checked
                     "choose the metric to improve, such as eval/scores")
     if intact("budget", "base", "scheduler") and not found.problems:
         _budget_warnings(spec, iterations_of(spec.budget.iterations, base), found)
-    if not (5 <= spec.kl_limit <= 30):
-        found.warnings.append(f"kl_limit = {spec.kl_limit:g} is outside the usual range 5..30 nats "
+    if not (5 <= spec.kl_limit.nats <= 30):
+        found.warnings.append(f"kl_limit = {spec.kl_limit.nats:g} is outside the usual range 5..30 nats "
                               "(the guidance keeps KL below 15-20 nats)")
     return Checked(found.problems, found.warnings, base, space)
 

@@ -189,6 +189,7 @@ class StudySearcher(Searcher):
             return Searcher.FINISHED
         trial.set_user_attr(ATTR["ray_trial"], trial_id)
         task = TrialTask(number=trial.number, engine=engine, params=params, kl_limit=self.spec.kl_limit,
+                         kl_forecast=self.spec.kl_rule.forecast, kl_grace_iterations=self.spec.kl_rule.grace_iterations,
                          objective=self.spec.objective.model_dump(), engine_kind=self.spec.trial.engine,
                          external=self.spec.trial.launch(),
                          sys_path=[p for p in [os.getcwd(), *sys.path] if p])
@@ -300,9 +301,11 @@ class StudySearcher(Searcher):
         if reason == StopReason.PRUNED or value is None or not math.isfinite(value):
             self._tell(trial, state=TrialState.PRUNED)
             return Outcome(state="PRUNED", stop_reason=reason, value=value, **common)
+        if reason == StopReason.KL_FORECAST:  # stopped before its KL passed the limit: infeasible all the same
+            trial.set_constraint("kl", max(float(kl_max) - self.spec.kl_limit, 0.0) + 1.0)
         values = [value, float(kl_final if kl_final is not None else 0.0)] if self.multi else value
         self._tell(trial, values)
-        return Outcome(state="INFEASIBLE" if reason == StopReason.KL_LIMIT else "COMPLETE", stop_reason=reason,
+        return Outcome(state="INFEASIBLE" if reason in StopReason.KL else "COMPLETE", stop_reason=reason,
                        value=value, **common)
 
     def on_retry(self, trial_id: str) -> int:

@@ -35,7 +35,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trials import KLLimit
 from trials import metrics as K
 from tuner.trial._result import StopReason, TrialReport
 from tuner.trial._scoring import Scorer, scheduler_score
@@ -181,7 +180,7 @@ def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir:
     """
     ext, objective = task.external, task.objective
     direction, last = objective["direction"], int(task.engine["num_iterations"])
-    limit = KLLimit(task.kl_limit)
+    limit = task.kl_stopper()
     scorer = Scorer(objective["metric"], direction, objective["score"], objective["last_k"], math.nan)
     config = workdir / "trial_config.json"
     config.write_text(json.dumps({"number": task.number, "params": task.params, "engine": task.engine,
@@ -207,7 +206,7 @@ def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir:
             previous = at
             over = limit(count, metrics)
             score = scorer.update(metrics)
-            reason = StopReason.KL_LIMIT if over else StopReason.COMPLETED if count == last else None
+            reason = StopReason.of_kl(limit) if over else StopReason.COMPLETED if count == last else None
             emit(TrialReport(metrics=metrics, objective=score, scheduler_score=scheduler_score(score, over, direction),
                              kl_max=limit.kl_max, stop_reason=reason, start_seconds=0.0, pid=trainer.pid,
                              trainer=own).to_result())
