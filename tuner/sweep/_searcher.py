@@ -49,6 +49,7 @@ from tuner.trial import (
     StopReason,
     TrialFailure,
     TrialReport,
+    kl_constraint,
     read_result,
 )
 from tuner.trial._memory import MemoryCheck
@@ -273,7 +274,7 @@ class StudySearcher(Searcher):
         if ran:
             trial.set_user_attr(ATTR["kl_max"], float(kl_max))
             trial.set_user_attr(ATTR["kl_final"], float(kl_final if kl_final is not None and not math.isnan(kl_final) else kl_max))
-            trial.set_constraint("kl", float(kl_max) - self.spec.kl_limit if math.isfinite(kl_max) else math.inf)
+            trial.set_constraint("kl", kl_constraint(float(kl_max), self.spec.kl_limit, getattr(last, "stop_reason", None)))
         common = {"number": trial.number, "iterations": iterations, "kl_max": kl_max,
                   "kl_final": trial.user_attrs.get(ATTR["kl_final"])}
         out_of_memory = isinstance(last, TrialFailure) and last.error.startswith(OUT_OF_MEMORY)
@@ -301,8 +302,6 @@ class StudySearcher(Searcher):
         if reason == StopReason.PRUNED or value is None or not math.isfinite(value):
             self._tell(trial, state=TrialState.PRUNED)
             return Outcome(state="PRUNED", stop_reason=reason, value=value, **common)
-        if reason == StopReason.KL_FORECAST:  # stopped before its KL passed the limit: infeasible all the same
-            trial.set_constraint("kl", max(float(kl_max) - self.spec.kl_limit, 0.0) + 1.0)
         values = [value, float(kl_final if kl_final is not None else 0.0)] if self.multi else value
         self._tell(trial, values)
         return Outcome(state="INFEASIBLE" if reason in StopReason.KL else "COMPLETE", stop_reason=reason,
