@@ -105,6 +105,19 @@ class SweepTracker:
             self.experiment_id = self._experiment()
         self.parent_id = self._parent(reopen)
 
+    @classmethod
+    def existing(cls, spec: CompiledSpec, study: optuna.Study) -> SweepTracker | None:
+        """The sweep's tracker, for reading (tuner diagnose): writes nothing; None where the study has no
+        parent run yet."""
+        run_id = study.user_attrs.get(PARENT_ATTR)
+        if not run_id:
+            return None
+        self = cls.__new__(cls)
+        self.spec, self.study, self.parent_id = spec, study, run_id
+        self.client = MlflowClient(tracking_uri=spec.tracking_uri())
+        self.experiment_id = self.client.get_run(run_id).info.experiment_id
+        return self
+
     def _experiment(self) -> str:
         name = self.spec.experiment_name()
         found = self.client.get_experiment_by_name(name)
