@@ -191,9 +191,15 @@ def region(trajectories: Sequence[Trajectory], flagged: set[int], top: int = 3) 
         gain, op, v = max((_share(ours, name, op, v) - _share(others, name, op, v), op, v) for op, v in splits)
         if gain > 0:
             inside = sum(_inside(t, name, op, v) for t in ours), sum(_inside(t, name, op, v) for t in others)
-            best.append((gain, f"{name} {op} {v:g} ({inside[0]} of {len(ours)} of these trials, {inside[1]} of "
+            best.append((gain, f"{name} {op} {_shown(v, op)} ({inside[0]} of {len(ours)} of these trials, {inside[1]} of "
                                f"{len(others)} others)"))
     return [text for _, text in sorted(best, key=lambda b: -b[0])[:top]]
+
+
+def _shown(v: float, op: str) -> str:
+    """v to 3 digits where the rounded bound still holds v, else to 6."""
+    short = f"{v:.3g}"
+    return short if (float(short) <= v if op == ">=" else float(short) >= v) else f"{v:.6g}"
 
 
 def _numeric(value: Any) -> bool:

@@ -229,3 +229,6 @@ def _budget_warnings(spec: SweepSpec, iterations: int, found: Found) -> None:
     if spec.scheduler.type != "none" and spec.scheduler.grace_period >= iterations:
         found.warnings.append(f"scheduler.grace_period = {spec.scheduler.grace_period} is not below the "
                               f"{iterations} iterations per trial: no trial will be stopped early")
+    if spec.kl_limit.grace_iterations >= iterations:
+        found.warnings.append(f"kl_limit.grace_iterations = {spec.kl_limit.grace_iterations} is not below the "
+                              f"{iterations} iterations per trial: the KL limit judges no iteration")

@@ -154,6 +154,8 @@ def test_kl_limit_is_a_number_or_a_mapping_with_forecast_and_grace():
     assert full.kl_limit == 10 and full.kl_rule.forecast and full.kl_rule.grace_iterations == 3
     again = parse_spec(full.resolved())  # the saved spec reads back the same
     assert again.kl_rule == full.kl_rule
+    blind = parse_spec({"name": "k", "kl_limit": {"grace_iterations": 12}, "budget": {"iterations": 12}})
+    assert any("kl_limit.grace_iterations = 12" in w for w in blind.warnings())
 
 
 def test_yaml_exponents_without_a_dot_are_numbers(tmp_path):
