@@ -214,7 +214,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     if tracker is None:
         print(f"sweep {spec.name} has no MLflow runs yet: nothing to diagnose (run it with 'tuner run')")
         return 0
-    print(f"sweep {spec.name}\n\n{diagnosis_text(spec, study, tracker)}", end="")
+    print(f"sweep {spec.name}\n\n{diagnosis_text(spec, study, tracker)[0]}", end="")
     return 0
 
 

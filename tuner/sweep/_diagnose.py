@@ -11,7 +11,7 @@ from typing import Any
 
 import optuna
 
-from tuner.diagnosis import READS, Trajectory, diagnose, render
+from tuner.diagnosis import READS, Finding, Trajectory, diagnose, render
 from tuner.spec import CompiledSpec
 from tuner.sweep._study import ATTR
 
@@ -48,20 +48,26 @@ def _by_iteration(history: list[tuple[int, float]]) -> list[float]:
     return series
 
 
-def diagnosis_text(spec: CompiledSpec, study: optuna.Study, tracker: Any) -> str:
-    """The diagnosis section of the sweep (see tuner.diagnosis.render)."""
+def diagnosis_text(spec: CompiledSpec, study: optuna.Study, tracker: Any) -> tuple[str, list[Finding]]:
+    """The diagnosis section of the sweep (see tuner.diagnosis.render), and its findings."""
     found, missing = trajectories(study, tracker)
-    text = render(diagnose(found, spec.kl_limit), len(found))
+    findings = diagnose(found, spec.kl_limit)
+    text = render(findings, len(found))
     if missing:
         text += (f"\n({missing} finished trials have no trajectory in MLflow (the tracking server was away while "
                  "they ran) and are not read.)\n")
-    return text
+    return text, findings
 
 
 def write_diagnosis(spec: CompiledSpec, study: optuna.Study, tracker: Any, out_dir: Path) -> tuple[str, Path]:
-    """The diagnosis, written to out_dir/diagnosis.md and logged to the sweep's parent run."""
-    text = diagnosis_text(spec, study, tracker)
+    """The diagnosis, written to out_dir/diagnosis.md and logged to the sweep's parent run, with a tag that
+    names its findings (a column in MLflow's runs table)."""
+    from tuner.sweep._tracking import TAG
+
+    text, findings = diagnosis_text(spec, study, tracker)
     path = out_dir / DIAGNOSIS_FILE
     path.write_text(f"# Sweep {spec.name}\n\n{text}")
     tracker.log_file(path)
+    named = "; ".join(f"{f.title}: {len(f.trials)} of {f.of} trials" for f in findings) or "none"
+    tracker.client.set_tag(tracker.parent_id, TAG["diagnosis"], named)
     return text, path

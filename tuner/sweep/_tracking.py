@@ -42,7 +42,8 @@ _STATUS = {"COMPLETE": "FINISHED", "INFEASIBLE": "FAILED", "PRUNED": "KILLED", "
 # MLflow tags of the parent and child runs
 TAG = {"kind": "ppo_tuner.kind", "study": "ppo_tuner.study", "number": "ppo_tuner.trial_number",
        "state": "ppo_tuner.state", "stop": "ppo_tuner.stop_reason", "error": "ppo_tuner.error",
-       "errors": "ppo_tuner.errors", "retries": "ppo_tuner.retries", "best": "ppo_tuner.best_trial"}
+       "errors": "ppo_tuner.errors", "retries": "ppo_tuner.retries", "best": "ppo_tuner.best_trial",
+       "diagnosis": "ppo_tuner.diagnosis"}
 _METRICS = (*K.ALL, OBJECTIVE, KL_MAX, START_SECONDS, WARM_START)  # what a child run logs per iteration
 # learning rates (1e-6..1e-3) draw as flat zeros on MLflow's chart axes: logged in millionths instead
 LR_MICRO = {K.LR_POLICY: f"{K.LR_POLICY}_x1e6", K.LR_VALUE: f"{K.LR_VALUE}_x1e6"}

@@ -194,5 +194,7 @@ def test_the_run_ends_with_the_diagnosis_and_tuner_diagnose_repeats_it(sweep, ru
     parent = sweep["study"].user_attrs["mlflow_parent_run_id"]
     saved = Path(client.download_artifacts(parent, "diagnosis.md", str(sweep["folder"])))
     assert saved.read_text() == f"# Sweep grid6\n\n{section}"
+    tag = client.get_run(parent).data.tags["ppo_tuner.diagnosis"]
+    assert tag.startswith(f"KL exploding: {len(stopped)} of 6 trials"), tag
     code, out, err = run_cli("diagnose", "nope", "--workdir", spec.workdir)
     assert code == 2 and "grid6" in err and "Traceback" not in err
