@@ -6,9 +6,9 @@ The controller's decisions, as it makes them:
   kl = kl_max - limit; PRUNED for a scheduler cut; intermediate values reported every iteration;
   a config already run is told that run's outcome and the sampler asked again, `ask_trial`);
 - the score: the controller's Scorer (tuner.trial; the initial evaluation first);
-- the KL limit: the engine's stopper (trials.KLLimit): a trial whose objective/kl passes the limit
-  stops at that iteration, is infeasible, and scores the worst possible value for the scheduler
-  (tuner.trial.scheduler_score);
+- the KL limit: the engine's stopper (trials.KLLimit, with the spec's forecast and grace): a trial
+  whose objective/kl passes the limit (or is forecast to) stops at that iteration, is infeasible, and
+  scores the worst possible value for the scheduler (tuner.trial.scheduler_score);
 - ASHA: ray.tune's AsyncHyperBandScheduler with one bracket (rungs at grace * rf^k below max_t; a trial
   reaching a rung stops if its score is below the (1 - 1/rf) percentile of the scores recorded there
   before it; every trial stops at max_t).
@@ -94,7 +94,8 @@ class Sweep:
 
 def simulate(table: dict[str, Curve], spec: Any, sampler: Any, *, asha: bool, kl_limit: bool, workers: int,
              max_trials: int | None = None, max_compute: float | None = None) -> Sweep:
-    """One sweep of `spec` over the table with `sampler`; ASHA and the KL limit on or off.
+    """One sweep of `spec` over the table with `sampler`; ASHA and the KL limit on or off (the limit
+    with the spec's kl_limit.forecast and grace_iterations, as the trials apply them).
 
     New trials start while fewer than max_trials have started and the compute spent is below
     max_compute; running trials always finish (or are stopped) as they would be."""
@@ -119,7 +120,9 @@ def simulate(table: dict[str, Curve], spec: Any, sampler: Any, *, asha: bool, kl
         params = {k: v for k, v in sampled.items() if k in grid_keys}
         sim = Trial(number=trial.number, params=params, curve=table[key(params)], started=now)
         scorer = Scorer(objective.metric, objective.direction, objective.score, objective.last_k, sim.curve.initial_eval)
-        live[sim.number] = (trial, scorer, KLLimit(limit))
+        rule = spec.kl_rule
+        live[sim.number] = (trial, scorer, KLLimit(limit, forecast=rule.forecast, grace_iterations=rule.grace_iterations,
+                                                   last_iteration=max_t))
         sweep.trials.append(sim)
         heapq.heappush(events, (now + sim.curve.start_seconds + sim.curve.seconds[0], sim.number, sim))
 
@@ -155,7 +158,7 @@ def simulate(table: dict[str, Curve], spec: Any, sampler: Any, *, asha: bool, kl
             continue
         if scheduler:
             scheduler.on_complete(sim.number, sim.iterations, sched)
-        reason = StopReason.KL_LIMIT if over else StopReason.COMPLETED if done else StopReason.PRUNED
+        reason = StopReason.of_kl(stopper) if over else StopReason.COMPLETED if done else StopReason.PRUNED
         _finish(study, trial, sim, score, limit, reason, now)
         sweep.timeline.append((spent[0], spent[1], sweep.best()))
         if may_start():
@@ -169,9 +172,9 @@ def _finish(study: Any, trial: Any, sim: Trial, score: float, limit: float, reas
     from optuna.trial import TrialState
 
     from trials import passes_kl_limit
-    from tuner.trial import StopReason
+    from tuner.trial import StopReason, kl_constraint
 
-    trial.set_constraint("kl", sim.kl_max - limit if math.isfinite(sim.kl_max) else math.inf)
+    trial.set_constraint("kl", kl_constraint(sim.kl_max, limit, reason))
     sim.ended, sim.stop_reason = now, reason
     if reason == StopReason.PRUNED or not math.isfinite(score):
         study.tell(trial, state=TrialState.PRUNED)
@@ -179,4 +182,4 @@ def _finish(study: Any, trial: Any, sim: Trial, score: float, limit: float, reas
         return
     study.tell(trial, score)
     sim.value = score
-    sim.state = "INFEASIBLE" if passes_kl_limit(sim.kl_max, limit) else "COMPLETE"
+    sim.state = "INFEASIBLE" if passes_kl_limit(sim.kl_max, limit) or reason in StopReason.KL else "COMPLETE"

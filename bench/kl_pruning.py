@@ -11,7 +11,10 @@ seconds) after the stop, against all it would have spent. False prunes: the rule
 whose KL never passes the limit, so they are counted in the view of a user who judges the final
 policy: the top-3 trials by final eval/scores among those whose KL is within the limit at their end,
 that the rule stops on the way. The same per replayed default sweep (TPE + ASHA + the limit), and
-for other stopping rules (patience, a grace period, a moving mean), to show the trade-off. Last, the
+for other stopping rules (patience, a grace period, a moving mean), to show the trade-off. Then the
+KL forecast (kl_limit.forecast; the engine's own stopper, trials.KLLimit, replayed on each curve): the
+iterations it saves beyond the first crossing, and the trials it stops wrongly (final KL within the
+limit) against the plain rule, on the table and in replayed default sweeps with it on. Last, the
 top-3 are run again with Adam warmup, live (what causes their early KL spike).
 """
 
@@ -42,8 +45,15 @@ def consecutive(p: int) -> Rule:
     return rule
 
 
-def after_grace(g: int) -> Rule:
-    return lambda kl, limit: next((i + 1 for i, v in enumerate(kl) if i + 1 > g and v > limit), None)
+def stopper(**options: Any) -> Rule:
+    """The engine's stopper (trials.KLLimit) with `options` (forecast, grace_iterations, window, floor)."""
+    from trials import KLLimit
+    from trials import metrics as K
+
+    def rule(kl: list[float], limit: float) -> int | None:
+        s = KLLimit(limit, last_iteration=len(kl), **options)
+        return next((i for i, v in enumerate(kl, start=1) if s(i, {K.KL: v})), None)
+    return rule
 
 
 def moving_mean(w: int) -> Rule:
@@ -51,9 +61,16 @@ def moving_mean(w: int) -> Rule:
 
 
 CONTROLLER = "first crossing (the controller)"
-RULES: dict[str, Rule] = {CONTROLLER: consecutive(1), "2 in a row": consecutive(2), "3 in a row": consecutive(3),
-                          "5 in a row": consecutive(5), "not before iteration 4": after_grace(3),
-                          "not before iteration 7": after_grace(6), "mean of the last 3": moving_mean(3)}
+RULES: dict[str, Rule] = {CONTROLLER: stopper(), "2 in a row": consecutive(2), "3 in a row": consecutive(3),
+                          "5 in a row": consecutive(5), "not before iteration 4": stopper(grace_iterations=3),
+                          "not before iteration 7": stopper(grace_iterations=6), "mean of the last 3": moving_mean(3)}
+FORECAST = "forecast (the default options: window 3, floor 0.5)"
+# the forecast's options, with kl_limit.grace_iterations 3, and the window and floor it could have had
+FORECASTS: dict[str, dict[str, Any]] = {
+    FORECAST: {"forecast": True}, "forecast + grace_iterations 3": {"forecast": True, "grace_iterations": 3},
+    "grace_iterations 3 alone": {"grace_iterations": 3},
+    **{f"forecast, window {w}, floor {f}": {"forecast": True, "window": w, "floor": f}
+       for w in (2, 3, 4) for f in (0.0, 0.25, 0.5, 0.75) if (w, f) != (3, 0.5)}}
 
 
 def savings(curves: list[Curve], limit: float, rule: Rule, doomed_by_end: bool = False) -> dict[str, Any]:
@@ -82,22 +99,52 @@ def false_prunes(curves: list[Curve], limit: float, rule: Rule, k: int = 3) -> d
             "best_never_crossing": max((c.eval[-1] for c in ending_within if max(c.kl) <= limit), default=math.nan)}
 
 
-def replayed(spec: Any, table: dict, seeds: int, trials: int) -> dict[str, Any]:
-    """The default sweep per seed: what its KL stops saved, and whether they hit its own top-3."""
+def against_plain(curves: list[Curve], limit: float, rule: Rule) -> dict[str, Any]:
+    """`rule` against the first crossing: iterations (and cost-model seconds) saved beyond it, on the
+    trials the first crossing stops and on all; the trials each stops whose final KL is within the limit."""
+    plain = RULES[CONTROLLER]
+    rows = [(c, plain(c.kl, limit) or c.iterations, rule(c.kl, limit) or c.iterations) for c in curves]
+    doomed = [(c, p, r) for c, p, r in rows if plain(c.kl, limit) is not None]
+    spent = sum(p for _, p, _ in doomed)
+
+    def wrong(stops: Rule) -> int:
+        return sum(stops(c.kl, limit) is not None and c.kl[-1] <= limit for c in curves)
+
+    new = [(c, r) for c, p, r in rows if plain(c.kl, limit) is None and rule(c.kl, limit) is not None]
+    return {"iterations_plain_spends_on_its_stopped": spent,
+            "saved_beyond_plain_on_its_stopped": sum(p - r for _, p, r in doomed),
+            "saved_fraction_of_plain_on_its_stopped": sum(p - r for _, p, r in doomed) / spent if spent else math.nan,
+            "seconds_saved_fraction_of_plain_on_its_stopped": sum(sum(c.seconds[r:p]) - sum(c.seconds[p:r]) for c, p, r in doomed)
+            / sum(sum(c.seconds[:p]) for c, p, _ in doomed),
+            "saved_beyond_plain_all": sum(p - r for _, p, r in rows), "iterations_plain_all": sum(p for _, p, _ in rows),
+            "newly_stopped": len(new), "newly_stopped_final_eval": sorted(c.eval[-1] for c, _ in new),
+            "wrongly_stopped": {"plain": wrong(plain), "rule": wrong(rule)},
+            "false_prunes_top3": false_prunes(curves, limit, rule)["false_prunes"]}
+
+
+def replayed(spec: Any, table: dict, seeds: int, trials: int, kl: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The default sweep per seed (with kl_limit options `kl`): what its KL stops saved, whether they hit
+    its own top-3, the trials they stopped whose final KL is within the limit, its best feasible value."""
     from tuner.spec import derive_spec, make_sampler
+    from tuner.trial import StopReason
 
     rows = []
     for seed in range(seeds):
-        s = derive_spec(spec, sampler={"seed": seed}, budget={"trials": trials})
+        s = derive_spec(spec, sampler={"seed": seed}, budget={"trials": trials}, kl_limit=kl or {})
         sweep = simulate(table, s, make_sampler(s), asha=True, kl_limit=True, workers=spec.resources.max_concurrent,
                          max_trials=trials)
-        stopped = [t for t in sweep.trials if t.stop_reason == "kl_limit"]
+        stopped = [t for t in sweep.trials if t.stop_reason in StopReason.KL]
         fp = false_prunes([t.curve for t in sweep.trials], spec.kl_limit, RULES[CONTROLLER])
         rows.append({"seed": seed, "kl_stopped": len(stopped), "iterations_would_spend": sum(t.curve.iterations for t in stopped),
                      "iterations_saved": sum(t.curve.iterations - t.iterations for t in stopped),
-                     "false_prunes": fp["false_prunes"], "all_iterations": sum(t.iterations for t in sweep.trials)})
+                     "false_prunes": fp["false_prunes"], "all_iterations": sum(t.iterations for t in sweep.trials),
+                     "all_seconds": sweep.compute, "best_feasible": sweep.best(),
+                     "wrongly_stopped": sum(t.curve.kl[-1] <= spec.kl_limit for t in stopped)})
     would, saved = sum(r["iterations_would_spend"] for r in rows), sum(r["iterations_saved"] for r in rows)
-    return {"seeds": seeds, "trials": trials, "per_seed": rows, "saved_fraction": saved / would if would else math.nan,
+    return {"seeds": seeds, "trials": trials, "kl_limit": kl or {}, "per_seed": rows,
+            "saved_fraction": saved / would if would else math.nan,
+            "all_iterations": sum(r["all_iterations"] for r in rows), "all_seconds": sum(r["all_seconds"] for r in rows),
+            "wrongly_stopped": sum(r["wrongly_stopped"] for r in rows),
             "false_prunes": sum(r["false_prunes"] for r in rows),
             "sweeps_with_false_prunes": sum(r["false_prunes"] > 0 for r in rows)}
 
@@ -134,7 +181,10 @@ def main() -> int:
                            "top3": false_prunes(curves, limit, RULES[CONTROLLER]),
                            "replayed": replayed(spec, table, args.seeds, args.trials),
                            "rules": {name: {**savings(curves, limit, rule, doomed_by_end=True),
-                                            **false_prunes(curves, limit, rule)} for name, rule in RULES.items()}}
+                                            **false_prunes(curves, limit, rule)} for name, rule in RULES.items()},
+                           "forecast": {name: against_plain(curves, limit, stopper(**options))
+                                        for name, options in FORECASTS.items()},
+                           "forecast_replayed": replayed(spec, table, args.seeds, args.trials, {"forecast": True})}
     if args.warmup:
         res["warmup"] = with_warmup(spec, res["top3"]["top"], args.warmup)
     res["seconds"] = time.perf_counter() - started
@@ -164,6 +214,19 @@ def report(res: dict[str, Any]) -> None:
               f"stops {r['ending_within_but_stopped']} trials that end within the limit")
     for w in res.get("warmup", []):
         print(f"  with warmup_steps {w['warmup_steps']}: KL max {w['kl_max']:.1f}, final eval {w['final_eval']:.3f}: {w['params']}")
+    print("the KL forecast against the first crossing (table; 'its stopped' = the trials the first crossing stops):")
+    for name, f in res["forecast"].items():
+        w = f["wrongly_stopped"]
+        print(f"  {name:42s} saves {f['saved_beyond_plain_on_its_stopped']:4d} of their {f['iterations_plain_spends_on_its_stopped']} "
+              f"iterations ({f['saved_fraction_of_plain_on_its_stopped']:6.1%}, {f['seconds_saved_fraction_of_plain_on_its_stopped']:6.1%} "
+              f"of seconds), {f['saved_beyond_plain_all']:4d} of all {f['iterations_plain_all']}; stops {f['newly_stopped']:2d} more; "
+              f"wrongly stopped {w['rule']} (plain {w['plain']}); false prunes {f['false_prunes_top3']}")
+    fr = res["forecast_replayed"]
+    same = [(a["best_feasible"], b["best_feasible"]) for a, b in zip(rp["per_seed"], fr["per_seed"], strict=True)]
+    print(f"replayed default sweeps with the forecast on: {fr['all_iterations']} iterations against {rp['all_iterations']} "
+          f"({fr['all_seconds'] / rp['all_seconds'] - 1:+.1%} seconds); trials wrongly stopped {fr['wrongly_stopped']} against "
+          f"{rp['wrongly_stopped']}; best feasible value lower in {sum(b < a for a, b in same)}, higher in "
+          f"{sum(b > a for a, b in same)} of {len(same)} seeds")
     ok = t["saved_fraction"] >= 0.5 and top["false_prunes"] == 0
     print(f"target (>= 50% saved, no false prunes): {'met' if ok else 'NOT met'}")
 

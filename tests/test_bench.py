@@ -37,3 +37,8 @@ def test_kl_pruning_counts_savings_on_the_table(tmp_path):
     assert table["trials"] == 360 and 0 < table["doomed"] < 360
     assert 0 < table["iterations_saved"] < table["iterations_doomed_would_spend"]
     assert all(2 <= it <= 12 for it in table["stop_iterations"])
+    forecast = res["forecast"]["forecast (the default options: window 3, floor 0.5)"]
+    assert 0 < forecast["saved_beyond_plain_on_its_stopped"] < forecast["iterations_plain_spends_on_its_stopped"]
+    assert forecast["wrongly_stopped"]["rule"] >= forecast["wrongly_stopped"]["plain"] == 43
+    assert res["forecast"]["grace_iterations 3 alone"]["wrongly_stopped"]["rule"] == res["rules"]["not before iteration 4"]["ending_within_but_stopped"]
+    assert len(res["forecast_replayed"]["per_seed"]) == 2

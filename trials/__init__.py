@@ -15,7 +15,7 @@ from trials._errors import (
 )
 from trials._memory import MemoryEstimate, estimate_memory, model_config_of
 from trials._refs import RewardRef, parse_reward, resolve_relative
-from trials._stop import KLLimit, chain, passes_kl_limit
+from trials._stop import KLLimit, chain, forecast_kl, passes_kl_limit
 
 __all__ = [
     "ConfigError",
@@ -37,6 +37,7 @@ __all__ = [
     "did_you_mean",
     "estimate_memory",
     "field_specs",
+    "forecast_kl",
     "metrics",
     "model_config_of",
     "parse_reward",

@@ -43,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_list)
 
     _on_sweep(sub, "status", "the trials of a sweep and their states, from the study storage", cmd_status)
+    _on_sweep(sub, "diagnose", "what the trials' trajectories show (KL exploding or near zero, value, clipping, "
+                               "negative KL), where in the search space, and what the guidance says to do", cmd_diagnose)
 
     p = sub.add_parser("export", help="write the best feasible trial's config")
     p.add_argument("sweep", help=SWEEP_HELP)
@@ -73,6 +75,8 @@ def _print_summary(summary) -> None:
         print(f"controller overhead: wall {summary.wall_seconds:.1f} s vs ideal {summary.ideal_seconds:.1f} s "
               f"(trial compute {summary.trial_compute_seconds:.1f} s / concurrency "
               f"{min(summary.concurrency, summary.ran)}) = {summary.overhead:.2f}x")
+    if summary.diagnosis:
+        print(f"\n{summary.diagnosis}")
     print(f"sweep folder: {summary.sweep_dir}   MLflow parent run: {summary.parent_run_id}")
     print(f"next: tuner export {summary.name} --format yaml   |   tuner ui {summary.name}")
 
@@ -196,6 +200,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     study = load_study(spec)
     rows = [row_of(r) for r in trial_rows(study)]
     console().print(render_rows(rows, f"sweep {spec.name} ({len(rows)} of {spec.budget.trials} trials)"))
+    return 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from tuner.sweep import find_sweep, load_study
+    from tuner.sweep._diagnose import diagnosis_text
+    from tuner.sweep._tracking import SweepTracker
+
+    spec = find_sweep(args.sweep, args.workdir)
+    study = load_study(spec)
+    tracker = SweepTracker.existing(spec, study)
+    if tracker is None:
+        print(f"sweep {spec.name} has no MLflow runs yet: nothing to diagnose (run it with 'tuner run')")
+        return 0
+    print(f"sweep {spec.name}\n\n{diagnosis_text(spec, study, tracker)[0]}", end="")
     return 0
 
 

@@ -64,8 +64,8 @@ def check_spec(spec: SweepSpec, broken: frozenset[str] = frozenset()) -> Checked
                     "choose the metric to improve, such as eval/scores")
     if intact("budget", "base", "scheduler") and not found.problems:
         _budget_warnings(spec, iterations_of(spec.budget.iterations, base), found)
-    if not (5 <= spec.kl_limit <= 30):
-        found.warnings.append(f"kl_limit = {spec.kl_limit:g} is outside the usual range 5..30 nats "
+    if not (5 <= spec.kl_limit.nats <= 30):
+        found.warnings.append(f"kl_limit = {spec.kl_limit.nats:g} is outside the usual range 5..30 nats "
                               "(the guidance keeps KL below 15-20 nats)")
     return Checked(found.problems, found.warnings, base, space)
 
@@ -229,3 +229,6 @@ def _budget_warnings(spec: SweepSpec, iterations: int, found: Found) -> None:
     if spec.scheduler.type != "none" and spec.scheduler.grace_period >= iterations:
         found.warnings.append(f"scheduler.grace_period = {spec.scheduler.grace_period} is not below the "
                               f"{iterations} iterations per trial: no trial will be stopped early")
+    if spec.kl_limit.grace_iterations >= iterations:
+        found.warnings.append(f"kl_limit.grace_iterations = {spec.kl_limit.grace_iterations} is not below the "
+                              f"{iterations} iterations per trial: the KL limit judges no iteration")

@@ -18,7 +18,7 @@ from typing import Any
 
 from trials import PPOConfig, resolve_relative
 from tuner.spec import _values
-from tuner.spec._models import TRIAL_FIELDS, SweepSpec
+from tuner.spec._models import TRIAL_FIELDS, KLLimitSection, SweepSpec
 from tuner.spec._space import Param, fixed_value, iterations_of
 
 __all__ = ["SPEC_FILE", "CompiledSpec", "compile_spec", "trial_config"]
@@ -47,6 +47,15 @@ class CompiledSpec:
     def warnings(self) -> list[str]:
         """Values outside the guidance's documented ranges and other things worth a second look."""
         return list(self.notes)
+
+    @property
+    def kl_limit(self) -> float:
+        """The KL limit in nats (summed over the response); its forecast and grace are in `kl_rule`."""
+        return self.spec.kl_limit.nats
+
+    @property
+    def kl_rule(self) -> KLLimitSection:
+        return self.spec.kl_limit
 
     def iterations(self) -> int:
         return self.base.num_iterations

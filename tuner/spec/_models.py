@@ -26,7 +26,7 @@ from trials import did_you_mean, field_specs, metrics
 from tuner.spec import _values
 from tuner.spec._errors import spec_error
 
-__all__ = ["TRIAL_FIELDS", "Budget", "Choices", "Mlflow", "Objective", "Range", "Ray", "Resources", "SamplerSection",
+__all__ = ["TRIAL_FIELDS", "Budget", "Choices", "KLLimitSection", "Mlflow", "Objective", "Range", "Ray", "Resources", "SamplerSection",
            "Scheduler", "SweepSpec", "TrialSection"]
 
 NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
@@ -146,6 +146,27 @@ class Objective(_Section):
     last_k: int = Field(3, ge=1, description="reports averaged when score is mean_last")
 
 
+def _kl_limit(value: Any) -> Any:
+    """`kl_limit: 15` is `kl_limit: {nats: 15}`."""
+    if isinstance(value, (dict, KLLimitSection)):
+        return value
+    number = _number(value)
+    if not number > 0:
+        raise spec_error("must be > 0", "use a value > 0 (the guidance keeps KL below 15-20 nats)")
+    return {"nats": number}
+
+
+class KLLimitSection(_Section):
+    """The KL limit: a number (nats), or a mapping with the forecast and the grace iterations."""
+
+    nats: float = Field(15.0, gt=0, description="a trial whose KL to the reference passes this is stopped and marked infeasible [nats, summed over the response]")
+    forecast: bool = Field(False, description="also stop (infeasible, stop reason kl_forecast) a trial whose KL, at least half the limit, "
+                                              "is on course to pass it before its last iteration: the line through its last 3 "
+                                              "values, extended to the last iteration, passes the limit (bench/README.md: the measured trade-off)")
+    grace_iterations: int = Field(0, ge=0, description="the first N iterations are not judged: a KL that spikes early and falls "
+                                                       "back below the limit by iteration N+1 neither stops the trial nor makes it infeasible")
+
+
 class Budget(_Section):
     """How much the sweep may spend."""
 
@@ -249,7 +270,9 @@ class SweepSpec(_Section):
         default_factory=dict, json_schema_extra=_search_space_schema,
         description="engine field -> {low, high, log?, step?}, {choices: [...]}, or a fixed value")
     objective: Objective = Field(default_factory=Objective, description=Objective.__doc__)
-    kl_limit: float = Field(15.0, gt=0, description="a trial whose KL to the reference passes this is stopped and marked infeasible [nats, summed over the response]")
+    kl_limit: Annotated[KLLimitSection, BeforeValidator(_kl_limit, json_schema_input_type=float | KLLimitSection)] = Field(
+        default_factory=KLLimitSection, description="a trial whose KL to the reference passes this is stopped and marked "
+                                                    "infeasible [nats, summed over the response]; or {nats, forecast, grace_iterations}")
     budget: Budget = Field(default_factory=Budget, description=Budget.__doc__)
     scheduler: Scheduler = Field(default_factory=Scheduler, description=Scheduler.__doc__)
     sampler: SamplerSection = Field(default_factory=SamplerSection, description=SamplerSection.__doc__)
@@ -278,5 +301,5 @@ class SweepSpec(_Section):
         return data
 
 
-_SECTIONS = ("trial", "base", "search_space", "objective", "budget", "scheduler", "sampler",
+_SECTIONS = ("trial", "base", "kl_limit", "search_space", "objective", "budget", "scheduler", "sampler",
              "resources", "ray", "mlflow")

@@ -24,6 +24,7 @@ from trials import metrics as K
 from tuner.spec import CompiledSpec, make_sampler
 from tuner.sweep import _plots
 from tuner.sweep._callback import SweepCallback
+from tuner.sweep._diagnose import write_diagnosis
 from tuner.sweep._outage import StudyOutage
 from tuner.sweep._signals import stop_on_sigterm
 from tuner.sweep._study import (
@@ -64,6 +65,7 @@ class SweepSummary:
     artifacts: list[str] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)  # this run's trials, as they ended
     trials: list[TrialRow] = field(default_factory=list)  # every trial of the study, as it holds them
+    diagnosis: str = ""  # the diagnosis section (tuner.diagnosis.render); empty where MLflow could not be read
 
     @property
     def ideal_seconds(self) -> float:
@@ -303,8 +305,11 @@ def _summarise(spec: CompiledSpec, study: optuna.Study, tracker: Any, outcomes: 
     best = best_feasible(study)
     from mlflow.exceptions import MlflowException
 
+    diagnosis = ""
     try:
         artifacts = _artifacts(spec, study, tracker, best)
+        diagnosis, path = write_diagnosis(spec, study, tracker, spec.sweep_dir() / "artifacts")
+        artifacts.append(str(path))
     except MlflowException as exc:  # the tracking server is away; the study has every outcome
         log.warning("MLflow: the sweep's plots could not be written (%s); 'tuner sync %s' closes the runs",
                     str(exc).splitlines()[0][:200], spec.name)
@@ -314,7 +319,7 @@ def _summarise(spec: CompiledSpec, study: optuna.Study, tracker: Any, outcomes: 
         best_value=best.values[0] if best else None, best_kl=best.user_attrs.get(ATTR["kl_max"]) if best else None,
         wall_seconds=wall, trial_compute_seconds=sum(o.compute_seconds for o in outcomes),
         concurrency=spec.resources.max_concurrent, ran=ran, parent_run_id=tracker.parent_id, artifacts=artifacts,
-        outcomes=outcomes, trials=trial_rows(study),
+        outcomes=outcomes, trials=trial_rows(study), diagnosis=diagnosis,
         missing=max(0, spec.budget.trials - sum(map(_counts, study.get_trials(deepcopy=False)))))
     metrics = {f"trials_{k.lower()}": float(v) for k, v in counts.items()}
     metrics.update({"sweep_wall_seconds": wall, "sweep_overhead_ratio": summary.overhead,

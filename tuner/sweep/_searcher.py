@@ -49,6 +49,7 @@ from tuner.trial import (
     StopReason,
     TrialFailure,
     TrialReport,
+    kl_constraint,
     read_result,
 )
 from tuner.trial._memory import MemoryCheck
@@ -189,6 +190,7 @@ class StudySearcher(Searcher):
             return Searcher.FINISHED
         trial.set_user_attr(ATTR["ray_trial"], trial_id)
         task = TrialTask(number=trial.number, engine=engine, params=params, kl_limit=self.spec.kl_limit,
+                         kl_forecast=self.spec.kl_rule.forecast, kl_grace_iterations=self.spec.kl_rule.grace_iterations,
                          objective=self.spec.objective.model_dump(), engine_kind=self.spec.trial.engine,
                          external=self.spec.trial.launch(cluster=self.spec.ray.address is not None),
                          sys_path=[p for p in [os.getcwd(), *sys.path] if p])
@@ -272,7 +274,7 @@ class StudySearcher(Searcher):
         if ran:
             trial.set_user_attr(ATTR["kl_max"], float(kl_max))
             trial.set_user_attr(ATTR["kl_final"], float(kl_final if kl_final is not None and not math.isnan(kl_final) else kl_max))
-            trial.set_constraint("kl", float(kl_max) - self.spec.kl_limit if math.isfinite(kl_max) else math.inf)
+            trial.set_constraint("kl", kl_constraint(float(kl_max), self.spec.kl_limit, getattr(last, "stop_reason", None)))
         common = {"number": trial.number, "iterations": iterations, "kl_max": kl_max,
                   "kl_final": trial.user_attrs.get(ATTR["kl_final"])}
         out_of_memory = isinstance(last, TrialFailure) and last.error.startswith(OUT_OF_MEMORY)
@@ -302,7 +304,7 @@ class StudySearcher(Searcher):
             return Outcome(state="PRUNED", stop_reason=reason, value=value, **common)
         values = [value, float(kl_final if kl_final is not None else 0.0)] if self.multi else value
         self._tell(trial, values)
-        return Outcome(state="INFEASIBLE" if reason == StopReason.KL_LIMIT else "COMPLETE", stop_reason=reason,
+        return Outcome(state="INFEASIBLE" if reason in StopReason.KL else "COMPLETE", stop_reason=reason,
                        value=value, **common)
 
     def on_retry(self, trial_id: str) -> int:

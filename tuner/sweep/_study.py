@@ -1,8 +1,9 @@
 """The Optuna study of a sweep: storage, loading, trial outcomes, the best feasible trial.
 
 Every trial that ran records on its Optuna trial: the constraint "kl" (max objective/kl minus the
-KL limit; > 0 means infeasible), and the user attributes below. A trial is feasible when it ran
-and its constraint is <= 0; only COMPLETE feasible trials can be the best.
+KL limit, at least 1 for a trial the KL forecast stopped; > 0 means infeasible: `kl_constraint`), and
+the user attributes below. A trial is feasible when it ran and its constraint is <= 0; only COMPLETE
+feasible trials can be the best.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ __all__ = ["ATTR", "PARENT_ATTR", "StorageError", "TrialRow", "best_feasible", "
 # user attributes on each Optuna trial
 ATTR = {
     "engine": "engine_config",  # JSON: the trial's full engine config
-    "stop": "stop_reason",  # why it ended: completed, kl_limit, pruned (asha), failed: ..., interrupted
+    "stop": "stop_reason",  # why it ended: completed, kl_limit, kl_forecast, pruned (asha), failed: ..., interrupted
     "kl_max": "kl_max",  # the largest objective/kl it reported (nats)
     "kl_final": "kl_final",
     "reward": "reward_final",  # the last iteration's objective/scores (mean reward of the rollout batch)

@@ -43,7 +43,8 @@ _STATUS = {"COMPLETE": "FINISHED", "INFEASIBLE": "FAILED", "PRUNED": "KILLED", "
 # MLflow tags of the parent and child runs
 TAG = {"kind": "ppo_tuner.kind", "study": "ppo_tuner.study", "number": "ppo_tuner.trial_number",
        "state": "ppo_tuner.state", "stop": "ppo_tuner.stop_reason", "error": "ppo_tuner.error",
-       "errors": "ppo_tuner.errors", "retries": "ppo_tuner.retries", "best": "ppo_tuner.best_trial"}
+       "errors": "ppo_tuner.errors", "retries": "ppo_tuner.retries", "best": "ppo_tuner.best_trial",
+       "diagnosis": "ppo_tuner.diagnosis"}
 _METRICS = (*K.ALL, OBJECTIVE, KL_MAX, START_SECONDS, WARM_START)  # what a child run logs per iteration
 # learning rates (1e-6..1e-3) draw as flat zeros on MLflow's chart axes: logged in millionths instead
 LR_MICRO = {K.LR_POLICY: f"{K.LR_POLICY}_x1e6", K.LR_VALUE: f"{K.LR_VALUE}_x1e6"}
@@ -105,6 +106,19 @@ class SweepTracker:
             self.client = MlflowClient(tracking_uri=spec.tracking_uri())
             self.experiment_id = self._experiment()
         self.parent_id = self._parent(reopen)
+
+    @classmethod
+    def existing(cls, spec: CompiledSpec, study: optuna.Study) -> SweepTracker | None:
+        """The sweep's tracker, for reading (tuner diagnose): writes nothing; None where the study has no
+        parent run yet."""
+        run_id = study.user_attrs.get(PARENT_ATTR)
+        if not run_id:
+            return None
+        self = cls.__new__(cls)
+        self.spec, self.study, self.parent_id = spec, study, run_id
+        self.client = MlflowClient(tracking_uri=spec.tracking_uri())
+        self.experiment_id = self.client.get_run(run_id).info.experiment_id
+        return self
 
     def _experiment(self) -> str:
         name = self.spec.experiment_name()

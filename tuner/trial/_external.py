@@ -28,7 +28,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trials import KLLimit
 from trials import metrics as K
 from tuner.trial._engines import ENGINES
 from tuner.trial._protocol import (
@@ -177,7 +176,7 @@ def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir:
     """
     ext, objective, engine = task.external, task.objective, ENGINES[task.engine_kind]
     direction, last = objective["direction"], int(task.engine["num_iterations"])
-    limit = KLLimit(task.kl_limit)
+    limit = task.kl_stopper()
     scorer = Scorer(objective["metric"], direction, objective["score"], objective["last_k"], math.nan)
     argv, launch, lost = engine.launch(ext["command"], task.engine, workdir)
     config = workdir / "trial_config.json"
@@ -217,7 +216,7 @@ def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir:
             previous = at
             over = limit(count, metrics)
             score = scorer.update(metrics)
-            reason = StopReason.KL_LIMIT if over else StopReason.COMPLETED if count == last else None
+            reason = StopReason.of_kl(limit) if over else StopReason.COMPLETED if count == last else None
             emit(TrialReport(metrics=metrics, objective=score, scheduler_score=scheduler_score(score, over, direction),
                              kl_max=limit.kl_max, stop_reason=reason, start_seconds=0.0, pid=trainer.pid,
                              trainer=own).to_result())

@@ -42,8 +42,15 @@ class StopReason:
 
     COMPLETED = "completed"
     KL_LIMIT = "kl_limit"
+    KL_FORECAST = "kl_forecast"  # its KL was forecast to pass the limit before its last iteration (kl_limit.forecast)
+    KL = (KL_LIMIT, KL_FORECAST)  # the reasons that make a trial infeasible for its KL
     PRUNED = "pruned"
     INTERRUPTED = "interrupted"
+
+    @staticmethod
+    def of_kl(limit: Any) -> str:
+        """Why a `trials.KLLimit` that stopped a run stopped it."""
+        return StopReason.KL_FORECAST if limit.forecast_stop else StopReason.KL_LIMIT
 
     @staticmethod
     def failed(error: str) -> str:

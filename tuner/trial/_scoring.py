@@ -11,7 +11,7 @@ import math
 
 from trials import metrics as K
 
-__all__ = ["WORST", "Scorer", "scheduler_score", "worst"]
+__all__ = ["WORST", "Scorer", "kl_constraint", "scheduler_score", "worst"]
 
 WORST = 1e30  # magnitude of the worst possible scheduler score
 
@@ -24,6 +24,15 @@ def worst(direction: str) -> float:
 def scheduler_score(score: float, over_limit: bool, direction: str) -> float:
     """What the scheduler ranks: the score, or the worst value once past the KL limit or without a score."""
     return worst(direction) if over_limit or not math.isfinite(score) else score
+
+
+def kl_constraint(kl_max: float, limit: float, stop_reason: str | None) -> float:
+    """The study's "kl" constraint of a trial (> 0: infeasible): its largest KL minus the limit; at least
+    1 for a trial the forecast stopped (`StopReason.KL_FORECAST`) before its KL passed the limit."""
+    from tuner.trial._result import StopReason
+
+    over = kl_max - limit if math.isfinite(kl_max) else math.inf
+    return max(over, 0.0) + 1.0 if stop_reason == StopReason.KL_FORECAST else over
 
 
 class Scorer:

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from trials import KLLimit
+
 __all__ = ["TrialTask"]
 
 
@@ -20,6 +22,13 @@ class TrialTask:
     sys_path: list[str] = field(default_factory=list)  # where the driver finds user modules (rewards)
     engine_kind: str = "ppo-tuner"  # the spec's trial.engine: what trains this trial
     external: dict[str, Any] = field(default_factory=dict)  # an external trainer's launch (TrialSection.launch)
+    kl_forecast: bool = False  # kl_limit.forecast: also stop where the KL is forecast to pass the limit
+    kl_grace_iterations: int = 0  # kl_limit.grace_iterations: iterations the limit does not judge
+
+    def kl_stopper(self) -> KLLimit:
+        """The KL limit as this trial's stopper (trials.KLLimit), with the spec's forecast and grace."""
+        return KLLimit(self.kl_limit, forecast=self.kl_forecast, grace_iterations=self.kl_grace_iterations,
+                       last_iteration=int(self.engine["num_iterations"]))
 
     def to_config(self) -> dict[str, Any]:
         return asdict(self)

@@ -34,11 +34,11 @@ def run_trial(config: dict[str, Any]) -> None:
     for path in task.sys_path:
         if path not in sys.path:
             sys.path.append(path)
-    from trials import KLLimit, PPOConfig, PPOTrainer, checkpoints_cached
+    from trials import PPOConfig, PPOTrainer, checkpoints_cached
     from trials import metrics as K
 
     warm = checkpoints_cached() > 0  # this worker ran a trial before: checkpoints are cached
-    limit = KLLimit(task.kl_limit)
+    limit = task.kl_stopper()
     objective = task.objective
     direction = objective["direction"]
     try:
@@ -52,7 +52,7 @@ def run_trial(config: dict[str, Any]) -> None:
             over = limit(iteration, metrics)
             score = scorer.update(metrics)
             done = over or iteration == last
-            reason = (StopReason.KL_LIMIT if over else StopReason.COMPLETED) if done else None
+            reason = (StopReason.of_kl(limit) if over else StopReason.COMPLETED) if done else None
             tune.report(TrialReport(metrics=metrics, objective=score, scheduler_score=scheduler_score(score, over, direction),
                                     kl_max=limit.kl_max, stop_reason=reason, start_seconds=start_cost,
                                     warm_start=warm, pid=os.getpid(), initial_eval=initial).to_result())

@@ -147,6 +147,17 @@ def test_kl_limit_far_from_the_guidance_warns():
     assert any("kl_limit" in w for w in parse_spec({"name": "k", "kl_limit": 100}).warnings())
 
 
+def test_kl_limit_is_a_number_or_a_mapping_with_forecast_and_grace():
+    plain = parse_spec({"name": "k", "kl_limit": 12})
+    assert plain.kl_limit == 12 and not plain.kl_rule.forecast and plain.kl_rule.grace_iterations == 0
+    full = parse_spec({"name": "k", "kl_limit": {"nats": 10, "forecast": True, "grace_iterations": 3}})
+    assert full.kl_limit == 10 and full.kl_rule.forecast and full.kl_rule.grace_iterations == 3
+    again = parse_spec(full.resolved())  # the saved spec reads back the same
+    assert again.kl_rule == full.kl_rule
+    blind = parse_spec({"name": "k", "kl_limit": {"grace_iterations": 12}, "budget": {"iterations": 12}})
+    assert any("kl_limit.grace_iterations = 12" in w for w in blind.warnings())
+
+
 def test_yaml_exponents_without_a_dot_are_numbers(tmp_path):
     spec = load_spec(write(tmp_path, "name: e\nbase: {value_lr: 5e-5}\nsearch_space:\n  policy_lr: {choices: [1e-5, 3e-5]}\n"))
     resolved = spec.resolved()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import optuna
 import pytest
@@ -176,3 +177,24 @@ def test_each_trial_run_shows_its_state_and_its_curves_start_at_step_0(sweep):
         assert K.LR_POLICY not in run.data.metrics and 1 < run.data.metrics[f"{K.LR_POLICY}_x1e6"] < 1e5
     view = json.loads(experiment.tags["mlflow.sharedViewState.ppo-tuner-trials"])
     assert "metrics.`objective`" in view["selectedColumns"] and "params.`policy_lr`" in view["selectedColumns"]
+
+
+def test_the_run_ends_with_the_diagnosis_and_tuner_diagnose_repeats_it(sweep, run_cli):
+    out = sweep["proc"].stdout
+    assert "## Diagnosis" in out, out[-3000:]
+    section = out[out.index("## Diagnosis"):out.index("\nsweep folder:")]
+    stopped = sorted(r.number for r in trial_rows(sweep["study"]) if r.stop_reason == "kl_limit")
+    line = next(x for x in section.splitlines() if x.startswith("- KL exploding"))
+    assert line.endswith(f"of 6 trials ({', '.join(map(str, stopped))})"), section
+    assert "where: policy_lr >= " in section and "do: raise beta (kl_coef)" in section
+    code, out, err = run_cli("diagnose", "grid6", "--workdir", sweep["spec"].workdir)  # in process: no second start-up
+    assert code == 0 and out == f"sweep grid6\n\n{section}", out + err
+    spec = sweep["spec"]
+    client = MlflowClient(spec.tracking_uri())
+    parent = sweep["study"].user_attrs["mlflow_parent_run_id"]
+    saved = Path(client.download_artifacts(parent, "diagnosis.md", str(sweep["folder"])))
+    assert saved.read_text() == f"# Sweep grid6\n\n{section}"
+    tag = client.get_run(parent).data.tags["ppo_tuner.diagnosis"]
+    assert tag.startswith(f"KL exploding: {len(stopped)} of 6 trials"), tag
+    code, out, err = run_cli("diagnose", "nope", "--workdir", spec.workdir)
+    assert code == 2 and "grid6" in err and "Traceback" not in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import sys
@@ -79,6 +80,15 @@ def test_the_kl_limit_stops_the_trainer_at_the_crossing(tmp_path):
     assert len(reports) == 2 and reports[-1].stop_reason == StopReason.KL_LIMIT  # KL 20 > 15 at step 2
     assert left_running(tmp_path) == []
     assert gone - reports[-1].trainer["t"] < 2.0  # written -> read -> SIGTERM -> gone
+
+
+def test_the_kl_forecast_stops_the_trainer_before_the_crossing(tmp_path):
+    rising = dataclasses.replace(task(5e-4, steps=4), kl_forecast=True)  # KL 5, 10, 15, 20: crosses at step 4
+    reports = run(rising, tmp_path)
+    assert [r.kl for r in reports] == [5.0, 10.0]  # at step 2 the line through 5, 10 reads 20 at step 4
+    assert reports[-1].stop_reason == StopReason.KL_FORECAST and reports[-1].kl_max == 10.0
+    assert left_running(tmp_path) == []
+    assert [r.stop_reason for r in run(task(5e-4, steps=4), tmp_path)][-1] == StopReason.KL_LIMIT  # without: at step 4
 
 
 def test_a_stop_request_stops_the_trainer(tmp_path):
