@@ -105,7 +105,9 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
                mask: torch.Tensor, cliprange_value: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """0.5 * max((V - R)^2, (V_clipped - R)^2), V_clipped kept within cliprange_value of the old value."""
-    clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    # clamp V itself (not old + clamp(V - old), which is V only up to rounding when V and old differ in
+    # sign): inside the range V_clipped is V, so a token counts as clipped only when it is
+    clipped_values = torch.clamp(values, old_values - cliprange_value, old_values + cliprange_value)
     loss_unclipped = (values - returns) ** 2
     loss_clipped = (clipped_values - returns) ** 2
     loss = 0.5 * masked_mean(torch.max(loss_unclipped, loss_clipped), mask)

@@ -126,6 +126,15 @@ def test_clipped_value_loss_takes_the_pessimistic_term():
     assert stats["clipfrac"].item() == 0.0
 
 
+def test_value_inside_the_clip_range_is_not_counted_as_clipped():
+    # V crossed zero within the range: old + (V - old) rounds to a float next to V (found by the parity check)
+    old, value = torch.tensor([[0.12037420272827148]]), torch.tensor([[-0.0332915298640728]])
+    assert (old + (value - old)).item() != value.item()
+    loss, stats = M.value_loss(value, old, torch.zeros(1, 1), torch.ones(1, 1), cliprange_value=0.2)
+    assert stats["clipfrac"].item() == 0.0
+    assert loss.item() == 0.5 * (value**2).item()
+
+
 def test_losses_ignore_masked_tokens():
     mask = torch.tensor([[1.0, 0.0]])
     loss, _ = M.policy_loss(torch.tensor([[0.0, 5.0]]), torch.zeros(1, 2), torch.tensor([[1.0, 100.0]]), mask, 0.2)
