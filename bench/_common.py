@@ -22,6 +22,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = Path(os.environ.get("PPO_TUNER_BENCH_RESULTS") or BENCH / "results")  # tests write elsewhere
 TRL_PYTHON = BENCH / ".venv-trl" / "bin" / "python"
+SHARED_PACKAGES = ("torch", "transformers", "tokenizers", "numpy")  # both sides must run the same versions (setup_trl.sh)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,13 @@ class Workload:
     temperature: float = 0.7
     threads: int = 1  # torch threads per side
     seed: int = 0
+    # both engines' defaults; the parity check changes them (on both sides, or on one to see it fail)
+    gamma: float = 1.0
+    lam: float = 0.95
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    kl_estimator: str = "k1"
+    clip_grad: bool = True  # ours clips each model's gradient norm to 1 (its default); TRL's PPO never clips
 
     def engine_config(self, **changes: Any) -> Any:
         """Our engine's config for this workload (evaluation only at the last iteration)."""
@@ -46,7 +54,9 @@ class Workload:
         fields = dict(rollout_batch_size=self.rollout, mini_batch_size=self.mini, ppo_epochs=self.epochs,
                       response_length=self.response, policy_lr=self.lr, value_lr=self.lr, kl_coef=self.kl_coef,
                       vf_coef=self.vf_coef, temperature=self.temperature, num_threads=self.threads,
-                      seed=self.seed, device="cpu", precision="fp32", eval_interval=10_000)
+                      seed=self.seed, device="cpu", precision="fp32", eval_interval=10_000, gamma=self.gamma,
+                      gae_lambda=self.lam, cliprange=self.cliprange, cliprange_value=self.cliprange_value,
+                      kl_estimator=self.kl_estimator, **({} if self.clip_grad else {"max_grad_norm": 1e9}))
         return PPOConfig.from_dict({**fields, **changes})
 
     def to_json(self) -> str:
@@ -85,6 +95,27 @@ def machine() -> dict[str, Any]:
             "date": datetime.date.today().isoformat()}
 
 
+def versions() -> dict[str, str]:
+    """The versions of the packages both sides share, as this process runs them (and trl's, if it has it)."""
+    import importlib.metadata as md
+
+    out = {name: md.version(name) for name in SHARED_PACKAGES}
+    try:
+        out["trl"] = md.version("trl")
+    except md.PackageNotFoundError:
+        pass
+    return out
+
+
+def version_mismatch(ours: dict[str, str], trl: dict[str, str]) -> str | None:
+    """One line naming every shared package whose version differs between the sides, or None."""
+    diff = [f"{name} {trl.get(name)} (ours {ours.get(name)})" for name in SHARED_PACKAGES if ours.get(name) != trl.get(name)]
+    if not diff:
+        return None
+    return (f"not comparing: bench/.venv-trl runs {', '.join(diff)}; remove bench/.venv-trl and run "
+            f"`bash bench/setup_trl.sh` with this environment's python")
+
+
 def run_worker(python: str | Path, script: str, args: list[str], timeout: float = 900,
                first_on_path: str | None = None) -> dict[str, Any]:
     """Run a worker script in its own process; it prints one JSON object as its last stdout line.
@@ -103,6 +134,13 @@ def run_worker(python: str | Path, script: str, args: list[str], timeout: float 
     return result
 
 
+def grad_norm(params: Any) -> float:
+    """The global L2 norm of the parameters' gradients (what clip_grad_norm_ measures)."""
+    import torch
+
+    return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])).item()
+
+
 def emit(result: dict[str, Any]) -> None:
     """A worker's answer: one JSON line, last on stdout."""
     print(json.dumps(result), flush=True)
@@ -116,14 +154,20 @@ def save(name: str, result: dict[str, Any]) -> Path:
 
 
 def serve(argv: list[str], parity: Any, speed: Any) -> None:
-    """A side's entry point (`python _engine_X.py MODE WORKLOAD ...`): parity or speed/limit, printed as JSON."""
+    """A side's entry point (`python _engine_X.py MODE WORKLOAD ...`): parity or speed/limit, printed as JSON
+    with the versions this side runs; `python _engine_X.py versions` prints only those."""
     import torch
 
-    mode, w = argv[0], Workload.from_json(argv[1])
+    mode = argv[0]
+    if mode == "versions":
+        emit(versions())
+        return
+    w = Workload.from_json(argv[1])
     torch.set_num_threads(w.threads)
     if mode == "parity":
-        emit(parity(w, argv[2], argv[3]))
+        result = parity(w, argv[2], argv[3])
     elif mode == "limit":
-        emit(speed(w, int(argv[2]), int(argv[3]), with_floor=True))
+        result = speed(w, int(argv[2]), int(argv[3]), with_floor=True)
     else:
-        emit(speed(w, int(argv[2]), int(argv[3])))
+        result = speed(w, int(argv[2]), int(argv[3]))
+    emit({**result, "versions": versions()})
