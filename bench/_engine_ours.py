@@ -6,7 +6,7 @@
 
 speed: seconds per phase of steady iterations. limit: the same iterations, each followed by every
 unavoidable model call of an iteration measured alone (on copies of the models, so training is
-untouched). parity: two iterations on a replayed rollout (see engine_vs_trl.py). Prints one JSON line.
+untouched). parity: the iterations of a replayed rollout, step by step (see _parity.py). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from __future__ import annotations
 import copy
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
-from _common import Workload, load, peak_rss_mib, serve
+from _common import Workload, grad_norm, load, peak_rss_mib, serve
 
 
 def _phases(metrics: dict[str, float]) -> dict[str, float]:
@@ -91,16 +90,19 @@ class Floor:
 
 
 def parity(w: Workload, replay_path: str, out_dir: str) -> dict[str, Any]:
-    """Two iterations of one epoch and one mini-batch on a replayed rollout; the weights after the first."""
+    """The replayed rollout's iterations (see bench/_parity.py): per optimizer step the losses, clip
+    fractions, approx KL and both models' gradient norms before the step; per iteration the metrics and
+    the per-token rewards that go into GAE."""
     from trials import PPOTrainer
     from trials import _engine as E
-    from trials._rollout import forward_logits, logprobs_of
+    from trials import _math as M
+    from trials import metrics as K
+    from trials._rollout import forward_logits, logprobs_of, response_mask
 
     replay = torch.load(replay_path)
-    prompts, responses = replay["prompts"], replay["responses"]
-    trainer = PPOTrainer(w.engine_config(rollout_batch_size=len(prompts), mini_batch_size=len(prompts), ppo_epochs=1,
-                                         num_iterations=2, max_grad_norm=1e9))  # TRL's PPO does not clip
-    sample = E._generate
+    prompts, responses, orders = replay["prompts"], replay["responses"], iter(replay["orders"])
+    trainer = PPOTrainer(w.engine_config(num_iterations=replay["iterations"]))
+    run, sample, randperm = trainer.state, E._generate, torch.randperm
 
     def replayed(run: Any, batch: list[str], with_logprobs: bool = False) -> Any:
         if batch != prompts:  # the evaluations sample as usual
@@ -109,25 +111,41 @@ def parity(w: Workload, replay_path: str, out_dir: str) -> dict[str, Any]:
         logprobs = None
         if with_logprobs:  # what the sampling pass would have given: the policy's log-probs at the temperature
             seq = torch.cat([enc["input_ids"], responses], 1)
-            attn = torch.cat([enc["attention_mask"], torch.ones_like(responses)], 1)
+            attn = torch.cat([enc["attention_mask"], response_mask(responses, run.tokenizer.eos_token_id).long()], 1)
             with torch.no_grad():
                 logits = forward_logits(run.policy, seq, attn, (attn.cumsum(1) - 1).clamp(min=0), enc["input_ids"].shape[1])
                 logprobs = logprobs_of(logits, responses, run.config.temperature)
         return enc, responses, logprobs
 
-    E._generate = replayed
-    E._next_prompts = lambda run, n: list(prompts)
+    def replayed_order(n: int, *args: Any, generator: Any = None, **kwargs: Any) -> torch.Tensor:
+        if generator is run.prompt_gen:  # the epoch's mini-batch order: the replay's, as TRL is given it
+            return torch.tensor(next(orders))
+        return randperm(n, *args, generator=generator, **kwargs)
+
+    steps: list[dict[str, float]] = []
+    rewards: list[list[list[float]]] = []
+    micro_step, gae = E._micro_step, M.compute_gae
+
+    def recorded_micro_step(run: Any, ro: Any, advantages: Any, returns: Any, idx: Any, P: int, weight: float) -> Any:
+        stats = micro_step(run, ro, advantages, returns, idx, P, weight)
+        steps.append({"policy_loss": stats[K.POLICY_LOSS], "value_loss": stats[K.VALUE_LOSS],
+                      "clipfrac": stats[K.CLIPFRAC], "value_clipfrac": stats[K.VALUE_CLIPFRAC],
+                      "approxkl": stats[K.APPROXKL], "token_fraction": ro.mask[idx].mean().item()})
+        return stats
+
+    def recorded_gae(r: torch.Tensor, *args: Any) -> Any:
+        rewards.append(r.tolist())
+        return gae(r, *args)
+
+    def grad_norms(optimizer: Any, *_: Any) -> None:
+        steps[-1].update(grad_norm_policy=grad_norm(run.policy_params), grad_norm_value=grad_norm(run.value_params))
+
+    E._generate, E._next_prompts, E._micro_step, M.compute_gae = replayed, lambda run, n: list(prompts), recorded_micro_step, recorded_gae
+    torch.randperm = replayed_order
+    run.optimizer.register_step_pre_hook(grad_norms)
     history: list[dict[str, float]] = []
-
-    def report(iteration: int, metrics: dict[str, float]) -> bool:
-        history.append(metrics)
-        if iteration == 1:
-            torch.save({"policy": trainer.policy.state_dict(), "value": trainer.value.state_dict()},
-                       Path(out_dir) / "ours_weights.pt")
-        return False
-
-    trainer.train(report)
-    return {"side": "ours", "history": history, "weights": str(Path(out_dir) / "ours_weights.pt")}
+    trainer.train(lambda iteration, metrics: history.append(metrics) and False)
+    return {"side": "ours", "steps": steps, "iterations": [{**h, "rewards": r} for h, r in zip(history, rewards, strict=True)]}
 
 
 if __name__ == "__main__":

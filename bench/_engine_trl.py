@@ -3,6 +3,7 @@ work, run with bench/.venv-trl's python in a process of its own.
 
     .venv-trl/bin/python bench/_engine_trl.py speed  WORKLOAD_JSON ITERATIONS WARMUP
     .venv-trl/bin/python bench/_engine_trl.py parity WORKLOAD_JSON REPLAY.pt OUT_DIR
+    .venv-trl/bin/python bench/_engine_trl.py versions
 
 The same models and weights as our engine, as a TRL user loads them: the demo policy, reference and
 value backbone with from_pretrained, and a linear value head with our engine's initial weights (same
@@ -14,7 +15,6 @@ generation, its no-grad scoring forwards, its gc.collect() calls; the update is 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import gc
 import sys
 import tempfile
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import Workload, load, peak_rss_mib, serve
+from _common import Workload, grad_norm, load, peak_rss_mib, serve
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tuner" / "trial" / "launchers"))
 from trl_ppo import RewardModel, ValueModel, pass_context_length  # noqa: E402  (TRL trials' own launcher)
@@ -85,6 +85,8 @@ def build(w: Workload, iterations: int, prompts: list[str] | None = None) -> tup
                      num_mini_batches=w.rollout // w.mini, num_ppo_epochs=w.epochs, response_length=w.response,
                      local_rollout_forward_batch_size=w.rollout, total_episodes=w.rollout * iterations,
                      stop_token="eos", temperature=w.temperature, kl_coef=w.kl_coef, vf_coef=w.vf_coef,
+                     gamma=w.gamma, lam=w.lam, cliprange=w.cliprange, cliprange_value=w.cliprange_value,
+                     kl_estimator=w.kl_estimator,
                      learning_rate=w.lr, lr_scheduler_type="constant", bf16=False, gradient_checkpointing=False,
                      num_sample_generations=0, report_to="none", save_strategy="no", logging_steps=1,
                      disable_tqdm=True, use_cpu=True, seed=w.seed)
@@ -124,16 +126,19 @@ def speed(w: Workload, iterations: int, warmup: int) -> dict[str, Any]:
 
 
 def parity(w: Workload, replay_path: str, out_dir: str) -> dict[str, Any]:
-    """Two iterations of one epoch and one mini-batch on the replayed rollout, in its order."""
+    """The replayed rollout's iterations, in its order (see bench/_parity.py): per optimizer step TRL's own
+    per-step statistics and both models' gradient norms before the step; per iteration its logged
+    metrics and the per-token rewards that go into GAE."""
+    import inspect
+
+    import numpy as np
     from torch.utils.data import DataLoader
     from transformers import TrainerCallback
 
     replay = torch.load(replay_path)
-    prompts, responses = replay["prompts"], replay["responses"]
-    R = len(prompts)
-    w = dataclasses.replace(w, rollout=R, mini=R, epochs=1)
-    trainer, _, P = build(w, 2, prompts=prompts)
-    trainer.dataloader = DataLoader(trainer.train_dataset, batch_size=R, shuffle=False,
+    prompts, responses, orders = replay["prompts"], replay["responses"], iter(replay["orders"])
+    trainer, _, P = build(w, replay["iterations"], prompts=prompts)
+    trainer.dataloader = DataLoader(trainer.train_dataset, batch_size=len(prompts), shuffle=False,
                                     collate_fn=trainer.data_collator, drop_last=True)
 
     @torch.no_grad()
@@ -143,22 +148,39 @@ def parity(w: Workload, replay_path: str, out_dir: str) -> dict[str, Any]:
         return seq, logits / (w.temperature + 1e-7)  # what generate's output_scores hold: logits / temperature
 
     P.batch_generation = replayed
-    history: list[dict[str, float]] = []
-    weights = Path(out_dir) / "trl_weights.pt"
+    np.random.permutation = lambda n: np.array(next(orders))  # each epoch's mini-batch order: the replay's
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    grads: list[dict[str, float]] = []
+
+    def grad_norms(optimizer: Any, *_: Any) -> None:
+        grads.append({"grad_norm_policy": grad_norm(model.policy.parameters()),
+                      "grad_norm_value": grad_norm(model.value_model.parameters())})
+
+    trainer.optimizer.optimizer.register_step_pre_hook(grad_norms)
+    steps: list[dict[str, float]] = []
+    iterations: list[dict[str, Any]] = []
+    stats = {"policy_loss": "pg_loss_stats", "value_loss": "vf_loss_stats", "clipfrac": "pg_clipfrac_stats",
+             "value_clipfrac": "vf_clipfrac_stats", "approxkl": "approxkl_stats"}
 
     class Record(TrainerCallback):
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
-            history.append(dict(logs or {}))
+        """At each iteration's log, reads TRL's per-step statistics and its rewards from train()'s frame."""
 
-        def on_step_end(self, args: Any, state: Any, *rest: Any, **kwargs: Any) -> None:
-            if state.global_step == 1:
-                model = trainer.accelerator.unwrap_model(trainer.model)
-                value = {k.replace("score.", "head."): v for k, v in model.value_model.state_dict().items()}
-                torch.save({"policy": model.policy.state_dict(), "value": value}, weights)
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+            if "objective/kl" not in (logs or {}):
+                return
+            frame = inspect.currentframe()
+            while frame.f_code is not P.PPOTrainer.train.__code__:
+                frame = frame.f_back
+            local = frame.f_locals
+            per_step = {key: local[name].flatten().tolist() for key, name in stats.items()}  # (epochs, mini-batches, 1)
+            for i in range(len(per_step["policy_loss"])):
+                steps.append({key: values[i] for key, values in per_step.items()})
+            iterations.append({**logs, "rewards": local["rewards"].tolist()})
 
     trainer.add_callback(Record())
     trainer.train()
-    return {"side": "trl", "history": history, "weights": str(weights)}
+    steps = [{**s, **g} for s, g in zip(steps, grads, strict=True)]
+    return {"side": "trl", "steps": steps, "iterations": iterations}
 
 
 if __name__ == "__main__":

@@ -7,10 +7,11 @@ Same work: the demo model and weights (policy, reference; the value model is our
 TRL under its attribute names), the same prompts and reward, the same rollout batch, mini-batch,
 epochs, response length, learning rate, KL coefficient, value coefficient and temperature.
 
-1. Parity: both engines replay one fixed rollout (responses sampled once with EOS suppressed, so
-   every response has the full length and TRL's end-of-response conventions cannot differ from ours)
-   for two iterations of one epoch and one mini-batch. Their metrics and their weights after the
-   first update must agree: no speed may come from doing less.
+1. Parity (bench/_parity.py): both engines replay one rollout, with EOS at different positions, for
+   4 epochs x 4 mini-batches; per-step losses, clip fractions, approx KL and gradient norms before
+   each optimizer step must agree, and the rewards where the engines differ on purpose: no speed may
+   come from doing less. Refuses to run (exit 2) when bench/.venv-trl runs other versions of torch,
+   transformers, tokenizers or numpy than this python; both sides' versions go into the JSON.
 2. Speed: processes alternate, ours then TRL's then TRL's then ours..., each running warm-up
    iterations and then timed ones, and reporting its own peak RSS. Phases: generation, the no-grad
    scoring forwards (and reward), gc.collect() (TRL calls it twice per iteration), and the rest
@@ -27,76 +28,39 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-from _common import TRL_PYTHON, Workload, load, machine, median, run_worker, save
+import _parity
+from _common import (
+    TRL_PYTHON,
+    Workload,
+    load,
+    machine,
+    median,
+    run_worker,
+    save,
+    version_mismatch,
+    versions,
+)
 
-PARITY_KEYS = ["objective/kl", "objective/scores", "objective/non_score_reward", "objective/rlhf_reward",
-               "loss/policy_avg", "loss/value_avg", "policy/approxkl_avg", "policy/clipfrac_avg", "val/clipfrac_avg"]
-PARITY_REL, PARITY_ABS = 1e-4, 1e-6  # metrics: |a - b| <= ABS + REL * |b|
-WEIGHT_REL = 1e-2  # weights after the first update: ||a - b|| <= REL * ||update|| (L2 over all weights)
-
-
-def make_replay(w: Workload, n: int, path: Path) -> dict[str, Any]:
-    """n training prompts and one sampled full-length response each; the initial weights."""
-    import torch
-
-    from trials._engine import prepare
-
-    run = prepare(w.engine_config(rollout_batch_size=n, mini_batch_size=n))
-    prompts = run.train_prompts[:n]
-    enc = run.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    torch.manual_seed(w.seed)
-    special = [run.tokenizer.pad_token_id, run.tokenizer.eos_token_id]
-    with torch.no_grad():
-        seq = run.policy.generate(**enc, generation_config=run.generation_config, suppress_tokens=special)
-    torch.save({"prompts": prompts, "responses": seq[:, enc["input_ids"].shape[1]:].clone()}, path)
-    return {"policy": run.policy.state_dict(), "value": run.value.state_dict()}
-
-
-def parity(w: Workload, n: int) -> dict[str, Any]:
-    import torch
-
-    tmp = Path(tempfile.mkdtemp(prefix="ppo-parity-"))
-    initial = make_replay(w, n, tmp / "replay.pt")
-    args = [w.to_json(), str(tmp / "replay.pt"), str(tmp)]
-    ours = run_worker(sys.executable, "_engine_ours.py", ["parity", *args])
-    trl = run_worker(TRL_PYTHON, "_engine_trl.py", ["parity", *args])
-    trl_history = [h for h in trl["history"] if "objective/kl" in h]
-    rows, ok = [], True
-    for i, (a, b) in enumerate(zip(ours["history"], trl_history, strict=True), start=1):
-        for key in PARITY_KEYS:
-            agree = abs(a[key] - b[key]) <= PARITY_ABS + PARITY_REL * abs(b[key])
-            ok &= agree
-            rows.append({"iteration": i, "metric": key, "ours": a[key], "trl": b[key], "agree": agree})
-    weights = []
-    ours_w, trl_w = torch.load(ours["weights"]), torch.load(trl["weights"])
-    for model in ("policy", "value"):
-        keys = list(ours_w[model])
-        a, b, init = (torch.cat([d[model][k].flatten() for k in keys]) for d in (ours_w, trl_w, initial))
-        rel = ((a - b).norm() / (a - init).norm()).item()  # of the update's size
-        agree = rel <= WEIGHT_REL
-        ok &= agree
-        weights.append({"model": model, "relative_diff": rel, "max_abs_diff": (a - b).abs().max().item(),
-                        "max_abs_update": (a - init).abs().max().item(), "agree": agree})
-    return {"ok": ok, "samples": n, "metrics": rows, "weights": weights,
-            "tolerance": f"metrics |a-b| <= {PARITY_ABS:g} + {PARITY_REL:g}|b|; weights ||a-b|| <= {WEIGHT_REL:g} ||update||"}
+UNCLIPPED = "ours, no clipping"  # as in the parity check: TRL's PPO never clips gradients, ours does by default
 
 
 def speed(w: Workload, reps: int, iterations: int, warmup: int, baseline: str | None = None,
-          trl: bool = True) -> dict[str, Any]:
-    """Alternating processes: ours, TRL (and our engine as it was, from `baseline`), order reversed every rep."""
-    args = [w.to_json(), str(iterations), str(warmup)]
+          trl: bool = True, unclipped: bool = False) -> dict[str, Any]:
+    """Alternating processes: ours, TRL (our engine as it was, from `baseline`; ours without gradient
+    clipping), order reversed every rep."""
     runs: dict[str, list[dict[str, Any]]] = {"ours": [], **({"trl": []} if trl else {}),
-                                             **({"ours before": []} if baseline else {})}
+                                             **({"ours before": []} if baseline else {}),
+                                             **({UNCLIPPED: []} if unclipped else {})}
     for rep in range(reps):
         order = list(runs) if rep % 2 == 0 else list(runs)[::-1]
         for side in order:
             python, script = (TRL_PYTHON, "_engine_trl.py") if side == "trl" else (sys.executable, "_engine_ours.py")
-            result = run_worker(python, script, ["speed", *args], first_on_path=baseline if side == "ours before" else None)
+            ws = dataclasses.replace(w, clip_grad=False) if side == UNCLIPPED else w
+            result = run_worker(python, script, ["speed", ws.to_json(), str(iterations), str(warmup)],
+                                first_on_path=baseline if side == "ours before" else None)
             runs[side].append(result)
             it = median([r["iteration"] for r in result["rows"]])
             print(f"  rep {rep + 1} {side:11s}: {it:.3f} s/iteration, peak RSS {result['peak_rss_mib']:.0f} MiB, "
@@ -109,6 +73,11 @@ def speed(w: Workload, reps: int, iterations: int, warmup: int, baseline: str | 
     out: dict[str, Any] = {"sides": summary, "runs": runs}
     if trl:
         out.update(speedup_per_rep=ratios("trl"), speedup=median(ratios("trl")))
+        if unclipped:  # TRL's s/iteration over ours without clipping, pair by pair
+            per = [a * b for a, b in zip(ratios("trl"), [1 / x for x in ratios(UNCLIPPED)], strict=True)]
+            out.update(speedup_unclipped_per_rep=per, speedup_unclipped=median(per))
+    if unclipped:
+        out.update(clipping_cost_per_rep=[1 / x for x in ratios(UNCLIPPED)])
     if baseline:
         out.update(baseline=baseline, engine_speedup_per_rep=ratios("ours before"),
                    engine_speedup=median(ratios("ours before")))
@@ -141,15 +110,7 @@ def report(res: dict[str, Any]) -> None:
     print(f"\nworkload: rollout {w['rollout']}, mini-batch {w['mini']}, {w['epochs']} epochs, {w['response']}-token "
           f"responses, {w['threads']} thread(s) per side; load {res['load']}")
     if "parity" in res:
-        p = res["parity"]
-        print(f"parity ({p['samples']} samples, 1 epoch, 1 mini-batch, 2 iterations): {'OK' if p['ok'] else 'FAILED'} "
-              f"({p['tolerance']})")
-        for r in p["metrics"]:
-            print(f"  it {r['iteration']} {r['metric']:28s} ours {r['ours']: .6e}  trl {r['trl']: .6e}  {'ok' if r['agree'] else 'DIFFERS'}")
-        for r in p["weights"]:
-            print(f"  weights {r['model']:6s} ||diff|| / ||update|| {r['relative_diff']:.2e} (max|diff| {r['max_abs_diff']:.1e}, "
-                  f"max|update| {r['max_abs_update']:.1e}) "
-                  f"{'ok' if r['agree'] else 'DIFFERS'}")
+        print("\n".join(_parity.summary(res["parity"])))
     if "speed" in res:
         s = res["speed"]
         print("\nseconds per iteration (median)   iteration  generate  score    gc     update  samples/s  peak RSS")
@@ -160,6 +121,11 @@ def report(res: dict[str, Any]) -> None:
             print(f"speedup (TRL s/iteration / ours, median of {len(s['speedup_per_rep'])} alternating pairs): "
                   f"{s['speedup']:.2f}x (target >= 2x): {'met' if s['speedup'] >= 2 else 'NOT met'}; per pair "
                   f"{', '.join(f'{x:.2f}' for x in s['speedup_per_rep'])}")
+        if "speedup_unclipped" in s:
+            print(f"speedup against ours without gradient clipping (the parity check's configuration): "
+                  f"{s['speedup_unclipped']:.2f}x; per pair {', '.join(f'{x:.2f}' for x in s['speedup_unclipped_per_rep'])}")
+        if "clipping_cost_per_rep" in s:
+            print(f"ours with clipping / without, s/iteration per pair: {', '.join(f'{x:.3f}' for x in s['clipping_cost_per_rep'])}")
         if "engine_speedup" in s:
             print(f"our engine now against itself before ({s['baseline']}): {s['engine_speedup']:.2f}x "
                   f"(per pair {', '.join(f'{x:.2f}' for x in s['engine_speedup_per_rep'])})")
@@ -186,6 +152,8 @@ def main() -> int:
     parser.add_argument("--only", choices=["parity", "speed", "limit"], action="append")
     parser.add_argument("--out", default="engine_vs_trl", help="result name under bench/results/")
     parser.add_argument("--no-trl", action="store_true", help="speed: leave TRL out (e.g. only ours against --baseline)")
+    parser.add_argument("--unclipped", action="store_true", help="speed: also time ours without gradient clipping "
+                                                                 "(as in the parity check and as TRL's PPO runs)")
     parser.add_argument("--baseline", help="a folder holding an older trials/ to time as a third side, e.g. from "
                                            "`git archive COMMIT trials | tar -x -C DIR`")
     args = parser.parse_args()
@@ -193,13 +161,22 @@ def main() -> int:
         print(f"no {TRL_PYTHON}: run `bash bench/setup_trl.sh` first", file=sys.stderr)
         return 2
     w = Workload(rollout=args.rollout, mini=args.mini, epochs=args.epochs, response=args.response, threads=args.threads)
-    res: dict[str, Any] = {"workload": dataclasses.asdict(w), "machine": machine(), "load": load()}
+    res: dict[str, Any] = {"workload": dataclasses.asdict(w), "machine": machine(), "load": load(),
+                           "versions": {"ours": versions()}}
+    if TRL_PYTHON.exists():
+        res["versions"]["trl"] = {k: v for k, v in run_worker(TRL_PYTHON, "_engine_trl.py", ["versions"]).items()
+                                  if k != "process_seconds"}
+        problem = version_mismatch(res["versions"]["ours"], res["versions"]["trl"])
+        if problem:
+            print(problem, file=sys.stderr)
+            return 2
     started = time.perf_counter()
     only = args.only or ["parity", "speed", "limit"]
     if "parity" in only:
-        res["parity"] = parity(w, args.parity_samples)
+        res["parity"] = _parity.parity(w, args.parity_samples)
     if "speed" in only:
-        res["speed"] = speed(w, args.reps, args.iterations, args.warmup, args.baseline, trl=not args.no_trl)
+        res["speed"] = speed(w, args.reps, args.iterations, args.warmup, args.baseline, trl=not args.no_trl,
+                             unclipped=args.unclipped)
     if "limit" in only:
         res["limit"] = limit(w, args.iterations * 2, args.warmup)
     res["seconds"] = time.perf_counter() - started
