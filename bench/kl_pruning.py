@@ -5,17 +5,18 @@
 
 On the recorded table (every config of bench/specs/demo_grid.yaml run to its end: what "running
 every trial to its end" costs). The controller's rule: a trial stops at the first iteration whose
-objective/kl passes the limit (15 nats) and is infeasible. A doomed trial is one the rule stops (its
-KL passed the limit, so it is infeasible however it ends); saved: its iterations (and cost-model
-seconds) after the stop, against all it would have spent. False prunes: the rule cannot stop a trial
-whose KL never passes the limit, so they are counted in the view of a user who judges the final
-policy: the top-3 trials by final eval/scores among those whose KL is within the limit at their end,
-that the rule stops on the way. The same per replayed default sweep (TPE + ASHA + the limit), and
-for other stopping rules (patience, a grace period, a moving mean), to show the trade-off. Then the
-KL forecast (kl_limit.forecast; the engine's own stopper, trials.KLLimit, replayed on each curve): the
-iterations it saves beyond the first crossing, and the trials it stops wrongly (final KL within the
-limit) against the plain rule, on the table and in replayed default sweeps with it on. Last, the
-top-3 are run again with Adam warmup, live (what causes their early KL spike).
+objective/kl passes the limit (15 nats) and is infeasible. A doomed trial is one whose KL is above
+the limit at its end, when run to its end with no limit (whatever any stopping rule does); saved:
+the iterations (and cost-model seconds) a rule spares the doomed trials, against all they would
+spend. False prunes are counted in the view of a user who judges the final policy: the top-3 trials
+by final eval/scores among those whose KL is within the limit at their end, that the rule stops on
+the way. The same per replayed default sweep (TPE + ASHA + the limit): how often the limit stops a
+trial that would have ended within the limit and been in that sweep's own top-3, as a count and as
+a share of sweeps. Then other stopping rules (patience, a grace period, a moving mean), to show the
+trade-off. Then the KL forecast (kl_limit.forecast; the engine's own stopper, trials.KLLimit, replayed
+on each curve): the iterations it saves beyond the first crossing, and the trials it stops wrongly
+(final KL within the limit) against the plain rule, on the table and in replayed default sweeps with
+it on. Last, the top-3 are run again with Adam warmup, live (what causes their early KL spike).
 """
 
 from __future__ import annotations
@@ -73,19 +74,26 @@ FORECASTS: dict[str, dict[str, Any]] = {
        for w in (2, 3, 4) for f in (0.0, 0.25, 0.5, 0.75) if (w, f) != (3, 0.5)}}
 
 
-def savings(curves: list[Curve], limit: float, rule: Rule, doomed_by_end: bool = False) -> dict[str, Any]:
-    """Saved iterations on the doomed trials: those the rule stops (or, doomed_by_end, those above the limit at their end)."""
+def doomed(curve: Curve, limit: float) -> bool:
+    """Above the limit at its end, when run to its end: infeasible whatever a stopping rule does."""
+    return not curve.kl[-1] <= limit  # a NaN KL is doomed too
+
+
+def savings(curves: list[Curve], limit: float, rule: Rule) -> dict[str, Any]:
+    """Saved iterations on the doomed trials; and the trials the rule stops that would end within the limit."""
     stops = [(c, rule(c.kl, limit)) for c in curves]
-    doomed = [(c, s) for c, s in stops if (c.kl[-1] > limit if doomed_by_end else s is not None)]
-    spent = sum(c.iterations for c, _ in doomed)
-    saved = sum(c.iterations - s for c, s in doomed if s is not None)
-    spent_s = sum(sum(c.seconds) for c, _ in doomed)
-    saved_s = sum(sum(c.seconds[s:]) for c, s in doomed if s is not None)
-    return {"trials": len(curves), "doomed": len(doomed), "iterations_doomed_would_spend": spent,
+    doomed_stops = [(c, s) for c, s in stops if doomed(c, limit)]
+    spent = sum(c.iterations for c, _ in doomed_stops)
+    saved = sum(c.iterations - s for c, s in doomed_stops if s is not None)
+    spent_s = sum(sum(c.seconds) for c, _ in doomed_stops)
+    saved_s = sum(sum(c.seconds[s:]) for c, s in doomed_stops if s is not None)
+    return {"trials": len(curves), "doomed": len(doomed_stops), "stopped": sum(s is not None for _, s in stops),
+            "stopped_not_doomed": sum(s is not None and not doomed(c, limit) for c, s in stops),
+            "iterations_doomed_would_spend": spent,
             "iterations_saved": saved, "saved_fraction": saved / spent if spent else math.nan,
             "seconds_saved_fraction": saved_s / spent_s if spent_s else math.nan,
             "share_of_all_iterations": saved / sum(c.iterations for c in curves),
-            "stop_iterations": sorted(s for _, s in doomed if s is not None)}
+            "stop_iterations": sorted(s for _, s in doomed_stops if s is not None)}
 
 
 def false_prunes(curves: list[Curve], limit: float, rule: Rule, k: int = 3) -> dict[str, Any]:
@@ -104,18 +112,18 @@ def against_plain(curves: list[Curve], limit: float, rule: Rule) -> dict[str, An
     trials the first crossing stops and on all; the trials each stops whose final KL is within the limit."""
     plain = RULES[CONTROLLER]
     rows = [(c, plain(c.kl, limit) or c.iterations, rule(c.kl, limit) or c.iterations) for c in curves]
-    doomed = [(c, p, r) for c, p, r in rows if plain(c.kl, limit) is not None]
-    spent = sum(p for _, p, _ in doomed)
+    stopped = [(c, p, r) for c, p, r in rows if plain(c.kl, limit) is not None]
+    spent = sum(p for _, p, _ in stopped)
 
     def wrong(stops: Rule) -> int:
         return sum(stops(c.kl, limit) is not None and c.kl[-1] <= limit for c in curves)
 
     new = [(c, r) for c, p, r in rows if plain(c.kl, limit) is None and rule(c.kl, limit) is not None]
     return {"iterations_plain_spends_on_its_stopped": spent,
-            "saved_beyond_plain_on_its_stopped": sum(p - r for _, p, r in doomed),
-            "saved_fraction_of_plain_on_its_stopped": sum(p - r for _, p, r in doomed) / spent if spent else math.nan,
-            "seconds_saved_fraction_of_plain_on_its_stopped": sum(sum(c.seconds[r:p]) - sum(c.seconds[p:r]) for c, p, r in doomed)
-            / sum(sum(c.seconds[:p]) for c, p, _ in doomed),
+            "saved_beyond_plain_on_its_stopped": sum(p - r for _, p, r in stopped),
+            "saved_fraction_of_plain_on_its_stopped": sum(p - r for _, p, r in stopped) / spent if spent else math.nan,
+            "seconds_saved_fraction_of_plain_on_its_stopped": sum(sum(c.seconds[r:p]) - sum(c.seconds[p:r]) for c, p, r in stopped)
+            / sum(sum(c.seconds[:p]) for c, p, _ in stopped),
             "saved_beyond_plain_all": sum(p - r for _, p, r in rows), "iterations_plain_all": sum(p for _, p, _ in rows),
             "newly_stopped": len(new), "newly_stopped_final_eval": sorted(c.eval[-1] for c, _ in new),
             "wrongly_stopped": {"plain": wrong(plain), "rule": wrong(rule)},
@@ -123,30 +131,36 @@ def against_plain(curves: list[Curve], limit: float, rule: Rule) -> dict[str, An
 
 
 def replayed(spec: Any, table: dict, seeds: int, trials: int, kl: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The default sweep per seed (with kl_limit options `kl`): what its KL stops saved, whether they hit
-    its own top-3, the trials they stopped whose final KL is within the limit, its best feasible value."""
+    """The default sweep per seed (with kl_limit options `kl`): what its KL stops saved on its doomed
+    trials, the trials they stopped that are not doomed, how many of its own top-3 (by final eval/scores
+    among its trials that would end within the limit) they stopped, and its best feasible value."""
     from tuner.spec import derive_spec, make_sampler
     from tuner.trial import StopReason
 
-    rows = []
+    rows, limit = [], spec.kl_limit
     for seed in range(seeds):
         s = derive_spec(spec, sampler={"seed": seed}, budget={"trials": trials}, kl_limit=kl or {})
         sweep = simulate(table, s, make_sampler(s), asha=True, kl_limit=True, workers=spec.resources.max_concurrent,
                          max_trials=trials)
-        stopped = [t for t in sweep.trials if t.stop_reason in StopReason.KL]
-        fp = false_prunes([t.curve for t in sweep.trials], spec.kl_limit, RULES[CONTROLLER])
-        rows.append({"seed": seed, "kl_stopped": len(stopped), "iterations_would_spend": sum(t.curve.iterations for t in stopped),
-                     "iterations_saved": sum(t.curve.iterations - t.iterations for t in stopped),
-                     "false_prunes": fp["false_prunes"], "all_iterations": sum(t.iterations for t in sweep.trials),
-                     "all_seconds": sweep.compute, "best_feasible": sweep.best(),
-                     "wrongly_stopped": sum(t.curve.kl[-1] <= spec.kl_limit for t in stopped)})
-    would, saved = sum(r["iterations_would_spend"] for r in rows), sum(r["iterations_saved"] for r in rows)
+        by_limit = {t.number for t in sweep.trials if t.stop_reason in StopReason.KL}
+        lost = [t for t in sweep.trials if doomed(t.curve, limit)]
+        within = [t for t in sweep.trials if not doomed(t.curve, limit) and t.curve.eval[-1] is not None]
+        top = sorted(within, key=lambda t: t.curve.eval[-1], reverse=True)[:3]
+        rows.append({"seed": seed, "kl_stopped": len(by_limit), "doomed": len(lost),
+                     "iterations_doomed_would_spend": sum(t.curve.iterations for t in lost),
+                     "iterations_saved": sum(t.curve.iterations - t.iterations for t in lost if t.number in by_limit),
+                     "wrongly_stopped": sum(t.number in by_limit and not doomed(t.curve, limit) for t in sweep.trials),
+                     "false_prunes": sum(t.number in by_limit for t in top), "best_stopped": bool(top) and top[0].number in by_limit,
+                     "all_iterations": sum(t.iterations for t in sweep.trials), "all_seconds": sweep.compute,
+                     "best_feasible": sweep.best()})
+    would, saved = sum(r["iterations_doomed_would_spend"] for r in rows), sum(r["iterations_saved"] for r in rows)
     return {"seeds": seeds, "trials": trials, "kl_limit": kl or {}, "per_seed": rows,
             "saved_fraction": saved / would if would else math.nan,
             "all_iterations": sum(r["all_iterations"] for r in rows), "all_seconds": sum(r["all_seconds"] for r in rows),
             "wrongly_stopped": sum(r["wrongly_stopped"] for r in rows),
-            "false_prunes": sum(r["false_prunes"] for r in rows),
-            "sweeps_with_false_prunes": sum(r["false_prunes"] > 0 for r in rows)}
+            "false_prunes": sum(r["false_prunes"] for r in rows),  # a sweep's own top-3 stopped by the limit
+            "sweeps_with_false_prunes": sum(r["false_prunes"] > 0 for r in rows),
+            "sweeps_with_best_stopped": sum(r["best_stopped"] for r in rows)}
 
 
 def with_warmup(spec: Any, top: list[dict[str, Any]], warmup: int) -> list[dict[str, Any]]:
@@ -180,7 +194,7 @@ def main() -> int:
                            "table": savings(curves, limit, RULES[CONTROLLER]),
                            "top3": false_prunes(curves, limit, RULES[CONTROLLER]),
                            "replayed": replayed(spec, table, args.seeds, args.trials),
-                           "rules": {name: {**savings(curves, limit, rule, doomed_by_end=True),
+                           "rules": {name: {**savings(curves, limit, rule),
                                             **false_prunes(curves, limit, rule)} for name, rule in RULES.items()},
                            "forecast": {name: against_plain(curves, limit, stopper(**options))
                                         for name, options in FORECASTS.items()},
@@ -195,8 +209,9 @@ def main() -> int:
 
 def report(res: dict[str, Any]) -> None:
     t, top, rp = res["table"], res["top3"], res["replayed"]
-    print(f"every grid config run to its end ({t['trials']} trials): the {res['kl_limit']:g}-nat limit stops {t['doomed']}")
-    print(f"  it saves {t['iterations_saved']} of the {t['iterations_doomed_would_spend']} iterations they would spend: "
+    print(f"every grid config run to its end ({t['trials']} trials): {t['doomed']} are doomed (KL above "
+          f"{res['kl_limit']:g} nats at their end); the limit stops {t['stopped']}, {t['stopped_not_doomed']} of them not doomed")
+    print(f"  it saves {t['iterations_saved']} of the {t['iterations_doomed_would_spend']} iterations the doomed would spend: "
           f"{t['saved_fraction']:.1%} ({t['seconds_saved_fraction']:.1%} of their seconds; {t['share_of_all_iterations']:.1%} "
           f"of all iterations); stops at iterations {dict(sorted((i, t['stop_iterations'].count(i)) for i in set(t['stop_iterations'])))}")
     print(f"  false prunes: {top['false_prunes']} of the top-3 by final eval/scores among trials within the limit at their "
@@ -206,9 +221,11 @@ def report(res: dict[str, Any]) -> None:
         print(f"    eval {c['final_eval']:.3f}, KL max {c['kl_max']:.1f}, final {c['kl_final']:.1f}, stopped at "
               f"{c['stopped_at']}: {c['params']}")
     print(f"replayed default sweeps ({rp['seeds']} seeds x {rp['trials']} trials): the limit saves {rp['saved_fraction']:.1%} "
-          f"of the iterations its stopped trials would spend; false prunes of a sweep's own top-3: {rp['false_prunes']} "
-          f"(in {rp['sweeps_with_false_prunes']} of {rp['seeds']} sweeps)")
-    print("other stopping rules (doomed = above the limit at the end):")
+          f"of the iterations their doomed trials would spend, and stops {rp['wrongly_stopped']} trials that are not doomed")
+    print(f"  it stops a trial that would have ended within the limit in its sweep's top-3 {rp['false_prunes']} times, in "
+          f"{rp['sweeps_with_false_prunes']} of {rp['seeds']} sweeps; the sweep's best such trial in "
+          f"{rp['sweeps_with_best_stopped']} of {rp['seeds']} sweeps")
+    print("other stopping rules:")
     for name, r in res["rules"].items():
         print(f"  {name:32s} saves {r['saved_fraction']:6.1%}, false prunes {r['false_prunes']}, "
               f"stops {r['ending_within_but_stopped']} trials that end within the limit")
