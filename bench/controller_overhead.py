@@ -1,7 +1,8 @@
 """The controller's overhead: a real sweep's wall time against the ideal (the sum of its trials' compute
 divided by the concurrency), and where the difference goes.
 
-    python bench/controller_overhead.py      # about 5 minutes on 2 cores: the demo sweep, then a longer one
+    python bench/controller_overhead.py      # about 9 minutes on 2 cores: the demo sweep, then a longer one, each
+                                             # followed by its trials again, one at a time
 
 Each sweep runs as `tuner run SPEC` does (tuner.cli in this process, a local Ray, MLflow and the
 study in SQLite under a scratch directory), timed from outside without changing the controller:
@@ -12,6 +13,10 @@ first iteration: Ray actor, process start and imports for a cold worker, then wh
 reports as perf/trial_start_seconds: loading, or copying cached checkpoints on a warm worker, and
 the initial evaluation), the latency of its later results, and the idle time of the slots. Time the
 driver spends in the MLflow and Optuna callbacks is summed too.
+
+The ideal counts compute twice: as the trials reported it inside the sweep (with the controller's
+processes on the same cores), and alone: after the sweep, in a fresh process with nothing else of
+ours running, each trial's config again, one at a time, for the iterations it ran in the sweep.
 """
 
 from __future__ import annotations
@@ -93,7 +98,7 @@ def instrument() -> None:
 
     class TimedTable(_table.LiveTable):
         def trial_started(self, task: Any) -> None:
-            CLOCK.trials.setdefault(task.number, {"start": time.perf_counter(), "results": []})
+            CLOCK.trials.setdefault(task.number, {"start": time.perf_counter(), "results": [], "engine": task.engine})
             super().trial_started(task)
 
         def trial_reported(self, number: int, iteration: int, report: Any) -> None:
@@ -155,6 +160,8 @@ def account(name: str, spec: dict[str, Any], clock: Clock, wall: float) -> dict[
         "in_fit": {"start_latency_sum": sum(start_latency), "result_latency_sum": result_latency,
                    "idle_slot_seconds": concurrency * fit - busy, **_idle(clock, trials),
                    "callbacks_driver_seconds": clock.callbacks},
+        "per_trial": [{"engine": t["engine"], "iterations": len(t["results"]),
+                       "compute": sum(s for _, s in t["results"])} for t in trials],
         "per_trial_start": [{"latency": lat, "trial_start_seconds": t.get("trial_start_seconds") or float("nan"),
                              "warm": t.get("warm") if t.get("warm") is not None else float("nan"), "pid": t.get("pid")}
                             for lat, t in zip(start_latency, trials, strict=True)],
@@ -173,10 +180,46 @@ def _idle(clock: Clock, trials: list[dict[str, Any]]) -> dict[str, float]:
             "idle: after a worker's last trial": tail}
 
 
+def alone(path: str) -> dict[str, Any]:
+    """Each trial of a sweep again, one at a time in this process: its engine config, stopped after the
+    iterations it ran in the sweep; the sum of its perf/iteration_seconds, as the sweep counts compute."""
+    import json
+
+    from trials import PPOConfig, PPOTrainer
+    from trials import metrics as K
+
+    out = []
+    for t in json.loads(Path(path).read_text()):
+        seconds: list[float] = []
+
+        def report(iteration: int, metrics: dict[str, float], n: int = t["iterations"], seconds: list = seconds) -> bool:
+            seconds.append(metrics[K.ITERATION_SECONDS])
+            return iteration >= n
+
+        PPOTrainer(PPOConfig.from_dict(t["engine"])).train(report)
+        out.append({"iterations": len(seconds), "compute": sum(seconds), "in_sweep": t["compute"]})
+    return {"trials": out, "compute": sum(t["compute"] for t in out), "load": load()}
+
+
+def with_alone(r: dict[str, Any]) -> dict[str, Any]:
+    """The sweep's record with the ideal from its trials' compute measured alone (in a fresh process)."""
+    import json
+
+    path = Path(tempfile.mkdtemp(prefix="ppo-alone-")) / "trials.json"
+    path.write_text(json.dumps(r.pop("per_trial")))
+    a = run_worker(sys.executable, "controller_overhead.py", ["--alone", str(path)])
+    return {**r, "alone": a, "ideal_alone": a["compute"] / r["concurrency"],
+            "overhead_alone": r["wall"] / (a["compute"] / r["concurrency"]) - 1}
+
+
 def report(r: dict[str, Any]) -> None:
     print(f"\n{r['size']}: {r['trials']} trials, {r['iterations']} iterations, concurrency {r['concurrency']}")
     print(f"  wall {r['wall']:.1f} s, ideal {r['ideal']:.1f} s (trial compute {r['compute']:.1f} s / {r['concurrency']}): "
           f"overhead {r['overhead']:.0%} (target <= 10%): {'met' if r['overhead'] <= 0.10 else 'NOT met'}")
+    if "alone" in r:
+        print(f"  ideal from each trial's compute measured alone: {r['ideal_alone']:.1f} s ({r['alone']['compute']:.1f} s / "
+              f"{r['concurrency']}; in the sweep {r['compute']:.1f} s): wall / ideal {r['wall'] / r['ideal_alone']:.2f}x, "
+              f"overhead {r['overhead_alone']:.0%} (target <= 10%): {'met' if r['overhead_alone'] <= 0.10 else 'NOT met'}")
     print("  where the difference goes (seconds of wall time; in-fit items are slot-seconds, divide by the concurrency):")
     for k, v in r["steps"].items():
         print(f"    {k:45s} {v:7.1f}")
@@ -215,7 +258,11 @@ def main() -> int:
     parser.add_argument("--only", type=int, action="append", help="run only these sizes (0, 1)")
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)  # worker: one sweep
     parser.add_argument("--cold-start", action="store_true", help=argparse.SUPPRESS)  # worker
+    parser.add_argument("--alone", help=argparse.SUPPRESS)  # worker: a sweep's trials again, one at a time
     args = parser.parse_args()
+    if args.alone:
+        emit(alone(args.alone))
+        return 0
     if args.cold_start:
         emit(cold_start())
         return 0
@@ -227,7 +274,8 @@ def main() -> int:
     started = time.perf_counter()
     for i in range(len(SIZES)):
         if not args.only or i in args.only:  # each sweep in a fresh process, as `tuner run`
-            res["runs"].append({**run_worker(sys.executable, "controller_overhead.py", ["--size", str(i)]), "load": load()})
+            sweep = {**run_worker(sys.executable, "controller_overhead.py", ["--size", str(i)]), "load": load()}
+            res["runs"].append(with_alone(sweep))
     res["cold_start"] = run_worker(sys.executable, "controller_overhead.py", ["--cold-start"])
     res["seconds"] = time.perf_counter() - started
     for r in res["runs"]:
