@@ -157,13 +157,15 @@ def main() -> int:
     parser.add_argument("--baseline", help="a folder holding an older trials/ to time as a third side, e.g. from "
                                            "`git archive COMMIT trials | tar -x -C DIR`")
     args = parser.parse_args()
-    if not TRL_PYTHON.exists() and (set(args.only or ["parity"]) & {"parity"} or not args.no_trl):
+    only = args.only or ["parity", "speed", "limit"]
+    uses_trl = "parity" in only or ("speed" in only and not args.no_trl)
+    if uses_trl and not TRL_PYTHON.exists():
         print(f"no {TRL_PYTHON}: run `bash bench/setup_trl.sh` first", file=sys.stderr)
         return 2
     w = Workload(rollout=args.rollout, mini=args.mini, epochs=args.epochs, response=args.response, threads=args.threads)
     res: dict[str, Any] = {"workload": dataclasses.asdict(w), "machine": machine(), "load": load(),
                            "versions": {"ours": versions()}}
-    if TRL_PYTHON.exists():
+    if uses_trl:  # both sides must run the same versions of what they share
         res["versions"]["trl"] = {k: v for k, v in run_worker(TRL_PYTHON, "_engine_trl.py", ["versions"]).items()
                                   if k != "process_seconds"}
         problem = version_mismatch(res["versions"]["ours"], res["versions"]["trl"])
@@ -171,7 +173,6 @@ def main() -> int:
             print(problem, file=sys.stderr)
             return 2
     started = time.perf_counter()
-    only = args.only or ["parity", "speed", "limit"]
     if "parity" in only:
         res["parity"] = _parity.parity(w, args.parity_samples)
     if "speed" in only:

@@ -11,6 +11,8 @@ bash bench/setup_trl.sh
 baseline=()
 if [ -n "${BASELINE:-}" ]; then baseline=(--baseline "$BASELINE"); fi
 $python bench/engine_vs_trl.py --threads 1 "${baseline[@]}" --out engine_vs_trl
+$python bench/engine_vs_trl.py --only parity --out parity   # the step-by-step parity check alone
+$python bench/engine_vs_trl.py --only speed --unclipped --out engine_vs_trl_unclipped   # ours also without clipping
 # 2 threads per side (torch's default on 2 cores): only meaningful on a quiet machine (see README)
 $python bench/engine_vs_trl.py --threads 2 --only speed --only limit --out engine_vs_trl_2threads
 
