@@ -34,10 +34,21 @@ def speed(w: Workload, iterations: int, warmup: int, with_floor: bool = False) -
     trainer = PPOTrainer(w.engine_config(num_iterations=warmup + iterations + 1))
     floor = Floor(trainer.state, w) if with_floor else None
     rows: list[dict[str, float]] = []
+    clip, clipped = [0.0], torch.nn.utils.clip_grad_norm_
+
+    def timed_clip(*args: Any, **kwargs: Any) -> Any:  # work TRL's PPO does not do: two gradient norms a step
+        t = time.perf_counter()
+        try:
+            return clipped(*args, **kwargs)
+        finally:
+            clip[0] += time.perf_counter() - t
+
+    torch.nn.utils.clip_grad_norm_ = timed_clip
 
     def report(iteration: int, metrics: dict[str, float]) -> bool:
         if warmup < iteration <= warmup + iterations:
-            rows.append({**_phases(metrics), **(floor.measure() if floor else {})})
+            rows.append({**_phases(metrics), "clip": clip[0], **(floor.measure() if floor else {})})
+        clip[0] = 0.0
         return False
 
     load_before = load()

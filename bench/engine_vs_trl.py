@@ -87,6 +87,8 @@ def speed(w: Workload, reps: int, iterations: int, warmup: int, baseline: str | 
 def _summarise(w: Workload, results: list[dict[str, Any]]) -> dict[str, float]:
     rows = [row for r in results for row in r["rows"]]
     out = {k: median([row[k] for row in rows]) for k in ("iteration", "generate", "score", "gc", "update")}
+    if all("clip" in row for row in rows):  # ours: the two gradient-norm clips of every optimizer step
+        out["clip"] = median([row["clip"] for row in rows])
     out["samples_per_sec"] = w.rollout / out["iteration"]
     out["peak_rss_mib"] = median([r["peak_rss_mib"] for r in results])
     return out
@@ -124,6 +126,10 @@ def report(res: dict[str, Any]) -> None:
         if "speedup_unclipped" in s:
             print(f"speedup against ours without gradient clipping (the parity check's configuration): "
                   f"{s['speedup_unclipped']:.2f}x; per pair {', '.join(f'{x:.2f}' for x in s['speedup_unclipped_per_rep'])}")
+        for side, r in s["sides"].items():
+            if "clip" in r:
+                print(f"  {side}: clip_grad_norm_ (two a step; TRL's PPO has none) {r['clip']:.3f} s/iteration, "
+                      f"{r['clip'] / r['iteration']:.1%} of the iteration")
         if "clipping_cost_per_rep" in s:
             print(f"ours with clipping / without, s/iteration per pair: {', '.join(f'{x:.3f}' for x in s['clipping_cost_per_rep'])}")
         if "engine_speedup" in s:
