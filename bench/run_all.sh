@@ -12,7 +12,7 @@ baseline=()
 if [ -n "${BASELINE:-}" ]; then baseline=(--baseline "$BASELINE"); fi
 $python bench/engine_vs_trl.py --threads 1 "${baseline[@]}" --out engine_vs_trl
 $python bench/engine_vs_trl.py --only parity --out parity   # the step-by-step parity check alone
-$python bench/engine_vs_trl.py --only speed --unclipped --out engine_vs_trl_unclipped   # ours also without clipping
+$python bench/engine_vs_trl.py --only speed --no-trl --unclipped --reps 3 --out engine_vs_trl_clip   # the cost of our clipping
 # 2 threads per side (torch's default on 2 cores): only meaningful on a quiet machine (see README)
 $python bench/engine_vs_trl.py --threads 2 --only speed --only limit --out engine_vs_trl_2threads
 

@@ -21,8 +21,8 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 "$python" -c "
-import site, sys, sysconfig
-dirs = dict.fromkeys([*site.getsitepackages(), sysconfig.get_paths()['purelib'], sysconfig.get_paths()['platlib']])
+import sys  # every site-packages the main python reads, in its order (a venv's, and its base's if it sees them)
+dirs = dict.fromkeys(p for p in sys.path if p.endswith(('site-packages', 'dist-packages')))
 print('import site; ' + '; '.join(f'site.addsitedir({d!r})' for d in dirs))" > "$site/main-environment.pth"
 versions "$python" > "$venv/constraints.txt"
 if ! "$venv/bin/python" -c "import sys, trl; sys.exit(trl.__version__ != '1.12.0')" 2>/dev/null; then
