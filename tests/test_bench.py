@@ -37,6 +37,12 @@ def test_kl_pruning_counts_savings_on_the_table(tmp_path):
     assert table["trials"] == 360 and 0 < table["doomed"] < 360
     assert 0 < table["iterations_saved"] < table["iterations_doomed_would_spend"]
     assert all(2 <= it <= 12 for it in table["stop_iterations"])
+    # doomed = above the limit at the end: the first crossing stops every one of them, and some more
+    assert table["stopped"] == table["doomed"] + table["stopped_not_doomed"] and table["stopped_not_doomed"] == 43
+    rp = res["replayed"]  # per sweep: its own top-3 stopped by the limit, and its best of them
+    for seed in rp["per_seed"]:
+        assert 0 <= seed["false_prunes"] <= 3 and (not seed["best_stopped"] or seed["false_prunes"] >= 1)
+    assert rp["sweeps_with_best_stopped"] <= rp["sweeps_with_false_prunes"] <= 2
     forecast = res["forecast"]["forecast (the default options: window 3, floor 0.5)"]
     assert 0 < forecast["saved_beyond_plain_on_its_stopped"] < forecast["iterations_plain_spends_on_its_stopped"]
     assert forecast["wrongly_stopped"]["rule"] >= forecast["wrongly_stopped"]["plain"] == 43
