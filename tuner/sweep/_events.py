@@ -66,10 +66,11 @@ class RayEvents(Callback):
 
 def forget_metrics(trial: Any) -> None:
     """Drop Ray Tune's per-metric statistics of a trial that ended (for every numeric key of its results:
-    max, min, mean, last and two running windows, and their JSON in Tune's experiment state): about
-    half of what the driver kept per trial, 14 MiB per 100 trials of bench/driver_memory.py. The
-    sweep never reads them: the study and the MLflow runs hold every result, and the scheduler and the
-    searcher were told the trial's end before this callback runs. Its last result stays."""
+    max, min, mean, last and two running windows, and their JSON in Tune's experiment state), which
+    Tune keeps for the whole fit: the driver then grows 6 MiB per 100 trials of bench/driver_memory.py
+    instead of 14. The sweep never reads them: the study and the MLflow runs hold every result, and
+    the scheduler and the searcher were told of the trial's end before this callback runs. Its last
+    result stays."""
     meta = getattr(trial, "run_metadata", None)
     if meta is not None and hasattr(meta, "metric_analysis"):
         meta.metric_analysis, meta.metric_n_steps = {}, {}  # setting them also drops the cached JSON
