@@ -129,7 +129,7 @@ class ComposeCluster:
         self.services: dict[str, dict[str, Any]] = self.compose["services"]
         self.worker_cpus = worker_cpus
         command = [str(token) for token in self.services["postgres"].get("command", [])]
-        self.pg = PrivatePostgres([value for flag, value in zip(command, command[1:]) if flag == "-c"])
+        self.pg = PrivatePostgres([value for flag, value in zip(command, command[1:], strict=False) if flag == "-c"])
         self.ports = self._port_map()
         self.procs: list[tuple[str, subprocess.Popen, Path]] = []
 

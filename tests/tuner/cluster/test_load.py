@@ -74,6 +74,9 @@ def test_four_sweeps_at_once_share_one_database_and_one_tracking_server(compose_
                           resources={"cpus_per_trial": 1, "max_concurrent": 2}) for name in names]
     env = cluster.client_env()
     connections = _Connections(cluster.storage_url("optuna"))
+    with connections.engine.connect() as conn:  # the server runs with the compose service's settings
+        assert f"max_connections={conn.execute(sqlalchemy.text('SHOW max_connections')).scalar()}" in \
+            cluster.services["postgres"]["command"]
     connections.start()
     with ThreadPoolExecutor(SWEEPS) as pool:  # submitted at once, followed at once
         jobs = list(pool.map(lambda spec: submit(cluster, spec), specs))
