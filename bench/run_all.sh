@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates every figure of bench/README.md into bench/results/ (about 25 minutes on 2 cores, with the
+# Regenerates every figure of bench/README.md into bench/results/ (about 40 minutes on 2 cores, with the
 # table of learning curves already recorded; recording it from scratch adds 30-60 minutes).
 # BASELINE=DIR also times the engine as it was (DIR holds an older trials/, see README).
 set -euo pipefail
@@ -22,5 +22,6 @@ $python bench/sweep_efficiency.py
 $python bench/kl_pruning.py
 $python bench/controller_overhead.py
 $python bench/external_engines.py
+$python bench/driver_memory.py   # 300 short trials: 10-15 minutes
 $python bench/memory_lora.py --repeats 1   # peaks up to ~13 GB of RAM (full fine-tuning of a 0.36B model)
 uptime

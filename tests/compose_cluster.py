@@ -3,7 +3,7 @@
 `compose_file()` parses the compose file and interpolates it as `docker compose` would (`${VAR}`,
 `${VAR:-default}`, `${VAR:?error}`, `$$`). `ComposeCluster` then starts, from that parsed file:
 PostgreSQL (a private server made with initdb, tests/pg.py, given the postgres service's user,
-password, database and init script), the mlflow service's command, the ray-head service's command
+password, database, init script and `-c` settings), the mlflow service's command, the ray-head service's command
 and the ray-worker service's command, each adapted only where a process on this machine must differ
 from a container: service names become 127.0.0.1, each service's container ports become free local
 ports, 0.0.0.0 becomes 127.0.0.1, volumes become temporary folders, one MLflow worker, small CPU
@@ -128,7 +128,8 @@ class ComposeCluster:
         self.compose = compose_file(dict(self.secrets))
         self.services: dict[str, dict[str, Any]] = self.compose["services"]
         self.worker_cpus = worker_cpus
-        self.pg = PrivatePostgres()
+        command = [str(token) for token in self.services["postgres"].get("command", [])]
+        self.pg = PrivatePostgres([value for flag, value in zip(command, command[1:], strict=False) if flag == "-c"])
         self.ports = self._port_map()
         self.procs: list[tuple[str, subprocess.Popen, Path]] = []
 

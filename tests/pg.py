@@ -26,7 +26,8 @@ def _free_port() -> int:
 class PrivatePostgres:
     """Started by start(), stopped by stop(); `url(db)` has a real password (for redaction tests)."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: list[str] | None = None) -> None:
+        self.settings = ["max_connections=200", *(settings or [])]  # server settings, as `postgres -c` takes them (last wins)
         self.folder = Path(tempfile.mkdtemp(prefix="ppo-tuner-pg-"))
         self.data = self.folder / "data"
         self.port = _free_port()
@@ -48,7 +49,8 @@ class PrivatePostgres:
 
     def start_server(self) -> None:
         """Start the server on its data folder (again, after stop_server)."""
-        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        options = " ".join([f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1",
+                            *(f"-c {setting}" for setting in self.settings)])
         self._as_postgres(str(BIN / "pg_ctl"), "-D", str(self.data), "-o", options, "-l",
                           str(self.folder / "log"), "-w", "start")
 

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 
@@ -48,3 +50,15 @@ def test_kl_pruning_counts_savings_on_the_table(tmp_path):
     assert forecast["wrongly_stopped"]["rule"] >= forecast["wrongly_stopped"]["plain"] == 43
     assert res["forecast"]["grace_iterations 3 alone"]["wrongly_stopped"]["rule"] == res["rules"]["not before iteration 4"]["ending_within_but_stopped"]
     assert len(res["forecast_replayed"]["per_seed"]) == 2
+
+
+@pytest.mark.slow
+def test_driver_memory_samples_a_real_sweep(tmp_path):
+    proc = _bench("driver_memory.py", "--trials", "8", "--warmup", "2", "--interval", "0.5", out=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+    res = json.loads((tmp_path / "driver_memory.json").read_text())
+    assert res["trials"] == 8 and max(s["ended"] for s in res["samples"]) == 8
+    rss = res["rss_mib"]
+    assert 50 < rss["first_trial_ended"] <= rss["peak_whole_run"]  # a driver that imported Ray, Optuna, MLflow
+    assert res["slope_mib_per_100_trials"] == res["slope_mib_per_100_trials"]  # a number, not NaN
+    assert "MiB per 100 trials" in proc.stdout

@@ -14,7 +14,7 @@ from tuner.sweep._callback import SweepCallback
 from tuner.trial import ITERATION, Outcome, TrialFailure, read_result
 from tuner.trial._task import TrialTask
 
-__all__ = ["RayEvents"]
+__all__ = ["RayEvents", "forget_metrics"]
 
 
 class RayEvents(Callback):
@@ -57,8 +57,22 @@ class RayEvents(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._end(trial, "COMPLETE")
+        forget_metrics(trial)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._end(trial, "FAIL")
+        forget_metrics(trial)
+
+
+def forget_metrics(trial: Any) -> None:
+    """Drop Ray Tune's per-metric statistics of a trial that ended (for every numeric key of its results:
+    max, min, mean, last and two running windows, and their JSON in Tune's experiment state), which
+    Tune keeps for the whole fit: the driver then grows 6 MiB per 100 trials of bench/driver_memory.py
+    instead of 14. The sweep never reads them: the study and the MLflow runs hold every result, and
+    the scheduler and the searcher were told of the trial's end before this callback runs. Its last
+    result stays."""
+    meta = getattr(trial, "run_metadata", None)
+    if meta is not None and hasattr(meta, "metric_analysis"):
+        meta.metric_analysis, meta.metric_n_steps = {}, {}  # setting them also drops the cached JSON
 
 
