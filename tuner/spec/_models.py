@@ -113,7 +113,7 @@ class TrialSection(_Section):
                                  "trial.command, reporting JSON lines); verl, openrlhf (trial.command starts their PPO "
                                  "with your fixed arguments, the trial's hyperparameters are added in their names, "
                                  "their logs are read) or trl (trial.command is the python of an environment with trl "
-                                 "1.12); see the README's 'Sweep your own trainer'")
+                                 "1.12); see docs/own-trainer.md")
     command: list[NonEmpty] | None = Field(
         None, description="engine command: the trainer's argv, e.g. [python, train.py, --lr, '{policy_lr}']; '{field}' "
                           "is replaced by the trial's value of that engine field; the trial's whole config is also in "

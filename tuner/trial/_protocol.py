@@ -67,7 +67,7 @@ class Units:
         return ours, {k: v for k, v in raw.items() if k not in ours}
 
 
-# The JSON-lines protocol of `trial.engine: command` (README: 'Sweep your own trainer').
+# The JSON-lines protocol of `trial.engine: command` (docs/own-trainer.md).
 PROTOCOL = Units(kl=("kl",), kl_per_token=("kl_per_token",), length=("response_length",),
                  names={"reward": K.SCORES, "eval_reward": K.EVAL_SCORES, "response_length": K.RESPONSE_LENGTH})
 
