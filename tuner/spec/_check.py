@@ -226,6 +226,10 @@ def _check_sampler(spec: SweepSpec, space: dict[str, Param], found: Found) -> No
 
 
 def _budget_warnings(spec: SweepSpec, iterations: int, found: Found) -> None:
+    top_k = spec.budget.promote.top_k
+    if top_k is not None and top_k > spec.budget.trials:
+        found.warnings.append(f"budget.promote.top_k = {top_k} is more than budget.trials ({spec.budget.trials}): "
+                              "at most the search's feasible trials are promoted")
     if spec.scheduler.type != "none" and spec.scheduler.grace_period >= iterations:
         found.warnings.append(f"scheduler.grace_period = {spec.scheduler.grace_period} is not below the "
                               f"{iterations} iterations per trial: no trial will be stopped early")

@@ -26,7 +26,7 @@ from trials import did_you_mean, field_specs, metrics
 from tuner.spec import _values
 from tuner.spec._errors import spec_error
 
-__all__ = ["TRIAL_FIELDS", "Budget", "Choices", "Mlflow", "Objective", "Range", "Ray", "Resources", "SamplerSection",
+__all__ = ["TRIAL_FIELDS", "Budget", "Choices", "Mlflow", "Objective", "Promote", "Range", "Ray", "Resources", "SamplerSection",
            "Scheduler", "SweepSpec", "TrialSection"]
 
 NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
@@ -143,6 +143,17 @@ class Objective(_Section):
     last_k: int = Field(3, ge=1, description="reports averaged when score is mean_last")
 
 
+class Promote(_Section):
+    """After the search: its best feasible configs run again at full length with seeds the search never used."""
+
+    top_k: int | None = Field(
+        None, ge=0, description="configs to promote: the best feasible trials of the search (0: no promotion); empty: "
+                                "3 where the budget allows, budget.trials // 3 below 9 trials (none below 3)")
+    iterations: int | None = Field(None, ge=1, description="PPO iterations of a promoted run; empty: budget.iterations (the full trial length)")
+    seeds: int = Field(2, ge=1, le=20, description="runs per promoted config, each with a seed no search trial used; the "
+                                                  "best config is the best mean over them among those feasible in every seed")
+
+
 class Budget(_Section):
     """How much the sweep may spend."""
 
@@ -152,6 +163,14 @@ class Budget(_Section):
                           WithJsonSchema({"type": ["number", "string", "null"]})] = Field(
         None, description="time limit of the whole sweep: seconds, or a string such as '90s', '30m', '2h'; empty: none")
     max_failures: int = Field(1, ge=0, description="retries of a trial that failed (crashed), not of one that was pruned")
+    promote: Promote = Field(default_factory=Promote, description=Promote.__doc__)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_promote(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "promote" in data and data["promote"] is None:  # 'promote:' alone: defaults
+            return {k: v for k, v in data.items() if k != "promote"}
+        return data
 
 
 class Scheduler(_Section):

@@ -41,6 +41,7 @@ from trials import PPOConfig
 from trials import metrics as K
 from tuner.spec import CompiledSpec, sample_params, trial_config
 from tuner.sweep._outage import HeldWrites, Unavailable
+from tuner.sweep._promotion import PROMOTION, PlannedRun
 from tuner.sweep._study import ATTR, mark_interrupted, ran_configs, redact, tell_duplicate
 from tuner.trial import (
     ITERATION,
@@ -54,7 +55,7 @@ from tuner.trial import (
 from tuner.trial._memory import MemoryCheck
 from tuner.trial._task import TrialTask
 
-__all__ = ["OutageStop", "StudySearcher", "ask_trial"]
+__all__ = ["OutageStop", "PromotionSearcher", "StudySearcher", "ask_trial"]
 
 DUPLICATE_TRIES = 25  # samples asked for one slot before a repeated config is run anyway (a space nearly used up)
 OUT_OF_MEMORY = "OutOfMemoryError"  # the error of a trial that ran out of memory (torch.OutOfMemoryError)
@@ -120,6 +121,7 @@ class StudySearcher(Searcher):
         self._live: dict[str, _Live] = {}  # ray trial id -> a trial not yet recorded
         self._outcomes: dict[str, Outcome] = {}  # ray trial id -> what was recorded
         self.multi = len(spec.directions()) > 1
+        self.iterations = spec.iterations()  # a trial that ended before this many iterations was cut
         budget = spec.resources.trial_memory_gb
         self.memory = MemoryCheck(budget, spec.resources.gpus_per_trial) if budget else None
 
@@ -177,20 +179,27 @@ class StudySearcher(Searcher):
         mark_interrupted(self.study, self.storage, keep=self._launched)
         self._strays = False
 
-    def _suggest(self, trial_id: str) -> dict[str, Any] | None:
+    def _next(self) -> tuple[optuna.trial.Trial, dict[str, Any], dict[str, Any], int | None] | None:
+        """The next trial to launch: (trial, searched values, engine config, the search trial it repeats),
+        or None when no more are to run."""
         for _ in range(DUPLICATE_TRIES):
             trial, params, engine = ask_trial(self.study, self.spec, self.multi)
             if self._fits(trial, engine):
-                break
-        else:
-            log.warning("sweep %s: %d sampled configs in a row were predicted not to fit in %g GiB; no more trials "
-                        "are launched (lower the batch sizes or lengths searched, or raise resources.trial_memory_gb)",
-                        self.spec.name, DUPLICATE_TRIES, self.spec.resources.trial_memory_gb)
+                return trial, params, engine, None
+        log.warning("sweep %s: %d sampled configs in a row were predicted not to fit in %g GiB; no more trials "
+                    "are launched (lower the batch sizes or lengths searched, or raise resources.trial_memory_gb)",
+                    self.spec.name, DUPLICATE_TRIES, self.spec.resources.trial_memory_gb)
+        return None
+
+    def _suggest(self, trial_id: str) -> dict[str, Any] | None:
+        found = self._next()
+        if found is None:
             return Searcher.FINISHED
+        trial, params, engine, source = found
         trial.set_user_attr(ATTR["ray_trial"], trial_id)
         task = TrialTask(number=trial.number, engine=engine, params=params, kl_limit=self.spec.kl_limit,
                          objective=self.spec.objective.model_dump(), engine_kind=self.spec.trial.engine,
-                         external=self.spec.trial.launch(),
+                         external=self.spec.trial.launch(), source=source,
                          sys_path=[p for p in [os.getcwd(), *sys.path] if p])
         self._live[trial_id] = _Live(trial, task, self.writes)
         self._launched.add(trial.number)
@@ -295,7 +304,7 @@ class StudySearcher(Searcher):
             return Outcome(state="FAIL", stop_reason=StopReason.failed(message), value=None, error=message, **common)
         value = last.objective if last is not None else None
         reason = (last.stop_reason if last is not None else None) or (
-            StopReason.PRUNED if iterations < self.spec.iterations() else StopReason.COMPLETED)
+            StopReason.PRUNED if iterations < self.iterations else StopReason.COMPLETED)
         trial.set_user_attr(ATTR["stop"], reason)
         if reason == StopReason.PRUNED or value is None or not math.isfinite(value):
             self._tell(trial, state=TrialState.PRUNED)
@@ -339,6 +348,28 @@ class StudySearcher(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         pass
+
+
+class PromotionSearcher(StudySearcher):
+    """Hands Ray Tune the planned promotion runs, one per suggestion, into the promotion study, and records
+    each as StudySearcher records a search trial (same KL constraint, states and outcomes)."""
+
+    def __init__(self, study: optuna.Study, spec: CompiledSpec, storage: optuna.storages.BaseStorage,
+                 runs: list[PlannedRun]):
+        super().__init__(study, spec, storage)
+        self.queue = list(runs)
+        self.iterations = spec.promote_iterations()
+        self.memory = None  # the search checked these configs
+
+    def _next(self) -> tuple[optuna.trial.Trial, dict[str, Any], dict[str, Any], int | None] | None:
+        if not self.queue:
+            return None
+        trial = self.study.ask()
+        run = self.queue.pop(0)
+        for key, value in (("engine", json.dumps(run.engine)), ("stage", PROMOTION), ("source", run.source),
+                           ("seed", run.seed), ("params", json.dumps(run.params))):
+            trial.set_user_attr(ATTR[key], value)
+        return trial, run.params, run.engine, run.source
 
 
 class OutageStop(Stopper):

@@ -20,6 +20,7 @@ class TrialTask:
     sys_path: list[str] = field(default_factory=list)  # where the driver finds user modules (rewards)
     engine_kind: str = "ppo-tuner"  # the spec's trial.engine: what trains this trial
     external: dict[str, Any] = field(default_factory=dict)  # an external trainer's launch (TrialSection.launch)
+    source: int | None = None  # a promotion run: the number of the search trial whose config it runs again
 
     def to_config(self) -> dict[str, Any]:
         return asdict(self)
