@@ -70,6 +70,10 @@ def _print_summary(summary) -> None:
               f"KL max {summary.best_kl:.2f} nats")
     else:
         print("best feasible: none (every trial failed, was pruned, or passed the KL limit)")
+    if summary.overoptimized:
+        print(f"over-optimization: in trial{'s' if len(summary.overoptimized) > 1 else ''} "
+              f"{', '.join(map(str, summary.overoptimized))} the training reward rose while the held-out reward fell "
+              "(see heldout_vs_kl.png on the sweep's MLflow run)")
     _print_answer(summary.promoted, summary.choice, summary.name)
     if summary.promotion_note:
         print(f"promotion did not run: {summary.promotion_note}")

@@ -38,18 +38,22 @@ def row_of(t: TrialRow) -> dict[str, Any]:
     """A study's trial as a table row."""
     return {"number": t.number, "state": t.state, "iteration": t.iterations if t.iterations is not None else "-",
             "score": t.value, "kl": t.kl_final, "kl_max": t.kl_max, "beta": t.beta, "stop": t.stop_reason,
-            "reward": t.reward, "eval": t.eval}
+            "reward": t.reward, "eval": t.eval, "gold": t.gold, "flag": "over-opt" if t.overoptimized else ""}
 
 
 def render_rows(rows: list[dict[str, Any]], title: str) -> Table:
     table = Table(title=title, title_justify="left")
     labels = any("label" in r for r in rows)
-    for column in ("trial", *(("repeats",) if labels else ()), "state", "iter", "reward", "eval", "score", "KL", "KL max", "beta", "stop"):
+    gold = any(r.get("gold") is not None for r in rows)  # a held-out reward: its column, and the flag in the stop column
+    columns = ("trial", *(("repeats",) if labels else ()), "state", "iter", "reward", "eval", *(("held-out",) if gold else ()),
+               "score", "KL", "KL max", "beta", "stop")
+    for column in columns:
         table.add_column(column, justify="right" if column not in ("state", "stop") else "left")
     for r in sorted(rows, key=lambda r: r["number"]):
-        table.add_row(str(r["number"]), *((r.get("label", ""),) if labels else ()), r["state"], str(r.get("iteration", "-")), _f(r.get("reward")),
-                      _f(r.get("eval")), _f(r.get("score")), _f(r.get("kl"), ".2f"), _f(r.get("kl_max"), ".2f"),
-                      _f(r.get("beta"), ".3g"), r.get("stop", ""))
+        stop = r.get("stop", "") + (f" ({r['flag']})" if r.get("flag") else "")
+        table.add_row(str(r["number"]), *((r.get("label", ""),) if labels else ()), r["state"], str(r.get("iteration", "-")),
+                      _f(r.get("reward")), _f(r.get("eval")), *((_f(r.get("gold")),) if gold else ()), _f(r.get("score")),
+                      _f(r.get("kl"), ".2f"), _f(r.get("kl_max"), ".2f"), _f(r.get("beta"), ".3g"), stop)
     return table
 
 
@@ -112,6 +116,8 @@ class LiveTable(SweepCallback):
         row.update(iteration=iteration, reward=m.get(K.SCORES), kl=m.get(K.KL), kl_max=report.kl_max,
                    beta=m.get(K.KL_COEF), score=report.objective,
                    eval=m.get(K.EVAL_SCORES, row.get("eval", report.initial_eval)))
+        if K.EVAL_GOLD in m or math.isfinite(report.initial_gold):
+            row["gold"] = m.get(K.EVAL_GOLD, row.get("gold", report.initial_gold))
         self._show()
 
     def trial_ended(self, outcome: Outcome) -> None:

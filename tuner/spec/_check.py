@@ -62,6 +62,9 @@ def check_spec(spec: SweepSpec, broken: frozenset[str] = frozenset()) -> Checked
     if intact("sampler", "objective") and spec.sampler.type == "nsga2" and spec.objective.metric == metrics.KL:
         found.error("objective.metric", spec.objective.metric, "nsga2 already minimizes objective/kl as its second objective",
                     "choose the metric to improve, such as eval/scores")
+    if intact("trial", "objective") and spec.objective.metric == metrics.EVAL_GOLD and not spec.trial.eval_reward:
+        found.error("objective.metric", spec.objective.metric, "is the held-out reward's score, but trial.eval_reward is empty",
+                    "name the held-out reward in trial.eval_reward (same forms as trial.reward), or use eval/scores")
     if intact("budget", "base", "scheduler") and not found.problems:
         _budget_warnings(spec, iterations_of(spec.budget.iterations, base), found)
     if not (5 <= spec.kl_limit <= 30):

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from trials import PPOConfig, resolve_relative
+from trials import PPOConfig, metrics, resolve_relative
 from tuner.spec import _values
 from tuner.spec._models import TRIAL_FIELDS, SweepSpec
 from tuner.spec._space import Param, fixed_value, iterations_of
@@ -123,6 +123,8 @@ def compile_spec(spec: SweepSpec, base_values: dict[str, Any], space: dict[str, 
     """Resolve a checked spec. Relative trial paths that exist under `base_dir` become absolute."""
     if base_dir is not None:
         spec = _resolve_paths(spec, base_dir)
+    if spec.trial.eval_reward and "metric" not in spec.objective.model_fields_set:  # the held-out reward decides
+        spec = spec.model_copy(update={"objective": spec.objective.model_copy(update={"metric": metrics.EVAL_GOLD})})
     iterations = iterations_of(spec.budget.iterations, base_values)
     engine = {**_trial_fields(spec), "seed": spec.seed, **base_values,
               **{name: p.value for name, p in space.items() if not p.searched}, "num_iterations": iterations}

@@ -31,7 +31,7 @@ __all__ = ["TRIAL_FIELDS", "Budget", "Choices", "Mlflow", "Objective", "Promote"
 
 NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 # engine field -> key under the spec's `trial:` section
-TRIAL_FIELDS = {"model_path": "model", "reward": "reward", "prompts": "prompts",
+TRIAL_FIELDS = {"model_path": "model", "reward": "reward", "eval_reward": "eval_reward", "prompts": "prompts",
                 "eval_prompts": "eval_prompts", "value_model_path": "value_model"}
 _SCALAR_SCHEMA = {"type": ["number", "integer", "string", "boolean", "null"]}
 
@@ -100,11 +100,15 @@ SpaceEntry = Annotated[
 
 
 class TrialSection(_Section):
-    """What every trial trains: these map onto the engine's model_path, reward, prompts, eval_prompts, value_model_path."""
+    """What every trial trains: these map onto the engine's model_path, reward, eval_reward, prompts, eval_prompts, value_model_path."""
 
     model: NonEmpty = Field("demo", description="Hugging Face causal LM to fine-tune: a local directory, a hub name, or 'demo' for the built-in tiny model")
     reward: Annotated[NonEmpty, AfterValidator(_values.check_reward)] = Field(
         "trials.demo:reward", description="'module:function', 'file.py:function' (relative to the spec file), or a sequence-classification reward-model directory")
+    eval_reward: Annotated[NonEmpty, AfterValidator(_values.check_reward)] | None = Field(
+        None, description="a held-out ('gold') reward the policy never trains on, same forms as reward: the evaluation "
+                          "scores the held-out prompts' responses with it too (eval/gold_scores, then the default "
+                          "objective), and the sweep flags trials whose training reward rose while it fell")
     prompts: NonEmpty = Field("demo", description="training prompts: a .jsonl file (one {\"prompt\": ...} per line), a .txt file (one per line), or 'demo'")
     eval_prompts: NonEmpty | None = Field(None, description="held-out evaluation prompts, same formats; empty holds out some training prompts")
     value_model: NonEmpty | None = Field(None, description="model whose backbone initialises the value model; empty means the policy model")
@@ -137,7 +141,8 @@ class Objective(_Section):
     """What a trial is scored by."""
 
     metric: Annotated[str, AfterValidator(_known_metric)] = Field(
-        metrics.EVAL_SCORES, description="metric name from the engine's vocabulary, e.g. eval/scores or objective/scores")
+        metrics.EVAL_SCORES, description="metric name from the engine's vocabulary, e.g. eval/scores or objective/scores; "
+                                         "empty: eval/gold_scores where trial.eval_reward is set, else eval/scores")
     direction: Literal["maximize", "minimize"] = Field("maximize", description="whether a larger metric is better")
     score: Literal["final", "best", "mean_last"] = Field("final", description="the trial's value: the last report, the best report, or the mean of the last last_k reports")
     last_k: int = Field(3, ge=1, description="reports averaged when score is mean_last")

@@ -79,6 +79,7 @@ class SweepSummary:
     promotion_missing: int = 0  # promotion runs still to run (interrupted, or the wall-clock budget ran out)
     promotion_note: str = ""  # why the promotion did not run where it was due
     choice: Choice | None = None  # the config `tuner export` exports
+    overoptimized: list[int] = field(default_factory=list)  # trials whose training reward rose while the held-out fell
 
     @property
     def ideal_seconds(self) -> float:
@@ -416,13 +417,16 @@ def _summarise(spec: CompiledSpec, study: optuna.Study, storage: optuna.storages
         wall_seconds=wall, trial_compute_seconds=sum(o.compute_seconds for o in done),
         concurrency=spec.resources.max_concurrent, ran=ran, promotion_ran=len(stage.outcomes), parent_run_id=tracker.parent_id,
         artifacts=artifacts, outcomes=outcomes, trials=trial_rows(study), missing=_missing(spec, study),
-        promoted=configs, promotion_missing=promotion_missing(configs), promotion_note=stage.skipped, choice=choice)
+        promoted=configs, promotion_missing=promotion_missing(configs), promotion_note=stage.skipped, choice=choice,
+        overoptimized=[r.number for r in trial_rows(study) if r.overoptimized])
     metrics = {f"trials_{k.lower()}": float(v) for k, v in counts.items()}
     metrics.update({"sweep_wall_seconds": wall, "sweep_overhead_ratio": summary.overhead,
                     "trial_compute_seconds": summary.trial_compute_seconds})
     if best:
         metrics.update({"best_value": best.values[0], "best_trial": float(best.number)})
     metrics.update(promotion_metrics(configs))
+    if spec.trial.eval_reward:
+        metrics["trials_overoptimized"] = float(len(summary.overoptimized))
     try:
         tracker.finish(metrics, choice.trial.number if choice else None)
     except MlflowException as exc:  # the tracking server is away: said, and repaired by tuner sync
@@ -449,6 +453,10 @@ def _artifacts(spec: CompiledSpec, study: optuna.Study, tracker: Any, choice: Ch
     made.append(_plots.kl_trajectories(curves, spec.kl_limit, out_dir / "kl_trajectories.png"))
     if points:
         made.append(_plots.reward_vs_kl(points, spec.kl_limit, out_dir / "reward_vs_kl.png", spec.objective.metric))
+    heldout = [{"number": r.number, "kl": r.kl_final, "train": r.eval, "gold": r.gold, "overoptimized": r.overoptimized}
+               for r in trial_rows(study) if None not in (r.kl_final, r.eval, r.gold)]
+    if heldout:
+        made.append(_plots.heldout_vs_kl(heldout, spec.kl_limit, out_dir / "heldout_vs_kl.png"))
     importance = _plots.param_importance(study, out_dir / "param_importance.png")
     if importance:
         made.append(importance)

@@ -99,6 +99,7 @@ class _Live:
         self.last: dict[str, Any] = {}
         self.steps: set[int] = set()  # the iterations whose score the study was told (intermediate values)
         self.eval = math.nan  # the last eval/scores reported
+        self.evals: list[list[float]] = []  # [iteration, eval/scores, eval/gold_scores] where both were reported
 
     def set_user_attr(self, key: str, value: Any) -> None:
         self.user_attrs[key] = value
@@ -245,6 +246,10 @@ class StudySearcher(Searcher):
         live.steps.add(step)
         live.compute += record.seconds
         live.eval = record.metrics.get(K.EVAL_SCORES, live.eval if math.isfinite(live.eval) else record.initial_eval)
+        if not live.evals and math.isfinite(record.initial_gold):  # before any update
+            live.evals.append([0, record.initial_eval, record.initial_gold])
+        if K.EVAL_GOLD in record.metrics:
+            live.evals.append([step, record.eval, record.metrics[K.EVAL_GOLD]])
         if record.pid and live.user_attrs.get(ATTR["pid"]) != record.pid:
             live.set_user_attr(ATTR["pid"], record.pid)
         if not self.multi and math.isfinite(record.objective):
@@ -259,6 +264,9 @@ class StudySearcher(Searcher):
             self._take(live, read_result(last), last)
         if math.isfinite(live.eval):
             live.set_user_attr(ATTR["eval"], live.eval)
+        if live.evals:
+            live.set_user_attr(ATTR["gold"], live.evals[-1][2])
+            live.set_user_attr(ATTR["evals"], live.evals)
         outcome = self._record(live, read_result(last) if last else None, int(last.get("training_iteration", 0) or 0), error)
         outcome.compute_seconds = live.compute
         outcome.wall_seconds = time.perf_counter() - live.started
@@ -324,6 +332,7 @@ class StudySearcher(Searcher):
         live.set_user_attr(ATTR["retries"], retries)
         live.set_user_attr(ATTR["pid"], -1)  # the next attempt reports its own pid
         live.steps.clear()  # the next attempt counts its iterations from 1 again
+        live.evals.clear()
         return retries
 
     def abandon_live(self, reason: str = StopReason.INTERRUPTED) -> list[str]:

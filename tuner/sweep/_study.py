@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from trials import Problem, TunerError
-from tuner.trial import STATES, StopReason
+from tuner.trial import STATES, StopReason, overoptimized
 
 __all__ = ["ATTR", "PARENT_ATTR", "StorageError", "TrialRow", "best_feasible", "count_states", "ranked_feasible", "mark_interrupted",
            "is_connection_error", "open_storage", "ran_configs", "redact", "scrub", "schema_init_lock", "tell_duplicate", "trial_rows"]
@@ -32,6 +32,8 @@ ATTR = {
     "kl_final": "kl_final",
     "reward": "reward_final",  # the last iteration's objective/scores (mean reward of the rollout batch)
     "eval": "eval_last",  # the last eval/scores it reported (held-out prompts), the initial one included
+    "gold": "gold_last",  # the last eval/gold_scores (the held-out reward), where the spec names one
+    "evals": "evaluations",  # with a held-out reward: [[iteration, eval/scores, eval/gold_scores], ...] from iteration 0
     "iterations": "iterations",
     "ray_trial": "ray_trial_id",
     "mlflow_run": "mlflow_run_id",
@@ -212,6 +214,8 @@ class TrialRow:
     beta: float | None = None  # the trial's (initial) kl_coef
     reward: float | None = None  # the last iteration's objective/scores
     eval: float | None = None  # the last eval/scores
+    gold: float | None = None  # the last eval/gold_scores (the held-out reward)
+    overoptimized: bool = False  # its training reward rose while its held-out reward fell (see `overoptimized`)
     source: int | None = None  # a promotion run: the search trial it repeats
     seed: int | None = None  # a promotion run: its seed
 
@@ -225,7 +229,9 @@ def trial_rows(study: optuna.Study) -> list[TrialRow]:
                              params=dict(t.params), stop_reason=t.user_attrs.get(ATTR["stop"], ""),
                              kl_final=t.user_attrs.get(ATTR["kl_final"]), beta=engine.get("kl_coef"),
                              reward=t.user_attrs.get(ATTR["reward"]), eval=t.user_attrs.get(ATTR["eval"]),
-                             source=t.user_attrs.get(ATTR["source"]), seed=t.user_attrs.get(ATTR["seed"])))
+                             source=t.user_attrs.get(ATTR["source"]), seed=t.user_attrs.get(ATTR["seed"]),
+                             gold=t.user_attrs.get(ATTR["gold"]),
+                             overoptimized=overoptimized(t.user_attrs.get(ATTR["evals"], []))))
     return rows
 
 
@@ -270,7 +276,7 @@ def tell_duplicate(study: optuna.Study, trial: optuna.trial.Trial, earlier: Froz
         trial.set_user_attr(ATTR["stop"], f"same config as trial {earlier.number} (running)")
         study.tell(trial, state=TrialState.FAIL)
         return
-    for key in ("kl_max", "kl_final", "iterations", "reward", "eval"):
+    for key in ("kl_max", "kl_final", "iterations", "reward", "eval", "gold", "evals"):
         if ATTR[key] in earlier.user_attrs:
             trial.set_user_attr(ATTR[key], earlier.user_attrs[ATTR[key]])
     trial.set_user_attr(ATTR["stop"], f"same config as trial {earlier.number}: {earlier.user_attrs.get(ATTR['stop'], '')}")

@@ -273,8 +273,8 @@ class TrialLogger(SweepCallback):
                    else Metric(n, float(values[n]), 0, iteration) for n in _METRICS
                    if isinstance(values.get(n), (int, float)) and math.isfinite(values[n])]
         metrics += [Metric(TRAINER + n, v, 0, iteration) for n, v in report.trainer.items() if math.isfinite(v)]
-        if iteration == 1 and math.isfinite(report.initial_eval):  # the curve starts before any update
-            metrics.append(Metric(K.EVAL_SCORES, report.initial_eval, 0, 0))
+        if iteration == 1:  # the curves start before any update
+            metrics += [Metric(name, report.initial(name), 0, 0) for name in K.EVALUATED if math.isfinite(report.initial(name))]
         self.writer.submit(self.client.log_batch, run_id, metrics)
 
     def trial_ended(self, outcome: Outcome) -> None:

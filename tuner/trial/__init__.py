@@ -20,7 +20,7 @@ from tuner.trial._result import (
     TrialReport,
     read_result,
 )
-from tuner.trial._scoring import WORST, Scorer, scheduler_score, worst
+from tuner.trial._scoring import WORST, Scorer, overoptimized, scheduler_score, worst
 
-__all__ = ["ERROR", "INITIAL_EVAL", "ITERATION", "KL_MAX", "OBJECTIVE", "SCHEDULER_SCORE", "STATES", "WORST", "Outcome", "Scorer",
+__all__ = ["ERROR", "INITIAL_EVAL", "ITERATION", "KL_MAX", "OBJECTIVE", "SCHEDULER_SCORE", "STATES", "WORST", "Outcome", "Scorer", "overoptimized",
            "StopReason", "TrialFailure", "TrialReport", "read_result", "scheduler_score", "worst"]
