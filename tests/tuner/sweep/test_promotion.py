@@ -1,6 +1,6 @@
 """Promotion: the search's best feasible configs run again at full length with fresh seeds, in a study of
 their own; the export, the summary, `tuner status` and MLflow take the best mean over seeds; an interrupted
-promotion resumes with only its missing runs."""
+promotion resumes with only its missing runs. The fixture's sweep also names a held-out reward."""
 
 from __future__ import annotations
 
@@ -17,12 +17,15 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from tests.sweep_helpers import start_tuner, tuner, write_spec
+from trials import metrics as K
 from tuner.spec import load_spec, parse_spec
 from tuner.sweep import load_study
 from tuner.sweep._promotion import choose, fresh_seeds, promoted_configs, promotion_name
 from tuner.sweep._study import ATTR, open_storage
+from tuner.trial import overoptimized
 
 SEARCH = {"trials": 3, "iterations": 3, "promote": {"top_k": 2, "seeds": 2, "iterations": 4}}
+GOLD = {"model": "demo", "reward": "trials.demo:reward", "eval_reward": "trials.demo:gold_reward", "prompts": "demo"}
 SPACE = {"policy_lr": {"choices": [3.0e-5, 3.0e-4]}, "kl_coef": {"choices": [0.05, 0.01]}}
 
 
@@ -37,9 +40,10 @@ def _promotion_trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
 
 @pytest.fixture(scope="module")
 def promoted(tmp_path_factory, demo_model):
-    """A small sweep with its promotion: 3 search trials, then the best 2 configs x 2 fresh seeds."""
+    """A small sweep with a held-out reward and its promotion: 3 search trials, then the best 2 configs x 2
+    fresh seeds."""
     folder = tmp_path_factory.mktemp("promote")
-    spec_path = write_spec(folder, "prom", budget=SEARCH, search_space=SPACE, scheduler={"type": "none"})
+    spec_path = write_spec(folder, "prom", budget=SEARCH, search_space=SPACE, scheduler={"type": "none"}, trial=GOLD)
     proc = tuner("run", spec_path, cwd=folder)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {"spec": load_spec(spec_path), "folder": folder, "proc": proc}
@@ -201,3 +205,32 @@ def test_promotion_defaults_and_a_bad_value(tmp_path, run_cli):
     bad.write_text("name: bad\nbudget:\n  promote:\n    seeds: 0\n")
     code, out, err = run_cli("validate", bad)
     assert code == 2 and "budget.promote.seeds" in err and "Traceback" not in err
+
+
+def test_the_held_out_reward_is_the_objective_and_is_plotted_against_kl(promoted):
+    spec = promoted["spec"]
+    assert spec.objective.metric == K.EVAL_GOLD  # the default where trial.eval_reward is set
+    search = load_study(spec)
+    client = MlflowClient(spec.tracking_uri())
+    for t in (t for t in search.trials if t.user_attrs[ATTR["iterations"]] == 3):  # ran to its end
+        evals = t.user_attrs[ATTR["evals"]]
+        assert [e[0] for e in evals] == [0, 2, 3]  # before any update, every eval_interval (2), the last
+        assert t.values[0] == evals[-1][2] == t.user_attrs[ATTR["gold"]]  # score: the final held-out reward
+        assert t.user_attrs[ATTR["eval"]] == evals[-1][1]
+        history = client.get_metric_history(t.user_attrs[ATTR["mlflow_run"]], K.EVAL_GOLD)
+        assert sorted(m.step for m in history) == [0, 2, 3]
+    experiment = client.get_experiment_by_name(spec.experiment_name())
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.`ppo_tuner.kind` = 'sweep'")
+    assert "heldout_vs_kl.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    flagged = [t.number for t in search.trials if overoptimized(t.user_attrs[ATTR["evals"]])]
+    assert parent.data.metrics["trials_overoptimized"] == len(flagged)
+    assert "held-out" in promoted["proc"].stderr + promoted["proc"].stdout  # the table's column
+
+
+def test_over_optimization_is_a_rise_of_the_training_reward_past_the_held_out_peak():
+    assert overoptimized([[0, 0.1, 0.2], [3, 0.3, 0.4], [6, 0.5, 0.3]])  # held-out peaked at 3, then fell
+    assert overoptimized([[0, 0.1, 0.2], [3, 0.3, 0.1]])  # fell from the start while training rose
+    assert not overoptimized([[0, 0.1, 0.2], [3, 0.3, 0.4], [6, 0.5, 0.5]])  # both rose
+    assert not overoptimized([[0, 0.1, 0.2], [3, 0.05, 0.1]])  # both fell: worse, not over-optimized
+    assert not overoptimized([[0, 0.1, 0.2]])  # one evaluation says nothing
+    assert not overoptimized([[0, math.nan, 0.2], [3, 0.3, 0.1]])
