@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, machine, save
 
 
 def run_demo(folder: Path, name: str, top_k: int | None) -> float:
@@ -53,10 +52,12 @@ def main() -> None:
             print(json.dumps({"pair": i, "search_s": round(walls["search"][-1], 1),
                               "promoted_s": round(walls["promoted"][-1], 1)}), flush=True)
     ratios = [p / s for s, p in zip(walls["search"], walls["promoted"], strict=True)]
-    print(json.dumps({"search_s": [round(w, 1) for w in walls["search"]],
-                      "promoted_s": [round(w, 1) for w in walls["promoted"]],
-                      "ratio_of_medians": round(statistics.median(walls["promoted"]) / statistics.median(walls["search"]), 2),
-                      "pair_ratios": [round(r, 2) for r in ratios], "load": [round(x, 1) for x in os.getloadavg()]}))
+    result = {"search_s": [round(w, 1) for w in walls["search"]], "promoted_s": [round(w, 1) for w in walls["promoted"]],
+              "ratio_of_medians": round(statistics.median(walls["promoted"]) / statistics.median(walls["search"]), 2),
+              "pair_ratios": [round(r, 2) for r in ratios], "load": [round(x, 1) for x in os.getloadavg()],
+              "machine": machine()}
+    print(json.dumps(result))
+    save("promotion_cost", result)
 
 
 if __name__ == "__main__":

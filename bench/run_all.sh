@@ -19,5 +19,6 @@ until $python bench/_curves.py --minutes 9; do :; done   # resumable; a no-op wh
 $python bench/sweep_efficiency.py
 $python bench/kl_pruning.py
 $python bench/controller_overhead.py
+$python bench/promotion_cost.py --repeats 3
 $python bench/memory_lora.py --repeats 1   # peaks up to ~13 GB of RAM (full fine-tuning of a 0.36B model)
 uptime
