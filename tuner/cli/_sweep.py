@@ -113,8 +113,7 @@ def _start(spec: CompiledSpec) -> int:
     for warning in spec.warnings():
         print(f"warning: {warning}", file=sys.stderr)
     if trials_to_run(spec) == 0:
-        from tuner.sweep import open_study
-        from tuner.sweep._promotion import choose, promoted_configs, promotion_study
+        from tuner.sweep import choose, open_study, promoted_configs, promotion_study
 
         study, storage = open_study(spec)
         console(sys.stderr).print(render_rows([row_of(r) for r in trial_rows(study)], f"sweep {spec.name}: all trials"))
@@ -226,8 +225,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from tuner.cli._table import console, render_rows, row_of
-    from tuner.sweep import find_sweep, open_study, trial_rows
-    from tuner.sweep._promotion import choose, promoted_configs, promotion_study
+    from tuner.sweep import (
+        choose,
+        find_sweep,
+        open_study,
+        promoted_configs,
+        promotion_study,
+        trial_rows,
+    )
 
     spec = find_sweep(args.sweep, args.workdir)
     study, storage = open_study(spec)
@@ -245,8 +250,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from trials import PPOConfig
     from tuner.export import FORMATS, export_config
-    from tuner.sweep import engine_config_of, find_sweep, open_study
-    from tuner.sweep._promotion import choose, promoted_configs, promotion_study
+    from tuner.sweep import (
+        choose,
+        engine_config_of,
+        find_sweep,
+        open_study,
+        promoted_configs,
+        promotion_study,
+    )
 
     if args.format not in FORMATS:
         raise ConfigError([Problem("--format", args.format, "is not an export format", f"use one of {', '.join(FORMATS)}")])

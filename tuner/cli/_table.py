@@ -11,8 +11,7 @@ from rich.live import Live
 from rich.table import Table
 
 from trials import metrics as K
-from tuner.sweep import SweepCallback, TrialRow
-from tuner.sweep._promotion import PromotedConfig
+from tuner.sweep import PromotedConfig, SweepCallback, TrialRow
 from tuner.trial import Outcome, TrialReport
 from tuner.trial._task import TrialTask
 
