@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _print_summary(summary) -> None:
     c = summary.counts
-    runs = f" and {summary.promotion_ran} promotion runs" if summary.promotion_ran else ""
+    runs = f" and {summary.promotion_ran} promotion run{'s' if summary.promotion_ran != 1 else ''}" if summary.promotion_ran else ""
     print(f"sweep {summary.name}: {summary.ran} trials{runs} run in {summary.wall_seconds:.1f} s")
     print("trials: " + ", ".join(f"{k.lower()} {v}" for k, v in c.items() if v))
     if summary.best_number is not None:

@@ -26,9 +26,12 @@ from tuner.sweep import _plots
 from tuner.sweep._callback import SweepCallback
 from tuner.sweep._outage import StudyOutage
 from tuner.sweep._promotion import (
+    PROMOTION,
     Choice,
     PromotedConfig,
     choose,
+    missing_runs,
+    plan,
     promoted_configs,
     promotion_metrics,
     promotion_missing,
@@ -142,8 +145,6 @@ def sync_tracking(spec: CompiledSpec) -> dict[str, int]:
     counts = TrialLogger(tracker).reconcile(study)
     promotion = promotion_study(spec, open_storage(spec.storage_url()))
     if promotion is not None:
-        from tuner.sweep._promotion import PROMOTION
-
         for key, value in TrialLogger(tracker, kind=PROMOTION).reconcile(promotion).items():
             counts[key] += value
     alive = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING))
@@ -263,7 +264,6 @@ def _promote(spec: CompiledSpec, search: optuna.Study, storage: optuna.storages.
     """Run the promotion runs the promotion study does not hold yet (see _promotion)."""
     from ray.tune.schedulers import FIFOScheduler
 
-    from tuner.sweep._promotion import PROMOTION, missing_runs, plan, promotion_study
     from tuner.sweep._searcher import PromotionSearcher
     from tuner.sweep._tracking import TrialLogger
 
@@ -281,9 +281,10 @@ def _promote(spec: CompiledSpec, search: optuna.Study, storage: optuna.storages.
         return Promotion(todo=len(todo), skipped="the wall-clock budget was spent by the search")
     configs = len({run.source for run in planned})
     for callback in callbacks:
+        seeds = spec.budget.promote.seeds
         callback.stage_started(PROMOTION, f"promotion: the best {configs} config{'s' if configs != 1 else ''} x "
-                                          f"{spec.budget.promote.seeds} fresh seeds, {spec.promote_iterations()} iterations "
-                                          f"each ({len(todo)} runs to do)")
+                                          f"{seeds} fresh seed{'s' if seeds != 1 else ''}, {spec.promote_iterations()} "
+                                          f"iterations each ({len(todo)} run{'s' if len(todo) != 1 else ''} to do)")
     ray_use.ensure(f"{len(todo)} promotion run{'s' if len(todo) != 1 else ''}")
     searcher = PromotionSearcher(study, spec, storage, todo)
     fit(spec, len(todo), searcher, logger, callbacks, FIFOScheduler(), left, name=PROMOTION)
