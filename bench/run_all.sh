@@ -23,5 +23,6 @@ $python bench/kl_pruning.py
 $python bench/controller_overhead.py
 $python bench/external_engines.py
 $python bench/driver_memory.py   # 300 short trials: 10-15 minutes
+$python bench/promotion_cost.py --repeats 3
 $python bench/memory_lora.py --repeats 1   # peaks up to ~13 GB of RAM (full fine-tuning of a 0.36B model)
 uptime

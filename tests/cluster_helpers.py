@@ -56,7 +56,7 @@ def cluster_spec(cluster: ComposeCluster, folder: Path, name: str, **overrides: 
     data["storage"] = cluster.localize(data["storage"])
     data["mlflow"]["tracking_uri"] = cluster.localize(data["mlflow"]["tracking_uri"])
     data["base"].update(FAST_BASE)
-    data["budget"] = {"trials": 4, "iterations": 4}
+    data["budget"] = {"trials": 4, "iterations": 4, "promote": {"top_k": 0}}
     data["scheduler"] = {"type": "none"}
     for key, value in overrides.items():
         data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value

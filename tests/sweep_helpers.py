@@ -22,7 +22,7 @@ def write_spec(folder: Path, name: str, **overrides) -> Path:
         "search_space": {"policy_lr": {"choices": [3.0e-5, 3.0e-4, 3.0e-3]},
                          "kl_coef": {"choices": [0.05, 0.005]}},
         "kl_limit": 15,
-        "budget": {"trials": 6, "iterations": 6},
+        "budget": {"trials": 6, "iterations": 6, "promote": {"top_k": 0}},  # promotion: tests/tuner/sweep/test_promotion.py
         "scheduler": {"type": "asha", "grace_period": 2},
         "sampler": {"type": "grid"},
         "resources": {"cpus_per_trial": 1, "max_concurrent": 2},

@@ -14,10 +14,11 @@ from trials._errors import (
     did_you_mean,
 )
 from trials._memory import MemoryEstimate, estimate_memory, model_config_of
-from trials._refs import RewardRef, parse_reward, resolve_relative
+from trials._refs import REWARD_FIELDS, RewardRef, parse_reward, resolve_relative
 from trials._stop import KLLimit, chain, forecast_kl, passes_kl_limit
 
 __all__ = [
+    "REWARD_FIELDS",
     "ConfigError",
     "FieldSpec",
     "KLLimit",

@@ -106,6 +106,7 @@ class PPOConfig:
     model_path: str = _p("demo", "Hugging Face causal LM to fine-tune (a local path or 'demo' for the built-in tiny model); also the reference model", path=True)
     value_model_path: str | None = _p(None, "model whose backbone initialises the value model; empty means model_path", nullable=True, path=True)
     reward: str = _p("trials.demo:reward", "a Python callable 'module:function' (or 'file.py:function') taking (prompts, responses) and returning one float each, or the path of a sequence-classification reward model", path=True)
+    eval_reward: str | None = _p(None, "a held-out reward, in the same forms as reward (a 'gold' reward the policy never trains on): the evaluation scores its responses on the held-out prompts with it too (eval/gold_scores), so that a policy that games the training reward shows; empty: none", nullable=True, path=True)
     prompts: str = _p("demo", "training prompts: a .jsonl file (one {\"prompt\": ...} per line), a .txt file (one per line), or 'demo'", path=True)
     eval_prompts: str | None = _p(None, "held-out evaluation prompts, same formats; empty means hold out num_eval_prompts of the training prompts", nullable=True, path=True)
     num_eval_prompts: int = _p(64, "evaluation prompts held out of the training prompts when eval_prompts is empty", unit="prompts", low=1)

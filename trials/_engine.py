@@ -84,6 +84,7 @@ class _Run:
     policy_params: list[torch.nn.Parameter]  # what the policy trains (its adapter under LoRA)
     value_params: list[torch.nn.Parameter]
     reward: RewardFunction
+    eval_reward: RewardFunction | None  # the held-out reward, scored on the held-out prompts only
     train_prompts: list[str]
     eval_prompts: list[str]
     optimizer: torch.optim.Optimizer
@@ -141,6 +142,9 @@ def prepare(config: PPOConfig) -> _Run:
     frozen = frozen_dtype(config, device)
     reward = RewardFunction(config.reward, device, frozen)
     reward(train_prompts[:2], train_prompts[:2])  # fails now, not after the first rollout, if the reward is broken
+    eval_reward = RewardFunction(config.eval_reward, device, frozen, "eval_reward") if config.eval_reward else None
+    if eval_reward is not None:
+        eval_reward(eval_prompts[:2], eval_prompts[:2])
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(model_path)
     models = load_models(config, model_path, value_path, device)
@@ -154,7 +158,7 @@ def prepare(config: PPOConfig) -> _Run:
     bf16 = autocast is not contextlib.nullcontext or (config.lora_rank > 0 and frozen == torch.bfloat16)
     return _Run(config=config, device=device, autocast=autocast, tokenizer=tokenizer, policy=policy,
                 ref=models.ref, value=models.value, policy_params=models.policy_params,
-                value_params=models.value_params, reward=reward, train_prompts=train_prompts,
+                value_params=models.value_params, reward=reward, eval_reward=eval_reward, train_prompts=train_prompts,
                 eval_prompts=eval_prompts, optimizer=optimizer, scheduler=scheduler, kl_ctl=kl_ctl,
                 generation_config=_generation_config(config, tokenizer, policy),
                 prompt_gen=torch.Generator().manual_seed(config.seed),
@@ -189,13 +193,18 @@ class PPOTrainer:
 
     def __init__(self, config: PPOConfig):
         self.state = prepare(config)
-        self._initial_eval: float | None = None
+        self._initial: dict[str, float] | None = None
+
+    def initial_evals(self) -> dict[str, float]:
+        """The evaluation before any update (computed once): eval/scores, and eval/gold_scores where
+        eval_reward is set."""
+        if self._initial is None:
+            self._initial = evaluate(self.state)
+        return dict(self._initial)
 
     def initial_eval(self) -> float:
         """eval/scores before any update (computed once)."""
-        if self._initial_eval is None:
-            self._initial_eval = evaluate(self.state)
-        return self._initial_eval
+        return self.initial_evals()[K.EVAL_SCORES]
 
     @property
     def policy(self) -> torch.nn.Module:
@@ -294,7 +303,7 @@ def _iteration(run: _Run, iteration: int) -> dict[str, float]:
         **stats,
     }
     if iteration % c.eval_interval == 0 or iteration == c.num_iterations:
-        metrics[K.EVAL_SCORES] = evaluate(run)
+        metrics.update(evaluate(run))
     elapsed = time.perf_counter() - t0
     metrics.update({K.ITERATION_SECONDS: elapsed, K.TOKENS_PER_SEC: tokens / elapsed,
                     K.GENERATE_SECONDS: t1 - t0, K.SCORE_SECONDS: t2 - t1, K.UPDATE_SECONDS: t3 - t2})
@@ -420,10 +429,11 @@ def _explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch
 
 
 @torch.no_grad()
-def evaluate(run: _Run) -> float:
-    """Mean score on the held-out prompts: sampled at the training temperature from a fixed seed,
-    so that evaluations differ only through the policy, and training's random stream is untouched."""
-    scores = []
+def evaluate(run: _Run) -> dict[str, float]:
+    """Mean score on the held-out prompts (eval/scores), and the held-out reward's mean score of the same
+    responses (eval/gold_scores) where eval_reward is set: sampled at the training temperature from a
+    fixed seed, so that evaluations differ only through the policy, and training's random stream is untouched."""
+    scores, gold = [], []
     with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
         torch.manual_seed(run.config.seed + 7919)
         for s in range(0, len(run.eval_prompts), run.config.rollout_batch_size):
@@ -431,4 +441,9 @@ def evaluate(run: _Run) -> float:
             _, responses, _ = _generate(run, prompts)
             texts = decode(run.tokenizer, responses, response_mask(responses, run.tokenizer.eos_token_id))
             scores.append(run.reward(prompts, texts))
-    return torch.cat(scores).mean().item()
+            if run.eval_reward is not None:
+                gold.append(run.eval_reward(prompts, texts))
+    out = {K.EVAL_SCORES: torch.cat(scores).mean().item()}
+    if gold:
+        out[K.EVAL_GOLD] = torch.cat(gold).mean().item()
+    return out

@@ -14,8 +14,9 @@ from typing import Any, Literal
 
 from trials._errors import Problem, RewardError
 
-__all__ = ["RewardRef", "parse_reward", "resolve_relative"]
+__all__ = ["REWARD_FIELDS", "RewardRef", "parse_reward", "resolve_relative"]
 
+REWARD_FIELDS = ("reward", "eval_reward")  # the fields whose value is a reward reference (parse_reward)
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
 _FIX = "write 'my_module:my_reward', 'path/to/file.py:my_reward', or the folder of a reward model"
@@ -63,9 +64,9 @@ def resolve_relative(field: str, value: Any, base_dir: Path) -> Any:
     absolute; 'demo', absolute paths, module names, hub names and paths that do not exist there are kept."""
     if not isinstance(value, str) or value == "demo":
         return value
-    if field == "reward":
+    if field in REWARD_FIELDS:
         try:
-            ref = parse_reward(value)
+            ref = parse_reward(value, field)
         except RewardError:
             return value  # reported where the value is validated
         local = ref.local_path

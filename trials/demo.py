@@ -17,7 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["POSITIVE", "build_demo_model", "byte_level_tokenizer", "demo_cache_dir", "demo_prompts", "reward", "sentence"]
+__all__ = ["POSITIVE", "build_demo_model", "byte_level_tokenizer", "demo_cache_dir", "demo_prompts", "gold_reward", "reward",
+           "sentence"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,19 @@ def reward(prompts: list[str], responses: list[str]) -> list[float]:
     for response in responses:
         words = response.split()
         scores.append(sum(w in positive for w in words) / max(len(words), 1))
+    return scores
+
+
+def gold_reward(prompts: list[str], responses: list[str]) -> list[float]:
+    """The demo's held-out reward, in [0, 1]: positive adjectives count only where the grammar puts an
+    adjective (right before a noun), each once per response. A policy that learns the intended thing
+    raises both rewards; one that strings positive words together raises `reward` and not this one."""
+    positive, nouns = set(POSITIVE), set(NOUNS)
+    scores = []
+    for response in responses:
+        words = response.split()
+        placed = {a for a, b in zip(words, words[1:], strict=False) if a in positive and b in nouns}
+        scores.append(len(placed) / max(len(words), 1))
     return scores
 
 

@@ -20,6 +20,8 @@ VALUE_CLIPFRAC = "val/clipfrac_avg"
 EXPLAINED_VARIANCE = "val/explained_variance"
 RESPONSE_LENGTH = "objective/response_length"  # mean tokens per response
 EVAL_SCORES = "eval/scores"  # mean score on the held-out prompts, every eval interval
+EVAL_GOLD = "eval/gold_scores"  # mean score of the held-out reward (eval_reward) on the same responses, where one is set
+EVALUATED = (EVAL_SCORES, EVAL_GOLD)  # measured on the held-out prompts: also once before any update
 TOKENS_PER_SEC = "perf/tokens_per_sec"  # generated tokens / iteration seconds
 ITERATION_SECONDS = "perf/iteration_seconds"
 GENERATE_SECONDS = "perf/generate_seconds"
@@ -30,7 +32,7 @@ LR_VALUE = "lr/value"
 
 ALL = [
     KL, KL_COEF, SCORES, SCORES_STD, RLHF_REWARD, ENTROPY, NON_SCORE_REWARD, APPROXKL, CLIPFRAC,
-    POLICY_LOSS, VALUE_LOSS, VALUE_CLIPFRAC, EXPLAINED_VARIANCE, RESPONSE_LENGTH, EVAL_SCORES,
+    POLICY_LOSS, VALUE_LOSS, VALUE_CLIPFRAC, EXPLAINED_VARIANCE, RESPONSE_LENGTH, EVAL_SCORES, EVAL_GOLD,
     TOKENS_PER_SEC, ITERATION_SECONDS, GENERATE_SECONDS, SCORE_SECONDS, UPDATE_SECONDS, LR_POLICY,
     LR_VALUE,
 ]

@@ -32,7 +32,7 @@ def test_aggressive_settings_drive_kl_past_15_nats(demo_model):
 
 
 def test_every_documented_metric_is_reported(demo_model):
-    result = train(config(num_iterations=2, eval_interval=2))
+    result = train(config(num_iterations=2, eval_interval=2, eval_reward="trials.demo:gold_reward"))
     for name in K.ALL:
         assert name in result.metrics, name
         assert torch.isfinite(torch.tensor(result.metrics[name])), name
@@ -154,3 +154,24 @@ def test_malformed_prompt_files(tmp_path):
     (tmp_path / "few.txt").write_text("one\ntwo\n")
     with pytest.raises(ConfigError, match="num_eval_prompts"):
         PPOTrainer(config(prompts=str(tmp_path / "few.txt")))
+
+
+def test_a_held_out_reward_scores_the_same_evaluation_responses(demo_model, reward_module):
+    twice = reward_module("twice_reward", "from trials.demo import reward\n"
+                                          "def twice(prompts, responses):\n"
+                                          "    return [2 * s for s in reward(prompts, responses)]\n")
+    plain = PPOTrainer(config(num_iterations=2, eval_interval=1))  # each trainer seeds the global RNG: one at a time
+    plain_initial, plain_history = plain.initial_evals(), plain.train().history
+    gold = PPOTrainer(config(num_iterations=2, eval_interval=1, eval_reward=f"{twice}:twice"))
+    initial, history = gold.initial_evals(), gold.train().history
+    assert set(plain_initial) == {K.EVAL_SCORES} and set(initial) == {K.EVAL_SCORES, K.EVAL_GOLD}
+    assert initial[K.EVAL_SCORES] == plain_initial[K.EVAL_SCORES]  # the held-out reward does not change what is sampled
+    assert initial[K.EVAL_GOLD] == pytest.approx(2 * initial[K.EVAL_SCORES])
+    assert all(h[K.EVAL_GOLD] == pytest.approx(2 * h[K.EVAL_SCORES]) for h in history)
+    assert [h[K.EVAL_SCORES] for h in history] == [h[K.EVAL_SCORES] for h in plain_history]
+
+
+def test_a_broken_held_out_reward_is_named_before_training(demo_model):
+    with pytest.raises(RewardError) as err:
+        PPOTrainer(config(eval_reward="no_such_module_here:score"))
+    assert err.value.problems[0].path == "eval_reward"

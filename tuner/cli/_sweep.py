@@ -64,34 +64,65 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _print_summary(summary) -> None:
     c = summary.counts
-    print(f"sweep {summary.name}: {summary.ran} trials run in {summary.wall_seconds:.1f} s")
+    runs = f" and {summary.promotion_ran} promotion run{'s' if summary.promotion_ran != 1 else ''}" if summary.promotion_ran else ""
+    print(f"sweep {summary.name}: {summary.ran} trials{runs} run in {summary.wall_seconds:.1f} s")
     print("trials: " + ", ".join(f"{k.lower()} {v}" for k, v in c.items() if v))
     if summary.best_number is not None:
         print(f"best feasible: trial {summary.best_number}, score {summary.best_value:.4f}, "
               f"KL max {summary.best_kl:.2f} nats")
     else:
         print("best feasible: none (every trial failed, was pruned, or passed the KL limit)")
-    if summary.ran:
+    if summary.overoptimized:
+        print(f"over-optimization: in trial{'s' if len(summary.overoptimized) > 1 else ''} "
+              f"{', '.join(map(str, summary.overoptimized))} the training reward rose while the held-out reward fell "
+              "(see heldout_vs_kl.png on the sweep's MLflow run)")
+    _print_answer(summary.promoted, summary.choice, summary.name)
+    if summary.promotion_note:
+        print(f"promotion did not run: {summary.promotion_note}")
+    if summary.ran + summary.promotion_ran:
         print(f"controller overhead: wall {summary.wall_seconds:.1f} s vs ideal {summary.ideal_seconds:.1f} s "
               f"(trial compute {summary.trial_compute_seconds:.1f} s / concurrency "
-              f"{min(summary.concurrency, summary.ran)}) = {summary.overhead:.2f}x")
+              f"{min(summary.concurrency, summary.ran + summary.promotion_ran)}) = {summary.overhead:.2f}x")
     if summary.diagnosis:
         print(f"\n{summary.diagnosis}")
     print(f"sweep folder: {summary.sweep_dir}   MLflow parent run: {summary.parent_run_id}")
     print(f"next: tuner export {summary.name} --format yaml   |   tuner ui {summary.name}")
 
 
+def _print_answer(configs: list, choice: Any, name: str) -> None:
+    """The promotion's table and the config `tuner export` exports."""
+    from tuner.cli._table import console, render_promotion
+
+    if configs:
+        console().print(render_promotion(configs, f"sweep {name}: promotion (each config at full length, fresh seeds)"))
+    if choice is None:
+        if configs:
+            print("answer: none (no promoted config ran within the KL limit in every seed; 'tuner status' shows "
+                  "each seed's result)")
+        return
+    src = choice.source
+    if choice.stage == "promotion":
+        print(f"answer: trial {src['trial']}'s config, mean {src['mean']:.4f} (spread {src['spread']:.4f}) over seeds "
+              f"{', '.join(map(str, src['seeds']))}, KL max {src['kl_max']:.2f} nats (search rank {src['search_rank']})")
+    else:
+        print(f"answer: trial {src['trial']}'s config: {choice.note}")
+
+
 def _start(spec: CompiledSpec) -> int:
     from tuner.cli._table import LiveTable, console, render_rows, row_of
-    from tuner.sweep import load_study, preflight, run_sweep, trial_rows, trials_to_run
+    from tuner.sweep import preflight, run_sweep, trial_rows, trials_to_run
     from tuner.sweep._signals import stop_on_sigterm
 
     stop_on_sigterm()  # SIGTERM stops the sweep as Ctrl-C does (exit code 143)
     for warning in spec.warnings():
         print(f"warning: {warning}", file=sys.stderr)
     if trials_to_run(spec) == 0:
-        rows = [row_of(r) for r in trial_rows(load_study(spec))]
-        console(sys.stderr).print(render_rows(rows, f"sweep {spec.name}: all trials"))
+        from tuner.sweep import choose, open_study, promoted_configs, promotion_study
+
+        study, storage = open_study(spec)
+        console(sys.stderr).print(render_rows([row_of(r) for r in trial_rows(study)], f"sweep {spec.name}: all trials"))
+        configs = promoted_configs(spec, study, promotion_study(spec, storage))
+        _print_answer(configs, choose(spec, study, configs), spec.name)
         print(f"sweep {spec.name} is already complete: its {spec.budget.trials} trials have run, nothing to do "
               f"(raise budget.trials in the spec to run more; tuner export {spec.name} for the best config)")
         return 0
@@ -118,6 +149,10 @@ def _start(spec: CompiledSpec) -> int:
     _print_summary(summary)
     if summary.missing:
         print(f"sweep stopped with {summary.missing} of {spec.budget.trials} trials still to run; "
+              f"continue with: tuner resume {summary.sweep_dir}", file=sys.stderr)
+        return stopped_code()
+    if summary.promotion_missing:
+        print(f"sweep stopped with {summary.promotion_missing} promotion runs still to run; "
               f"continue with: tuner resume {summary.sweep_dir}", file=sys.stderr)
         return stopped_code()
     return 0
@@ -194,12 +229,25 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from tuner.cli._table import console, render_rows, row_of
-    from tuner.sweep import find_sweep, load_study, trial_rows
+    from tuner.sweep import (
+        choose,
+        find_sweep,
+        open_study,
+        promoted_configs,
+        promotion_study,
+        trial_rows,
+    )
 
     spec = find_sweep(args.sweep, args.workdir)
-    study = load_study(spec)
+    study, storage = open_study(spec)
     rows = [row_of(r) for r in trial_rows(study)]
     console().print(render_rows(rows, f"sweep {spec.name} ({len(rows)} of {spec.budget.trials} trials)"))
+    promotion = promotion_study(spec, storage)
+    if promotion is not None:
+        runs = [{**row_of(r), "label": f"trial {r.source}, seed {r.seed}"} for r in trial_rows(promotion)]
+        console().print(render_rows(runs, f"sweep {spec.name}: promotion runs ({len(runs)})"))
+    configs = promoted_configs(spec, study, promotion)
+    _print_answer(configs, choose(spec, study, configs), spec.name)
     return 0
 
 
@@ -221,25 +269,37 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from trials import PPOConfig
     from tuner.export import FORMATS, export_config
-    from tuner.sweep import best_feasible, engine_config_of, find_sweep, load_study
-    from tuner.sweep._study import ATTR
+    from tuner.sweep import (
+        choose,
+        engine_config_of,
+        find_sweep,
+        open_study,
+        promoted_configs,
+        promotion_study,
+    )
 
     if args.format not in FORMATS:
         raise ConfigError([Problem("--format", args.format, "is not an export format", f"use one of {', '.join(FORMATS)}")])
     spec = find_sweep(args.sweep, args.workdir)
-    study = load_study(spec)
-    best = best_feasible(study)
-    if best is None:
+    study, storage = open_study(spec)
+    configs = promoted_configs(spec, study, promotion_study(spec, storage))
+    choice = choose(spec, study, configs)
+    if choice is None and configs:
+        raise ConfigError([Problem("SWEEP", spec.name, "has no promoted config that ran within the KL limit in every seed",
+                                   "see 'tuner status' for each seed's result; lower the learning rates or raise beta "
+                                   "in the search space, or raise budget.promote.top_k and resume")])
+    if choice is None:
         raise ConfigError([Problem("SWEEP", spec.name, "has no completed trial within the KL limit",
                                    "run more trials (tuner resume) or widen the search space")])
-    source = {"sweep": spec.name, "trial": best.number, "objective": best.values[0],
-              "kl_max": best.user_attrs.get(ATTR["kl_max"])}
-    text, warnings = export_config(PPOConfig.from_dict(engine_config_of(best)), args.format, source=source)
+    if choice.note:
+        print(f"note: exporting {choice.note}", file=sys.stderr)
+    text, warnings = export_config(PPOConfig.from_dict(engine_config_of(choice.trial)), args.format, source=choice.source)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if args.output:
         Path(args.output).write_text(text)
-        print(f"wrote trial {best.number}'s config ({args.format}) to {args.output}", file=sys.stderr)
+        print(f"wrote trial {choice.trial.number}'s config ({args.format}, chosen by the {choice.stage}) to "
+              f"{args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0

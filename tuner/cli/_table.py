@@ -11,11 +11,11 @@ from rich.live import Live
 from rich.table import Table
 
 from trials import metrics as K
-from tuner.sweep import SweepCallback, TrialRow
+from tuner.sweep import PromotedConfig, SweepCallback, TrialRow
 from tuner.trial import Outcome, TrialReport
 from tuner.trial._task import TrialTask
 
-__all__ = ["LiveTable", "console", "render_rows", "row_of"]
+__all__ = ["LiveTable", "console", "render_promotion", "render_rows", "row_of"]
 
 PIPE_WIDTH = 200  # columns of a table written to a pipe or a file: wide enough that no column is cut
 
@@ -37,17 +37,41 @@ def row_of(t: TrialRow) -> dict[str, Any]:
     """A study's trial as a table row."""
     return {"number": t.number, "state": t.state, "iteration": t.iterations if t.iterations is not None else "-",
             "score": t.value, "kl": t.kl_final, "kl_max": t.kl_max, "beta": t.beta, "stop": t.stop_reason,
-            "reward": t.reward, "eval": t.eval}
+            "reward": t.reward, "eval": t.eval, "gold": t.gold, "flag": "over-opt" if t.overoptimized else ""}
 
 
 def render_rows(rows: list[dict[str, Any]], title: str) -> Table:
     table = Table(title=title, title_justify="left")
-    for column in ("trial", "state", "iter", "reward", "eval", "score", "KL", "KL max", "beta", "stop"):
+    labels = any("label" in r for r in rows)
+    gold = any(r.get("gold") is not None for r in rows)  # a held-out reward: its column, and the flag in the stop column
+    columns = ("trial", *(("repeats",) if labels else ()), "state", "iter", "reward", "eval", *(("held-out",) if gold else ()),
+               "score", "KL", "KL max", "beta", "stop")
+    for column in columns:
         table.add_column(column, justify="right" if column not in ("state", "stop") else "left")
     for r in sorted(rows, key=lambda r: r["number"]):
-        table.add_row(str(r["number"]), r["state"], str(r.get("iteration", "-")), _f(r.get("reward")),
-                      _f(r.get("eval")), _f(r.get("score")), _f(r.get("kl"), ".2f"), _f(r.get("kl_max"), ".2f"),
-                      _f(r.get("beta"), ".3g"), r.get("stop", ""))
+        stop = r.get("stop", "") + (f" ({r['flag']})" if r.get("flag") else "")
+        table.add_row(str(r["number"]), *((r.get("label", ""),) if labels else ()), r["state"], str(r.get("iteration", "-")),
+                      _f(r.get("reward")), _f(r.get("eval")), *((_f(r.get("gold")),) if gold else ()), _f(r.get("score")),
+                      _f(r.get("kl"), ".2f"), _f(r.get("kl_max"), ".2f"), _f(r.get("beta"), ".3g"), stop)
+    return table
+
+
+def _moved(config: PromotedConfig) -> str:
+    if config.rank is None:
+        return "-"
+    step = config.search_rank - config.rank
+    return f"{config.rank} ({'up ' + str(step) if step > 0 else 'down ' + str(-step) if step < 0 else 'same'})"
+
+
+def render_promotion(configs: list[PromotedConfig], title: str) -> Table:
+    """The promoted configs: their rank in the search and in promotion, mean, spread and KL over seeds."""
+    table = Table(title=title, title_justify="left")
+    for column in ("trial", "search rank", "search score", "promotion rank", "mean", "spread", "KL max", "seeds", "verdict"):
+        table.add_column(column, justify="left" if column in ("seeds", "verdict") else "right")
+    for c in configs:
+        seeds = " ".join(f"{r.seed}:{_f(r.value)}" + ("" if r.feasible else f" {r.state}") for r in c.runs)
+        table.add_row(str(c.source), str(c.search_rank), _f(c.search_value), _moved(c), _f(c.mean), _f(c.spread),
+                      _f(c.kl_max, ".2f"), seeds or "-", c.verdict)
     return table
 
 
@@ -59,6 +83,7 @@ class LiveTable(SweepCallback):
         self.title = title
         self.console = console(stream or sys.stderr)
         self.rows: dict[int, dict[str, Any]] = {}  # trial number -> its row
+        self.stage = "trial"  # what the rows are: the search's trials, or (after stage_started) a later stage's runs
         self.live = Live(console=self.console, refresh_per_second=2, auto_refresh=False) if self.console.is_terminal else None
 
     def _show(self, final_line: str | None = None) -> None:
@@ -70,10 +95,18 @@ class LiveTable(SweepCallback):
     def phase(self, message: str) -> None:
         self.console.print(f"{message} ...", highlight=False)
 
+    def stage_started(self, stage: str, title: str) -> None:
+        self.stop()  # the search's table stays on the screen as it ended
+        self.live = Live(console=self.console, refresh_per_second=2, auto_refresh=False) if self.console.is_terminal else None
+        self.title, self.rows, self.stage = title, {}, stage
+        self.console.print(f"{title} ...", highlight=False)
+
     def trial_started(self, task: TrialTask) -> None:
         if self.live is not None and not self.live.is_started:
             self.live.start()
         self.rows[task.number] = {"number": task.number, "state": "RUNNING", "beta": task.engine["kl_coef"]}
+        if task.source is not None:
+            self.rows[task.number]["label"] = f"trial {task.source}, seed {task.engine.get('seed')}"
         self._show()
 
     def trial_reported(self, number: int, iteration: int, report: TrialReport) -> None:
@@ -82,12 +115,15 @@ class LiveTable(SweepCallback):
         row.update(iteration=iteration, reward=m.get(K.SCORES), kl=m.get(K.KL), kl_max=report.kl_max,
                    beta=m.get(K.KL_COEF), score=report.objective,
                    eval=m.get(K.EVAL_SCORES, row.get("eval", report.initial_eval)))
+        if K.EVAL_GOLD in m or math.isfinite(report.initial_gold):
+            row["gold"] = m.get(K.EVAL_GOLD, row.get("gold", report.initial_gold))
         self._show()
 
     def trial_ended(self, outcome: Outcome) -> None:
         row = self.rows.setdefault(outcome.number, {"number": outcome.number})
         row["state"], row["stop"] = outcome.state, outcome.stop_reason
-        self._show(f"trial {row['number']}: {row['state']:<10} iter {row.get('iteration', '-')}  "
+        label = f" ({row['label']})" if "label" in row else ""
+        self._show(f"{self.stage} {row['number']}{label}: {row['state']:<10} iter {row.get('iteration', '-')}  "
                    f"score {_f(row.get('score'))}  KL max {_f(row.get('kl_max'), '.2f')}  ({row['stop']})")
 
     def stop(self) -> None:

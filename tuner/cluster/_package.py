@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from trials import ConfigError, Problem, TunerError, parse_reward
+from trials import REWARD_FIELDS, ConfigError, Problem, TunerError, parse_reward
 from tuner.spec import TRIAL_FIELDS, CompiledSpec, load_spec
 
 __all__ = ["STOP_ENV", "JobPackage", "package_sweep"]
@@ -83,7 +83,7 @@ def _relative_path(engine_field: str, key: str, value: Any, base: Path) -> Path 
     if not isinstance(value, str) or value.strip() in ("", "demo"):
         return None
     text = value.strip()
-    if engine_field == "reward":
+    if engine_field in REWARD_FIELDS:
         try:
             text = parse_reward(text).local_path
         except TunerError:

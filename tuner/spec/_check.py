@@ -62,6 +62,9 @@ def check_spec(spec: SweepSpec, broken: frozenset[str] = frozenset()) -> Checked
     if intact("sampler", "objective") and spec.sampler.type == "nsga2" and spec.objective.metric == metrics.KL:
         found.error("objective.metric", spec.objective.metric, "nsga2 already minimizes objective/kl as its second objective",
                     "choose the metric to improve, such as eval/scores")
+    if intact("trial", "objective") and spec.objective.metric == metrics.EVAL_GOLD and not spec.trial.eval_reward:
+        found.error("objective.metric", spec.objective.metric, "is the held-out reward's score, but trial.eval_reward is empty",
+                    "name the held-out reward in trial.eval_reward (same forms as trial.reward), or use eval/scores")
     if intact("budget", "base", "scheduler") and not found.problems:
         _budget_warnings(spec, iterations_of(spec.budget.iterations, base), found)
     if not (5 <= spec.kl_limit.nats <= 30):
@@ -226,6 +229,10 @@ def _check_sampler(spec: SweepSpec, space: dict[str, Param], found: Found) -> No
 
 
 def _budget_warnings(spec: SweepSpec, iterations: int, found: Found) -> None:
+    top_k = spec.budget.promote.top_k
+    if top_k is not None and top_k > spec.budget.trials:
+        found.warnings.append(f"budget.promote.top_k = {top_k} is more than budget.trials ({spec.budget.trials}): "
+                              "at most the search's feasible trials are promoted")
     if spec.scheduler.type != "none" and spec.scheduler.grace_period >= iterations:
         found.warnings.append(f"scheduler.grace_period = {spec.scheduler.grace_period} is not below the "
                               f"{iterations} iterations per trial: no trial will be stopped early")

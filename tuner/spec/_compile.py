@@ -16,7 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from trials import PPOConfig, resolve_relative
+from trials import PPOConfig, metrics, resolve_relative
 from tuner.spec import _values
 from tuner.spec._models import TRIAL_FIELDS, KLLimitSection, SweepSpec
 from tuner.spec._space import Param, fixed_value, iterations_of
@@ -90,6 +90,14 @@ class CompiledSpec:
         """Optuna directions: the objective's, plus minimizing objective/kl for nsga2."""
         return list(self._derived["directions"])
 
+    def promote_top_k(self) -> int:
+        """Configs the promotion stage re-runs (0: none); see budget.promote."""
+        return self._derived["promote_top_k"]
+
+    def promote_iterations(self) -> int:
+        """PPO iterations of a promoted run: budget.promote.iterations, else the search's trial length."""
+        return self.spec.budget.promote.iterations or self.iterations()
+
     def sampler_seed(self) -> int:
         return self._derived["sampler_seed"]
 
@@ -112,6 +120,7 @@ class CompiledSpec:
         data["base"] = dict(self._derived["base_values"])
         data["search_space"] = {name: p.to_data() for name, p in self.space.items()}
         data["budget"]["iterations"] = self.iterations()
+        data["budget"]["promote"].update(top_k=self.promote_top_k(), iterations=self.promote_iterations())
         data["sampler"].update(seed=self.sampler_seed(), n_startup_trials=self.n_startup_trials())
         data["storage"] = self.storage_url(expand=False)
         data["mlflow"] = {"tracking_uri": self.tracking_uri(expand=False), "experiment": self.experiment_name()}
@@ -123,11 +132,13 @@ def compile_spec(spec: SweepSpec, base_values: dict[str, Any], space: dict[str, 
     """Resolve a checked spec. Relative trial paths that exist under `base_dir` become absolute."""
     if base_dir is not None:
         spec = _resolve_paths(spec, base_dir)
+    if spec.trial.eval_reward and "metric" not in spec.objective.model_fields_set:  # the held-out reward decides
+        spec = spec.model_copy(update={"objective": spec.objective.model_copy(update={"metric": metrics.EVAL_GOLD})})
     iterations = iterations_of(spec.budget.iterations, base_values)
     engine = {**_trial_fields(spec), "seed": spec.seed, **base_values,
               **{name: p.value for name, p in space.items() if not p.searched}, "num_iterations": iterations}
     derived = {"directions": _directions(spec), "sampler_seed": _sampler_seed(spec),
-               "n_startup_trials": _n_startup_trials(spec), "base_values": MappingProxyType(dict(base_values))}
+               "n_startup_trials": _n_startup_trials(spec), "promote_top_k": _promote_top_k(spec), "base_values": MappingProxyType(dict(base_values))}
     return CompiledSpec(spec=spec, space=MappingProxyType(dict(space)), base=PPOConfig(**engine),
                         notes=tuple(warnings), _derived=MappingProxyType(derived))
 
@@ -176,3 +187,10 @@ def _n_startup_trials(spec: SweepSpec) -> int:
     if spec.sampler.type == "nsga2":
         return max(2, min(50, spec.budget.trials // 2))
     return max(1, min(10, spec.budget.trials // 2))
+
+
+def _promote_top_k(spec: SweepSpec) -> int:
+    """3 where the budget allows; a smaller search promotes a third of its trials (none below 3 trials)."""
+    if spec.budget.promote.top_k is not None:
+        return spec.budget.promote.top_k
+    return min(3, spec.budget.trials // 3)

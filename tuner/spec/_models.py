@@ -26,12 +26,12 @@ from trials import did_you_mean, field_specs, metrics
 from tuner.spec import _values
 from tuner.spec._errors import spec_error
 
-__all__ = ["TRIAL_FIELDS", "Budget", "Choices", "KLLimitSection", "Mlflow", "Objective", "Range", "Ray", "Resources", "SamplerSection",
-           "Scheduler", "SweepSpec", "TrialSection"]
+__all__ = ["TRIAL_FIELDS", "Budget", "Choices", "KLLimitSection", "Mlflow", "Objective", "Promote", "Range", "Ray", "Resources",
+           "SamplerSection", "Scheduler", "SweepSpec", "TrialSection"]
 
 NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 # engine field -> key under the spec's `trial:` section
-TRIAL_FIELDS = {"model_path": "model", "reward": "reward", "prompts": "prompts",
+TRIAL_FIELDS = {"model_path": "model", "reward": "reward", "eval_reward": "eval_reward", "prompts": "prompts",
                 "eval_prompts": "eval_prompts", "value_model_path": "value_model"}
 _SCALAR_SCHEMA = {"type": ["number", "integer", "string", "boolean", "null"]}
 
@@ -100,11 +100,15 @@ SpaceEntry = Annotated[
 
 
 class TrialSection(_Section):
-    """What every trial trains: these map onto the engine's model_path, reward, prompts, eval_prompts, value_model_path."""
+    """What every trial trains: these map onto the engine's model_path, reward, eval_reward, prompts, eval_prompts, value_model_path."""
 
     model: NonEmpty = Field("demo", description="Hugging Face causal LM to fine-tune: a local directory, a hub name, or 'demo' for the built-in tiny model")
     reward: Annotated[NonEmpty, AfterValidator(_values.check_reward)] = Field(
         "trials.demo:reward", description="'module:function', 'file.py:function' (relative to the spec file), or a sequence-classification reward-model directory")
+    eval_reward: Annotated[NonEmpty, AfterValidator(_values.check_reward)] | None = Field(
+        None, description="a held-out ('gold') reward the policy never trains on, same forms as reward: the evaluation "
+                          "scores the held-out prompts' responses with it too (eval/gold_scores, then the default "
+                          "objective), and the sweep flags trials whose training reward rose while it fell")
     prompts: NonEmpty = Field("demo", description="training prompts: a .jsonl file (one {\"prompt\": ...} per line), a .txt file (one per line), or 'demo'")
     eval_prompts: NonEmpty | None = Field(None, description="held-out evaluation prompts, same formats; empty holds out some training prompts")
     value_model: NonEmpty | None = Field(None, description="model whose backbone initialises the value model; empty means the policy model")
@@ -140,7 +144,8 @@ class Objective(_Section):
     """What a trial is scored by."""
 
     metric: Annotated[str, AfterValidator(_known_metric)] = Field(
-        metrics.EVAL_SCORES, description="metric name from the engine's vocabulary, e.g. eval/scores or objective/scores")
+        metrics.EVAL_SCORES, description="metric name from the engine's vocabulary, e.g. eval/scores or objective/scores; "
+                                         "empty: eval/gold_scores where trial.eval_reward is set, else eval/scores")
     direction: Literal["maximize", "minimize"] = Field("maximize", description="whether a larger metric is better")
     score: Literal["final", "best", "mean_last"] = Field("final", description="the trial's value: the last report, the best report, or the mean of the last last_k reports")
     last_k: int = Field(3, ge=1, description="reports averaged when score is mean_last")
@@ -167,6 +172,17 @@ class KLLimitSection(_Section):
                                                        "back below the limit by iteration N+1 neither stops the trial nor makes it infeasible")
 
 
+class Promote(_Section):
+    """After the search: its best feasible configs run again at full length with seeds the search never used."""
+
+    top_k: int | None = Field(
+        None, ge=0, description="configs to promote: the best feasible trials of the search (0: no promotion); empty: "
+                                "3 where the budget allows, budget.trials // 3 below 9 trials (none below 3)")
+    iterations: int | None = Field(None, ge=1, description="PPO iterations of a promoted run; empty: budget.iterations (the full trial length)")
+    seeds: int = Field(2, ge=1, le=20, description="runs per promoted config, each with a seed no search trial used; the "
+                                                  "best config is the best mean over them among those feasible in every seed")
+
+
 class Budget(_Section):
     """How much the sweep may spend."""
 
@@ -176,6 +192,14 @@ class Budget(_Section):
                           WithJsonSchema({"type": ["number", "string", "null"]})] = Field(
         None, description="time limit of the whole sweep: seconds, or a string such as '90s', '30m', '2h'; empty: none")
     max_failures: int = Field(1, ge=0, description="retries of a trial that failed (crashed), not of one that was pruned")
+    promote: Promote = Field(default_factory=Promote, description=Promote.__doc__)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_promote(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "promote" in data and data["promote"] is None:  # 'promote:' alone: defaults
+            return {k: v for k, v in data.items() if k != "promote"}
+        return data
 
 
 class Scheduler(_Section):

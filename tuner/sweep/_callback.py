@@ -1,7 +1,7 @@
 """What a running sweep tells those who watch it, as records.
 
 `run_sweep(spec, callbacks)` tells every `SweepCallback` what the sweep is doing before its first
-trial (`phase`), hands it the trial's task when it starts, each iteration's `TrialReport`, and the
+trial (`phase`) and when a later stage starts (`stage_started`), hands it the trial's task when it starts, each iteration's `TrialReport`, and the
 `Outcome` the searcher recorded when it ends.
 """
 
@@ -18,6 +18,10 @@ class SweepCallback:
 
     def phase(self, message: str) -> None:
         """What the sweep is doing before its trials run (opening the study, starting Ray), in words."""
+
+    def stage_started(self, stage: str, title: str) -> None:
+        """A later stage of the sweep starts (stage: "promotion"): the trials told from now on are its runs,
+        numbered in a study of their own (`TrialTask.source` names the search trial each repeats)."""
 
     def trial_started(self, task: TrialTask) -> None:
         """A trial's first attempt started on a worker."""

@@ -2,7 +2,9 @@
 
 - KL trajectories of all trials, coloured by beta (log scale), with the KL limit drawn;
 - final score against final KL, with the limit and the Pareto front (score up, KL down);
-- parameter importance (fANOVA over the feasible completed trials).
+- parameter importance (fANOVA over the feasible completed trials);
+- with a held-out reward: the training and the held-out reward against final KL, trial by trial (the
+  over-optimization picture: past some KL the held-out reward falls while the training reward rises).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import optuna  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-__all__ = ["importance_figure", "kl_figure", "kl_trajectories", "pareto_front", "param_importance", "reward_figure", "reward_vs_kl"]
+__all__ = ["importance_figure", "kl_figure", "kl_trajectories", "pareto_front", "param_importance", "reward_figure", "reward_vs_kl",
+           "heldout_figure", "heldout_vs_kl"]
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +118,38 @@ def reward_figure(rows: list[dict[str, Any]], kl_limit: float, metric: str) -> F
     ax.legend(fontsize=8)
     fig.tight_layout()
     _label_points(ax, rows)
+    return fig
+
+
+def heldout_vs_kl(rows: list[dict[str, Any]], kl_limit: float, path: Path) -> Path:
+    """rows: [{"number", "kl", "train", "gold", "overoptimized"}]: each trial's final KL, its last training
+    reward and held-out reward on the held-out prompts, and whether the first rose while the second fell."""
+    return _save(heldout_figure(rows, kl_limit), path)
+
+
+def heldout_figure(rows: list[dict[str, Any]], kl_limit: float) -> Figure:
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    rows = sorted(rows, key=lambda r: r["kl"])
+    for r in rows:  # each trial's two rewards, joined
+        ax.plot([r["kl"], r["kl"]], [r["train"], r["gold"]], color="lightgray", lw=1, zorder=1)
+    ax.plot([r["kl"] for r in rows], [r["train"] for r in rows], "o-", color="tab:blue", ms=6, lw=0.8,
+            label="training reward (eval/scores)", zorder=2)
+    ax.plot([r["kl"] for r in rows], [r["gold"] for r in rows], "s-", color="tab:orange", ms=6, lw=0.8,
+            label="held-out reward (eval/gold_scores)", zorder=2)
+    flagged = [r for r in rows if r["overoptimized"]]
+    if flagged:
+        ax.scatter([r["kl"] for r in flagged], [r["gold"] for r in flagged], s=160, facecolors="none",
+                   edgecolors="crimson", lw=1.5, label="training reward rose, held-out fell", zorder=3)
+    for r in rows:
+        ax.annotate(str(r["number"]), (r["kl"], r["gold"]), fontsize=7, xytext=(4, -10), textcoords="offset points")
+    ax.axvline(kl_limit, color="crimson", ls=":", label=f"KL limit {kl_limit:g}")
+    ax.set(xlabel="final objective/kl (nats)", ylabel="reward on the held-out prompts",
+           title="Training and held-out reward against KL, one point pair per trial")
+    kls = [r["kl"] for r in rows]
+    if kls and max(kls) > 50 * max(1.0, min(kls)):
+        ax.set_xscale("symlog", linthresh=1.0)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
     return fig
 
 

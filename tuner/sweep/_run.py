@@ -26,6 +26,19 @@ from tuner.sweep import _plots
 from tuner.sweep._callback import SweepCallback
 from tuner.sweep._diagnose import write_diagnosis
 from tuner.sweep._outage import StudyOutage
+from tuner.sweep._promotion import (
+    PROMOTION,
+    Choice,
+    PromotedConfig,
+    choose,
+    missing_runs,
+    plan,
+    promoted_configs,
+    promotion_metrics,
+    promotion_missing,
+    promotion_study,
+    write_table,
+)
 from tuner.sweep._signals import stop_on_sigterm
 from tuner.sweep._study import (
     ATTR,
@@ -66,11 +79,17 @@ class SweepSummary:
     outcomes: list[Outcome] = field(default_factory=list)  # this run's trials, as they ended
     trials: list[TrialRow] = field(default_factory=list)  # every trial of the study, as it holds them
     diagnosis: str = ""  # the diagnosis section (tuner.diagnosis.render); empty where MLflow could not be read
+    promotion_ran: int = 0  # promotion runs this run ran
+    promoted: list[PromotedConfig] = field(default_factory=list)  # the promotion's configs and their runs so far
+    promotion_missing: int = 0  # promotion runs still to run (interrupted, or the wall-clock budget ran out)
+    promotion_note: str = ""  # why the promotion did not run where it was due
+    choice: Choice | None = None  # the config `tuner export` exports
+    overoptimized: list[int] = field(default_factory=list)  # trials whose training reward rose while the held-out fell
 
     @property
     def ideal_seconds(self) -> float:
         """The sum of trial compute divided by the concurrency."""
-        return self.trial_compute_seconds / max(1, min(self.concurrency, self.ran))
+        return self.trial_compute_seconds / max(1, min(self.concurrency, self.ran + self.promotion_ran))
 
     @property
     def overhead(self) -> float:
@@ -126,6 +145,10 @@ def sync_tracking(spec: CompiledSpec) -> dict[str, int]:
     study = load_study(spec)  # a sweep still running keeps its runs: only those of finished trials are closed
     tracker = SweepTracker(spec, study, reopen=False)
     counts = TrialLogger(tracker).reconcile(study)
+    promotion = promotion_study(spec, open_storage(spec.storage_url()))
+    if promotion is not None:
+        for key, value in TrialLogger(tracker, kind=PROMOTION).reconcile(promotion).items():
+            counts[key] += value
     alive = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING))
     if not alive and tracker.client.get_run(tracker.parent_id).info.status == "RUNNING":
         tracker.client.set_terminated(tracker.parent_id, status="FINISHED")
@@ -206,19 +229,73 @@ def run_sweep(spec: CompiledSpec, callbacks: Sequence[SweepCallback] = ()) -> Sw
     searcher = StudySearcher(study, spec, storage)
     logger = TrialLogger(tracker)
     logger.reconcile(study)
+    ray_use = RayUse(spec, callbacks)
     started = time.perf_counter()
     try:
-        if todo:
-            _fit(spec, todo, searcher, logger, callbacks)
-        outcomes = searcher.outcomes()
+        try:
+            if todo:
+                ray_use.ensure(f"{todo} trial{'s' if todo != 1 else ''}")
+                fit(spec, todo, searcher, logger, callbacks, _scheduler(spec), spec.budget.wall_clock)
+            outcomes = searcher.outcomes()
+            stage = Promotion()
+            if not searcher.writes.wait(lambda: _missing(spec, study)):  # the search is done: its best run again
+                stage = _promote(spec, study, storage, tracker, callbacks, ray_use, started)
+        finally:
+            ray_use.close()
         # the study's reads retried likewise through an outage
-        return searcher.writes.wait(lambda: _summarise(spec, study, tracker, outcomes, time.perf_counter() - started,
-                                                       ran=todo))
+        return searcher.writes.wait(lambda: _summarise(spec, study, storage, tracker, outcomes,
+                                                       time.perf_counter() - started, ran=todo, stage=stage))
     except StudyOutage as exc:  # stopped as on Ctrl-C; what the study could not be told runs again on resume
         tracker.finish({}, None, status="KILLED")
         held = len(searcher.writes.pending)
         raise StudyOutage(f"{exc}; the sweep stopped ({held} study writes not made: their trials run again "
                           "on resume)") from None
+
+
+@dataclass
+class Promotion:
+    """What the promotion stage did in this run: its runs' outcomes, and the runs it had to do."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    todo: int = 0
+    skipped: str = ""  # why it did not run, where it was due
+
+
+def _promote(spec: CompiledSpec, search: optuna.Study, storage: optuna.storages.BaseStorage, tracker: Any,
+             callbacks: Sequence[SweepCallback], ray_use: RayUse, started: float) -> Promotion:
+    """Run the promotion runs the promotion study does not hold yet (see _promotion)."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    from tuner.sweep._searcher import PromotionSearcher
+    from tuner.sweep._tracking import TrialLogger
+
+    planned = plan(spec, search)
+    if not planned:
+        return Promotion()
+    study = promotion_study(spec, storage, create=True)
+    todo = missing_runs(planned, study, storage)
+    logger = TrialLogger(tracker, kind=PROMOTION)
+    logger.reconcile(study)
+    if not todo:
+        return Promotion()
+    left = spec.budget.wall_clock - (time.perf_counter() - started) if spec.budget.wall_clock else None
+    if left is not None and left <= 0:
+        return Promotion(todo=len(todo), skipped="the wall-clock budget was spent by the search")
+    configs = len({run.source for run in planned})
+    for callback in callbacks:
+        seeds = spec.budget.promote.seeds
+        callback.stage_started(PROMOTION, f"promotion: the best {configs} config{'s' if configs != 1 else ''} x "
+                                          f"{seeds} fresh seed{'s' if seeds != 1 else ''}, {spec.promote_iterations()} "
+                                          f"iterations each ({len(todo)} run{'s' if len(todo) != 1 else ''} to do)")
+    ray_use.ensure(f"{len(todo)} promotion run{'s' if len(todo) != 1 else ''}")
+    searcher = PromotionSearcher(study, spec, storage, todo)
+    fit(spec, len(todo), searcher, logger, callbacks, FIFOScheduler(), left, name=PROMOTION)
+    return Promotion(outcomes=searcher.outcomes(), todo=len(todo))
+
+
+def _missing(spec: CompiledSpec, study: optuna.Study) -> int:
+    """Trials of the search's budget still to run."""
+    return max(0, spec.budget.trials - sum(map(_counts, study.get_trials(deepcopy=False))))
 
 
 def _tell(callbacks: Sequence[SweepCallback], message: str) -> None:
@@ -228,14 +305,19 @@ def _tell(callbacks: Sequence[SweepCallback], message: str) -> None:
 
 def trials_to_run(spec: CompiledSpec) -> int:
     """How many trials `run_sweep` would run now: the budget for a sweep without a study yet, else the
-    trials still missing (see remaining_trials). Writes nothing for a sweep that never started."""
+    trials still missing (see remaining_trials), plus the promotion runs still missing once the search is
+    done. Writes nothing for a sweep that never started."""
     if not spec.spec_file().is_file():  # run_sweep writes it first: this sweep never started here
         return spec.budget.trials
     try:
         study, storage = open_study(spec)
     except ConfigError:  # no study yet
         return spec.budget.trials
-    return remaining_trials(study, spec.budget.trials, storage)
+    todo = remaining_trials(study, spec.budget.trials, storage)
+    if todo:
+        return todo
+    configs = promoted_configs(spec, study, promotion_study(spec, storage))
+    return promotion_missing(configs)
 
 
 def _scheduler(spec: CompiledSpec) -> Any:
@@ -252,27 +334,49 @@ def _scheduler(spec: CompiledSpec) -> Any:
     return FIFOScheduler()
 
 
-def _fit(spec: CompiledSpec, todo: int, searcher: Any, logger: Any, callbacks: Sequence[SweepCallback]) -> None:
+class RayUse:
+    """Ray for the sweep's stages: started (or joined) by the first stage that runs trials, shut down at
+    the end of the sweep if this sweep started it."""
+
+    def __init__(self, spec: CompiledSpec, callbacks: Sequence[SweepCallback]):
+        self.spec, self.callbacks, self.started, self.up = spec, callbacks, False, False
+
+    def ensure(self, what: str) -> None:
+        if self.up:
+            return
+        address = (self.spec.ray.address if self.spec.ray else None) or os.environ.get("RAY_ADDRESS")
+        _tell(self.callbacks, (f"joining the Ray cluster at {address}" if address else "starting a local Ray")
+              + f" for {what}, {self.spec.resources.max_concurrent} at a time")
+        self.started = _ray_init(self.spec)
+        self.up = True
+        stop_on_sigterm()  # after ray.init: its native handler would abort on SIGTERM
+
+    def close(self) -> None:
+        if self.started:
+            import ray
+
+            ray.shutdown()
+            self.started = False
+
+
+def fit(spec: CompiledSpec, todo: int, searcher: Any, logger: Any, callbacks: Sequence[SweepCallback],
+        scheduler: Any, time_budget: float | None, name: str = "tune") -> None:
+    """Run `todo` trials of `searcher` through Ray Tune (Ray is up), each logged by `logger`."""
     from ray import tune
 
     from tuner.sweep._events import RayEvents
     from tuner.sweep._searcher import OutageStop
     from tuner.trial._trainable import run_trial
 
-    address = (spec.ray.address if spec.ray else None) or os.environ.get("RAY_ADDRESS")
-    _tell(callbacks, (f"joining the Ray cluster at {address}" if address else "starting a local Ray")
-          + f" for {todo} trial{'s' if todo != 1 else ''}, {spec.resources.max_concurrent} at a time")
-    started_ray = _ray_init(spec)
-    stop_on_sigterm()  # after ray.init: its native handler would abort on SIGTERM
     res = spec.resources
     stopper = OutageStop(searcher)
     trainable = tune.with_resources(run_trial, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
     tuner = tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(spec), num_samples=todo,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=todo,
                                     max_concurrent_trials=res.max_concurrent, reuse_actors=True,
-                                    trial_dirname_creator=_trial_dirname, time_budget_s=spec.budget.wall_clock),
-        run_config=tune.RunConfig(name="tune", storage_path=str((spec.sweep_dir() / "ray").resolve()), verbose=0,
+                                    trial_dirname_creator=_trial_dirname, time_budget_s=time_budget),
+        run_config=tune.RunConfig(name=name, storage_path=str((spec.sweep_dir() / "ray").resolve()), verbose=0,
                                   callbacks=[RayEvents(searcher, logger, callbacks)], stop=stopper,
                                   failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures)),
     )
@@ -284,10 +388,6 @@ def _fit(spec: CompiledSpec, todo: int, searcher: Any, logger: Any, callbacks: S
             logger.close_abandoned([t for t in map(searcher.task, searcher.running()) if t is not None])
         finally:
             searcher.abandon_live()
-            if started_ray:
-                import ray
-
-                ray.shutdown()
     if searcher.writes.expired:
         searcher.writes.drain(force=True)  # one last try
         if searcher.writes.pending:
@@ -299,42 +399,50 @@ def _trial_dirname(trial: Any) -> str:
     return f"trial_{trial.config.get('number', trial.trial_id)}_{trial.trial_id}"
 
 
-def _summarise(spec: CompiledSpec, study: optuna.Study, tracker: Any, outcomes: list[Outcome], wall: float,
-               ran: int) -> SweepSummary:
+def _summarise(spec: CompiledSpec, study: optuna.Study, storage: optuna.storages.BaseStorage, tracker: Any,
+               outcomes: list[Outcome], wall: float, ran: int, stage: Promotion) -> SweepSummary:
     counts = count_states(study)
     best = best_feasible(study)
+    configs = promoted_configs(spec, study, promotion_study(spec, storage))
+    choice = choose(spec, study, configs)
     from mlflow.exceptions import MlflowException
 
     diagnosis = ""
     try:
-        artifacts = _artifacts(spec, study, tracker, best)
+        artifacts = _artifacts(spec, study, tracker, choice, configs)
         diagnosis, path = write_diagnosis(spec, study, tracker, spec.sweep_dir() / "artifacts")
         artifacts.append(str(path))
     except MlflowException as exc:  # the tracking server is away; the study has every outcome
         log.warning("MLflow: the sweep's plots could not be written (%s); 'tuner sync %s' closes the runs",
                     str(exc).splitlines()[0][:200], spec.name)
         artifacts = []
+    done = [*outcomes, *stage.outcomes]
     summary = SweepSummary(
         name=spec.name, sweep_dir=spec.sweep_dir(), counts=counts, best_number=best.number if best else None,
         best_value=best.values[0] if best else None, best_kl=best.user_attrs.get(ATTR["kl_max"]) if best else None,
-        wall_seconds=wall, trial_compute_seconds=sum(o.compute_seconds for o in outcomes),
-        concurrency=spec.resources.max_concurrent, ran=ran, parent_run_id=tracker.parent_id, artifacts=artifacts,
-        outcomes=outcomes, trials=trial_rows(study), diagnosis=diagnosis,
-        missing=max(0, spec.budget.trials - sum(map(_counts, study.get_trials(deepcopy=False)))))
+        wall_seconds=wall, trial_compute_seconds=sum(o.compute_seconds for o in done),
+        concurrency=spec.resources.max_concurrent, ran=ran, promotion_ran=len(stage.outcomes), parent_run_id=tracker.parent_id,
+        artifacts=artifacts, outcomes=outcomes, trials=trial_rows(study), missing=_missing(spec, study),
+        promoted=configs, promotion_missing=promotion_missing(configs), promotion_note=stage.skipped, choice=choice,
+        overoptimized=[r.number for r in trial_rows(study) if r.overoptimized], diagnosis=diagnosis)
     metrics = {f"trials_{k.lower()}": float(v) for k, v in counts.items()}
     metrics.update({"sweep_wall_seconds": wall, "sweep_overhead_ratio": summary.overhead,
                     "trial_compute_seconds": summary.trial_compute_seconds})
     if best:
         metrics.update({"best_value": best.values[0], "best_trial": float(best.number)})
+    metrics.update(promotion_metrics(configs))
+    if spec.trial.eval_reward:
+        metrics["trials_overoptimized"] = float(len(summary.overoptimized))
     try:
-        tracker.finish(metrics, best.number if best else None)
+        tracker.finish(metrics, choice.trial.number if choice else None)
     except MlflowException as exc:  # the tracking server is away: said, and repaired by tuner sync
         log.warning("MLflow: the parent run could not be closed (%s); 'tuner sync %s' closes it",
                     str(exc).splitlines()[0][:200], spec.name)
     return summary
 
 
-def _artifacts(spec: CompiledSpec, study: optuna.Study, tracker: Any, best: Any) -> list[str]:
+def _artifacts(spec: CompiledSpec, study: optuna.Study, tracker: Any, choice: Choice | None,
+               configs: list[PromotedConfig]) -> list[str]:
     out_dir = spec.sweep_dir() / "artifacts"
     out_dir.mkdir(exist_ok=True)
     made: list[Path] = []
@@ -351,15 +459,20 @@ def _artifacts(spec: CompiledSpec, study: optuna.Study, tracker: Any, best: Any)
     made.append(_plots.kl_trajectories(curves, spec.kl_limit, out_dir / "kl_trajectories.png"))
     if points:
         made.append(_plots.reward_vs_kl(points, spec.kl_limit, out_dir / "reward_vs_kl.png", spec.objective.metric))
+    heldout = [{"number": r.number, "kl": r.kl_final, "train": r.eval, "gold": r.gold, "overoptimized": r.overoptimized}
+               for r in trial_rows(study) if None not in (r.kl_final, r.eval, r.gold)]
+    if heldout:
+        made.append(_plots.heldout_vs_kl(heldout, spec.kl_limit, out_dir / "heldout_vs_kl.png"))
     importance = _plots.param_importance(study, out_dir / "param_importance.png")
     if importance:
         made.append(importance)
-    if best is not None:
+    if configs:
+        made.append(write_table(configs, out_dir / "promotion.csv"))
+    if choice is not None:
         from trials import PPOConfig
         from tuner.export import export_config
 
-        text, _ = export_config(PPOConfig.from_dict(engine_config_of(best)), "yaml",
-                                source={"sweep": spec.name, "trial": best.number, "objective": best.values[0]})
+        text, _ = export_config(PPOConfig.from_dict(engine_config_of(choice.trial)), "yaml", source=choice.source)
         (out_dir / "best_config.yaml").write_text(text)
         made.append(out_dir / "best_config.yaml")
     for path in made:

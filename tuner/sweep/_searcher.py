@@ -41,6 +41,7 @@ from trials import PPOConfig
 from trials import metrics as K
 from tuner.spec import CompiledSpec, sample_params, trial_config
 from tuner.sweep._outage import HeldWrites, Unavailable
+from tuner.sweep._promotion import PROMOTION, PlannedRun
 from tuner.sweep._study import ATTR, mark_interrupted, ran_configs, redact, tell_duplicate
 from tuner.trial import (
     ITERATION,
@@ -55,7 +56,7 @@ from tuner.trial import (
 from tuner.trial._memory import MemoryCheck
 from tuner.trial._task import TrialTask
 
-__all__ = ["OutageStop", "StudySearcher", "ask_trial"]
+__all__ = ["OutageStop", "PromotionSearcher", "StudySearcher", "ask_trial"]
 
 DUPLICATE_TRIES = 25  # samples asked for one slot before a repeated config is run anyway (a space nearly used up)
 OUT_OF_MEMORY = "OutOfMemoryError"  # the error of a trial that ran out of memory (torch.OutOfMemoryError)
@@ -99,6 +100,7 @@ class _Live:
         self.last: dict[str, Any] = {}
         self.steps: set[int] = set()  # the iterations whose score the study was told (intermediate values)
         self.eval = math.nan  # the last eval/scores reported
+        self.evals: list[list[float]] = []  # [iteration, eval/scores, eval/gold_scores] where both were reported
 
     def set_user_attr(self, key: str, value: Any) -> None:
         self.user_attrs[key] = value
@@ -121,6 +123,7 @@ class StudySearcher(Searcher):
         self._live: dict[str, _Live] = {}  # ray trial id -> a trial not yet recorded
         self._outcomes: dict[str, Outcome] = {}  # ray trial id -> what was recorded
         self.multi = len(spec.directions()) > 1
+        self.iterations = spec.iterations()  # a trial that ended before this many iterations was cut
         budget = spec.resources.trial_memory_gb
         self.memory = MemoryCheck(budget, spec.resources.gpus_per_trial) if budget else None
 
@@ -178,21 +181,28 @@ class StudySearcher(Searcher):
         mark_interrupted(self.study, self.storage, keep=self._launched)
         self._strays = False
 
-    def _suggest(self, trial_id: str) -> dict[str, Any] | None:
+    def _next(self) -> tuple[optuna.trial.Trial, dict[str, Any], dict[str, Any], int | None] | None:
+        """The next trial to launch: (trial, searched values, engine config, the search trial it repeats),
+        or None when no more are to run."""
         for _ in range(DUPLICATE_TRIES):
             trial, params, engine = ask_trial(self.study, self.spec, self.multi)
             if self._fits(trial, engine):
-                break
-        else:
-            log.warning("sweep %s: %d sampled configs in a row were predicted not to fit in %g GiB; no more trials "
-                        "are launched (lower the batch sizes or lengths searched, or raise resources.trial_memory_gb)",
-                        self.spec.name, DUPLICATE_TRIES, self.spec.resources.trial_memory_gb)
+                return trial, params, engine, None
+        log.warning("sweep %s: %d sampled configs in a row were predicted not to fit in %g GiB; no more trials "
+                    "are launched (lower the batch sizes or lengths searched, or raise resources.trial_memory_gb)",
+                    self.spec.name, DUPLICATE_TRIES, self.spec.resources.trial_memory_gb)
+        return None
+
+    def _suggest(self, trial_id: str) -> dict[str, Any] | None:
+        found = self._next()
+        if found is None:
             return Searcher.FINISHED
+        trial, params, engine, source = found
         trial.set_user_attr(ATTR["ray_trial"], trial_id)
         task = TrialTask(number=trial.number, engine=engine, params=params, kl_limit=self.spec.kl_limit,
                          kl_forecast=self.spec.kl_rule.forecast, kl_grace_iterations=self.spec.kl_rule.grace_iterations,
                          objective=self.spec.objective.model_dump(), engine_kind=self.spec.trial.engine,
-                         external=self.spec.trial.launch(cluster=self.spec.ray.address is not None),
+                         external=self.spec.trial.launch(cluster=self.spec.ray.address is not None), source=source,
                          sys_path=[p for p in [os.getcwd(), *sys.path] if p])
         self._live[trial_id] = _Live(trial, task, self.writes)
         self._launched.add(trial.number)
@@ -238,6 +248,10 @@ class StudySearcher(Searcher):
         live.steps.add(step)
         live.compute += record.seconds
         live.eval = record.metrics.get(K.EVAL_SCORES, live.eval if math.isfinite(live.eval) else record.initial_eval)
+        if not live.evals and math.isfinite(record.initial_gold):  # before any update
+            live.evals.append([0, record.initial_eval, record.initial_gold])
+        if K.EVAL_GOLD in record.metrics:
+            live.evals.append([step, record.eval, record.metrics[K.EVAL_GOLD]])
         if record.pid and live.user_attrs.get(ATTR["pid"]) != record.pid:
             live.set_user_attr(ATTR["pid"], record.pid)
         if not self.multi and math.isfinite(record.objective):
@@ -252,6 +266,9 @@ class StudySearcher(Searcher):
             self._take(live, read_result(last), last)
         if math.isfinite(live.eval):
             live.set_user_attr(ATTR["eval"], live.eval)
+        if live.evals:
+            live.set_user_attr(ATTR["gold"], live.evals[-1][2])
+            live.set_user_attr(ATTR["evals"], live.evals)
         outcome = self._record(live, read_result(last) if last else None, int(last.get("training_iteration", 0) or 0), error)
         outcome.compute_seconds = live.compute
         outcome.wall_seconds = time.perf_counter() - live.started
@@ -297,7 +314,7 @@ class StudySearcher(Searcher):
             return Outcome(state="FAIL", stop_reason=StopReason.failed(message), value=None, error=message, **common)
         value = last.objective if last is not None else None
         reason = (last.stop_reason if last is not None else None) or (
-            StopReason.PRUNED if iterations < self.spec.iterations() else StopReason.COMPLETED)
+            StopReason.PRUNED if iterations < self.iterations else StopReason.COMPLETED)
         trial.set_user_attr(ATTR["stop"], reason)
         if reason == StopReason.PRUNED or value is None or not math.isfinite(value):
             self._tell(trial, state=TrialState.PRUNED)
@@ -317,6 +334,7 @@ class StudySearcher(Searcher):
         live.set_user_attr(ATTR["retries"], retries)
         live.set_user_attr(ATTR["pid"], -1)  # the next attempt reports its own pid
         live.steps.clear()  # the next attempt counts its iterations from 1 again
+        live.evals.clear()
         return retries
 
     def abandon_live(self, reason: str = StopReason.INTERRUPTED) -> list[str]:
@@ -341,6 +359,28 @@ class StudySearcher(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         pass
+
+
+class PromotionSearcher(StudySearcher):
+    """Hands Ray Tune the planned promotion runs, one per suggestion, into the promotion study, and records
+    each as StudySearcher records a search trial (same KL constraint, states and outcomes)."""
+
+    def __init__(self, study: optuna.Study, spec: CompiledSpec, storage: optuna.storages.BaseStorage,
+                 runs: list[PlannedRun]):
+        super().__init__(study, spec, storage)
+        self.queue = list(runs)
+        self.iterations = spec.promote_iterations()
+        self.memory = None  # the search checked these configs
+
+    def _next(self) -> tuple[optuna.trial.Trial, dict[str, Any], dict[str, Any], int | None] | None:
+        if not self.queue:
+            return None
+        trial = self.study.ask()
+        run = self.queue.pop(0)
+        for key, value in (("engine", json.dumps(run.engine)), ("stage", PROMOTION), ("source", run.source),
+                           ("seed", run.seed), ("params", json.dumps(run.params))):
+            trial.set_user_attr(ATTR[key], value)
+        return trial, run.params, run.engine, run.source
 
 
 class OutageStop(Stopper):

@@ -20,9 +20,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from trials import Problem, TunerError
-from tuner.trial import STATES, StopReason
+from tuner.trial import STATES, StopReason, overoptimized
 
-__all__ = ["ATTR", "PARENT_ATTR", "StorageError", "TrialRow", "best_feasible", "count_states", "mark_interrupted",
+__all__ = ["ATTR", "PARENT_ATTR", "StorageError", "TrialRow", "best_feasible", "count_states", "ranked_feasible", "mark_interrupted",
            "is_connection_error", "open_storage", "ran_configs", "redact", "scrub", "schema_init_lock", "tell_duplicate", "trial_rows"]
 
 # user attributes on each Optuna trial
@@ -33,6 +33,8 @@ ATTR = {
     "kl_final": "kl_final",
     "reward": "reward_final",  # the last iteration's objective/scores (mean reward of the rollout batch)
     "eval": "eval_last",  # the last eval/scores it reported (held-out prompts), the initial one included
+    "gold": "gold_last",  # the last eval/gold_scores (the held-out reward), where the spec names one
+    "evals": "evaluations",  # with a held-out reward: [[iteration, eval/scores, eval/gold_scores], ...] from iteration 0
     "iterations": "iterations",
     "ray_trial": "ray_trial_id",
     "mlflow_run": "mlflow_run_id",
@@ -43,6 +45,10 @@ ATTR = {
     "duplicate": "duplicate_of",  # the number of the trial whose engine config this one repeated (not run)
     "memory": "predicted_memory_gb",  # the memory model's prediction of the trial's peak (GiB), where checked
     "unlaunched": "not_launched",  # why a sampled config was recorded without running (predicted not to fit)
+    "stage": "stage",  # "promotion" on the trials of the promotion study (search trials have none)
+    "source": "promoted_trial",  # a promotion run: the number of the search trial whose config it runs again
+    "seed": "seed",  # a promotion run: its seed, one no search trial used
+    "params": "searched_params",  # a promotion run: the search trial's searched values (JSON)
 }
 PARENT_ATTR = "mlflow_parent_run_id"  # study user attribute: the sweep's MLflow parent run
 
@@ -179,15 +185,19 @@ def count_states(study: optuna.Study) -> dict[str, int]:
     return counts
 
 
-def best_feasible(study: optuna.Study) -> FrozenTrial | None:
-    """The best COMPLETE trial within the KL limit (first objective for multi-objective studies)."""
-    direction = study.directions[0]
+def ranked_feasible(study: optuna.Study) -> list[FrozenTrial]:
+    """The COMPLETE trials within the KL limit, best first (first objective for multi-objective studies);
+    a trial ranks above a later one of the same value."""
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
     candidates = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                   if is_feasible(t) and t.values and math.isfinite(t.values[0]) and ATTR["duplicate"] not in t.user_attrs]
-    if not candidates:
-        return None
-    pick = max if direction == optuna.study.StudyDirection.MAXIMIZE else min
-    return pick(candidates, key=lambda t: t.values[0])
+    return sorted(candidates, key=lambda t: (-t.values[0] if maximize else t.values[0], t.number))
+
+
+def best_feasible(study: optuna.Study) -> FrozenTrial | None:
+    """The best COMPLETE trial within the KL limit (first objective for multi-objective studies)."""
+    ranked = ranked_feasible(study)
+    return ranked[0] if ranked else None
 
 
 @dataclass
@@ -205,6 +215,10 @@ class TrialRow:
     beta: float | None = None  # the trial's (initial) kl_coef
     reward: float | None = None  # the last iteration's objective/scores
     eval: float | None = None  # the last eval/scores
+    gold: float | None = None  # the last eval/gold_scores (the held-out reward)
+    overoptimized: bool = False  # its training reward rose while its held-out reward fell (see `overoptimized`)
+    source: int | None = None  # a promotion run: the search trial it repeats
+    seed: int | None = None  # a promotion run: its seed
 
 
 def trial_rows(study: optuna.Study) -> list[TrialRow]:
@@ -215,7 +229,10 @@ def trial_rows(study: optuna.Study) -> list[TrialRow]:
                              kl_max=t.user_attrs.get(ATTR["kl_max"]), iterations=t.user_attrs.get(ATTR["iterations"]),
                              params=dict(t.params), stop_reason=t.user_attrs.get(ATTR["stop"], ""),
                              kl_final=t.user_attrs.get(ATTR["kl_final"]), beta=engine.get("kl_coef"),
-                             reward=t.user_attrs.get(ATTR["reward"]), eval=t.user_attrs.get(ATTR["eval"])))
+                             reward=t.user_attrs.get(ATTR["reward"]), eval=t.user_attrs.get(ATTR["eval"]),
+                             source=t.user_attrs.get(ATTR["source"]), seed=t.user_attrs.get(ATTR["seed"]),
+                             gold=t.user_attrs.get(ATTR["gold"]),
+                             overoptimized=overoptimized(t.user_attrs.get(ATTR["evals"], []))))
     return rows
 
 
@@ -260,7 +277,7 @@ def tell_duplicate(study: optuna.Study, trial: optuna.trial.Trial, earlier: Froz
         trial.set_user_attr(ATTR["stop"], f"same config as trial {earlier.number} (running)")
         study.tell(trial, state=TrialState.FAIL)
         return
-    for key in ("kl_max", "kl_final", "iterations", "reward", "eval"):
+    for key in ("kl_max", "kl_final", "iterations", "reward", "eval", "gold", "evals"):
         if ATTR[key] in earlier.user_attrs:
             trial.set_user_attr(ATTR[key], earlier.user_attrs[ATTR[key]])
     trial.set_user_attr(ATTR["stop"], f"same config as trial {earlier.number}: {earlier.user_attrs.get(ATTR['stop'], '')}")

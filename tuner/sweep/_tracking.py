@@ -44,7 +44,9 @@ _STATUS = {"COMPLETE": "FINISHED", "INFEASIBLE": "FAILED", "PRUNED": "KILLED", "
 TAG = {"kind": "ppo_tuner.kind", "study": "ppo_tuner.study", "number": "ppo_tuner.trial_number",
        "state": "ppo_tuner.state", "stop": "ppo_tuner.stop_reason", "error": "ppo_tuner.error",
        "errors": "ppo_tuner.errors", "retries": "ppo_tuner.retries", "best": "ppo_tuner.best_trial",
-       "diagnosis": "ppo_tuner.diagnosis"}
+       "diagnosis": "ppo_tuner.diagnosis", "stage": "ppo_tuner.stage", "source": "ppo_tuner.promoted_trial",
+       "seed": "ppo_tuner.seed"}
+TRIAL = "trial"  # the kind (and stage) of a search trial's run; a promotion run's is PROMOTION
 _METRICS = (*K.ALL, OBJECTIVE, KL_MAX, START_SECONDS, WARM_START)  # what a child run logs per iteration
 # learning rates (1e-6..1e-3) draw as flat zeros on MLflow's chart axes: logged in millionths instead
 LR_MICRO = {K.LR_POLICY: f"{K.LR_POLICY}_x1e6", K.LR_VALUE: f"{K.LR_VALUE}_x1e6"}
@@ -59,9 +61,10 @@ VIEW_KEY = "ppo-tuner-trials"
 _VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 
 
-def run_name(number: int, state: str | None = None) -> str:
-    """A trial's run name: trial-3 while it runs, trial-3 PRUNED once it ended (the run list shows it)."""
-    return f"trial-{number}" + (f" {state}" if state else "")
+def run_name(number: int, state: str | None = None, kind: str = TRIAL) -> str:
+    """A trial's run name: trial-3 while it runs, trial-3 PRUNED once it ended (the run list shows it);
+    a promotion run's: promotion-0 COMPLETE."""
+    return f"{kind}-{number}" + (f" {state}" if state else "")
 
 
 def _column(kind: str, name: str) -> str:
@@ -70,10 +73,10 @@ def _column(kind: str, name: str) -> str:
 
 def trials_view(searched: list[str]) -> dict[str, Any]:
     """The runs table of the sweep's page: the trials, first to last, with the columns a user compares."""
-    columns = [_column("tags", TAG["state"]), _column("metrics", OBJECTIVE), _column("metrics", K.KL),
+    columns = [_column("tags", TAG["stage"]), _column("tags", TAG["state"]), _column("metrics", OBJECTIVE), _column("metrics", K.KL),
                _column("metrics", KL_MAX), _column("metrics", K.EVAL_SCORES), _column("tags", TAG["stop"]),
                *(_column("params", name) for name in searched)]
-    return {"searchFilter": f"tags.`{TAG['kind']}` = 'trial'", "orderByKey": "attributes.start_time",
+    return {"searchFilter": f"tags.`{TAG['kind']}` != 'sweep'",  # search trials and promotion runs "orderByKey": "attributes.start_time",
             "orderByAsc": True, "startTime": "ALL", "lifecycleFilter": "Active", "datasetsFilter": [],
             "modelVersionFilter": "All Runs", "selectedColumns": columns, "columnOrder": columns,
             "runsHiddenMode": "SHOW_ALL", "viewMaximized": False, "runListHidden": False,
@@ -219,8 +222,8 @@ class _Writer:
 class TrialLogger(SweepCallback):
     """One nested child run per trial: its params, every iteration's metrics, its state and stop reason."""
 
-    def __init__(self, tracker: SweepTracker):
-        self.tracker = tracker
+    def __init__(self, tracker: SweepTracker, kind: str = TRIAL):
+        self.tracker, self.kind = tracker, kind  # kind: TRIAL (the search's) or PROMOTION (its runs are the promotion study's)
         self.client = tracker.client
         self.runs: dict[int, str] = {}  # trial number -> mlflow run id
         self.writer = _Writer()
@@ -230,7 +233,7 @@ class TrialLogger(SweepCallback):
         server cannot be reached: the trial runs on without one, and `tuner sync` creates it from the study."""
         if task.number not in self.runs:
             try:
-                self.runs[task.number] = self._create_run(task.number, task.params, task.engine)
+                self.runs[task.number] = self._create_run(task.number, task.params, task.engine, task.source)
             except Exception as exc:
                 self.writer.failed += 1
                 log.warning("MLflow: trial %d's run could not be created (%s); 'tuner sync' creates it from the study",
@@ -238,9 +241,12 @@ class TrialLogger(SweepCallback):
                 return ""
         return self.runs[task.number]
 
-    def _create_run(self, number: int, searched: dict[str, Any], engine: dict[str, Any]) -> str:
-        run = self.client.create_run(self.tracker.experiment_id, run_name=run_name(number), tags={
-            "mlflow.parentRunId": self.tracker.parent_id, TAG["kind"]: "trial", TAG["number"]: str(number)})
+    def _create_run(self, number: int, searched: dict[str, Any], engine: dict[str, Any], source: int | None = None) -> str:
+        tags = {"mlflow.parentRunId": self.tracker.parent_id, TAG["kind"]: self.kind, TAG["number"]: str(number),
+                TAG["stage"]: "search" if self.kind == TRIAL else self.kind}
+        if source is not None:
+            tags.update({TAG["source"]: str(source), TAG["seed"]: str(engine.get("seed"))})
+        run = self.client.create_run(self.tracker.experiment_id, run_name=run_name(number, kind=self.kind), tags=tags)
         params = [Param(k, str(v)) for k, v in sorted(searched.items())]
         params += [Param(f"engine.{k}", redact(str(v)) or "") for k, v in sorted(engine.items()) if k not in searched]
         self.client.log_batch(run.info.run_id, params=params[:100])
@@ -282,8 +288,8 @@ class TrialLogger(SweepCallback):
                    else Metric(n, float(values[n]), 0, iteration) for n in _METRICS
                    if isinstance(values.get(n), (int, float)) and math.isfinite(values[n])]
         metrics += [Metric(_metric_name(TRAINER + n), v, 0, iteration) for n, v in report.trainer.items() if math.isfinite(v)]
-        if iteration == 1 and math.isfinite(report.initial_eval):  # the curve starts before any update
-            metrics.append(Metric(K.EVAL_SCORES, report.initial_eval, 0, 0))
+        if iteration == 1:  # the curves start before any update
+            metrics += [Metric(name, report.initial(name), 0, 0) for name in K.EVALUATED if math.isfinite(report.initial(name))]
         self.writer.submit(self.client.log_batch, run_id, metrics)
 
     def trial_ended(self, outcome: Outcome) -> None:
@@ -294,7 +300,7 @@ class TrialLogger(SweepCallback):
         if outcome.error:
             tags.append(RunTag(TAG["error"], outcome.error[:5000]))
         self.writer.submit(self.client.log_batch, run_id, (), (), tags)  # after the run's metrics
-        self.writer.submit(self.client.update_run, run_id, None, run_name(outcome.number, outcome.state))
+        self.writer.submit(self.client.update_run, run_id, None, run_name(outcome.number, outcome.state, self.kind))
         self.writer.submit(self.client.set_terminated, run_id, _STATUS.get(outcome.state, "KILLED"))
 
     def reconcile(self, study: optuna.Study) -> dict[str, int]:
@@ -306,6 +312,8 @@ class TrialLogger(SweepCallback):
         engine's other metrics of those iterations are not in the study, and stay missing)."""
         by_number: dict[str, list[Any]] = {}
         for run in self.tracker.child_runs():
+            if run.data.tags.get(TAG["kind"], TRIAL) != self.kind:
+                continue
             by_number.setdefault(run.data.tags.get(TAG["number"], ""), []).append(run)
         counts = {"closed": 0, "created": 0, "restored": 0}
         for trial in study.get_trials(deepcopy=False):
@@ -313,7 +321,9 @@ class TrialLogger(SweepCallback):
             never_ran = ATTR["duplicate"] in trial.user_attrs or ATTR["unlaunched"] in trial.user_attrs
             if not runs and trial.state.is_finished() and not never_ran:
                 engine = json.loads(trial.user_attrs.get(ATTR["engine"], "{}"))
-                runs = [self.client.get_run(self._create_run(trial.number, dict(trial.params), engine))]
+                source = trial.user_attrs.get(ATTR["source"])
+                params = json.loads(trial.user_attrs.get(ATTR["params"], "{}")) if source is not None else dict(trial.params)
+                runs = [self.client.get_run(self._create_run(trial.number, params, engine, source))]
                 counts["created"] += 1
             for run in runs:
                 if run.info.run_id in self.runs.values():

@@ -20,7 +20,7 @@ from tuner.trial._result import (
     TrialReport,
     read_result,
 )
-from tuner.trial._scoring import WORST, Scorer, kl_constraint, scheduler_score, worst
+from tuner.trial._scoring import WORST, Scorer, kl_constraint, overoptimized, scheduler_score, worst
 
 __all__ = ["ERROR", "INITIAL_EVAL", "ITERATION", "KL_MAX", "OBJECTIVE", "SCHEDULER_SCORE", "STATES", "WORST", "Outcome", "Scorer",
-           "StopReason", "TrialFailure", "TrialReport", "kl_constraint", "read_result", "scheduler_score", "worst"]
+           "StopReason", "TrialFailure", "TrialReport", "kl_constraint", "overoptimized", "read_result", "scheduler_score", "worst"]

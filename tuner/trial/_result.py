@@ -26,6 +26,7 @@ STOP_REASON = "stop_reason"  # on the last report only: why the trial ended
 START_SECONDS = "perf/trial_start_seconds"  # loading and the initial evaluation, before iteration 1
 WARM_START = "perf/warm_start"  # 1.0 when the worker had the checkpoints cached
 INITIAL_EVAL = "initial_eval"  # eval/scores before any update (iteration 0), where the trial evaluated it
+INITIAL_GOLD = "initial_gold"  # eval/gold_scores before any update, where the trial has a held-out reward
 PID = "pid"  # the process running this attempt
 ERROR = "error"  # a failed attempt: "Type: message"
 RETRYABLE = "retryable"  # 1.0 when running the attempt again may succeed
@@ -70,12 +71,14 @@ class TrialReport:
     warm_start: bool = False
     pid: int = 0
     initial_eval: float = math.nan  # eval/scores before any update; NaN where the trial did not evaluate it
+    initial_gold: float = math.nan  # eval/gold_scores before any update; NaN without a held-out reward
     trainer: dict[str, float] = field(default_factory=dict)  # an external trainer's numbers, under its own names
 
     def to_result(self) -> dict[str, Any]:
         out: dict[str, Any] = {**self.metrics, **{TRAINER + k: v for k, v in self.trainer.items()}, OBJECTIVE: self.objective, SCHEDULER_SCORE: self.scheduler_score,
                                KL_MAX: self.kl_max, START_SECONDS: self.start_seconds,
-                               WARM_START: float(self.warm_start), PID: self.pid, INITIAL_EVAL: self.initial_eval}
+                               WARM_START: float(self.warm_start), PID: self.pid, INITIAL_EVAL: self.initial_eval,
+                               INITIAL_GOLD: self.initial_gold}
         if self.stop_reason is not None:
             out[STOP_REASON] = self.stop_reason
         return out
@@ -88,6 +91,10 @@ class TrialReport:
     def eval(self) -> float:
         """This iteration's eval/scores, NaN where it did not evaluate."""
         return self.metrics.get(K.EVAL_SCORES, math.nan)
+
+    def initial(self, metric: str) -> float:
+        """`metric`'s value before any update (an evaluated metric), NaN where it was not measured."""
+        return {K.EVAL_SCORES: self.initial_eval, K.EVAL_GOLD: self.initial_gold}.get(metric, math.nan)
 
     @property
     def seconds(self) -> float:
@@ -124,6 +131,7 @@ def read_result(result: dict[str, Any]) -> TrialReport | TrialFailure:
                        start_seconds=float(result.get(START_SECONDS, math.nan)),
                        warm_start=bool(result.get(WARM_START)), pid=int(result.get(PID, 0) or 0),
                        initial_eval=float(result.get(INITIAL_EVAL, math.nan)),
+                       initial_gold=float(result.get(INITIAL_GOLD, math.nan)),
                        trainer={k[len(TRAINER):]: float(v) for k, v in result.items()
                                 if k.startswith(TRAINER) and isinstance(v, (int, float))})
 

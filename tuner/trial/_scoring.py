@@ -11,7 +11,7 @@ import math
 
 from trials import metrics as K
 
-__all__ = ["WORST", "Scorer", "kl_constraint", "scheduler_score", "worst"]
+__all__ = ["WORST", "Scorer", "kl_constraint", "overoptimized", "scheduler_score", "worst"]
 
 WORST = 1e30  # magnitude of the worst possible scheduler score
 
@@ -33,6 +33,17 @@ def kl_constraint(kl_max: float, limit: float, stop_reason: str | None) -> float
 
     over = kl_max - limit if math.isfinite(kl_max) else math.inf
     return max(over, 0.0) + 1.0 if stop_reason == StopReason.KL_FORECAST else over
+def overoptimized(evaluations: list[list[float]]) -> bool:
+    """Whether a trial's training reward rose while its held-out reward fell (reward over-optimization,
+    Gao et al. 2022): from the evaluation where the held-out reward peaked (the first, where it never rose
+    after the start) to the last one, the training reward on the held-out prompts went up and the
+    held-out reward went down. `evaluations`: [iteration, eval/scores, eval/gold_scores] from iteration 0."""
+    points = [e for e in evaluations if len(e) == 3 and all(math.isfinite(v) for v in e[1:])]
+    if len(points) < 2:
+        return False
+    peak = max(range(len(points)), key=lambda i: (points[i][2], -i))
+    last = points[-1]
+    return peak < len(points) - 1 and last[1] > points[peak][1] and last[2] < points[peak][2]
 
 
 class Scorer:
@@ -41,7 +52,7 @@ class Scorer:
     def __init__(self, metric: str, direction: str, score: str, last_k: int, initial: float):
         self.metric, self.score, self.last_k = metric, score, last_k
         self.better = max if direction == "maximize" else min
-        self.values: list[float] = [initial] if metric == K.EVAL_SCORES and math.isfinite(initial) else []
+        self.values: list[float] = [initial] if metric in K.EVALUATED and math.isfinite(initial) else []
 
     def update(self, metrics: dict[str, float]) -> float:
         if self.metric in metrics and math.isfinite(metrics[self.metric]):

@@ -29,6 +29,7 @@ class TrialTask:
         """The KL limit as this trial's stopper (trials.KLLimit), with the spec's forecast and grace."""
         return KLLimit(self.kl_limit, forecast=self.kl_forecast, grace_iterations=self.kl_grace_iterations,
                        last_iteration=int(self.engine["num_iterations"]))
+    source: int | None = None  # a promotion run: the number of the search trial whose config it runs again
 
     def to_config(self) -> dict[str, Any]:
         return asdict(self)

@@ -43,8 +43,10 @@ def run_trial(config: dict[str, Any]) -> None:
     direction = objective["direction"]
     try:
         trainer = PPOTrainer(PPOConfig.from_dict(task.engine))
-        initial = trainer.initial_eval() if objective["metric"] == K.EVAL_SCORES else math.nan
-        scorer = Scorer(objective["metric"], direction, objective["score"], objective["last_k"], initial)
+        evaluated = objective["metric"] in K.EVALUATED or trainer.state.config.eval_reward
+        initial = trainer.initial_evals() if evaluated else {}  # the curves start before any update
+        scorer = Scorer(objective["metric"], direction, objective["score"], objective["last_k"],
+                        initial.get(objective["metric"], math.nan))
         start_cost = time.perf_counter() - started
         last = trainer.state.config.num_iterations
 
@@ -55,7 +57,8 @@ def run_trial(config: dict[str, Any]) -> None:
             reason = (StopReason.of_kl(limit) if over else StopReason.COMPLETED) if done else None
             tune.report(TrialReport(metrics=metrics, objective=score, scheduler_score=scheduler_score(score, over, direction),
                                     kl_max=limit.kl_max, stop_reason=reason, start_seconds=start_cost,
-                                    warm_start=warm, pid=os.getpid(), initial_eval=initial).to_result())
+                                    warm_start=warm, pid=os.getpid(), initial_eval=initial.get(K.EVAL_SCORES, math.nan),
+                                    initial_gold=initial.get(K.EVAL_GOLD, math.nan)).to_result())
             return over
 
         trainer.train(report)

@@ -46,7 +46,7 @@ def sweep(tmp_path_factory):
                                   "--step-seconds", "0.1", "--crash-if-lr", "2e-5", "--hang-if-lr", "3e-5"],
                       "env": {"MARKER": str(folder)}},
             "search_space": {"policy_lr": {"choices": list(LRS)}}, "kl_limit": 15,
-            "budget": {"trials": 4, "iterations": 4, "max_failures": 0}, "scheduler": {"type": "none"},
+            "budget": {"trials": 4, "iterations": 4, "max_failures": 0, "promote": {"top_k": 0}}, "scheduler": {"type": "none"},
             "sampler": {"type": "grid"}, "resources": {"max_concurrent": 2}, "ray": {"num_cpus": 2},
             "workdir": str(folder / "sweeps")}
     return run_spec(folder, spec, timeout=300)
