@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from trials import Problem, TunerError
 from tuner.trial import STATES, StopReason
 
-__all__ = ["ATTR", "PARENT_ATTR", "StorageError", "TrialRow", "best_feasible", "count_states", "mark_interrupted",
+__all__ = ["ATTR", "PARENT_ATTR", "StorageError", "TrialRow", "best_feasible", "best_of", "count_states", "mark_interrupted",
            "is_connection_error", "open_storage", "ran_configs", "redact", "scrub", "schema_init_lock", "tell_duplicate", "trial_rows"]
 
 # user attributes on each Optuna trial
@@ -54,8 +54,10 @@ def redact(url: str | None) -> str | None:
     return re.sub(r"(://[^:/@\s]+:)([^@\s]*)@", r"\1***@", url)
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An RDB storage that tolerates concurrent writers (SQLite: WAL and a long busy timeout).
+def open_storage(url: str, kind: type[optuna.storages.RDBStorage] = optuna.storages.RDBStorage
+                 ) -> optuna.storages.RDBStorage:
+    """An RDB storage that tolerates concurrent writers (SQLite: WAL and a long busy timeout); `kind`, a
+    subclass of RDBStorage, changes how it reads (optuna-dashboard's view of a study, tuner/sweep/_dashboard.py).
 
     The one place where a database error becomes the project's own error, with the password redacted.
     """
@@ -66,7 +68,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         kwargs = {"connect_args": {"timeout": 60}}
     try:
         with schema_init_lock(url):  # two controllers creating the tables of one database at once collide
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            storage = kind(url, engine_kwargs=kwargs)
         if url.startswith("sqlite"):
             with storage.engine.connect() as conn:
                 conn.exec_driver_sql("PRAGMA journal_mode=WAL")
@@ -181,9 +183,13 @@ def count_states(study: optuna.Study) -> dict[str, int]:
 
 def best_feasible(study: optuna.Study) -> FrozenTrial | None:
     """The best COMPLETE trial within the KL limit (first objective for multi-objective studies)."""
-    direction = study.directions[0]
-    candidates = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                  if is_feasible(t) and t.values and math.isfinite(t.values[0]) and ATTR["duplicate"] not in t.user_attrs]
+    return best_of(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), study.directions[0])
+
+
+def best_of(trials: list[FrozenTrial], direction: optuna.study.StudyDirection) -> FrozenTrial | None:
+    """best_feasible over a list of trials: the best first value of a COMPLETE feasible trial that ran."""
+    candidates = [t for t in trials if t.state == TrialState.COMPLETE and is_feasible(t) and t.values
+                  and math.isfinite(t.values[0]) and ATTR["duplicate"] not in t.user_attrs]
     if not candidates:
         return None
     pick = max if direction == optuna.study.StudyDirection.MAXIMIZE else min
