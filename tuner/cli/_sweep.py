@@ -253,10 +253,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def mlflow_server_command(tracking_uri: str, host: str, port: int, artifacts: Path | None = None) -> list[str]:
-    """`mlflow server` on one worker, without its job runner (a few hundred MB instead of GBs)."""
-    mlflow = shutil.which("mlflow") or "mlflow"
-    cmd = [mlflow, "server", "--backend-store-uri", tracking_uri, "--host", host, "--port", str(port), "--workers", "1"]
+def mlflow_server_command(tracking_uri: str, host: str, port: int, artifacts: Path | None = None,
+                          ui: bool = False) -> list[str]:
+    """`mlflow server` on one worker, without its job runner (a few hundred MB instead of GBs); with `ui`,
+    `tuner ui`'s (tuner/_mlflow_ui.py: its link opens with MLflow's assistant panel closed)."""
+    server = [sys.executable, "-m", "tuner._mlflow_ui"] if ui else [shutil.which("mlflow") or "mlflow", "server"]
+    cmd = [*server, "--backend-store-uri", tracking_uri, "--host", host, "--port", str(port), "--workers", "1"]
     if artifacts is not None:
         cmd += ["--artifacts-destination", str(artifacts)]
     return cmd
@@ -280,6 +282,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     spec = _named_or_latest(args)
     from mlflow.tracking import MlflowClient
 
+    from tuner._mlflow_ui import open_link
     from tuner.sweep._tracking import sweep_page
 
     uri = spec.tracking_uri()
@@ -290,7 +293,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
         print(f"MLflow UI for sweep {spec.name}: {page}", flush=True)
         return 0
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    cmd = mlflow_server_command(uri, args.host, args.port, spec.sweep_dir() / "mlartifacts")
+    cmd = mlflow_server_command(uri, args.host, args.port, spec.sweep_dir() / "mlartifacts", ui=True)
+    page = open_link(page)
     log_path = spec.sweep_dir() / "mlflow-ui.log"  # the server's requests and notices, not the terminal's
     with log_path.open("a") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

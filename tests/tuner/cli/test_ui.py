@@ -18,12 +18,14 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT
 from tests.sweep_helpers import tuner, write_spec
+from tuner._mlflow_ui import open_link
 from tuner.sweep._tracking import sweep_page
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--window-size=1920,1000", "--virtual-time-budget=20000"]
+ASSISTANT = "Ask questions about your experiments"  # the text of MLflow 3.17's assistant panel
 
 
 def _free_port() -> int:
@@ -106,21 +108,24 @@ def test_the_dashboard_shows_the_sweeps_runs(ui_sweep):
         client = MlflowClient(f"sqlite:///{tmp_path / 'sweeps' / 'ui4' / 'mlflow.db'}")
         experiment_id = client.get_experiment_by_name("ui4").experiment_id
         page = sweep_page(url, experiment_id)
-        assert page in line  # the printed link opens the sweep's trials in the model-training layout
-        assert "workflowType=machine_learning" in page
+        link = open_link(page)
+        assert f"MLflow UI for sweep ui4: {link} " in line  # the sweep's trials in the model-training layout
+        assert "workflowType=machine_learning" in link
         assert ui.stdout.readline().startswith("the server's log: ")  # and nothing of the server's after it
         assert ui.stdout.readline().startswith("the Optuna study: tuner dashboard ui4 (optuna-dashboard), storage sqlite:///")
         for _ in range(3):  # page loads: the server's requests go to its log file, not the terminal
             _chromium("--dump-dom", f"{url}/")
         log = tmp_path / "sweeps" / "ui4" / "mlflow-ui.log"
         assert log.is_file() and log.stat().st_size > 0
-        text = _text(_chromium("--dump-dom", page).stdout)
+        text = _text(_chromium("--dump-dom", link).stdout)  # a first visit: each run has a fresh profile
         for name in ("INFEASIBLE", "COMPLETE"):  # the trials, each a row with its state, without a click
             assert re.search(rf"trial-\d {name}", text), name
         for column in ("ppo_tuner.state", "objective", "objective/kl", "kl_max", "ppo_tuner.stop_reason", "policy_lr", "kl_coef"):
             assert column in text, column
         assert "Model training" in text and "Judges" not in text
-        _screenshot("mlflow_dashboard.png", page)
+        assert ASSISTANT not in text  # MLflow's assistant panel stays closed
+        assert ASSISTANT in _text(_chromium("--dump-dom", page).stdout)  # a first visit to the page itself opens it
+        _screenshot("mlflow_dashboard.png", link)
         infeasible = next(r for r in client.search_runs([experiment_id], "tags.`ppo_tuner.state` = 'INFEASIBLE'"))
         assert infeasible.info.status == "FAILED"
         trial_page = f"{url}/#/experiments/{experiment_id}/runs/{infeasible.info.run_id}?workflowType=machine_learning"
