@@ -79,3 +79,18 @@ def test_plain_optuna_dashboard_shows_every_trial_feasible(tmp_path):
     detail = _detail(wsgi(spec.storage_url()), study)
     assert all(t["constraints"] == [] for t in detail["trials"])
     assert [t["number"] for t in detail["best_trials"]] == [1]  # the infeasible one
+
+
+def test_a_port_in_use_is_one_line_and_exit_code_2(tmp_path, capsys):
+    import socket
+
+    from tuner.cli import main
+
+    _study(tmp_path, TRIALS)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = main(["dashboard", str(tmp_path / "dash.yaml"), "--port", str(port)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: --port: ") and f"(got {port})" in err[0], err
