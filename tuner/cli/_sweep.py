@@ -15,6 +15,7 @@ from typing import Any
 from trials import ConfigError, Problem
 from tuner.spec import CompiledSpec, load_spec
 
+DEMO_BUILD = "6-8 s on 2 free cores, minutes on heavily loaded ones"  # the demo model's first-use build (README)
 WORKDIR_HELP = "folder that holds the sweeps, one subfolder per sweep (default: sweeps)"
 SWEEP_HELP = "sweep name (under --workdir), sweep folder, or spec file"
 
@@ -150,7 +151,7 @@ def _preflight_message(spec: CompiledSpec) -> str:
         return f"engine {spec.trial.engine}: each trial starts {spec.trial.command[0]}, which loads its own model"
 
     uses_demo = "demo" in (spec.base.model_path, spec.base.value_model_path)
-    build = ("building the demo model on first use (about 10 s; cached in ~/.cache/ppo-tuner), then "
+    build = (f"building the demo model on first use ({DEMO_BUILD}; cached in ~/.cache/ppo-tuner), then "
              if uses_demo and not demo_model_built() else "")
     return f"{build}checking the model, tokenizer, prompts and reward once before any trial"
 
