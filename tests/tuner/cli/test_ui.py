@@ -95,7 +95,7 @@ def _text(dom: str) -> str:
     return " ".join(re.sub(r"<[^>]+>", " ", dom).split())
 
 
-@pytest.mark.slow  # a sweep, an MLflow server and headless Chromium: about 90 s
+@pytest.mark.slow  # a sweep, an MLflow server and headless Chromium: about 90 s (130 s on heavily loaded cores)
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (.ci/run installs it)")
 def test_the_dashboard_shows_the_sweeps_runs(ui_sweep):
     tmp_path = ui_sweep
@@ -163,7 +163,7 @@ def test_a_sweep_on_an_mlflow_server_gets_the_servers_page(tmp_path, demo_model)
         server.wait(timeout=30)
 
 
-@pytest.mark.slow  # with the sweep of ui_sweep; optuna-dashboard and headless Chromium: about 30 s more
+@pytest.mark.slow  # with the sweep of ui_sweep; optuna-dashboard and headless Chromium: 56 s on heavily loaded cores
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (.ci/run installs it)")
 def test_optuna_dashboard_shows_the_kl_infeasible_trials_and_the_best_feasible(ui_sweep):
     import optuna
