@@ -15,7 +15,7 @@ from typing import Any
 from trials import ConfigError, Problem
 from tuner.spec import CompiledSpec, load_spec
 
-DEMO_BUILD = "6-8 s on 2 free cores, minutes on heavily loaded ones"  # the demo model's first-use build (README)
+DEMO_BUILD = "about 20 s, minutes on heavily loaded cores"  # the demo model's first-use build (README)
 WORKDIR_HELP = "folder that holds the sweeps, one subfolder per sweep (default: sweeps)"
 SWEEP_HELP = "sweep name (under --workdir), sweep folder, or spec file"
 
