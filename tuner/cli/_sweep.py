@@ -1,4 +1,4 @@
-"""`tuner run | resume | list | status | export | ui`: sweeps, from the terminal."""
+"""`tuner run | resume | list | status | export | ui | dashboard`: sweeps, from the terminal."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any
 from trials import ConfigError, Problem
 from tuner.spec import CompiledSpec, load_spec
 
+DEMO_BUILD = "about 20 s, minutes on heavily loaded cores"  # the demo model's first-use build (README)
 WORKDIR_HELP = "folder that holds the sweeps, one subfolder per sweep (default: sweeps)"
 SWEEP_HELP = "sweep name (under --workdir), sweep folder, or spec file"
 
@@ -53,13 +54,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workdir", default="sweeps", help=WORKDIR_HELP)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 on a sweep's tracking store (for a sweep that logs to an MLflow server: print its page)")
+    _server(sub, "ui", "start the MLflow UI on 127.0.0.1 on a sweep's tracking store (for a sweep that logs to "
+                       "an MLflow server: print its page)", "the MLflow server", 5000, cmd_ui)
+    _server(sub, "dashboard", "start optuna-dashboard on 127.0.0.1 on a sweep's Optuna study, with KL-infeasible "
+                              "trials shown infeasible (needs optuna-dashboard 0.21)", "optuna-dashboard", 8080, cmd_dashboard)
+
+
+def _server(sub: argparse._SubParsersAction, name: str, help: str, server: str, port: int, func: Any) -> None:
+    """A subcommand that serves a page on one sweep (default: the most recent) on --host:--port."""
+    p = sub.add_parser(name, help=help)
     p.add_argument("sweep", nargs="?", help="sweep name, folder or spec (default: the only/most recent sweep)")
     p.add_argument("--workdir", default="sweeps", help=WORKDIR_HELP)
     p.add_argument("--host", default="127.0.0.1",
-                   help="address the MLflow server listens on (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=5000, help="port of the MLflow server (default: 5000)")
-    p.set_defaults(func=cmd_ui)
+                   help=f"address {server} listens on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=port, help=f"port of {server} (default: {port})")
+    p.set_defaults(func=func)
 
 
 def _print_summary(summary) -> None:
@@ -177,7 +186,7 @@ def _preflight_message(spec: CompiledSpec) -> str:
         return f"engine {spec.trial.engine}: each trial starts {spec.trial.command[0]}, which loads its own model"
 
     uses_demo = "demo" in (spec.base.model_path, spec.base.value_model_path)
-    build = ("building the demo model on first use (about 10 s; cached in ~/.cache/ppo-tuner), then "
+    build = (f"building the demo model on first use ({DEMO_BUILD}; cached in ~/.cache/ppo-tuner), then "
              if uses_demo and not demo_model_built() else "")
     return f"{build}checking the model, tokenizer, prompts and reward once before any trial"
 
@@ -305,27 +314,36 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def mlflow_server_command(tracking_uri: str, host: str, port: int, artifacts: Path | None = None) -> list[str]:
-    """`mlflow server` on one worker, without its job runner (a few hundred MB instead of GBs)."""
-    mlflow = shutil.which("mlflow") or "mlflow"
-    cmd = [mlflow, "server", "--backend-store-uri", tracking_uri, "--host", host, "--port", str(port), "--workers", "1"]
+def mlflow_server_command(tracking_uri: str, host: str, port: int, artifacts: Path | None = None,
+                          ui: bool = False) -> list[str]:
+    """`mlflow server` on one worker, without its job runner (a few hundred MB instead of GBs); with `ui`,
+    `tuner ui`'s (tuner/_mlflow_ui.py: its link opens with MLflow's assistant panel closed)."""
+    server = [sys.executable, "-m", "tuner._mlflow_ui"] if ui else [shutil.which("mlflow") or "mlflow", "server"]
+    cmd = [*server, "--backend-store-uri", tracking_uri, "--host", host, "--port", str(port), "--workers", "1"]
     if artifacts is not None:
         cmd += ["--artifacts-destination", str(artifacts)]
     return cmd
 
 
-def cmd_ui(args: argparse.Namespace) -> int:
-    from tuner.sweep import find_sweep, list_sweeps, redact
+def _named_or_latest(args: argparse.Namespace) -> CompiledSpec:
+    """The sweep named on the command line, else the most recent one under --workdir."""
+    from tuner.sweep import find_sweep, list_sweeps
 
     if args.sweep:
-        spec = find_sweep(args.sweep, args.workdir)
-    else:
-        sweeps = list_sweeps(args.workdir)
-        if not sweeps:
-            raise ConfigError([Problem("SWEEP", None, f"no sweeps under {args.workdir}/", "run one with 'tuner run SPEC'")])
-        spec = max(sweeps, key=lambda s: s.spec_file().stat().st_mtime)
+        return find_sweep(args.sweep, args.workdir)
+    sweeps = list_sweeps(args.workdir)
+    if not sweeps:
+        raise ConfigError([Problem("SWEEP", None, f"no sweeps under {args.workdir}/", "run one with 'tuner run SPEC'")])
+    return max(sweeps, key=lambda s: s.spec_file().stat().st_mtime)
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from tuner.sweep import redact
+
+    spec = _named_or_latest(args)
     from mlflow.tracking import MlflowClient
 
+    from tuner._mlflow_ui import open_link
     from tuner.sweep._tracking import sweep_page
 
     uri = spec.tracking_uri()
@@ -336,12 +354,15 @@ def cmd_ui(args: argparse.Namespace) -> int:
         print(f"MLflow UI for sweep {spec.name}: {page}", flush=True)
         return 0
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    cmd = mlflow_server_command(uri, args.host, args.port, spec.sweep_dir() / "mlartifacts")
+    cmd = mlflow_server_command(uri, args.host, args.port, spec.sweep_dir() / "mlartifacts", ui=True)
+    page = open_link(page)
     log_path = spec.sweep_dir() / "mlflow-ui.log"  # the server's requests and notices, not the terminal's
     with log_path.open("a") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     print(f"MLflow UI for sweep {spec.name}: {page}  (Ctrl-C stops it)", flush=True)
     print(f"the server's log: {log_path}", flush=True)
+    print(f"the Optuna study: tuner dashboard {spec.name} (optuna-dashboard), storage {redact(spec.storage_url())}",
+          flush=True)
     try:
         while proc.poll() is None:
             time.sleep(0.5)
@@ -351,3 +372,45 @@ def cmd_ui(args: argparse.Namespace) -> int:
         return 0
     print(f"error: the MLflow server exited with code {proc.returncode}; see {log_path}", file=sys.stderr)
     return 1
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from tuner.sweep import load_study
+    from tuner.sweep._dashboard import dashboard_app, dashboard_page
+
+    spec = _named_or_latest(args)
+    load_study(spec)  # must exist
+    app = dashboard_app(spec)
+    log_path = spec.sweep_dir() / "optuna-dashboard.log"  # its requests, not the terminal's
+    log = log_path.open("a")
+
+    class Handler(WSGIRequestHandler):
+        def log_message(self, format: str, *values: Any) -> None:
+            log.write(f"{self.address_string()} [{self.log_date_time_string()}] {format % values}\n")
+            log.flush()
+
+        def get_stderr(self):  # the app's tracebacks go to the log too
+            return log
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    try:
+        server = make_server(args.host, args.port, app, server_class=Server, handler_class=Handler)
+    except OSError as exc:
+        raise ConfigError([Problem("--port", args.port, f"cannot listen on {args.host}:{args.port} ({exc.strerror})",
+                                   "choose a free port with --port")]) from None
+    print(f"optuna-dashboard for sweep {spec.name}: {dashboard_page(f'http://{args.host}:{args.port}', spec)}"
+          "  (Ctrl-C stops it)", flush=True)
+    print(f"its log: {log_path}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        log.close()
+    return 0

@@ -22,7 +22,8 @@ from optuna.trial import FrozenTrial, TrialState
 from trials import Problem, TunerError
 from tuner.trial import STATES, StopReason, overoptimized
 
-__all__ = ["ATTR", "PARENT_ATTR", "StorageError", "TrialRow", "best_feasible", "count_states", "ranked_feasible", "mark_interrupted",
+__all__ = ["ATTR", "PARENT_ATTR", "StorageError", "TrialRow", "best_feasible", "best_of", "count_states", "ranked_feasible",
+           "ranked_of", "mark_interrupted",
            "is_connection_error", "open_storage", "ran_configs", "redact", "scrub", "schema_init_lock", "tell_duplicate", "trial_rows"]
 
 # user attributes on each Optuna trial
@@ -60,8 +61,10 @@ def redact(url: str | None) -> str | None:
     return re.sub(r"(://[^:/@\s]+:)([^@\s]*)@", r"\1***@", url)
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An RDB storage that tolerates concurrent writers (SQLite: WAL and a long busy timeout).
+def open_storage(url: str, kind: type[optuna.storages.RDBStorage] = optuna.storages.RDBStorage
+                 ) -> optuna.storages.RDBStorage:
+    """An RDB storage that tolerates concurrent writers (SQLite: WAL and a long busy timeout); `kind`, a
+    subclass of RDBStorage, changes how it reads (optuna-dashboard's view of a study, tuner/sweep/_dashboard.py).
 
     The one place where a database error becomes the project's own error, with the password redacted.
     """
@@ -72,7 +75,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         kwargs = {"connect_args": {"timeout": 60}}
     try:
         with schema_init_lock(url):  # two controllers creating the tables of one database at once collide
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            storage = kind(url, engine_kwargs=kwargs)
         if url.startswith("sqlite"):
             with storage.engine.connect() as conn:
                 conn.exec_driver_sql("PRAGMA journal_mode=WAL")
@@ -185,18 +188,29 @@ def count_states(study: optuna.Study) -> dict[str, int]:
     return counts
 
 
-def ranked_feasible(study: optuna.Study) -> list[FrozenTrial]:
-    """The COMPLETE trials within the KL limit, best first (first objective for multi-objective studies);
+def ranked_of(trials: list[FrozenTrial], direction: optuna.study.StudyDirection) -> list[FrozenTrial]:
+    """The COMPLETE trials within the KL limit that ran (no duplicate), best first by their first value;
     a trial ranks above a later one of the same value."""
-    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
-    candidates = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                  if is_feasible(t) and t.values and math.isfinite(t.values[0]) and ATTR["duplicate"] not in t.user_attrs]
-    return sorted(candidates, key=lambda t: (-t.values[0] if maximize else t.values[0], t.number))
+    sign = -1.0 if direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    candidates = [t for t in trials if t.state == TrialState.COMPLETE and is_feasible(t) and t.values
+                  and math.isfinite(t.values[0]) and ATTR["duplicate"] not in t.user_attrs]
+    return sorted(candidates, key=lambda t: (sign * t.values[0], t.number))
+
+
+def ranked_feasible(study: optuna.Study) -> list[FrozenTrial]:
+    """ranked_of the study's trials (first objective for multi-objective studies)."""
+    return ranked_of(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), study.directions[0])
 
 
 def best_feasible(study: optuna.Study) -> FrozenTrial | None:
     """The best COMPLETE trial within the KL limit (first objective for multi-objective studies)."""
     ranked = ranked_feasible(study)
+    return ranked[0] if ranked else None
+
+
+def best_of(trials: list[FrozenTrial], direction: optuna.study.StudyDirection) -> FrozenTrial | None:
+    """best_feasible over a list of trials (the dashboard's view of a study)."""
+    ranked = ranked_of(trials, direction)
     return ranked[0] if ranked else None
 
 

@@ -18,12 +18,14 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT
 from tests.sweep_helpers import tuner, write_spec
+from tuner._mlflow_ui import open_link
 from tuner.sweep._tracking import sweep_page
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--window-size=1920,1000", "--virtual-time-budget=20000"]
+ASSISTANT = "Ask questions about your experiments"  # the text of MLflow 3.17's assistant panel
 
 
 def _free_port() -> int:
@@ -51,17 +53,53 @@ def _chromium(*args: str) -> subprocess.CompletedProcess:
                               capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.slow  # a sweep, an MLflow server and headless Chromium: about 90 s
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (.ci/run installs it)")
-def test_the_dashboard_shows_the_sweeps_runs(tmp_path, demo_model):
-    spec_path = write_spec(tmp_path, "ui4", budget={"trials": 4, "iterations": 4},
+@pytest.fixture(scope="module")
+def ui_sweep(tmp_path_factory, demo_model):
+    """One finished sweep for the browser tests: a grid with KL-infeasible and completed trials."""
+    folder = tmp_path_factory.mktemp("ui")
+    spec_path = write_spec(folder, "ui4", budget={"trials": 4, "iterations": 4},
                            search_space={"policy_lr": {"choices": [3.0e-5, 3.0e-3]}, "kl_coef": {"choices": [0.05, 0.005]}})
-    proc = tuner("run", spec_path, cwd=tmp_path)
+    proc = tuner("run", spec_path, cwd=folder)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return folder
+
+
+def _screenshot(name: str, url: str, *flags: str) -> None:
+    """A screenshot of the page, kept in test-artifacts/ to be looked at."""
+    out = ROOT / "test-artifacts"
+    out.mkdir(exist_ok=True)
+    shot = out / name
+    _chromium(*flags, f"--screenshot={shot}", url)
+    assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+def _serve(command: str, folder) -> tuple[subprocess.Popen, int]:
+    """`tuner COMMAND ui4` (ui or dashboard) on a free port, its output read line by line."""
     port = _free_port()
-    ui = subprocess.Popen([sys.executable, "-m", "tuner.cli", "ui", "ui4", "--workdir", tmp_path / "sweeps",
-                           "--port", str(port)], cwd=tmp_path, stdout=subprocess.PIPE, text=True,
-                          start_new_session=True)
+    return subprocess.Popen([sys.executable, "-m", "tuner.cli", command, "ui4", "--workdir", folder / "sweeps",
+                             "--port", str(port)], cwd=folder, stdout=subprocess.PIPE, text=True,
+                            start_new_session=True), port
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _text(dom: str) -> str:
+    """The page's visible words, in order, one space apart."""
+    dom = re.sub(r"<(style|script)[^>]*>.*?</\1>", " ", dom, flags=re.S)
+    return " ".join(re.sub(r"<[^>]+>", " ", dom).split())
+
+
+@pytest.mark.slow  # a sweep, an MLflow server and headless Chromium: about 90 s (130 s on heavily loaded cores)
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (.ci/run installs it)")
+def test_the_dashboard_shows_the_sweeps_runs(ui_sweep):
+    tmp_path = ui_sweep
+    ui, port = _serve("ui", tmp_path)
     try:
         line = ui.stdout.readline()
         url = f"http://127.0.0.1:{port}"
@@ -70,39 +108,32 @@ def test_the_dashboard_shows_the_sweeps_runs(tmp_path, demo_model):
         client = MlflowClient(f"sqlite:///{tmp_path / 'sweeps' / 'ui4' / 'mlflow.db'}")
         experiment_id = client.get_experiment_by_name("ui4").experiment_id
         page = sweep_page(url, experiment_id)
-        assert page in line  # the printed link opens the sweep's trials in the model-training layout
-        assert "workflowType=machine_learning" in page
+        link = open_link(page)
+        assert f"MLflow UI for sweep ui4: {link} " in line  # the sweep's trials in the model-training layout
+        assert "workflowType=machine_learning" in link
         assert ui.stdout.readline().startswith("the server's log: ")  # and nothing of the server's after it
+        assert ui.stdout.readline().startswith("the Optuna study: tuner dashboard ui4 (optuna-dashboard), storage sqlite:///")
         for _ in range(3):  # page loads: the server's requests go to its log file, not the terminal
             _chromium("--dump-dom", f"{url}/")
         log = tmp_path / "sweeps" / "ui4" / "mlflow-ui.log"
         assert log.is_file() and log.stat().st_size > 0
-        dom = _chromium("--dump-dom", page).stdout
-        text = " ".join(re.sub(r"<[^>]+>", " ", dom).split())
+        text = _text(_chromium("--dump-dom", link).stdout)  # a first visit: each run has a fresh profile
         for name in ("INFEASIBLE", "COMPLETE"):  # the trials, each a row with its state, without a click
             assert re.search(rf"trial-\d {name}", text), name
         for column in ("ppo_tuner.state", "objective", "objective/kl", "kl_max", "ppo_tuner.stop_reason", "policy_lr", "kl_coef"):
             assert column in text, column
         assert "Model training" in text and "Judges" not in text
-        out = ROOT / "test-artifacts"
-        out.mkdir(exist_ok=True)
-        shot = out / "mlflow_dashboard.png"
-        _chromium(f"--screenshot={shot}", page)
-        assert shot.is_file() and shot.stat().st_size > 10_000
+        assert ASSISTANT not in text  # MLflow's assistant panel stays closed
+        assert ASSISTANT in _text(_chromium("--dump-dom", page).stdout)  # a first visit to the page itself opens it
+        _screenshot("mlflow_dashboard.png", link)
         infeasible = next(r for r in client.search_runs([experiment_id], "tags.`ppo_tuner.state` = 'INFEASIBLE'"))
         assert infeasible.info.status == "FAILED"
         trial_page = f"{url}/#/experiments/{experiment_id}/runs/{infeasible.info.run_id}?workflowType=machine_learning"
-        text = " ".join(re.sub(r"<[^>]+>", " ", _chromium("--dump-dom", trial_page).stdout).split())
+        text = _text(_chromium("--dump-dom", trial_page).stdout)
         assert infeasible.info.run_name in text and "kl_limit" in text
-        shot = out / "mlflow_trial.png"
-        _chromium(f"--screenshot={shot}", trial_page)
-        assert shot.is_file() and shot.stat().st_size > 10_000
+        _screenshot("mlflow_trial.png", trial_page)
     finally:
-        os.killpg(ui.pid, signal.SIGINT)
-        try:
-            ui.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(ui.pid, signal.SIGKILL)
+        _stop(ui)
 
 
 def test_a_sweep_on_an_mlflow_server_gets_the_servers_page(tmp_path, demo_model):
@@ -130,3 +161,36 @@ def test_a_sweep_on_an_mlflow_server_gets_the_servers_page(tmp_path, demo_model)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+@pytest.mark.slow  # with the sweep of ui_sweep; optuna-dashboard and headless Chromium: 56 s on heavily loaded cores
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (.ci/run installs it)")
+def test_optuna_dashboard_shows_the_kl_infeasible_trials_and_the_best_feasible(ui_sweep):
+    import optuna
+
+    from tuner.sweep import best_feasible
+    from tuner.sweep._study import state_of
+
+    pytest.importorskip("optuna_dashboard")
+    study = optuna.load_study(study_name="ui4", storage=f"sqlite:///{ui_sweep / 'sweeps' / 'ui4' / 'study.db'}")
+    best = best_feasible(study)
+    infeasible = [t.number for t in study.trials if state_of(t) == "INFEASIBLE"]
+    assert best is not None and infeasible
+    proc, port = _serve("dashboard", ui_sweep)
+    try:
+        line = proc.stdout.readline()
+        page = f"http://127.0.0.1:{port}/dashboard/studies/{study._study_id}"
+        assert line.startswith(f"optuna-dashboard for sweep ui4: {page} "), line
+        text = _text(_chromium("--dump-dom", page).stdout)
+        assert f"Best Trial (number={best.number})" in text, text[-3000:]  # the card: the best feasible trial
+        for number in infeasible:  # the intermediate-values plot's legend
+            assert f"trial #{number} (infeasible)" in text
+        assert "Complete Infeasible" in text  # the timeline's legend: COMPLETE trials past the KL limit apart
+        _screenshot("optuna_dashboard.png", page, "--window-size=1920,2000")  # tall: the best-trial card too
+        trials_page = f"{page}/trials?numbers={infeasible[0]}"  # the trial list, an infeasible trial open
+        text = _text(_chromium("--dump-dom", trials_page).stdout)
+        assert re.search(rf"Trial {best.number} Complete Best Trial", text) and text.count("Best Trial") == 1, text[:2000]
+        assert "stop_reason kl_limit" in text
+        _screenshot("optuna_dashboard_trials.png", trials_page)
+    finally:
+        _stop(proc)
