@@ -1,11 +1,12 @@
 """Sweep efficiency: our default (TPE + ASHA + the KL limit) against random search without pruning,
 at equal compute, replayed on a recorded learning-curve table over many independently seeded
-repeats; and one live `tuner run` of the demo grid spec to confirm that the replay matches what the
-controller does.
+repeats; and (--live) one real `tuner run` of the demo grid spec to confirm that the replay matches
+what the controller does.
 
     python bench/_curves.py                 # once (resumable): bench/data/demo_curves.jsonl
     python bench/sweep_efficiency.py --jobs 2                                   # the demo table
-    python bench/sweep_efficiency.py --table places --trials 16 --no-live --jobs 2
+    python bench/sweep_efficiency.py --table places --trials 16 --jobs 2         # the places table
+    python bench/sweep_efficiency.py --live     # one real `tuner run` of the demo grid spec against its replay
 
 For each repeat: random search runs N trials to their end (no ASHA, no KL limit; a trial is feasible
 when its KL never passed the limit); its compute C and its best feasible final eval/scores are the
@@ -209,7 +210,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--trials", type=int, default=32, help="random search's trials (and ours' budget.trials)")
     parser.add_argument("--jobs", type=int, default=1, help="processes replaying repeats in parallel")
-    parser.add_argument("--no-live", action="store_true", help="skip the live `tuner run` check (demo table only)")
+    parser.add_argument("--minutes", type=float, default=math.inf,
+                        help="stop after this long, keeping the repeats before the first unfinished one")
+    parser.add_argument("--live", action="store_true", help="instead: the live `tuner run` check of the demo grid spec "
+                        "(results: sweep_efficiency_live)")
     parser.add_argument("--live-timeout", type=float, default=420)
     parser.add_argument("--out", default=None, help="results name (default: sweep_efficiency[_TABLE])")
     args = parser.parse_args()
@@ -229,22 +233,37 @@ def main() -> int:
                            "seeds": f"repeat r, searcher i: {SEED_BASE} + r * {len(SEARCHERS)} + i",
                            "searchers": {n: dataclasses.asdict(s) for n, s in SEARCHERS.items()}}
     started = time.perf_counter()
+    if args.live:
+        return live_only(res, spec, table, args.live_timeout, started)
     jobs = [(str(spec_path), r, args.trials, spec.resources.max_concurrent) for r in range(args.repeats)]
-    if args.jobs > 1:
-        with mp.get_context("spawn").Pool(args.jobs) as pool:
-            res["per_repeat"] = pool.map(one_repeat, jobs, chunksize=1)
-    else:
-        res["per_repeat"] = [one_repeat(j) for j in jobs]
+    deadline = started + 60 * args.minutes
+    with mp.get_context("spawn").Pool(args.jobs) as pool:
+        done: dict[int, dict[str, Any]] = {}
+        for row in pool.imap_unordered(one_repeat, jobs):
+            done[row["repeat"]] = row
+            print(f"repeat {row['repeat']} done ({len(done)}/{args.repeats}, {time.perf_counter() - started:.0f} s)", flush=True)
+            if time.perf_counter() > deadline:
+                break  # out of time: the repeats before the first unfinished one are kept (no choice by speed)
+    first_missing = next((r for r in range(args.repeats) if r not in done), args.repeats)
+    res["per_repeat"] = [done[r] for r in range(first_missing)]
+    res["repeats"] = first_missing
     res["summary"] = summarise(res["per_repeat"])
-    if not args.no_live and args.table == "demo":
-        from _live import live_check
-
-        res["live"] = live_check(spec, costed(table, COSTS), args.live_timeout)
     res["seconds"], res["load_end"] = time.perf_counter() - started, load()
     report(res)
     name = args.out or ("sweep_efficiency" if args.table == "demo" else f"sweep_efficiency_{args.table}")
     print(f"\nwrote {save(name, res)} in {res['seconds']:.0f} s")
     return 0
+
+
+def live_only(res: dict[str, Any], spec: Any, table: dict, timeout: float, started: float) -> int:
+    from _live import live_check, report_live
+
+    live = {k: res[k] for k in ("machine", "load", "table", "spec", "cost_model", "table_configs")}
+    live["live"] = live_check(spec, costed(table, COSTS), timeout)
+    live["seconds"], live["load_end"] = time.perf_counter() - started, load()
+    report_live(live["live"])
+    print(f"\nwrote {save('sweep_efficiency_live', live)}")
+    return 0 if live["live"].get("ok") else 1
 
 
 def report(res: dict[str, Any]) -> None:
@@ -264,10 +283,6 @@ def report(res: dict[str, Any]) -> None:
     met = ours["ci95"][1] <= TARGET
     print(f"ours: {ours['median']:.3f} [{ours['ci95'][0]:.3f}, {ours['ci95'][1]:.3f}] of random search's compute "
           f"(target <= {TARGET}): {'met' if met else 'NOT met'}")
-    if "live" in res:
-        from _live import report_live
-
-        report_live(res["live"])
 
 
 if __name__ == "__main__":

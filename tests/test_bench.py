@@ -18,7 +18,7 @@ def _bench(script: str, *args: str, out) -> subprocess.CompletedProcess:
 
 
 def test_sweep_efficiency_replays_the_table(tmp_path):
-    proc = _bench("sweep_efficiency.py", "--repeats", "2", "--no-live", out=tmp_path)
+    proc = _bench("sweep_efficiency.py", "--repeats", "2", out=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "sweep_efficiency.json").read_text())
     assert res["table_configs"] == 360 and len(res["per_repeat"]) == 2
@@ -34,6 +34,14 @@ def test_sweep_efficiency_replays_the_table(tmp_path):
     low, high = res["summary"]["ours: TPE + ASHA + KL limit (the default)"]["ci95"]
     assert low <= res["summary"]["ours: TPE + ASHA + KL limit (the default)"]["median"] <= high
     assert "of random search's compute (target <= 0.25)" in proc.stdout
+
+
+def test_sweep_efficiency_replays_the_second_table(tmp_path):
+    proc = _bench("sweep_efficiency.py", "--table", "places", "--trials", "16", "--repeats", "1", out=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "sweep_efficiency_places.json").read_text())
+    assert res["table_configs"] == 120 and res["cost_model"] == "bench/data/demo_costs.json"
+    assert res["per_repeat"][0]["bars"]["random, no pruning"]["iterations"] == 16 * 12
 
 
 def test_kl_pruning_counts_savings_on_the_table(tmp_path):
