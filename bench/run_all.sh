@@ -15,8 +15,11 @@ $python bench/engine_vs_trl.py --threads 1 "${baseline[@]}" --out engine_vs_trl
 $python bench/engine_vs_trl.py --threads 2 --only speed --only limit --out engine_vs_trl_2threads
 
 until $python bench/_curves.py --minutes 9; do :; done   # resumable; a no-op when the table is complete
+until $python bench/_curves.py --spec bench/specs/places_grid.yaml --minutes 9; do :; done
 [ -f bench/data/demo_costs.json ] || $python bench/_curves.py --calibrate
-$python bench/sweep_efficiency.py
+$python bench/sweep_efficiency.py --jobs 2
+$python bench/sweep_efficiency.py --table places --trials 16 --jobs 2
+$python bench/sweep_efficiency.py --live
 $python bench/kl_pruning.py
 $python bench/controller_overhead.py
 $python bench/memory_lora.py --repeats 1   # peaks up to ~13 GB of RAM (full fine-tuning of a 0.36B model)
