@@ -1,10 +1,12 @@
-"""The table of learning curves that the sweep benchmarks replay: every config of the grid spec
-(bench/specs/demo_grid.yaml) run to the end, once, with its per-iteration objective/kl, eval/scores
-and seconds, cached in bench/data/demo_curves.jsonl (one config per line; recording resumes where
-it stopped).
+"""The tables of learning curves that the sweep benchmarks replay: every config of a grid spec
+(bench/specs/NAME_grid.yaml) run to the end, once, with its per-iteration objective/kl, eval/scores
+and seconds, cached in bench/data/NAME_curves.jsonl (one config per line; recording resumes where
+it stopped). Two tables: demo (the demo task, 360 configs) and places (the demo model with another
+reward, bench/specs/places_reward.py; 120 configs).
 
     python bench/_curves.py --workers 2 --minutes 9     # records the missing configs, then exits
     python bench/_curves.py --calibrate                 # the cost model (run it when the machine is quiet)
+    python bench/_curves.py --spec bench/specs/places_grid.yaml --workers 1 --minutes 35
 
 The replays charge compute by a cost model, not by the recorded seconds (recorded over a long time,
 under whatever else ran): the seconds of an iteration depend on ppo_epochs and mini_batch_size (the
@@ -30,8 +32,16 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 SPEC = BENCH / "specs" / "demo_grid.yaml"
-TABLE = BENCH / "data" / "demo_curves.jsonl"
-COSTS = BENCH / "data" / "demo_costs.json"
+SPECS = {"demo": SPEC, "places": BENCH / "specs" / "places_grid.yaml"}  # the recorded tables
+
+
+def data_paths(spec_path: Path = SPEC) -> tuple[Path, Path]:
+    """The table and the cost model of a grid spec: bench/specs/NAME_grid.yaml -> bench/data/NAME_curves.jsonl, NAME_costs.json."""
+    name = Path(spec_path).stem.removesuffix("_grid")
+    return BENCH / "data" / f"{name}_curves.jsonl", BENCH / "data" / f"{name}_costs.json"
+
+
+TABLE, COSTS = data_paths(SPEC)
 
 
 def load_grid_spec(path: Path = SPEC) -> Any:
@@ -88,7 +98,7 @@ def costed(table: dict[str, Curve], path: Path = COSTS) -> dict[str, Curve]:
     return out
 
 
-def calibrate(rounds: int = 6) -> dict[str, Any]:
+def calibrate(spec_path: Path = SPEC, rounds: int = 6) -> dict[str, Any]:
     """Seconds of an iteration per (ppo_epochs, mini_batch_size), of an evaluation and of a warm trial
     start, for the grid spec's middle config; combos alternate within each round."""
     import statistics
@@ -98,7 +108,7 @@ def calibrate(rounds: int = 6) -> dict[str, Any]:
     from trials import metrics as K
     from tuner.spec import trial_config
 
-    spec = load_grid_spec()
+    spec = load_grid_spec(spec_path)
     choices = {k: list(v.choices) for k, v in spec.search_space.items() if hasattr(v, "choices")}
     middle = {k: v[len(v) // 2] for k, v in choices.items()}
     combos = [(e, m) for e in choices["ppo_epochs"] for m in choices["mini_batch_size"]]
@@ -118,18 +128,18 @@ def calibrate(rounds: int = 6) -> dict[str, Any]:
     result = {"iteration": {f"{e},{m}": statistics.median(v[1:]) for (e, m), v in times.items()},
               "evaluation": statistics.median(evals[1:]), "start": statistics.median(starts[1:]),
               "load": [round(x, 2) for x in os.getloadavg()], "config": middle}
-    COSTS.write_text(json.dumps(result, indent=1) + "\n")
+    data_paths(spec_path)[1].write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
-def record_one(params: dict[str, Any]) -> dict[str, Any]:
+def record_one(params: dict[str, Any], spec_path: Path = SPEC) -> dict[str, Any]:
     """Run one config of the grid spec to its end, as a trial of the spec would run."""
     from trials import PPOTrainer
     from trials import metrics as K
     from tuner.spec import trial_config
 
     started = time.perf_counter()
-    trainer = PPOTrainer(trial_config(load_grid_spec(), params))
+    trainer = PPOTrainer(trial_config(load_grid_spec(spec_path), params))
     initial = trainer.initial_eval()
     start_seconds = time.perf_counter() - started
     history = trainer.train().history
@@ -138,24 +148,25 @@ def record_one(params: dict[str, Any]) -> dict[str, Any]:
             "start_seconds": start_seconds, "load": os.getloadavg()[0]}
 
 
-def record(workers: int, minutes: float) -> int:
+def record(workers: int, minutes: float, spec_path: Path = SPEC) -> int:
     """Record missing configs until done or out of time; returns how many are still missing."""
-    spec = load_grid_spec()
-    done = load_table()
+    spec = load_grid_spec(spec_path)
+    table_path = data_paths(spec_path)[0]
+    done = load_table(table_path)
     todo = [p for p in grid(spec) if key(p) not in done]
     deadline = time.monotonic() + 60 * minutes
-    TABLE.parent.mkdir(exist_ok=True)
+    table_path.parent.mkdir(exist_ok=True)
     print(f"{len(done)} configs recorded, {len(todo)} to record with {workers} processes", flush=True)
-    with mp.get_context("spawn").Pool(workers, maxtasksperchild=40) as pool, TABLE.open("a") as out:
+    with mp.get_context("spawn").Pool(workers, maxtasksperchild=40) as pool, table_path.open("a") as out:
         pending = iter(list(todo))
-        running = [pool.apply_async(record_one, (p,)) for p in itertools.islice(pending, workers)]
+        running = [pool.apply_async(record_one, (p, spec_path)) for p in itertools.islice(pending, workers)]
         while running:
             row = running.pop(0).get()
             out.write(json.dumps(row) + "\n")
             out.flush()
             todo.remove(row["params"])
             if time.monotonic() < deadline:
-                running += [pool.apply_async(record_one, (p,)) for p in itertools.islice(pending, 1)]
+                running += [pool.apply_async(record_one, (p, spec_path)) for p in itertools.islice(pending, 1)]
     print(f"{len(todo)} configs still to record", flush=True)
     return len(todo)
 
@@ -165,12 +176,13 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--minutes", type=float, default=9.0, help="stop starting new configs after this")
     parser.add_argument("--calibrate", action="store_true", help="measure the cost model only")
+    parser.add_argument("--spec", type=Path, default=SPEC, help="the grid spec (default: the demo's)")
     args = parser.parse_args()
     sys.path.insert(0, str(BENCH.parent))
     if args.calibrate:
-        print(json.dumps(calibrate(), indent=1))
+        print(json.dumps(calibrate(args.spec), indent=1))
         return 0
-    return 1 if record(args.workers, args.minutes) else 0
+    return 1 if record(args.workers, args.minutes, args.spec) else 0
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,12 +94,14 @@ class Sweep:
 
 
 def simulate(table: dict[str, Curve], spec: Any, sampler: Any, *, asha: bool, kl_limit: bool, workers: int,
-             max_trials: int | None = None, max_compute: float | None = None) -> Sweep:
+             max_trials: int | None = None, max_compute: float | None = None,
+             snap: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Sweep:
     """One sweep of `spec` over the table with `sampler`; ASHA and the KL limit on or off (the limit
     with the spec's kl_limit.forecast and grace_iterations, as the trials apply them).
 
     New trials start while fewer than max_trials have started and the compute spent is below
-    max_compute; running trials always finish (or are stopped) as they would be."""
+    max_compute; running trials always finish (or are stopped) as they would be. `snap`: the table's
+    config for a sampled one (a spec whose space is not the table's grid); default: the grid's keys."""
     import optuna
 
     from trials import KLLimit
@@ -117,7 +120,7 @@ def simulate(table: dict[str, Curve], spec: Any, sampler: Any, *, asha: bool, kl
 
     def start(now: float) -> None:
         trial, sampled, _ = ask_trial(study, spec)  # as StudySearcher.suggest
-        params = {k: v for k, v in sampled.items() if k in grid_keys}
+        params = snap(sampled) if snap else {k: v for k, v in sampled.items() if k in grid_keys}
         sim = Trial(number=trial.number, params=params, curve=table[key(params)], started=now)
         scorer = Scorer(objective.metric, objective.direction, objective.score, objective.last_k, sim.curve.initial_eval)
         rule = spec.kl_rule

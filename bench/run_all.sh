@@ -17,8 +17,11 @@ $python bench/engine_vs_trl.py --only speed --no-trl --unclipped --reps 3 --out 
 $python bench/engine_vs_trl.py --threads 2 --only speed --only limit --out engine_vs_trl_2threads
 
 until $python bench/_curves.py --minutes 9; do :; done   # resumable; a no-op when the table is complete
+until $python bench/_curves.py --spec bench/specs/places_grid.yaml --minutes 9; do :; done
 [ -f bench/data/demo_costs.json ] || $python bench/_curves.py --calibrate
-$python bench/sweep_efficiency.py
+$python bench/sweep_efficiency.py --jobs 2
+$python bench/sweep_efficiency.py --table places --trials 16 --jobs 2
+$python bench/sweep_efficiency.py --live
 $python bench/kl_pruning.py
 $python bench/controller_overhead.py
 $python bench/external_engines.py

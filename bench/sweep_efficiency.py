@@ -1,185 +1,288 @@
-"""Sweep efficiency on the demo task: our default (TPE + ASHA + the KL limit) against random search
-without pruning, at equal compute, replayed on the recorded learning-curve table, over many seeds;
-and one live `tuner run` of the grid spec to confirm that the replay matches what the controller does.
+"""Sweep efficiency: our default (TPE + ASHA + the KL limit) against random search without pruning,
+at equal compute, replayed on a recorded learning-curve table over many independently seeded
+repeats; and (--live) one real `tuner run` of the demo grid spec to confirm that the replay matches
+what the controller does.
 
     python bench/_curves.py                 # once (resumable): bench/data/demo_curves.jsonl
-    python bench/sweep_efficiency.py        # about 3 minutes on 2 cores (the live sweep included)
+    python bench/sweep_efficiency.py --jobs 2                                   # the demo table
+    python bench/sweep_efficiency.py --table places --trials 16 --jobs 2         # the places table
+    python bench/sweep_efficiency.py --live     # one real `tuner run` of the demo grid spec against its replay
 
-For each seed: random search runs N trials to their end (no ASHA, no KL limit; a trial is feasible
+For each repeat: random search runs N trials to their end (no ASHA, no KL limit; a trial is feasible
 when its KL never passed the limit); its compute C and its best feasible final eval/scores are the
-bar. Ours (the grid spec as it is: TPE, ASHA with grace 3, the 15-nat KL limit, 2 trials at once)
-then runs until it completes a feasible trial at least as good; the figure is the compute it spent
-by then over C (1.0 = as much as random search; > 1 or inf = not reached within C). Ours skips a
-config a trial already ran (`sampler.skip_duplicates`, on by default). Ablations: ours running such
-duplicates again, TPE alone (no ASHA, no KL limit), random search with ASHA and the KL limit, and TPE
-with 20 random trials first instead of the default min(10, trials / 2).
+bar. Every other searcher then runs with the same compute C (trials start while less than C is
+spent; running ones finish), and the figure is the compute it had spent when it first completed a
+feasible trial at least as good, over C (inf: not within C). Every searcher of every repeat has its
+own sampler seed (`seed_of`: no two share one), so no searcher replays another's draws. A config
+that a trial already ran is told its outcome and not run (`sampler.skip_duplicates`), on both sides
+alike: it costs no compute and is not counted in the bar's N; the ablation that runs such repeats
+again is compared with a bar that also runs them again. The median over repeats comes with a 95%
+bootstrap interval.
+
+Searchers: the default; TPE alone; random with ASHA and the KL limit; and TPE settings (random
+trials first, multivariate or independent TPE, the constant liar for running trials), all with ASHA
+and the KL limit. A continuous space over the same table (each searched key a range over the
+grid's span, a sampled config read as the nearest recorded one) checks `sampler.skip_duplicates`
+where configs do not repeat: with the same seed, skipping on and off must give the same sweep.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
-import os
-import subprocess
+import multiprocessing as mp
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from _common import ROOT, load, machine, save
-from _curves import COSTS, SPEC, costed, grid, key, load_grid_spec, load_table
-from _replay import simulate
+from _curves import COSTS, SPECS, costed, data_paths, grid, load_grid_spec, load_table
 
-VARIANTS = {  # name: (sampler, ASHA, KL limit, n_startup_trials: None = the spec's default, skip duplicates)
-    "random, no pruning": ("random", False, False, None, False),
-    "ours: TPE + ASHA + KL limit": ("tpe", True, True, None, True),
-    "ours, duplicates run again": ("tpe", True, True, None, False),
-    "TPE alone": ("tpe", False, False, None, True),
-    "random + ASHA + KL limit": ("random", True, True, None, True),
-    "TPE (20 random first) + ASHA + KL": ("tpe", True, True, 20, True),
+SEED_BASE = 1000  # repeat r, searcher i: seed SEED_BASE + r * len(SEARCHERS) + i (all distinct)
+BOOTSTRAP = 2000
+TARGET = 0.25  # the default sweep reaches random search's best with at most this share of its compute
+
+
+@dataclasses.dataclass(frozen=True)
+class Searcher:
+    sampler: str  # "random", or "tpe" (make_sampler's TPE, with `tpe` overriding its keywords)
+    asha: bool = True
+    kl_limit: bool = True
+    startup: int | None = None  # TPE's random trials first; None: the spec's default
+    tpe: tuple[tuple[str, Any], ...] = ()  # TPESampler keywords set here, e.g. (("multivariate", False),)
+    skip: bool = True  # sampler.skip_duplicates
+    bar: str = "random, no pruning"  # the searcher whose N trials set C and the target
+    continuous: bool = False  # the continuous space over the table
+    runs_to_end: bool = False  # a bar: N trials, no compute limit
+
+
+BAR, BAR_REPEATS, BAR_CONTINUOUS = "random, no pruning", "random, no pruning, repeats run", "continuous: random, no pruning"
+OURS = "ours: TPE + ASHA + KL limit (the default)"
+SEARCHERS: dict[str, Searcher] = {
+    BAR: Searcher("random", asha=False, kl_limit=False, runs_to_end=True),
+    OURS: Searcher("tpe"),
+    "TPE alone (no ASHA, no KL limit)": Searcher("tpe", asha=False, kl_limit=False),
+    "random + ASHA + KL limit": Searcher("random"),
+    "TPE, 5 random trials first": Searcher("tpe", startup=5),
+    "TPE, 20 random trials first": Searcher("tpe", startup=20),
+    "TPE, independent (multivariate off)": Searcher("tpe", tpe=(("multivariate", False),)),
+    "TPE, no constant liar": Searcher("tpe", tpe=(("constant_liar", False),)),
+    BAR_REPEATS: Searcher("random", asha=False, kl_limit=False, skip=False, runs_to_end=True, bar=BAR_REPEATS),
+    "ours, repeats run again": Searcher("tpe", skip=False, bar=BAR_REPEATS),
+    BAR_CONTINUOUS: Searcher("random", asha=False, kl_limit=False, continuous=True, runs_to_end=True, bar=BAR_CONTINUOUS),
+    "continuous: ours": Searcher("tpe", continuous=True, bar=BAR_CONTINUOUS),
 }
-OURS = "ours: TPE + ASHA + KL limit"
+NO_SKIP_CHECK = "continuous: ours"  # run again with skip_duplicates off, same seed: must give the same sweep
 
 
-def variant(spec: Any, sampler: str, seed: int, trials: int, startup: int | None = None, skip: bool = True) -> Any:
+def seed_of(repeat: int, name: str) -> int:
+    return SEED_BASE + repeat * len(SEARCHERS) + list(SEARCHERS).index(name)
+
+
+def sweep_spec(spec: Any, s: Searcher, seed: int, trials: int, skip: bool | None = None) -> Any:
     from tuner.spec import derive_spec
 
-    sampling = {"type": sampler, "seed": seed, "n_startup_trials": startup, "skip_duplicates": skip}
-    return derive_spec(spec, sampler=sampling, budget={"trials": trials})
+    sampling = {"type": s.sampler, "seed": seed, "n_startup_trials": s.startup,
+                "skip_duplicates": s.skip if skip is None else skip}
+    sections: dict[str, Any] = {"sampler": sampling, "budget": {"trials": trials}}
+    if s.continuous:
+        sections["search_space"] = continuous_space(spec)
+    return derive_spec(spec, **sections)
 
 
-def one_seed(spec: Any, table: dict, seed: int, trials: int, workers: int) -> dict[str, Any]:
+def continuous_space(spec: Any) -> dict[str, Any]:
+    """The grid's searched keys as ranges over their span (log for learning rates and betas, integers
+    stay integers; mini_batch_size stays a choice, as in search_spaces/demo.yaml)."""
+    space: dict[str, Any] = {}
+    for name, p in spec.search_space.items():
+        choices = list(getattr(p, "choices", None) or [])
+        if not choices or name == "mini_batch_size":
+            space[name] = p.model_dump(exclude_unset=True) if choices else p
+        elif all(isinstance(c, int) for c in choices):
+            space[name] = {"low": min(choices), "high": max(choices)}
+        else:
+            space[name] = {"low": min(choices), "high": max(choices), "log": True}
+    return space
+
+
+def snapper(spec: Any) -> Any:
+    """A sampled config -> the nearest recorded one (nearest in log scale for every key)."""
+    values = grid(spec)[0].keys()
+    choices = {k: list(spec.search_space[k].choices) for k in values}
+
+    def snap(sampled: dict[str, Any]) -> dict[str, Any]:
+        return {k: min(cs, key=lambda c: abs(math.log(c) - math.log(sampled[k]))) for k, cs in choices.items()}
+    return snap
+
+
+def make(spec: Any, s: Searcher) -> Any:
+    import optuna
+
     from tuner.spec import make_sampler
+    from tuner.spec._samplers import TPE_OPTIONS
 
-    base = variant(spec, "random", seed, trials, skip=False)  # plain random search repeats what it draws
-    bar = simulate(table, base, make_sampler(base), asha=False, kl_limit=False, workers=workers, max_trials=trials)
-    budget, target = bar.compute, bar.best()
-    iterations = sum(t.iterations for t in bar.trials)
-    out = {"seed": seed, "budget_seconds": budget, "budget_iterations": iterations, "target": target}
-    for name, (sampler, asha, kl, startup, skip) in VARIANTS.items():
-        if name == "random, no pruning":
+    if not s.tpe:
+        return make_sampler(spec)
+    options = {"seed": spec.sampler_seed(), "n_startup_trials": spec.n_startup_trials(), **TPE_OPTIONS, **dict(s.tpe)}
+    return optuna.samplers.TPESampler(**options)
+
+
+def one_repeat(job: tuple[str, int, int, int]) -> dict[str, Any]:
+    """Every searcher once, each with its own seed, against its bar."""
+    from _replay import simulate
+
+    spec_path, repeat, trials, workers = job
+    spec = load_grid_spec(Path(spec_path))
+    table = costed(load_table(data_paths(Path(spec_path))[0]), cost_model(Path(spec_path)))
+    snap = snapper(spec)
+    out: dict[str, Any] = {"repeat": repeat, "bars": {}}
+
+    def run(name: str, max_compute: float | None, skip: bool | None = None) -> Any:
+        s = SEARCHERS[name]
+        derived = sweep_spec(spec, s, seed_of(repeat, name), trials, skip)
+        return simulate(table, derived, make(derived, s), asha=s.asha, kl_limit=s.kl_limit, workers=workers,
+                        max_trials=trials if s.runs_to_end else None, max_compute=max_compute,
+                        snap=snap if s.continuous else None)
+
+    for name, s in SEARCHERS.items():
+        if s.runs_to_end:
+            bar = run(name, None)
+            out["bars"][name] = {"compute": bar.compute, "target": bar.best(), "copies": bar.copies,
+                                 "iterations": sum(t.iterations for t in bar.trials), "seed": seed_of(repeat, name)}
+    for name, s in SEARCHERS.items():
+        if s.runs_to_end:
             continue
-        s = variant(spec, sampler, seed, trials, startup, skip)
-        sweep = simulate(table, s, make_sampler(s), asha=asha, kl_limit=kl, workers=workers, max_compute=3 * budget)
+        c, target = out["bars"][s.bar]["compute"], out["bars"][s.bar]["target"]
+        sweep = run(name, c)
         reach = sweep.compute_to_reach(target)
-        at_budget = max((b for c, _, b in sweep.timeline if c <= budget), default=-math.inf)
-        reach_it = next((i for _, i, b in sweep.timeline if b >= target), math.inf)
-        out[name] = {"fraction": reach / budget, "fraction_iterations": reach_it / iterations,
-                     "best_at_equal_compute": at_budget, "trials": len(sweep.trials)}
+        out[name] = {"fraction": reach / c if reach <= c else math.inf,
+                     "best_at_equal_compute": max((b for k, _, b in sweep.timeline if k <= c), default=-math.inf),
+                     "trials": len(sweep.trials), "copies": sweep.copies, "seed": seed_of(repeat, name)}
+        if name == NO_SKIP_CHECK:
+            again = run(name, c, skip=False)
+            out[name]["same_without_skip"] = ([t.params for t in again.trials] == [t.params for t in sweep.trials]
+                                              and again.timeline == sweep.timeline)
     return out
 
 
-def live_check(spec: Any, table: dict, timeout: float) -> dict[str, Any]:
-    """`tuner run` of the grid spec in a scratch directory; its trials against the table and the replay."""
-    import optuna
-    from mlflow.tracking import MlflowClient
+def cost_model(spec_path: Path) -> Path:
+    """The table's own cost model, else the demo's (same model, response length and batch shapes)."""
+    own = data_paths(spec_path)[1]
+    return own if own.exists() else COSTS
 
-    from tuner.spec import make_sampler
 
-    work = Path(tempfile.mkdtemp(prefix="ppo-live-"))
-    started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(SPEC)], cwd=work, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        return {"ok": False, "error": proc.stderr[-2000:]}
-    sweep_dir = work / "sweeps" / spec.name
-    study = optuna.load_study(study_name=spec.name, storage=f"sqlite:///{sweep_dir / 'study.db'}")
-    client = MlflowClient(tracking_uri=f"sqlite:///{sweep_dir / 'mlflow.db'}")
-    runs = {r.data.tags.get("ppo_tuner.trial_number"): r for r in client.search_runs(
-        [client.get_experiment_by_name(spec.name).experiment_id], max_results=500)}
-    replay = simulate(table, spec, make_sampler(spec), asha=True, kl_limit=True, workers=spec.resources.max_concurrent,
-                      max_trials=spec.budget.trials)
-    rows, worst_kl, worst_eval = [], 0.0, 0.0
-    replayed = {t.number: t for t in replay.trials}
-    copies = sum("duplicate_of" in t.user_attrs for t in study.get_trials(deepcopy=False))
-    for t in study.get_trials(deepcopy=False):
-        if "duplicate_of" in t.user_attrs:  # a config already run: told its outcome, not run (no MLflow run)
-            continue
-        params = {k: t.params[k] for k in grid(spec)[0]}
-        curve = table[key(params)]
-        run_id = runs[str(t.number)].info.run_id
-        kl = {m.step: m.value for m in client.get_metric_history(run_id, "objective/kl")}
-        ev = {m.step: m.value for m in client.get_metric_history(run_id, "eval/scores")}
-        worst_kl = max([worst_kl, *(abs(v - curve.kl[s - 1]) for s, v in kl.items())])
-        worst_eval = max([worst_eval, *(abs(v - curve.eval[s - 1]) for s, v in ev.items())])
-        sim = replayed.get(t.number)
-        rows.append({"number": t.number, "params": params, "live_stop": t.user_attrs.get("stop_reason"),
-                     "live_iterations": t.user_attrs.get("iterations"),
-                     "replay_params_same": sim is not None and sim.params == params,
-                     "replay_stop": sim.stop_reason if sim else None, "replay_iterations": sim.iterations if sim else None})
-    same = sum(r["replay_params_same"] and r["replay_stop"] == r["live_stop"]
-               and r["replay_iterations"] == r["live_iterations"] for r in rows)
-    return {"ok": worst_kl < 1e-4 and worst_eval < 1e-6, "wall_seconds": wall, "max_abs_kl_diff": worst_kl,
-            "max_abs_eval_diff": worst_eval, "trials": rows, "replay_agrees_on": same,
-            "duplicates_told": {"live": copies, "replay": replay.copies}}
+def bootstrap_median(values: list[float], seed: int = 0) -> tuple[float, float, float]:
+    """The median and a 95% percentile-bootstrap interval for it (inf where more than half are inf)."""
+    import numpy as np
+
+    x = np.array(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    medians = np.median(x[rng.integers(0, len(x), size=(BOOTSTRAP, len(x)))], axis=1)
+    lo, hi = np.quantile(medians, [0.025, 0.975], method="inverted_cdf")
+    return float(np.median(x)), float(lo), float(hi)
 
 
 def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
-    import numpy as np
-
-    out = {}
-    for name in VARIANTS:
-        if name == "random, no pruning":
+    out: dict[str, Any] = {}
+    for name, s in SEARCHERS.items():
+        if s.runs_to_end:
             continue
-        f = np.array([r[name]["fraction"] for r in results])
-        fi = np.array([r[name]["fraction_iterations"] for r in results])
-        out[name] = {"median": float(np.median(f)), "q25": float(np.quantile(f, 0.25)), "q75": float(np.quantile(f, 0.75)),
-                     "reached_within_budget": int((f <= 1).sum()), "within_25pct": int((f <= 0.25).sum()),
-                     "median_iterations": float(np.median(fi)), "seeds": len(f)}
+        rows = [r for r in results if math.isfinite(r["bars"][s.bar]["target"])]  # a bar with no feasible trial sets none
+        f = [r[name]["fraction"] for r in rows]
+        median, lo, hi = bootstrap_median(f)
+        better = sum(r[name]["best_at_equal_compute"] > r["bars"][s.bar]["target"] for r in rows)
+        equal = sum(r[name]["best_at_equal_compute"] == r["bars"][s.bar]["target"] for r in rows)
+        out[name] = {"median": median, "ci95": [lo, hi], "repeats": len(f), "reached_within_budget": sum(x <= 1 for x in f),
+                     "within_25pct": sum(x <= TARGET for x in f),
+                     "at_equal_compute": {"better": better, "equal": equal, "worse": len(rows) - better - equal},
+                     "copies_median": sorted(r[name]["copies"] for r in rows)[len(rows) // 2]}
+        if name == NO_SKIP_CHECK:
+            out[name]["same_without_skip"] = sum(r[name]["same_without_skip"] for r in rows)
+            out[name]["copies_total"] = sum(r[name]["copies"] for r in rows)
     return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--table", choices=sorted(SPECS), default="demo", help="the recorded curve table to replay")
+    parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--trials", type=int, default=32, help="random search's trials (and ours' budget.trials)")
-    parser.add_argument("--no-live", action="store_true", help="skip the live `tuner run` check")
+    parser.add_argument("--jobs", type=int, default=1, help="processes replaying repeats in parallel")
+    parser.add_argument("--minutes", type=float, default=math.inf,
+                        help="stop after this long, keeping the repeats before the first unfinished one")
+    parser.add_argument("--live", action="store_true", help="instead: the live `tuner run` check of the demo grid spec "
+                        "(results: sweep_efficiency_live)")
     parser.add_argument("--live-timeout", type=float, default=420)
+    parser.add_argument("--out", default=None, help="results name (default: sweep_efficiency[_TABLE])")
     args = parser.parse_args()
-    spec, table = load_grid_spec(), load_table()
+    spec_path = SPECS[args.table]
+    spec, table = load_grid_spec(spec_path), load_table(data_paths(spec_path)[0])
     if not COSTS.exists():
         print("no cost model: run `python bench/_curves.py --calibrate` first", file=sys.stderr)
         return 2
     missing = len(grid(spec)) - len(table)
     if missing:
-        print(f"the table misses {missing} configs: run `python bench/_curves.py` (resumable) first", file=sys.stderr)
+        print(f"the table misses {missing} configs: run `python bench/_curves.py --spec {spec_path.relative_to(ROOT)}` "
+              "(resumable) first", file=sys.stderr)
         return 2
-    table = costed(table)
-    res: dict[str, Any] = {"machine": machine(), "load": load(), "seeds": args.seeds, "trials": args.trials,
-                           "workers": spec.resources.max_concurrent, "table_configs": len(table)}
+    res: dict[str, Any] = {"machine": machine(), "load": load(), "table": args.table, "spec": str(spec_path.relative_to(ROOT)),
+                           "cost_model": str(cost_model(spec_path).relative_to(ROOT)), "repeats": args.repeats,
+                           "trials": args.trials, "workers": spec.resources.max_concurrent, "table_configs": len(table),
+                           "seeds": f"repeat r, searcher i: {SEED_BASE} + r * {len(SEARCHERS)} + i",
+                           "searchers": {n: dataclasses.asdict(s) for n, s in SEARCHERS.items()}}
     started = time.perf_counter()
-    res["per_seed"] = [one_seed(spec, table, s, args.trials, spec.resources.max_concurrent) for s in range(args.seeds)]
-    res["summary"] = summarise(res["per_seed"])
-    if not args.no_live:
-        res["live"] = live_check(spec, table, args.live_timeout)
+    if args.live:
+        return live_only(res, spec, table, args.live_timeout, started)
+    jobs = [(str(spec_path), r, args.trials, spec.resources.max_concurrent) for r in range(args.repeats)]
+    deadline = started + 60 * args.minutes
+    with mp.get_context("spawn").Pool(args.jobs) as pool:
+        done: dict[int, dict[str, Any]] = {}
+        for row in pool.imap_unordered(one_repeat, jobs):
+            done[row["repeat"]] = row
+            print(f"repeat {row['repeat']} done ({len(done)}/{args.repeats}, {time.perf_counter() - started:.0f} s)", flush=True)
+            if time.perf_counter() > deadline:
+                break  # out of time: the repeats before the first unfinished one are kept (no choice by speed)
+    first_missing = next((r for r in range(args.repeats) if r not in done), args.repeats)
+    res["per_repeat"] = [done[r] for r in range(first_missing)]
+    res["repeats"] = first_missing
+    res["summary"] = summarise(res["per_repeat"])
     res["seconds"], res["load_end"] = time.perf_counter() - started, load()
     report(res)
-    print(f"\nwrote {save('sweep_efficiency', res)} in {res['seconds']:.0f} s")
+    name = args.out or ("sweep_efficiency" if args.table == "demo" else f"sweep_efficiency_{args.table}")
+    print(f"\nwrote {save(name, res)} in {res['seconds']:.0f} s")
     return 0
 
 
+def live_only(res: dict[str, Any], spec: Any, table: dict, timeout: float, started: float) -> int:
+    from _live import live_check, report_live
+
+    live = {k: res[k] for k in ("machine", "load", "table", "spec", "cost_model", "table_configs")}
+    live["live"] = live_check(spec, costed(table, COSTS), timeout)
+    live["seconds"], live["load_end"] = time.perf_counter() - started, load()
+    report_live(live["live"])
+    print(f"\nwrote {save('sweep_efficiency_live', live)}")
+    return 0 if live["live"].get("ok") else 1
+
+
 def report(res: dict[str, Any]) -> None:
-    print(f"{res['seeds']} seeds; random search: {res['trials']} trials to the end; {res['table_configs']} recorded configs")
-    print("compute fraction at which each reaches random search's best feasible final eval/scores (median [q25, q75]):")
+    print(f"table {res['table']} ({res['table_configs']} configs), {res['repeats']} repeats; the bar: random search, "
+          f"{res['trials']} trials to the end")
+    print("compute share at which each first reaches its bar's best feasible final eval/scores, at equal compute "
+          "(median [95% bootstrap interval]):")
     for name, s in res["summary"].items():
-        print(f"  {name:34s} {s['median']:6.3f} [{s['q25']:.3f}, {s['q75']:.3f}]  reached within budget in "
-              f"{s['reached_within_budget']}/{s['seeds']}, within 25% in {s['within_25pct']}/{s['seeds']}; "
-              f"in iterations {s['median_iterations']:.3f}")
-    ours = res["summary"][OURS]["median"]
-    print(f"ours: {ours:.3f} of random search's compute (target <= 0.25): {'met' if ours <= 0.25 else 'NOT met'}")
-    if "live" in res:
-        lv = res["live"]
-        if "error" in lv:
-            print(f"live check FAILED: {lv['error']}")
-            return
-        print(f"live `tuner run` ({lv['wall_seconds']:.0f} s): curves against the table: max |dKL| {lv['max_abs_kl_diff']:.2e}, "
-              f"max |d eval| {lv['max_abs_eval_diff']:.2e} ({'match' if lv['ok'] else 'DIFFER'}); the replay of the same "
-              f"sweep agrees on params, stop reason and iterations for {lv['replay_agrees_on']}/{len(lv['trials'])} trials")
-        for r in lv["trials"]:
-            print(f"    trial {r['number']}: live {r['live_stop']} at {r['live_iterations']}, replay {r['replay_stop']} at "
-                  f"{r['replay_iterations']}{'' if r['replay_params_same'] else ' (other params)'}")
+        eq = s["at_equal_compute"]
+        print(f"  {name:40s} {s['median']:6.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]  within C "
+              f"{s['reached_within_budget']}/{s['repeats']}, within 25% {s['within_25pct']}/{s['repeats']}; best at C "
+              f"better/equal/worse {eq['better']}/{eq['equal']}/{eq['worse']}")
+    check = res["summary"][NO_SKIP_CHECK]
+    print(f"continuous space: {check['copies_total']} repeats sampled over {check['repeats']} sweeps; skipping on and "
+          f"off gave the same sweep in {check['same_without_skip']}/{check['repeats']}")
+    ours = res["summary"][OURS]
+    met = ours["ci95"][1] <= TARGET
+    print(f"ours: {ours['median']:.3f} [{ours['ci95'][0]:.3f}, {ours['ci95'][1]:.3f}] of random search's compute "
+          f"(target <= {TARGET}): {'met' if met else 'NOT met'}")
 
 
 if __name__ == "__main__":

@@ -20,15 +20,30 @@ def _bench(script: str, *args: str, out) -> subprocess.CompletedProcess:
 
 
 def test_sweep_efficiency_replays_the_table(tmp_path):
-    proc = _bench("sweep_efficiency.py", "--seeds", "2", "--no-live", out=tmp_path)
+    proc = _bench("sweep_efficiency.py", "--repeats", "2", out=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "sweep_efficiency.json").read_text())
-    assert res["table_configs"] == 360 and len(res["per_seed"]) == 2
-    for seed in res["per_seed"]:
-        ours = seed["ours: TPE + ASHA + KL limit"]
+    assert res["table_configs"] == 360 and len(res["per_repeat"]) == 2
+    seeds = []
+    for repeat in res["per_repeat"]:
+        ours = repeat["ours: TPE + ASHA + KL limit (the default)"]
         assert ours["trials"] > 0 and ours["fraction"] > 0
-        assert seed["budget_iterations"] == 32 * 12  # random search runs every trial to its end
+        assert repeat["bars"]["random, no pruning"]["iterations"] == 32 * 12  # random search runs every trial to its end
+        assert repeat["continuous: ours"]["same_without_skip"]  # no config repeats on a continuous space
+        seeds += [b["seed"] for b in repeat["bars"].values()]
+        seeds += [v["seed"] for k, v in repeat.items() if isinstance(v, dict) and "fraction" in v]
+    assert len(seeds) == len(set(seeds)) == 2 * len(res["searchers"])  # no two searchers share a seed
+    low, high = res["summary"]["ours: TPE + ASHA + KL limit (the default)"]["ci95"]
+    assert low <= res["summary"]["ours: TPE + ASHA + KL limit (the default)"]["median"] <= high
     assert "of random search's compute (target <= 0.25)" in proc.stdout
+
+
+def test_sweep_efficiency_replays_the_second_table(tmp_path):
+    proc = _bench("sweep_efficiency.py", "--table", "places", "--trials", "16", "--repeats", "1", out=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "sweep_efficiency_places.json").read_text())
+    assert res["table_configs"] == 120 and res["cost_model"] == "bench/data/demo_costs.json"
+    assert res["per_repeat"][0]["bars"]["random, no pruning"]["iterations"] == 16 * 12
 
 
 def test_kl_pruning_counts_savings_on_the_table(tmp_path):
