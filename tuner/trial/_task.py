@@ -24,12 +24,12 @@ class TrialTask:
     external: dict[str, Any] = field(default_factory=dict)  # an external trainer's launch (TrialSection.launch)
     kl_forecast: bool = False  # kl_limit.forecast: also stop where the KL is forecast to pass the limit
     kl_grace_iterations: int = 0  # kl_limit.grace_iterations: iterations the limit does not judge
+    source: int | None = None  # a promotion run: the number of the search trial whose config it runs again
 
     def kl_stopper(self) -> KLLimit:
         """The KL limit as this trial's stopper (trials.KLLimit), with the spec's forecast and grace."""
         return KLLimit(self.kl_limit, forecast=self.kl_forecast, grace_iterations=self.kl_grace_iterations,
                        last_iteration=int(self.engine["num_iterations"]))
-    source: int | None = None  # a promotion run: the number of the search trial whose config it runs again
 
     def to_config(self) -> dict[str, Any]:
         return asdict(self)
