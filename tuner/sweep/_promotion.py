@@ -28,12 +28,12 @@ from tuner.spec import CompiledSpec
 from tuner.sweep._study import (
     ATTR,
     engine_config_of,
+    interrupted,
     is_feasible,
     mark_interrupted,
     ranked_feasible,
     state_of,
 )
-from tuner.trial import StopReason
 
 __all__ = ["PROMOTION", "Choice", "PlannedRun", "PromotedConfig", "SeedRun", "best_promoted", "choose", "missing_runs",
            "plan", "promoted_configs", "promotion_metrics", "promotion_missing", "promotion_name", "promotion_study",
@@ -101,7 +101,7 @@ def _key(trial: optuna.trial.FrozenTrial) -> tuple[int, int] | None:
 
 def _ran(trial: optuna.trial.FrozenTrial) -> bool:
     """A promotion run that ended by itself (an interrupted one runs again)."""
-    return trial.state.is_finished() and trial.user_attrs.get(ATTR["stop"]) != StopReason.INTERRUPTED
+    return trial.state.is_finished() and not interrupted(trial)
 
 
 def missing_runs(planned: list[PlannedRun], study: optuna.Study, storage: optuna.storages.BaseStorage) -> list[PlannedRun]:

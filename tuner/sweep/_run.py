@@ -46,12 +46,13 @@ from tuner.sweep._study import (
     best_feasible,
     count_states,
     engine_config_of,
+    interrupted,
     mark_interrupted,
     open_storage,
     redact,
     trial_rows,
 )
-from tuner.trial import SCHEDULER_SCORE, Outcome, StopReason
+from tuner.trial import SCHEDULER_SCORE, Outcome
 
 __all__ = ["SweepSummary", "load_study", "open_study", "preflight", "remaining_trials", "run_sweep", "sync_tracking",
            "trials_to_run"]
@@ -108,10 +109,10 @@ def open_study(spec: CompiledSpec, create: bool = False) -> tuple[optuna.Study, 
     except KeyError:
         done = 0
     if create:
-        return optuna.create_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec, done),
+        return optuna.create_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec, done, interrupted),
                                    directions=spec.directions(), load_if_exists=True), storage
     try:
-        return optuna.load_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec, done)), storage
+        return optuna.load_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec, done, interrupted)), storage
     except KeyError:
         raise ConfigError([Problem("sweep", spec.name, f"has no study in {redact(spec.storage_url())}",
                                    "start it with 'tuner run SPEC'")]) from None
@@ -126,7 +127,7 @@ def _counts(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether a trial counts toward the budget: it ended, and not because its controller stopped."""
     alive = trial.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
     copy = ATTR["duplicate"] in trial.user_attrs or ATTR["unlaunched"] in trial.user_attrs  # never run
-    return not alive and not copy and trial.user_attrs.get(ATTR["stop"]) != StopReason.INTERRUPTED
+    return not alive and not copy and not interrupted(trial)
 
 
 def remaining_trials(study: optuna.Study, wanted: int, storage: optuna.storages.BaseStorage) -> int:

@@ -23,7 +23,7 @@ from trials import Problem, TunerError
 from tuner.trial import STATES, StopReason, overoptimized
 
 __all__ = ["ATTR", "PARENT_ATTR", "StorageError", "TrialRow", "best_feasible", "best_of", "count_states", "ranked_feasible",
-           "ranked_of", "mark_interrupted",
+           "ranked_of", "interrupted", "mark_interrupted",
            "is_connection_error", "open_storage", "ran_configs", "redact", "scrub", "schema_init_lock", "tell_duplicate", "trial_rows"]
 
 # user attributes on each Optuna trial
@@ -248,6 +248,11 @@ def trial_rows(study: optuna.Study) -> list[TrialRow]:
                              gold=t.user_attrs.get(ATTR["gold"]),
                              overoptimized=overoptimized(t.user_attrs.get(ATTR["evals"], []))))
     return rows
+
+
+def interrupted(trial: FrozenTrial) -> bool:
+    """Whether a trial was stopped by its controller (Ctrl-C, SIGTERM, a dead controller): it runs again."""
+    return trial.user_attrs.get(ATTR["stop"]) == StopReason.INTERRUPTED
 
 
 def mark_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorage, keep: set[int] = frozenset()) -> int:

@@ -4,6 +4,7 @@ one hangs."""
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -11,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
 
-from tests.sweep_helpers import tuner
+from tests.sweep_helpers import start_tuner, tuner
 from trials import metrics as K
 from tuner.spec import load_spec
 from tuner.sweep import load_study, trial_rows
@@ -87,3 +89,52 @@ def test_mlflow_child_runs_carry_our_names_and_the_trainers(sweep):
     assert {K.SCORES, K.EVAL_SCORES, "trainer/kl_per_token", "trainer/loss"} <= set(by_state["COMPLETE"].data.metrics)
     errors = [c.data.tags.get("ppo_tuner.error", "") for c in children if c.data.tags["ppo_tuner.state"] == "FAIL"]
     assert len(errors) == 2 and any("illegal memory access" in e for e in errors) and any("no report" in e for e in errors)
+
+
+def test_ctrl_c_stops_external_trainers_and_resume_finishes_the_budget(tmp_path):
+    """Ctrl-C (SIGINT) while two trainers run: exit 130, their process trees gone, nothing RUNNING in the
+    study or MLflow; `tuner resume` then runs what the budget still wants and keeps what finished."""
+    folder = tmp_path
+    spec = {"name": "byot-ctrl-c",
+            "trial": {"engine": "command", "report_timeout": "60s", "stop_grace": 2,
+                      "command": [sys.executable, str(SCRIPT), "--lr", "{policy_lr}", "--steps", "{num_iterations}",
+                                  "--step-seconds", "1.0"],
+                      "env": {"MARKER": str(folder / "sweeps")}},
+            "search_space": {"policy_lr": {"choices": [1e-6, 2e-6, 3e-6, 4e-6]}}, "kl_limit": 15,
+            "budget": {"trials": 4, "iterations": 6, "promote": {"top_k": 0}}, "scheduler": {"type": "none"},
+            "sampler": {"type": "grid"}, "resources": {"max_concurrent": 2}, "ray": {"num_cpus": 2},
+            "workdir": str(folder / "sweeps")}
+    path = folder / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    log = folder / "run.log"
+    proc = start_tuner("run", path, cwd=folder, log=log)
+    deadline = time.time() + 300
+    while len(processes_under(folder / "sweeps")) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None and processes_under(folder / "sweeps"), log.read_text()[-3000:]
+    time.sleep(1.5)  # a report or two, so the trials are mid-way
+    proc.send_signal(signal.SIGINT)
+    code = proc.wait(timeout=120)
+    text = log.read_text()
+    assert code == 130, text[-3000:]
+    assert "tuner resume" in text and "Traceback" not in text, text[-3000:]
+    assert processes_under(folder / "sweeps") == []  # every trainer and its helper process gone
+
+    compiled = load_spec(path)
+    study = load_study(compiled)
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    interrupted = [t for t in study.trials if t.user_attrs.get("stop_reason") == "interrupted"]
+    assert interrupted, [(t.number, t.state, t.user_attrs) for t in study.trials]
+    done_before = {t.number for t in study.trials if t.state == TrialState.COMPLETE}
+    client = MlflowClient(compiled.tracking_uri())
+    experiment = client.get_experiment_by_name(compiled.experiment_name())
+    assert all(r.info.status != "RUNNING" for r in client.search_runs([experiment.experiment_id]))
+
+    resumed = tuner("resume", compiled.sweep_dir(), cwd=folder, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    study = load_study(compiled)
+    counted = [t for t in study.trials if t.user_attrs.get("stop_reason") != "interrupted"]
+    assert len(counted) == 4 and all(t.state == TrialState.COMPLETE for t in counted)
+    assert done_before <= {t.number for t in counted}
+    assert sorted(t.params["policy_lr"] for t in counted) == [1e-6, 2e-6, 3e-6, 4e-6]
+    assert processes_under(folder / "sweeps") == []
