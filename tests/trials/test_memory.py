@@ -115,9 +115,13 @@ def test_the_prediction_is_within_15_percent_of_a_measured_peak(tmp_path, mode):
                   response_length=16, max_prompt_length=8, num_iterations=2, num_eval_prompts=4, device="cpu",
                   precision="fp32", num_threads=2, **mode)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MALLOC_MMAP_THRESHOLD_": str(2**20)}
-    proc = subprocess.run([sys.executable, "-c", _MEASURE, json.dumps(fields)], env=env, capture_output=True,
-                          text=True, timeout=600, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    measured = int(proc.stdout.strip().splitlines()[-1])
+    runs = []  # the peak is the larger of two runs: one run's RSS peak moved by 18% between CI runs (999 MB once)
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", _MEASURE, json.dumps(fields)], env=env, capture_output=True,
+                              text=True, timeout=600, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs.append(int(proc.stdout.strip().splitlines()[-1]))
+    measured = max(runs)
     predicted = estimate_memory(PPOConfig.from_dict(fields), model_config_of(str(tmp_path))).peak
-    assert abs(predicted / measured - 1) < 0.15, (predicted, measured)
+    print(f"predicted {predicted / 2**20:.0f} MiB, measured {[round(r / 2**20) for r in runs]} MiB")
+    assert abs(predicted / measured - 1) < 0.15, (predicted, runs)

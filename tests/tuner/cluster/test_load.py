@@ -31,8 +31,14 @@ TROUBLE = re.compile(r"database is locked|deadlock|could not obtain lock|lock ti
 MLFLOW_STATUS = {"COMPLETE": "FINISHED", "INFEASIBLE": "FAILED", "PRUNED": "KILLED"}
 
 
+# PostgreSQL logs, as ERROR, a unique violation that its client catches and handles: Optuna's create_study with
+# load_if_exists (the study exists: it is loaded) and MLflow's batch insert of metrics (a retried request's
+# rows exist: MLflow inserts the others). Neither is a lock or a connection problem, and nothing is lost.
+HANDLED = re.compile(r'duplicate key value violates unique constraint "(ix_studies_study_name|metric_pk)"')
+
+
 def _trouble(text: str) -> list[str]:
-    return [line for line in text.splitlines() if TROUBLE.search(line)]
+    return [line for line in text.splitlines() if TROUBLE.search(line) and not HANDLED.search(line)]
 
 
 def test_the_trouble_pattern_finds_what_a_lock_or_connection_problem_prints():
@@ -44,6 +50,9 @@ def test_the_trouble_pattern_finds_what_a_lock_or_connection_problem_prints():
                  'error: the study database did not answer for 120 s'):
         assert _trouble(f"trial 1: COMPLETE\n{line}\n") == [line]
     assert not _trouble("trial 3: COMPLETE   iter 3  score 0.41  KL max 0.02  (budget)")
+    assert not _trouble('2026-11-30 01:46:45.208 UTC [9875] ERROR:  duplicate key value violates unique constraint "metric_pk"')
+    unhandled = '2026-11-30 01:46:45.208 UTC [9875] ERROR:  duplicate key value violates unique constraint "trials_pkey"'
+    assert _trouble(unhandled) == [unhandled]
 
 
 class _Connections(threading.Thread):
