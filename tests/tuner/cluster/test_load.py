@@ -106,7 +106,8 @@ def test_four_sweeps_at_once_share_one_database_and_one_tracking_server(compose_
         assert not _trouble(text), f"{log}: {_trouble(text)[:20]}"
 
     storage = cluster.storage_url("optuna")
-    assert sorted(s.study_name for s in optuna.get_all_study_summaries(storage)) == names
+    studies = [s.study_name for s in optuna.get_all_study_summaries(storage)]  # the cluster's other tests' too
+    assert sorted(n for n in studies if n.startswith("load-")) == names
     client = MlflowClient(cluster.tracking_uri)
     windows = []
     for name in names:
