@@ -10,7 +10,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -72,8 +71,19 @@ def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak RSS since it started (Linux's VmHWM). Not getrusage's ru_maxrss: Linux carries that
+    over an exec from the process that started it (a vfork'd child starts with its parent's peak), so a worker
+    started by a large process (a test suite's) reports the parent's peak until it passes it."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return peak_rss_bytes() / 2**20
 
 
 def median(values: list[float]) -> float:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import BENCH, emit, load, machine, median, run_worker, save  # noqa: E402
+from bench._common import BENCH, emit, load, machine, median, peak_rss_bytes, run_worker, save  # noqa: E402
 
 MODEL_DIR = BENCH / ".cache" / "qwen2-0.5b-shape"
 SHAPE = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
@@ -74,20 +73,17 @@ def worker(name: str) -> dict[str, Any]:
 
     from trials import PPOConfig, PPOTrainer, estimate_memory, metrics, model_config_of
 
-    def rss() -> int:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-
     config = PPOConfig.from_dict(_config(name))
     estimate = estimate_memory(config, model_config_of(config.model_path))
-    baseline = rss()
+    baseline = peak_rss_bytes()
     started = time.perf_counter()
     trainer = PPOTrainer(config)
-    loaded, load_seconds = rss() - baseline, time.perf_counter() - started
+    loaded, load_seconds = peak_rss_bytes() - baseline, time.perf_counter() - started
     history = trainer.train().history
     timed = history[1:]
     work = [h[metrics.GENERATE_SECONDS] + h[metrics.SCORE_SECONDS] + h[metrics.UPDATE_SECONDS] for h in timed]
     return {"config": name, "fields": _config(name), "baseline_bytes": baseline, "after_load_bytes": loaded,
-            "peak_bytes": rss() - baseline, "load_seconds": load_seconds, "iteration_seconds": work,
+            "peak_bytes": peak_rss_bytes() - baseline, "load_seconds": load_seconds, "iteration_seconds": work,
             "update_seconds": [h[metrics.UPDATE_SECONDS] for h in timed],
             "generate_seconds": [h[metrics.GENERATE_SECONDS] for h in timed],
             "predicted_bytes": estimate.peak, "predicted": estimate.breakdown(), "predicted_phase": estimate.phase,

@@ -31,7 +31,12 @@ FP32 = 4
 ACT_PER_LINEAR_ELEMENT = 1.0
 ACT_PER_HIDDEN = 4.0
 LOGIT_COPIES = 4  # the update's logits: the model's, / temperature, log_softmax, its gradient
-CPU_OVERHEAD = 60 * 2**20  # tokenizer, prompts, torch's CPU thread pools and allocator slack (fitted: 0.36B and 25M models)
+# Training on a CPU holds a fixed amount beyond the tensors counted here (torch's autograd engine, thread pools and
+# allocator slack, the tokenizer and prompts): fitted on the generate and update phases of the 0.36B model of
+# bench/memory_lora.py (248-284 MiB in 3 configurations) and the 25M model of tests/trials/test_memory.py (about 290
+# MiB with full fine-tuning, 190 with LoRA + the shared value), each measured as the peak RSS over the high-water mark
+# of a process that imported torch, transformers and peft. Loading peaks before any of it exists.
+CPU_OVERHEAD = 220 * 2**20
 CUDA_OVERHEAD = 0
 
 
@@ -153,13 +158,14 @@ def estimate_memory(config: PPOConfig, model_config: Any, value_model_config: An
     policy_act = _activations(s, micro * L, act_b, config.gradient_checkpointing) + LOGIT_COPIES * micro * (T + 1) * s.vocab * FP32
     value_act = _activations(v, micro * L, act_b, config.gradient_checkpointing and not shared)
     update = max(policy_act, value_act)
-    overhead = CUDA_OVERHEAD if cuda else CPU_OVERHEAD
-    phases = {"generate": static + generation, "update": static + update}
+    training_overhead = CUDA_OVERHEAD if cuda else CPU_OVERHEAD
+    phases = {"generate": static + generation + training_overhead, "update": static + update + training_overhead}
     if not cuda:  # loading: the checkpoint's file pages are resident while from_pretrained copies them
         file_bytes = s.parameters * _saved_bytes(model_config)
         phases["load"] = weights_frozen + weights_trainable + value_model // 4 + file_bytes
     phase = max(phases, key=phases.get)
-    return MemoryEstimate(peak=int(phases[phase] + overhead), phase=phase, weights_trainable=weights_trainable,
+    overhead = 0 if phase == "load" else training_overhead
+    return MemoryEstimate(peak=int(phases[phase]), phase=phase, weights_trainable=weights_trainable,
                           weights_frozen=weights_frozen, gradients=gradients, optimizer_states=optimizer_states,
                           value_model=value_model, update_activations=int(update), generation=int(generation),
                           overhead=overhead, parameters=s.parameters)

@@ -83,21 +83,21 @@ def test_the_config_of_a_model_path_and_of_the_demo(demo_model, tmp_path):
 
 
 _MEASURE = """
-import json, resource, sys
+import json, sys
 import peft, torch, transformers
+from bench._common import peak_rss_bytes
 from trials import PPOConfig, PPOTrainer
-baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+baseline = peak_rss_bytes()
 PPOTrainer(PPOConfig.from_dict(json.loads(sys.argv[1]))).train()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline)
+print(peak_rss_bytes() - baseline)
 """
 
 
-# Only full fine-tuning here: on this 25M-parameter model, LoRA + shared peaks while loading, and the measured
-# peak RSS of that phase moved between runs (84 and 86 MB in two CI runs, against 257 MB predicted; within 15% of the
-# prediction run alone), so that case could not be a stable check. bench/memory_lora.py measures LoRA + shared on a 0.36B
-# model, where loading is not the whole story.
+# The baseline is the import's high-water mark (VmHWM), not getrusage's ru_maxrss: Linux carries ru_maxrss over the exec
+# from the process that started this one, so under a large test process it read that process's peak (953 MiB
+# measured in CI against 1356 MiB alone).
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", [{}])
+@pytest.mark.parametrize("mode", [{}, {"lora_rank": 16, "value_backbone": "shared"}], ids=["full", "lora-shared"])
 def test_the_prediction_is_within_15_percent_of_a_measured_peak(tmp_path, mode):
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
@@ -115,13 +115,10 @@ def test_the_prediction_is_within_15_percent_of_a_measured_peak(tmp_path, mode):
                   response_length=16, max_prompt_length=8, num_iterations=2, num_eval_prompts=4, device="cpu",
                   precision="fp32", num_threads=2, **mode)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MALLOC_MMAP_THRESHOLD_": str(2**20)}
-    runs = []  # the peak is the larger of two runs: one run's RSS peak moved by 18% between CI runs (999 MB once)
-    for _ in range(2):
-        proc = subprocess.run([sys.executable, "-c", _MEASURE, json.dumps(fields)], env=env, capture_output=True,
-                              text=True, timeout=600, cwd=ROOT)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        runs.append(int(proc.stdout.strip().splitlines()[-1]))
-    measured = max(runs)
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, json.dumps(fields)], env=env, capture_output=True,
+                          text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    measured = int(proc.stdout.strip().splitlines()[-1])
     predicted = estimate_memory(PPOConfig.from_dict(fields), model_config_of(str(tmp_path))).peak
-    print(f"predicted {predicted / 2**20:.0f} MiB, measured {[round(r / 2**20) for r in runs]} MiB")
-    assert abs(predicted / measured - 1) < 0.15, (predicted, runs)
+    print(f"predicted {predicted / 2**20:.0f} MiB, measured {measured / 2**20:.0f} MiB")
+    assert abs(predicted / measured - 1) < 0.15, (predicted, measured)
