@@ -39,7 +39,7 @@ from tuner.sweep._promotion import (
     promotion_study,
     write_table,
 )
-from tuner.sweep._signals import stop_on_sigterm
+from tuner.sweep._signals import noting_tune_stops, stop_on_sigterm, stop_signal
 from tuner.sweep._study import (
     ATTR,
     TrialRow,
@@ -239,7 +239,8 @@ def run_sweep(spec: CompiledSpec, callbacks: Sequence[SweepCallback] = ()) -> Sw
                 fit(spec, todo, searcher, logger, callbacks, _scheduler(spec), spec.budget.wall_clock)
             outcomes = searcher.outcomes()
             stage = Promotion()
-            if not searcher.writes.wait(lambda: _missing(spec, study)):  # the search is done: its best run again
+            if stop_signal() is None and not searcher.writes.wait(lambda: _missing(spec, study)):
+                # the search is done and was not stopped: its best configs run again
                 stage = _promote(spec, study, storage, tracker, callbacks, ray_use, started)
         finally:
             ray_use.close()
@@ -382,7 +383,8 @@ def fit(spec: CompiledSpec, todo: int, searcher: Any, logger: Any, callbacks: Se
                                   failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures)),
     )
     try:
-        tuner.fit()
+        with noting_tune_stops():
+            tuner.fit()
     finally:
         stopper.close()
         try:  # while their Optuna trials can still be written

@@ -5,16 +5,21 @@ handler, which answers SIGTERM with a stack dump and SIGABRT: a crash, though th
 finished. `stop_on_sigterm()`, called once Ray is up (and before, for the preflight), hands SIGTERM to
 whatever handles SIGINT at that moment: during `Tuner.fit` that is Ray Tune's, which ends the run after
 the current step, so the trials are stopped and recorded as on Ctrl-C; a second SIGTERM, like a second
-Ctrl-C, raises KeyboardInterrupt at once. `stop_signal()` tells the CLI which signal stopped the sweep.
+Ctrl-C, raises KeyboardInterrupt at once. `stop_signal()` tells the CLI which signal stopped the sweep;
+`noting_tune_stops()`, around each `Tuner.fit`, notes the Ctrl-C that Ray Tune's handler took, so that a
+sweep stopped after its search's last trial does not go on to its promotion runs.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 
-__all__ = ["stop_on_sigterm", "stop_signal"]
+__all__ = ["noting_tune_stops", "stop_on_sigterm", "stop_signal"]
 
 _received: list[int] = []  # the stop signals received, in order
 
@@ -28,6 +33,26 @@ def stop_on_sigterm() -> None:
 def stop_signal() -> int | None:
     """The first stop signal received (signal.SIGTERM), or None."""
     return _received[0] if _received else None
+
+
+@contextmanager
+def noting_tune_stops() -> Iterator[None]:
+    """Around `Tuner.fit` (main thread): Ray Tune installs its SIGINT handler for the fit; on a Ctrl-C it
+    ends the fit and puts back the handler it found, while a fit that ends by itself leaves its handler
+    in place. So: the handler found again after the fit means a stop (noted as SIGINT unless a SIGTERM
+    came first); Tune's still there is put back to what it was."""
+    watch = threading.current_thread() is threading.main_thread() and not int(
+        os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0"))
+    before = signal.getsignal(signal.SIGINT) if watch else None
+    try:
+        yield
+    finally:
+        if watch:
+            if signal.getsignal(signal.SIGINT) is before:
+                if not _received:
+                    _received.append(signal.SIGINT)
+            else:
+                signal.signal(signal.SIGINT, before)
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:

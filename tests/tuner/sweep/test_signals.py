@@ -66,3 +66,42 @@ def test_sigterm_stops_the_sweep_as_ctrl_c_does(tmp_path, demo_model):
     counted = [t for t in study.trials if t.user_attrs.get("stop_reason") != "interrupted"]
     assert len(counted) == 4 and all(t.state == TrialState.COMPLETE for t in counted)
     assert done_before <= {t.number for t in counted}
+
+
+def _fit(tmp_path, interrupt: bool) -> None:
+    """A real Ray Tune fit of one trial that, if told to, sends SIGINT to this process (as Ctrl-C does)."""
+    import os
+
+    from ray import tune
+
+    from tuner.sweep._signals import noting_tune_stops
+
+    def trainable(config):
+        if config["interrupt"]:
+            os.kill(config["driver"], signal.SIGINT)
+        for step in range(1, 30):  # 1.5 s: a Ctrl-C stops it on the way
+            tune.report({"step": step})
+            time.sleep(0.05)
+
+    tuner = tune.Tuner(trainable, param_space={"interrupt": interrupt, "driver": os.getpid()},
+                       run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0))
+    with noting_tune_stops():
+        tuner.fit()
+
+
+def test_a_ctrl_c_taken_by_ray_tunes_handler_is_noted_and_the_handler_put_back(tmp_path):
+    import ray
+
+    from tuner.sweep import _signals
+
+    handler = signal.getsignal(signal.SIGINT)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        _signals._received.clear()
+        _fit(tmp_path / "a", interrupt=False)  # ends by itself: nothing noted, Tune's handler taken away
+        assert _signals.stop_signal() is None and signal.getsignal(signal.SIGINT) is handler
+        _fit(tmp_path / "b", interrupt=True)
+        assert _signals.stop_signal() == signal.SIGINT and signal.getsignal(signal.SIGINT) is handler
+    finally:
+        _signals._received.clear()
+        ray.shutdown()
