@@ -21,6 +21,7 @@ the driver. The machine's load is recorded before and after.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -103,20 +104,21 @@ def first_at(samples: list[dict[str, Any]], ended: int) -> dict[str, Any]:
 
 
 def analyse(samples: list[dict[str, Any]], trials: int, warmup: int) -> dict[str, Any]:
-    """The figures, over the sweep's trials: from the first trial's end to the last one's (the summary
-    after it, plots and artifacts, and Ray's shutdown are left out of the slope but not of the peak)."""
+    """The figures, over the sweep's search: from the first trial's end to the last sample before the last
+    trial's (the promotion runs and the summary that follow it at once, plots and artifacts, and Ray's
+    shutdown are left out of the slope but not of the peak)."""
     end = samples.index(first_at(samples, trials))
-    fit = [s for s in samples[:end + 1] if s["ended"] >= 1]
+    fit = [s for s in samples[:end] if s["ended"] >= 1]
     after = [s for s in fit if s["ended"] >= warmup]
     mid = (warmup + trials) / 2
     points = [(s["ended"], s["rss_mib"]) for s in after]
     last = fit[-1]
-    ray = {name: {"after_warmup": after[0]["ray_mib"].get(name, 0.0), "last_trial_ended": last["ray_mib"].get(name, 0.0),
+    ray = {name: {"after_warmup": after[0]["ray_mib"].get(name, 0.0), "before_last_trial_ended": last["ray_mib"].get(name, 0.0),
                   "slope_per_100_trials": slope([(s["ended"], s["ray_mib"].get(name, 0.0)) for s in after])}
            for name in SYSTEM}
     return {
         "rss_mib": {"first_trial_ended": fit[0]["rss_mib"], f"after_{warmup}_trials": after[0]["rss_mib"],
-                    "last_trial_ended": last["rss_mib"], "peak_whole_run": max(s["rss_mib"] for s in samples)},
+                    "before_last_trial_ended": last["rss_mib"], "peak_whole_run": max(s["rss_mib"] for s in samples)},
         "slope_mib_per_100_trials": slope(points),
         "slope_halves_mib_per_100_trials": [slope([p for p in points if p[0] < mid]), slope([p for p in points if p[0] >= mid])],
         "ray_system_processes_mib": ray,
@@ -131,7 +133,13 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=50, help="trials ended before the slope is taken")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
     parser.add_argument("--out", default="driver_memory")
+    parser.add_argument("--analyse", metavar="JSON", help="analyse the samples of a saved result again, in place")
     args = parser.parse_args()
+    if args.analyse:
+        saved = json.loads(Path(args.analyse).read_text())
+        saved.update(analyse(saved["samples"], saved["trials"], saved["warmup"]))
+        Path(args.analyse).write_text(json.dumps(saved, indent=1) + "\n")
+        return report(saved, Path(args.analyse))
     if not 1 <= args.warmup < args.trials:
         parser.error(f"--warmup {args.warmup} must be below --trials {args.trials}")
 
@@ -157,16 +165,21 @@ def main() -> int:
               "load_before": before, "load_after": load(), "trials": args.trials, "iterations": args.iterations,
               "concurrency": args.concurrency, "warmup": args.warmup, "wall_seconds": round(wall, 1),
               **analyse(samples, args.trials, args.warmup), "samples": samples}
-    saved = save(args.out, result)
-    r = result["rss_mib"]
-    print(f"{args.trials} trials x {args.iterations} reports in {wall:.0f} s (load {before} -> {result['load_after']})")
-    print(f"driver RSS (MiB): first trial ended {r['first_trial_ended']:.0f}, after {args.warmup} trials "
-          f"{r[f'after_{args.warmup}_trials']:.0f}, last trial ended {r['last_trial_ended']:.0f}, peak {r['peak_whole_run']:.0f}")
+    return report(result, save(args.out, result))
+
+
+def report(result: dict[str, Any], saved: Path) -> int:
+    r, warmup = result["rss_mib"], result["warmup"]
+    print(f"{result['trials']} trials x {result['iterations']} reports in {result['wall_seconds']:.0f} s "
+          f"(load {result['load_before']} -> {result['load_after']})")
+    print(f"driver RSS (MiB): first trial ended {r['first_trial_ended']:.0f}, after {warmup} trials "
+          f"{r[f'after_{warmup}_trials']:.0f}, before the last trial ended {r['before_last_trial_ended']:.0f}, "
+          f"peak {r['peak_whole_run']:.0f}")
     halves = result["slope_halves_mib_per_100_trials"]
     print(f"slope after the warm-up: {result['slope_mib_per_100_trials']:+.1f} MiB per 100 trials "
           f"(halves {halves[0]:+.1f}, {halves[1]:+.1f})")
     for name, ray in result["ray_system_processes_mib"].items():
-        print(f"{name} (Ray's, not the driver): {ray['after_warmup']:.0f} -> {ray['last_trial_ended']:.0f} MiB, "
+        print(f"{name} (Ray's, not the driver): {ray['after_warmup']:.0f} -> {ray['before_last_trial_ended']:.0f} MiB, "
               f"{ray['slope_per_100_trials']:+.1f} MiB per 100 trials")
     print(f"saved {saved}")
     return 0

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -49,3 +52,18 @@ def start_tuner(*args: str, cwd: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "tuner.cli", *map(str, args)], cwd=cwd, env=env,
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def stop_sweep(proc: subprocess.Popen, log: Path, ready: Callable[[], bool], sig: int = signal.SIGINT,
+               within: float = 300, settle: float = 0.0) -> tuple[int, str, float]:
+    """Once `ready()` holds (checked while the sweep `proc` runs, for `within` seconds) and `settle` seconds
+    later, send `sig` as Ctrl-C or an orchestrator does: the exit code, the log, and the seconds to exit."""
+    deadline = time.time() + within
+    while not ready() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None and ready(), log.read_text()[-3000:]
+    time.sleep(settle)
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    code = proc.wait(timeout=300)
+    return code, log.read_text(), time.monotonic() - sent

@@ -9,12 +9,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from ray.tune import Callback
+from ray.tune.result import AUTO_RESULT_KEYS, DONE, TRIAL_ID
 
 from tuner.sweep._callback import SweepCallback
-from tuner.trial import ITERATION, Outcome, TrialFailure, read_result
+from tuner.trial import ITERATION, SCHEDULER_SCORE, Outcome, TrialFailure, read_result
 from tuner.trial._task import TrialTask
 
-__all__ = ["RayEvents", "forget_metrics"]
+__all__ = ["RayEvents", "forget_trial"]
 
 
 class RayEvents(Callback):
@@ -57,22 +58,30 @@ class RayEvents(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._end(trial, "COMPLETE")
-        forget_metrics(trial)
+        forget_trial(trial)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._end(trial, "FAIL")
-        forget_metrics(trial)
+        forget_trial(trial)
 
 
-def forget_metrics(trial: Any) -> None:
-    """Drop Ray Tune's per-metric statistics of a trial that ended (for every numeric key of its results:
-    max, min, mean, last and two running windows, and their JSON in Tune's experiment state), which
-    Tune keeps for the whole fit: the driver then grows 6 MiB per 100 trials of bench/driver_memory.py
-    instead of 14. The sweep never reads them: the study and the MLflow runs hold every result, and
-    the scheduler and the searcher were told of the trial's end before this callback runs. Its last
-    result stays."""
+def forget_trial(trial: Any) -> None:
+    """Drop what Ray Tune keeps of a trial that ended for the rest of the fit, down to its number and a
+    few of Tune's own result keys: its config (the TrialTask: the engine config, the driver's sys.path),
+    the flattened copy of it and the tag made from it, its last result (every metric, the config again),
+    the per-metric statistics of every numeric key (max, min, mean, last, two running windows), and the
+    JSON of all that in Tune's experiment state. Kept, the driver grew 14 MiB per 100 trials of
+    bench/driver_memory.py. The sweep never reads them after the end: the study and the MLflow runs
+    hold every result, and the scheduler, the searcher and this callback's records were told of the
+    end before this runs. `tuner resume` starts from the study, never from Tune's state."""
+    number = trial.config.get("number")
+    trial.config = {"number": number}
+    trial._Trial__unresolved_config = trial.config  # Tune's copy of the config as suggested (Trial.__init__)
+    trial.evaluated_params = {}
+    trial.experiment_tag = str(number)
     meta = getattr(trial, "run_metadata", None)
-    if meta is not None and hasattr(meta, "metric_analysis"):
-        meta.metric_analysis, meta.metric_n_steps = {}, {}  # setting them also drops the cached JSON
-
-
+    if meta is not None:  # each assignment drops its cached JSON
+        keep = {*AUTO_RESULT_KEYS, DONE, TRIAL_ID, SCHEDULER_SCORE} - {"config"}
+        meta.last_result = {k: v for k, v in (meta.last_result or {}).items() if k in keep}
+        meta.metric_analysis, meta.metric_n_steps = {}, {}
+    trial.invalidate_json_state()

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import statistics
-import time
 from pathlib import Path
 
 import optuna
@@ -16,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tests.sweep_helpers import start_tuner, tuner, write_spec
+from tests.sweep_helpers import start_tuner, stop_sweep, tuner, write_spec
 from trials import metrics as K
 from tuner.spec import load_spec, parse_spec
 from tuner.sweep import load_study
@@ -55,14 +53,8 @@ def test_an_interrupted_promotion_resumes_with_its_missing_runs_only(tmp_path, d
                            scheduler={"type": "none"})
     spec = load_spec(spec_path)
     proc = start_tuner("run", spec_path, cwd=tmp_path, log=tmp_path / "run.log")
-    deadline = time.time() + 900
-    while (time.time() < deadline and proc.poll() is None
-           and not any(t.state.is_finished() for t in _promotion_trials(spec.storage_url(), "halt"))):
-        time.sleep(0.2)
-    assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
-    proc.send_signal(signal.SIGINT)
-    code = proc.wait(timeout=300)
-    log = (tmp_path / "run.log").read_text()
+    code, log, _ = stop_sweep(proc, tmp_path / "run.log", within=900, ready=lambda: any(
+        t.state.is_finished() for t in _promotion_trials(spec.storage_url(), "halt")))
     assert code == 130, log[-3000:]
     assert "promotion runs still to run" in log and "tuner resume" in log
     before = {(t.number, t.user_attrs[ATTR["seed"]]) for t in _promotion_trials(spec.storage_url(), "halt")

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import signal
-import time
 from pathlib import Path
 
 import optuna
 from mlflow.tracking import MlflowClient
 
-from tests.sweep_helpers import start_tuner, tuner, write_spec
+from tests.sweep_helpers import start_tuner, stop_sweep, tuner, write_spec
 from tuner.spec import load_spec
 from tuner.sweep._study import open_storage
 
@@ -29,13 +27,7 @@ def test_an_interrupted_sweep_resumes(tmp_path, demo_model):
                            search_space={"policy_lr": {"choices": [3.0e-5, 1.0e-4]}, "kl_coef": {"choices": [0.05, 0.02, 0.1]}})
     spec = load_spec(spec_path)
     proc = start_tuner("run", spec_path, cwd=tmp_path, log=tmp_path / "run.log")
-    deadline = time.time() + 300
-    while _finished(spec.storage_url(), "resume6") < 2 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-    assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
-    proc.send_signal(signal.SIGINT)
-    code = proc.wait(timeout=120)
-    log = (tmp_path / "run.log").read_text()
+    code, log, _ = stop_sweep(proc, tmp_path / "run.log", ready=lambda: _finished(spec.storage_url(), "resume6") >= 2)
     assert code == 130, log[-3000:]
     assert "tuner resume" in log
     study = optuna.load_study(study_name="resume6", storage=spec.storage_url())

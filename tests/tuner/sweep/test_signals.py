@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tests.sweep_helpers import start_tuner, tuner, write_spec
+from tests.sweep_helpers import start_tuner, stop_sweep, tuner, write_spec
 from tuner.spec import load_spec
 from tuner.sweep._study import open_storage
 
@@ -34,15 +34,7 @@ def test_sigterm_stops_the_sweep_as_ctrl_c_does(tmp_path, demo_model):
     spec = load_spec(path)
     log = tmp_path / "run.log"
     proc = start_tuner("run", path, cwd=tmp_path, log=log)
-    deadline = time.time() + 300
-    while _finished(spec) < 1 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.3)
-    assert proc.poll() is None, log.read_text()[-3000:]
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    code = proc.wait(timeout=120)
-    seconds = time.monotonic() - sent
-    text = log.read_text()
+    code, text, seconds = stop_sweep(proc, log, ready=lambda: _finished(spec) >= 1, sig=signal.SIGTERM)
     assert code == 143, text[-3000:]
     assert "SIGTERM received" not in text and "PC: @" not in text and "Traceback" not in text, text[-3000:]
     assert "tuner resume" in text

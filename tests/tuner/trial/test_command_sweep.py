@@ -4,7 +4,6 @@ one hangs."""
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tests.sweep_helpers import start_tuner, tuner
+from tests.sweep_helpers import start_tuner, stop_sweep, tuner
 from trials import metrics as K
 from tuner.spec import load_spec
 from tuner.sweep import load_study, trial_rows
@@ -108,14 +107,8 @@ def test_ctrl_c_stops_external_trainers_and_resume_finishes_the_budget(tmp_path)
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     log = folder / "run.log"
     proc = start_tuner("run", path, cwd=folder, log=log)
-    deadline = time.time() + 300
-    while len(processes_under(folder / "sweeps")) < 2 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert proc.poll() is None and processes_under(folder / "sweeps"), log.read_text()[-3000:]
-    time.sleep(1.5)  # a report or two, so the trials are mid-way
-    proc.send_signal(signal.SIGINT)
-    code = proc.wait(timeout=120)
-    text = log.read_text()
+    code, text, _ = stop_sweep(proc, log, ready=lambda: len(processes_under(folder / "sweeps")) >= 2,
+                               settle=1.5)  # a report or two, so the trials are mid-way
     assert code == 130, text[-3000:]
     assert "tuner resume" in text and "Traceback" not in text, text[-3000:]
     assert processes_under(folder / "sweeps") == []  # every trainer and its helper process gone
