@@ -7,7 +7,8 @@ checks (tests/tuner/trial/test_engines_real.py). Run by .engines/venv-checks' py
 
 verl: the arguments are composed with verl's own Hydra config (verl/trainer/config/ppo_trainer.yaml) and
 the metrics logged by verl's own `Tracking` with the `file` backend (verl/utils/tracking.py), at the
-path $VERL_FILE_LOGGER_PATH names; with $START_RAY set, it first starts a Ray as main_ppo does (ray.init()). OpenRLHF: the flags are parsed by its own argument parser (the
+path $VERL_FILE_LOGGER_PATH names; with $START_RAY set, it first starts a Ray as main_ppo does (ray.init()),
+or joins the cluster $RAY_ADDRESS names and starts an actor there, as main_ppo's TaskRunner. OpenRLHF: the flags are parsed by its own argument parser (the
 argparse statements of openrlhf/cli/train_ppo_ray.py, run without its heavy imports) and each step is
 logged by its own logger (openrlhf/utils/logging_utils.py) with its own per-step line (the f-string of
 openrlhf/trainer/ppo_trainer.py). The per-token KL to the reference grows with the learning rate, as in
@@ -62,6 +63,13 @@ def kl_per_token(lr: float, step: int) -> float:
     return lr * 1e3 * step
 
 
+class TaskRunner:
+    """As verl's main_ppo runs its training loop: in an actor of the Ray it started or joined."""
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
 def verl(src: Path, argv: list[str]) -> None:
     from omegaconf import OmegaConf
 
@@ -70,8 +78,14 @@ def verl(src: Path, argv: list[str]) -> None:
     if os.environ.get("START_RAY"):  # as main_ppo does: ray.init() unless a Ray is running in this process
         import ray
 
-        ray.init(num_cpus=1, include_dashboard=False)
-        print(f"ray session {ray.get_runtime_context().gcs_address} in {os.environ.get('RAY_TMPDIR')}", flush=True)
+        if os.environ.get("RAY_ADDRESS", "local") == "local":
+            ray.init(num_cpus=1, include_dashboard=False)
+        else:  # a cluster: joined as a driver of its own, which runs its TaskRunner actor there
+            ray.init()
+            runner = ray.remote(num_cpus=1)(TaskRunner).remote()
+            print(f"task runner pid {ray.get(runner.pid.remote())}", flush=True)
+        print(f"ray session {ray.get_runtime_context().gcs_address} in {os.environ.get('RAY_TMPDIR')} "
+              f"job {ray.get_runtime_context().get_job_id()}", flush=True)
     tracking = load(src / "verl" / "utils" / "tracking.py", "verl_tracking")
     logger = tracking.Tracking("ppo", "trial", default_backend=list(config.trainer.logger)[1:])  # console needs verl
     logger.log({"val-core/demo/reward/mean@1": 0.1}, step=0)  # validation before training: no KL

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from tests.tuner.trial.test_external import run
 from trials import PPOConfig
 from trials import metrics as K
 from tuner.export import engine_launch
-from tuner.trial import StopReason
+from tuner.trial import StopReason, read_result
 from tuner.trial._engines import ENGINES
 from tuner.trial._task import TrialTask
 
@@ -85,13 +87,13 @@ def test_openrlhf_flags_parse_with_openrlhfs_own_parser(name):
         assert args["actor.gradient_checkpointing_enable"] is True
 
 
-def task(engine: str, lr: float, fixed: list[str], env: dict | None = None) -> TrialTask:
+def task(engine: str, lr: float, fixed: list[str], env: dict | None = None, ray: str = "private") -> TrialTask:
     c = config(policy_lr=lr, num_iterations=5)
     return TrialTask(number=0, engine=c.to_dict(), params={"policy_lr": lr}, kl_limit=15.0,
                      objective={"metric": K.SCORES, "direction": "maximize", "score": "final", "last_k": 3},
                      engine_kind=engine, external={"command": [str(check_python()), str(TRAINERS), engine,
                                                                str(source(engine)), *fixed],
-                                                   "env": env or {}, "report_timeout": 60, "stop_grace": 1, "ray": "private"})
+                                                   "env": env or {}, "report_timeout": 60, "stop_grace": 1, "ray": ray})
 
 
 @pytest.mark.parametrize("engine", ["verl", "openrlhf"])
@@ -129,3 +131,39 @@ def test_a_trainer_that_starts_ray_gets_a_private_one_and_leaves_nothing(tmp_pat
         time.sleep(0.2)
         left = processes_under(Path(folder))
     assert left == [], [Path(f"/proc/{p}/cmdline").read_bytes()[:200] for p in left]
+
+
+def test_on_a_cluster_the_trainer_joins_it_as_a_driver_and_its_job_and_actors_end_with_the_trial(tmp_path):
+    """`ray.address` set: the trainer's Ray is the sweep's cluster (RAY_ADDRESS, no private one), its
+    TaskRunner actor runs there, and the KL limit's stop ends its driver's job and that actor."""
+    import ray
+    from ray._private import state
+
+    from tuner.trial._external import run_command
+
+    folder = Path(tempfile.mkdtemp(prefix="ray-c-", dir="/tmp"))  # Ray's socket paths stay short
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(folder))
+    try:
+        gcs = ray.get_runtime_context().gcs_address
+        reports: list = []
+        run_command(task("verl", 6e-4, [], env={"START_RAY": "1"}, ray="cluster"),
+                    lambda result: reports.append(read_result(result)), tmp_path, ray_address=gcs)
+        assert reports[-1].stop_reason == StopReason.KL_LIMIT and len(reports) == 3
+        log = (tmp_path / "trainer.log").read_text()
+        session = re.search(r"ray session (\S+) in (\S+) job (\S+)", log)
+        assert session is not None and session.group(1) == gcs, log[-2000:]  # joined, not a Ray of its own
+        job = session.group(3)
+        runner = int(re.search(r"task runner pid (\d+)", log).group(1))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the driver's death ends its job and its actors
+            jobs = {j["JobID"]: j for j in state.jobs()}
+            actors = [a for a in state.actors().values() if a["JobID"] == job]
+            if jobs[job]["IsDead"] and all(a["State"] == "DEAD" for a in actors) and not Path(f"/proc/{runner}").exists():
+                break
+            time.sleep(0.5)
+        assert jobs[job]["IsDead"] and actors and all(a["State"] == "DEAD" for a in actors), (jobs[job], actors)
+        assert not Path(f"/proc/{runner}").exists()
+        assert processes_under(tmp_path) == []
+    finally:
+        ray.shutdown()
+        shutil.rmtree(folder, ignore_errors=True)
