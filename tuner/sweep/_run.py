@@ -158,8 +158,12 @@ def sync_tracking(spec: CompiledSpec) -> dict[str, int]:
 
 
 def preflight(spec: CompiledSpec) -> None:
-    """Check what every trial needs (model, prompts, reward) once, before any trial is launched. An
-    external trainer (trial.engine: command) loads its own: nothing is checked here."""
+    """Check, before anything is written, that the MLflow server (where the spec names one) answers, and,
+    once before any trial is launched, what every trial needs (model, prompts, reward). An external
+    trainer (trial.engine: command) loads its own: that is not checked here."""
+    from tuner.sweep._tracking import check_tracking_server
+
+    check_tracking_server(spec)
     if spec.trial.engine != "ppo-tuner":
         return
     from trials import PPOTrainer

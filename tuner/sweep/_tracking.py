@@ -17,6 +17,8 @@ import queue
 import re
 import tempfile
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ import optuna
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from trials import ConfigError, Problem
 from trials import metrics as K
 from tuner.spec import SPEC_FILE, CompiledSpec
 from tuner.sweep._callback import SweepCallback
@@ -33,7 +36,7 @@ from tuner.trial import KL_MAX, OBJECTIVE, Outcome, StopReason, TrialReport
 from tuner.trial._result import START_SECONDS, TRAINER, WARM_START
 from tuner.trial._task import TrialTask
 
-__all__ = ["TAG", "SweepTracker", "TrialLogger", "run_name", "sweep_page"]
+__all__ = ["TAG", "SweepTracker", "TrialLogger", "check_tracking_server", "run_name", "sweep_page"]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,23 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, str]:
             out.update(_flatten(value, f"{prefix}{key}."))
         return out
     return {prefix.rstrip("."): str(data)[:6000]}
+
+
+def check_tracking_server(spec: CompiledSpec) -> None:
+    """An MLflow server named by `mlflow.tracking_uri` answers (its /health), before anything is written:
+    else one line naming it (MlflowClient would retry for minutes, then fail with a traceback)."""
+    uri = spec.tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10).close()
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (OSError, ValueError) as exc:
+        reason = str(getattr(exc, "reason", None) or exc).strip().splitlines()[0][:200]
+        raise ConfigError([Problem("mlflow.tracking_uri", redact(uri), f"no MLflow server answers there ({reason})",
+                                   "start the MLflow server, or fix the address (empty: a SQLite store in the "
+                                   "sweep's folder)")]) from None
 
 
 class SweepTracker:

@@ -91,3 +91,16 @@ def test_the_mlflow_server_killed_mid_sweep(tmp_path, demo_model, retries):
         if proc.poll() is None:
             proc.kill()
         _kill(server)
+
+
+def test_an_mlflow_server_that_does_not_answer_at_the_start_is_one_line_and_nothing_is_written(tmp_path):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = write_spec(tmp_path, "no-mlflow", mlflow={"tracking_uri": f"http://me:hunter22@127.0.0.1:{port}"})
+    done = tuner("run", path, cwd=tmp_path, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert lines[-1].startswith("error: mlflow.tracking_uri: no MLflow server answers there"), done.stderr
+    assert f"http://me:***@127.0.0.1:{port}" in lines[-1] and "hunter22" not in done.stderr
+    assert not (tmp_path / "sweeps").exists()  # no study, no sweep folder
