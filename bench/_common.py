@@ -93,6 +93,7 @@ def build_qwen2(folder: Path, shape: dict[str, Any], dtype: str = "float32") -> 
 
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig, Qwen2Config
+    from transformers.utils import logging as hf_logging
 
     from trials.demo import byte_level_tokenizer
 
@@ -104,11 +105,13 @@ def build_qwen2(folder: Path, shape: dict[str, Any], dtype: str = "float32") -> 
     model.generation_config = GenerationConfig(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=folder.parent))
+    hf_logging.disable_progress_bar()  # "Writing model shards" for one file
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         tmp.rename(folder)
     finally:
+        hf_logging.enable_progress_bar()
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
 

@@ -55,7 +55,7 @@ UNCLIPPED = "ours, no clipping"  # as in the parity check: TRL's PPO never clips
 NO_GC = "trl, no gc"  # TRL with its gc.collect() calls made no-ops
 # per model, the defaults of --rollout, --mini, --epochs, --response (the demo's are those of the recorded figures)
 PRESETS = {"demo": dict(rollout=64, mini=16, epochs=4, response=16),
-           "qwen2-28m": dict(rollout=16, mini=8, epochs=2, response=64)}
+           "qwen2-28m": dict(rollout=16, mini=8, epochs=1, response=64)}  # --reps 3: about 12 minutes
 # per side: the worker's python, script and mode
 SIDES = {"trl": (TRL_PYTHON, "_engine_trl.py", "speed"), NO_GC: (TRL_PYTHON, "_engine_trl.py", "speed-no-gc")}
 
