@@ -21,7 +21,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import MODEL_CACHE, build_qwen2, emit, load, machine, median, peak_rss_bytes, run_worker, save  # noqa: E402
+from bench._common import (  # noqa: E402
+    MODEL_CACHE,
+    build_qwen2,
+    emit,
+    load,
+    machine,
+    median,
+    peak_rss_bytes,
+    run_worker,
+    save,
+)
 
 MODEL_DIR = MODEL_CACHE / "qwen2-0.5b-shape"
 SHAPE = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
