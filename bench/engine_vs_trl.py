@@ -2,14 +2,15 @@
 
     bash bench/setup_trl.sh                 # once: bench/.venv-trl with trl 1.12.0 (the main environment is untouched)
     python bench/engine_vs_trl.py           # about 4 minutes on 2 quiet cores
-    python bench/engine_vs_trl.py --model qwen2-28m --only speed --only limit --trl-no-gc --reps 3 --out engine_vs_trl_qwen2
+    python bench/engine_vs_trl.py --model qwen2-28m --reps 3 --unclipped --out engine_vs_trl_qwen2   # about 14 minutes
 
 Same work: the same model and weights (policy, reference; the value model is our engine's, given to
 TRL under its attribute names), the same prompts and reward, the same rollout batch, mini-batch,
 epochs, response length, learning rate, KL coefficient, value coefficient and temperature. --model:
 the demo model (0.24M parameters), or qwen2-28m, a Qwen2-shaped model of 28.3M parameters with random
 weights and the demo's byte-level tokenizer, built from a config into bench/.cache/ and loaded by both
-sides with from_pretrained (each model has its own default rollout, mini-batch, epochs and response length).
+sides with from_pretrained (each model has its own default rollout, mini-batch, epochs and response length;
+with a model other than the demo, the default is speed and limit, with TRL without gc as a side).
 
 1. Parity (bench/_parity.py): both engines replay one rollout, with EOS at different positions, for
    4 epochs x 4 mini-batches; per-step losses, clip fractions, approx KL and gradient norms before
@@ -55,7 +56,7 @@ UNCLIPPED = "ours, no clipping"  # as in the parity check: TRL's PPO never clips
 NO_GC = "trl, no gc"  # TRL with its gc.collect() calls made no-ops
 # per model, the defaults of --rollout, --mini, --epochs, --response (the demo's are those of the recorded figures)
 PRESETS = {"demo": dict(rollout=64, mini=16, epochs=4, response=16),
-           "qwen2-28m": dict(rollout=16, mini=8, epochs=1, response=64)}  # --reps 3: about 12 minutes
+           "qwen2-28m": dict(rollout=16, mini=8, epochs=1, response=64)}  # --reps 3 --unclipped: about 14 minutes
 # per side: the worker's python, script and mode
 SIDES = {"trl": (TRL_PYTHON, "_engine_trl.py", "speed"), NO_GC: (TRL_PYTHON, "_engine_trl.py", "speed-no-gc")}
 
@@ -188,17 +189,21 @@ def main() -> int:
         parser.add_argument(f"--{name}", type=int, help="default: per model, " + ", ".join(
             f"{m} {p[name]}" for m, p in PRESETS.items()))
     parser.add_argument("--parity-samples", type=int, default=32)
-    parser.add_argument("--only", choices=["parity", "speed", "limit"], action="append")
+    parser.add_argument("--only", choices=["parity", "speed", "limit"], action="append",
+                        help="default: all three with the demo model; speed and limit with another (the parity "
+                             "check runs on the demo model)")
     parser.add_argument("--out", default="engine_vs_trl", help="result name under bench/results/")
     parser.add_argument("--no-trl", action="store_true", help="speed: leave TRL out (e.g. only ours against --baseline)")
     parser.add_argument("--trl-no-gc", action="store_true", help="speed: also time TRL with its gc.collect() calls "
-                                                                 "made no-ops, as a side of its own")
+                                                                 "made no-ops, as a side of its own (always with a model other than the demo)")
     parser.add_argument("--unclipped", action="store_true", help="speed: also time ours without gradient clipping "
                                                                  "(as in the parity check and as TRL's PPO runs)")
     parser.add_argument("--baseline", help="a folder holding an older trials/ to time as a third side, e.g. from "
                                            "`git archive COMMIT trials | tar -x -C DIR`")
     args = parser.parse_args()
-    only = args.only or ["parity", "speed", "limit"]
+    demo = args.model == "demo"
+    only = args.only or (["parity", "speed", "limit"] if demo else ["speed", "limit"])
+    no_gc = not args.no_trl and (args.trl_no_gc or not demo)
     uses_trl = "parity" in only or ("speed" in only and not args.no_trl)
     if uses_trl and not TRL_PYTHON.exists():
         print(f"no {TRL_PYTHON}: run `bash bench/setup_trl.sh` first", file=sys.stderr)
@@ -224,7 +229,7 @@ def main() -> int:
         res["parity"] = _parity.parity(w, args.parity_samples)
     if "speed" in only:
         res["speed"] = speed(w, args.reps, args.iterations, args.warmup, args.baseline, trl=not args.no_trl,
-                             unclipped=args.unclipped, no_gc=args.trl_no_gc)
+                             unclipped=args.unclipped, no_gc=no_gc)
     if "limit" in only:
         res["limit"] = limit(w, args.iterations * 2, args.warmup)
     res["seconds"] = time.perf_counter() - started

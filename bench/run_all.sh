@@ -16,7 +16,7 @@ $python bench/engine_vs_trl.py --only speed --no-trl --unclipped --reps 3 --out 
 # 2 threads per side (torch's default on 2 cores): only meaningful on a quiet machine (see README)
 $python bench/engine_vs_trl.py --threads 2 --only speed --only limit --trl-no-gc --out engine_vs_trl_2threads
 # a 28M-parameter model, where TRL's gc is a small share of its iteration: about 14 minutes
-$python bench/engine_vs_trl.py --model qwen2-28m --only speed --only limit --trl-no-gc --unclipped --reps 3 --out engine_vs_trl_qwen2
+$python bench/engine_vs_trl.py --model qwen2-28m --reps 3 --unclipped --out engine_vs_trl_qwen2   # speed, limit; TRL with and without gc
 
 until $python bench/_curves.py --minutes 9; do :; done   # resumable; a no-op when the table is complete
 until $python bench/_curves.py --spec bench/specs/places_grid.yaml --minutes 9; do :; done
