@@ -22,11 +22,19 @@ ROOT = BENCH.parent
 RESULTS = Path(os.environ.get("PPO_TUNER_BENCH_RESULTS") or BENCH / "results")  # tests write elsewhere
 TRL_PYTHON = BENCH / ".venv-trl" / "bin" / "python"
 SHARED_PACKAGES = ("torch", "transformers", "tokenizers", "numpy")  # both sides must run the same versions (setup_trl.sh)
+MODEL_CACHE = BENCH / ".cache"  # the models built here (gitignored)
+# engine_vs_trl.py --model: "demo" is trials.demo's model (0.24M parameters, SFT-trained); the others are
+# Qwen2-shaped, built from a config with random weights and the demo's byte-level tokenizer (197 tokens)
+MODELS: dict[str, dict[str, Any] | None] = {
+    "demo": None,
+    "qwen2-28m": dict(hidden_size=512, num_hidden_layers=10, num_attention_heads=8, num_key_value_heads=2,
+                      intermediate_size=1408, max_position_embeddings=256, tie_word_embeddings=True),  # 28.3M
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Workload:
-    """One PPO iteration's work, the same on both sides: the demo model, prompts and reward."""
+    """One PPO iteration's work, the same on both sides: the model (a name in MODELS), the demo's prompts and reward."""
 
     rollout: int = 64  # prompts per iteration
     mini: int = 16  # samples per gradient step
@@ -45,6 +53,7 @@ class Workload:
     cliprange_value: float = 0.2
     kl_estimator: str = "k1"
     clip_grad: bool = True  # ours clips each model's gradient norm to 1 (its default); TRL's PPO never clips
+    model: str = "demo"
 
     def engine_config(self, **changes: Any) -> Any:
         """Our engine's config for this workload (evaluation only at the last iteration)."""
@@ -55,7 +64,8 @@ class Workload:
                       vf_coef=self.vf_coef, temperature=self.temperature, num_threads=self.threads,
                       seed=self.seed, device="cpu", precision="fp32", eval_interval=10_000, gamma=self.gamma,
                       gae_lambda=self.lam, cliprange=self.cliprange, cliprange_value=self.cliprange_value,
-                      kl_estimator=self.kl_estimator, **({} if self.clip_grad else {"max_grad_norm": 1e9}))
+                      kl_estimator=self.kl_estimator, model_path=model_path(self.model),
+                      **({} if self.clip_grad else {"max_grad_norm": 1e9}))
         return PPOConfig.from_dict({**fields, **changes})
 
     def to_json(self) -> str:
@@ -64,6 +74,46 @@ class Workload:
     @classmethod
     def from_json(cls, text: str) -> Workload:
         return cls(**json.loads(text))
+
+
+def model_path(name: str) -> str:
+    """The model_path both sides load the named model from ("demo": trials' own, built on first use)."""
+    if MODELS[name] is None:
+        return name
+    return str(build_qwen2(MODEL_CACHE / name, MODELS[name]))
+
+
+def build_qwen2(folder: Path, shape: dict[str, Any], dtype: str = "float32") -> Path:
+    """A Qwen2-shaped causal LM with random weights (seed 0) and the demo's byte-level tokenizer, saved with
+    save_pretrained in `folder` (built once: an existing folder is used as it is)."""
+    if (folder / "config.json").is_file():
+        return folder
+    import shutil
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig, Qwen2Config
+    from transformers.utils import logging as hf_logging
+
+    from trials.demo import byte_level_tokenizer
+
+    tokenizer = byte_level_tokenizer()
+    config = Qwen2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **shape)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).to(getattr(torch, dtype))
+    model.generation_config = GenerationConfig(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=folder.parent))
+    hf_logging.disable_progress_bar()  # "Writing model shards" for one file
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(folder)
+    finally:
+        hf_logging.enable_progress_bar()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
 
 
 def load() -> list[float]:
@@ -163,21 +213,22 @@ def save(name: str, result: dict[str, Any]) -> Path:
     return path
 
 
-def serve(argv: list[str], parity: Any, speed: Any) -> None:
-    """A side's entry point (`python _engine_X.py MODE WORKLOAD ...`): parity or speed/limit, printed as JSON
-    with the versions this side runs; `python _engine_X.py versions` prints only those."""
+def serve(argv: list[str], parity: Any, speed: Any, variants: dict[str, dict[str, Any]] | None = None) -> None:
+    """A side's entry point (`python _engine_X.py MODE WORKLOAD ...`): parity, speed, or a variant of speed
+    (a mode named in `variants`, with the keyword arguments it passes to speed), printed as JSON with the
+    versions this side runs; `python _engine_X.py versions` prints only those."""
     import torch
 
     mode = argv[0]
     if mode == "versions":
         emit(versions())
         return
+    if mode not in ("parity", "speed", *(variants or {})):
+        raise SystemExit(f"mode {mode!r}: not one of parity, speed, {', '.join(variants or {})}, versions")
     w = Workload.from_json(argv[1])
     torch.set_num_threads(w.threads)
     if mode == "parity":
         result = parity(w, argv[2], argv[3])
-    elif mode == "limit":
-        result = speed(w, int(argv[2]), int(argv[3]), with_floor=True)
     else:
-        result = speed(w, int(argv[2]), int(argv[3]))
+        result = speed(w, int(argv[2]), int(argv[3]), **(variants or {}).get(mode, {}))
     emit({**result, "versions": versions()})

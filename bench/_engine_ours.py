@@ -160,4 +160,4 @@ def parity(w: Workload, replay_path: str, out_dir: str) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1:], parity, speed)
+    serve(sys.argv[1:], parity, speed, {"limit": {"with_floor": True}})

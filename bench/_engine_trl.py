@@ -2,14 +2,16 @@
 work, run with bench/.venv-trl's python in a process of its own.
 
     .venv-trl/bin/python bench/_engine_trl.py speed  WORKLOAD_JSON ITERATIONS WARMUP
+    .venv-trl/bin/python bench/_engine_trl.py speed-no-gc WORKLOAD_JSON ITERATIONS WARMUP
     .venv-trl/bin/python bench/_engine_trl.py parity WORKLOAD_JSON REPLAY.pt OUT_DIR
     .venv-trl/bin/python bench/_engine_trl.py versions
 
-The same models and weights as our engine, as a TRL user loads them: the demo policy, reference and
-value backbone with from_pretrained, and a linear value head with our engine's initial weights (same
+The same models and weights as our engine, as a TRL user loads them: the workload's policy, reference
+and value backbone with from_pretrained, and a linear value head with our engine's initial weights (same
 code, same seed), under the names TRL reads (`backbone`, `score`). The reward is the demo reward on
 the decoded responses, wrapped as the module TRL expects. TRL's loop is timed from outside: its
-generation, its no-grad scoring forwards, its gc.collect() calls; the update is the rest.
+generation, its no-grad scoring forwards, its gc.collect() calls; the update is the rest. speed-no-gc:
+the same, with TRL's gc.collect() calls made no-ops (what TRL's iteration costs without them).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import Workload, grad_norm, load, peak_rss_mib, serve
+from _common import Workload, grad_norm, load, model_path, peak_rss_mib, serve
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tuner" / "trial" / "launchers"))
 from trl_ppo import RewardModel, ValueModel, pass_context_length  # noqa: E402  (TRL trials' own launcher)
@@ -32,7 +34,7 @@ from trl_ppo import RewardModel, ValueModel, pass_context_length  # noqa: E402  
 class Timers:
     """Wraps TRL's module-level functions to split each iteration into phases."""
 
-    def __init__(self, P: Any):
+    def __init__(self, P: Any, no_gc: bool = False):
         self.totals = {"generate": 0.0, "score": 0.0, "gc": 0.0}
         self.stamps: list[float] = []
         self._wrap(P, "batch_generation", "generate", always=True)
@@ -43,7 +45,7 @@ class Timers:
         def timed_collect(*args: Any) -> int:
             t = time.perf_counter()
             try:
-                return collect(*args)
+                return 0 if no_gc else collect(*args)
             finally:
                 self.totals["gc"] += time.perf_counter() - t
 
@@ -76,7 +78,7 @@ def build(w: Workload, iterations: int, prompts: list[str] | None = None) -> tup
     from trials._models import resolve_model_path
     from trials.demo import reward
 
-    path = resolve_model_path("demo")
+    path = resolve_model_path(model_path(w.model))
     run = prepare(w.engine_config(rollout_batch_size=w.rollout, num_iterations=iterations))  # our value head and prompts
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     rows = prompts if prompts is not None else run.train_prompts
@@ -100,11 +102,11 @@ def build(w: Workload, iterations: int, prompts: list[str] | None = None) -> tup
     return trainer, run, P
 
 
-def speed(w: Workload, iterations: int, warmup: int) -> dict[str, Any]:
+def speed(w: Workload, iterations: int, warmup: int, no_gc: bool = False) -> dict[str, Any]:
     from transformers import TrainerCallback
 
     trainer, _, P = build(w, warmup + iterations)
-    timers = Timers(P)
+    timers = Timers(P, no_gc)
     rows: list[dict[str, float]] = []
 
     class Clock(TrainerCallback):
@@ -122,7 +124,8 @@ def speed(w: Workload, iterations: int, warmup: int) -> dict[str, Any]:
     trainer.add_callback(Clock())
     load_before = load()
     trainer.train()
-    return {"side": "trl", "rows": rows, "load": [load_before, load()], "peak_rss_mib": peak_rss_mib()}
+    return {"side": "trl, no gc" if no_gc else "trl", "rows": rows, "load": [load_before, load()],
+            "peak_rss_mib": peak_rss_mib()}
 
 
 def parity(w: Workload, replay_path: str, out_dir: str) -> dict[str, Any]:
@@ -184,4 +187,4 @@ def parity(w: Workload, replay_path: str, out_dir: str) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1:], parity, speed)
+    serve(sys.argv[1:], parity, speed, {"speed-no-gc": {"no_gc": True}})

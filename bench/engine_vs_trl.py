@@ -2,10 +2,15 @@
 
     bash bench/setup_trl.sh                 # once: bench/.venv-trl with trl 1.12.0 (the main environment is untouched)
     python bench/engine_vs_trl.py           # about 4 minutes on 2 quiet cores
+    python bench/engine_vs_trl.py --model qwen2-28m --reps 3 --unclipped --out engine_vs_trl_qwen2   # about 14 minutes
 
-Same work: the demo model and weights (policy, reference; the value model is our engine's, given to
+Same work: the same model and weights (policy, reference; the value model is our engine's, given to
 TRL under its attribute names), the same prompts and reward, the same rollout batch, mini-batch,
-epochs, response length, learning rate, KL coefficient, value coefficient and temperature.
+epochs, response length, learning rate, KL coefficient, value coefficient and temperature. --model:
+the demo model (0.24M parameters), or qwen2-28m, a Qwen2-shaped model of 28.3M parameters with random
+weights and the demo's byte-level tokenizer, built from a config into bench/.cache/ and loaded by both
+sides with from_pretrained (each model has its own default rollout, mini-batch, epochs and response length;
+with a model other than the demo, the default is speed and limit, with TRL without gc as a side).
 
 1. Parity (bench/_parity.py): both engines replay one rollout, with EOS at different positions, for
    4 epochs x 4 mini-batches; per-step losses, clip fractions, approx KL and gradient norms before
@@ -15,7 +20,9 @@ epochs, response length, learning rate, KL coefficient, value coefficient and te
 2. Speed: processes alternate, ours then TRL's then TRL's then ours..., each running warm-up
    iterations and then timed ones, and reporting its own peak RSS. Phases: generation, the no-grad
    scoring forwards (and reward), gc.collect() (TRL calls it twice per iteration), and the rest
-   (GAE, the PPO epochs, the optimizer): the update.
+   (GAE, the PPO epochs, the optimizer): the update. --trl-no-gc adds TRL with its gc.collect() calls
+   made no-ops as a side of its own ("trl, no gc"; Python's automatic collection still runs, as on
+   every side), and the ratio of ours to it.
 3. The limit: our iterations, each followed by every unavoidable model call of an iteration timed
    alone (HF generate; the reference and value forwards; per mini-batch the policy and value forward
    and backward, and a fused AdamW step); the ratio of the two.
@@ -38,6 +45,7 @@ from _common import (
     load,
     machine,
     median,
+    model_path,
     run_worker,
     save,
     version_mismatch,
@@ -45,21 +53,28 @@ from _common import (
 )
 
 UNCLIPPED = "ours, no clipping"  # as in the parity check: TRL's PPO never clips gradients, ours does by default
+NO_GC = "trl, no gc"  # TRL with its gc.collect() calls made no-ops
+# per model, the defaults of --rollout, --mini, --epochs, --response (the demo's are those of the recorded figures)
+PRESETS = {"demo": dict(rollout=64, mini=16, epochs=4, response=16),
+           "qwen2-28m": dict(rollout=16, mini=8, epochs=1, response=64)}  # --reps 3 --unclipped: about 14 minutes
+# per side: the worker's python, script and mode
+SIDES = {"trl": (TRL_PYTHON, "_engine_trl.py", "speed"), NO_GC: (TRL_PYTHON, "_engine_trl.py", "speed-no-gc")}
 
 
 def speed(w: Workload, reps: int, iterations: int, warmup: int, baseline: str | None = None,
-          trl: bool = True, unclipped: bool = False) -> dict[str, Any]:
-    """Alternating processes: ours, TRL (our engine as it was, from `baseline`; ours without gradient
-    clipping), order reversed every rep."""
+          trl: bool = True, unclipped: bool = False, no_gc: bool = False) -> dict[str, Any]:
+    """Alternating processes: ours, TRL (TRL without its gc.collect() calls; our engine as it was, from
+    `baseline`; ours without gradient clipping), order reversed every rep."""
     runs: dict[str, list[dict[str, Any]]] = {"ours": [], **({"trl": []} if trl else {}),
+                                             **({NO_GC: []} if no_gc else {}),
                                              **({"ours before": []} if baseline else {}),
                                              **({UNCLIPPED: []} if unclipped else {})}
     for rep in range(reps):
         order = list(runs) if rep % 2 == 0 else list(runs)[::-1]
         for side in order:
-            python, script = (TRL_PYTHON, "_engine_trl.py") if side == "trl" else (sys.executable, "_engine_ours.py")
+            python, script, mode = SIDES.get(side, (sys.executable, "_engine_ours.py", "speed"))
             ws = dataclasses.replace(w, clip_grad=False) if side == UNCLIPPED else w
-            result = run_worker(python, script, ["speed", ws.to_json(), str(iterations), str(warmup)],
+            result = run_worker(python, script, [mode, ws.to_json(), str(iterations), str(warmup)],
                                 first_on_path=baseline if side == "ours before" else None)
             runs[side].append(result)
             it = median([r["iteration"] for r in result["rows"]])
@@ -73,6 +88,8 @@ def speed(w: Workload, reps: int, iterations: int, warmup: int, baseline: str | 
     out: dict[str, Any] = {"sides": summary, "runs": runs}
     if trl:
         out.update(speedup_per_rep=ratios("trl"), speedup=median(ratios("trl")))
+    if no_gc:
+        out.update(speedup_no_gc_per_rep=ratios(NO_GC), speedup_no_gc=median(ratios(NO_GC)))
         if unclipped:  # TRL's s/iteration over ours without clipping, pair by pair
             per = [a * b for a, b in zip(ratios("trl"), [1 / x for x in ratios(UNCLIPPED)], strict=True)]
             out.update(speedup_unclipped_per_rep=per, speedup_unclipped=median(per))
@@ -109,7 +126,7 @@ def limit(w: Workload, iterations: int, warmup: int) -> dict[str, Any]:
 
 def report(res: dict[str, Any]) -> None:
     w = res["workload"]
-    print(f"\nworkload: rollout {w['rollout']}, mini-batch {w['mini']}, {w['epochs']} epochs, {w['response']}-token "
+    print(f"\nworkload: model {w.get('model', 'demo')}, rollout {w['rollout']}, mini-batch {w['mini']}, {w['epochs']} epochs, {w['response']}-token "
           f"responses, {w['threads']} thread(s) per side; load {res['load']}")
     if "parity" in res:
         print("\n".join(_parity.summary(res["parity"])))
@@ -123,6 +140,10 @@ def report(res: dict[str, Any]) -> None:
             print(f"speedup (TRL s/iteration / ours, median of {len(s['speedup_per_rep'])} alternating pairs): "
                   f"{s['speedup']:.2f}x (target >= 2x): {'met' if s['speedup'] >= 2 else 'NOT met'}; per pair "
                   f"{', '.join(f'{x:.2f}' for x in s['speedup_per_rep'])}")
+        if "speedup_no_gc" in s:
+            print(f"speedup against TRL without its gc.collect() calls: {s['speedup_no_gc']:.2f}x "
+                  f"(target >= 2x): {'met' if s['speedup_no_gc'] >= 2 else 'NOT met'}; per pair "
+                  f"{', '.join(f'{x:.2f}' for x in s['speedup_no_gc_per_rep'])}")
         if "speedup_unclipped" in s:
             print(f"speedup against ours without gradient clipping (the parity check's configuration): "
                   f"{s['speedup_unclipped']:.2f}x; per pair {', '.join(f'{x:.2f}' for x in s['speedup_unclipped_per_rep'])}")
@@ -144,31 +165,56 @@ def report(res: dict[str, Any]) -> None:
         print(f"  ratio {lm['ratio']:.3f}x (target <= 1.15x): {'met' if lm['ratio'] <= 1.15 else 'NOT met'}")
 
 
+def _bad_sizes(sizes: dict[str, int]) -> str | None:
+    """One line for sizes no run can use, or None."""
+    for name, value in sizes.items():
+        if value < 1:
+            return f"--{name} {value}: must be at least 1; give a positive number"
+    if sizes["rollout"] % sizes["mini"]:
+        return (f"--mini {sizes['mini']}: does not divide --rollout {sizes['rollout']} (TRL splits the rollout into "
+                f"equal mini-batches); give a divisor of {sizes['rollout']}")
+    return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=5, help="alternating pairs of processes")
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations per process")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per side (2 is torch's default here, but 2 threads on 2 shared cores stall whenever another job runs)")
-    parser.add_argument("--rollout", type=int, default=64)
-    parser.add_argument("--mini", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--response", type=int, default=16)
+    parser.add_argument("--model", choices=list(PRESETS), default="demo",
+                        help="demo: trials' 0.24M-parameter model; qwen2-28m: a Qwen2-shaped model of 28.3M parameters "
+                             "with random weights, built once in bench/.cache/")
+    for name in ("rollout", "mini", "epochs", "response"):
+        parser.add_argument(f"--{name}", type=int, help="default: per model, " + ", ".join(
+            f"{m} {p[name]}" for m, p in PRESETS.items()))
     parser.add_argument("--parity-samples", type=int, default=32)
-    parser.add_argument("--only", choices=["parity", "speed", "limit"], action="append")
+    parser.add_argument("--only", choices=["parity", "speed", "limit"], action="append",
+                        help="default: all three with the demo model; speed and limit with another (the parity "
+                             "check runs on the demo model)")
     parser.add_argument("--out", default="engine_vs_trl", help="result name under bench/results/")
     parser.add_argument("--no-trl", action="store_true", help="speed: leave TRL out (e.g. only ours against --baseline)")
+    parser.add_argument("--trl-no-gc", action="store_true", help="speed: also time TRL with its gc.collect() calls "
+                                                                 "made no-ops, as a side of its own (always with a model other than the demo)")
     parser.add_argument("--unclipped", action="store_true", help="speed: also time ours without gradient clipping "
                                                                  "(as in the parity check and as TRL's PPO runs)")
     parser.add_argument("--baseline", help="a folder holding an older trials/ to time as a third side, e.g. from "
                                            "`git archive COMMIT trials | tar -x -C DIR`")
     args = parser.parse_args()
-    only = args.only or ["parity", "speed", "limit"]
+    demo = args.model == "demo"
+    only = args.only or (["parity", "speed", "limit"] if demo else ["speed", "limit"])
+    no_gc = not args.no_trl and (args.trl_no_gc or not demo)
     uses_trl = "parity" in only or ("speed" in only and not args.no_trl)
     if uses_trl and not TRL_PYTHON.exists():
         print(f"no {TRL_PYTHON}: run `bash bench/setup_trl.sh` first", file=sys.stderr)
         return 2
-    w = Workload(rollout=args.rollout, mini=args.mini, epochs=args.epochs, response=args.response, threads=args.threads)
+    sizes = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in PRESETS[args.model].items()}
+    problem = _bad_sizes(sizes)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    w = Workload(**sizes, threads=args.threads, model=args.model)
+    model_path(w.model)  # built here once, before any worker loads it
     res: dict[str, Any] = {"workload": dataclasses.asdict(w), "machine": machine(), "load": load(),
                            "versions": {"ours": versions()}}
     if uses_trl:  # both sides must run the same versions of what they share
@@ -183,7 +229,7 @@ def main() -> int:
         res["parity"] = _parity.parity(w, args.parity_samples)
     if "speed" in only:
         res["speed"] = speed(w, args.reps, args.iterations, args.warmup, args.baseline, trl=not args.no_trl,
-                             unclipped=args.unclipped)
+                             unclipped=args.unclipped, no_gc=no_gc)
     if "limit" in only:
         res["limit"] = limit(w, args.iterations * 2, args.warmup)
     res["seconds"] = time.perf_counter() - started

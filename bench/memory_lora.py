@@ -21,9 +21,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import BENCH, emit, load, machine, median, peak_rss_bytes, run_worker, save  # noqa: E402
+from bench._common import (  # noqa: E402
+    MODEL_CACHE,
+    build_qwen2,
+    emit,
+    load,
+    machine,
+    median,
+    peak_rss_bytes,
+    run_worker,
+    save,
+)
 
-MODEL_DIR = BENCH / ".cache" / "qwen2-0.5b-shape"
+MODEL_DIR = MODEL_CACHE / "qwen2-0.5b-shape"
 SHAPE = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
              intermediate_size=4864, max_position_embeddings=512, tie_word_embeddings=True)
 TRIAL = dict(rollout_batch_size=4, mini_batch_size=4, micro_batch_size=2, ppo_epochs=1, response_length=32,
@@ -39,23 +49,13 @@ CONFIGS = {
 
 def build_model(folder: Path = MODEL_DIR) -> Path:
     """The Qwen2-shaped model (random weights, saved in bf16 as real checkpoints are) and long prompts."""
-    if (folder / "config.json").is_file():
+    if (folder / "prompts.txt").is_file():
         return folder
     import random
 
-    import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig, Qwen2Config
+    from trials.demo import sentence
 
-    from trials.demo import byte_level_tokenizer, sentence
-
-    tokenizer = byte_level_tokenizer()
-    config = Qwen2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **SHAPE)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
-    model.generation_config = GenerationConfig(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    build_qwen2(folder, SHAPE, dtype="bfloat16")
     rng = random.Random(0)  # prompts of 3 sentences: longer than max_prompt_length, so every prompt fills it
     (folder / "prompts.txt").write_text("\n".join(" ".join(sentence(rng) for _ in range(3)) for _ in range(64)))
     return folder

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates every figure of bench/README.md into bench/results/ (about 40 minutes on 2 cores, with the
+# Regenerates every figure of bench/README.md into bench/results/ (about 55 minutes on 2 cores, with the
 # table of learning curves already recorded; recording it from scratch adds 30-60 minutes).
 # BASELINE=DIR also times the engine as it was (DIR holds an older trials/, see README).
 set -euo pipefail
@@ -10,11 +10,13 @@ uptime
 bash bench/setup_trl.sh
 baseline=()
 if [ -n "${BASELINE:-}" ]; then baseline=(--baseline "$BASELINE"); fi
-$python bench/engine_vs_trl.py --threads 1 "${baseline[@]}" --out engine_vs_trl
+$python bench/engine_vs_trl.py --threads 1 --trl-no-gc "${baseline[@]}" --out engine_vs_trl
 $python bench/engine_vs_trl.py --only parity --out parity   # the step-by-step parity check alone
 $python bench/engine_vs_trl.py --only speed --no-trl --unclipped --reps 3 --out engine_vs_trl_clip   # the cost of our clipping
 # 2 threads per side (torch's default on 2 cores): only meaningful on a quiet machine (see README)
-$python bench/engine_vs_trl.py --threads 2 --only speed --only limit --out engine_vs_trl_2threads
+$python bench/engine_vs_trl.py --threads 2 --only speed --only limit --trl-no-gc --out engine_vs_trl_2threads
+# a 28M-parameter model, where TRL's gc is a small share of its iteration: about 14 minutes
+$python bench/engine_vs_trl.py --model qwen2-28m --reps 3 --unclipped --out engine_vs_trl_qwen2   # speed, limit; TRL with and without gc
 
 until $python bench/_curves.py --minutes 9; do :; done   # resumable; a no-op when the table is complete
 until $python bench/_curves.py --spec bench/specs/places_grid.yaml --minutes 9; do :; done

@@ -77,3 +77,44 @@ def test_driver_memory_samples_a_real_sweep(tmp_path):
     assert 50 < rss["first_trial_ended"] <= rss["peak_whole_run"]  # a driver that imported Ray, Optuna, MLflow
     assert res["slope_mib_per_100_trials"] == res["slope_mib_per_100_trials"]  # a number, not NaN
     assert "MiB per 100 trials" in proc.stdout
+
+
+def test_engine_vs_trl_refuses_a_mini_batch_that_does_not_divide_the_rollout(tmp_path):
+    proc = _bench("engine_vs_trl.py", "--model", "qwen2-28m", "--mini", "5", "--only", "speed", "--no-trl", out=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("--mini 5: does not divide --rollout 16 (TRL splits the rollout into equal "
+                                   "mini-batches); give a divisor of 16")
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_the_benchmark_model_is_qwen2_shaped_and_built_once(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from _common import MODELS, Workload, build_qwen2
+
+    from trials._models import load_causal_lm, load_tokenizer
+    from trials.demo import byte_level_tokenizer
+
+    folder = build_qwen2(tmp_path / "qwen2-28m", MODELS["qwen2-28m"])
+    built = (folder / "model.safetensors").stat().st_mtime_ns
+    assert build_qwen2(folder, MODELS["qwen2-28m"]) == folder
+    assert (folder / "model.safetensors").stat().st_mtime_ns == built  # an existing folder is used as it is
+    model, tokenizer = load_causal_lm(str(folder)), load_tokenizer(str(folder))
+    assert model.config.model_type == "qwen2" and len(tokenizer) == len(byte_level_tokenizer())
+    assert 20e6 <= sum(p.numel() for p in model.parameters()) <= 120e6
+    assert tokenizer.decode(tokenizer("the happy cat")["input_ids"]) == "the happy cat"
+    assert Workload().engine_config().model_path == "demo"  # the demo workload as it was
+
+
+@pytest.mark.slow
+def test_engine_vs_trl_times_trl_with_and_without_its_gc(tmp_path):
+    subprocess.run(["bash", str(ROOT / "bench" / "setup_trl.sh")], check=True, timeout=900,
+                   env={**os.environ, "PYTHON": sys.executable})
+    proc = _bench("engine_vs_trl.py", "--only", "speed", "--trl-no-gc", "--reps", "1", "--iterations", "1",
+                  "--warmup", "0", "--rollout", "8", "--mini", "4", "--epochs", "1", "--response", "4", out=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    speed = json.loads((tmp_path / "engine_vs_trl.json").read_text())["speed"]
+    assert list(speed["sides"]) == ["ours", "trl", "trl, no gc"]
+    assert speed["sides"]["trl"]["gc"] > 0.01 > speed["sides"]["trl, no gc"]["gc"]  # TRL's two collections, then none
+    assert len(speed["speedup_no_gc_per_rep"]) == 1 and "against TRL without its gc.collect() calls" in proc.stdout
