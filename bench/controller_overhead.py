@@ -156,6 +156,7 @@ def account(name: str, spec: dict[str, Any], clock: Clock, wall: float) -> dict[
     return {
         "size": name, "trials": len(trials), "iterations": sum(len(t["results"]) for t in trials), "wall": wall,
         "ideal": ideal, "overhead": wall / ideal - 1, "compute": compute, "concurrency": concurrency, "steps": steps,
+        "cpus_per_trial": spec["resources"]["cpus_per_trial"],
         "cli_other": wall - clock.steps["run_sweep"] - clock.steps.get("preflight", 0.0),  # imports of tuner.cli included
         "in_fit": {"start_latency_sum": sum(start_latency), "result_latency_sum": result_latency,
                    "idle_slot_seconds": concurrency * fit - busy, **_idle(clock, trials),
@@ -191,6 +192,8 @@ def alone(path: str) -> dict[str, Any]:
     out = []
     for t in json.loads(Path(path).read_text()):
         seconds: list[float] = []
+        # the threads its Ray worker gave torch (OMP_NUM_THREADS = the trial's CPUs), not all of this machine's
+        t["engine"]["num_threads"] = t["engine"].get("num_threads") or int(t["cpus_per_trial"])
 
         def report(iteration: int, metrics: dict[str, float], n: int = t["iterations"], seconds: list = seconds) -> bool:
             seconds.append(metrics[K.ITERATION_SECONDS])
@@ -206,7 +209,7 @@ def with_alone(r: dict[str, Any]) -> dict[str, Any]:
     import json
 
     path = Path(tempfile.mkdtemp(prefix="ppo-alone-")) / "trials.json"
-    path.write_text(json.dumps(r.pop("per_trial")))
+    path.write_text(json.dumps([{**t, "cpus_per_trial": r["cpus_per_trial"]} for t in r.pop("per_trial")]))
     a = run_worker(sys.executable, "controller_overhead.py", ["--alone", str(path)])
     return {**r, "alone": a, "ideal_alone": a["compute"] / r["concurrency"],
             "overhead_alone": r["wall"] / (a["compute"] / r["concurrency"]) - 1}

@@ -412,11 +412,12 @@ def _summarise(spec: CompiledSpec, study: optuna.Study, storage: optuna.storages
     best = best_feasible(study)
     configs = promoted_configs(spec, study, promotion_study(spec, storage))
     choice = choose(spec, study, configs)
+    rows = trial_rows(study)
     from mlflow.exceptions import MlflowException
 
     diagnosis = ""
     try:
-        artifacts = _artifacts(spec, study, tracker, choice, configs)
+        artifacts = _artifacts(spec, study, rows, tracker, choice, configs)
         diagnosis, path = write_diagnosis(spec, study, tracker, spec.sweep_dir() / "artifacts")
         artifacts.append(str(path))
     except MlflowException as exc:  # the tracking server is away; the study has every outcome
@@ -429,9 +430,9 @@ def _summarise(spec: CompiledSpec, study: optuna.Study, storage: optuna.storages
         best_value=best.values[0] if best else None, best_kl=best.user_attrs.get(ATTR["kl_max"]) if best else None,
         wall_seconds=wall, trial_compute_seconds=sum(o.compute_seconds for o in done),
         concurrency=spec.resources.max_concurrent, ran=ran, promotion_ran=len(stage.outcomes), parent_run_id=tracker.parent_id,
-        artifacts=artifacts, outcomes=outcomes, trials=trial_rows(study), missing=_missing(spec, study),
+        artifacts=artifacts, outcomes=outcomes, trials=rows, missing=_missing(spec, study),
         promoted=configs, promotion_missing=promotion_missing(configs), promotion_note=stage.skipped, choice=choice,
-        overoptimized=[r.number for r in trial_rows(study) if r.overoptimized], diagnosis=diagnosis)
+        overoptimized=[r.number for r in rows if r.overoptimized], diagnosis=diagnosis)
     metrics = {f"trials_{k.lower()}": float(v) for k, v in counts.items()}
     metrics.update({"sweep_wall_seconds": wall, "sweep_overhead_ratio": summary.overhead,
                     "trial_compute_seconds": summary.trial_compute_seconds})
@@ -448,14 +449,16 @@ def _summarise(spec: CompiledSpec, study: optuna.Study, storage: optuna.storages
     return summary
 
 
-def _artifacts(spec: CompiledSpec, study: optuna.Study, tracker: Any, choice: Choice | None,
+def _artifacts(spec: CompiledSpec, study: optuna.Study, rows: list[TrialRow], tracker: Any, choice: Choice | None,
                configs: list[PromotedConfig]) -> list[str]:
+    """The sweep's plots, promotion table and best config, in its folder and on the parent run. `rows`:
+    trial_rows(study), in the study's order."""
     out_dir = spec.sweep_dir() / "artifacts"
     out_dir.mkdir(exist_ok=True)
     made: list[Path] = []
     curves, points = [], []
     runs = {r.info.run_id for r in tracker.child_runs()}
-    for t, row in zip(study.get_trials(deepcopy=False), trial_rows(study), strict=True):
+    for t, row in zip(study.get_trials(deepcopy=False), rows, strict=True):
         run_id = t.user_attrs.get(ATTR["mlflow_run"])
         if run_id not in runs:
             continue
@@ -467,7 +470,7 @@ def _artifacts(spec: CompiledSpec, study: optuna.Study, tracker: Any, choice: Ch
     if points:
         made.append(_plots.reward_vs_kl(points, spec.kl_limit, out_dir / "reward_vs_kl.png", spec.objective.metric))
     heldout = [{"number": r.number, "kl": r.kl_final, "train": r.eval, "gold": r.gold, "overoptimized": r.overoptimized}
-               for r in trial_rows(study) if None not in (r.kl_final, r.eval, r.gold)]
+               for r in rows if None not in (r.kl_final, r.eval, r.gold)]
     if heldout:
         made.append(_plots.heldout_vs_kl(heldout, spec.kl_limit, out_dir / "heldout_vs_kl.png"))
     importance = _plots.param_importance(study, out_dir / "param_importance.png")
