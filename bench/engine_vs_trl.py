@@ -40,6 +40,7 @@ from typing import Any
 
 import _parity
 from _common import (
+    MODELS,
     TRL_PYTHON,
     Workload,
     load,
@@ -165,7 +166,7 @@ def report(res: dict[str, Any]) -> None:
         print(f"  ratio {lm['ratio']:.3f}x (target <= 1.15x): {'met' if lm['ratio'] <= 1.15 else 'NOT met'}")
 
 
-def _bad_sizes(sizes: dict[str, int]) -> str | None:
+def _bad_sizes(sizes: dict[str, int], model: str) -> str | None:
     """One line for sizes no run can use, or None."""
     for name, value in sizes.items():
         if value < 1:
@@ -173,6 +174,14 @@ def _bad_sizes(sizes: dict[str, int]) -> str | None:
     if sizes["rollout"] % sizes["mini"]:
         return (f"--mini {sizes['mini']}: does not divide --rollout {sizes['rollout']} (TRL splits the rollout into "
                 f"equal mini-batches); give a divisor of {sizes['rollout']}")
+    from trials import PPOConfig, model_config_of
+
+    shape = MODELS[model]
+    positions = shape["max_position_embeddings"] if shape else model_config_of("demo").n_positions
+    prompt = PPOConfig().max_prompt_length
+    if prompt + sizes["response"] > positions:
+        return (f"--response {sizes['response']}: {prompt}-token prompts and responses this long pass the {positions} "
+                f"positions of --model {model}; give at most {positions - prompt}")
     return None
 
 
@@ -209,7 +218,7 @@ def main() -> int:
         print(f"no {TRL_PYTHON}: run `bash bench/setup_trl.sh` first", file=sys.stderr)
         return 2
     sizes = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in PRESETS[args.model].items()}
-    problem = _bad_sizes(sizes)
+    problem = _bad_sizes(sizes, args.model)
     if problem:
         print(problem, file=sys.stderr)
         return 2

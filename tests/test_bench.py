@@ -87,6 +87,16 @@ def test_engine_vs_trl_refuses_a_mini_batch_that_does_not_divide_the_rollout(tmp
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+@pytest.mark.parametrize(("model", "response", "positions"), [("demo", 65, 128), ("qwen2-28m", 193, 256)])
+def test_engine_vs_trl_refuses_responses_past_the_models_positions(tmp_path, model, response, positions):
+    proc = _bench("engine_vs_trl.py", "--model", model, "--response", str(response), "--only", "speed", "--no-trl",
+                  out=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (f"--response {response}: 64-token prompts and responses this long pass the "
+                                   f"{positions} positions of --model {model}; give at most {positions - 64}")
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
 def test_the_benchmark_model_is_qwen2_shaped_and_built_once(tmp_path):
     import sys
 
