@@ -87,10 +87,10 @@ def speed(w: Workload, reps: int, iterations: int, warmup: int, baseline: str | 
                 for o, s in zip(runs["ours"], runs[slow], strict=True)]
 
     out: dict[str, Any] = {"sides": summary, "runs": runs}
-    if trl:
-        out.update(speedup_per_rep=ratios("trl"), speedup=median(ratios("trl")))
     if no_gc:
         out.update(speedup_no_gc_per_rep=ratios(NO_GC), speedup_no_gc=median(ratios(NO_GC)))
+    if trl:
+        out.update(speedup_per_rep=ratios("trl"), speedup=median(ratios("trl")))
         if unclipped:  # TRL's s/iteration over ours without clipping, pair by pair
             per = [a * b for a, b in zip(ratios("trl"), [1 / x for x in ratios(UNCLIPPED)], strict=True)]
             out.update(speedup_unclipped_per_rep=per, speedup_unclipped=median(per))

@@ -99,19 +99,11 @@ print(peak_rss_bytes() - baseline)
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", [{}, {"lora_rank": 16, "value_backbone": "shared"}], ids=["full", "lora-shared"])
 def test_the_prediction_is_within_15_percent_of_a_measured_peak(tmp_path, mode):
-    import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig
+    from bench._common import build_qwen2
 
-    from trials.demo import byte_level_tokenizer
-
-    tokenizer = byte_level_tokenizer()
-    shape = qwen2_shape(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, intermediate_size=2048,
-                        vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    model = AutoModelForCausalLM.from_config(shape).to(torch.bfloat16)
-    model.generation_config = GenerationConfig(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    model.save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
-    fields = dict(model_path=str(tmp_path), rollout_batch_size=4, mini_batch_size=4, micro_batch_size=2,
+    build_qwen2(tmp_path / "model", dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
+                                         intermediate_size=2048, tie_word_embeddings=True), dtype="bfloat16")
+    fields = dict(model_path=str(tmp_path / "model"), rollout_batch_size=4, mini_batch_size=4, micro_batch_size=2,
                   response_length=16, max_prompt_length=8, num_iterations=2, num_eval_prompts=4, device="cpu",
                   precision="fp32", num_threads=2, **mode)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MALLOC_MMAP_THRESHOLD_": str(2**20)}
@@ -119,6 +111,6 @@ def test_the_prediction_is_within_15_percent_of_a_measured_peak(tmp_path, mode):
                           text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     measured = int(proc.stdout.strip().splitlines()[-1])
-    predicted = estimate_memory(PPOConfig.from_dict(fields), model_config_of(str(tmp_path))).peak
+    predicted = estimate_memory(PPOConfig.from_dict(fields), model_config_of(str(tmp_path / "model"))).peak
     print(f"predicted {predicted / 2**20:.0f} MiB, measured {measured / 2**20:.0f} MiB")
     assert abs(predicted / measured - 1) < 0.15, (predicted, measured)

@@ -18,6 +18,7 @@ import re
 import tempfile
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -109,8 +110,11 @@ def check_tracking_server(spec: CompiledSpec) -> None:
     uri = spec.tracking_uri()
     if not uri.startswith(("http://", "https://")):
         return
+    parts = urllib.parse.urlsplit(uri)  # /health needs no credentials: a user:password@ part is left out
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
     try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10).close()
+        urllib.request.urlopen(f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}/health", timeout=10).close()
     except urllib.error.HTTPError:
         return  # it answered
     except (OSError, ValueError) as exc:

@@ -104,3 +104,27 @@ def test_an_mlflow_server_that_does_not_answer_at_the_start_is_one_line_and_noth
     assert lines[-1].startswith("error: mlflow.tracking_uri: no MLflow server answers there"), done.stderr
     assert f"http://me:***@127.0.0.1:{port}" in lines[-1] and "hunter22" not in done.stderr
     assert not (tmp_path / "sweeps").exists()  # no study, no sweep folder
+
+
+def test_a_server_that_answers_passes_the_check_with_credentials_in_its_address(tmp_path):
+    import http.server
+    import threading
+
+    from tuner.sweep._tracking import check_tracking_server
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        check_tracking_server(load_spec(write_spec(tmp_path, "up", mlflow={"tracking_uri": f"http://me:hunter22@127.0.0.1:{port}"})))
+        check_tracking_server(load_spec(write_spec(tmp_path, "up2", mlflow={"tracking_uri": f"http://127.0.0.1:{port}/"})))
+    finally:
+        server.shutdown()
