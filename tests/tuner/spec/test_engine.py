@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from tuner.cli import main
@@ -55,6 +58,22 @@ def test_an_external_trainer_is_launched_from_the_spec(tmp_path):
     assert launch["command"] == ["python", str(tmp_path / "train.py"), "--lr", "{policy_lr}"]
     assert launch["env"] == {"WANDB_MODE": "offline"} and launch["report_timeout"] == 120.0
     assert load_spec(spec).trial.engine == "command"
+
+
+def test_a_venv_interpreter_named_relative_to_the_spec_stays_the_venvs(tmp_path):
+    """`trial.command: [../env/bin/python]`: bin/python is a symlink to the base interpreter, and the
+    launched interpreter must be the venv's (its sys.prefix), not the base one the link points at."""
+    env = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True, timeout=120)
+    assert (env / "bin" / "python").is_symlink()
+    (tmp_path / "specs").mkdir()
+    spec = tmp_path / "specs" / "spec.yaml"
+    spec.write_text("name: x\ntrial: {engine: command, command: [../env/bin/python, -c, "
+                    "'import sys; print(sys.prefix)']}\n")
+    argv = load_spec(spec).trial.launch()["command"]
+    assert argv[0] == str(env / "bin" / "python")
+    prefix = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+    assert prefix == str(env)
 
 
 @pytest.mark.parametrize(("engine", "text"), [
