@@ -58,6 +58,8 @@ __all__ = ["SweepSummary", "load_study", "open_study", "preflight", "remaining_t
            "trials_to_run"]
 
 log = logging.getLogger(__name__)
+RAY_LOG = "ray.log"  # in the sweep's folder: what Ray Tune and Ray Train log (route_ray_logs)
+RAY_LOGGERS = ("ray.tune", "ray.train")
 
 
 @dataclass
@@ -85,6 +87,7 @@ class SweepSummary:
     promotion_missing: int = 0  # promotion runs still to run (interrupted, or the wall-clock budget ran out)
     promotion_note: str = ""  # why the promotion did not run where it was due
     choice: Choice | None = None  # the config `tuner export` exports
+    failed_alike: str = ""  # the error's last line, where the first trials all failed with it and the sweep stopped
     overoptimized: list[int] = field(default_factory=list)  # trials whose training reward rose while the held-out fell
 
     @property
@@ -159,12 +162,17 @@ def sync_tracking(spec: CompiledSpec) -> dict[str, int]:
 
 def preflight(spec: CompiledSpec) -> None:
     """Check, before anything is written, that the MLflow server (where the spec names one) answers, and,
-    once before any trial is launched, what every trial needs (model, prompts, reward). An external
-    trainer (trial.engine: command) loads its own: that is not checked here."""
+    once before any trial is launched, what every trial needs: our engine's model, prompts and reward; an
+    external trainer's program (and, for trl, that its interpreter imports trl, torch and transformers),
+    where the trials run on this machine (on a cluster they run where Ray puts them)."""
     from tuner.sweep._tracking import check_tracking_server
 
     check_tracking_server(spec)
     if spec.trial.engine != "ppo-tuner":
+        if not (spec.ray and spec.ray.address) and not os.environ.get("RAY_ADDRESS"):
+            from tuner.trial import check_trainer
+
+            check_trainer(spec.trial.engine, list(spec.trial.command or ()), dict(spec.trial.env))
         return
     from trials import PPOTrainer
 
@@ -177,6 +185,21 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     for name in ("ray", "ray.tune", "ray.tune.analysis.experiment_analysis"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def route_ray_logs(path: Path) -> None:
+    """Ray Tune's and Ray Train's log records go to `path` (the sweep's ray.log), not the terminal: a
+    failed trial's traceback (`ERROR tune_controller ...`) is there, and its error in its table row, its
+    study record and its trainer.log. A later sweep in the same process moves them to its own file."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in RAY_LOGGERS:
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+            logger.removeHandler(old)
+            old.close()
+        logger.addHandler(handler)
+        logger.propagate = False  # Ray's own handler on "ray" writes to the terminal
 
 
 def _ray_init(spec: CompiledSpec) -> bool:
@@ -225,6 +248,7 @@ def run_sweep(spec: CompiledSpec, callbacks: Sequence[SweepCallback] = ()) -> Sw
 
     quiet_libraries()
     spec.sweep_dir().mkdir(parents=True, exist_ok=True)
+    route_ray_logs(spec.sweep_dir() / RAY_LOG)
     saved = {**spec.resolved(), "workdir": str(Path(spec.workdir).resolve())}
     spec.spec_file().write_text(yaml.safe_dump(saved, sort_keys=False))
     _tell(callbacks, f"opening the study and the MLflow store in {spec.sweep_dir()}")
@@ -241,16 +265,18 @@ def run_sweep(spec: CompiledSpec, callbacks: Sequence[SweepCallback] = ()) -> Sw
             if todo:
                 ray_use.ensure(f"{todo} trial{'s' if todo != 1 else ''}")
                 fit(spec, todo, searcher, logger, callbacks, _scheduler(spec), spec.budget.wall_clock)
-            outcomes = searcher.outcomes()
+            outcomes, alike = searcher.outcomes(), searcher.failing_alike()
             stage = Promotion()
-            if stop_signal() is None and not searcher.writes.wait(lambda: _missing(spec, study)):
+            if stop_signal() is None and not alike and not searcher.writes.wait(lambda: _missing(spec, study)):
                 # the search is done and was not stopped: its best configs run again
                 stage = _promote(spec, study, storage, tracker, callbacks, ray_use, started)
         finally:
             ray_use.close()
         # the study's reads retried likewise through an outage
-        return searcher.writes.wait(lambda: _summarise(spec, study, storage, tracker, outcomes,
-                                                       time.perf_counter() - started, ran=todo, stage=stage))
+        summary = searcher.writes.wait(lambda: _summarise(spec, study, storage, tracker, outcomes,
+                                                          time.perf_counter() - started, ran=todo, stage=stage))
+        summary.failed_alike = alike or ""
+        return summary
     except StudyOutage as exc:  # stopped as on Ctrl-C; what the study could not be told runs again on resume
         tracker.finish({}, None, status="KILLED")
         held = len(searcher.writes.pending)
@@ -434,8 +460,9 @@ def _summarise(spec: CompiledSpec, study: optuna.Study, storage: optuna.storages
         promoted=configs, promotion_missing=promotion_missing(configs), promotion_note=stage.skipped, choice=choice,
         overoptimized=[r.number for r in rows if r.overoptimized], diagnosis=diagnosis)
     metrics = {f"trials_{k.lower()}": float(v) for k, v in counts.items()}
-    metrics.update({"sweep_wall_seconds": wall, "sweep_overhead_ratio": summary.overhead,
-                    "trial_compute_seconds": summary.trial_compute_seconds})
+    metrics.update({"sweep_wall_seconds": wall, "trial_compute_seconds": summary.trial_compute_seconds})
+    if summary.trial_compute_seconds > 0:  # no ratio where no trial computed anything
+        metrics["sweep_overhead_ratio"] = summary.overhead
     if best:
         metrics.update({"best_value": best.values[0], "best_trial": float(best.number)})
     metrics.update(promotion_metrics(configs))

@@ -50,6 +50,7 @@ from tuner.trial import (
     StopReason,
     TrialFailure,
     TrialReport,
+    failing_alike,
     kl_constraint,
     read_result,
 )
@@ -60,6 +61,7 @@ __all__ = ["OutageStop", "PromotionSearcher", "StudySearcher", "ask_trial"]
 
 DUPLICATE_TRIES = 25  # samples asked for one slot before a repeated config is run anyway (a space nearly used up)
 OUT_OF_MEMORY = "OutOfMemoryError"  # the error of a trial that ran out of memory (torch.OutOfMemoryError)
+SAME_FAILURE_TRIALS = 3  # a sweep whose first 3 trials (fewer in a smaller budget) fail alike stops
 log = logging.getLogger(__name__)
 
 
@@ -126,6 +128,7 @@ class StudySearcher(Searcher):
         self.iterations = spec.iterations()  # a trial that ended before this many iterations was cut
         budget = spec.resources.trial_memory_gb
         self.memory = MemoryCheck(budget, spec.resources.gpus_per_trial) if budget else None
+        self.alike_after = min(SAME_FAILURE_TRIALS, spec.budget.trials)  # failing_alike's first trials (0: never)
 
     # -- what the sweep's callbacks may ask ------------------------------------------------------
     def outcome(self, trial_id: str) -> Outcome | None:
@@ -158,14 +161,19 @@ class StudySearcher(Searcher):
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True
 
+    def failing_alike(self) -> str | None:
+        """The last line of the error with which this run's first trials all failed (`failing_alike`)."""
+        return failing_alike(self.outcomes(), self.alike_after)
+
     def stop_all(self) -> bool:
-        """Whether the sweep must stop: the study database has been unreachable longer than storage_outage.
-        Asked by Ray Tune at every step, so held writes are retried even while no trial reports."""
+        """Whether the sweep must stop: the study database has been unreachable longer than storage_outage,
+        or the first trials all failed the same way (every trial would). Asked by Ray Tune at every step,
+        so held writes are retried even while no trial reports."""
         self.writes.drain()
-        return self.writes.expired
+        return self.writes.expired or self.failing_alike() is not None
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        if self.writes.expired:  # Ray Tune waits here, not in stop_all, while no trial runs
+        if self.writes.expired or self.failing_alike() is not None:  # Ray Tune waits here while no trial runs
             return Searcher.FINISHED
         try:  # None: Ray Tune asks again later
             return self.writes.call(lambda: self._suggest(trial_id))
@@ -371,6 +379,7 @@ class PromotionSearcher(StudySearcher):
         self.queue = list(runs)
         self.iterations = spec.promote_iterations()
         self.memory = None  # the search checked these configs
+        self.alike_after = 0  # these configs ran in the search
 
     def _next(self) -> tuple[optuna.trial.Trial, dict[str, Any], dict[str, Any], int | None] | None:
         if not self.queue:
@@ -384,7 +393,8 @@ class PromotionSearcher(StudySearcher):
 
 
 class OutageStop(Stopper):
-    """A Ray Tune stopper: stop the sweep once the study database has been unreachable past storage_outage.
+    """A Ray Tune stopper: stop the sweep once the study database has been unreachable past storage_outage,
+    or once its first trials all failed the same way (StudySearcher.stop_all).
     Ray Tune copies its stoppers (pickle, deepcopy): a copy finds the searcher by key in this process."""
 
     _searchers: dict[int, StudySearcher] = {}

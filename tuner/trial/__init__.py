@@ -6,6 +6,7 @@ runs the engine under the KL limit and reports these records.
 
 from __future__ import annotations
 
+from tuner.trial._engines import check_trainer
 from tuner.trial._result import (
     ERROR,
     INITIAL_EVAL,
@@ -18,9 +19,11 @@ from tuner.trial._result import (
     StopReason,
     TrialFailure,
     TrialReport,
+    failing_alike,
+    last_line,
     read_result,
 )
 from tuner.trial._scoring import WORST, Scorer, kl_constraint, overoptimized, scheduler_score, worst
 
 __all__ = ["ERROR", "INITIAL_EVAL", "ITERATION", "KL_MAX", "OBJECTIVE", "SCHEDULER_SCORE", "STATES", "WORST", "Outcome", "Scorer",
-           "StopReason", "TrialFailure", "TrialReport", "kl_constraint", "overoptimized", "read_result", "scheduler_score", "worst"]
+           "StopReason", "TrialFailure", "TrialReport", "check_trainer", "failing_alike", "kl_constraint", "last_line", "overoptimized", "read_result", "scheduler_score", "worst"]

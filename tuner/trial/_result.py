@@ -16,7 +16,7 @@ from typing import Any
 from trials import metrics as K
 
 __all__ = ["ERROR", "INITIAL_EVAL", "ITERATION", "KL_MAX", "OBJECTIVE", "SCHEDULER_SCORE", "STATES", "Outcome", "StopReason",
-           "TrialFailure", "TrialReport", "read_result"]
+           "TrialFailure", "TrialReport", "failing_alike", "last_line", "read_result"]
 
 # keys of the result dict, besides the engine's metric names
 OBJECTIVE = "objective"  # the trial's running score: what the study records as its value
@@ -55,7 +55,20 @@ class StopReason:
 
     @staticmethod
     def failed(error: str) -> str:
-        return f"failed: {error.splitlines()[0][:200] if error else ''}"
+        """'failed: ' and the error's first line; where the error goes on (a traceback, a trainer's log
+        tail), its last line too, which names the fault ("ModuleNotFoundError: No module named 'torch'")."""
+        lines = [line.strip() for line in error.splitlines() if line.strip()]
+        if len(lines) < 2:
+            return f"failed: {lines[0][:200] if lines else ''}"
+        head = lines[0].removesuffix("log tail:").rstrip("; :")
+        return f"failed: {head[:200]}: {last_line(error)}"
+
+
+def last_line(error: str) -> str:
+    """The last non-blank line of an error, where a traceback or a log tail names the fault (at most 200
+    characters)."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    return lines[-1][:200] if lines else ""
 
 
 @dataclass(frozen=True)
@@ -151,3 +164,14 @@ class Outcome:
     compute_seconds: float = 0.0  # the trial's start plus the sum of its iterations' seconds
     wall_seconds: float = 0.0  # from its suggestion to its end
     params: dict[str, Any] = field(default_factory=dict)
+
+
+def failing_alike(outcomes: list[Outcome], first: int) -> str | None:
+    """The error's last line where the first `first` trials to end (in the order they ended; trials
+    stopped without an error left out) all failed, after their retries, with the same last line: a
+    fault every trial will meet (a trainer's missing module). None otherwise."""
+    ended = [o for o in outcomes if o.state != "FAIL" or o.error][:first]
+    if first < 1 or len(ended) < first or any(o.state != "FAIL" for o in ended):
+        return None
+    lines = {last_line(o.error) for o in ended}
+    return lines.pop() if len(lines) == 1 else None

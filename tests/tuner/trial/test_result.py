@@ -10,10 +10,12 @@ from tuner.trial import (
     OBJECTIVE,
     SCHEDULER_SCORE,
     WORST,
+    Outcome,
     Scorer,
     StopReason,
     TrialFailure,
     TrialReport,
+    failing_alike,
     read_result,
     scheduler_score,
 )
@@ -51,3 +53,33 @@ def test_the_scorer_starts_from_the_initial_evaluation():
     assert math.isnan(mean.update({}))
     mean.update({K.SCORES: 1.0})
     assert mean.update({K.SCORES: 2.0}) == 1.5 and mean.update({K.SCORES: 4.0}) == 3.0
+
+
+TRAINER_EXIT = ("TrainerExited: the trainer exited with code 1 after 0 reports; log tail:\n"
+                "Traceback (most recent call last):\n  File \"train.py\", line 1, in <module>\n"
+                "ModuleNotFoundError: No module named 'torch'\n")
+
+
+def test_a_failed_trials_stop_reason_ends_with_the_errors_last_line():
+    reason = StopReason.failed(TRAINER_EXIT)
+    assert reason == ("failed: TrainerExited: the trainer exited with code 1 after 0 reports: "
+                      "ModuleNotFoundError: No module named 'torch'")
+    assert StopReason.failed("ValueError: bad reward") == "failed: ValueError: bad reward"
+
+
+def _failed(number: int, error: str) -> Outcome:
+    return Outcome(number=number, state="FAIL", stop_reason=StopReason.failed(error), value=None, error=error)
+
+
+def test_the_first_trials_failing_with_the_same_last_line_stop_the_sweep():
+    other = TRAINER_EXIT.replace("torch'", "trl'")
+    done = Outcome(number=9, state="COMPLETE", stop_reason=StopReason.COMPLETED, value=1.0)
+    interrupted = Outcome(number=8, state="FAIL", stop_reason=StopReason.INTERRUPTED, value=None)
+    assert failing_alike([_failed(0, TRAINER_EXIT), _failed(1, TRAINER_EXIT), _failed(2, TRAINER_EXIT)], 3) \
+        == "ModuleNotFoundError: No module named 'torch'"
+    assert failing_alike([_failed(0, TRAINER_EXIT), interrupted, _failed(1, TRAINER_EXIT)], 2) \
+        == "ModuleNotFoundError: No module named 'torch'"
+    assert failing_alike([_failed(0, TRAINER_EXIT), _failed(1, TRAINER_EXIT)], 3) is None  # the third not ended
+    assert failing_alike([_failed(0, TRAINER_EXIT), _failed(1, other), _failed(2, TRAINER_EXIT)], 3) is None
+    assert failing_alike([_failed(0, TRAINER_EXIT), done, _failed(2, TRAINER_EXIT), _failed(3, TRAINER_EXIT)], 3) is None
+    assert failing_alike([_failed(0, TRAINER_EXIT)], 0) is None  # the promotion: never
