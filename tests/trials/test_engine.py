@@ -19,6 +19,7 @@ def config(**changes) -> PPOConfig:
     return PPOConfig.from_dict({**SANE, **changes})
 
 
+@pytest.mark.slow  # 40 iterations: 38 s (learning: tests/trials/test_lora.py)
 def test_sane_settings_raise_the_evaluation_reward(demo_model):
     result = train(config(num_iterations=30))
     final = result.metrics[K.EVAL_SCORES]

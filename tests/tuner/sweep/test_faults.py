@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -70,6 +71,7 @@ def test_trial_faults_fail_or_retry_and_the_sweep_completes(tmp_path, demo_model
     assert children[retried[0].number].data.tags["ppo_tuner.retries"] == "1"
 
 
+@pytest.mark.slow  # a sweep: 31 s (retries: test_trial_faults_fail_or_retry...)
 def test_a_fault_that_outlasts_max_failures_is_recorded_failed(tmp_path, demo_model):
     path = _spec(tmp_path, "crash", budget={"trials": 3, "iterations": 4, "max_failures": 0})
     proc = tuner("run", path, cwd=tmp_path, env=_env(tmp_path, "crash"))
@@ -104,6 +106,7 @@ def _running_trial_pid(spec) -> int | None:
     return None
 
 
+@pytest.mark.slow  # a sweep with a worker killed: 51 s
 def test_a_killed_worker_is_retried_and_the_sweep_completes(tmp_path, demo_model):
     path = _spec(tmp_path, "workerkill", budget={"trials": 4, "iterations": 8, "max_failures": 2},
                  resources={"cpus_per_trial": 1, "max_concurrent": 1})
@@ -126,6 +129,7 @@ def _python_tuner() -> list[str]:
     return [sys.executable, "-m", "tuner.cli"]
 
 
+@pytest.mark.slow  # a sweep killed and resumed: 76 s (tests/tuner/sweep/test_resume.py stays fast)
 def test_the_controller_killed_mid_sweep_resumes_with_nothing_lost(tmp_path, demo_model):
     path = _spec(tmp_path, "ctlkill", budget={"trials": 5, "iterations": 6})
     spec = load_spec(path)

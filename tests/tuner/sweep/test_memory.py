@@ -4,6 +4,7 @@ being launched; `tuner validate` shows the prediction at the space's extremes.""
 from __future__ import annotations
 
 import optuna
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -52,6 +53,7 @@ def _budget_between(demo_model, fitting: int) -> float:
     return (peaks[fitting - 1] + peaks[fitting]) / 2
 
 
+@pytest.mark.slow  # a sweep: 33 s (the prediction's tests stay fast)
 def test_configs_predicted_not_to_fit_are_infeasible_and_never_launched(tmp_path, demo_model):
     budget = _budget_between(demo_model, fitting=1)  # only rollout 16 with 8-token responses fits
     path = _write(tmp_path, "mem", sampler={"type": "random", "seed": 0},

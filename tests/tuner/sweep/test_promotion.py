@@ -77,6 +77,7 @@ def test_an_interrupted_promotion_resumes_with_its_missing_runs_only(tmp_path, d
     assert len(load_study(spec).trials) == 2  # the search was not run again
 
 
+@pytest.mark.slow  # the promoted sweep (module fixture): 50 s for the four
 def test_promotion_runs_the_top_configs_at_full_length_with_unused_seeds(promoted):
     spec = promoted["spec"]
     search = load_study(spec)
@@ -98,6 +99,7 @@ def test_promotion_runs_the_top_configs_at_full_length_with_unused_seeds(promote
         assert t.user_attrs[ATTR["stage"]] == "promotion" and "kl" in t.constraints
 
 
+@pytest.mark.slow  # with the promoted sweep
 def test_export_status_and_summary_take_the_best_mean_over_seeds(promoted):
     spec, folder = promoted["spec"], promoted["folder"]
     search = load_study(spec)
@@ -117,6 +119,7 @@ def test_export_status_and_summary_take_the_best_mean_over_seeds(promoted):
     assert "search rank" in promoted["proc"].stdout
 
 
+@pytest.mark.slow  # with the promoted sweep
 def test_mlflow_has_tagged_promotion_runs_and_the_table(promoted):
     spec = promoted["spec"]
     client = MlflowClient(spec.tracking_uri())
@@ -199,6 +202,7 @@ def test_promotion_defaults_and_a_bad_value(tmp_path, run_cli):
     assert code == 2 and "budget.promote.seeds" in err and "Traceback" not in err
 
 
+@pytest.mark.slow  # with the promoted sweep
 def test_the_held_out_reward_is_the_objective_and_is_plotted_against_kl(promoted):
     spec = promoted["spec"]
     assert spec.objective.metric == K.EVAL_GOLD  # the default where trial.eval_reward is set

@@ -9,11 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.sweep_helpers import tuner, write_spec
 
 
+@pytest.mark.slow  # a sweep on a private PostgreSQL: 45 s (the one-line check stays fast)
 def test_a_storage_password_never_leaves_the_url(tmp_path, demo_model, postgres):
     url = postgres.create_db("secret_sweep")
     path = write_spec(tmp_path, "secret", storage=url, budget={"trials": 2, "iterations": 2},

@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 from tests.sweep_helpers import start_tuner, write_spec
 
 
+@pytest.mark.slow  # two sweeps at once: 59 s on SQLite, 38 s on PostgreSQL
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_two_sweeps_share_one_database(tmp_path, demo_model, backend, request):
     if backend == "sqlite":
