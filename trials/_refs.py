@@ -61,7 +61,8 @@ def parse_reward(value: str, path: str = "reward") -> RewardRef:
 
 def resolve_relative(field: str, value: Any, base_dir: Path) -> Any:
     """A path-valued field's value with a relative file or folder that exists under `base_dir` made
-    absolute (symlinks kept); 'demo', absolute paths, module names, hub names and paths that do not exist there are kept."""
+    absolute (symlinks kept); 'demo', absolute paths, module names, hub names and paths that do not
+    exist there are kept."""
     if not isinstance(value, str) or value == "demo":
         return value
     if field in REWARD_FIELDS:
@@ -75,8 +76,9 @@ def resolve_relative(field: str, value: Any, base_dir: Path) -> Any:
 
 
 def _local(value: str, base_dir: Path) -> str:
-    """Absolute without following symlinks: a venv's bin/python is a link to the base interpreter, and
-    only the link's own path starts the venv ('..' is taken lexically, as os.path.abspath does)."""
+    """Absolute without following symlinks: a venv's bin/python is a link to the base interpreter,
+    and only the link's own path starts the venv ('..' is taken lexically, as os.path.abspath
+    does)."""
     path = Path(value).expanduser()
     if path.is_absolute():
         return str(path)

@@ -16,7 +16,7 @@ from trials import ConfigError, Problem
 from tuner.spec import CompiledSpec, load_spec
 
 DEMO_BUILD = "about 20 s, minutes on heavily loaded cores"  # the demo model's first-use build (README)
-FAILED_ALIKE = 4  # exit code: the sweep's first trials all failed with the same error, and it stopped
+FAILED_ALIKE = 4  # exit code: the sweep's first trials all failed with one error, and it stopped
 WORKDIR_HELP = "folder that holds the sweeps, one subfolder per sweep (default: sweeps)"
 SWEEP_HELP = "sweep name (under --workdir), sweep folder, or spec file"
 
@@ -89,7 +89,8 @@ def _print_summary(summary) -> None:
     _print_answer(summary.promoted, summary.choice, summary.name)
     if summary.promotion_note:
         print(f"promotion did not run: {summary.promotion_note}")
-    if summary.ran + summary.promotion_ran and summary.trial_compute_seconds > 0:  # n/a where nothing computed
+    # no ratio where no trial computed anything
+    if summary.ran + summary.promotion_ran and summary.trial_compute_seconds > 0:
         print(f"controller overhead: wall {summary.wall_seconds:.1f} s vs ideal {summary.ideal_seconds:.1f} s "
               f"(trial compute {summary.trial_compute_seconds:.1f} s / concurrency "
               f"{min(summary.concurrency, summary.ran + summary.promotion_ran)}) = {summary.overhead:.2f}x")
@@ -158,9 +159,9 @@ def _start(spec: CompiledSpec) -> int:
     table.console.print(render_rows([row_of(t) for t in summary.trials], f"sweep {spec.name}: all trials"))
     _print_summary(summary)
     if summary.failed_alike:
-        print(f"error: the sweep stopped, as its first trials all failed with the same error: {summary.failed_alike} "
-              f"(tuner status {summary.name} shows each trial's error); fix it, then: tuner resume {summary.sweep_dir}",
-              file=sys.stderr)
+        print("error: the sweep stopped, as its first trials all failed with the same error: "
+              f"{summary.failed_alike} (tuner status {summary.name} shows each trial's error); "
+              f"fix it, then: tuner resume {summary.sweep_dir}", file=sys.stderr)
         return FAILED_ALIKE
     if summary.missing:
         print(f"sweep stopped with {summary.missing} of {spec.budget.trials} trials still to run; "

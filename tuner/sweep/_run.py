@@ -87,7 +87,7 @@ class SweepSummary:
     promotion_missing: int = 0  # promotion runs still to run (interrupted, or the wall-clock budget ran out)
     promotion_note: str = ""  # why the promotion did not run where it was due
     choice: Choice | None = None  # the config `tuner export` exports
-    failed_alike: str = ""  # the error's last line, where the first trials all failed with it and the sweep stopped
+    failed_alike: str = ""  # the error's last line, where the first trials all failed with it
     overoptimized: list[int] = field(default_factory=list)  # trials whose training reward rose while the held-out fell
 
     @property
@@ -162,9 +162,9 @@ def sync_tracking(spec: CompiledSpec) -> dict[str, int]:
 
 def preflight(spec: CompiledSpec) -> None:
     """Check, before anything is written, that the MLflow server (where the spec names one) answers, and,
-    once before any trial is launched, what every trial needs: our engine's model, prompts and reward; an
-    external trainer's program (and, for trl, that its interpreter imports trl, torch and transformers),
-    where the trials run on this machine (on a cluster they run where Ray puts them)."""
+    once before any trial is launched, what every trial needs: our engine's model, prompts and
+    reward; an external trainer's program (and, for trl, that its interpreter imports trl, torch and
+    transformers), where the trials run on this machine (on a cluster, where Ray puts them)."""
     from tuner.sweep._tracking import check_tracking_server
 
     check_tracking_server(spec)
@@ -188,9 +188,9 @@ def quiet_libraries() -> None:
 
 
 def route_ray_logs(path: Path) -> None:
-    """Ray Tune's and Ray Train's log records go to `path` (the sweep's ray.log), not the terminal: a
-    failed trial's traceback (`ERROR tune_controller ...`) is there, and its error in its table row, its
-    study record and its trainer.log. A later sweep in the same process moves them to its own file."""
+    """Ray Tune's and Ray Train's log records go to `path` (the sweep's ray.log), not the terminal:
+    a failed trial's traceback (`ERROR tune_controller ...`) is there, and its error in its table
+    row, its study record and its trainer.log. A later sweep in this process takes them over."""
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in RAY_LOGGERS:
@@ -267,14 +267,16 @@ def run_sweep(spec: CompiledSpec, callbacks: Sequence[SweepCallback] = ()) -> Sw
                 fit(spec, todo, searcher, logger, callbacks, _scheduler(spec), spec.budget.wall_clock)
             outcomes, alike = searcher.outcomes(), searcher.failing_alike()
             stage = Promotion()
-            if stop_signal() is None and not alike and not searcher.writes.wait(lambda: _missing(spec, study)):
+            stopped = stop_signal() is not None or alike is not None
+            if not stopped and not searcher.writes.wait(lambda: _missing(spec, study)):
                 # the search is done and was not stopped: its best configs run again
                 stage = _promote(spec, study, storage, tracker, callbacks, ray_use, started)
         finally:
             ray_use.close()
         # the study's reads retried likewise through an outage
-        summary = searcher.writes.wait(lambda: _summarise(spec, study, storage, tracker, outcomes,
-                                                          time.perf_counter() - started, ran=todo, stage=stage))
+        summary = searcher.writes.wait(
+            lambda: _summarise(spec, study, storage, tracker, outcomes,
+                               time.perf_counter() - started, ran=todo, stage=stage))
         summary.failed_alike = alike or ""
         return summary
     except StudyOutage as exc:  # stopped as on Ctrl-C; what the study could not be told runs again on resume
@@ -460,7 +462,8 @@ def _summarise(spec: CompiledSpec, study: optuna.Study, storage: optuna.storages
         promoted=configs, promotion_missing=promotion_missing(configs), promotion_note=stage.skipped, choice=choice,
         overoptimized=[r.number for r in rows if r.overoptimized], diagnosis=diagnosis)
     metrics = {f"trials_{k.lower()}": float(v) for k, v in counts.items()}
-    metrics.update({"sweep_wall_seconds": wall, "trial_compute_seconds": summary.trial_compute_seconds})
+    metrics.update({"sweep_wall_seconds": wall,
+                    "trial_compute_seconds": summary.trial_compute_seconds})
     if summary.trial_compute_seconds > 0:  # no ratio where no trial computed anything
         metrics["sweep_overhead_ratio"] = summary.overhead
     if best:

@@ -128,7 +128,8 @@ class StudySearcher(Searcher):
         self.iterations = spec.iterations()  # a trial that ended before this many iterations was cut
         budget = spec.resources.trial_memory_gb
         self.memory = MemoryCheck(budget, spec.resources.gpus_per_trial) if budget else None
-        self.alike_after = min(SAME_FAILURE_TRIALS, spec.budget.trials)  # failing_alike's first trials (0: never)
+        # the first trials that, failing alike, stop the sweep (failing_alike; 0: never)
+        self.alike_after = min(SAME_FAILURE_TRIALS, spec.budget.trials)
 
     # -- what the sweep's callbacks may ask ------------------------------------------------------
     def outcome(self, trial_id: str) -> Outcome | None:
@@ -162,18 +163,19 @@ class StudySearcher(Searcher):
         return True
 
     def failing_alike(self) -> str | None:
-        """The last line of the error with which this run's first trials all failed (`failing_alike`)."""
+        """The last line of the error with which this run's first trials all failed, if they did."""
         return failing_alike(self.outcomes(), self.alike_after)
 
     def stop_all(self) -> bool:
-        """Whether the sweep must stop: the study database has been unreachable longer than storage_outage,
-        or the first trials all failed the same way (every trial would). Asked by Ray Tune at every step,
-        so held writes are retried even while no trial reports."""
+        """Whether the sweep must stop: the study database has been unreachable longer than
+        storage_outage, or the first trials all failed the same way (every trial would). Asked by
+        Ray Tune at every step, so held writes are retried even while no trial reports."""
         self.writes.drain()
         return self.writes.expired or self.failing_alike() is not None
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        if self.writes.expired or self.failing_alike() is not None:  # Ray Tune waits here while no trial runs
+        # Ray Tune waits here, not in stop_all, while no trial runs
+        if self.writes.expired or self.failing_alike() is not None:
             return Searcher.FINISHED
         try:  # None: Ray Tune asks again later
             return self.writes.call(lambda: self._suggest(trial_id))
@@ -393,8 +395,8 @@ class PromotionSearcher(StudySearcher):
 
 
 class OutageStop(Stopper):
-    """A Ray Tune stopper: stop the sweep once the study database has been unreachable past storage_outage,
-    or once its first trials all failed the same way (StudySearcher.stop_all).
+    """A Ray Tune stopper: stop the sweep once the study database has been unreachable past
+    storage_outage, or once its first trials all failed the same way (StudySearcher.stop_all).
     Ray Tune copies its stoppers (pickle, deepcopy): a copy finds the searcher by key in this process."""
 
     _searchers: dict[int, StudySearcher] = {}

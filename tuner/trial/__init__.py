@@ -26,4 +26,5 @@ from tuner.trial._result import (
 from tuner.trial._scoring import WORST, Scorer, kl_constraint, overoptimized, scheduler_score, worst
 
 __all__ = ["ERROR", "INITIAL_EVAL", "ITERATION", "KL_MAX", "OBJECTIVE", "SCHEDULER_SCORE", "STATES", "WORST", "Outcome", "Scorer",
-           "StopReason", "TrialFailure", "TrialReport", "check_trainer", "failing_alike", "kl_constraint", "last_line", "overoptimized", "read_result", "scheduler_score", "worst"]
+           "StopReason", "TrialFailure", "TrialReport", "check_trainer", "failing_alike",
+           "kl_constraint", "last_line", "overoptimized", "read_result", "scheduler_score", "worst"]

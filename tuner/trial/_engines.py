@@ -39,6 +39,7 @@ from trials import metrics as K
 from tuner.export import engine_launch
 from tuner.export._common import hydra_word
 from tuner.trial._protocol import PREFIX, PROTOCOL, TrainerError, Units, command_argv, numbers
+from tuner.trial._result import last_line
 
 __all__ = ["ENGINES", "Engine", "LAUNCHERS", "check_trainer"]
 
@@ -95,7 +96,7 @@ class Engine:
     gpu_args: tuple[str, ...] = field(default=())  # its arguments that count the GPUs it uses
     user_choice: tuple[str, ...] = ()  # settings of the export's `fixed` table that trial.command may set instead
     path_setting: str = ""  # a Hydra override that also gives metrics_file's path to the trainer's Ray actors
-    imports: tuple[str, ...] = ()  # modules trial.command's interpreter must import (checked once, check_trainer)
+    imports: tuple[str, ...] = ()  # modules trial.command's interpreter must import (check_trainer)
     setup: str = ""  # how a user gets an interpreter that imports them
 
     def launch(self, command: list[str], engine: dict[str, Any], workdir: Path | None = None
@@ -170,36 +171,41 @@ ENGINES: dict[str, Engine] = {
                   export="trl", launcher="trl_ppo.py", imports=("trl", "torch", "transformers"),
                   setup="bash bench/setup_trl.sh makes bench/.venv-trl with trl 1.12"),
 }
-_CHECK_SECONDS = 120.0  # the import check's limit (importing torch and trl takes seconds, more on loaded cores)
+_CHECK_SECONDS = 120.0  # the import check's limit (importing torch and trl takes seconds)
+_WHERE = "a path relative to the spec's folder, an absolute path, or a name on PATH"
 
 
 def check_trainer(kind: str, command: list[str], env: dict[str, str]) -> None:
     """Before any trial: trial.command's program exists and is executable, and, for an engine whose
-    launcher runs in the user's interpreter (trl), that interpreter imports what it needs (one subprocess).
-    A ConfigError naming trial.command[0] otherwise; every trial would fail the same way."""
+    launcher runs in the user's interpreter (trl), that interpreter imports what it needs (one
+    subprocess). A ConfigError naming trial.command[0] otherwise: every trial would fail alike."""
     engine, program = ENGINES[kind], command[0]
     found = shutil.which(program)
     if found is None:
         where = "not found on PATH" if os.sep not in program else (
             "not an executable file" if os.path.exists(program) else "no such file")
         raise ConfigError([Problem("trial.command[0]", program, f"cannot be started: {where}",
-                                   "give the trainer's program or interpreter: a path relative to the spec's folder, "
-                                   "an absolute path, or a name on PATH (and chmod +x a script)")])
+                                   f"give the trainer's program or interpreter: {_WHERE} "
+                                   "(and chmod +x a script)")])
     if not engine.imports:
         return
-    code = "; ".join(f"import {name}" for name in engine.imports)
+    names = ", ".join(engine.imports)
     try:
-        proc = subprocess.run([found, "-c", code], env={**os.environ, **env}, stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, errors="replace", timeout=_CHECK_SECONDS)
+        proc = subprocess.run([found, "-c", "; ".join(f"import {m}" for m in engine.imports)],
+                              env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, errors="replace",
+                              timeout=_CHECK_SECONDS)
     except subprocess.TimeoutExpired:
-        raise ConfigError([Problem("trial.command[0]", program, f"did not import {', '.join(engine.imports)} within "
-                                   f"{_CHECK_SECONDS:g} s", "check that interpreter by hand")]) from None
-    except OSError as exc:
-        raise ConfigError([Problem("trial.command[0]", program, f"cannot be started: {exc.strerror}",
-                                   f"name a Python interpreter with {', '.join(engine.imports)}")]) from None
-    if proc.returncode != 0:
-        error = [line for line in proc.stderr.splitlines() if line.strip()]
         raise ConfigError([Problem("trial.command[0]", program,
-                                   f"must import {', '.join(engine.imports)} for engine: {kind}, and it failed with "
-                                   f"{(error[-1] if error else f'exit code {proc.returncode}')[:200]}",
+                                   f"did not import {names} within {_CHECK_SECONDS:g} s",
+                                   "check that interpreter by hand")]) from None
+    except OSError as exc:
+        raise ConfigError([Problem("trial.command[0]", program,
+                                   f"cannot be started: {exc.strerror}",
+                                   f"name a Python interpreter with {names}")]) from None
+    if proc.returncode != 0:
+        error = last_line(proc.stderr) or f"exit code {proc.returncode}"
+        raise ConfigError([Problem("trial.command[0]", program,
+                                   f"must import {names} for engine: {kind}, and it failed "
+                                   f"with {error}",
                                    f"name an interpreter that has them ({engine.setup})")])

@@ -55,8 +55,8 @@ class StopReason:
 
     @staticmethod
     def failed(error: str) -> str:
-        """'failed: ' and the error's first line; where the error goes on (a traceback, a trainer's log
-        tail), its last line too, which names the fault ("ModuleNotFoundError: No module named 'torch'")."""
+        """'failed: ' and the error's first line; where the error goes on (a traceback, a trainer's
+        log tail), its last line too, which names the fault ("ModuleNotFoundError: ...")."""
         lines = [line.strip() for line in error.splitlines() if line.strip()]
         if len(lines) < 2:
             return f"failed: {lines[0][:200] if lines else ''}"
@@ -65,8 +65,8 @@ class StopReason:
 
 
 def last_line(error: str) -> str:
-    """The last non-blank line of an error, where a traceback or a log tail names the fault (at most 200
-    characters)."""
+    """The last non-blank line of an error, where a traceback or a log tail names the fault (at most
+    200 characters)."""
     lines = [line.strip() for line in error.splitlines() if line.strip()]
     return lines[-1][:200] if lines else ""
 

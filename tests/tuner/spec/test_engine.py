@@ -61,10 +61,11 @@ def test_an_external_trainer_is_launched_from_the_spec(tmp_path):
 
 
 def test_a_venv_interpreter_named_relative_to_the_spec_stays_the_venvs(tmp_path):
-    """`trial.command: [../env/bin/python]`: bin/python is a symlink to the base interpreter, and the
-    launched interpreter must be the venv's (its sys.prefix), not the base one the link points at."""
+    """`trial.command: [../env/bin/python]`: bin/python is a symlink to the base interpreter, and
+    the launched interpreter must be the venv's (its sys.prefix), not the one the link points at."""
     env = tmp_path / "env"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True,
+                   timeout=120)
     assert (env / "bin" / "python").is_symlink()
     (tmp_path / "specs").mkdir()
     spec = tmp_path / "specs" / "spec.yaml"
@@ -72,8 +73,8 @@ def test_a_venv_interpreter_named_relative_to_the_spec_stays_the_venvs(tmp_path)
                     "'import sys; print(sys.prefix)']}\n")
     argv = load_spec(spec).trial.launch()["command"]
     assert argv[0] == str(env / "bin" / "python")
-    prefix = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
-    assert prefix == str(env)
+    proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == str(env)
 
 
 @pytest.mark.parametrize(("engine", "text"), [

@@ -68,18 +68,18 @@ def test_a_failed_trials_stop_reason_ends_with_the_errors_last_line():
 
 
 def _failed(number: int, error: str) -> Outcome:
-    return Outcome(number=number, state="FAIL", stop_reason=StopReason.failed(error), value=None, error=error)
+    return Outcome(number=number, state="FAIL", stop_reason=StopReason.failed(error), value=None,
+                   error=error)
 
 
 def test_the_first_trials_failing_with_the_same_last_line_stop_the_sweep():
     other = TRAINER_EXIT.replace("torch'", "trl'")
     done = Outcome(number=9, state="COMPLETE", stop_reason=StopReason.COMPLETED, value=1.0)
     interrupted = Outcome(number=8, state="FAIL", stop_reason=StopReason.INTERRUPTED, value=None)
-    assert failing_alike([_failed(0, TRAINER_EXIT), _failed(1, TRAINER_EXIT), _failed(2, TRAINER_EXIT)], 3) \
-        == "ModuleNotFoundError: No module named 'torch'"
-    assert failing_alike([_failed(0, TRAINER_EXIT), interrupted, _failed(1, TRAINER_EXIT)], 2) \
-        == "ModuleNotFoundError: No module named 'torch'"
-    assert failing_alike([_failed(0, TRAINER_EXIT), _failed(1, TRAINER_EXIT)], 3) is None  # the third not ended
-    assert failing_alike([_failed(0, TRAINER_EXIT), _failed(1, other), _failed(2, TRAINER_EXIT)], 3) is None
-    assert failing_alike([_failed(0, TRAINER_EXIT), done, _failed(2, TRAINER_EXIT), _failed(3, TRAINER_EXIT)], 3) is None
-    assert failing_alike([_failed(0, TRAINER_EXIT)], 0) is None  # the promotion: never
+    a, b, c, d = (_failed(n, TRAINER_EXIT) for n in range(4))
+    assert failing_alike([a, b, c], 3) == "ModuleNotFoundError: No module named 'torch'"
+    assert failing_alike([a, interrupted, b], 2) == "ModuleNotFoundError: No module named 'torch'"
+    assert failing_alike([a, b], 3) is None  # the third has not ended
+    assert failing_alike([a, _failed(1, other), c], 3) is None
+    assert failing_alike([a, done, c, d], 3) is None
+    assert failing_alike([a], 0) is None  # the promotion: never
