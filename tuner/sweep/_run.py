@@ -265,10 +265,12 @@ def run_sweep(spec: CompiledSpec, callbacks: Sequence[SweepCallback] = ()) -> Sw
             if todo:
                 ray_use.ensure(f"{todo} trial{'s' if todo != 1 else ''}")
                 fit(spec, todo, searcher, logger, callbacks, _scheduler(spec), spec.budget.wall_clock)
-            outcomes, alike = searcher.outcomes(), searcher.failing_alike()
+            outcomes = searcher.outcomes()
+            # after Ctrl-C the trials it stopped may read alike: the signal is the reason then
+            alike = searcher.failing_alike() if stop_signal() is None else None
             stage = Promotion()
-            stopped = stop_signal() is not None or alike is not None
-            if not stopped and not searcher.writes.wait(lambda: _missing(spec, study)):
+            if stop_signal() is None and alike is None and not searcher.writes.wait(
+                    lambda: _missing(spec, study)):
                 # the search is done and was not stopped: its best configs run again
                 stage = _promote(spec, study, storage, tracker, callbacks, ray_use, started)
         finally:
