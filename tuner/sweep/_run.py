@@ -39,6 +39,7 @@ from tuner.sweep._promotion import (
     promotion_study,
     write_table,
 )
+from tuner.sweep._ray_logs import RAY_LOG, route_ray_logs
 from tuner.sweep._signals import noting_tune_stops, stop_on_sigterm, stop_signal
 from tuner.sweep._study import (
     ATTR,
@@ -58,8 +59,6 @@ __all__ = ["SweepSummary", "load_study", "open_study", "preflight", "remaining_t
            "trials_to_run"]
 
 log = logging.getLogger(__name__)
-RAY_LOG = "ray.log"  # in the sweep's folder: what Ray Tune and Ray Train log (route_ray_logs)
-RAY_LOGGERS = ("ray.tune", "ray.train")
 
 
 @dataclass
@@ -185,21 +184,6 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     for name in ("ray", "ray.tune", "ray.tune.analysis.experiment_analysis"):
         logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def route_ray_logs(path: Path) -> None:
-    """Ray Tune's and Ray Train's log records go to `path` (the sweep's ray.log), not the terminal:
-    a failed trial's traceback (`ERROR tune_controller ...`) is there, and its error in its table
-    row, its study record and its trainer.log. A later sweep in this process takes them over."""
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in RAY_LOGGERS:
-        logger = logging.getLogger(name)
-        for old in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
-            logger.removeHandler(old)
-            old.close()
-        logger.addHandler(handler)
-        logger.propagate = False  # Ray's own handler on "ray" writes to the terminal
 
 
 def _ray_init(spec: CompiledSpec) -> bool:
