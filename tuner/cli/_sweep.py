@@ -8,11 +8,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from trials import ConfigError, Problem
+from tuner._process import stop_group
 from tuner.spec import CompiledSpec, load_spec
 
 DEMO_BUILD = "about 20 s, minutes on heavily loaded cores"  # the demo model's first-use build (README)
@@ -357,21 +359,56 @@ def cmd_ui(args: argparse.Namespace) -> int:
     cmd = mlflow_server_command(uri, args.host, args.port, spec.sweep_dir() / "mlartifacts", ui=True)
     page = open_link(page)
     log_path = spec.sweep_dir() / "mlflow-ui.log"  # the server's requests and notices, not the terminal's
-    with log_path.open("a") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    print(f"MLflow UI for sweep {spec.name}: {page}  (Ctrl-C stops it)", flush=True)
-    print(f"the server's log: {log_path}", flush=True)
-    print(f"the Optuna study: tuner dashboard {spec.name} (optuna-dashboard), storage {redact(spec.storage_url())}",
-          flush=True)
+    _stop_on_signals()
+    with log_path.open("a") as log:  # the server leads a group of its own: stop_group ends all of it
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
     try:
-        while proc.poll() is None:
-            time.sleep(0.5)
+        print(f"starting the MLflow server on {args.host}:{args.port} ...", file=sys.stderr, flush=True)
+        if _answers(f"http://{_local(args.host)}:{args.port}/health", lambda: proc.poll() is None):
+            print(f"MLflow UI for sweep {spec.name}: {page}  (Ctrl-C stops it)", flush=True)
+            print(f"the server's log: {log_path}", flush=True)
+            print(f"the Optuna study: tuner dashboard {spec.name} (optuna-dashboard), storage "
+                  f"{redact(spec.storage_url())}", flush=True)
+            while proc.poll() is None:
+                time.sleep(0.5)
     except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=10)
         return 0
+    finally:
+        stop_group(proc, grace=10)
     print(f"error: the MLflow server exited with code {proc.returncode}; see {log_path}", file=sys.stderr)
     return 1
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM and SIGHUP stop `tuner ui` / `tuner dashboard` as Ctrl-C does, and their server with them."""
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+
+
+def _local(host: str) -> str:
+    """The address to reach a server listening on `host` from this machine."""
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+
+
+def _answers(url: str, alive: Any, every: float = 0.2) -> bool:
+    """Whether `url` answers HTTP (any status), asked every `every` s while `alive()`."""
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a local server: no proxy
+    while alive():
+        try:
+            with opener.open(url, timeout=2):
+                return True
+        except urllib.error.HTTPError:
+            return True
+        except OSError:
+            time.sleep(every)
+    return False
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
@@ -403,14 +440,20 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ConfigError([Problem("--port", args.port, f"cannot listen on {args.host}:{args.port} ({exc.strerror})",
                                    "choose a free port with --port")]) from None
-    print(f"optuna-dashboard for sweep {spec.name}: {dashboard_page(f'http://{args.host}:{args.port}', spec)}"
-          "  (Ctrl-C stops it)", flush=True)
-    print(f"its log: {log_path}", flush=True)
+    _stop_on_signals()
+    serving = threading.Thread(target=server.serve_forever, name="dashboard", daemon=True)
+    serving.start()
     try:
-        server.serve_forever()
+        if _answers(f"http://{_local(args.host)}:{args.port}/", serving.is_alive):
+            print(f"optuna-dashboard for sweep {spec.name}: "
+                  f"{dashboard_page(f'http://{args.host}:{args.port}', spec)}  (Ctrl-C stops it)", flush=True)
+            print(f"its log: {log_path}", flush=True)
+        while serving.is_alive():
+            serving.join(0.5)
     except KeyboardInterrupt:
         pass
     finally:
+        server.shutdown()
         server.server_close()
         log.close()
     return 0
