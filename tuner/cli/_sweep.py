@@ -182,14 +182,14 @@ def _say(message: str) -> None:
 
 
 def _preflight_message(spec: CompiledSpec) -> str:
-    from trials.demo import demo_model_built
+    from trials.demo import demo_cache_dir, demo_model_built
 
     if spec.trial.engine != "ppo-tuner":
         return f"engine {spec.trial.engine}: each trial starts {spec.trial.command[0]}, which loads its own model"
 
     uses_demo = "demo" in (spec.base.model_path, spec.base.value_model_path)
-    build = (f"building the demo model on first use ({DEMO_BUILD}; cached in ~/.cache/ppo-tuner), then "
-             if uses_demo and not demo_model_built() else "")
+    build = (f"building the demo model on first use ({DEMO_BUILD}; cached in {demo_cache_dir().parent}), "
+             "then " if uses_demo and not demo_model_built() else "")
     return f"{build}checking the model, tokenizer, prompts and reward once before any trial"
 
 

@@ -16,9 +16,18 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from trials import PPOConfig, metrics, resolve_relative
+from trials import (
+    REWARD_FIELDS,
+    PPOConfig,
+    Problem,
+    TunerError,
+    metrics,
+    parse_reward,
+    path_fields,
+    resolve_relative,
+)
 from tuner.spec import _values
-from tuner.spec._models import TRIAL_FIELDS, KLLimitSection, SweepSpec
+from tuner.spec._models import TRIAL_FIELDS, KLLimitSection, SweepSpec, spec_key
 from tuner.spec._space import Param, fixed_value, iterations_of
 
 __all__ = ["SPEC_FILE", "CompiledSpec", "compile_spec", "trial_config"]
@@ -59,6 +68,14 @@ class CompiledSpec:
 
     def iterations(self) -> int:
         return self.base.num_iterations
+
+    def in_spec_terms(self, error: TunerError) -> TunerError:
+        """`error` (the engine's, about its config) with each problem named by the spec key the user
+        wrote (`trial.reward`, not `reward`), and the folder a relative path was looked for in."""
+        folder = self._derived.get("base_dir")
+        problems = [Problem(spec_key(p.path), p.value, p.message + _looked_in(p.path, p.value, folder), p.fix)
+                    for p in error.problems]
+        return type(error)(problems) if problems else error
 
     def sweep_dir(self) -> Path:
         return Path(self.spec.workdir) / self.spec.name
@@ -138,7 +155,8 @@ def compile_spec(spec: SweepSpec, base_values: dict[str, Any], space: dict[str, 
     engine = {**_trial_fields(spec), "seed": spec.seed, **base_values,
               **{name: p.value for name, p in space.items() if not p.searched}, "num_iterations": iterations}
     derived = {"directions": _directions(spec), "sampler_seed": _sampler_seed(spec),
-               "n_startup_trials": _n_startup_trials(spec), "promote_top_k": _promote_top_k(spec), "base_values": MappingProxyType(dict(base_values))}
+               "n_startup_trials": _n_startup_trials(spec), "promote_top_k": _promote_top_k(spec), "base_values": MappingProxyType(dict(base_values)),
+               "base_dir": None if base_dir is None else str(base_dir)}
     return CompiledSpec(spec=spec, space=MappingProxyType(dict(space)), base=PPOConfig(**engine),
                         notes=tuple(warnings), _derived=MappingProxyType(derived))
 
@@ -155,6 +173,21 @@ def trial_config(spec: CompiledSpec, params: Mapping[str, Any]) -> PPOConfig:
         rollout = values.get("rollout_batch_size", spec.base.rollout_batch_size)
         values["mini_batch_size"] = rollout // count
     return dataclasses.replace(spec.base, **values)
+
+
+def _looked_in(field: str, value: Any, folder: str | None) -> str:
+    """' (a relative path: looked for in FOLDER)' for a relative file or folder in a path-valued field."""
+    if folder is None or field not in path_fields() or not isinstance(value, str) or value == "demo":
+        return ""
+    local: str | None = value
+    if field in REWARD_FIELDS:
+        try:
+            local = parse_reward(value, field).local_path
+        except TunerError:
+            return ""
+    if local is None or Path(local).expanduser().is_absolute():
+        return ""
+    return f" (a relative path: looked for in the spec's folder {folder})"
 
 
 def _trial_fields(spec: SweepSpec) -> dict[str, Any]:

@@ -166,9 +166,12 @@ def preflight(spec: CompiledSpec) -> None:
     check_tracking_server(spec)
     if spec.trial.engine != "ppo-tuner":
         return
-    from trials import PPOTrainer
+    from trials import PPOTrainer, TunerError
 
-    PPOTrainer(dataclasses.replace(spec.base, num_iterations=1))  # loads and checks the model, tokenizer, prompts, reward
+    try:  # loads and checks the model, tokenizer, prompts, reward
+        PPOTrainer(dataclasses.replace(spec.base, num_iterations=1))
+    except TunerError as exc:
+        raise spec.in_spec_terms(exc) from None
 
 
 def quiet_libraries() -> None:
