@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from trials import metrics
-from trials._config import FieldSpec, PPOConfig, field_specs, path_fields
+from trials._config import OUTSIDE_RANGE, FieldSpec, PPOConfig, field_specs, path_fields
 from trials._errors import (
     ConfigError,
     ModelError,
@@ -18,6 +18,7 @@ from trials._refs import REWARD_FIELDS, RewardRef, parse_reward, resolve_relativ
 from trials._stop import KLLimit, chain, forecast_kl, passes_kl_limit
 
 __all__ = [
+    "OUTSIDE_RANGE",
     "REWARD_FIELDS",
     "ConfigError",
     "FieldSpec",

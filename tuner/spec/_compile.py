@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from trials import (
+    OUTSIDE_RANGE,
     REWARD_FIELDS,
     PPOConfig,
     Problem,
@@ -26,6 +27,7 @@ from trials import (
     path_fields,
     resolve_relative,
 )
+from trials.demo import RANGES_NOTE
 from tuner.spec import _values
 from tuner.spec._models import TRIAL_FIELDS, KLLimitSection, SweepSpec, spec_key
 from tuner.spec._space import Param, fixed_value, iterations_of
@@ -54,8 +56,18 @@ class CompiledSpec:
 
     # -- what the controller asks --------------------------------------------------------------
     def warnings(self) -> list[str]:
-        """Values outside the guidance's documented ranges and other things worth a second look."""
-        return list(self.notes)
+        """Values outside the guidance's documented ranges (in one line, which says why they are expected
+        where the model is the demo's) and other things worth a second look."""
+        ranges = [n for n in self.notes if OUTSIDE_RANGE in n]
+        others = [n for n in self.notes if OUTSIDE_RANGE not in n]
+        if not ranges:
+            return others
+        why = f": expected, {RANGES_NOTE}" if self.base.model_path == "demo" else ""
+        if len(ranges) == 1:
+            return [f"{ranges[0]}{why}", *others]
+        values = "; ".join(f"{name} ({documented.strip()})"
+                           for name, _, documented in (n.partition(OUTSIDE_RANGE) for n in ranges))
+        return [f"{len(ranges)} values outside the documented ranges: {values}{why}", *others]
 
     @property
     def kl_limit(self) -> float:
