@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import signal
@@ -49,7 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     _on_sweep(sub, "diagnose", "what the trials' trajectories show (KL exploding or near zero, value, clipping, "
                                "negative KL), where in the search space, and what the guidance says to do", cmd_diagnose)
 
-    p = sub.add_parser("export", help="write the best feasible trial's config")
+    p = sub.add_parser("export", help="write the sweep's answer: the promoted config with the best mean over "
+                                      "fresh seeds (where promotion is off or unfinished: the best feasible "
+                                      "trial's config)")
     p.add_argument("sweep", help=SWEEP_HELP)
     p.add_argument("--format", default="yaml", help="yaml, json, openrlhf, verl or trl")
     p.add_argument("-o", "--output", help="file to write (default: stdout)")
@@ -83,10 +86,7 @@ def _print_summary(summary) -> None:
               f"KL max {summary.best_kl:.2f} nats")
     else:
         print("best feasible: none (every trial failed, was pruned, or passed the KL limit)")
-    if summary.overoptimized:
-        print(f"over-optimization: in trial{'s' if len(summary.overoptimized) > 1 else ''} "
-              f"{', '.join(map(str, summary.overoptimized))} the training reward rose while the held-out reward fell "
-              "(see heldout_vs_kl.png on the sweep's MLflow run)")
+    print(_overoptimization(summary))
     _print_answer(summary.promoted, summary.choice, summary.name)
     if summary.promotion_note:
         print(f"promotion did not run: {summary.promotion_note}")
@@ -98,6 +98,18 @@ def _print_summary(summary) -> None:
         print(f"\n{summary.diagnosis}")
     print(f"sweep folder: {summary.sweep_dir}   MLflow parent run: {summary.parent_run_id}")
     print(f"next: tuner export {summary.name} --format yaml   |   tuner ui {summary.name}")
+
+
+def _overoptimization(summary) -> str:
+    """The summary's over-optimization line: the trials it flags, none, or why it could not be told."""
+    flagged = summary.overoptimized
+    if flagged:
+        return (f"over-optimization: in trial{'s' if len(flagged) > 1 else ''} {', '.join(map(str, flagged))} "
+                "the training reward rose while the held-out reward fell (see heldout_vs_kl.png on the "
+                "sweep's MLflow run)")
+    if not any(t.gold is not None and math.isfinite(t.gold) for t in summary.trials):
+        return "over-optimization: not checked (no held-out reward: trial.eval_reward is not set)"
+    return "over-optimization: none (no trial's training reward rose while its held-out reward fell)"
 
 
 def _print_answer(configs: list, choice: Any, name: str) -> None:
