@@ -1,0 +1,35 @@
+"""The terminal table: what its columns and titles say."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+import tuner.cli._table as table_module
+from tuner.cli._table import LiveTable, render_rows
+from tuner.trial._task import TrialTask
+
+
+def _headers(rows: list[dict]) -> list[str]:
+    return [str(c.header) for c in render_rows(rows, "t").columns]
+
+
+def test_a_promotion_runs_first_column_is_the_run_and_the_next_the_trial_it_repeats():
+    runs = [{"number": 0, "state": "COMPLETE", "label": "trial 4, seed 1"}]
+    assert _headers(runs)[:2] == ["run", "repeats"]
+    assert _headers([{"number": 4, "state": "COMPLETE"}])[:2] == ["trial", "state"]
+
+
+def test_a_stage_is_announced_once_on_a_terminal(monkeypatch):
+    out = io.StringIO()
+    monkeypatch.setattr(table_module, "console",
+                        lambda stream=None: Console(file=out, force_terminal=True, width=200))
+    live = LiveTable("sweep s")
+    line = "promotion: the best 1 config x 2 fresh seeds, 4 iterations each (2 runs to do)"
+    live.stage_started("promotion", line)
+    live.trial_started(TrialTask(number=0, engine={"kl_coef": 0.05, "seed": 1}, params={}, kl_limit=15.0,
+                                 objective={}, source=4))
+    live.stop()
+    assert out.getvalue().count(line) == 1
+    assert "sweep s: promotion runs" in out.getvalue()
