@@ -18,12 +18,11 @@ from typing import Any
 
 from trials import (
     OUTSIDE_RANGE,
-    REWARD_FIELDS,
     PPOConfig,
     Problem,
     TunerError,
+    looked_in,
     metrics,
-    parse_reward,
     path_fields,
     resolve_relative,
 )
@@ -85,7 +84,7 @@ class CompiledSpec:
         """`error` (the engine's, about its config) with each problem named by the spec key the user
         wrote (`trial.reward`, not `reward`), and the folder a relative path was looked for in."""
         folder = self._derived.get("base_dir")
-        problems = [Problem(spec_key(p.path), p.value, p.message + _looked_in(p.path, p.value, folder), p.fix)
+        problems = [Problem(spec_key(p.path), p.value, p.message + _looked_in(p, folder), p.fix)
                     for p in error.problems]
         return type(error)(problems) if problems else error
 
@@ -187,19 +186,10 @@ def trial_config(spec: CompiledSpec, params: Mapping[str, Any]) -> PPOConfig:
     return dataclasses.replace(spec.base, **values)
 
 
-def _looked_in(field: str, value: Any, folder: str | None) -> str:
-    """' (a relative path: looked for in FOLDER)' for a relative file or folder in a path-valued field."""
-    if folder is None or field not in path_fields() or not isinstance(value, str) or value == "demo":
+def _looked_in(problem: Problem, folder: str | None) -> str:
+    if folder is None or problem.path not in path_fields():
         return ""
-    local: str | None = value
-    if field in REWARD_FIELDS:
-        try:
-            local = parse_reward(value, field).local_path
-        except TunerError:
-            return ""
-    if local is None or Path(local).expanduser().is_absolute():
-        return ""
-    return f" (a relative path: looked for in the spec's folder {folder})"
+    return looked_in(problem.path, problem.value, folder, "the spec's folder")
 
 
 def _trial_fields(spec: SweepSpec) -> dict[str, Any]:
