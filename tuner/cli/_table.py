@@ -78,7 +78,7 @@ def render_promotion(configs: list[PromotedConfig], title: str) -> Table:
 
 class LiveTable(SweepCallback):
     """Trials' state, iteration, reward, KL and beta while the sweep runs (a redrawn table on a
-    terminal; one line per finished trial elsewhere)."""
+    terminal; elsewhere one line as each trial starts and one as it ends)."""
 
     def __init__(self, title: str, stream: Any = None):
         self.title = self.name = title
@@ -109,6 +109,11 @@ class LiveTable(SweepCallback):
         self.rows[task.number] = {"number": task.number, "state": "RUNNING", "beta": task.engine["kl_coef"]}
         if task.source is not None:
             self.rows[task.number]["label"] = f"trial {task.source}, seed {task.engine.get('seed')}"
+        if self.live is None:  # a pipe: say that it started (its first report may be many seconds away)
+            label = f" ({self.rows[task.number]['label']})" if task.source is not None else ""
+            values = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in task.params.items())
+            self.console.print(f"{self.stage} {task.number}{label}: started" + (f" ({values})" if values else ""),
+                               highlight=False)
         self._show()
 
     def trial_reported(self, number: int, iteration: int, report: TrialReport) -> None:

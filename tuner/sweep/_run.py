@@ -358,6 +358,8 @@ class RayUse:
               + f" for {what}, {self.spec.resources.max_concurrent} at a time")
         self.started = _ray_init(self.spec)
         self.up = True
+        _tell(self.callbacks, "Ray is up: starting the trials' workers (each loads torch and its model before its "
+                              "first report)")
         stop_on_sigterm()  # after ray.init: its native handler would abort on SIGTERM
 
     def close(self) -> None:

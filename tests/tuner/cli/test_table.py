@@ -33,3 +33,11 @@ def test_a_stage_is_announced_once_on_a_terminal(monkeypatch):
     live.stop()
     assert out.getvalue().count(line) == 1
     assert "sweep s: promotion runs" in out.getvalue()
+
+
+def test_on_a_pipe_each_trial_says_when_it_starts():
+    out = io.StringIO()  # not a terminal: no live table, one line per event
+    live = LiveTable("sweep s", stream=out)
+    live.trial_started(TrialTask(number=3, engine={"kl_coef": 0.05}, params={"policy_lr": 3e-5, "ppo_epochs": 2},
+                                 kl_limit=15.0, objective={}))
+    assert out.getvalue() == "trial 3: started (policy_lr=3e-05, ppo_epochs=2)\n"
