@@ -111,7 +111,7 @@ class LiveTable(SweepCallback):
             self.rows[task.number]["label"] = f"trial {task.source}, seed {task.engine.get('seed')}"
         if self.live is None:  # a pipe: say that it started (its first report may be many seconds away)
             label = f" ({self.rows[task.number]['label']})" if task.source is not None else ""
-            values = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in task.params.items())
+            values = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in task.params.items())
             self.console.print(f"{self.stage} {task.number}{label}: started" + (f" ({values})" if values else ""),
                                highlight=False)
         self._show()
