@@ -402,8 +402,10 @@ def _stop_on_signals() -> None:
 
 
 def _local(host: str) -> str:
-    """The address to reach a server listening on `host` from this machine."""
-    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    """The address (in a URL) to reach a server listening on `host` from this machine."""
+    if host in ("0.0.0.0", "", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 def _answers(url: str, alive: Any, every: float = 0.2) -> bool:
