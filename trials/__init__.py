@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from trials import metrics
-from trials._config import FieldSpec, PPOConfig, field_specs, path_fields
+from trials._config import OUTSIDE_RANGE, FieldSpec, PPOConfig, field_specs, path_fields
 from trials._errors import (
     ConfigError,
     ModelError,
@@ -14,10 +14,11 @@ from trials._errors import (
     did_you_mean,
 )
 from trials._memory import MemoryEstimate, estimate_memory, model_config_of
-from trials._refs import REWARD_FIELDS, RewardRef, parse_reward, resolve_relative
+from trials._refs import REWARD_FIELDS, RewardRef, looked_in, parse_reward, resolve_relative
 from trials._stop import KLLimit, chain, forecast_kl, passes_kl_limit
 
 __all__ = [
+    "OUTSIDE_RANGE",
     "REWARD_FIELDS",
     "ConfigError",
     "FieldSpec",
@@ -39,6 +40,7 @@ __all__ = [
     "estimate_memory",
     "field_specs",
     "forecast_kl",
+    "looked_in",
     "metrics",
     "model_config_of",
     "parse_reward",

@@ -15,7 +15,9 @@ from typing import Any, Literal
 
 from trials._errors import ConfigError, Problem, did_you_mean
 
-__all__ = ["PPOConfig", "FieldSpec", "field_specs", "path_fields"]
+__all__ = ["OUTSIDE_RANGE", "PPOConfig", "FieldSpec", "field_specs", "path_fields"]
+
+OUTSIDE_RANGE = " is outside the documented range"  # the words of a range warning (grouped by tuner.spec)
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ class FieldSpec:
         if lo <= value <= hi:
             return None
         where = " under LoRA" if lora and self.documented_lora else ""
-        return f"{path or self.name} = {value:g} is outside the documented range{where} {lo:g}..{hi:g}"
+        return f"{path or self.name} = {value:g}{OUTSIDE_RANGE}{where} {lo:g}..{hi:g}"
 
     def fix(self) -> str:
         """How to write an allowed value, for error messages."""

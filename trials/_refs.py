@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from trials._errors import Problem, RewardError
 
-__all__ = ["REWARD_FIELDS", "RewardRef", "parse_reward", "resolve_relative"]
+__all__ = ["REWARD_FIELDS", "RewardRef", "looked_in", "parse_reward", "resolve_relative"]
 
 REWARD_FIELDS = ("reward", "eval_reward")  # the fields whose value is a reward reference (parse_reward)
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -73,6 +73,22 @@ def resolve_relative(field: str, value: Any, base_dir: Path) -> Any:
         local = ref.local_path
         return value if local is None else str(ref.with_target(str(_local(local, base_dir))))
     return str(_local(value, base_dir))
+
+
+def looked_in(field: str, value: Any, folder: str, where: str) -> str:
+    """For an error about a path-valued field whose value is a relative file or folder: ' (a relative
+    path: looked for in WHERE FOLDER)', the folder `resolve_relative` looked in; else ''."""
+    if not isinstance(value, str) or value == "demo":
+        return ""
+    local: str | None = value
+    if field in REWARD_FIELDS:
+        try:
+            local = parse_reward(value, field).local_path
+        except RewardError:
+            return ""
+    if local is None or Path(local).expanduser().is_absolute():
+        return ""
+    return f" (a relative path: looked for in {where} {folder})"
 
 
 def _local(value: str, base_dir: Path) -> str:

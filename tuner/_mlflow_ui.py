@@ -11,6 +11,8 @@ The app is given to `mlflow server` through MLflow's app plugins (`--app-name`, 
 `mlflow.app`); `python -m tuner._mlflow_ui ARGS` runs `mlflow server ARGS --app-name ppo-tuner` with
 that entry point provided in the process, so that it works from a source tree too. The module stands
 outside tuner.sweep and imports nothing of the controller: it runs in the MLflow server's processes.
+`tuner ui` starts it as the leader of a process group (mlflow server starts uvicorn as a child); it
+kills that group once `tuner ui` is gone, even when `tuner ui` was killed outright.
 """
 
 from __future__ import annotations
@@ -72,6 +74,9 @@ class _Finder(importlib.metadata.DistributionFinder):
 
 
 def main(argv: list[str]) -> None:
+    from tuner._process import watch_parent
+
+    watch_parent()  # uvicorn, a child of this process, goes with it
     sys.meta_path.append(_Finder())  # before mlflow.cli, which reads the app names when imported
     from mlflow.cli import cli
 

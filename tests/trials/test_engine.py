@@ -99,9 +99,14 @@ def test_k3_and_schedules_run(demo_model):
 def test_the_final_policy_is_saved_with_save_pretrained(demo_model, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    train(config(num_iterations=1, output_dir=str(tmp_path / "out")))
-    assert AutoModelForCausalLM.from_pretrained(tmp_path / "out") is not None
-    assert AutoTokenizer.from_pretrained(tmp_path / "out") is not None
+    result = train(config(num_iterations=1, output_dir=str(tmp_path / "out")))
+    assert result.output_dir == str(tmp_path / "out")
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "out").state_dict()
+    start = AutoModelForCausalLM.from_pretrained(demo_model).state_dict()
+    assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in start.items()}
+    assert any(not torch.equal(saved[k], start[k]) for k in start)  # the trained policy, not the start
+    assert AutoTokenizer.from_pretrained(tmp_path / "out").get_vocab() == \
+        AutoTokenizer.from_pretrained(demo_model).get_vocab()
 
 
 def test_a_reward_model_by_path_scores_responses(demo_model, tiny_reward_model):

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from trials import ConfigError, Problem
+from tuner._process import stop_group
 from tuner.spec import CompiledSpec, load_spec
 
 DEMO_BUILD = "about 20 s, minutes on heavily loaded cores"  # the demo model's first-use build (README)
@@ -48,7 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     _on_sweep(sub, "diagnose", "what the trials' trajectories show (KL exploding or near zero, value, clipping, "
                                "negative KL), where in the search space, and what the guidance says to do", cmd_diagnose)
 
-    p = sub.add_parser("export", help="write the best feasible trial's config")
+    p = sub.add_parser("export", help="write the sweep's answer: the promoted config with the best mean over "
+                                      "fresh seeds (where promotion is off or unfinished: the best feasible "
+                                      "trial's config)")
     p.add_argument("sweep", help=SWEEP_HELP)
     p.add_argument("--format", default="yaml", help="yaml, json, openrlhf, verl or trl")
     p.add_argument("-o", "--output", help="file to write (default: stdout)")
@@ -82,10 +87,7 @@ def _print_summary(summary) -> None:
               f"KL max {summary.best_kl:.2f} nats")
     else:
         print("best feasible: none (every trial failed, was pruned, or passed the KL limit)")
-    if summary.overoptimized:
-        print(f"over-optimization: in trial{'s' if len(summary.overoptimized) > 1 else ''} "
-              f"{', '.join(map(str, summary.overoptimized))} the training reward rose while the held-out reward fell "
-              "(see heldout_vs_kl.png on the sweep's MLflow run)")
+    print(_overoptimization(summary))
     _print_answer(summary.promoted, summary.choice, summary.name)
     if summary.promotion_note:
         print(f"promotion did not run: {summary.promotion_note}")
@@ -98,6 +100,18 @@ def _print_summary(summary) -> None:
         print(f"\n{summary.diagnosis}")
     print(f"sweep folder: {summary.sweep_dir}   MLflow parent run: {summary.parent_run_id}")
     print(f"next: tuner export {summary.name} --format yaml   |   tuner ui {summary.name}")
+
+
+def _overoptimization(summary) -> str:
+    """The summary's over-optimization line: the trials it flags, none, or why it could not be told."""
+    flagged = summary.overoptimized
+    if flagged:
+        return (f"over-optimization: in trial{'s' if len(flagged) > 1 else ''} {', '.join(map(str, flagged))} "
+                "the training reward rose while the held-out reward fell (see heldout_vs_kl.png on the "
+                "sweep's MLflow run)")
+    if not any(t.gold is not None and math.isfinite(t.gold) for t in summary.trials):
+        return "over-optimization: not checked (no held-out reward: trial.eval_reward is not set)"
+    return "over-optimization: none (no trial's training reward rose while its held-out reward fell)"
 
 
 def _print_answer(configs: list, choice: Any, name: str) -> None:
@@ -187,14 +201,14 @@ def _say(message: str) -> None:
 
 
 def _preflight_message(spec: CompiledSpec) -> str:
-    from trials.demo import demo_model_built
+    from trials.demo import demo_cache_dir, demo_model_built
 
     if spec.trial.engine != "ppo-tuner":
         return f"engine {spec.trial.engine}: each trial starts {spec.trial.command[0]}, which loads its own model"
 
     uses_demo = "demo" in (spec.base.model_path, spec.base.value_model_path)
-    build = (f"building the demo model on first use ({DEMO_BUILD}; cached in ~/.cache/ppo-tuner), then "
-             if uses_demo and not demo_model_built() else "")
+    build = (f"building the demo model on first use ({DEMO_BUILD}; cached in {demo_cache_dir().parent}), "
+             "then " if uses_demo and not demo_model_built() else "")
     return f"{build}checking the model, tokenizer, prompts and reward once before any trial"
 
 
@@ -364,21 +378,58 @@ def cmd_ui(args: argparse.Namespace) -> int:
     cmd = mlflow_server_command(uri, args.host, args.port, spec.sweep_dir() / "mlartifacts", ui=True)
     page = open_link(page)
     log_path = spec.sweep_dir() / "mlflow-ui.log"  # the server's requests and notices, not the terminal's
-    with log_path.open("a") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    print(f"MLflow UI for sweep {spec.name}: {page}  (Ctrl-C stops it)", flush=True)
-    print(f"the server's log: {log_path}", flush=True)
-    print(f"the Optuna study: tuner dashboard {spec.name} (optuna-dashboard), storage {redact(spec.storage_url())}",
-          flush=True)
+    _stop_on_signals()
+    with log_path.open("a") as log:  # the server leads a group of its own: stop_group ends all of it
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
     try:
-        while proc.poll() is None:
-            time.sleep(0.5)
+        print(f"starting the MLflow server on {args.host}:{args.port} ...", file=sys.stderr, flush=True)
+        if _answers(f"http://{_local(args.host)}:{args.port}/health", lambda: proc.poll() is None):
+            print(f"MLflow UI for sweep {spec.name}: {page}  (Ctrl-C stops it)", flush=True)
+            print(f"the server's log: {log_path}", flush=True)
+            print(f"the Optuna study: tuner dashboard {spec.name} (optuna-dashboard), storage "
+                  f"{redact(spec.storage_url())}", flush=True)
+            while proc.poll() is None:
+                time.sleep(0.5)
     except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=10)
         return 0
+    finally:
+        stop_group(proc, grace=10)
     print(f"error: the MLflow server exited with code {proc.returncode}; see {log_path}", file=sys.stderr)
     return 1
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM and SIGHUP stop `tuner ui` / `tuner dashboard` as Ctrl-C does, and their server with them."""
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+
+
+def _local(host: str) -> str:
+    """The address (in a URL) to reach a server listening on `host` from this machine."""
+    if host in ("0.0.0.0", "", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _answers(url: str, alive: Any, every: float = 0.2) -> bool:
+    """Whether `url` answers HTTP (any status), asked every `every` s while `alive()`."""
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a local server: no proxy
+    while alive():
+        try:
+            with opener.open(url, timeout=2):
+                return True
+        except urllib.error.HTTPError:
+            return True
+        except OSError:
+            time.sleep(every)
+    return False
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
@@ -410,14 +461,20 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ConfigError([Problem("--port", args.port, f"cannot listen on {args.host}:{args.port} ({exc.strerror})",
                                    "choose a free port with --port")]) from None
-    print(f"optuna-dashboard for sweep {spec.name}: {dashboard_page(f'http://{args.host}:{args.port}', spec)}"
-          "  (Ctrl-C stops it)", flush=True)
-    print(f"its log: {log_path}", flush=True)
+    _stop_on_signals()
+    serving = threading.Thread(target=server.serve_forever, name="dashboard", daemon=True)
+    serving.start()
     try:
-        server.serve_forever()
+        if _answers(f"http://{_local(args.host)}:{args.port}/", serving.is_alive):
+            print(f"optuna-dashboard for sweep {spec.name}: "
+                  f"{dashboard_page(f'http://{args.host}:{args.port}', spec)}  (Ctrl-C stops it)", flush=True)
+            print(f"its log: {log_path}", flush=True)
+        while serving.is_alive():
+            serving.join(0.5)
     except KeyboardInterrupt:
         pass
     finally:
+        server.shutdown()
         server.server_close()
         log.close()
     return 0

@@ -44,8 +44,9 @@ def render_rows(rows: list[dict[str, Any]], title: str) -> Table:
     table = Table(title=title, title_justify="left")
     labels = any("label" in r for r in rows)
     gold = any(r.get("gold") is not None for r in rows)  # a held-out reward: its column, and the flag in the stop column
-    columns = ("trial", *(("repeats",) if labels else ()), "state", "iter", "reward", "eval", *(("held-out",) if gold else ()),
-               "score", "KL", "KL max", "beta", "stop")
+    # a later stage's rows are runs, each repeating a search trial (its label: "trial 4, seed 1")
+    columns = ("run" if labels else "trial", *(("repeats",) if labels else ()), "state", "iter", "reward", "eval",
+               *(("held-out",) if gold else ()), "score", "KL", "KL max", "beta", "stop")
     for column in columns:
         table.add_column(column, justify="right" if column not in ("state", "stop") else "left")
     for r in sorted(rows, key=lambda r: r["number"]):
@@ -77,10 +78,10 @@ def render_promotion(configs: list[PromotedConfig], title: str) -> Table:
 
 class LiveTable(SweepCallback):
     """Trials' state, iteration, reward, KL and beta while the sweep runs (a redrawn table on a
-    terminal; one line per finished trial elsewhere)."""
+    terminal; elsewhere one line as each trial starts and one as it ends)."""
 
     def __init__(self, title: str, stream: Any = None):
-        self.title = title
+        self.title = self.name = title
         self.console = console(stream or sys.stderr)
         self.rows: dict[int, dict[str, Any]] = {}  # trial number -> its row
         self.stage = "trial"  # what the rows are: the search's trials, or (after stage_started) a later stage's runs
@@ -98,7 +99,8 @@ class LiveTable(SweepCallback):
     def stage_started(self, stage: str, title: str) -> None:
         self.stop()  # the search's table stays on the screen as it ended
         self.live = Live(console=self.console, refresh_per_second=2, auto_refresh=False) if self.console.is_terminal else None
-        self.title, self.rows, self.stage = title, {}, stage
+        # the line says what the stage does; its table's title only what its rows are (not the line again)
+        self.title, self.rows, self.stage = f"{self.name}: {stage} runs", {}, stage
         self.console.print(f"{title} ...", highlight=False)
 
     def trial_started(self, task: TrialTask) -> None:
@@ -107,6 +109,11 @@ class LiveTable(SweepCallback):
         self.rows[task.number] = {"number": task.number, "state": "RUNNING", "beta": task.engine["kl_coef"]}
         if task.source is not None:
             self.rows[task.number]["label"] = f"trial {task.source}, seed {task.engine.get('seed')}"
+        if self.live is None:  # a pipe: say that it started (its first report may be many seconds away)
+            label = f" ({self.rows[task.number]['label']})" if task.source is not None else ""
+            values = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in task.params.items())
+            self.console.print(f"{self.stage} {task.number}{label}: started" + (f" ({values})" if values else ""),
+                               highlight=False)
         self._show()
 
     def trial_reported(self, number: int, iteration: int, report: TrialReport) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 
 import yaml
 
-from trials import ConfigError, KLLimit, Problem, chain
+from trials import ConfigError, KLLimit, Problem, TunerError, chain, looked_in, path_fields
 from trials import metrics as K
 from tuner.cli._config_file import load_config_file
 
@@ -75,6 +76,15 @@ class _Progress:
         return False
 
 
+def _with_folder(error: TunerError, config: str, overridden: set[str]) -> TunerError:
+    """`error` with the folder that a relative path from the config file was looked for in."""
+    folder = str(Path(config).resolve().parent)
+    paths = set(path_fields()) - overridden  # a --set value is used as given, not resolved
+    problems = [Problem(p.path, p.value, p.message + (looked_in(p.path, p.value, folder, "the config's folder")
+                                                      if p.path in paths else ""), p.fix) for p in error.problems]
+    return type(error)(problems) if problems else error
+
+
 def run(args: argparse.Namespace) -> int:
     overrides = _parse_overrides(args.overrides)
     if args.save:
@@ -86,7 +96,10 @@ def run(args: argparse.Namespace) -> int:
         PPOTrainer,  # torch and transformers load only once the config is known to be good
     )
 
-    trainer = PPOTrainer(config)  # every input is loaded and checked before the bar appears
+    try:
+        trainer = PPOTrainer(config)  # every input is loaded and checked before the bar appears
+    except TunerError as exc:
+        raise _with_folder(exc, args.config, set(overrides)) from None
     progress = _Progress(config.num_iterations, args.quiet, trainer.initial_eval())  # train() reuses it
     limit = KLLimit(args.kl_limit) if args.kl_limit is not None else None
     try:

@@ -16,9 +16,19 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from trials import PPOConfig, metrics, resolve_relative
+from trials import (
+    OUTSIDE_RANGE,
+    PPOConfig,
+    Problem,
+    TunerError,
+    looked_in,
+    metrics,
+    path_fields,
+    resolve_relative,
+)
+from trials.demo import RANGES_NOTE
 from tuner.spec import _values
-from tuner.spec._models import TRIAL_FIELDS, KLLimitSection, SweepSpec
+from tuner.spec._models import TRIAL_FIELDS, KLLimitSection, SweepSpec, spec_key
 from tuner.spec._space import Param, fixed_value, iterations_of
 
 __all__ = ["SPEC_FILE", "CompiledSpec", "compile_spec", "trial_config"]
@@ -45,8 +55,18 @@ class CompiledSpec:
 
     # -- what the controller asks --------------------------------------------------------------
     def warnings(self) -> list[str]:
-        """Values outside the guidance's documented ranges and other things worth a second look."""
-        return list(self.notes)
+        """Values outside the guidance's documented ranges (in one line, which says why they are expected
+        where the model is the demo's) and other things worth a second look."""
+        ranges = [n for n in self.notes if OUTSIDE_RANGE in n]
+        others = [n for n in self.notes if OUTSIDE_RANGE not in n]
+        if not ranges:
+            return others
+        why = f": expected, {RANGES_NOTE}" if self.base.model_path == "demo" else ""
+        if len(ranges) == 1:
+            return [f"{ranges[0]}{why}", *others]
+        values = "; ".join(f"{name} ({documented.strip()})"
+                           for name, _, documented in (n.partition(OUTSIDE_RANGE) for n in ranges))
+        return [f"{len(ranges)} values outside the documented ranges: {values}{why}", *others]
 
     @property
     def kl_limit(self) -> float:
@@ -59,6 +79,14 @@ class CompiledSpec:
 
     def iterations(self) -> int:
         return self.base.num_iterations
+
+    def in_spec_terms(self, error: TunerError) -> TunerError:
+        """`error` (the engine's, about its config) with each problem named by the spec key the user
+        wrote (`trial.reward`, not `reward`), and the folder a relative path was looked for in."""
+        folder = self._derived.get("base_dir")
+        problems = [Problem(spec_key(p.path), p.value, p.message + _looked_in(p, folder), p.fix)
+                    for p in error.problems]
+        return type(error)(problems) if problems else error
 
     def sweep_dir(self) -> Path:
         return Path(self.spec.workdir) / self.spec.name
@@ -138,7 +166,8 @@ def compile_spec(spec: SweepSpec, base_values: dict[str, Any], space: dict[str, 
     engine = {**_trial_fields(spec), "seed": spec.seed, **base_values,
               **{name: p.value for name, p in space.items() if not p.searched}, "num_iterations": iterations}
     derived = {"directions": _directions(spec), "sampler_seed": _sampler_seed(spec),
-               "n_startup_trials": _n_startup_trials(spec), "promote_top_k": _promote_top_k(spec), "base_values": MappingProxyType(dict(base_values))}
+               "n_startup_trials": _n_startup_trials(spec), "promote_top_k": _promote_top_k(spec), "base_values": MappingProxyType(dict(base_values)),
+               "base_dir": None if base_dir is None else str(base_dir)}
     return CompiledSpec(spec=spec, space=MappingProxyType(dict(space)), base=PPOConfig(**engine),
                         notes=tuple(warnings), _derived=MappingProxyType(derived))
 
@@ -155,6 +184,12 @@ def trial_config(spec: CompiledSpec, params: Mapping[str, Any]) -> PPOConfig:
         rollout = values.get("rollout_batch_size", spec.base.rollout_batch_size)
         values["mini_batch_size"] = rollout // count
     return dataclasses.replace(spec.base, **values)
+
+
+def _looked_in(problem: Problem, folder: str | None) -> str:
+    if folder is None or problem.path not in path_fields():
+        return ""
+    return looked_in(problem.path, problem.value, folder, "the spec's folder")
 
 
 def _trial_fields(spec: SweepSpec) -> dict[str, Any]:

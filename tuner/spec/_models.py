@@ -26,13 +26,19 @@ from trials import did_you_mean, field_specs, metrics
 from tuner.spec import _values
 from tuner.spec._errors import spec_error
 
-__all__ = ["TRIAL_FIELDS", "Budget", "Choices", "KLLimitSection", "Mlflow", "Objective", "Promote", "Range", "Ray", "Resources",
+__all__ = ["TRIAL_FIELDS", "spec_key", "Budget", "Choices", "KLLimitSection", "Mlflow", "Objective", "Promote", "Range", "Ray", "Resources",
            "SamplerSection", "Scheduler", "SweepSpec", "TrialSection"]
 
 NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 # engine field -> key under the spec's `trial:` section
 TRIAL_FIELDS = {"model_path": "model", "reward": "reward", "eval_reward": "eval_reward", "prompts": "prompts",
                 "eval_prompts": "eval_prompts", "value_model_path": "value_model"}
+
+
+def spec_key(field: str) -> str:
+    """The spec key a user writes for an engine field: `trial.model` for model_path; the other fields
+    (under `base:` or `search_space:`) keep their engine name."""
+    return f"trial.{TRIAL_FIELDS[field]}" if field in TRIAL_FIELDS else field
 _SCALAR_SCHEMA = {"type": ["number", "integer", "string", "boolean", "null"]}
 
 

@@ -173,9 +173,12 @@ def preflight(spec: CompiledSpec) -> None:
 
             check_trainer(spec.trial.engine, list(spec.trial.command or ()), dict(spec.trial.env))
         return
-    from trials import PPOTrainer
+    from trials import PPOTrainer, TunerError
 
-    PPOTrainer(dataclasses.replace(spec.base, num_iterations=1))  # loads and checks the model, tokenizer, prompts, reward
+    try:  # loads and checks the model, tokenizer, prompts, reward
+        PPOTrainer(dataclasses.replace(spec.base, num_iterations=1))
+    except TunerError as exc:
+        raise spec.in_spec_terms(exc) from None
 
 
 def quiet_libraries() -> None:
@@ -369,6 +372,8 @@ class RayUse:
               + f" for {what}, {self.spec.resources.max_concurrent} at a time")
         self.started = _ray_init(self.spec)
         self.up = True
+        _tell(self.callbacks, "Ray is up: starting the trials' workers (each loads torch and its model before its "
+                              "first report)")
         stop_on_sigterm()  # after ray.init: its native handler would abort on SIGTERM
 
     def close(self) -> None:

@@ -14,12 +14,10 @@ scheduler, a fault) the group gets SIGTERM, then SIGKILL after `stop_grace` seco
 
 from __future__ import annotations
 
-import ctypes
 import json
 import math
 import os
 import queue
-import signal
 import subprocess
 import threading
 import time
@@ -29,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from trials import metrics as K
+from tuner._process import die_with_parent, stop_group
 from tuner.trial._engines import ENGINES
 from tuner.trial._protocol import (
     CONFIG_ENV,
@@ -50,14 +49,6 @@ _TIMEOUT, _STOPPED, _EOF = "timeout", "stopped", "eof"
 _POLL = 0.02  # s between reads of a metrics file: the most a report waits to be seen
 
 
-def _die_with_parent() -> None:
-    """In the child: SIGKILL when the thread that started it dies (a worker killed outright)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 class TrainerProcess:
     """The trainer in its own process group; a thread copies its output to the log and queues the report
     lines (those holding `marker`); where the trainer writes its reports to a file (`metrics_path`), a
@@ -72,7 +63,7 @@ class TrainerProcess:
         try:
             self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                          stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
-                                         start_new_session=True, preexec_fn=_die_with_parent)
+                                         start_new_session=True, preexec_fn=die_with_parent)
         except OSError as exc:
             raise TrainerError(f"trial.command could not be started: {exc}") from None
         self.pid = self.proc.pid
@@ -151,18 +142,7 @@ class TrainerProcess:
 
     def stop(self, grace: float) -> None:
         """SIGTERM to the process group, SIGKILL after `grace` seconds; leaves nothing of the group running."""
-        if self.proc.poll() is None:
-            _signal_group(self.pid, signal.SIGTERM)
-            self.wait(grace)
-        _signal_group(self.pid, signal.SIGKILL)  # the leader's children too, even when it exited by itself
-        self.wait()
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+        stop_group(self.proc, grace)
 
 
 def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir: Path,

@@ -57,29 +57,36 @@ def test_tuner_validate_never_shows_a_traceback(text):
             load_spec(path)
 
 
-@pytest.mark.parametrize("case", ["bad_prompts", "reward_types", "reward_count", "not_causal", "missing_model"])
+@pytest.mark.parametrize("case", ["bad_prompts", "reward_types", "reward_count", "not_causal", "missing_model",
+                                  "missing_reward_file"])
 def test_bad_inputs_are_refused_before_any_trial_is_launched(tmp_path, demo_model, case):
     trial = {"model": "demo", "reward": "trials.demo:reward", "prompts": "demo"}
+    detail = ""
     if case == "bad_prompts":
         (tmp_path / "prompts.jsonl").write_text('{"prompt": "the cat"}\n{"prompt": 3}\n')
         trial["prompts"] = "prompts.jsonl"
-        field = "prompts"
+        field = "trial.prompts"
     elif case in ("reward_types", "reward_count"):
         body = "return {'score': 1}" if case == "reward_types" else "return [0.5]"
         (tmp_path / "rw.py").write_text(f"def score(prompts, responses):\n    {body}\n")
         trial["reward"] = "rw.py:score"
-        field = "reward"
+        field = "trial.reward"
     elif case == "not_causal":
         (tmp_path / "clip").mkdir()
         (tmp_path / "clip" / "config.json").write_text(json.dumps({"model_type": "clip"}))
         trial["model"] = str(tmp_path / "clip")
-        field = "model_path"
-    else:
+        field = "trial.model"
+    elif case == "missing_model":
         trial["model"] = str(tmp_path / "no-such-model")
-        field = "model_path"
+        field = "trial.model"
+    else:  # the spec key the user wrote, and the folder a relative path was looked for in
+        trial["reward"] = "my_rewards.py:reward"
+        field = "trial.reward"
+        detail = ("file my_rewards.py does not exist (a relative path: looked for in the spec's folder "
+                  f"{tmp_path.resolve()})")
     path = write_spec(tmp_path, "bad", trial=trial)
     proc = tuner("run", path, cwd=tmp_path)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert proc.returncode == 2 and len(errors) == 1 and errors[0].startswith(f"error: {field}:"), proc.stderr
+    assert proc.returncode == 2 and len(errors) == 1 and errors[0].startswith(f"error: {field}: {detail}"), proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "sweeps").exists()  # nothing written: no study, no MLflow store

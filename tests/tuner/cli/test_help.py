@@ -43,3 +43,10 @@ def test_an_evaluation_not_made_yet_is_said_in_words():
 
     assert _eval_text(math.nan) == "not evaluated yet"
     assert _eval_text(0.1234) == "0.123"
+
+
+def test_export_help_says_it_writes_the_promoted_answer():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    help_line = next(a.help for a in sub._choices_actions if a.dest == "export")
+    assert help_line.startswith("write the sweep's answer: the promoted config with the best mean over fresh seeds")

@@ -61,3 +61,15 @@ def test_the_console_script_exits_2_without_a_traceback():
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "error: kl_mode: must be one of fixed, adaptive" in proc.stderr
+
+
+def test_a_relative_path_in_the_config_names_the_folder_it_was_looked_for_in(run_cli, demo_model, tmp_path):
+    config = tmp_path / "conf" / "run.yaml"
+    config.parent.mkdir()
+    config.write_text(DEMO.read_text().replace("reward: trials.demo:reward", "reward: my_rewards.py:score"))
+    code, _, err = run_cli("train", config, "--save", tmp_path / "out")
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and errors == [
+        "error: reward: file my_rewards.py does not exist (a relative path: looked for in the config's folder "
+        f"{config.parent.resolve()}) (got 'my_rewards.py:score'); give the path of the Python file that defines "
+        "the reward"], err

@@ -195,3 +195,85 @@ def test_optuna_dashboard_shows_the_kl_infeasible_trials_and_the_best_feasible(u
         _screenshot("optuna_dashboard_trials.png", trials_page)
     finally:
         _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def unrun_sweep(tmp_path_factory):
+    """A sweep folder with its spec and an empty study, as `tuner run` leaves it before its first trial."""
+    import yaml
+
+    from tuner.spec import load_spec
+    from tuner.sweep import open_study
+
+    folder = tmp_path_factory.mktemp("serve")
+    spec = load_spec(write_spec(folder, "ui4"))
+    spec.sweep_dir().mkdir(parents=True)
+    spec.spec_file().write_text(yaml.safe_dump(spec.resolved(), sort_keys=False))
+    open_study(spec, create=True)
+    return folder
+
+
+def _descendants(pid: int) -> set[int]:
+    """The live processes below `pid`, from the process table."""
+    parents = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z":
+            parents[int(entry)] = int(fields[1])
+    below, grew = set(), True
+    while grew:
+        found = {p for p, parent in parents.items() if parent == pid or parent in below}
+        grew, below = found != below, found
+    return below
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+# an MLflow server starts in about 10 s (30 s on heavily loaded cores): two of its signals run with -m slow
+SERVERS = [pytest.param(command, sig, id=f"{command}-{sig.name}",
+                        marks=[pytest.mark.slow] if command == "ui" and sig in (signal.SIGINT, signal.SIGHUP) else [])
+           for command in ("ui", "dashboard") for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)]
+SERVERS.append(pytest.param("ui", signal.SIGKILL, id="ui-SIGKILL"))
+
+
+@pytest.mark.parametrize(("command", "sig"), SERVERS)
+def test_the_server_answers_when_its_link_is_printed_and_dies_with_tuner(unrun_sweep, command, sig):
+    """The link is printed once the server answers; after SIGTERM, SIGINT or SIGHUP to `tuner ui` (or
+    SIGKILL) nothing of its server is left: no process below it, none naming the sweep, no listener."""
+    from tests.tuner.trial.test_command_sweep import processes_under
+
+    if command == "dashboard":
+        pytest.importorskip("optuna_dashboard")
+    proc, port = _serve(command, unrun_sweep)
+    try:
+        line = proc.stdout.readline()
+        assert f"http://127.0.0.1:{port}/" in line, line
+        assert _listening(port)  # it answers at once
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+            assert response.status == 200
+        server = _descendants(proc.pid)
+        assert (len(server) >= 1) == (command == "ui")  # the MLflow server and its uvicorn; the dashboard is in-process
+        os.kill(proc.pid, sig)  # the process only, as a terminal or an orchestrator does
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and (any(map(_alive, server)) or _listening(port)):
+            time.sleep(0.2)
+        assert [p for p in server if _alive(p)] == []
+        assert processes_under(unrun_sweep / "sweeps" / "ui4") == []
+        assert not _listening(port)
+    finally:
+        if proc.poll() is None:
+            _stop(proc)

@@ -130,7 +130,7 @@ def test_problem_carries_path_value_and_fix():
         parse_spec({"name": "x", "budget": {"trials": 0}})
     (problem,) = caught.value.problems
     assert (problem.path, problem.value) == ("budget.trials", 0)
-    assert problem.fix
+    assert (problem.message, problem.fix) == ("must be >= 1", "use a value >= 1")
 
 
 @pytest.mark.parametrize(("text", "message"), [

@@ -118,11 +118,23 @@ def test_value_outside_documented_range_is_a_warning_naming_the_range(tmp_path, 
     assert "error" not in err
 
 
-def test_base_and_choices_outside_documented_range_warn():
-    spec = parse_spec({"name": "w", "base": {"ppo_epochs": 20}, "search_space": {"cliprange": {"choices": [0.2, 0.5]}}})
+def test_base_and_choices_outside_documented_range_warn_in_one_line():
+    data = {"name": "w", "trial": {"model": "/models/mine"}, "base": {"ppo_epochs": 20},
+            "search_space": {"cliprange": {"choices": [0.2, 0.5]}}}
+    assert parse_spec(data).warnings() == [
+        "2 values outside the documented ranges: base.ppo_epochs = 20 (2..10); "
+        "search_space.cliprange.choices[1] = 0.5 (0.1..0.3)"]
+
+
+def test_the_demo_models_range_warnings_say_why_they_are_expected():
+    from trials.demo import RANGES_NOTE
+
+    spec = load_spec(ROOT / "search_spaces" / "demo.yaml")
     warnings = spec.warnings()
-    assert any(w.startswith("base.ppo_epochs = 20 is outside the documented range 2..10") for w in warnings)
-    assert any(w.startswith("search_space.cliprange.choices[1] = 0.5 is outside") for w in warnings)
+    ranges = [w for w in warnings if "documented range" in w]
+    assert len(ranges) == 1 and ranges[0].startswith("5 values outside the documented ranges: ")
+    assert ranges[0].endswith(f": expected, {RANGES_NOTE}")
+    assert "search_space.policy_lr.high = 0.001 (1e-06..5e-05)" in ranges[0]
 
 
 def test_batch_ranges_whose_every_pair_divides_are_accepted():

@@ -6,72 +6,86 @@ import json
 
 import optuna
 from mlflow.tracking import MlflowClient
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from tests.sweep_helpers import tuner, write_spec
-from tuner.spec import load_spec
+from tuner.spec import CompiledSpec, load_spec, parse_spec, trial_config
 from tuner.sweep import best_feasible, count_states, load_study, trial_rows
 from tuner.sweep._run import remaining_trials
-from tuner.sweep._study import ATTR, open_storage, ran_configs, tell_duplicate
+from tuner.sweep._searcher import DUPLICATE_TRIES, ask_trial
+from tuner.sweep._study import ATTR, open_storage
+
+SPEC = {"name": "d", "search_space": {"policy_lr": {"choices": [1e-5, 2e-5]}, "kl_coef": 0.05},
+        "sampler": {"type": "random", "seed": 2}, "budget": {"trials": 4, "iterations": 2}}
+RAN, OTHER = 1e-5, 2e-5  # the config a trial ran, and the only other one
 
 
-def _study_with(engine: dict, state: TrialState, value: float | None = None) -> tuple[optuna.Study, int]:
-    study = optuna.create_study(direction="maximize")
+def _study_with(state: TrialState, value: float | None = None) -> tuple[optuna.Study, CompiledSpec, int]:
+    """A study whose one trial ran (or is running) the spec's config with policy_lr RAN."""
+    spec = parse_spec(SPEC)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=2))
     first = study.ask()
-    first.set_user_attr(ATTR["engine"], json.dumps(engine))
+    first.set_user_attr(ATTR["engine"], json.dumps(trial_config(spec, {"policy_lr": RAN}).to_dict()))
     first.set_user_attr(ATTR["kl_max"], 20.0)
     first.set_user_attr(ATTR["stop"], "kl_limit")
     if state == TrialState.RUNNING:
-        return study, first.number
+        return study, spec, first.number
     first.report(0.1, step=1)
     first.report(0.2, step=2)
     first.set_constraint("kl", 5.0)
     study.tell(first, value, state=state) if state == TrialState.COMPLETE else study.tell(first, state=state)
-    return study, first.number
+    return study, spec, first.number
 
 
-def tell_if_duplicate(study: optuna.Study, trial: optuna.trial.Trial, engine: dict) -> bool:
-    """What ask_trial does with one sample: look its config up among those that ran, tell a repeat."""
-    earlier = ran_configs(study).get(json.dumps(engine))
-    if earlier is not None:
-        tell_duplicate(study, trial, earlier)
-    return earlier is not None
+def _ask(study: optuna.Study, spec: CompiledSpec) -> tuple[float, list[FrozenTrial]]:
+    """ask_trial once: the policy_lr of the trial to run, and the trials it told as repeats."""
+    before = len(study.trials)
+    trial, params, _ = ask_trial(study, spec)
+    told = [t for t in study.trials[before:] if t.number != trial.number]
+    return params["policy_lr"], told
 
 
 def test_a_finished_config_is_told_its_outcome():
-    study, first = _study_with({"policy_lr": 1e-5, "seed": 0}, TrialState.COMPLETE, 0.25)
-    again = study.ask()
-    assert tell_if_duplicate(study, again, {"policy_lr": 1e-5, "seed": 0})
-    copy = study.trials[again.number]
-    assert copy.state == TrialState.COMPLETE and copy.values == [0.25]
-    assert copy.constraints == {"kl": 5.0} and copy.intermediate_values == {1: 0.1, 2: 0.2}
-    assert copy.user_attrs[ATTR["duplicate"]] == first and copy.user_attrs[ATTR["kl_max"]] == 20.0
-    assert copy.user_attrs[ATTR["stop"]] == f"same config as trial {first}: kl_limit"
-    assert count_states(study)["DUPLICATE"] == 1
+    study, spec, first = _study_with(TrialState.COMPLETE, 0.25)
+    policy_lr, told = _ask(study, spec)
+    assert policy_lr == OTHER and len(told) >= 1  # seed 2 samples RAN three times, then OTHER
+    for copy in told:
+        assert copy.params == {"policy_lr": RAN}
+        assert copy.state == TrialState.COMPLETE and copy.values == [0.25]
+        assert copy.constraints == {"kl": 5.0} and copy.intermediate_values == {1: 0.1, 2: 0.2}
+        assert copy.user_attrs[ATTR["duplicate"]] == first and copy.user_attrs[ATTR["kl_max"]] == 20.0
+        assert copy.user_attrs[ATTR["stop"]] == f"same config as trial {first}: kl_limit"
+    assert count_states(study)["DUPLICATE"] == len(told)
 
 
-def test_another_seed_or_value_is_not_a_duplicate():
-    study, _ = _study_with({"policy_lr": 1e-5, "seed": 0}, TrialState.COMPLETE, 0.25)
-    for engine in ({"policy_lr": 1e-5, "seed": 1}, {"policy_lr": 2e-5, "seed": 0}):
-        trial = study.ask()
-        assert not tell_if_duplicate(study, trial, engine)
-        assert study.trials[trial.number].state == TrialState.RUNNING
+def test_another_seed_is_not_a_duplicate():
+    study, _, _ = _study_with(TrialState.COMPLETE, 0.25)
+    spec = parse_spec({**SPEC, "base": {"seed": 1}})  # the trial ran RAN with seed 0
+    policy_lr, told = _ask(study, spec)
+    assert policy_lr == RAN and told == []
+    assert study.trials[-1].state == TrialState.RUNNING
 
 
 def test_a_pruned_config_stays_pruned_a_running_one_is_not_run_twice_a_failed_one_may_run():
-    study, _ = _study_with({"x": 1}, TrialState.PRUNED)
-    copy = study.ask()
-    assert tell_if_duplicate(study, copy, {"x": 1})
-    assert study.trials[copy.number].state == TrialState.PRUNED
+    study, spec, _ = _study_with(TrialState.PRUNED)
+    policy_lr, told = _ask(study, spec)
+    assert policy_lr == OTHER and told and {t.state for t in told} == {TrialState.PRUNED}
 
-    study, first = _study_with({"x": 1}, TrialState.RUNNING)
-    copy = study.ask()
-    assert tell_if_duplicate(study, copy, {"x": 1})
-    assert study.trials[copy.number].state == TrialState.FAIL
-    assert study.trials[copy.number].user_attrs[ATTR["stop"]] == f"same config as trial {first} (running)"
+    study, spec, first = _study_with(TrialState.RUNNING)
+    policy_lr, told = _ask(study, spec)
+    assert policy_lr == OTHER and told and {t.state for t in told} == {TrialState.FAIL}
+    assert {t.user_attrs[ATTR["stop"]] for t in told} == {f"same config as trial {first} (running)"}
 
-    study, _ = _study_with({"x": 1}, TrialState.FAIL)
-    assert not tell_if_duplicate(study, study.ask(), {"x": 1})
+    study, spec, _ = _study_with(TrialState.FAIL)
+    policy_lr, told = _ask(study, spec)
+    assert policy_lr == RAN and told == []  # seed 2 samples RAN three times, then OTHER, and it may run again
+
+
+def test_the_repeats_of_a_used_up_space_run_after_the_last_try():
+    study, spec, _ = _study_with(TrialState.COMPLETE, 0.25)
+    spec = parse_spec({**SPEC, "search_space": {"policy_lr": {"choices": [RAN]}, "kl_coef": 0.05}})
+    policy_lr, told = _ask(study, spec)
+    assert policy_lr == RAN and len(told) == DUPLICATE_TRIES - 1
 
 
 def test_a_sweep_over_two_configs_runs_each_once(tmp_path, demo_model):

@@ -161,6 +161,12 @@ def test_the_run_says_what_it_does_before_the_first_trial(sweep):
     assert "checking the model, tokenizer, prompts and reward" in err
     assert "starting a local Ray for 6 trials, 2 at a time" in err
     assert "loss_type" not in err
+    lines = err.splitlines()  # piped: between Ray's start and the first result, lines say what happens
+    ray_up = lines.index("Ray is up: starting the trials' workers (each loads torch and its model before its "
+                         "first report) ...")
+    first_result = next(i for i, line in enumerate(lines) if line.startswith("trial ") and " iter " in line)
+    assert ray_up < first_result and any(line.startswith("trial 0: started (policy_lr=")
+                                         for line in lines[ray_up:first_result]), err[:3000]
 
 
 def test_each_trial_run_shows_its_state_and_its_curves_start_at_step_0(sweep):
