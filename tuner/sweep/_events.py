@@ -30,6 +30,7 @@ class RayEvents(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         task = TrialTask.from_config(trial.config)
+        self.searcher.trial_started(trial.trial_id)
         run_id = self.logger.open_run(task)  # a retry of the same trial keeps its run
         self.searcher.annotate(trial.trial_id, "mlflow_run", run_id)
         for callback in self.callbacks:

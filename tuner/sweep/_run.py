@@ -50,6 +50,7 @@ from tuner.sweep._study import (
     mark_interrupted,
     open_storage,
     redact,
+    requeue_interrupted,
     trial_rows,
 )
 from tuner.trial import SCHEDULER_SCORE, Outcome
@@ -109,10 +110,10 @@ def open_study(spec: CompiledSpec, create: bool = False) -> tuple[optuna.Study, 
     except KeyError:
         done = 0
     if create:
-        return optuna.create_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec, done, interrupted),
+        return optuna.create_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec, done),
                                    directions=spec.directions(), load_if_exists=True), storage
     try:
-        return optuna.load_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec, done, interrupted)), storage
+        return optuna.load_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec, done)), storage
     except KeyError:
         raise ConfigError([Problem("sweep", spec.name, f"has no study in {redact(spec.storage_url())}",
                                    "start it with 'tuner run SPEC'")]) from None
@@ -132,7 +133,7 @@ def _counts(trial: optuna.trial.FrozenTrial) -> bool:
 
 def remaining_trials(study: optuna.Study, wanted: int, storage: optuna.storages.BaseStorage) -> int:
     """Trials still to run. Trials left RUNNING by a dead controller are marked FAIL (interrupted)
-    and run again; every other finished trial counts toward the budget."""
+    and run again (`requeue_interrupted`); every other finished trial counts toward the budget."""
     mark_interrupted(study, storage)
     return max(0, wanted - sum(map(_counts, study.get_trials(deepcopy=False))))
 
@@ -230,6 +231,7 @@ def run_sweep(spec: CompiledSpec, callbacks: Sequence[SweepCallback] = ()) -> Sw
     _tell(callbacks, f"opening the study and the MLflow store in {spec.sweep_dir()}")
     study, storage = open_study(spec, create=True)
     todo = remaining_trials(study, spec.budget.trials, storage)
+    requeue_interrupted(study, todo)  # their configs run first
     tracker = SweepTracker(spec, study)
     searcher = StudySearcher(study, spec, storage)
     logger = TrialLogger(tracker)
@@ -242,6 +244,7 @@ def run_sweep(spec: CompiledSpec, callbacks: Sequence[SweepCallback] = ()) -> Sw
                 ray_use.ensure(f"{todo} trial{'s' if todo != 1 else ''}")
                 fit(spec, todo, searcher, logger, callbacks, _scheduler(spec), spec.budget.wall_clock)
             outcomes = searcher.outcomes()
+            ran = searcher.ran()
             stage = Promotion()
             if stop_signal() is None and not searcher.writes.wait(lambda: _missing(spec, study)):
                 # the search is done and was not stopped: its best configs run again
@@ -250,7 +253,7 @@ def run_sweep(spec: CompiledSpec, callbacks: Sequence[SweepCallback] = ()) -> Sw
             ray_use.close()
         # the study's reads retried likewise through an outage
         return searcher.writes.wait(lambda: _summarise(spec, study, storage, tracker, outcomes,
-                                                       time.perf_counter() - started, ran=todo, stage=stage))
+                                                       time.perf_counter() - started, ran=ran, stage=stage))
     except StudyOutage as exc:  # stopped as on Ctrl-C; what the study could not be told runs again on resume
         tracker.finish({}, None, status="KILLED")
         held = len(searcher.writes.pending)
@@ -264,6 +267,7 @@ class Promotion:
 
     outcomes: list[Outcome] = field(default_factory=list)
     todo: int = 0
+    ran: int = 0  # runs started (a Ctrl-C also records the runs it kept from starting)
     skipped: str = ""  # why it did not run, where it was due
 
 
@@ -296,7 +300,7 @@ def _promote(spec: CompiledSpec, search: optuna.Study, storage: optuna.storages.
     ray_use.ensure(f"{len(todo)} promotion run{'s' if len(todo) != 1 else ''}")
     searcher = PromotionSearcher(study, spec, storage, todo)
     fit(spec, len(todo), searcher, logger, callbacks, FIFOScheduler(), left, name=PROMOTION)
-    return Promotion(outcomes=searcher.outcomes(), todo=len(todo))
+    return Promotion(outcomes=searcher.outcomes(), todo=len(todo), ran=searcher.ran())
 
 
 def _missing(spec: CompiledSpec, study: optuna.Study) -> int:
@@ -429,7 +433,7 @@ def _summarise(spec: CompiledSpec, study: optuna.Study, storage: optuna.storages
         name=spec.name, sweep_dir=spec.sweep_dir(), counts=counts, best_number=best.number if best else None,
         best_value=best.values[0] if best else None, best_kl=best.user_attrs.get(ATTR["kl_max"]) if best else None,
         wall_seconds=wall, trial_compute_seconds=sum(o.compute_seconds for o in done),
-        concurrency=spec.resources.max_concurrent, ran=ran, promotion_ran=len(stage.outcomes), parent_run_id=tracker.parent_id,
+        concurrency=spec.resources.max_concurrent, ran=ran, promotion_ran=stage.ran, parent_run_id=tracker.parent_id,
         artifacts=artifacts, outcomes=outcomes, trials=rows, missing=_missing(spec, study),
         promoted=configs, promotion_missing=promotion_missing(configs), promotion_note=stage.skipped, choice=choice,
         overoptimized=[r.number for r in rows if r.overoptimized], diagnosis=diagnosis)

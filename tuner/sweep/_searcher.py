@@ -30,6 +30,7 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -58,6 +59,7 @@ from tuner.trial._task import TrialTask
 
 __all__ = ["OutageStop", "PromotionSearcher", "StudySearcher", "ask_trial"]
 
+TRIALS_DIR = "trials"  # sweeps/NAME/trials/N: search trial N's own folder
 DUPLICATE_TRIES = 25  # samples asked for one slot before a repeated config is run anyway (a space nearly used up)
 OUT_OF_MEMORY = "OutOfMemoryError"  # the error of a trial that ran out of memory (torch.OutOfMemoryError)
 log = logging.getLogger(__name__)
@@ -122,6 +124,7 @@ class StudySearcher(Searcher):
         self._strays = False  # whether closing the trials an ask left behind is held
         self._live: dict[str, _Live] = {}  # ray trial id -> a trial not yet recorded
         self._outcomes: dict[str, Outcome] = {}  # ray trial id -> what was recorded
+        self._started: set[str] = set()  # ray trial ids of the trials Ray Tune started (not only suggested)
         self.multi = len(spec.directions()) > 1
         self.iterations = spec.iterations()  # a trial that ended before this many iterations was cut
         budget = spec.resources.trial_memory_gb
@@ -134,6 +137,15 @@ class StudySearcher(Searcher):
 
     def outcomes(self) -> list[Outcome]:
         return list(self._outcomes.values())
+
+    def trial_started(self, trial_id: str) -> None:
+        """Ray Tune started the trial (a suggested one may never start: the sweep stopped first)."""
+        self._started.add(trial_id)
+
+    def ran(self) -> int:
+        """How many of the trials recorded were started: a sweep stopped by Ctrl-C records its pending
+        suggestions too (interrupted), which never ran."""
+        return len(self._started & self._outcomes.keys())
 
     def running(self) -> list[str]:
         """Ray ids of the trials suggested and not yet recorded."""
@@ -203,10 +215,14 @@ class StudySearcher(Searcher):
                          kl_forecast=self.spec.kl_rule.forecast, kl_grace_iterations=self.spec.kl_rule.grace_iterations,
                          objective=self.spec.objective.model_dump(), engine_kind=self.spec.trial.engine,
                          external=self.spec.trial.launch(cluster=self.spec.ray.address is not None), source=source,
-                         sys_path=[p for p in [os.getcwd(), *sys.path] if p])
+                         folder=str(self.trial_folder(trial.number)), sys_path=[p for p in [os.getcwd(), *sys.path] if p])
         self._live[trial_id] = _Live(trial, task, self.writes)
         self._launched.add(trial.number)
         return task.to_config()
+
+    def trial_folder(self, number: int) -> Path:
+        """A search trial's own folder, absolute (a Ray worker runs elsewhere): sweeps/NAME/trials/N."""
+        return (self.spec.sweep_dir() / TRIALS_DIR / str(number)).resolve()
 
     def _fits(self, trial: optuna.trial.Trial, engine: dict[str, Any]) -> bool:
         """Check a sampled config against the memory budget; one predicted not to fit is recorded
@@ -269,7 +285,8 @@ class StudySearcher(Searcher):
         if live.evals:
             live.set_user_attr(ATTR["gold"], live.evals[-1][2])
             live.set_user_attr(ATTR["evals"], live.evals)
-        outcome = self._record(live, read_result(last) if last else None, int(last.get("training_iteration", 0) or 0), error)
+        # the iterations it reported (a failure's report is one more of Ray's training_iteration, not an iteration)
+        outcome = self._record(live, read_result(last) if last else None, max(live.steps, default=0), error)
         outcome.compute_seconds = live.compute
         outcome.wall_seconds = time.perf_counter() - live.started
         outcome.params = live.task.params
@@ -371,6 +388,10 @@ class PromotionSearcher(StudySearcher):
         self.queue = list(runs)
         self.iterations = spec.promote_iterations()
         self.memory = None  # the search checked these configs
+
+    def trial_folder(self, number: int) -> Path:
+        """A promotion run's own folder, N its number in the promotion study: sweeps/NAME/promotion/N."""
+        return (self.spec.sweep_dir() / PROMOTION / str(number)).resolve()
 
     def _next(self) -> tuple[optuna.trial.Trial, dict[str, Any], dict[str, Any], int | None] | None:
         if not self.queue:

@@ -19,7 +19,7 @@ from tuner.trial._result import StopReason, TrialFailure, TrialReport
 from tuner.trial._scoring import Scorer, scheduler_score, worst
 from tuner.trial._task import TrialTask
 
-__all__ = ["retryable", "run_trial"]
+__all__ = ["retryable", "run_trial", "trial_folder"]
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -83,8 +83,7 @@ def _run_external(task: TrialTask) -> None:
     from tuner.trial._external import TrainerError, run_command
 
     gpus = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, ray.get_gpu_ids()))}  # what Ray Tune reserved for it
-    workdir = Path(tune.get_context().get_trial_dir() or os.getcwd())
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = trial_folder(task, tune.get_context().get_trial_dir() or os.getcwd())
     try:
         run_command(task, tune.report, workdir, stop_requested=_stop_requested, env=gpus,
                     ray_address=ray.get_runtime_context().gcs_address)
@@ -93,6 +92,21 @@ def _run_external(task: TrialTask) -> None:
                                  pid=os.getpid()).to_result())
         if exc.retryable:
             raise
+
+
+def trial_folder(task: TrialTask, fallback: str) -> Path:
+    """Where an external trainer runs: the trial's own folder under the sweep (task.folder), created here.
+    On a cluster node without the sweep's disk the same absolute path is made on the node's own disk;
+    where it cannot be made, Ray's folder for the trial (`fallback`) is used instead."""
+    for folder in (task.folder, fallback):
+        if not folder:
+            continue
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            return Path(folder)
+        except OSError:
+            continue
+    raise RuntimeError(f"no folder for trial {task.number}: neither {task.folder!r} nor {fallback!r} can be made")
 
 
 def _stop_requested() -> bool:
