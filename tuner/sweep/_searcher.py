@@ -29,7 +29,9 @@ import logging
 import math
 import os
 import sys
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +126,7 @@ class StudySearcher(Searcher):
         self._strays = False  # whether closing the trials an ask left behind is held
         self._live: dict[str, _Live] = {}  # ray trial id -> a trial not yet recorded
         self._outcomes: dict[str, Outcome] = {}  # ray trial id -> what was recorded
+        self.stop_key = f"ppo-tuner-stop-{uuid.uuid4().hex}"  # set in Ray's KV store when the sweep stops
         self._started: set[str] = set()  # ray trial ids of the trials Ray Tune started (not only suggested)
         self.multi = len(spec.directions()) > 1
         self.iterations = spec.iterations()  # a trial that ended before this many iterations was cut
@@ -141,6 +144,14 @@ class StudySearcher(Searcher):
     def trial_started(self, trial_id: str) -> None:
         """Ray Tune started the trial (a suggested one may never start: the sweep stopped first)."""
         self._started.add(trial_id)
+
+    def stop_trials(self) -> None:
+        """The sweep is stopped (Ctrl-C, SIGTERM): tell every trial through Ray's KV store, so that none
+        starts its trainer or engine from now on. Called from a signal handler: the write runs in a thread."""
+        from ray.experimental import internal_kv
+
+        threading.Thread(target=internal_kv._internal_kv_put, args=(self.stop_key, b"1"), daemon=True,
+                         name="stop-trials").start()
 
     def ran(self) -> int:
         """How many of the trials recorded were started: a sweep stopped by Ctrl-C records its pending
@@ -215,7 +226,7 @@ class StudySearcher(Searcher):
                          kl_forecast=self.spec.kl_rule.forecast, kl_grace_iterations=self.spec.kl_rule.grace_iterations,
                          objective=self.spec.objective.model_dump(), engine_kind=self.spec.trial.engine,
                          external=self.spec.trial.launch(cluster=self.spec.ray.address is not None), source=source,
-                         folder=str(self.trial_folder(trial.number)), sys_path=[p for p in [os.getcwd(), *sys.path] if p])
+                         folder=str(self.trial_folder(trial.number)), stop_key=self.stop_key, sys_path=[p for p in [os.getcwd(), *sys.path] if p])
         self._live[trial_id] = _Live(trial, task, self.writes)
         self._launched.add(trial.number)
         return task.to_config()

@@ -25,6 +25,7 @@ class TrialTask:
     kl_forecast: bool = False  # kl_limit.forecast: also stop where the KL is forecast to pass the limit
     kl_grace_iterations: int = 0  # kl_limit.grace_iterations: iterations the limit does not judge
     source: int | None = None  # a promotion run: the number of the search trial whose config it runs again
+    stop_key: str = ""  # the key in Ray's KV store that the controller sets when the sweep is stopped
     folder: str = ""  # absolute: the trial's own folder under the sweep (sweeps/NAME/trials/N), where a trainer runs
 
     def kl_stopper(self) -> KLLimit:
