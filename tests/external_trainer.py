@@ -35,7 +35,7 @@ def main() -> int:
     with open(os.environ["PPO_TUNER_TRIAL_CONFIG"]) as f:
         trial = json.load(f)["number"]
     helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", os.environ["PPO_TUNER_TRIAL_CONFIG"]])
-    sys.stdout.write(f"trial {trial}: training with lr {args.lr:g} (helper {helper.pid})\n")
+    sys.stdout.write(f"trial {trial}: training with lr {args.lr:g} (helper {helper.pid}), started at {time.time()}\n")
     for step in range(1, args.steps + 1):
         time.sleep(args.step_seconds)
         if step == 2 and args.crash_if_lr is not None and math.isclose(args.lr, args.crash_if_lr):

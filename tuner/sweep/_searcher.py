@@ -43,6 +43,7 @@ from ray.tune.stopper import Stopper
 from trials import PPOConfig
 from trials import metrics as K
 from tuner.spec import CompiledSpec, sample_params, trial_config
+from tuner.sweep._locate import trial_folder
 from tuner.sweep._outage import HeldWrites, Unavailable
 from tuner.sweep._promotion import PROMOTION, PlannedRun
 from tuner.sweep._study import ATTR, mark_interrupted, ran_configs, redact, tell_duplicate
@@ -61,7 +62,6 @@ from tuner.trial._task import TrialTask
 
 __all__ = ["OutageStop", "PromotionSearcher", "StudySearcher", "ask_trial"]
 
-TRIALS_DIR = "trials"  # sweeps/NAME/trials/N: search trial N's own folder
 DUPLICATE_TRIES = 25  # samples asked for one slot before a repeated config is run anyway (a space nearly used up)
 OUT_OF_MEMORY = "OutOfMemoryError"  # the error of a trial that ran out of memory (torch.OutOfMemoryError)
 log = logging.getLogger(__name__)
@@ -232,8 +232,7 @@ class StudySearcher(Searcher):
         return task.to_config()
 
     def trial_folder(self, number: int) -> Path:
-        """A search trial's own folder, absolute (a Ray worker runs elsewhere): sweeps/NAME/trials/N."""
-        return (self.spec.sweep_dir() / TRIALS_DIR / str(number)).resolve()
+        return trial_folder(self.spec, number)
 
     def _fits(self, trial: optuna.trial.Trial, engine: dict[str, Any]) -> bool:
         """Check a sampled config against the memory budget; one predicted not to fit is recorded
@@ -401,8 +400,7 @@ class PromotionSearcher(StudySearcher):
         self.memory = None  # the search checked these configs
 
     def trial_folder(self, number: int) -> Path:
-        """A promotion run's own folder, N its number in the promotion study: sweeps/NAME/promotion/N."""
-        return (self.spec.sweep_dir() / PROMOTION / str(number)).resolve()
+        return trial_folder(self.spec, number, PROMOTION)
 
     def _next(self) -> tuple[optuna.trial.Trial, dict[str, Any], dict[str, Any], int | None] | None:
         if not self.queue:

@@ -6,6 +6,7 @@ runs the engine under the KL limit and reports these records.
 
 from __future__ import annotations
 
+from tuner.trial._engines import launch_argv
 from tuner.trial._result import (
     ERROR,
     INITIAL_EVAL,
@@ -23,4 +24,4 @@ from tuner.trial._result import (
 from tuner.trial._scoring import WORST, Scorer, kl_constraint, overoptimized, scheduler_score, worst
 
 __all__ = ["ERROR", "INITIAL_EVAL", "ITERATION", "KL_MAX", "OBJECTIVE", "SCHEDULER_SCORE", "STATES", "WORST", "Outcome", "Scorer",
-           "StopReason", "TrialFailure", "TrialReport", "kl_constraint", "overoptimized", "read_result", "scheduler_score", "worst"]
+           "StopReason", "TrialFailure", "TrialReport", "kl_constraint", "launch_argv", "overoptimized", "read_result", "scheduler_score", "worst"]

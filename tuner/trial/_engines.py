@@ -39,7 +39,7 @@ from tuner.export import engine_launch
 from tuner.export._common import hydra_word
 from tuner.trial._protocol import PREFIX, PROTOCOL, TrainerError, Units, command_argv, numbers
 
-__all__ = ["ENGINES", "Engine", "LAUNCHERS"]
+__all__ = ["ENGINES", "Engine", "LAUNCHERS", "launch_argv"]
 
 LAUNCHERS = Path(__file__).parent / "launchers"
 _RAY_TMP = "ray-trial-"  # prefix of a private Ray's temp folder
@@ -166,3 +166,8 @@ ENGINES: dict[str, Engine] = {
     "trl": Engine("trl", Units(kl=("objective/kl",), foreign=("objective/entropy",)), PREFIX, _protocol_line,
                   export="trl", launcher="trl_ppo.py"),
 }
+
+
+def launch_argv(engine_kind: str, command: list[str], engine: dict[str, Any], folder: Path | None = None) -> list[str]:
+    """The argv a trial of `engine_kind` with engine config `engine` launches (`tuner export` writes it)."""
+    return ENGINES[engine_kind].launch(command, engine, folder)[0]

@@ -19,7 +19,7 @@ from tuner.trial._result import StopReason, TrialFailure, TrialReport
 from tuner.trial._scoring import Scorer, scheduler_score, worst
 from tuner.trial._task import TrialTask
 
-__all__ = ["retryable", "run_trial", "sweep_stopped", "trial_folder"]
+__all__ = ["retryable", "run_trial", "sweep_stopped", "working_folder"]
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -86,7 +86,7 @@ def _run_external(task: TrialTask) -> None:
     from tuner.trial._external import TrainerError, run_command
 
     gpus = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, ray.get_gpu_ids()))}  # what Ray Tune reserved for it
-    workdir = trial_folder(task, tune.get_context().get_trial_dir() or os.getcwd())
+    workdir = working_folder(task, tune.get_context().get_trial_dir() or os.getcwd())
     try:
         run_command(task, tune.report, workdir, stop_requested=lambda: _stop_requested() or sweep_stopped(task),
                     env=gpus, ray_address=ray.get_runtime_context().gcs_address)
@@ -99,7 +99,7 @@ def _run_external(task: TrialTask) -> None:
             raise
 
 
-def trial_folder(task: TrialTask, fallback: str) -> Path:
+def working_folder(task: TrialTask, fallback: str) -> Path:
     """Where an external trainer runs: the trial's own folder under the sweep (task.folder), created here.
     On a cluster node without the sweep's disk the same absolute path is made on the node's own disk;
     where it cannot be made, Ray's folder for the trial (`fallback`) is used instead."""

@@ -122,14 +122,14 @@ def test_a_trial_stopped_before_its_trainer_starts_never_starts_it(tmp_path):
 def test_the_trainer_runs_in_the_trials_own_folder(tmp_path):
     """The folder the task names is made and is the trainer's working folder: its log and what it saves
     there (a checkpoint per step) stay; where it cannot be made, Ray's folder for the trial is used."""
-    from tuner.trial._trainable import trial_folder
+    from tuner.trial._trainable import working_folder
 
     t = dataclasses.replace(task(1e-5, steps=2), folder=str(tmp_path / "sweeps" / "s" / "trials" / "0"))
-    folder = trial_folder(t, str(tmp_path / "ray"))
+    folder = working_folder(t, str(tmp_path / "ray"))
     assert folder == tmp_path / "sweeps" / "s" / "trials" / "0" and folder.is_dir()
     assert len(run(t, folder)) == 2
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-1.txt", "checkpoint-2.txt", "trainer.log",
                                                         "trial_config.json"]
     (tmp_path / "file").write_text("")  # a folder that cannot be made (under a file): Ray's instead
     blocked = dataclasses.replace(t, folder=str(tmp_path / "file" / "trials" / "0"))
-    assert trial_folder(blocked, str(tmp_path / "ray")) == tmp_path / "ray"
+    assert working_folder(blocked, str(tmp_path / "ray")) == tmp_path / "ray"
