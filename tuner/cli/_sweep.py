@@ -50,10 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write the best feasible trial's config")
     p.add_argument("sweep", help=SWEEP_HELP)
     p.add_argument("--format", default=None,
-                   help="our engine's sweep: yaml (default), json, openrlhf, verl or trl; a sweep of your own "
-                        "trainer (trial.engine: command): command (default: your command line with the values "
-                        "filled in), yaml or json (the searched values); verl, openrlhf, trl: that engine's "
-                        "own (default), yaml or json (the searched values)")
+                   help="our engine's sweep: yaml (default), json, openrlhf, verl or trl; a sweep "
+                        "of your own trainer (trial.engine: command): command (default: your "
+                        "command line with the values filled in), yaml or json (the searched "
+                        "values); verl, openrlhf, trl: that engine's own (default), yaml or json")
     p.add_argument("-o", "--output", help="file to write (default: stdout)")
     p.add_argument("--workdir", default="sweeps", help=WORKDIR_HELP)
     p.set_defaults(func=cmd_export)
@@ -283,6 +283,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from tuner.export import check_format, formats_for
     from tuner.sweep import (
         choose,
+        export_choice,
         find_sweep,
         open_study,
         promoted_configs,
@@ -303,34 +304,16 @@ def cmd_export(args: argparse.Namespace) -> int:
                                    "run more trials (tuner resume) or widen the search space")])
     if choice.note:
         print(f"note: exporting {choice.note}", file=sys.stderr)
-    text, warnings = _export_text(spec, choice, fmt)
+    text, warnings = export_choice(spec, choice, fmt)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if args.output:
         Path(args.output).write_text(text)
-        print(f"wrote trial {choice.trial.number}'s config ({fmt}, chosen by the {choice.stage}) to "
-              f"{args.output}", file=sys.stderr)
+        print(f"wrote trial {choice.trial.number}'s config ({fmt}, chosen by the "
+              f"{choice.stage}) to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0
-
-
-def _export_text(spec: CompiledSpec, choice: Any, fmt: str) -> tuple[str, list[str]]:
-    """The chosen trial in `fmt` (checked by check_format): our engine's config in an engine's format; for a
-    sweep of an external trainer, its command line as the trial launched it, or its searched values."""
-    from trials import PPOConfig
-    from tuner.export import export_command, export_config, export_searched
-    from tuner.sweep import engine_config_of, trial_folder
-    from tuner.trial import launch_argv
-
-    engine = engine_config_of(choice.trial)
-    if spec.trial.engine != "ppo-tuner" and fmt in ("yaml", "json"):
-        return export_searched(dict(choice.trial.params), fmt, choice.source)
-    if fmt == "command":
-        folder = trial_folder(spec, choice.trial.number)
-        return export_command(launch_argv("command", list(spec.trial.command), engine, folder), str(folder),
-                              choice.source)
-    return export_config(PPOConfig.from_dict(engine), fmt, source=choice.source)
 
 
 def mlflow_server_command(tracking_uri: str, host: str, port: int, artifacts: Path | None = None,

@@ -122,7 +122,7 @@ class LiveTable(SweepCallback):
     def trial_ended(self, outcome: Outcome) -> None:
         row = self.rows.setdefault(outcome.number, {"number": outcome.number})
         row["state"], row["stop"] = outcome.state, outcome.stop_reason
-        if outcome.iterations is not None:  # the iterations the study records, as the summary shows them
+        if outcome.iterations is not None:  # the iterations the study records, as the summary has
             row["iteration"] = outcome.iterations
         label = f" ({row['label']})" if "label" in row else ""
         self._show(f"{self.stage} {row['number']}{label}: {row['state']:<10} iter {row.get('iteration', '-')}  "

@@ -1,5 +1,6 @@
-"""Export a PPOConfig to the formats people run: ppo-tuner's YAML and JSON, OpenRLHF, verl and TRL; for a
-sweep of your own trainer, your command line with the values filled in, or the searched values alone.
+"""Export a PPOConfig to the formats people run: ppo-tuner's YAML and JSON, OpenRLHF, verl and
+TRL; for a sweep of your own trainer, your command line with the values filled in, or the
+searched values alone.
 
 Each target's name tables (our field -> its flag, key or keyword) are plain data in its module, with
 the source file they were checked against: `_openrlhf.FLAGS`, `_verl.KEYS`, `_trl.KWARGS` (and
@@ -22,5 +23,5 @@ from tuner.export._api import (
 )
 from tuner.export._own import export_command, export_searched
 
-__all__ = ["FORMATS", "LAUNCH_TARGETS", "check_format", "engine_launch", "export_command", "export_config",
-           "export_searched", "formats_for"]
+__all__ = ["FORMATS", "LAUNCH_TARGETS", "check_format", "engine_launch", "export_command",
+           "export_config", "export_searched", "formats_for"]

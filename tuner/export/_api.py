@@ -45,21 +45,25 @@ SEARCHED = ("yaml", "json")  # for an external engine's sweep: its searched valu
 
 
 def formats_for(engine: str) -> tuple[str, ...]:
-    """The export formats that apply to a sweep of `engine` (trial.engine), its default first: our engine's
-    config in every format; an external engine's own (`command`: your command line), or its searched values."""
+    """The export formats that apply to a sweep of `engine` (trial.engine), its default first: our
+    engine's config in every format; an external engine's own (`command`: your command line), or
+    its searched values."""
     if engine == "ppo-tuner":
         return FORMATS
     return (engine, *SEARCHED)
 
 
 def check_format(fmt: str, engine: str) -> str:
-    """`fmt` as a format that applies to a sweep of `engine`; a ConfigError naming --format where it does not."""
+    """`fmt` as a format that applies to a sweep of `engine`; a ConfigError naming --format where
+    it does not."""
     allowed = formats_for(engine)
     key = fmt.strip().lower()
     if key not in allowed:
         known = key in FORMATS or key == "command"
-        why = f"does not apply to a sweep of trial.engine {engine}" if known else "is not an export format"
-        raise ConfigError([Problem("--format", fmt, why, f"use one of {', '.join(allowed)} (default {allowed[0]})")])
+        why = (f"does not apply to a sweep of trial.engine {engine}" if known
+               else "is not an export format")
+        fix = f"use one of {', '.join(allowed)} (default {allowed[0]})"
+        raise ConfigError([Problem("--format", fmt, why, fix)])
     return key
 
 

@@ -45,10 +45,10 @@ TPE_OPTIONS = {"multivariate": True, "constant_liar": True}
 
 
 class _GridSampler(optuna.samplers.GridSampler):
-    """A grid sampler that leaves stopping to the sweep's budget: Optuna's calls study.stop() once the
-    grid is exhausted, which is only allowed inside study.optimize, not with ask and tell. An interrupted
-    trial's point stays visited; the resumed sweep runs it again as a queued trial (the sweep's
-    `requeue_interrupted`), as for every sampler."""
+    """A grid sampler that leaves stopping to the sweep's budget: Optuna's calls study.stop() once
+    the grid is exhausted, which is only allowed inside study.optimize, not with ask and tell. An
+    interrupted trial's point stays visited; the resumed sweep runs it again as a queued trial (the
+    sweep's `requeue_interrupted`), as for every sampler."""
 
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
                     state: optuna.trial.TrialState, values: Any) -> None:

@@ -1,5 +1,5 @@
-"""Finding a sweep by name, folder or spec file (its resolved spec is kept in <sweep dir>/spec.yaml), and a
-trial's own folder in it."""
+"""Finding a sweep by name, folder or spec file (its resolved spec is kept in
+<sweep dir>/spec.yaml), and a trial's own folder in it."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ def list_sweeps(workdir: str = "sweeps") -> list[CompiledSpec]:
 
 
 def trial_folder(spec: CompiledSpec, number: int, stage: str = TRIALS_DIR) -> Path:
-    """Trial `number`'s own folder, absolute (a Ray worker runs elsewhere): sweeps/NAME/trials/N for a
-    search trial; sweeps/NAME/promotion/N for a promotion run (`stage` PROMOTION, N its number there)."""
+    """Trial `number`'s own folder, absolute (a Ray worker runs elsewhere): sweeps/NAME/trials/N
+    for a search trial; sweeps/NAME/promotion/N for a promotion run (`stage` PROMOTION, N its
+    number in the promotion study)."""
     return (spec.sweep_dir() / stage / str(number)).resolve()

@@ -45,7 +45,6 @@ from tuner.sweep._study import (
     TrialRow,
     best_feasible,
     count_states,
-    engine_config_of,
     interrupted,
     mark_interrupted,
     open_storage,
@@ -110,10 +109,12 @@ def open_study(spec: CompiledSpec, create: bool = False) -> tuple[optuna.Study, 
     except KeyError:
         done = 0
     if create:
-        return optuna.create_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec, done),
-                                   directions=spec.directions(), load_if_exists=True), storage
+        return optuna.create_study(study_name=spec.name, storage=storage,
+                                   sampler=make_sampler(spec, done), directions=spec.directions(),
+                                   load_if_exists=True), storage
     try:
-        return optuna.load_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec, done)), storage
+        sampler = make_sampler(spec, done)
+        return optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler), storage
     except KeyError:
         raise ConfigError([Problem("sweep", spec.name, f"has no study in {redact(spec.storage_url())}",
                                    "start it with 'tuner run SPEC'")]) from None
@@ -253,7 +254,8 @@ def run_sweep(spec: CompiledSpec, callbacks: Sequence[SweepCallback] = ()) -> Sw
             ray_use.close()
         # the study's reads retried likewise through an outage
         return searcher.writes.wait(lambda: _summarise(spec, study, storage, tracker, outcomes,
-                                                       time.perf_counter() - started, ran=ran, stage=stage))
+                                                       time.perf_counter() - started, ran=ran,
+                                                       stage=stage))
     except StudyOutage as exc:  # stopped as on Ctrl-C; what the study could not be told runs again on resume
         tracker.finish({}, None, status="KILLED")
         held = len(searcher.writes.pending)
@@ -433,7 +435,8 @@ def _summarise(spec: CompiledSpec, study: optuna.Study, storage: optuna.storages
         name=spec.name, sweep_dir=spec.sweep_dir(), counts=counts, best_number=best.number if best else None,
         best_value=best.values[0] if best else None, best_kl=best.user_attrs.get(ATTR["kl_max"]) if best else None,
         wall_seconds=wall, trial_compute_seconds=sum(o.compute_seconds for o in done),
-        concurrency=spec.resources.max_concurrent, ran=ran, promotion_ran=stage.ran, parent_run_id=tracker.parent_id,
+        concurrency=spec.resources.max_concurrent, ran=ran, promotion_ran=stage.ran,
+        parent_run_id=tracker.parent_id,
         artifacts=artifacts, outcomes=outcomes, trials=rows, missing=_missing(spec, study),
         promoted=configs, promotion_missing=promotion_missing(configs), promotion_note=stage.skipped, choice=choice,
         overoptimized=[r.number for r in rows if r.overoptimized], diagnosis=diagnosis)
@@ -482,11 +485,10 @@ def _artifacts(spec: CompiledSpec, study: optuna.Study, rows: list[TrialRow], tr
         made.append(importance)
     if configs:
         made.append(write_table(configs, out_dir / "promotion.csv"))
-    if choice is not None:
-        from trials import PPOConfig
-        from tuner.export import export_config
+    if choice is not None:  # our engine's config; an external trainer's searched values
+        from tuner.sweep._export import export_choice
 
-        text, _ = export_config(PPOConfig.from_dict(engine_config_of(choice.trial)), "yaml", source=choice.source)
+        text, _ = export_choice(spec, choice, "yaml")
         (out_dir / "best_config.yaml").write_text(text)
         made.append(out_dir / "best_config.yaml")
     for path in made:

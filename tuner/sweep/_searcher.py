@@ -117,6 +117,15 @@ class _Live:
         self.writes.submit(self.trial.report, value, step=step)
 
 
+def _put_stop(key: str) -> None:
+    from ray.experimental import internal_kv
+
+    try:
+        internal_kv._internal_kv_put(key, b"1")
+    except Exception as exc:  # Ray going down: Ray Tune's own stop still reaches each trial
+        log.debug("the trials could not be told of the stop: %s", exc)
+
+
 class StudySearcher(Searcher):
     def __init__(self, study: optuna.Study, spec: CompiledSpec, storage: optuna.storages.BaseStorage | None = None):
         super().__init__(metric=OBJECTIVE, mode="max" if spec.objective.direction == "maximize" else "min")
@@ -126,8 +135,8 @@ class StudySearcher(Searcher):
         self._strays = False  # whether closing the trials an ask left behind is held
         self._live: dict[str, _Live] = {}  # ray trial id -> a trial not yet recorded
         self._outcomes: dict[str, Outcome] = {}  # ray trial id -> what was recorded
-        self.stop_key = f"ppo-tuner-stop-{uuid.uuid4().hex}"  # set in Ray's KV store when the sweep stops
-        self._started: set[str] = set()  # ray trial ids of the trials Ray Tune started (not only suggested)
+        self.stop_key = f"ppo-tuner-stop-{uuid.uuid4().hex}"  # in Ray's KV store once stopped
+        self._started: set[str] = set()  # ray ids of the trials Ray Tune started (not only suggested)
         self.multi = len(spec.directions()) > 1
         self.iterations = spec.iterations()  # a trial that ended before this many iterations was cut
         budget = spec.resources.trial_memory_gb
@@ -146,16 +155,15 @@ class StudySearcher(Searcher):
         self._started.add(trial_id)
 
     def stop_trials(self) -> None:
-        """The sweep is stopped (Ctrl-C, SIGTERM): tell every trial through Ray's KV store, so that none
-        starts its trainer or engine from now on. Called from a signal handler: the write runs in a thread."""
-        from ray.experimental import internal_kv
-
-        threading.Thread(target=internal_kv._internal_kv_put, args=(self.stop_key, b"1"), daemon=True,
+        """The sweep is stopped (Ctrl-C, SIGTERM): tell every trial through Ray's KV store, so that
+        none starts its trainer or engine from now on. Called from a signal handler: the write runs
+        in a thread."""
+        threading.Thread(target=_put_stop, args=(self.stop_key,), daemon=True,
                          name="stop-trials").start()
 
     def ran(self) -> int:
-        """How many of the trials recorded were started: a sweep stopped by Ctrl-C records its pending
-        suggestions too (interrupted), which never ran."""
+        """How many of the trials recorded were started: a sweep stopped by Ctrl-C records its
+        pending suggestions too (interrupted), which never ran."""
         return len(self._started & self._outcomes.keys())
 
     def running(self) -> list[str]:
@@ -226,7 +234,8 @@ class StudySearcher(Searcher):
                          kl_forecast=self.spec.kl_rule.forecast, kl_grace_iterations=self.spec.kl_rule.grace_iterations,
                          objective=self.spec.objective.model_dump(), engine_kind=self.spec.trial.engine,
                          external=self.spec.trial.launch(cluster=self.spec.ray.address is not None), source=source,
-                         folder=str(self.trial_folder(trial.number)), stop_key=self.stop_key, sys_path=[p for p in [os.getcwd(), *sys.path] if p])
+                         folder=str(self.trial_folder(trial.number)), stop_key=self.stop_key,
+                         sys_path=[p for p in [os.getcwd(), *sys.path] if p])
         self._live[trial_id] = _Live(trial, task, self.writes)
         self._launched.add(trial.number)
         return task.to_config()
@@ -295,8 +304,9 @@ class StudySearcher(Searcher):
         if live.evals:
             live.set_user_attr(ATTR["gold"], live.evals[-1][2])
             live.set_user_attr(ATTR["evals"], live.evals)
-        # the iterations it reported (a failure's report is one more of Ray's training_iteration, not an iteration)
-        outcome = self._record(live, read_result(last) if last else None, max(live.steps, default=0), error)
+        # the iterations it reported (a failure's report adds one to Ray's training_iteration)
+        reported = max(live.steps, default=0)
+        outcome = self._record(live, read_result(last) if last else None, reported, error)
         outcome.compute_seconds = live.compute
         outcome.wall_seconds = time.perf_counter() - live.started
         outcome.params = live.task.params

@@ -7,9 +7,10 @@ whatever handles SIGINT at that moment: during `Tuner.fit` that is Ray Tune's, w
 the current step, so the trials are stopped and recorded as on Ctrl-C; a second SIGTERM, like a second
 Ctrl-C, raises KeyboardInterrupt at once. `stop_signal()` tells the CLI which signal stopped the sweep;
 `noting_tune_stops()`, around each `Tuner.fit`, notes the Ctrl-C that Ray Tune's handler took, so that a
-sweep stopped after its search's last trial does not go on to its promotion runs. `before_tune_stop(action)`,
-from inside the fit, runs `action` first when the stop comes: the trials learn of it at once (no trainer
-starts after it), not only when Ray Tune stops each of them after its current step.
+sweep stopped after its search's last trial does not go on to its promotion runs.
+`before_tune_stop(action)`, from inside the fit, runs `action` first when the stop comes: the trials
+learn of it at once (no trainer starts after it), not only when Ray Tune stops each of them after
+its current step.
 """
 
 from __future__ import annotations
@@ -58,9 +59,10 @@ def noting_tune_stops() -> Iterator[None]:
 
 
 def before_tune_stop(action: Callable[[], None]) -> None:
-    """Inside `Tuner.fit` (main thread, once Ray Tune's SIGINT handler is in place: a Tune callback's setup):
-    on Ctrl-C (or SIGTERM, which goes the same way), run `action`, then Ray Tune's handler as before.
-    `action` runs in a signal handler: it must only start something (a thread), never wait."""
+    """Inside `Tuner.fit` (main thread, once Ray Tune's SIGINT handler is in place: a Tune
+    callback's setup): on Ctrl-C (or SIGTERM, which goes the same way), run `action`, then Ray
+    Tune's handler as before. `action` runs in a signal handler: it must only start something (a
+    thread), never wait."""
     if threading.current_thread() is not threading.main_thread():
         return
     tune_handler = signal.getsignal(signal.SIGINT)
@@ -71,7 +73,7 @@ def before_tune_stop(action: Callable[[], None]) -> None:
         try:
             action()
         finally:
-            tune_handler(signum, frame)  # Ray Tune's: ends the fit and puts back the handler it found
+            tune_handler(signum, frame)  # Ray Tune's: ends the fit, puts back the handler it found
 
     signal.signal(signal.SIGINT, handler)
 

@@ -168,6 +168,7 @@ ENGINES: dict[str, Engine] = {
 }
 
 
-def launch_argv(engine_kind: str, command: list[str], engine: dict[str, Any], folder: Path | None = None) -> list[str]:
-    """The argv a trial of `engine_kind` with engine config `engine` launches (`tuner export` writes it)."""
+def launch_argv(engine_kind: str, command: list[str], engine: dict[str, Any],
+                folder: Path | None = None) -> list[str]:
+    """The argv a trial of `engine_kind` with engine config `engine` launches (`tuner export`)."""
     return ENGINES[engine_kind].launch(command, engine, folder)[0]

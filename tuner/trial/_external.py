@@ -170,8 +170,8 @@ def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir:
                 ray_address: str = "") -> None:
     """Run the task's external trainer to its end, emitting a TrialReport result per report.
 
-    Stops it after its last report, past the KL limit, or when `stop_requested()` (checked before it is
-    started too: then it never starts); raises TrainerError
+    Stops it after its last report, past the KL limit, or when `stop_requested()` (checked before
+    it is started too: then it never starts); raises TrainerError
     on a fault (with the log's tail). `emit` may raise (Ray stops the trial): the trainer is stopped too.
     `ray_address`: the sweep's cluster, which an engine with a Ray of its own joins (else it starts its own).
     """

@@ -88,9 +88,10 @@ def _run_external(task: TrialTask) -> None:
     gpus = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, ray.get_gpu_ids()))}  # what Ray Tune reserved for it
     workdir = working_folder(task, tune.get_context().get_trial_dir() or os.getcwd())
     try:
-        run_command(task, tune.report, workdir, stop_requested=lambda: _stop_requested() or sweep_stopped(task),
-                    env=gpus, ray_address=ray.get_runtime_context().gcs_address)
-        if sweep_stopped(task):  # stopped by the sweep before Ray Tune stopped this trial: its stop ends it
+        run_command(task, tune.report, workdir,
+                    stop_requested=lambda: _stop_requested() or sweep_stopped(task), env=gpus,
+                    ray_address=ray.get_runtime_context().gcs_address)
+        if sweep_stopped(task):  # stopped by the sweep before Ray Tune stopped it: Tune's stop ends it
             _wait_for_tune_stop()
     except TrainerError as exc:
         tune.report(TrialFailure(error=str(exc), retryable=exc.retryable, scheduler_score=worst(task.objective["direction"]),
@@ -100,9 +101,9 @@ def _run_external(task: TrialTask) -> None:
 
 
 def working_folder(task: TrialTask, fallback: str) -> Path:
-    """Where an external trainer runs: the trial's own folder under the sweep (task.folder), created here.
-    On a cluster node without the sweep's disk the same absolute path is made on the node's own disk;
-    where it cannot be made, Ray's folder for the trial (`fallback`) is used instead."""
+    """Where an external trainer runs: the trial's own folder under the sweep (task.folder), made
+    here. On a cluster node without the sweep's disk the same absolute path is made on the node's
+    own disk; where it cannot be made, Ray's folder for the trial (`fallback`) is used instead."""
     for folder in (task.folder, fallback):
         if not folder:
             continue
@@ -111,12 +112,13 @@ def working_folder(task: TrialTask, fallback: str) -> Path:
             return Path(folder)
         except OSError:
             continue
-    raise RuntimeError(f"no folder for trial {task.number}: neither {task.folder!r} nor {fallback!r} can be made")
+    raise RuntimeError(f"no folder for trial {task.number}: neither {task.folder!r} nor "
+                       f"{fallback!r} can be made")
 
 
 def sweep_stopped(task: TrialTask) -> bool:
-    """Whether the controller was stopped (Ctrl-C, SIGTERM): it sets task.stop_key in Ray's KV store at once,
-    before Ray Tune stops each trial."""
+    """Whether the controller was stopped (Ctrl-C, SIGTERM): it sets task.stop_key in Ray's KV
+    store at once, before Ray Tune stops each trial."""
     if not task.stop_key:
         return False
     try:
@@ -128,8 +130,8 @@ def sweep_stopped(task: TrialTask) -> bool:
 
 
 def _wait_for_tune_stop(limit: float = 60.0) -> None:
-    """Wait (at most `limit` seconds) for Ray Tune to stop this trial, so that a trial the sweep's stop kept
-    from its work ends as stopped, not as finished."""
+    """Wait (at most `limit` seconds) for Ray Tune to stop this trial, so that a trial the sweep's
+    stop kept from its work ends as stopped, not as finished."""
     deadline = time.monotonic() + limit
     while not _stop_requested() and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -128,6 +128,8 @@ def test_export_gives_your_command_line_and_the_searched_values(sweep):
     assert yaml.safe_load(as_yaml.stdout) == {"policy_lr": 1e-5}, as_yaml.stdout
     as_json = tuner("export", "byot", "--workdir", workdir, "--format", "json", cwd=sweep["folder"])
     assert json.loads(as_json.stdout)["params"] == {"policy_lr": 1e-5}
+    artifact = sweep["spec"].sweep_dir() / "artifacts" / "best_config.yaml"  # the sweep's own copy: the same
+    assert yaml.safe_load(artifact.read_text()) == {"policy_lr": 1e-5}
     refused = tuner("export", "byot", "--workdir", workdir, "--format", "openrlhf", cwd=sweep["folder"])
     assert refused.returncode == 2 and refused.stdout == "", refused.stdout
     [line] = refused.stderr.strip().splitlines()
