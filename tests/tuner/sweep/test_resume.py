@@ -43,7 +43,7 @@ def test_an_interrupted_sweep_resumes(tmp_path, demo_model):
     assert done_before <= {t.number for t in counted}  # finished trials were kept, not run again
     stopped = [t for t in study.trials if t.user_attrs.get("stop_reason") == "interrupted"]
     reruns = {t.user_attrs.get("run_again_of"): t for t in counted}
-    assert stopped and all(reruns[t.number].params == t.params for t in stopped)  # their configs ran again
+    assert stopped and all(reruns[t.number].params == t.params for t in stopped)  # ran again
     assert len({t.user_attrs["ray_trial_id"] for t in study.trials}) == len(study.trials)
 
     client = MlflowClient(spec.tracking_uri())
@@ -76,9 +76,9 @@ def test_a_continued_study_does_not_draw_its_first_samples_again(tmp_path):
 
 @pytest.mark.parametrize("sampler", ["random", "grid"])
 def test_interrupted_configs_run_again_first_and_count_once(tmp_path, sampler):
-    """Ctrl-C leaves two trials interrupted: the resumed sweep runs their configs again (same values and
-    seed) before new samples, queues each once however often it resumes, and counts the re-runs once;
-    a grid covers each point once."""
+    """Ctrl-C leaves two trials interrupted: the resumed sweep runs their configs again (same values
+    and seed) before new samples, queues each once however often it resumes, and counts the re-runs
+    once; a grid covers each point once."""
     from tuner.spec import parse_spec
     from tuner.sweep import load_study
     from tuner.sweep._run import remaining_trials
@@ -86,8 +86,9 @@ def test_interrupted_configs_run_again_first_and_count_once(tmp_path, sampler):
     from tuner.sweep._study import mark_interrupted, requeue_interrupted
 
     lrs = [1e-6, 2e-6, 3e-6, 4e-6]
-    spec = parse_spec({"name": f"requeue-{sampler}", "workdir": str(tmp_path / "sweeps"), "sampler": {"type": sampler},
-                       "search_space": {"policy_lr": {"choices": lrs}}, "budget": {"trials": 4}})
+    spec = parse_spec({"name": f"requeue-{sampler}", "workdir": str(tmp_path / "sweeps"),
+                       "sampler": {"type": sampler}, "search_space": {"policy_lr": {"choices": lrs}},
+                       "budget": {"trials": 4}})
     spec.sweep_dir().mkdir(parents=True)
     study = load_study(spec, create=True)
     first = [ask_trial(study, spec) for _ in range(2)]  # both running at the Ctrl-C
@@ -101,7 +102,7 @@ def test_interrupted_configs_run_again_first_and_count_once(tmp_path, sampler):
         trial, params, engine = ask_trial(study, spec)
         ran.append((params, engine, trial.user_attrs.get("run_again_of")))
         study.tell(trial, 0.0)
-    assert [r[:2] for r in ran[:2]] == [f[1:] for f in first]  # the same values and engine config (seed included)
+    assert [r[:2] for r in ran[:2]] == [f[1:] for f in first]  # same values, engine config, seed
     assert [r[2] for r in ran] == [0, 1, None, None]
     assert remaining_trials(study, 4, storage) == 0
     if sampler == "grid":

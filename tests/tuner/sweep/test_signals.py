@@ -101,14 +101,14 @@ def test_a_ctrl_c_taken_by_ray_tunes_handler_is_noted_and_the_handler_put_back(t
 
 
 def test_a_stop_tells_the_trials_before_ray_tune_stops_them():
-    """before_tune_stop, installed over Ray Tune's SIGINT handler, runs its action first on a real SIGINT,
-    then Tune's handler (which puts back the handler it found)."""
+    """before_tune_stop, installed over Ray Tune's SIGINT handler, runs its action first on a real
+    SIGINT, then Tune's handler (which puts back the handler it found)."""
     from tuner.sweep._signals import before_tune_stop
 
     calls: list[str] = []
     found = signal.getsignal(signal.SIGINT)
 
-    def tune_handler(signum, frame):  # what Ray Tune's does: note the stop, put back the handler it found
+    def tune_handler(signum, frame):  # as Ray Tune's: note the stop, put back the handler found
         calls.append("tune")
         signal.signal(signal.SIGINT, found)
 

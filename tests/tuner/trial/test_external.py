@@ -116,20 +116,21 @@ def test_a_trial_stopped_before_its_trainer_starts_never_starts_it(tmp_path):
     reports: list[dict] = []
     run_command(task(1e-5), reports.append, tmp_path, stop_requested=lambda: True)
     assert reports == []
-    assert not (tmp_path / "trainer.log").exists()  # the trainer's output would be there from its start
+    assert not (tmp_path / "trainer.log").exists()  # a started trainer's output would be there
 
 
 def test_the_trainer_runs_in_the_trials_own_folder(tmp_path):
-    """The folder the task names is made and is the trainer's working folder: its log and what it saves
-    there (a checkpoint per step) stay; where it cannot be made, Ray's folder for the trial is used."""
+    """The folder the task names is made and is the trainer's working folder: its log and what it
+    saves there (a checkpoint per step) stay; where it cannot be made, Ray's folder is used."""
     from tuner.trial._trainable import working_folder
 
-    t = dataclasses.replace(task(1e-5, steps=2), folder=str(tmp_path / "sweeps" / "s" / "trials" / "0"))
+    own = tmp_path / "sweeps" / "s" / "trials" / "0"
+    t = dataclasses.replace(task(1e-5, steps=2), folder=str(own))
     folder = working_folder(t, str(tmp_path / "ray"))
-    assert folder == tmp_path / "sweeps" / "s" / "trials" / "0" and folder.is_dir()
+    assert folder == own and folder.is_dir()
     assert len(run(t, folder)) == 2
-    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-1.txt", "checkpoint-2.txt", "trainer.log",
-                                                        "trial_config.json"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "checkpoint-1.txt", "checkpoint-2.txt", "trainer.log", "trial_config.json"]
     (tmp_path / "file").write_text("")  # a folder that cannot be made (under a file): Ray's instead
     blocked = dataclasses.replace(t, folder=str(tmp_path / "file" / "trials" / "0"))
     assert working_folder(blocked, str(tmp_path / "ray")) == tmp_path / "ray"
