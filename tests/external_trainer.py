@@ -4,7 +4,8 @@ JSON-lines protocol (one '@ppo-tuner {...}' line per logged step on stdout).
 Its per-token KL grows with the learning rate (--lr) and the step, so a large lr passes the sweep's KL
 limit; it reports per-token KL and the response length, as many trainers log them. It starts a helper
 process (as a data loader would) that must be stopped with it. Faults for the tests: --crash-if-lr
-exits 3 with a traceback at step 2; --hang-if-lr goes silent at step 2 and ignores SIGTERM.
+exits 1 with a traceback at step 2 (after one report); --hang-if-lr goes silent at step 2 and
+ignores SIGTERM. Each step saves a checkpoint file to the working folder.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def main() -> int:
     with open(os.environ["PPO_TUNER_TRIAL_CONFIG"]) as f:
         trial = json.load(f)["number"]
     helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", os.environ["PPO_TUNER_TRIAL_CONFIG"]])
-    sys.stdout.write(f"trial {trial}: training with lr {args.lr:g} (helper {helper.pid})\n")
+    sys.stdout.write(f"trial {trial}: training with lr {args.lr:g} (helper {helper.pid}), "
+                     f"started at {time.time()}\n")
     for step in range(1, args.steps + 1):
         time.sleep(args.step_seconds)
         if step == 2 and args.crash_if_lr is not None and math.isclose(args.lr, args.crash_if_lr):
@@ -43,6 +45,8 @@ def main() -> int:
         if step == 2 and args.hang_if_lr is not None and math.isclose(args.lr, args.hang_if_lr):
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             time.sleep(600)
+        with open(f"checkpoint-{step}.txt", "w") as f:  # to its working folder, as trainers do
+            f.write(f"{trial} {step}\n")
         kl_per_token = args.lr * 1e3 * step  # nats per token
         report(step=step, kl_per_token=kl_per_token, response_length=10.0, reward=1.0 - 1.0 / (1.0 + step * args.lr * 1e4),
                eval_reward=0.5 + 0.1 * math.log10(args.lr / 1e-6), loss=1.0 / step, t=time.time())

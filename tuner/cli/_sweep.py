@@ -55,7 +55,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                       "fresh seeds (where promotion is off or unfinished: the best feasible "
                                       "trial's config)")
     p.add_argument("sweep", help=SWEEP_HELP)
-    p.add_argument("--format", default="yaml", help="yaml, json, openrlhf, verl or trl")
+    p.add_argument("--format", default=None,
+                   help="our engine's sweep: yaml (default), json, openrlhf, verl or trl; a sweep "
+                        "of your own trainer (trial.engine: command): command (default: your "
+                        "command line with the values filled in), yaml or json (the searched "
+                        "values); verl, openrlhf, trl: that engine's own (default), yaml or json")
     p.add_argument("-o", "--output", help="file to write (default: stdout)")
     p.add_argument("--workdir", default="sweeps", help=WORKDIR_HELP)
     p.set_defaults(func=cmd_export)
@@ -297,20 +301,18 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from trials import PPOConfig
-    from tuner.export import FORMATS, export_config
+    from tuner.export import check_format, formats_for
     from tuner.sweep import (
         choose,
-        engine_config_of,
+        export_choice,
         find_sweep,
         open_study,
         promoted_configs,
         promotion_study,
     )
 
-    if args.format not in FORMATS:
-        raise ConfigError([Problem("--format", args.format, "is not an export format", f"use one of {', '.join(FORMATS)}")])
     spec = find_sweep(args.sweep, args.workdir)
+    fmt = check_format(args.format or formats_for(spec.trial.engine)[0], spec.trial.engine)
     study, storage = open_study(spec)
     configs = promoted_configs(spec, study, promotion_study(spec, storage))
     choice = choose(spec, study, configs)
@@ -323,13 +325,13 @@ def cmd_export(args: argparse.Namespace) -> int:
                                    "run more trials (tuner resume) or widen the search space")])
     if choice.note:
         print(f"note: exporting {choice.note}", file=sys.stderr)
-    text, warnings = export_config(PPOConfig.from_dict(engine_config_of(choice.trial)), args.format, source=choice.source)
+    text, warnings = export_choice(spec, choice, fmt)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if args.output:
         Path(args.output).write_text(text)
-        print(f"wrote trial {choice.trial.number}'s config ({args.format}, chosen by the {choice.stage}) to "
-              f"{args.output}", file=sys.stderr)
+        print(f"wrote trial {choice.trial.number}'s config ({fmt}, chosen by the "
+              f"{choice.stage}) to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0

@@ -129,6 +129,8 @@ class LiveTable(SweepCallback):
     def trial_ended(self, outcome: Outcome) -> None:
         row = self.rows.setdefault(outcome.number, {"number": outcome.number})
         row["state"], row["stop"] = outcome.state, outcome.stop_reason
+        if outcome.iterations is not None:  # the iterations the study records, as the summary has
+            row["iteration"] = outcome.iterations
         label = f" ({row['label']})" if "label" in row else ""
         self._show(f"{self.stage} {row['number']}{label}: {row['state']:<10} iter {row.get('iteration', '-')}  "
                    f"score {_f(row.get('score'))}  KL max {_f(row.get('kl_max'), '.2f')}  ({row['stop']})")

@@ -1,4 +1,6 @@
-"""Export a PPOConfig to the formats people run: ppo-tuner's YAML and JSON, OpenRLHF, verl and TRL.
+"""Export a PPOConfig to the formats people run: ppo-tuner's YAML and JSON, OpenRLHF, verl and
+TRL; for a sweep of your own trainer, your command line with the values filled in, or the
+searched values alone.
 
 Each target's name tables (our field -> its flag, key or keyword) are plain data in its module, with
 the source file they were checked against: `_openrlhf.FLAGS`, `_verl.KEYS`, `_trl.KWARGS` (and
@@ -11,6 +13,15 @@ target does instead.
 
 from __future__ import annotations
 
-from tuner.export._api import FORMATS, LAUNCH_TARGETS, engine_launch, export_config
+from tuner.export._api import (
+           FORMATS,
+           LAUNCH_TARGETS,
+           check_format,
+           engine_launch,
+           export_config,
+           formats_for,
+)
+from tuner.export._own import export_command, export_searched
 
-__all__ = ["FORMATS", "LAUNCH_TARGETS", "engine_launch", "export_config"]
+__all__ = ["FORMATS", "LAUNCH_TARGETS", "check_format", "engine_launch", "export_command",
+           "export_config", "export_searched", "formats_for"]

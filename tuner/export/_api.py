@@ -11,7 +11,7 @@ from tuner.export._openrlhf import export_openrlhf
 from tuner.export._trl import export_trl
 from tuner.export._verl import export_verl
 
-FORMATS = ("yaml", "json", "openrlhf", "verl", "trl")
+FORMATS = ("yaml", "json", "openrlhf", "verl", "trl")  # our engine's config
 
 _EXPORTERS: dict[str, Callable[[PPOConfig, dict | None], tuple[str, list[str]]]] = {
     "yaml": export_yaml,
@@ -39,6 +39,32 @@ def export_config(config: PPOConfig, fmt: str, *, source: dict | None = None) ->
     if problems:
         raise ConfigError(problems)
     return _EXPORTERS[key](config, source)
+
+
+SEARCHED = ("yaml", "json")  # for an external engine's sweep: its searched values alone
+
+
+def formats_for(engine: str) -> tuple[str, ...]:
+    """The export formats that apply to a sweep of `engine` (trial.engine), its default first: our
+    engine's config in every format; an external engine's own (`command`: your command line), or
+    its searched values."""
+    if engine == "ppo-tuner":
+        return FORMATS
+    return (engine, *SEARCHED)
+
+
+def check_format(fmt: str, engine: str) -> str:
+    """`fmt` as a format that applies to a sweep of `engine`; a ConfigError naming --format where
+    it does not."""
+    allowed = formats_for(engine)
+    key = fmt.strip().lower()
+    if key not in allowed:
+        known = key in FORMATS or key == "command"
+        why = (f"does not apply to a sweep of trial.engine {engine}" if known
+               else "is not an export format")
+        fix = f"use one of {', '.join(allowed)} (default {allowed[0]})"
+        raise ConfigError([Problem("--format", fmt, why, fix)])
+    return key
 
 
 LAUNCH_TARGETS = {"openrlhf": export_openrlhf, "verl": export_verl, "trl": export_trl}

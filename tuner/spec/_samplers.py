@@ -26,7 +26,7 @@ feasible when every value is <= 0). The caller records them on the live trial, b
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
@@ -45,45 +45,23 @@ TPE_OPTIONS = {"multivariate": True, "constant_liar": True}
 
 
 class _GridSampler(optuna.samplers.GridSampler):
-    """A grid sampler that leaves stopping to the sweep's budget (Optuna's calls study.stop() once the
-    grid is exhausted, which is only allowed inside study.optimize, not with ask and tell), and gives a
-    point whose trial `runs_again` (interrupted by Ctrl-C or a dead controller) to a later trial: Optuna's
-    counts every finished trial's point as visited, so a resumed grid sweep would lose those points and
-    draw visited ones again."""
-
-    def __init__(self, grid: dict[str, list[Any]], seed: int | None,
-                 runs_again: Callable[[optuna.trial.FrozenTrial], bool] | None = None):
-        super().__init__(grid, seed=seed)
-        self._runs_again = runs_again
-
-    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if self._runs_again is None or "grid_id" in trial.system_attrs or "fixed_params" in trial.system_attrs:
-            return super().before_trial(study, trial)
-        taken = set()  # the grid points of trials that ran, or run now (Optuna's own attributes, as it reads them)
-        for t in study._storage.get_all_trials(study._study_id, deepcopy=False):
-            if "grid_id" in t.system_attrs and (t.state == optuna.trial.TrialState.RUNNING
-                                                or (t.state.is_finished() and not self._runs_again(t))):
-                taken.add(t.system_attrs["grid_id"])
-        free = [g for g in range(self._n_min_trials) if g not in taken]
-        if not free:  # exhausted: Optuna's behaviour (a visited point again)
-            return super().before_trial(study, trial)
-        study._storage.set_trial_system_attr(trial._trial_id, "search_space", self._search_space)
-        study._storage.set_trial_system_attr(trial._trial_id, "grid_id", free[0])
+    """A grid sampler that leaves stopping to the sweep's budget: Optuna's calls study.stop() once
+    the grid is exhausted, which is only allowed inside study.optimize, not with ask and tell. An
+    interrupted trial's point stays visited; the resumed sweep runs it again as a queued trial (the
+    sweep's `requeue_interrupted`), as for every sampler."""
 
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
                     state: optuna.trial.TrialState, values: Any) -> None:
         pass
 
 
-def make_sampler(spec: CompiledSpec, seed_offset: int = 0,
-                 runs_again: Callable[[optuna.trial.FrozenTrial], bool] | None = None) -> optuna.samplers.BaseSampler:
+def make_sampler(spec: CompiledSpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
     """The spec's Optuna sampler, seeded, for a study created with `spec.directions()`.
 
     TPE, GP and NSGA-II avoid trials that passed the KL limit once the caller records, on every
     trial it tells, ``trial.set_constraint("kl", max_kl - spec.kl_limit)`` before ``study.tell``
     (> 0 means infeasible; details in this module's docstring). `seed_offset`: a continued study's
     sampler needs a seed of its own (the number of trials it has), or it draws its first trials again.
-    `runs_again`: for the grid, whether a finished trial's point is still to run (an interrupted trial).
     """
     kind, seed, n = spec.sampler.type, spec.sampler_seed() + seed_offset, spec.n_startup_trials()
     missing = [m for m in REQUIRED_PACKAGES.get(kind, ()) if importlib.util.find_spec(m) is None]
@@ -96,7 +74,7 @@ def make_sampler(spec: CompiledSpec, seed_offset: int = 0,
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "grid":
         grid = {name: p.grid() for name, p in spec.space.items() if p.searched}
-        return _GridSampler(grid, seed=seed, runs_again=runs_again)
+        return _GridSampler(grid, seed=seed)
     if kind == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=n, warn_independent_sampling=False)
     if kind == "gp":

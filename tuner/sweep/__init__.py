@@ -8,7 +8,8 @@ and returns a `SweepSummary`; `SweepCallback`s are told each trial's start, repo
 from __future__ import annotations
 
 from tuner.sweep._callback import SweepCallback
-from tuner.sweep._locate import find_sweep, list_sweeps
+from tuner.sweep._export import export_choice
+from tuner.sweep._locate import find_sweep, list_sweeps, trial_folder
 from tuner.sweep._outage import StudyOutage
 from tuner.sweep._promotion import PromotedConfig, choose, promoted_configs, promotion_study
 from tuner.sweep._run import (
@@ -30,5 +31,5 @@ from tuner.sweep._study import (
 )
 
 __all__ = ["PromotedConfig", "StudyOutage", "SweepCallback", "choose", "promoted_configs", "promotion_study", "SweepSummary", "TrialRow", "best_feasible", "count_states", "engine_config_of",
-           "find_sweep", "list_sweeps", "load_study", "open_study", "preflight", "redact", "run_sweep", "sync_tracking",
+           "export_choice",            "find_sweep", "list_sweeps", "load_study", "open_study", "preflight", "redact", "run_sweep", "sync_tracking", "trial_folder",
            "trial_rows", "trials_to_run"]

@@ -12,6 +12,7 @@ from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS, DONE, TRIAL_ID
 
 from tuner.sweep._callback import SweepCallback
+from tuner.sweep._signals import before_tune_stop
 from tuner.trial import ITERATION, SCHEDULER_SCORE, Outcome, TrialFailure, read_result
 from tuner.trial._task import TrialTask
 
@@ -28,8 +29,13 @@ class RayEvents(Callback):
     def __init__(self, searcher: Any, logger: Any, callbacks: Sequence[SweepCallback] = ()):
         self.searcher, self.logger, self.callbacks = searcher, logger, list(callbacks)
 
+    def setup(self, **info: Any) -> None:
+        """Ray Tune's SIGINT handler is in place: a stop tells the trials first."""
+        before_tune_stop(self.searcher.stop_trials)
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         task = TrialTask.from_config(trial.config)
+        self.searcher.trial_started(trial.trial_id)
         run_id = self.logger.open_run(task)  # a retry of the same trial keeps its run
         self.searcher.annotate(trial.trial_id, "mlflow_run", run_id)
         for callback in self.callbacks:

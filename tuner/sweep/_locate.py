@@ -1,4 +1,5 @@
-"""Finding a sweep by name, folder or spec file: its resolved spec is kept in <sweep dir>/spec.yaml."""
+"""Finding a sweep by name, folder or spec file (its resolved spec is kept in
+<sweep dir>/spec.yaml), and a trial's own folder in it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from pathlib import Path
 from trials import ConfigError, Problem
 from tuner.spec import SPEC_FILE, CompiledSpec, load_spec
 
-__all__ = ["find_sweep", "list_sweeps"]
+__all__ = ["TRIALS_DIR", "find_sweep", "list_sweeps", "trial_folder"]
+
+TRIALS_DIR = "trials"  # sweeps/NAME/trials/N: search trial N's own folder
 
 
 def find_sweep(ref: str, workdir: str = "sweeps") -> CompiledSpec:
@@ -31,3 +34,10 @@ def list_sweeps(workdir: str = "sweeps") -> list[CompiledSpec]:
     if not root.is_dir():
         return []
     return [load_spec(p) for p in sorted(root.glob(f"*/{SPEC_FILE}"))]
+
+
+def trial_folder(spec: CompiledSpec, number: int, stage: str = TRIALS_DIR) -> Path:
+    """Trial `number`'s own folder, absolute (a Ray worker runs elsewhere): sweeps/NAME/trials/N
+    for a search trial; sweeps/NAME/promotion/N for a promotion run (`stage` PROMOTION, N its
+    number in the promotion study)."""
+    return (spec.sweep_dir() / stage / str(number)).resolve()

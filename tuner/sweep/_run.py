@@ -46,11 +46,11 @@ from tuner.sweep._study import (
     TrialRow,
     best_feasible,
     count_states,
-    engine_config_of,
     interrupted,
     mark_interrupted,
     open_storage,
     redact,
+    requeue_interrupted,
     trial_rows,
 )
 from tuner.trial import SCHEDULER_SCORE, Outcome
@@ -111,10 +111,12 @@ def open_study(spec: CompiledSpec, create: bool = False) -> tuple[optuna.Study, 
     except KeyError:
         done = 0
     if create:
-        return optuna.create_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec, done, interrupted),
-                                   directions=spec.directions(), load_if_exists=True), storage
+        return optuna.create_study(study_name=spec.name, storage=storage,
+                                   sampler=make_sampler(spec, done), directions=spec.directions(),
+                                   load_if_exists=True), storage
     try:
-        return optuna.load_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec, done, interrupted)), storage
+        sampler = make_sampler(spec, done)
+        return optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler), storage
     except KeyError:
         raise ConfigError([Problem("sweep", spec.name, f"has no study in {redact(spec.storage_url())}",
                                    "start it with 'tuner run SPEC'")]) from None
@@ -134,7 +136,7 @@ def _counts(trial: optuna.trial.FrozenTrial) -> bool:
 
 def remaining_trials(study: optuna.Study, wanted: int, storage: optuna.storages.BaseStorage) -> int:
     """Trials still to run. Trials left RUNNING by a dead controller are marked FAIL (interrupted)
-    and run again; every other finished trial counts toward the budget."""
+    and run again (`requeue_interrupted`); every other finished trial counts toward the budget."""
     mark_interrupted(study, storage)
     return max(0, wanted - sum(map(_counts, study.get_trials(deepcopy=False))))
 
@@ -241,6 +243,7 @@ def run_sweep(spec: CompiledSpec, callbacks: Sequence[SweepCallback] = ()) -> Sw
     _tell(callbacks, f"opening the study and the MLflow store in {spec.sweep_dir()}")
     study, storage = open_study(spec, create=True)
     todo = remaining_trials(study, spec.budget.trials, storage)
+    requeue_interrupted(study, todo)  # their configs run first
     tracker = SweepTracker(spec, study)
     searcher = StudySearcher(study, spec, storage)
     logger = TrialLogger(tracker)
@@ -255,6 +258,7 @@ def run_sweep(spec: CompiledSpec, callbacks: Sequence[SweepCallback] = ()) -> Sw
             outcomes = searcher.outcomes()
             # after Ctrl-C the trials it stopped may read alike: the signal is the reason then
             alike = searcher.failing_alike() if stop_signal() is None else None
+            ran = searcher.ran()
             stage = Promotion()
             if stop_signal() is None and alike is None and not searcher.writes.wait(
                     lambda: _missing(spec, study)):
@@ -265,7 +269,7 @@ def run_sweep(spec: CompiledSpec, callbacks: Sequence[SweepCallback] = ()) -> Sw
         # the study's reads retried likewise through an outage
         summary = searcher.writes.wait(
             lambda: _summarise(spec, study, storage, tracker, outcomes,
-                               time.perf_counter() - started, ran=todo, stage=stage))
+                               time.perf_counter() - started, ran=ran, stage=stage))
         summary.failed_alike = alike or ""
         return summary
     except StudyOutage as exc:  # stopped as on Ctrl-C; what the study could not be told runs again on resume
@@ -281,6 +285,7 @@ class Promotion:
 
     outcomes: list[Outcome] = field(default_factory=list)
     todo: int = 0
+    ran: int = 0  # runs started (a Ctrl-C also records the runs it kept from starting)
     skipped: str = ""  # why it did not run, where it was due
 
 
@@ -313,7 +318,7 @@ def _promote(spec: CompiledSpec, search: optuna.Study, storage: optuna.storages.
     ray_use.ensure(f"{len(todo)} promotion run{'s' if len(todo) != 1 else ''}")
     searcher = PromotionSearcher(study, spec, storage, todo)
     fit(spec, len(todo), searcher, logger, callbacks, FIFOScheduler(), left, name=PROMOTION)
-    return Promotion(outcomes=searcher.outcomes(), todo=len(todo))
+    return Promotion(outcomes=searcher.outcomes(), todo=len(todo), ran=searcher.ran())
 
 
 def _missing(spec: CompiledSpec, study: optuna.Study) -> int:
@@ -448,7 +453,8 @@ def _summarise(spec: CompiledSpec, study: optuna.Study, storage: optuna.storages
         name=spec.name, sweep_dir=spec.sweep_dir(), counts=counts, best_number=best.number if best else None,
         best_value=best.values[0] if best else None, best_kl=best.user_attrs.get(ATTR["kl_max"]) if best else None,
         wall_seconds=wall, trial_compute_seconds=sum(o.compute_seconds for o in done),
-        concurrency=spec.resources.max_concurrent, ran=ran, promotion_ran=len(stage.outcomes), parent_run_id=tracker.parent_id,
+        concurrency=spec.resources.max_concurrent, ran=ran, promotion_ran=stage.ran,
+        parent_run_id=tracker.parent_id,
         artifacts=artifacts, outcomes=outcomes, trials=rows, missing=_missing(spec, study),
         promoted=configs, promotion_missing=promotion_missing(configs), promotion_note=stage.skipped, choice=choice,
         overoptimized=[r.number for r in rows if r.overoptimized], diagnosis=diagnosis)
@@ -499,11 +505,10 @@ def _artifacts(spec: CompiledSpec, study: optuna.Study, rows: list[TrialRow], tr
         made.append(importance)
     if configs:
         made.append(write_table(configs, out_dir / "promotion.csv"))
-    if choice is not None:
-        from trials import PPOConfig
-        from tuner.export import export_config
+    if choice is not None:  # our engine's config; an external trainer's searched values
+        from tuner.sweep._export import export_choice
 
-        text, _ = export_config(PPOConfig.from_dict(engine_config_of(choice.trial)), "yaml", source=choice.source)
+        text, _ = export_choice(spec, choice, "yaml")
         (out_dir / "best_config.yaml").write_text(text)
         made.append(out_dir / "best_config.yaml")
     for path in made:

@@ -29,7 +29,10 @@ import logging
 import math
 import os
 import sys
+import threading
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -40,6 +43,7 @@ from ray.tune.stopper import Stopper
 from trials import PPOConfig
 from trials import metrics as K
 from tuner.spec import CompiledSpec, sample_params, trial_config
+from tuner.sweep._locate import trial_folder
 from tuner.sweep._outage import HeldWrites, Unavailable
 from tuner.sweep._promotion import PROMOTION, PlannedRun
 from tuner.sweep._study import ATTR, mark_interrupted, ran_configs, redact, tell_duplicate
@@ -115,6 +119,15 @@ class _Live:
         self.writes.submit(self.trial.report, value, step=step)
 
 
+def _put_stop(key: str) -> None:
+    from ray.experimental import internal_kv
+
+    try:
+        internal_kv._internal_kv_put(key, b"1")
+    except Exception as exc:  # Ray going down: Ray Tune's own stop still reaches each trial
+        log.debug("the trials could not be told of the stop: %s", exc)
+
+
 class StudySearcher(Searcher):
     def __init__(self, study: optuna.Study, spec: CompiledSpec, storage: optuna.storages.BaseStorage | None = None):
         super().__init__(metric=OBJECTIVE, mode="max" if spec.objective.direction == "maximize" else "min")
@@ -124,6 +137,8 @@ class StudySearcher(Searcher):
         self._strays = False  # whether closing the trials an ask left behind is held
         self._live: dict[str, _Live] = {}  # ray trial id -> a trial not yet recorded
         self._outcomes: dict[str, Outcome] = {}  # ray trial id -> what was recorded
+        self.stop_key = f"ppo-tuner-stop-{uuid.uuid4().hex}"  # in Ray's KV store once stopped
+        self._started: set[str] = set()  # ray ids of the trials Ray Tune started (not only suggested)
         self.multi = len(spec.directions()) > 1
         self.iterations = spec.iterations()  # a trial that ended before this many iterations was cut
         budget = spec.resources.trial_memory_gb
@@ -138,6 +153,22 @@ class StudySearcher(Searcher):
 
     def outcomes(self) -> list[Outcome]:
         return list(self._outcomes.values())
+
+    def trial_started(self, trial_id: str) -> None:
+        """Ray Tune started the trial (a suggested one may never start: the sweep stopped first)."""
+        self._started.add(trial_id)
+
+    def stop_trials(self) -> None:
+        """The sweep is stopped (Ctrl-C, SIGTERM): tell every trial through Ray's KV store, so that
+        none starts its trainer or engine from now on. Called from a signal handler: the write runs
+        in a thread."""
+        threading.Thread(target=_put_stop, args=(self.stop_key,), daemon=True,
+                         name="stop-trials").start()
+
+    def ran(self) -> int:
+        """How many of the trials recorded were started: a sweep stopped by Ctrl-C records its
+        pending suggestions too (interrupted), which never ran."""
+        return len(self._started & self._outcomes.keys())
 
     def running(self) -> list[str]:
         """Ray ids of the trials suggested and not yet recorded."""
@@ -213,10 +244,14 @@ class StudySearcher(Searcher):
                          kl_forecast=self.spec.kl_rule.forecast, kl_grace_iterations=self.spec.kl_rule.grace_iterations,
                          objective=self.spec.objective.model_dump(), engine_kind=self.spec.trial.engine,
                          external=self.spec.trial.launch(cluster=self.spec.ray.address is not None), source=source,
+                         folder=str(self.trial_folder(trial.number)), stop_key=self.stop_key,
                          sys_path=[p for p in [os.getcwd(), *sys.path] if p])
         self._live[trial_id] = _Live(trial, task, self.writes)
         self._launched.add(trial.number)
         return task.to_config()
+
+    def trial_folder(self, number: int) -> Path:
+        return trial_folder(self.spec, number)
 
     def _fits(self, trial: optuna.trial.Trial, engine: dict[str, Any]) -> bool:
         """Check a sampled config against the memory budget; one predicted not to fit is recorded
@@ -279,7 +314,9 @@ class StudySearcher(Searcher):
         if live.evals:
             live.set_user_attr(ATTR["gold"], live.evals[-1][2])
             live.set_user_attr(ATTR["evals"], live.evals)
-        outcome = self._record(live, read_result(last) if last else None, int(last.get("training_iteration", 0) or 0), error)
+        # the iterations it reported (a failure's report adds one to Ray's training_iteration)
+        reported = max(live.steps, default=0)
+        outcome = self._record(live, read_result(last) if last else None, reported, error)
         outcome.compute_seconds = live.compute
         outcome.wall_seconds = time.perf_counter() - live.started
         outcome.params = live.task.params
@@ -382,6 +419,9 @@ class PromotionSearcher(StudySearcher):
         self.iterations = spec.promote_iterations()
         self.memory = None  # the search checked these configs
         self.alike_after = 0  # these configs ran in the search
+
+    def trial_folder(self, number: int) -> Path:
+        return trial_folder(self.spec, number, PROMOTION)
 
     def _next(self) -> tuple[optuna.trial.Trial, dict[str, Any], dict[str, Any], int | None] | None:
         if not self.queue:

@@ -8,6 +8,9 @@ the current step, so the trials are stopped and recorded as on Ctrl-C; a second 
 Ctrl-C, raises KeyboardInterrupt at once. `stop_signal()` tells the CLI which signal stopped the sweep;
 `noting_tune_stops()`, around each `Tuner.fit`, notes the Ctrl-C that Ray Tune's handler took, so that a
 sweep stopped after its search's last trial does not go on to its promotion runs.
+`before_tune_stop(action)`, from inside the fit, runs `action` first when the stop comes: the trials
+learn of it at once (no trainer starts after it), not only when Ray Tune stops each of them after
+its current step.
 """
 
 from __future__ import annotations
@@ -15,11 +18,11 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-__all__ = ["noting_tune_stops", "stop_on_sigterm", "stop_signal"]
+__all__ = ["before_tune_stop", "noting_tune_stops", "stop_on_sigterm", "stop_signal"]
 
 _received: list[int] = []  # the stop signals received, in order
 
@@ -53,6 +56,26 @@ def noting_tune_stops() -> Iterator[None]:
                     _received.append(signal.SIGINT)
             else:
                 signal.signal(signal.SIGINT, before)
+
+
+def before_tune_stop(action: Callable[[], None]) -> None:
+    """Inside `Tuner.fit` (main thread, once Ray Tune's SIGINT handler is in place: a Tune
+    callback's setup): on Ctrl-C (or SIGTERM, which goes the same way), run `action`, then Ray
+    Tune's handler as before. `action` runs in a signal handler: it must only start something (a
+    thread), never wait."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    tune_handler = signal.getsignal(signal.SIGINT)
+    if not callable(tune_handler):
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        try:
+            action()
+        finally:
+            tune_handler(signum, frame)  # Ray Tune's: ends the fit, puts back the handler it found
+
+    signal.signal(signal.SIGINT, handler)
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -23,7 +23,7 @@ from trials import Problem, TunerError
 from tuner.trial import STATES, StopReason, overoptimized
 
 __all__ = ["ATTR", "PARENT_ATTR", "StorageError", "TrialRow", "best_feasible", "best_of", "count_states", "ranked_feasible",
-           "ranked_of", "interrupted", "mark_interrupted",
+           "ranked_of", "interrupted", "mark_interrupted", "requeue_interrupted",
            "is_connection_error", "open_storage", "ran_configs", "redact", "scrub", "schema_init_lock", "tell_duplicate", "trial_rows"]
 
 # user attributes on each Optuna trial
@@ -50,6 +50,7 @@ ATTR = {
     "source": "promoted_trial",  # a promotion run: the number of the search trial whose config it runs again
     "seed": "seed",  # a promotion run: its seed, one no search trial used
     "params": "searched_params",  # a promotion run: the search trial's searched values (JSON)
+    "rerun": "run_again_of",  # a re-run of an interrupted trial's config: that trial's number
 }
 PARENT_ATTR = "mlflow_parent_run_id"  # study user attribute: the sweep's MLflow parent run
 
@@ -268,6 +269,26 @@ def mark_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorage, 
         storage.set_trial_user_attr(trial_id, ATTR["stop"], StopReason.INTERRUPTED)
         study.tell(trial.number, state=TrialState.FAIL)
     return len(left)
+
+
+def requeue_interrupted(study: optuna.Study, at_most: int) -> list[int]:
+    """Queue (Optuna's enqueue_trial) the searched values of interrupted trials (see
+    mark_interrupted) that no trial runs again yet, oldest first, `at_most` of them: the next trials
+    asked run them again, with the same engine config and seed (the spec's, or a searched value).
+    The queued trial has user attribute run_again_of; an interrupted trial counts for nothing toward
+    the budget and its re-run counts once. A queued trial stopped before it ran is interrupted too,
+    and is queued again. Returns the numbers of the interrupted trials whose values were queued."""
+    trials = study.get_trials(deepcopy=False)
+    taken = {t.user_attrs[ATTR["rerun"]] for t in trials if ATTR["rerun"] in t.user_attrs}
+    queued: list[int] = []
+    for trial in trials:
+        params = trial.params or trial.system_attrs.get("fixed_params")  # queued, never asked: none
+        if len(queued) >= at_most or not interrupted(trial) or trial.number in taken or not params:
+            continue
+        study.enqueue_trial(dict(params), user_attrs={ATTR["rerun"]: trial.number},
+                            skip_if_exists=False)
+        queued.append(trial.number)
+    return queued
 
 
 def engine_config_of(trial: FrozenTrial) -> dict[str, Any]:

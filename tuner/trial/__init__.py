@@ -6,7 +6,7 @@ runs the engine under the KL limit and reports these records.
 
 from __future__ import annotations
 
-from tuner.trial._engines import check_trainer
+from tuner.trial._engines import check_trainer, launch_argv
 from tuner.trial._result import (
     ERROR,
     INITIAL_EVAL,
@@ -27,4 +27,5 @@ from tuner.trial._scoring import WORST, Scorer, kl_constraint, overoptimized, sc
 
 __all__ = ["ERROR", "INITIAL_EVAL", "ITERATION", "KL_MAX", "OBJECTIVE", "SCHEDULER_SCORE", "STATES", "WORST", "Outcome", "Scorer",
            "StopReason", "TrialFailure", "TrialReport", "check_trainer", "failing_alike",
-           "kl_constraint", "last_line", "overoptimized", "read_result", "scheduler_score", "worst"]
+           "kl_constraint", "last_line", "launch_argv", "overoptimized", "read_result",
+           "scheduler_score", "worst"]

@@ -41,7 +41,7 @@ from tuner.export._common import hydra_word
 from tuner.trial._protocol import PREFIX, PROTOCOL, TrainerError, Units, command_argv, numbers
 from tuner.trial._result import last_line
 
-__all__ = ["ENGINES", "Engine", "LAUNCHERS", "check_trainer"]
+__all__ = ["ENGINES", "Engine", "LAUNCHERS", "check_trainer", "launch_argv"]
 
 LAUNCHERS = Path(__file__).parent / "launchers"
 _RAY_TMP = "ray-trial-"  # prefix of a private Ray's temp folder
@@ -209,3 +209,9 @@ def check_trainer(kind: str, command: list[str], env: dict[str, str]) -> None:
                                    f"must import {names} for engine: {kind}, and it failed "
                                    f"with {error}",
                                    f"name an interpreter that has them ({engine.setup})")])
+
+
+def launch_argv(engine_kind: str, command: list[str], engine: dict[str, Any],
+                folder: Path | None = None) -> list[str]:
+    """The argv a trial of `engine_kind` with engine config `engine` launches (`tuner export`)."""
+    return ENGINES[engine_kind].launch(command, engine, folder)[0]

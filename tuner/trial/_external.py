@@ -75,7 +75,7 @@ class TrainerProcess:
 
     def _read(self, last: bool) -> None:
         assert self.proc.stdout is not None
-        with self.log_path.open("w") as log:
+        with self.log_path.open("a") as log:  # a retried trial's attempts, one after another
             for line in self.proc.stdout:
                 log.write(line)
                 self.tail.append(line.rstrip("\n"))
@@ -150,7 +150,8 @@ def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir:
                 ray_address: str = "") -> None:
     """Run the task's external trainer to its end, emitting a TrialReport result per report.
 
-    Stops it after its last report, past the KL limit, or when `stop_requested()`; raises TrainerError
+    Stops it after its last report, past the KL limit, or when `stop_requested()` (checked before
+    it is started too: then it never starts); raises TrainerError
     on a fault (with the log's tail). `emit` may raise (Ray stops the trial): the trainer is stopped too.
     `ray_address`: the sweep's cluster, which an engine with a Ray of its own joins (else it starts its own).
     """
@@ -166,6 +167,9 @@ def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir:
                **ext.get("env", {}), CONFIG_ENV: str(config), **(env or {})}
     started = time.perf_counter()
     metrics_path = workdir / engine.metrics_file if engine.metrics_file else None
+    if stop_requested():  # the sweep stopped while this trial was being set up: no trainer starts
+        engine.cleanup(environ)
+        return
     try:
         trainer = TrainerProcess(argv, environ, workdir, engine.marker, metrics_path)
     except TrainerError:

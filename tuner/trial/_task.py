@@ -25,6 +25,8 @@ class TrialTask:
     kl_forecast: bool = False  # kl_limit.forecast: also stop where the KL is forecast to pass the limit
     kl_grace_iterations: int = 0  # kl_limit.grace_iterations: iterations the limit does not judge
     source: int | None = None  # a promotion run: the number of the search trial whose config it runs again
+    stop_key: str = ""  # the key in Ray's KV store the controller sets once the sweep is stopped
+    folder: str = ""  # absolute: the trial's own folder (sweeps/NAME/trials/N), the trainer's cwd
 
     def kl_stopper(self) -> KLLimit:
         """The KL limit as this trial's stopper (trials.KLLimit), with the spec's forecast and grace."""

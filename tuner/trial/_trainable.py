@@ -19,7 +19,7 @@ from tuner.trial._result import StopReason, TrialFailure, TrialReport
 from tuner.trial._scoring import Scorer, scheduler_score, worst
 from tuner.trial._task import TrialTask
 
-__all__ = ["retryable", "run_trial"]
+__all__ = ["retryable", "run_trial", "sweep_stopped", "working_folder"]
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -28,6 +28,9 @@ def run_trial(config: dict[str, Any]) -> None:
 
     started = time.perf_counter()
     task = TrialTask.from_config(config)
+    if sweep_stopped(task):  # Ctrl-C came as Ray Tune started this trial: it never starts its work
+        _wait_for_tune_stop()
+        return
     if task.engine_kind != "ppo-tuner":
         _run_external(task)
         return
@@ -83,16 +86,55 @@ def _run_external(task: TrialTask) -> None:
     from tuner.trial._external import TrainerError, run_command
 
     gpus = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, ray.get_gpu_ids()))}  # what Ray Tune reserved for it
-    workdir = Path(tune.get_context().get_trial_dir() or os.getcwd())
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = working_folder(task, tune.get_context().get_trial_dir() or os.getcwd())
     try:
-        run_command(task, tune.report, workdir, stop_requested=_stop_requested, env=gpus,
+        run_command(task, tune.report, workdir,
+                    stop_requested=lambda: _stop_requested() or sweep_stopped(task), env=gpus,
                     ray_address=ray.get_runtime_context().gcs_address)
+        if sweep_stopped(task):  # stopped by the sweep before Ray Tune stopped it: Tune's stop ends it
+            _wait_for_tune_stop()
     except TrainerError as exc:
         tune.report(TrialFailure(error=str(exc), retryable=exc.retryable, scheduler_score=worst(task.objective["direction"]),
                                  pid=os.getpid()).to_result())
         if exc.retryable:
             raise
+
+
+def working_folder(task: TrialTask, fallback: str) -> Path:
+    """Where an external trainer runs: the trial's own folder under the sweep (task.folder), made
+    here. On a cluster node without the sweep's disk the same absolute path is made on the node's
+    own disk; where it cannot be made, Ray's folder for the trial (`fallback`) is used instead."""
+    for folder in (task.folder, fallback):
+        if not folder:
+            continue
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            return Path(folder)
+        except OSError:
+            continue
+    raise RuntimeError(f"no folder for trial {task.number}: neither {task.folder!r} nor "
+                       f"{fallback!r} can be made")
+
+
+def sweep_stopped(task: TrialTask) -> bool:
+    """Whether the controller was stopped (Ctrl-C, SIGTERM): it sets task.stop_key in Ray's KV
+    store at once, before Ray Tune stops each trial."""
+    if not task.stop_key:
+        return False
+    try:
+        from ray.experimental import internal_kv
+
+        return internal_kv._internal_kv_get(task.stop_key) is not None
+    except Exception:  # no Ray here (a trial run outside a sweep)
+        return False
+
+
+def _wait_for_tune_stop(limit: float = 60.0) -> None:
+    """Wait (at most `limit` seconds) for Ray Tune to stop this trial, so that a trial the sweep's
+    stop kept from its work ends as stopped, not as finished."""
+    deadline = time.monotonic() + limit
+    while not _stop_requested() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _stop_requested() -> bool:

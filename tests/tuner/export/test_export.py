@@ -456,3 +456,31 @@ def test_a_malformed_reward_is_a_reward_error():
 def test_an_impossible_config_is_a_config_error():
     with pytest.raises(ConfigError, match="mini_batch_size"):
         export_config(PPOConfig(rollout_batch_size=64, mini_batch_size=7), "verl")
+
+
+@pytest.mark.parametrize(("engine", "default", "refused"), [
+    ("ppo-tuner", "yaml", "command"), ("command", "command", "openrlhf"), ("verl", "verl", "trl"),
+    ("openrlhf", "openrlhf", "verl"), ("trl", "trl", "openrlhf")])
+def test_each_engines_sweep_exports_in_its_own_format_only(engine, default, refused):
+    from tuner.export import check_format, formats_for
+
+    assert formats_for(engine)[0] == default
+    assert check_format(default.upper(), engine) == default
+    with pytest.raises(ConfigError) as info:
+        check_format(refused, engine)
+    assert "--format" in str(info.value) and refused in str(info.value)
+    if engine != "ppo-tuner":  # the searched values, not our engine's full config
+        assert check_format("yaml", engine) == "yaml" and check_format("json", engine) == "json"
+
+
+def test_the_searched_values_and_your_command_line():
+    from tuner.export import export_command, export_searched
+
+    values = {"policy_lr": 1e-5, "kl_coef": 0.05}
+    text, lost = export_searched(values, "yaml", {"sweep": "s", "trial": 3})
+    assert yaml.safe_load(text) == values and lost == [] and "trial=3" in text
+    text, _ = export_searched({"policy_lr": 1e-5}, "json", {"sweep": "s"})
+    assert json.loads(text) == {"params": {"policy_lr": 1e-5}, "source": {"sweep": "s"}}
+    argv = ["python", "train.py", "--name", "a b", "--lr", "1e-05"]
+    lines = export_command(argv, "/sweeps/s/trials/3")[0].splitlines()
+    assert lines[0] == "#!/usr/bin/env bash" and lines[-1] == "python train.py --name 'a b' --lr 1e-05"

@@ -11,7 +11,6 @@ import pytest
 
 from trials import PPOConfig
 from tuner.spec import SweepSpec, make_sampler, parse_spec, sample_params, trial_config
-from tuner.sweep._study import interrupted
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -154,28 +153,3 @@ def test_constraints_persist_in_a_sqlite_study(tmp_path):
     reloaded = optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{tmp_path / 'study.db'}")
     feasible = [all(v <= 0 for v in t.constraints.values()) for t in reloaded.trials]
     assert feasible == [True, True, True, False]
-
-
-def test_a_resumed_grid_runs_the_points_of_interrupted_trials_not_visited_ones():
-    """Optuna's grid counts every finished trial's point as visited: a trial interrupted by Ctrl-C (FAIL,
-    runs again) would lose its point, and the resumed sweep would draw visited points again."""
-    spec = parse_spec({"name": "grid-resume", "search_space": {"policy_lr": {"choices": [1e-6, 2e-6, 3e-6, 4e-6]}},
-                       "sampler": {"type": "grid", "seed": 0}})
-
-    def sweep(runs_again):
-        study = optuna.create_study(sampler=make_sampler(spec, runs_again=runs_again))
-        first = [study.ask() for _ in range(2)]
-        lrs = [t.suggest_categorical("policy_lr", [1e-6, 2e-6, 3e-6, 4e-6]) for t in first]
-        for t in first:  # Ctrl-C: both stopped and marked, as mark_interrupted does
-            t.set_user_attr("stop_reason", "interrupted")
-            study.tell(t, state=optuna.trial.TrialState.FAIL)
-        for _ in range(4):  # the resumed sweep: the whole budget still to run
-            t = study.ask()
-            lrs.append(t.suggest_categorical("policy_lr", [1e-6, 2e-6, 3e-6, 4e-6]))
-            study.tell(t, 0.0)
-        return lrs
-
-    lrs = sweep(interrupted)
-    assert sorted(lrs[2:]) == [1e-6, 2e-6, 3e-6, 4e-6]  # every point once, the interrupted ones included
-    plain = sweep(None)  # Optuna's own rule: the interrupted points are lost
-    assert len(set(plain[2:])) < 4 and not set(plain[:2]) & set(plain[2:4])

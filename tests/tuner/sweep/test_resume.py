@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.sweep_helpers import start_tuner, stop_sweep, tuner, write_spec
@@ -40,6 +41,9 @@ def test_an_interrupted_sweep_resumes(tmp_path, demo_model):
     counted = [t for t in study.trials if t.user_attrs.get("stop_reason") != "interrupted"]
     assert len(counted) == 6 and all(t.state == optuna.trial.TrialState.COMPLETE for t in counted)
     assert done_before <= {t.number for t in counted}  # finished trials were kept, not run again
+    stopped = [t for t in study.trials if t.user_attrs.get("stop_reason") == "interrupted"]
+    reruns = {t.user_attrs.get("run_again_of"): t for t in counted}
+    assert stopped and all(reruns[t.number].params == t.params for t in stopped)  # ran again
     assert len({t.user_attrs["ray_trial_id"] for t in study.trials}) == len(study.trials)
 
     client = MlflowClient(spec.tracking_uri())
@@ -68,3 +72,38 @@ def test_a_continued_study_does_not_draw_its_first_samples_again(tmp_path):
     assert sample_params(again.ask(), spec) != drawn
     fresh = parse_spec({**spec.resolved(), "name": "reseed-fresh"})
     assert sample_params(load_study(fresh, create=True).ask(), fresh) == drawn  # a new sweep: the spec's seed, as before
+
+
+@pytest.mark.parametrize("sampler", ["random", "grid"])
+def test_interrupted_configs_run_again_first_and_count_once(tmp_path, sampler):
+    """Ctrl-C leaves two trials interrupted: the resumed sweep runs their configs again (same values
+    and seed) before new samples, queues each once however often it resumes, and counts the re-runs
+    once; a grid covers each point once."""
+    from tuner.spec import parse_spec
+    from tuner.sweep import load_study
+    from tuner.sweep._run import remaining_trials
+    from tuner.sweep._searcher import ask_trial
+    from tuner.sweep._study import mark_interrupted, requeue_interrupted
+
+    lrs = [1e-6, 2e-6, 3e-6, 4e-6]
+    spec = parse_spec({"name": f"requeue-{sampler}", "workdir": str(tmp_path / "sweeps"),
+                       "sampler": {"type": sampler}, "search_space": {"policy_lr": {"choices": lrs}},
+                       "budget": {"trials": 4}})
+    spec.sweep_dir().mkdir(parents=True)
+    study = load_study(spec, create=True)
+    first = [ask_trial(study, spec) for _ in range(2)]  # both running at the Ctrl-C
+    storage = open_storage(spec.storage_url())
+    mark_interrupted(study, storage)
+    assert remaining_trials(study, 4, storage) == 4
+    assert requeue_interrupted(study, 4) == [0, 1]
+    assert requeue_interrupted(study, 4) == []  # a second resume queues nothing again
+    ran = []
+    for _ in range(4):
+        trial, params, engine = ask_trial(study, spec)
+        ran.append((params, engine, trial.user_attrs.get("run_again_of")))
+        study.tell(trial, 0.0)
+    assert [r[:2] for r in ran[:2]] == [f[1:] for f in first]  # same values, engine config, seed
+    assert [r[2] for r in ran] == [0, 1, None, None]
+    assert remaining_trials(study, 4, storage) == 0
+    if sampler == "grid":
+        assert sorted(r[0]["policy_lr"] for r in ran) == lrs

@@ -3,6 +3,7 @@ trial or run left RUNNING, exit code 143, no native stack dump, and `tuner resum
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -97,3 +98,26 @@ def test_a_ctrl_c_taken_by_ray_tunes_handler_is_noted_and_the_handler_put_back(t
     finally:
         _signals._received.clear()
         ray.shutdown()
+
+
+def test_a_stop_tells_the_trials_before_ray_tune_stops_them():
+    """before_tune_stop, installed over Ray Tune's SIGINT handler, runs its action first on a real
+    SIGINT, then Tune's handler (which puts back the handler it found)."""
+    from tuner.sweep._signals import before_tune_stop
+
+    calls: list[str] = []
+    found = signal.getsignal(signal.SIGINT)
+
+    def tune_handler(signum, frame):  # as Ray Tune's: note the stop, put back the handler found
+        calls.append("tune")
+        signal.signal(signal.SIGINT, found)
+
+    signal.signal(signal.SIGINT, tune_handler)
+    try:
+        before_tune_stop(lambda: calls.append("trials"))
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+        assert calls == ["trials", "tune"]
+        assert signal.getsignal(signal.SIGINT) is found
+    finally:
+        signal.signal(signal.SIGINT, found)

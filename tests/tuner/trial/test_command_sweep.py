@@ -4,6 +4,10 @@ one hangs."""
 
 from __future__ import annotations
 
+import json
+import re
+import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -73,7 +77,67 @@ def test_states_follow_the_kl_limit_and_the_faults(sweep):
     crash, hang = (frozen[rows[lr].number].user_attrs["error"] for lr in (2e-5, 3e-5))
     assert "exited with code 1" in crash and "illegal memory access" in crash  # the log's tail
     assert "no report for 4 s" in hang
+    assert "after 1 reports" in crash and rows[2e-5].iterations == 1  # as many as its error says
     assert processes_under(sweep["folder"]) == []
+
+
+def test_each_trial_runs_in_its_own_folder_under_the_sweep(sweep):
+    """sweeps/NAME/trials/N: the trainer's working folder, with its log (the crashed and the hung
+    trials' too) and what it saved there."""
+    trials = sweep["spec"].sweep_dir() / "trials"
+    numbers = sorted(t.number for t in sweep["study"].trials)
+    assert sorted(int(p.name) for p in trials.iterdir()) == numbers
+    for number in numbers:
+        log = (trials / str(number) / "trainer.log").read_text()
+        assert log.startswith(f"trial {number}: training with lr"), log[:300]
+        assert (trials / str(number) / "checkpoint-1.txt").read_text() == f"{number} 1\n"
+    crashed = next(r.number for r in trial_rows(sweep["study"]) if r.params["policy_lr"] == 2e-5)
+    assert "illegal memory access" in (trials / str(crashed) / "trainer.log").read_text()
+
+
+def test_the_documented_optuna_snippet_reads_the_study(sweep):
+    """docs/own-trainer.md's snippet, run as written (the sweep's name put in) from the folder the
+    sweep ran in, prints each trial's state, stop reason and feasibility as the study holds them."""
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "own-trainer.md").read_text()
+    code = re.search(r"<!-- optuna-snippet -->\n```python\n(.*?)```", doc, re.S).group(1)
+    proc = subprocess.run([sys.executable, "-c", code.replace("my-sweep", "byot")],
+                          cwd=sweep["folder"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    printed = [line.split(" ", 1)[0:2] for line in proc.stdout.splitlines()]
+    rows = trial_rows(sweep["study"])
+    assert [int(n) for n, _ in printed] == [r.number for r in rows]
+    by_lr = {r.params["policy_lr"]: line for r, (_, line) in zip(rows, printed, strict=True)}
+    assert by_lr[1e-3].startswith("COMPLETE kl_limit infeasible ")  # past the KL limit
+    assert by_lr[1e-5].startswith("COMPLETE completed feasible ")
+    assert by_lr[2e-5].startswith("FAIL failed: TrainerExited")
+
+
+def test_export_gives_your_command_line_and_the_searched_values(sweep):
+    """`tuner export` of a command sweep: by default the user's trial.command with the best trial's
+    values, as its trial launched it; --format yaml/json the searched values; an engine's format is
+    refused."""
+    workdir = str(sweep["spec"].workdir)
+    script = tuner("export", "byot", "--workdir", workdir, cwd=sweep["folder"])
+    assert script.returncode == 0, script.stderr[-2000:]
+    best = trial_rows(sweep["study"])
+    best = next(r for r in best if r.params["policy_lr"] == 1e-5)
+    folder = sweep["spec"].sweep_dir() / "trials" / str(best.number)
+    lr = json.loads((folder / "trial_config.json").read_text())["engine"]["policy_lr"]
+    argv = [sys.executable, str(SCRIPT), "--lr", str(lr), "--steps", "4", "--step-seconds", "0.1",
+            "--crash-if-lr", "2e-5", "--hang-if-lr", "3e-5"]
+    assert script.stdout.splitlines()[-1] == shlex.join(argv) and "model_path" not in script.stdout
+    as_yaml = tuner("export", "byot", "--workdir", workdir, "--format", "yaml", cwd=sweep["folder"])
+    assert yaml.safe_load(as_yaml.stdout) == {"policy_lr": 1e-5}, as_yaml.stdout
+    as_json = tuner("export", "byot", "--workdir", workdir, "--format", "json", cwd=sweep["folder"])
+    assert json.loads(as_json.stdout)["params"] == {"policy_lr": 1e-5}
+    artifact = sweep["spec"].sweep_dir() / "artifacts" / "best_config.yaml"  # the sweep's copy
+    assert yaml.safe_load(artifact.read_text()) == {"policy_lr": 1e-5}
+    refused = tuner("export", "byot", "--workdir", workdir, "--format", "openrlhf",
+                    cwd=sweep["folder"])
+    assert refused.returncode == 2 and refused.stdout == "", refused.stdout
+    [line] = refused.stderr.strip().splitlines()
+    assert "--format" in line and "'openrlhf'" in line and "trial.engine command" in line, line
+    assert "use one of command, yaml, json" in line, line
 
 
 def test_mlflow_child_runs_carry_our_names_and_the_trainers(sweep):
@@ -107,11 +171,17 @@ def test_ctrl_c_stops_external_trainers_and_resume_finishes_the_budget(tmp_path)
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     log = folder / "run.log"
     proc = start_tuner("run", path, cwd=folder, log=log)
-    code, text, _ = stop_sweep(proc, log, ready=lambda: len(processes_under(folder / "sweeps")) >= 2,
-                               settle=1.5)  # a report or two, so the trials are mid-way
+    code, text, took = stop_sweep(proc, log,
+                                  ready=lambda: len(processes_under(folder / "sweeps")) >= 2,
+                                  settle=1.5)  # a report or two, so the trials are mid-way
+    sent = time.time() - took  # when the SIGINT was sent
     assert code == 130, text[-3000:]
     assert "tuner resume" in text and "Traceback" not in text, text[-3000:]
     assert processes_under(folder / "sweeps") == []  # every trainer and its helper process gone
+    logs = sorted((folder / "sweeps" / spec["name"] / "trials").glob("*/trainer.log"))
+    starts = [float(re.search(r"started at ([0-9.]+)", p.read_text()).group(1)) for p in logs]
+    assert len(starts) == 2 and max(starts) < sent, (starts, sent)  # none started after the Ctrl-C
+    assert "sweep byot-ctrl-c: 2 trials run in" in text, text[-3000:]  # those that ran: not 4
 
     compiled = load_spec(path)
     study = load_study(compiled)
@@ -130,4 +200,6 @@ def test_ctrl_c_stops_external_trainers_and_resume_finishes_the_budget(tmp_path)
     assert len(counted) == 4 and all(t.state == TrialState.COMPLETE for t in counted)
     assert done_before <= {t.number for t in counted}
     assert sorted(t.params["policy_lr"] for t in counted) == [1e-6, 2e-6, 3e-6, 4e-6]
+    reruns = {t.user_attrs.get("run_again_of"): t.params for t in counted}
+    assert all(reruns[t.number] == t.params for t in interrupted)  # their configs ran again
     assert processes_under(folder / "sweeps") == []

@@ -109,3 +109,28 @@ def test_a_silent_trainer_fails_after_the_report_timeout_and_is_killed(tmp_path)
         run(task(1e-5, timeout=1.0, hang_if_lr=1e-5), tmp_path)
     assert time.perf_counter() - started < 5  # ignores SIGTERM: killed after the grace period
     assert left_running(tmp_path) == []
+
+
+def test_a_trial_stopped_before_its_trainer_starts_never_starts_it(tmp_path):
+    """Ctrl-C while the trial was being set up: run_command returns without starting a trainer."""
+    reports: list[dict] = []
+    run_command(task(1e-5), reports.append, tmp_path, stop_requested=lambda: True)
+    assert reports == []
+    assert not (tmp_path / "trainer.log").exists()  # a started trainer's output would be there
+
+
+def test_the_trainer_runs_in_the_trials_own_folder(tmp_path):
+    """The folder the task names is made and is the trainer's working folder: its log and what it
+    saves there (a checkpoint per step) stay; where it cannot be made, Ray's folder is used."""
+    from tuner.trial._trainable import working_folder
+
+    own = tmp_path / "sweeps" / "s" / "trials" / "0"
+    t = dataclasses.replace(task(1e-5, steps=2), folder=str(own))
+    folder = working_folder(t, str(tmp_path / "ray"))
+    assert folder == own and folder.is_dir()
+    assert len(run(t, folder)) == 2
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "checkpoint-1.txt", "checkpoint-2.txt", "trainer.log", "trial_config.json"]
+    (tmp_path / "file").write_text("")  # a folder that cannot be made (under a file): Ray's instead
+    blocked = dataclasses.replace(t, folder=str(tmp_path / "file" / "trials" / "0"))
+    assert working_folder(blocked, str(tmp_path / "ray")) == tmp_path / "ray"
