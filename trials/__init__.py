@@ -16,6 +16,7 @@ from trials._errors import (
 from trials._memory import MemoryEstimate, estimate_memory, model_config_of
 from trials._refs import REWARD_FIELDS, RewardRef, parse_reward, resolve_relative
 from trials._stop import KLLimit, chain, forecast_kl, passes_kl_limit
+from trials._threads import reserved_threads
 
 __all__ = [
     "REWARD_FIELDS",
@@ -44,6 +45,7 @@ __all__ = [
     "parse_reward",
     "passes_kl_limit",
     "path_fields",
+    "reserved_threads",
     "resolve_relative",
     "train",
 ]

@@ -33,6 +33,7 @@ from trials._rollout import (
     response_mask,
     sampler_logprobs_fit,
 )
+from trials._threads import reserved_threads
 
 __all__ = ["PPOTrainer", "Reporter", "TrainResult", "evaluate", "train"]
 
@@ -135,8 +136,10 @@ def prepare(config: PPOConfig) -> _Run:
     train_prompts = load_prompts(config.prompts, "prompts")
     train_prompts, eval_prompts = split_prompts(train_prompts, config.eval_prompts, config.num_eval_prompts, config.seed)
     device = _device(config)
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
+    threads = config.num_threads or reserved_threads()
+    torch.set_num_threads(threads)
+    log.info("torch uses %d CPU threads%s", threads,
+             "" if config.num_threads else " (num_threads empty: the cores not already busy)")
     model_path = resolve_model_path(config.model_path)
     value_path = resolve_model_path(config.value_model_path, "value_model_path") if config.value_model_path else model_path
     frozen = frozen_dtype(config, device)

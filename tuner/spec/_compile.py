@@ -16,7 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from trials import PPOConfig, metrics, resolve_relative
+from trials import PPOConfig, metrics, reserved_threads, resolve_relative
 from tuner.spec import _values
 from tuner.spec._models import TRIAL_FIELDS, KLLimitSection, SweepSpec
 from tuner.spec._space import Param, fixed_value, iterations_of
@@ -137,6 +137,8 @@ def compile_spec(spec: SweepSpec, base_values: dict[str, Any], space: dict[str, 
     iterations = iterations_of(spec.budget.iterations, base_values)
     engine = {**_trial_fields(spec), "seed": spec.seed, **base_values,
               **{name: p.value for name, p in space.items() if not p.searched}, "num_iterations": iterations}
+    if engine.get("num_threads") is None:  # torch gets the trial's CPU reservation, whatever the driver's env says
+        engine["num_threads"] = reserved_threads(spec.resources.cpus_per_trial)
     derived = {"directions": _directions(spec), "sampler_seed": _sampler_seed(spec),
                "n_startup_trials": _n_startup_trials(spec), "promote_top_k": _promote_top_k(spec), "base_values": MappingProxyType(dict(base_values))}
     return CompiledSpec(spec=spec, space=MappingProxyType(dict(space)), base=PPOConfig(**engine),
