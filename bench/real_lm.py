@@ -62,7 +62,7 @@ FRESH_SEED = 10_000  # final runs use seeds FRESH_SEED + i: no sweep trial or pr
 # sizes per mode: prompts per iteration, samples per gradient step, response tokens, search trials,
 # iterations per trial (and of every final run), promoted configs x seeds, final seeds, TRL reps
 SIZES = {
-    "cpu": dict(rollout=8, mini=4, response=16, trials=4, iterations=4, top_k=1, promote_seeds=2, seeds=3, reps=2),
+    "cpu": dict(rollout=8, mini=4, response=16, trials=4, iterations=3, top_k=1, promote_seeds=2, seeds=3, reps=1),
     "quick": dict(rollout=4, mini=4, response=8, trials=2, iterations=2, top_k=1, promote_seeds=1, seeds=2, reps=1),
     "cuda": dict(rollout=64, mini=16, response=64, trials=16, iterations=20, top_k=2, promote_seeds=2, seeds=3,
                  reps=3),
@@ -85,13 +85,17 @@ def sized_spec(args: argparse.Namespace, s: dict[str, Any], workdir: Path, name:
 
     spec = load_spec(SPEC)
     cuda = args.device == "cuda"
+    half = max(1, s["iterations"] // 2)  # ASHA's first rung, where the judge scores (the objective)
     base = {**spec.spec.base, "rollout_batch_size": s["rollout"], "mini_batch_size": s["mini"],
-            "response_length": s["response"], "num_eval_prompts": s["rollout"], "eval_interval": s["iterations"],
-            "device": args.device, "num_threads": None if cuda else args.threads}
+            "response_length": s["response"], "eval_interval": half, "device": args.device,
+            "num_threads": None if cuda else args.threads}  # on a GPU: the trial's CPU reservation
+    if cuda:
+        base["precision"] = "auto"
     promote = {"top_k": s["top_k"], "seeds": s["promote_seeds"], "iterations": s["iterations"]}
     budget = {"trials": s["trials"], "iterations": s["iterations"], "promote": promote}
-    resources = {"cpus_per_trial": args.threads, "gpus_per_trial": 1 if cuda else 0, "max_concurrent": 1}
-    scheduler = {"grace_period": max(1, s["iterations"] // 2)}
+    resources = ({"cpus_per_trial": 4, "gpus_per_trial": 1, "max_concurrent": 1} if cuda else
+                 {"cpus_per_trial": args.threads, "gpus_per_trial": 0})
+    scheduler = {"grace_period": half}
     return derive_spec(spec, **{"name": name, "workdir": str(workdir), "base": base, "budget": budget,
                                 "resources": resources, "scheduler": scheduler, **sections})
 
@@ -124,7 +128,8 @@ def final_runs(base: dict[str, Any], seeds: int) -> dict[str, Any]:
 
     runs = []
     for i in range(seeds):
-        trainer = PPOTrainer(PPOConfig.from_dict({**base, "seed": FRESH_SEED + i, "output_dir": None}))
+        config = {**base, "seed": FRESH_SEED + i, "output_dir": None, "eval_interval": base["num_iterations"]}
+        trainer = PPOTrainer(PPOConfig.from_dict(config))  # the judge scores the start and the end
         started = time.perf_counter()
         result = trainer.train()
         last = result.metrics
@@ -158,7 +163,7 @@ def engine_vs_trl(args: argparse.Namespace, s: dict[str, Any]) -> dict[str, Any]
         problem = version_mismatch(out["versions"]["ours"], trl)
         if problem:
             raise SystemExit(problem)
-        out["speed"] = evt.speed(w, s["reps"], iterations=2, warmup=1, no_gc=True)
+        out["speed"] = evt.speed(w, s["reps"], iterations=2, warmup=1)
     out["limit"] = evt.limit(w, iterations=2, warmup=1)
     return out
 
@@ -223,6 +228,7 @@ def main() -> int:
                 res["answers"][name] = {**answer, "final": None, "note": "the sweep had no feasible answer"}
                 continue
             res["answers"][name] = {**answer, "final": final_runs(answer["config"], s["seeds"])}
+            save(args.out, res)  # what is done so far survives a later failure
         if args.device == "cpu":
             print("our engine against TRL 1.12, and against its model-call floor ...", flush=True)
             res["engine"] = engine_vs_trl(args, s)
