@@ -166,7 +166,7 @@ class PPOConfig:
     eval_interval: int = _p(5, "evaluate on the held-out prompts every this many iterations (and at the last)", unit="iterations", low=1)
     seed: int = _p(0, "seed of sampling, shuffling and initialisation; runs on the CPU are deterministic under it", low=0)
     device: Literal["auto", "cpu", "cuda"] = _p("auto", "auto: CUDA when present, else CPU", choices=("auto", "cpu", "cuda"))
-    precision: Literal["auto", "fp32", "bf16"] = _p("auto", "auto: bf16 autocast on CUDA devices that support it, fp32 elsewhere", choices=("auto", "fp32", "bf16"))
+    precision: Literal["auto", "fp32", "bf16"] = _p("auto", "auto: bf16 autocast on CUDA devices that support it, fp32 elsewhere, CPUs with bf16 instructions included (bench/cpu_bf16.py: on an AVX512-bf16 CPU bf16 was not faster and moved the KL more than a change of seed does)", choices=("auto", "fp32", "bf16"))
     num_threads: int | None = _p(None, "CPU threads for torch; empty means the CPUs reserved for the run: under a sweep resources.cpus_per_trial (its whole part), under tuner train the cores not already busy (CPU affinity less the 1-minute load average, at least 1)", low=1, nullable=True)
     output_dir: str | None = _p(None, "if set, the final policy and tokenizer are saved here with save_pretrained", nullable=True, path=True)
 
