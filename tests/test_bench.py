@@ -167,3 +167,26 @@ def test_real_lm_quick_runs_every_step(tmp_path):
     assert all(r["iterations"] == res["sizes"]["iterations"] for r in default["final"]["runs"])
     assert res["answers"]["tuned"]["iterations"] >= res["sizes"]["iterations"]
     assert res["engine"]["limit"]["floor"] > 0
+
+
+def _bf16_runs(kl_fp32: list[float], kl_bf16: list[float]) -> dict:
+    def run(kl: float) -> dict:
+        return {"rows": [{"objective/scores": 0.2, "objective/kl": kl}]}
+    return {"fp32": [run(k) for k in kl_fp32], "bf16": [run(k) for k in kl_bf16]}
+
+
+@pytest.mark.parametrize(("kl_bf16", "ok"), [([0.011, 0.002, -0.016], True), ([0.02, -0.01, 0.0], True),
+                                             ([0.063, 0.018, 0.003], False)])
+def test_cpu_bf16_parity_fails_where_bf16_moves_the_kl_more_than_a_seed_does(kl_bf16, ok):
+    sys.path.insert(0, str(ROOT / "bench"))
+    from cpu_bf16 import parity
+
+    result = parity(_bf16_runs([0.011, 0.002, -0.016], kl_bf16))  # fp32's seed-to-seed sd: 0.0136
+    assert result["ok"] is ok and result["objective/scores"]["ok"] is True
+
+
+def test_cpu_bf16_parity_is_not_judged_below_three_seeds():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from cpu_bf16 import parity
+
+    assert parity(_bf16_runs([0.01, 0.02], [0.5, 0.6]))["ok"] is None
