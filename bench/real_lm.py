@@ -110,8 +110,8 @@ def sweep(spec: Any) -> dict[str, Any]:
     study, storage = open_study(spec)
     rows = trial_rows(study)
     promoted = promotion_study(spec, storage)
-    iterations = sum(r.iterations or 0 for r in rows) + sum(r.iterations or 0 for r in trial_rows(promoted)
-                                                                if promoted is not None)
+    promotion_rows = trial_rows(promoted) if promoted is not None else []
+    iterations = sum(r.iterations or 0 for r in [*rows, *promotion_rows])
     choice = summary.choice
     params = dict(choice.trial.params) if choice else None
     return {"answer": params, "config": trial_config(spec, params).to_dict() if params is not None else None,
@@ -213,6 +213,8 @@ def main() -> int:
     try:
         print("sweep (TPE + ASHA + KL limit, then promotion) ...", flush=True)
         tuned = sweep(sized_spec(args, s, workdir, "real-lm-tuned"))
+        res["answers"] = {"tuned": tuned}
+        save(args.out, res)
         trials = max(1, round(tuned["iterations"] / s["iterations"]))
         print(f"random search: {trials} trials, no pruning, no promotion ...", flush=True)
         rand = sweep(sized_spec(args, s, workdir, "real-lm-random", sampler={"type": "random", "seed": 7},
@@ -222,6 +224,7 @@ def main() -> int:
         answers = {"default": {"config": {**base, **DEFAULT}, "compute_seconds": 0.0, "iterations": 0},
                    "tuned": tuned, "random": rand}
         res["answers"] = {}
+        save(args.out, {**res, "random": rand, "tuned": tuned})
         for name, answer in answers.items():
             print(f"{name}: {s['seeds']} fresh seeds x {s['iterations']} iterations ...", flush=True)
             if answer["config"] is None:
