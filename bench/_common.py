@@ -68,6 +68,7 @@ class Workload:
                       seed=self.seed, device="cpu", precision="fp32", eval_interval=10_000, gamma=self.gamma,
                       gae_lambda=self.lam, cliprange=self.cliprange, cliprange_value=self.cliprange_value,
                       kl_estimator=self.kl_estimator, model_path=model_path(self.model), lora_rank=self.lora,
+                      chat_template=False,  # TRL's side and the floor tokenize the prompts as they are
                       **({} if self.clip_grad else {"max_grad_norm": 1e9}))
         return PPOConfig.from_dict({**fields, **changes})
 

@@ -190,3 +190,11 @@ def test_cpu_bf16_parity_is_not_judged_below_three_seeds():
     from cpu_bf16 import parity
 
     assert parity(_bf16_runs([0.01, 0.02], [0.5, 0.6]))["ok"] is None
+
+
+def test_the_engine_workload_gives_our_side_the_prompts_trl_gets():
+    # TRL's side and the floor tokenize the prompts as they are: ours must not wrap them in a chat template
+    sys.path.insert(0, str(ROOT / "bench"))
+    from _common import Workload
+
+    assert Workload(model="demo").engine_config().chat_template is False
