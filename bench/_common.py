@@ -23,10 +23,12 @@ RESULTS = Path(os.environ.get("PPO_TUNER_BENCH_RESULTS") or BENCH / "results")  
 TRL_PYTHON = BENCH / ".venv-trl" / "bin" / "python"
 SHARED_PACKAGES = ("torch", "transformers", "tokenizers", "numpy")  # both sides must run the same versions (setup_trl.sh)
 MODEL_CACHE = BENCH / ".cache"  # the models built here (gitignored)
-# engine_vs_trl.py --model: "demo" is trials.demo's model (0.24M parameters, SFT-trained); the others are
-# Qwen2-shaped, built from a config with random weights and the demo's byte-level tokenizer (197 tokens)
+# engine_vs_trl.py --model: "demo" is trials.demo's model (0.24M parameters, SFT-trained) and
+# "smollm2-135m-instruct" the pretrained SmolLM2 (134.5M parameters; trials builds both by name); the
+# others are Qwen2-shaped, built from a config with random weights and the demo's byte-level tokenizer
 MODELS: dict[str, dict[str, Any] | None] = {
     "demo": None,
+    "smollm2-135m-instruct": None,
     "qwen2-28m": dict(hidden_size=512, num_hidden_layers=10, num_attention_heads=8, num_key_value_heads=2,
                       intermediate_size=1408, max_position_embeddings=256, tie_word_embeddings=True),  # 28.3M
 }
@@ -54,6 +56,7 @@ class Workload:
     kl_estimator: str = "k1"
     clip_grad: bool = True  # ours clips each model's gradient norm to 1 (its default); TRL's PPO never clips
     model: str = "demo"
+    lora: int = 0  # the policy's LoRA rank (all-linear, alpha 16; TRL: its peft_config); 0: full fine-tuning
 
     def engine_config(self, **changes: Any) -> Any:
         """Our engine's config for this workload (evaluation only at the last iteration)."""
@@ -64,7 +67,8 @@ class Workload:
                       vf_coef=self.vf_coef, temperature=self.temperature, num_threads=self.threads,
                       seed=self.seed, device="cpu", precision="fp32", eval_interval=10_000, gamma=self.gamma,
                       gae_lambda=self.lam, cliprange=self.cliprange, cliprange_value=self.cliprange_value,
-                      kl_estimator=self.kl_estimator, model_path=model_path(self.model),
+                      kl_estimator=self.kl_estimator, model_path=model_path(self.model), lora_rank=self.lora,
+                      chat_template=False,  # TRL's side and the floor tokenize the prompts as they are
                       **({} if self.clip_grad else {"max_grad_norm": 1e9}))
         return PPOConfig.from_dict({**fields, **changes})
 
@@ -77,7 +81,7 @@ class Workload:
 
 
 def model_path(name: str) -> str:
-    """The model_path both sides load the named model from ("demo": trials' own, built on first use)."""
+    """The model_path both sides load the named model from (a name trials builds on first use, or a folder)."""
     if MODELS[name] is None:
         return name
     return str(build_qwen2(MODEL_CACHE / name, MODELS[name]))

@@ -59,17 +59,20 @@ def speed(w: Workload, iterations: int, warmup: int, with_floor: bool = False) -
 class Floor:
     """Each unavoidable model call of one iteration, timed alone: the generation (HF generate), the
     reference and value forwards over the rollout, and per mini-batch the policy and value forward
-    plus backward and a fused AdamW step. Copies of the models (lr 0), so the run is untouched."""
+    plus backward and a fused AdamW step over what trains. Copies of the models (lr 0), so the run is
+    untouched (under LoRA the reference is the policy's copy with its adapter disabled)."""
 
     def __init__(self, run: Any, w: Workload):
         self.run, self.w = run, w
         self.policy, self.value = copy.deepcopy(run.policy), copy.deepcopy(run.value)
-        params = [*self.policy.parameters(), *self.value.parameters()]
+        params = [p for p in (*self.policy.parameters(), *self.value.parameters()) if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=0.0, fused=True)
         self.enc = run.tokenizer(run.train_prompts[:w.rollout], return_tensors="pt", padding=True,
                                  add_special_tokens=False)
 
     def measure(self) -> dict[str, float]:
+        from trials._lora import reference
+
         w, enc, P = self.w, self.enc, self.enc["input_ids"].shape[1]
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -78,9 +81,11 @@ class Floor:
         attn = torch.cat([enc["attention_mask"], torch.ones_like(seq[:, P:])], 1)
         pos = (attn.cumsum(1) - 1).clamp(min=0)
         with torch.no_grad():
-            self.run.ref(input_ids=seq, attention_mask=attn, position_ids=pos)
+            with reference(self.policy, self.run.ref) as ref:  # under LoRA: the copy with its adapter off
+                ref(input_ids=seq, attention_mask=attn, position_ids=pos)
             t2 = time.perf_counter()
-            self.value(seq, attn, pos)
+            with self.value.active():
+                self.value(seq, attn, pos)
         t3 = time.perf_counter()
         backward = step = 0.0
         for _ in range(w.epochs):
@@ -90,8 +95,9 @@ class Floor:
                 logits = self.policy(input_ids=seq[sl], attention_mask=attn[sl], position_ids=pos[sl]).logits
                 logp = torch.log_softmax(logits[:, P - 1:-1].float() / w.temperature, -1)
                 logp = logp.gather(-1, seq[sl, P:, None]).squeeze(-1)
-                values = self.value(seq[sl], attn[sl], pos[sl])[:, P - 1:-1]
-                (logp.mean() + values.square().mean()).backward()
+                logp.mean().backward()
+                with self.value.active():
+                    self.value(seq[sl], attn[sl], pos[sl])[:, P - 1:-1].square().mean().backward()
                 t5 = time.perf_counter()
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)

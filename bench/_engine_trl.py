@@ -7,7 +7,8 @@ work, run with bench/.venv-trl's python in a process of its own.
     .venv-trl/bin/python bench/_engine_trl.py versions
 
 The same models and weights as our engine, as a TRL user loads them: the workload's policy, reference
-and value backbone with from_pretrained, and a linear value head with our engine's initial weights (same
+(none under LoRA: TRL's own peft_config, the policy with its adapter disabled, as ours) and value
+backbone with from_pretrained, and a linear value head with our engine's initial weights (same
 code, same seed), under the names TRL reads (`backbone`, `score`). The reward is the demo reward on
 the decoded responses, wrapped as the module TRL expects. TRL's loop is timed from outside: its
 generation, its no-grad scoring forwards, its gc.collect() calls; the update is the rest. speed-no-gc:
@@ -92,11 +93,18 @@ def build(w: Workload, iterations: int, prompts: list[str] | None = None) -> tup
                      learning_rate=w.lr, lr_scheduler_type="constant", bf16=False, gradient_checkpointing=False,
                      num_sample_generations=0, report_to="none", save_strategy="no", logging_steps=1,
                      disable_tqdm=True, use_cpu=True, seed=w.seed)
+    lora = None
+    if w.lora:  # our engine's adapter: every linear layer but the LM head, alpha 16, no dropout
+        from peft import LoraConfig
+
+        c = run.config
+        lora = LoraConfig(r=c.lora_rank, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
+                          target_modules=c.lora_target_modules, task_type="CAUSAL_LM")
     trainer = PPOTrainer(args=args, processing_class=tokenizer,
                          model=AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
-                         ref_model=AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
+                         ref_model=None if lora else AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
                          reward_model=RewardModel(tokenizer, reward, prompts=False), train_dataset=dataset,
-                         value_model=ValueModel(path, copy.deepcopy(run.value.head)))
+                         value_model=ValueModel(path, copy.deepcopy(run.value.head)), peft_config=lora)
     trainer.remove_callback(PrinterCallback)
     pass_context_length(P)
     return trainer, run, P

@@ -186,14 +186,14 @@ def alone(path: str) -> dict[str, Any]:
     iterations it ran in the sweep; the sum of its perf/iteration_seconds, as the sweep counts compute."""
     import json
 
-    from trials import PPOConfig, PPOTrainer
+    from trials import PPOConfig, PPOTrainer, reserved_threads
     from trials import metrics as K
 
     out = []
     for t in json.loads(Path(path).read_text()):
         seconds: list[float] = []
-        # the threads its Ray worker gave torch (OMP_NUM_THREADS = the trial's CPUs), not all of this machine's
-        t["engine"]["num_threads"] = t["engine"].get("num_threads") or int(t["cpus_per_trial"])
+        # the threads the sweep gave the trial (its CPU reservation), not all of this machine's
+        t["engine"]["num_threads"] = t["engine"].get("num_threads") or reserved_threads(t["cpus_per_trial"])
 
         def report(iteration: int, metrics: dict[str, float], n: int = t["iterations"], seconds: list = seconds) -> bool:
             seconds.append(metrics[K.ITERATION_SECONDS])

@@ -3,6 +3,7 @@
     bash bench/setup_trl.sh                 # once: bench/.venv-trl with trl 1.12.0 (the main environment is untouched)
     python bench/engine_vs_trl.py           # about 4 minutes on 2 quiet cores
     python bench/engine_vs_trl.py --model qwen2-28m --reps 3 --unclipped --out engine_vs_trl_qwen2   # about 14 minutes
+    python bench/engine_vs_trl.py --model smollm2-135m-instruct --reps 2 --out engine_vs_trl_smollm2  # LoRA r8
 
 Same work: the same model and weights (policy, reference; the value model is our engine's, given to
 TRL under its attribute names), the same prompts and reward, the same rollout batch, mini-batch,
@@ -56,8 +57,9 @@ from _common import (
 UNCLIPPED = "ours, no clipping"  # as in the parity check: TRL's PPO never clips gradients, ours does by default
 NO_GC = "trl, no gc"  # TRL with its gc.collect() calls made no-ops
 # per model, the defaults of --rollout, --mini, --epochs, --response (the demo's are those of the recorded figures)
-PRESETS = {"demo": dict(rollout=64, mini=16, epochs=4, response=16),
-           "qwen2-28m": dict(rollout=16, mini=8, epochs=1, response=64)}  # --reps 3 --unclipped: about 14 minutes
+PRESETS = {"demo": dict(rollout=64, mini=16, epochs=4, response=16, lora=0),
+           "qwen2-28m": dict(rollout=16, mini=8, epochs=1, response=64, lora=0),  # --reps 3 --unclipped: about 14 minutes
+           "smollm2-135m-instruct": dict(rollout=8, mini=8, epochs=1, response=16, lora=8)}
 # per side: the worker's python, script and mode
 SIDES = {"trl": (TRL_PYTHON, "_engine_trl.py", "speed"), NO_GC: (TRL_PYTHON, "_engine_trl.py", "speed-no-gc")}
 
@@ -127,7 +129,7 @@ def limit(w: Workload, iterations: int, warmup: int) -> dict[str, Any]:
 
 def report(res: dict[str, Any]) -> None:
     w = res["workload"]
-    print(f"\nworkload: model {w.get('model', 'demo')}, rollout {w['rollout']}, mini-batch {w['mini']}, {w['epochs']} epochs, {w['response']}-token "
+    print(f"\nworkload: model {w.get('model', 'demo')}, LoRA rank {w.get('lora', 0)}, rollout {w['rollout']}, mini-batch {w['mini']}, {w['epochs']} epochs, {w['response']}-token "
           f"responses, {w['threads']} thread(s) per side; load {res['load']}")
     if "parity" in res:
         print("\n".join(_parity.summary(res["parity"])))
@@ -169,15 +171,15 @@ def report(res: dict[str, Any]) -> None:
 def _bad_sizes(sizes: dict[str, int], model: str) -> str | None:
     """One line for sizes no run can use, or None."""
     for name, value in sizes.items():
-        if value < 1:
+        if value < (0 if name == "lora" else 1):
             return f"--{name} {value}: must be at least 1; give a positive number"
     if sizes["rollout"] % sizes["mini"]:
         return (f"--mini {sizes['mini']}: does not divide --rollout {sizes['rollout']} (TRL splits the rollout into "
                 f"equal mini-batches); give a divisor of {sizes['rollout']}")
     from trials import PPOConfig, model_config_of
 
-    shape = MODELS[model]
-    positions = shape["max_position_embeddings"] if shape else model_config_of("demo").n_positions
+    shape = MODELS[model] or model_config_of(model_path(model)).to_dict()
+    positions = shape.get("max_position_embeddings") or shape["n_positions"]
     prompt = PPOConfig().max_prompt_length
     if prompt + sizes["response"] > positions:
         return (f"--response {sizes['response']}: {prompt}-token prompts and responses this long pass the {positions} "
@@ -193,8 +195,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per side (2 is torch's default here, but 2 threads on 2 shared cores stall whenever another job runs)")
     parser.add_argument("--model", choices=list(PRESETS), default="demo",
                         help="demo: trials' 0.24M-parameter model; qwen2-28m: a Qwen2-shaped model of 28.3M parameters "
-                             "with random weights, built once in bench/.cache/")
-    for name in ("rollout", "mini", "epochs", "response"):
+                             "with random weights, built once in bench/.cache/; smollm2-135m-instruct: the pretrained "
+                             "SmolLM2 (the examples extra), a LoRA policy on both sides")
+    for name in ("rollout", "mini", "epochs", "response", "lora"):
         parser.add_argument(f"--{name}", type=int, help="default: per model, " + ", ".join(
             f"{m} {p[name]}" for m, p in PRESETS.items()))
     parser.add_argument("--parity-samples", type=int, default=32)

@@ -13,6 +13,12 @@ import pytest
 from tests.conftest import ROOT
 
 
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _bench(script: str, *args: str, out) -> subprocess.CompletedProcess:
     env = {**os.environ, "PPO_TUNER_BENCH_RESULTS": str(out), "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, env=env,
@@ -128,3 +134,67 @@ def test_engine_vs_trl_times_trl_with_and_without_its_gc(tmp_path):
     assert list(speed["sides"]) == ["ours", "trl", "trl, no gc"]
     assert speed["sides"]["trl"]["gc"] > 0.01 > speed["sides"]["trl, no gc"]["gc"]  # TRL's two collections, then none
     assert len(speed["speedup_no_gc_per_rep"]) == 1 and "against TRL without its gc.collect() calls" in proc.stdout
+
+
+@pytest.mark.skipif(torch_cuda(), reason="a CUDA device is present")
+def test_real_lm_on_cuda_without_a_device_is_one_line(tmp_path):
+    proc = _bench("real_lm.py", "--device", "cuda", out=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("--device cuda: no CUDA device is available here; run on a machine with one, "
+                                   "or use --device cpu")
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (("--threads", "0"), "--threads 0: must be at least 1; give a positive number"),
+    (("--seeds", "0"), "--seeds 0: must be at least 1; give a positive number"),
+    (("--rollout", "8", "--mini", "3"), "--mini 3: does not divide --rollout 8; give a divisor of 8"),
+])
+def test_real_lm_refuses_bad_sizes_in_one_line(tmp_path, args, line):
+    proc = _bench("real_lm.py", *args, "--no-trl", out=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip() == line
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_real_lm_quick_runs_every_step(tmp_path):
+    proc = _bench("real_lm.py", "--quick", "--no-trl", "--out", "quick", out=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((tmp_path / "quick.json").read_text())
+    assert set(res["answers"]) == {"default", "tuned", "random"}
+    default = res["answers"]["default"]
+    assert [r["seed"] for r in default["final"]["runs"]] == [10_000, 10_001]
+    assert all(r["iterations"] == res["sizes"]["iterations"] for r in default["final"]["runs"])
+    assert res["answers"]["tuned"]["iterations"] >= res["sizes"]["iterations"]
+    assert res["engine"]["limit"]["floor"] > 0
+
+
+def _bf16_runs(kl_fp32: list[float], kl_bf16: list[float]) -> dict:
+    def run(kl: float) -> dict:
+        return {"rows": [{"objective/scores": 0.2, "objective/kl": kl}]}
+    return {"fp32": [run(k) for k in kl_fp32], "bf16": [run(k) for k in kl_bf16]}
+
+
+@pytest.mark.parametrize(("kl_bf16", "ok"), [([0.011, 0.002, -0.016], True), ([0.02, -0.01, 0.0], True),
+                                             ([0.063, 0.018, 0.003], False)])
+def test_cpu_bf16_parity_fails_where_bf16_moves_the_kl_more_than_a_seed_does(kl_bf16, ok):
+    sys.path.insert(0, str(ROOT / "bench"))
+    from cpu_bf16 import parity
+
+    result = parity(_bf16_runs([0.011, 0.002, -0.016], kl_bf16))  # fp32's seed-to-seed sd: 0.0136
+    assert result["ok"] is ok and result["objective/scores"]["ok"] is True
+
+
+def test_cpu_bf16_parity_is_not_judged_below_three_seeds():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from cpu_bf16 import parity
+
+    assert parity(_bf16_runs([0.01, 0.02], [0.5, 0.6]))["ok"] is None
+
+
+def test_the_engine_workload_gives_our_side_the_prompts_trl_gets():
+    # TRL's side and the floor tokenize the prompts as they are: ours must not wrap them in a chat template
+    sys.path.insert(0, str(ROOT / "bench"))
+    from _common import Workload
+
+    assert Workload(model="demo").engine_config().chat_template is False

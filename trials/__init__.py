@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from trials import metrics
+from trials._builtin import BUILTIN_MODELS, is_builtin_model
 from trials._config import OUTSIDE_RANGE, FieldSpec, PPOConfig, field_specs, path_fields
 from trials._errors import (
     ConfigError,
@@ -16,8 +17,10 @@ from trials._errors import (
 from trials._memory import MemoryEstimate, estimate_memory, model_config_of
 from trials._refs import REWARD_FIELDS, RewardRef, looked_in, parse_reward, resolve_relative
 from trials._stop import KLLimit, chain, forecast_kl, passes_kl_limit
+from trials._threads import reserved_threads
 
 __all__ = [
+    "BUILTIN_MODELS",
     "OUTSIDE_RANGE",
     "REWARD_FIELDS",
     "ConfigError",
@@ -40,12 +43,14 @@ __all__ = [
     "estimate_memory",
     "field_specs",
     "forecast_kl",
+    "is_builtin_model",
     "looked_in",
     "metrics",
     "model_config_of",
     "parse_reward",
     "passes_kl_limit",
     "path_fields",
+    "reserved_threads",
     "resolve_relative",
     "train",
 ]

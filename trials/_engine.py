@@ -19,6 +19,7 @@ import torch
 
 from trials import _math as M
 from trials import metrics as K
+from trials._chat import ChatFormat, chat_format, stop_token_ids
 from trials._config import PPOConfig
 from trials._errors import ConfigError, NonFiniteError, Problem
 from trials._lora import frozen_dtype, load_models, reference, save_policy
@@ -33,6 +34,7 @@ from trials._rollout import (
     response_mask,
     sampler_logprobs_fit,
 )
+from trials._threads import reserved_threads
 
 __all__ = ["PPOTrainer", "Reporter", "TrainResult", "evaluate", "train"]
 
@@ -93,6 +95,8 @@ class _Run:
     generation_config: Any
     prompt_gen: torch.Generator
     sampler_logprobs: bool  # the policy's rollout log-probs come from the sampling pass (see _rollout)
+    chat: ChatFormat | None  # wraps plain prompts in the chat template (chat_template)
+    stop_ids: list[int]  # tokens that end a response: EOS and the chat template's end-of-turn
     history: list[dict[str, float]] = field(default_factory=list)
     _order: list[int] = field(default_factory=list)
 
@@ -135,8 +139,10 @@ def prepare(config: PPOConfig) -> _Run:
     train_prompts = load_prompts(config.prompts, "prompts")
     train_prompts, eval_prompts = split_prompts(train_prompts, config.eval_prompts, config.num_eval_prompts, config.seed)
     device = _device(config)
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
+    threads = config.num_threads or reserved_threads()
+    torch.set_num_threads(threads)
+    log.info("torch uses %d CPU threads%s", threads,
+             "" if config.num_threads else " (num_threads empty: the cores not already busy)")
     model_path = resolve_model_path(config.model_path)
     value_path = resolve_model_path(config.value_model_path, "value_model_path") if config.value_model_path else model_path
     frozen = frozen_dtype(config, device)
@@ -147,6 +153,7 @@ def prepare(config: PPOConfig) -> _Run:
         eval_reward(eval_prompts[:2], eval_prompts[:2])
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(model_path)
+    chat = chat_format(tokenizer, config.chat_template)
     models = load_models(config, model_path, value_path, device)
     policy = models.policy
     optimizer = _optimizer(config, models.policy_params, models.value_params, device)
@@ -156,11 +163,12 @@ def prepare(config: PPOConfig) -> _Run:
     autocast = _autocast(config, device)
     vocab = policy.get_output_embeddings().weight.shape[0]
     bf16 = autocast is not contextlib.nullcontext or (config.lora_rank > 0 and frozen == torch.bfloat16)
+    stop_ids = stop_token_ids(tokenizer, getattr(policy, "generation_config", None))
     return _Run(config=config, device=device, autocast=autocast, tokenizer=tokenizer, policy=policy,
                 ref=models.ref, value=models.value, policy_params=models.policy_params,
                 value_params=models.value_params, reward=reward, eval_reward=eval_reward, train_prompts=train_prompts,
                 eval_prompts=eval_prompts, optimizer=optimizer, scheduler=scheduler, kl_ctl=kl_ctl,
-                generation_config=_generation_config(config, tokenizer, policy),
+                generation_config=_generation_config(config, tokenizer, stop_ids), chat=chat, stop_ids=stop_ids,
                 prompt_gen=torch.Generator().manual_seed(config.seed),
                 sampler_logprobs=sampler_logprobs_fit(config.rollout_batch_size, config.response_length, vocab,
                                                       autocast_bf16=bf16))
@@ -178,12 +186,12 @@ def _optimizer(config: PPOConfig, policy_params: list[torch.nn.Parameter], value
     return torch.optim.Adam(groups, weight_decay=config.weight_decay, eps=1e-8, fused=fused)
 
 
-def _generation_config(config: PPOConfig, tokenizer: Any, policy: torch.nn.Module) -> Any:
+def _generation_config(config: PPOConfig, tokenizer: Any, stop_ids: list[int]) -> Any:
     from transformers import GenerationConfig
 
     return GenerationConfig(do_sample=True, temperature=config.temperature, top_k=config.top_k or None,
                             top_p=config.top_p, max_new_tokens=config.response_length,
-                            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids or None,
                             use_cache=True)
 
 
@@ -322,8 +330,10 @@ def _next_prompts(run: _Run, n: int) -> list[str]:
 
 def _generate(run: _Run, prompts: list[str], with_logprobs: bool = False
               ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
-    """Left-padded prompt ids, sampled responses (B, T), T <= response_length, and optionally their log-probs."""
-    enc = run.tokenizer(prompts, return_tensors="pt", padding=True, truncation=True,
+    """Left-padded prompt ids (in the chat template where run.chat), sampled responses (B, T),
+    T <= response_length, and optionally their log-probs."""
+    texts = [run.chat.wrap(p) for p in prompts] if run.chat else prompts
+    enc = run.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
                         max_length=run.config.max_prompt_length, add_special_tokens=False).to(run.device)
     with run.autocast():
         responses, logprobs = generate(run.policy, enc["input_ids"], enc["attention_mask"], run.generation_config,
@@ -335,7 +345,7 @@ def _generate(run: _Run, prompts: list[str], with_logprobs: bool = False
 def _score(run: _Run, prompts: list[str], enc: dict[str, torch.Tensor], responses: torch.Tensor,
            sampled_logprobs: torch.Tensor | None) -> _Rollout:
     c = run.config
-    mask = response_mask(responses, run.tokenizer.eos_token_id)
+    mask = response_mask(responses, run.stop_ids)
     P = enc["input_ids"].shape[1]
     sequences = torch.cat([enc["input_ids"], responses], 1)
     attn = torch.cat([enc["attention_mask"], mask.long()], 1)
@@ -439,7 +449,7 @@ def evaluate(run: _Run) -> dict[str, float]:
         for s in range(0, len(run.eval_prompts), run.config.rollout_batch_size):
             prompts = run.eval_prompts[s:s + run.config.rollout_batch_size]
             _, responses, _ = _generate(run, prompts)
-            texts = decode(run.tokenizer, responses, response_mask(responses, run.tokenizer.eos_token_id))
+            texts = decode(run.tokenizer, responses, response_mask(responses, run.stop_ids))
             scores.append(run.reward(prompts, texts))
             if run.eval_reward is not None:
                 gold.append(run.eval_reward(prompts, texts))

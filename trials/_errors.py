@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Problem", "TunerError", "ConfigError", "RewardError", "ModelError", "NonFiniteError", "did_you_mean"]
+__all__ = ["Problem", "TunerError", "ConfigError", "RewardError", "ModelError", "NonFiniteError", "MissingExtra", "did_you_mean"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,15 @@ class RewardError(TunerError):
 
 class ModelError(TunerError):
     """A model path is missing or is not the kind of model it must be."""
+
+
+class MissingExtra(ImportError):
+    """An optional extra's package is not installed: what needs it (`message`) and how to install it
+    (`fix`); whoever knows the field that named the feature turns it into a Problem."""
+
+    def __init__(self, message: str, fix: str):
+        super().__init__(message)
+        self.message, self.fix = message, fix
 
 
 class NonFiniteError(RuntimeError):

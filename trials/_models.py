@@ -16,6 +16,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from trials._builtin import BUILTIN_MODELS, builtin_model_path, is_builtin_model
 from trials._errors import ModelError, Problem
 
 __all__ = ["ValueModel", "load_causal_lm", "load_tokenizer", "load_value_model", "resolve_model_path"]
@@ -33,14 +34,14 @@ def _quiet_transformers() -> None:
 
 
 def resolve_model_path(path: str, field: str = "model_path") -> str:
-    """A local model directory ('demo' is built on first use); a clear error if there is none."""
-    if path == "demo":
-        from trials.demo import build_demo_model
-
-        return str(build_demo_model())
+    """A local model directory (a built-in name such as 'demo' is built on first use); a clear error if
+    there is none."""
+    if is_builtin_model(path):
+        return str(builtin_model_path(path, field))
     if not os.path.isdir(path):
         raise ModelError([Problem(field, path, "no such model directory",
-                                  "give the folder a model was saved to with save_pretrained, or 'demo'")])
+                                  "give the folder a model was saved to with save_pretrained, or one of "
+                                  + ", ".join(BUILTIN_MODELS))])
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise ModelError([Problem(field, path, "the folder has no config.json, so it holds no Hugging Face model",
                                   "give the folder a model was saved to with save_pretrained")])

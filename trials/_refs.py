@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from trials._builtin import is_builtin_model
 from trials._errors import Problem, RewardError
 
 __all__ = ["REWARD_FIELDS", "RewardRef", "looked_in", "parse_reward", "resolve_relative"]
@@ -61,9 +62,9 @@ def parse_reward(value: str, path: str = "reward") -> RewardRef:
 
 def resolve_relative(field: str, value: Any, base_dir: Path) -> Any:
     """A path-valued field's value with a relative file or folder that exists under `base_dir` made
-    absolute (symlinks kept); 'demo', absolute paths, module names, hub names and paths that do not
-    exist there are kept."""
-    if not isinstance(value, str) or value == "demo":
+    absolute (symlinks kept); 'demo' (the demo prompts), built-in model names, absolute paths, module
+    names, hub names and paths that do not exist there are kept."""
+    if not isinstance(value, str) or value == "demo" or is_builtin_model(value):
         return value
     if field in REWARD_FIELDS:
         try:

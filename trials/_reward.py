@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from trials._errors import Problem, RewardError
+from trials._errors import MissingExtra, Problem, RewardError
 from trials._refs import RewardRef, parse_reward
 
 __all__ = ["RewardFunction"]
@@ -91,6 +91,8 @@ class RewardFunction:
     def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         try:
             out: Any = self._fn(list(prompts), list(responses))
+        except MissingExtra as exc:
+            raise _fail(self.spec, exc.message, exc.fix, self.field) from None
         except Exception as exc:
             raise _fail(self.spec, f"raised {type(exc).__name__}: {exc}",
                         "fix the reward function so it scores every (prompt, response) pair", self.field) from exc

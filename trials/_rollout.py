@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -47,11 +48,13 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: to
     return responses, torch.stack(steps, 1)
 
 
-def response_mask(responses: torch.Tensor, eos_id: int | None) -> torch.Tensor:
-    """1.0 up to and including the first EOS of each response, 0.0 after it. (B, T)"""
-    if eos_id is None:
+def response_mask(responses: torch.Tensor, eos_id: int | Sequence[int] | None) -> torch.Tensor:
+    """1.0 up to and including the first stop token (EOS, or any of `eos_id`'s ids: a chat template's
+    end-of-turn) of each response, 0.0 after it. (B, T)"""
+    if eos_id is None or (not isinstance(eos_id, int) and not eos_id):
         return torch.ones_like(responses, dtype=torch.float32)
-    is_eos = (responses == eos_id).int()
+    stops = torch.tensor([eos_id] if isinstance(eos_id, int) else list(eos_id), device=responses.device)
+    is_eos = torch.isin(responses, stops).int()
     after_eos = (is_eos.cumsum(1) - is_eos) > 0
     return (~after_eos).float()
 

@@ -10,14 +10,13 @@ settings (high learning rate, tiny beta) drive the KL to the reference far past 
 from __future__ import annotations
 
 import logging
-import os
 import random
-import shutil
-import tempfile
-import time
 from pathlib import Path
 
-__all__ = ["POSITIVE", "RANGES_NOTE", "build_demo_model", "byte_level_tokenizer", "demo_cache_dir", "demo_prompts", "gold_reward", "reward",
+from trials._builtin import build_cached, cache_root
+
+__all__ = ["POSITIVE", "RANGES_NOTE", "build_demo_model", "byte_level_tokenizer", "demo_cache_dir", "demo_prompts",
+           "gold_reward", "reward",
            "sentence"]
 
 log = logging.getLogger(__name__)
@@ -107,8 +106,7 @@ def byte_level_tokenizer(vocab_size: int = 300):
 
 
 def demo_cache_dir() -> Path:
-    root = os.environ.get("PPO_TUNER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ppo-tuner")
-    return Path(root) / f"demo-model-{_VERSION}"
+    return cache_root() / f"demo-model-{_VERSION}"
 
 
 def demo_model_built() -> bool:
@@ -118,25 +116,7 @@ def demo_model_built() -> bool:
 
 def build_demo_model(force: bool = False) -> Path:
     """The demo model's folder, built (a few seconds on a CPU) on first use and cached after."""
-    target = demo_cache_dir()
-    if demo_model_built() and not force:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
-    try:
-        _build(tmp)
-        if force and target.exists():
-            shutil.rmtree(target, ignore_errors=True)
-        try:
-            os.rename(tmp, target)  # atomic: a concurrent builder's identical result may already be there
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    log.info("built the demo model in %.1f s at %s", time.perf_counter() - started, target)
-    return target
+    return build_cached(demo_cache_dir(), _build, force)
 
 
 def _build(folder: Path, steps: int = 250, seed: int = 0) -> None:

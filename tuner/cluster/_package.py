@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from trials import REWARD_FIELDS, ConfigError, Problem, TunerError, parse_reward
+from trials import REWARD_FIELDS, ConfigError, Problem, TunerError, is_builtin_model, parse_reward
 from tuner.spec import TRIAL_FIELDS, CompiledSpec, load_spec
 
 __all__ = ["STOP_ENV", "JobPackage", "package_sweep"]
@@ -80,7 +80,7 @@ def package_sweep(spec_path: str | Path, folder: Path, env: list[str] | None = N
 
 def _relative_path(engine_field: str, key: str, value: Any, base: Path) -> Path | None:
     """The file part of a trial value, where it is a relative path that exists beside the spec."""
-    if not isinstance(value, str) or value.strip() in ("", "demo"):
+    if not isinstance(value, str) or value.strip() in ("", "demo") or is_builtin_model(value.strip()):
         return None
     text = value.strip()
     if engine_field in REWARD_FIELDS:

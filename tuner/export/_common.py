@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from trials import PPOConfig
+from trials import BUILTIN_MODELS, PPOConfig, is_builtin_model
 
 # Run plumbing of ppo-tuner, not hyperparameters: exports list them in one "not applicable" comment.
 NOT_APPLICABLE = ("device", "precision", "num_threads", "output_dir", "save_merged", "eval_prompts", "num_eval_prompts",
@@ -74,10 +74,12 @@ def _one_line(value: Any) -> str:
 # -- what only ppo-tuner has ---------------------------------------------------------------------
 
 def check_demo(out: Out, name: str, value: str | None) -> None:
-    """Warn about the built-in demo model or prompts, which exist only inside ppo-tuner."""
-    if value == "demo":
-        what = "prompts; give a prompt file" if name == "prompts" else "model; give a Hugging Face model name or folder"
-        out.lost(name, value, f"cannot load ppo-tuner's built-in demo {what}")
+    """Warn about the built-in demo prompts and the built-in model names, which exist only inside ppo-tuner."""
+    if value == "demo" and name == "prompts":
+        out.lost(name, value, "cannot load ppo-tuner's built-in demo prompts; give a prompt file")
+    elif is_builtin_model(value):
+        out.lost(name, value, f"cannot load ppo-tuner's built-in model name ({BUILTIN_MODELS[value]}); give a "
+                              "Hugging Face model name or the folder ppo-tuner built it into")
 
 
 # -- unit conversions ----------------------------------------------------------------------------

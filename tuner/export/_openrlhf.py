@@ -55,7 +55,7 @@ VERIFIED_FLAGS = frozenset({
     "--rollout.max_new_tokens", "--rollout.temperature", "--rollout.top_p",
     "--train.num_episodes", "--train.seed",
     "--ds.lora.rank", "--ds.lora.alpha", "--ds.lora.target_modules", "--ds.lora.dropout",
-    "--actor.gradient_checkpointing_enable",
+    "--actor.gradient_checkpointing_enable", "--data.apply_chat_template",
 })
 
 # Our field -> the OpenRLHF flags that carry it. Fields missing here are explained in a comment
@@ -91,6 +91,7 @@ FLAGS: dict[str, tuple[str, ...]] = {
     "response_length": ("--rollout.max_new_tokens",),
     "temperature": ("--rollout.temperature",),
     "top_p": ("--rollout.top_p",),
+    "chat_template": ("--data.apply_chat_template",),
     "lora_rank": ("--ds.lora.rank",),
     "lora_alpha": ("--ds.lora.alpha",),
     "lora_dropout": ("--ds.lora.dropout",),
@@ -114,6 +115,7 @@ CONVERSIONS: dict[str, str] = {
     "lora_alpha": "rounded to an integer",
     "lora_target_modules": "all-linear -> the flag unset (its default); 'q_proj,v_proj' -> q_proj v_proj",
     "gradient_checkpointing": "true -> the bare flag; false -> unset",
+    "chat_template": "true -> the bare flag; auto and false -> unset (auto: add it where the tokenizer has a template)",
 }
 
 # Settings that make OpenRLHF run the algorithm of ppo-tuner's engine (its defaults differ).
@@ -164,7 +166,7 @@ class OpenRLHF(Exporter):
             out.lost("prompts", c.prompts, "reads .json/.jsonl/.csv/.parquet datasets, not .txt; convert it to "
                      ".jsonl with one {\"prompt\": ...} per line")
         out.put(FLAGS["prompts"][:1], c.prompts)
-        out.put(FLAGS["prompts"][1:], "prompt", "the prompt column, used as it is (no chat template)")
+        out.put(FLAGS["prompts"][1:], "prompt", "the prompt column (in the chat template under --data.apply_chat_template)")
         total = c.max_prompt_length + c.response_length
         out.lost("max_prompt_length", c.max_prompt_length, "has no prompt-length limit (since 0.10.2); "
                  f"--data.max_len {total} caps prompt + response and cuts the end of a long sequence, not the "
@@ -222,6 +224,13 @@ class OpenRLHF(Exporter):
                      "(trainer/ray/ppo_critic.py): the critic trains a LoRA adapter, not every weight")
         else:
             super().value_backbone(out, c)
+
+    def chat(self, out: Out, c: PPOConfig) -> None:
+        if c.chat_template is True:
+            out.set("chat_template", True, "each prompt becomes a user turn of the tokenizer's chat template")
+        else:
+            out.note(f"chat_template {c.chat_template}: --data.apply_chat_template unset, prompts used as written "
+                     "(with auto, give the flag where the model's tokenizer has a chat template)")
 
     def checkpointing(self, out: Out, c: PPOConfig) -> None:
         if c.gradient_checkpointing:

@@ -202,6 +202,16 @@ class Exporter:
         out.set("response_length", c.response_length, "tokens")
         out.set("temperature", c.temperature, "also the temperature of the log-probs, as ppo-tuner")
         self.sampling(out, c)
+        self.chat(out, c)
+
+    def chat(self, out: Out, c: PPOConfig) -> None:
+        """A target whose prompts reach the model as written: the chat template is applied beforehand."""
+        if c.chat_template is True:
+            out.lost("chat_template", True, "has no chat-template setting: write the prompt file already in the "
+                     "model's chat template (a user turn and the generation prompt)")
+        else:
+            out.note(f"chat_template {c.chat_template}: {self.target} passes the prompts as written (with "
+                     "auto, ppo-tuner wraps plain prompts where the tokenizer has a template)")
 
     # -- 7. LoRA and memory ----------------------------------------------------------------------------
 

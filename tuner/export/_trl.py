@@ -219,6 +219,14 @@ class TRL(Exporter):
         out.put(LORA_KWARGS["lora_dropout"], c.lora_dropout)
         out.put(LORA_KWARGS["lora_target_modules"], lora_targets(c))
 
+    def chat(self, out: Out, c: PPOConfig) -> None:
+        if c.chat_template is True:
+            out.lost("chat_template", True, "PPOTrainer takes tokenized prompts and has no chat-template setting: "
+                     "tokenise train_dataset with tokenizer.apply_chat_template(messages, add_generation_prompt=True)")
+        else:
+            out.note(f"chat_template {c.chat_template}: PPOTrainer takes train_dataset tokenized as it is (with auto, "
+                     "apply the tokenizer's chat template when tokenising where it has one)")
+
     def checkpointing(self, out: Out, c: PPOConfig) -> None:
         if c.gradient_checkpointing:
             out.lost("gradient_checkpointing", True, "never acts on its gradient_checkpointing keyword in PPO: call "

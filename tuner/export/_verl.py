@@ -235,6 +235,14 @@ class Verl(Exporter):
             out.put(names[2:], lora_targets(c))
         super().value_backbone(out, c)
 
+    def chat(self, out: Out, c: PPOConfig) -> None:
+        if c.chat_template is False:
+            out.lost("chat_template", False, "applies the tokenizer's chat template to every prompt (RLHFDataset); "
+                     "it has no setting to pass prompts as written")
+        else:
+            out.note(f"chat_template {c.chat_template}: verl's RLHFDataset applies the tokenizer's chat template to "
+                     "the prompt column, which holds a list of messages: [{role: user, content: ...}]")
+
     def checkpointing(self, out: Out, c: PPOConfig) -> None:
         out.set("gradient_checkpointing", c.gradient_checkpointing, "actor and critic (verl's default is True)")
 

@@ -24,6 +24,7 @@ from trials import (
     looked_in,
     metrics,
     path_fields,
+    reserved_threads,
     resolve_relative,
 )
 from trials.demo import RANGES_NOTE
@@ -165,6 +166,8 @@ def compile_spec(spec: SweepSpec, base_values: dict[str, Any], space: dict[str, 
     iterations = iterations_of(spec.budget.iterations, base_values)
     engine = {**_trial_fields(spec), "seed": spec.seed, **base_values,
               **{name: p.value for name, p in space.items() if not p.searched}, "num_iterations": iterations}
+    if engine.get("num_threads") is None:  # torch gets the trial's CPU reservation, whatever the driver's env says
+        engine["num_threads"] = reserved_threads(spec.resources.cpus_per_trial)
     derived = {"directions": _directions(spec), "sampler_seed": _sampler_seed(spec),
                "n_startup_trials": _n_startup_trials(spec), "promote_top_k": _promote_top_k(spec), "base_values": MappingProxyType(dict(base_values)),
                "base_dir": None if base_dir is None else str(base_dir)}

@@ -108,7 +108,7 @@ SpaceEntry = Annotated[
 class TrialSection(_Section):
     """What every trial trains: these map onto the engine's model_path, reward, eval_reward, prompts, eval_prompts, value_model_path."""
 
-    model: NonEmpty = Field("demo", description="Hugging Face causal LM to fine-tune: a local directory, a hub name, or 'demo' for the built-in tiny model")
+    model: NonEmpty = Field("demo", description="Hugging Face causal LM to fine-tune: a local directory, a hub name, or a built-in name: 'demo' (the tiny demo model) or 'smollm2-135m-instruct' (needs the examples extra)")
     reward: Annotated[NonEmpty, AfterValidator(_values.check_reward)] = Field(
         "trials.demo:reward", description="'module:function', 'file.py:function' (relative to the spec file), or a sequence-classification reward-model directory")
     eval_reward: Annotated[NonEmpty, AfterValidator(_values.check_reward)] | None = Field(
