@@ -11,15 +11,12 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
+from trials._cache import build_cached, cache_root
 from trials._errors import ModelError, Problem
 
-__all__ = ["BUILTIN_MODELS", "SMOLLM2", "build_cached", "builtin_model_path", "cache_root", "is_builtin_model"]
+__all__ = ["BUILTIN_MODELS", "SMOLLM2", "builtin_model_path", "is_builtin_model"]
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +38,6 @@ def is_builtin_model(value: object) -> bool:
     return isinstance(value, str) and value in BUILTIN_MODELS
 
 
-def cache_root() -> Path:
-    root = os.environ.get("PPO_TUNER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ppo-tuner")
-    return Path(root)
-
-
 def builtin_model_path(name: str, field: str = "model_path") -> Path:
     """The folder of a built-in model, built on first use (a ModelError naming `field` when it cannot be)."""
     if name == "demo":
@@ -56,29 +48,6 @@ def builtin_model_path(name: str, field: str = "model_path") -> Path:
         return build_cached(cache_root() / f"{SMOLLM2}-{_SMOLLM2_VERSION}", lambda tmp: _build_smollm2(tmp, field))
     raise ModelError([Problem(field, name, "is not a built-in model",
                               f"use one of {', '.join(BUILTIN_MODELS)} or a model folder")])
-
-
-def build_cached(target: Path, build: Callable[[Path], None], force: bool = False) -> Path:
-    """`target`, built by `build(tmp)` into a fresh folder beside it and renamed into place (atomic: a
-    concurrent builder's identical result may already be there) unless its config.json exists."""
-    if (target / "config.json").is_file() and not force:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
-    try:
-        build(tmp)
-        if force and target.exists():
-            shutil.rmtree(target, ignore_errors=True)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    log.info("built %s in %.1f s", target, time.perf_counter() - started)
-    return target
 
 
 def _smollm2_folder(field: str) -> str:

@@ -13,7 +13,7 @@ import logging
 import random
 from pathlib import Path
 
-from trials._builtin import build_cached, cache_root
+from trials._cache import build_cached, cache_root
 
 __all__ = ["POSITIVE", "RANGES_NOTE", "build_demo_model", "byte_level_tokenizer", "demo_cache_dir", "demo_prompts",
            "gold_reward", "reward",
