@@ -35,7 +35,7 @@ import psutil
 import yaml
 from _common import BENCH, ROOT, load, machine, save
 
-ENDED = re.compile(r"^trial (\d+): ", re.M)  # the table's line for a trial that ended
+ENDED = re.compile(r"^trial (\d+): (?!started)", re.M)  # the table's line for a trial that ended (not its start)
 SYSTEM = ("gcs_server", "raylet")  # Ray's long-lived processes below the driver (its workers come and go)
 
 

@@ -62,7 +62,7 @@ def test_the_mlflow_server_killed_mid_sweep(tmp_path, demo_model, retries):
         os.environ.pop("MLFLOW_HTTP_REQUEST_TIMEOUT", None)
     try:
         deadline = time.time() + 300
-        while not re.search(r"^trial \d+: ", log.read_text(), re.M):  # a trial ended (the table's line for it)
+        while not re.search(r"^trial \d+: (?!started)", log.read_text(), re.M):  # a trial ended (its table line)
             assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
             time.sleep(0.3)
         _kill(server)
