@@ -43,6 +43,16 @@ def source(name: str) -> Path:
     return purelib if purelib.exists() else folder
 
 
+def _see_this_environment(python: Path) -> None:
+    """--system-site-packages shows the base interpreter's packages, not those of a venv this runs in
+    (as CI's and a user's do): a .pth file adds this environment's site-packages after the new venv's."""
+    import sysconfig
+
+    target = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    Path(target, "parent-environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+
+
 def check_python() -> Path:
     """The python of .engines/venv-checks: this environment's packages plus CHECK_REQUIREMENTS."""
     venv = CACHE / "venv-checks"
@@ -50,6 +60,7 @@ def check_python() -> Path:
     if not (venv / ".ready").exists():
         CACHE.mkdir(exist_ok=True)
         _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], "making .engines/venv-checks")
+        _see_this_environment(python)
         _run([str(python), "-m", "pip", "install", "--quiet", *CHECK_REQUIREMENTS], "pip install " + " ".join(CHECK_REQUIREMENTS))
         (venv / ".ready").touch()
     return python
