@@ -64,6 +64,10 @@ def test_the_sweep_rides_through_a_database_restart(tmp_path, demo_model, postgr
 
     trials = optuna.load_study(study_name="ride", storage=url).trials
     trials = [t for t in trials if "duplicate_of" not in t.user_attrs]  # a repeated config, told its outcome
+    # an ask that the stop cut off leaves a trial the study holds but no one launched: closed as interrupted
+    strays = [t for t in trials if not t.intermediate_values and t.user_attrs.get("stop_reason") == "interrupted"]
+    assert len(strays) <= 1 and all(t.state == TrialState.FAIL for t in strays), strays
+    trials = [t for t in trials if t not in strays]
     assert len(trials) == 5 and all(t.state == TrialState.COMPLETE for t in trials)  # nothing lost, nothing twice
     assert len({t.user_attrs["ray_trial_id"] for t in trials}) == 5
     for t in trials:  # every report held through the outage was written
