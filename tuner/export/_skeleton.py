@@ -28,7 +28,6 @@ from tuner.export._common import (
 
 SECTIONS = ("models", "data", "optimisation", "batches", "kl", "losses", "generation", "memory", "run")
 LAUNCH_SECTIONS = SECTIONS[2:]  # a launched trial's: its models, data and reward are in the user's own arguments
-SOURCE_FIELDS = ("model_path", "value_model_path", "reward", "prompts", "eval_prompts", "max_prompt_length")  # sections 1
 
 
 class Exporter:
@@ -74,10 +73,6 @@ class Exporter:
         The models, data and reward (section 1) are the user's, in their fixed arguments."""
         out = self.settings(config, LAUNCH_SECTIONS)
         return self.args(out), out.warnings
-
-    def launch_names(self) -> frozenset[str]:
-        """Every name a launch may write (the user's fixed arguments must leave these to the sweep)."""
-        return frozenset(n for f, names in self.names.items() if f not in SOURCE_FIELDS for n in names) | set(self.fixed)
 
     def args(self, out: Out) -> Any:
         """`out` as what the target's trainer takes at launch: argv words, or keyword arguments."""

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-PREFIX = "@ppo-tuner "  # tuner.trial._protocol.PREFIX (this script runs outside the tuner package)
+PREFIX = "@ppo-tuner "  # tuner.engines.PREFIX (this script runs outside the tuner package)
 
 
 class _Hidden:
