@@ -1,8 +1,8 @@
 """The external engines a trial can run, one module each: `command` (the user's own trainer and its
-report line), `verl`, `openrlhf`, `trl`. An `Engine` holds everything that differs per engine: its
-names for our fields (which the export and the launch share), its launch argv, where its metrics are
-read and in what units, its spec checks, and its launcher script. Adding an engine is adding a module
-and its line in ENGINES.
+report line), `verl`, `openrlhf`, `trl`. An `Engine` holds everything that differs per engine:
+its names for our fields (which the export and the launch share), its launch argv, where its
+metrics are read and in what units, its spec checks, and its launcher script. Adding an engine is
+adding a module and its line in ENGINES.
 
 This package sits below `tuner.spec`, `tuner.trial` and `tuner.export`, and imports none of them.
 """
@@ -26,9 +26,9 @@ from tuner.engines.openrlhf import OPENRLHF
 from tuner.engines.trl import TRL
 from tuner.engines.verl import VERL
 
-__all__ = ["CONFIG_ENV", "ENGINES", "LAUNCHERS", "PLACEHOLDER", "PREFIX", "PROTOCOL", "SOURCE_FIELDS",
-           "Engine", "TrainerError", "Units", "command_argv", "engine", "flag_words", "hydra_value",
-           "hydra_word", "numbers", "parse_report"]
+__all__ = ["CONFIG_ENV", "ENGINES", "LAUNCHERS", "PLACEHOLDER", "PREFIX", "PROTOCOL",
+           "SOURCE_FIELDS", "Engine", "TrainerError", "Units", "command_argv", "engine",
+           "flag_words", "hydra_value", "hydra_word", "numbers", "parse_report"]
 
 ENGINES: dict[str, Engine] = {e.name: e for e in (COMMAND, VERL, OPENRLHF, TRL)}
 

@@ -1,6 +1,7 @@
 """What every external engine is: `Engine` (its name table, launch argv, metric source, KL units,
-spec checks, launcher) and what a trainer and the controller agree on: the '{field}' placeholders of
-trial.command, the trial's config file, and how a trainer's numbers become our metric names (`Units`).
+spec checks, launcher) and what a trainer and the controller agree on: the '{field}' placeholders
+of trial.command, the trial's config file, and how a trainer's numbers become our metric names
+(`Units`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ _RAY_TMP = "ray-trial-"  # prefix of a private Ray's temp folder
 
 
 class TrainerError(Exception):
-    """The external trainer failed: exited non-zero, went silent, or wrote a report we cannot read."""
+    """The external trainer failed: exited non-zero, went silent, or wrote a report we cannot
+    read."""
 
     def __init__(self, message: str, retryable: bool = False):
         super().__init__(message)
@@ -76,7 +78,8 @@ class Units:
         if kl is not None:
             ours[K.KL] = kl
         elif K.KL not in ours:
-            needed = [*self.kl, *(f"{k} with {' or '.join(self.length)}" for k in self.kl_per_token)]
+            lengths = " or ".join(self.length)
+            needed = [*self.kl, *(f"{k} with {lengths}" for k in self.kl_per_token)]
             raise TrainerError(f"a report needs {' or '.join(repr(n) for n in needed)}: "
                                f"{json.dumps(raw)[:200]}")
         for theirs, name in self.names.items():
@@ -129,7 +132,8 @@ class Engine:
     setup: str = ""  # how a user gets an interpreter that imports them
 
     def launch_names(self) -> frozenset[str]:
-        """Every name a launch may write (the user's fixed arguments must leave these to the sweep)."""
+        """Every name a launch may write (the user's fixed arguments must leave these to the
+        sweep)."""
         names = (n for f, names in self.names.items() if f not in SOURCE_FIELDS for n in names)
         return frozenset(names) | set(self.fixed)
 
@@ -154,7 +158,8 @@ class Engine:
     def environ(self, workdir: Path, ray: str, gcs: str = "") -> dict[str, str]:
         """Variables set for the trainer: its metrics file; for an engine that runs its own Ray,
         which Ray: `private` (a local sweep: a Ray of its own, in a temp folder of its own, on free
-        ports) or `cluster` (the sweep's cluster, which it joins as a driver of its own at `gcs`)."""
+        ports) or `cluster` (the sweep's cluster, which it joins as a driver of its own at
+        `gcs`)."""
         env: dict[str, str] = {}
         if self.metrics_env:
             env[self.metrics_env] = str(workdir / self.metrics_file)
@@ -167,13 +172,16 @@ class Engine:
         if self.ray:
             if ray == "cluster" and gcs:
                 env["RAY_ADDRESS"] = gcs
-            else:  # short: Ray's socket paths must stay under 108 bytes, which a trial's folder may not
+            else:
+                # a short folder: Ray's socket paths must stay under 108 bytes, which a trial's
+                # folder may not
                 env["RAY_ADDRESS"] = "local"
                 env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix=_RAY_TMP)
         return env
 
     def cleanup(self, env: dict[str, str]) -> None:
-        """After the trainer is gone: the private Ray's temp folder this engine made (see environ)."""
+        """After the trainer is gone: the private Ray's temp folder this engine made (see
+        environ)."""
         folder = env.get("RAY_TMPDIR", "")
         if self.ray and Path(folder).name.startswith(_RAY_TMP):
             shutil.rmtree(folder, ignore_errors=True)
@@ -198,7 +206,8 @@ class Engine:
             return []
         ours = self.launch_names() | {self._arg_name(a) for a in (*self.extra, self.path_setting)}
         ours -= {*self.user_choice, ""}
-        return [Problem(f"trial.command[{i}]", arg, "sets what the sweep sets from each trial's config",
+        return [Problem(f"trial.command[{i}]", arg,
+                        "sets what the sweep sets from each trial's config",
                         "remove it; give its value in base: (engine field names) or search it in "
                         "search_space")
                 for i, arg in enumerate(command)
@@ -213,10 +222,10 @@ class Engine:
         return None
 
     def _check_ray_resources(self, command: list[str], gpus: float, cluster: bool) -> list[Problem]:
-        """verl and OpenRLHF run a Ray of their own. Locally: a private one per trial, which sees the
-        GPUs Ray Tune reserved for the trial, so their GPU count must be that reservation. On a
-        cluster: the trainer joins the sweep's cluster and reserves its own GPUs there, so the Tune
-        trial must hold none."""
+        """verl and OpenRLHF run a Ray of their own. Locally: a private one per trial, which sees
+        the GPUs Ray Tune reserved for the trial, so their GPU count must be that reservation. On a
+        cluster: the trainer joins the sweep's cluster and reserves its own GPUs there, so the
+        Tune trial must hold none."""
         per_node, nodes = (self._fixed(command, name) for name in self.gpu_args)
         if cluster:
             if not gpus:
@@ -239,9 +248,9 @@ class Engine:
                                     "set ray.address to your cluster"))
         if per_node is None or per_node != str(int(gpus)):
             sep = "=" if self.style == "hydra" else " "
-            problems.append(Problem("trial.command",
-                                    f"{self.gpu_args[0]} {per_node or '(its default, 8)'}",
-                                    f"must equal resources.gpus_per_trial ({int(gpus)}): the trial's "
-                                    "private Ray has that many GPUs",
+            given = f"{self.gpu_args[0]} {per_node or '(its default, 8)'}"
+            problems.append(Problem("trial.command", given,
+                                    f"must equal resources.gpus_per_trial ({int(gpus)}): the "
+                                    "trial's private Ray has that many GPUs",
                                     f"add {self.gpu_args[0]}{sep}{int(gpus)} to trial.command"))
         return problems

@@ -14,7 +14,8 @@ def _word(value: Any) -> str:
 
 
 def flag_words(name: str, value: Any) -> list[str]:
-    """One setting as argv words: `--name value ...`; True is the bare flag (argparse store_true)."""
+    """One setting as argv words: `--name value ...`; True is the bare flag (argparse
+    store_true)."""
     if value is True:
         return [name]
     return [name, *(_word(v) for v in (value if isinstance(value, (tuple, list)) else (value,)))]

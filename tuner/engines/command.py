@@ -1,6 +1,6 @@
-"""`trial.engine: command`: the user's own trainer, which prints one report line per iteration on its
-output, `@ppo-tuner {...}` (a JSON object; docs/own-trainer.md). Its hyperparameters reach it as
-'{field}' placeholders in trial.command and in the trial's config file."""
+"""`trial.engine: command`: the user's own trainer, which prints one report line per iteration on
+its output, `@ppo-tuner {...}` (a JSON object; docs/own-trainer.md). Its hyperparameters reach it
+as '{field}' placeholders in trial.command and in the trial's config file."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """OpenRLHF 0.11: `python -m openrlhf.cli.train_ppo_ray` with flags.
 
-Its names for our fields (`FLAGS`, and `FIXED`, the settings that make it run our algorithm) serve the
-export (`tuner export --format openrlhf`) and the launch of a trial alike; each was checked against
-SOURCE. Its metrics are read from its per-step log line (`✨ Global step N: {...}`,
+Its names for our fields (`FLAGS`, and `FIXED`, the settings that make it run our algorithm)
+serve the export (`tuner export --format openrlhf`) and the launch of a trial alike; each was
+checked against SOURCE. Its metrics are read from its per-step log line (`✨ Global step N: {...}`,
 trainer/ppo_trainer.py, the same dict its TensorBoard and W&B loggers get, printed before them and
 with no flush delay). KL: `kl` (per-token mean to the reference, experience_maker.py) x
 `rollout/response_length_mean`. Reward: `rollout/reward_mean`.
@@ -19,7 +19,8 @@ from tuner.engines._base import Engine, Units, numbers
 
 __all__ = ["FIXED", "FLAGS", "OPENRLHF", "SOURCE", "VERIFIED_FLAGS"]
 
-SOURCE = "OpenRLHF/OpenRLHF openrlhf/cli/train_ppo_ray.py (release 0.11.2; these names since 0.10.2)"
+SOURCE = ("OpenRLHF/OpenRLHF openrlhf/cli/train_ppo_ray.py (release 0.11.2; these names since "
+          "0.10.2)")
 
 # Every flag this export may write, as defined in SOURCE.
 VERIFIED_FLAGS = frozenset({
@@ -27,13 +28,16 @@ VERIFIED_FLAGS = frozenset({
     "--reward.remote_url", "--reward.clip_range", "--data.prompt_dataset", "--data.input_key",
     "--data.max_len", "--data.max_samples",
     "--actor.optim", "--critic.optim", "--actor.adam.lr", "--critic.adam.lr",
-    "--actor.adam.weight_decay", "--critic.adam.weight_decay", "--actor.adam.betas", "--critic.adam.betas",
-    "--actor.lr_scheduler", "--critic.lr_scheduler", "--actor.lr_warmup_ratio", "--critic.lr_warmup_ratio",
+    "--actor.adam.weight_decay", "--critic.adam.weight_decay", "--actor.adam.betas",
+    "--critic.adam.betas",
+    "--actor.lr_scheduler", "--critic.lr_scheduler", "--actor.lr_warmup_ratio",
+    "--critic.lr_warmup_ratio",
     "--actor.max_norm", "--critic.max_norm",
     "--rollout.batch_size", "--rollout.n_samples_per_prompt", "--train.batch_size",
     "--train.micro_batch_size", "--rollout.micro_batch_size", "--train.max_epochs",
     "--algo.kl.init_coef", "--algo.kl.target", "--algo.kl.horizon", "--algo.kl.estimator",
-    "--actor.eps_clip", "--critic.value_clip", "--algo.advantage.estimator", "--algo.advantage.lambd",
+    "--actor.eps_clip", "--critic.value_clip", "--algo.advantage.estimator",
+    "--algo.advantage.lambd",
     "--algo.advantage.gamma", "--algo.advantage.no_std_norm", "--actor.entropy_coef",
     "--rollout.max_new_tokens", "--rollout.temperature", "--rollout.top_p",
     "--train.num_episodes", "--train.seed",
@@ -41,9 +45,9 @@ VERIFIED_FLAGS = frozenset({
     "--actor.gradient_checkpointing_enable", "--data.apply_chat_template",
 })
 
-# Our field -> the OpenRLHF flags that carry it. Fields missing here are explained in a comment
-# (and a warning when a value is lost): vf_coef, whiten_advantages, whiten_rewards, top_k, value_backbone,
-# frozen_dtype.
+# Our field -> the OpenRLHF flags that carry it. Fields missing here are explained in the export's
+# comments (and a warning when a value is lost): vf_coef, whiten_advantages, whiten_rewards, top_k,
+# value_backbone, frozen_dtype.
 FLAGS: dict[str, tuple[str, ...]] = {
     "model_path": ("--actor.model_name_or_path",),
     "value_model_path": ("--critic.model_name_or_path",),
@@ -88,9 +92,12 @@ FLAGS: dict[str, tuple[str, ...]] = {
 FIXED: dict[str, tuple[Any, str]] = {
     "--algo.advantage.estimator": ("gae", "PPO with a critic and GAE"),
     "--rollout.n_samples_per_prompt": (1, "one response per prompt"),
-    "--actor.adam.betas": ((0.9, 0.999), "torch's Adam betas, as ppo-tuner (OpenRLHF's default is 0.9 0.95)"),
+    "--actor.adam.betas": ((0.9, 0.999),
+                           "torch's Adam betas, as ppo-tuner (OpenRLHF's default is 0.9 0.95)"),
     "--critic.adam.betas": ((0.9, 0.999), ""),
-    "--reward.clip_range": ((-1000000.0, 1000000.0), "ppo-tuner does not clip scores (OpenRLHF clips to -10..10 by default)"),
+    "--reward.clip_range": ((-1000000.0, 1000000.0),
+                            "ppo-tuner does not clip scores (OpenRLHF clips to -10..10 by "
+                            "default)"),
 }
 
 

@@ -1,5 +1,5 @@
-"""TRL 1.12: `trl.experimental.ppo.PPOTrainer`, built by our launcher (`launchers/trl_ppo.py`, run by
-the user's interpreter, an environment with trl), which prints TRL's own logs as report lines.
+"""TRL 1.12: `trl.experimental.ppo.PPOTrainer`, built by our launcher (`launchers/trl_ppo.py`, run
+by the user's interpreter, an environment with trl), which prints TRL's own logs as report lines.
 
 Its names for our fields (`KWARGS` for PPOConfig, `LORA_KWARGS` for peft's LoraConfig, and `FIXED`)
 serve the export (`tuner export --format trl`) and the launch of a trial alike; each was checked
@@ -18,18 +18,21 @@ from tuner.engines.command import PREFIX, protocol_line
 __all__ = ["FIXED", "KWARGS", "LORA_KWARGS", "SOURCE", "TRL", "VERIFIED_KWARGS",
            "VERIFIED_LORA_KWARGS"]
 
-SOURCE = ("huggingface/trl trl/experimental/ppo/ppo_config.py and trl/trainer/base_config.py (trl 1.12.0), "
-          "huggingface/transformers src/transformers/training_args.py (transformers 5.24), huggingface/peft "
-          "src/peft/tuners/lora/config.py (peft 0.21.2)")
+SOURCE = ("huggingface/trl trl/experimental/ppo/ppo_config.py and trl/trainer/base_config.py "
+          "(trl 1.12.0), huggingface/transformers src/transformers/training_args.py "
+          "(transformers 5.24), huggingface/peft src/peft/tuners/lora/config.py (peft 0.21.2)")
 
 # Every keyword this export may write, as defined in SOURCE.
 VERIFIED_KWARGS = frozenset({
     # trl/experimental/ppo/ppo_config.py
-    "sft_model_path", "reward_model_path", "num_mini_batches", "total_episodes", "local_rollout_forward_batch_size",
-    "response_length", "stop_token", "temperature", "num_ppo_epochs", "whiten_rewards", "kl_coef", "kl_estimator",
+    "sft_model_path", "reward_model_path", "num_mini_batches", "total_episodes",
+    "local_rollout_forward_batch_size",
+    "response_length", "stop_token", "temperature", "num_ppo_epochs", "whiten_rewards", "kl_coef",
+    "kl_estimator",
     "cliprange", "vf_coef", "cliprange_value", "gamma", "lam", "learning_rate",
     # transformers TrainingArguments
-    "output_dir", "per_device_train_batch_size", "gradient_accumulation_steps", "optim", "weight_decay",
+    "output_dir", "per_device_train_batch_size", "gradient_accumulation_steps", "optim",
+    "weight_decay",
     "lr_scheduler_type", "warmup_steps", "max_grad_norm", "seed", "bf16", "use_cpu",
     # trl/trainer/base_config.py (_BaseConfig, the TrainingArguments of every trl trainer)
     "gradient_checkpointing",
@@ -37,10 +40,11 @@ VERIFIED_KWARGS = frozenset({
 # Every keyword of peft's LoraConfig this export may write, as defined in SOURCE.
 VERIFIED_LORA_KWARGS = frozenset({"r", "lora_alpha", "lora_dropout", "target_modules", "task_type"})
 
-# Our field -> the PPOConfig keywords that carry it. Fields missing here are explained in a comment (and
-# a warning when a value is lost): value_model_path, prompts, eval_prompts (PPOTrainer arguments),
-# max_prompt_length, value_lr, kl_mode, kl_target, kl_horizon, ent_coef, whiten_advantages, top_k, top_p,
-# value_backbone, frozen_dtype; and the LoRA fields, which go to LoraConfig (LORA_KWARGS).
+# Our field -> the PPOConfig keywords that carry it. Fields missing here are explained in the
+# export's comments (and a warning when a value is lost): value_model_path, prompts, eval_prompts
+# (PPOTrainer arguments), max_prompt_length, value_lr, kl_mode, kl_target, kl_horizon, ent_coef,
+# whiten_advantages, top_k, top_p, value_backbone, frozen_dtype; and the LoRA fields, which go to
+# LoraConfig (LORA_KWARGS).
 KWARGS: dict[str, tuple[str, ...]] = {
     "model_path": ("sft_model_path",),
     "reward": ("reward_model_path",),

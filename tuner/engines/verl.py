@@ -1,7 +1,8 @@
 """verl 0.9: `python -m verl.trainer.main_ppo` with Hydra overrides.
 
-Its names for our fields (`KEYS`, and `FIXED`, the settings that make it run our algorithm) serve the
-export (`tuner export --format verl`) and the launch of a trial alike; each was checked against SOURCE.
+Its names for our fields (`KEYS`, and `FIXED`, the settings that make it run our algorithm) serve
+the export (`tuner export --format verl`) and the launch of a trial alike; each was checked against
+SOURCE.
 Its metrics are read from its `file` logger (verl/utils/tracking.py FileLogger: one
 `{"step": n, "data": {...}}` line per step, unbuffered, at $VERL_FILE_LOGGER_PATH). KL:
 `actor/reward_kl_penalty` (the KL to the reference in the reward, per-token mean averaged over the
@@ -21,37 +22,49 @@ __all__ = ["FIXED", "KEYS", "SOURCE", "VERIFIED_KEYS", "VERL"]
 
 SOURCE = "volcengine/verl verl/trainer/config/_generated_ppo_trainer.yaml (release 0.9.1)"
 
-_ACTOR, _OPTIM, _ROLLOUT = "actor_rollout_ref.actor", "actor_rollout_ref.actor.optim", "actor_rollout_ref.rollout"
+_ACTOR, _ROLLOUT = "actor_rollout_ref.actor", "actor_rollout_ref.rollout"
+_OPTIM = f"{_ACTOR}.optim"
 
 # Every key this export may write, as defined in SOURCE.
 VERIFIED_KEYS = frozenset({
     "actor_rollout_ref.model.path", "critic.model.path",
-    "reward.reward_model.enable", "reward.reward_model.model_path", "reward.reward_model.rollout.name",
+    "reward.reward_model.enable", "reward.reward_model.model_path",
+    "reward.reward_model.rollout.name",
     "reward.custom_reward_function.path", "reward.custom_reward_function.name",
-    "data.train_files", "data.val_files", "data.prompt_key", "data.max_prompt_length", "data.truncation",
+    "data.train_files", "data.val_files", "data.prompt_key", "data.max_prompt_length",
+    "data.truncation",
     "data.max_response_length", "data.train_batch_size", "data.seed",
     f"{_OPTIM}.lr", f"{_OPTIM}.optimizer", f"{_OPTIM}.weight_decay", f"{_OPTIM}.lr_scheduler_type",
     f"{_OPTIM}.lr_warmup_steps", f"{_OPTIM}.clip_grad",
-    "critic.optim.lr", "critic.optim.optimizer", "critic.optim.weight_decay", "critic.optim.lr_scheduler_type",
+    "critic.optim.lr", "critic.optim.optimizer", "critic.optim.weight_decay",
+    "critic.optim.lr_scheduler_type",
     "critic.optim.lr_warmup_steps", "critic.optim.clip_grad",
-    f"{_ACTOR}.ppo_mini_batch_size", "critic.ppo_mini_batch_size", f"{_ACTOR}.ppo_micro_batch_size_per_gpu",
+    f"{_ACTOR}.ppo_mini_batch_size", "critic.ppo_mini_batch_size",
+    f"{_ACTOR}.ppo_micro_batch_size_per_gpu",
     "critic.ppo_micro_batch_size_per_gpu", "critic.forward_micro_batch_size_per_gpu",
-    f"{_ROLLOUT}.log_prob_micro_batch_size_per_gpu", "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu",
+    f"{_ROLLOUT}.log_prob_micro_batch_size_per_gpu",
+    "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu",
     f"{_ACTOR}.ppo_epochs", "critic.ppo_epochs", f"{_ACTOR}.shuffle", "critic.shuffle",
     "algorithm.kl_ctrl.type", "algorithm.kl_ctrl.kl_coef", "algorithm.kl_ctrl.target_kl",
-    "algorithm.kl_ctrl.horizon", "algorithm.kl_penalty", "algorithm.use_kl_in_reward", f"{_ACTOR}.use_kl_loss",
-    f"{_ACTOR}.clip_ratio", f"{_ACTOR}.clip_ratio_low", f"{_ACTOR}.clip_ratio_high", "critic.cliprange_value",
+    "algorithm.kl_ctrl.horizon", "algorithm.kl_penalty", "algorithm.use_kl_in_reward",
+    f"{_ACTOR}.use_kl_loss",
+    f"{_ACTOR}.clip_ratio", f"{_ACTOR}.clip_ratio_low", f"{_ACTOR}.clip_ratio_high",
+    "critic.cliprange_value",
     "algorithm.adv_estimator", "algorithm.lam", "algorithm.gamma", f"{_ACTOR}.entropy_coeff",
-    f"{_ROLLOUT}.name", f"{_ROLLOUT}.n", f"{_ROLLOUT}.temperature", f"{_ROLLOUT}.top_k", f"{_ROLLOUT}.top_p",
+    f"{_ROLLOUT}.name", f"{_ROLLOUT}.n", f"{_ROLLOUT}.temperature", f"{_ROLLOUT}.top_k",
+    f"{_ROLLOUT}.top_p",
     f"{_ROLLOUT}.seed", f"{_ACTOR}.data_loader_seed", "critic.data_loader_seed",
     "trainer.total_training_steps", "trainer.total_epochs", "trainer.test_freq",
-    "actor_rollout_ref.model.lora_rank", "actor_rollout_ref.model.lora_alpha", "actor_rollout_ref.model.target_modules",
+    "actor_rollout_ref.model.lora_rank", "actor_rollout_ref.model.lora_alpha",
+    "actor_rollout_ref.model.target_modules",
     "critic.model.lora_rank", "critic.model.lora_alpha", "critic.model.target_modules",
-    "actor_rollout_ref.model.enable_gradient_checkpointing", "critic.model.enable_gradient_checkpointing",
+    "actor_rollout_ref.model.enable_gradient_checkpointing",
+    "critic.model.enable_gradient_checkpointing",
 })
 
-# Our field -> the verl keys that carry it. Fields missing here are explained in a comment (and a
-# warning when a value is lost): vf_coef, whiten_advantages, whiten_rewards, lora_dropout, frozen_dtype.
+# Our field -> the verl keys that carry it. Fields missing here are explained in the export's
+# comments (and a warning when a value is lost): vf_coef, whiten_advantages, whiten_rewards,
+# lora_dropout, frozen_dtype.
 KEYS: dict[str, tuple[str, ...]] = {
     "model_path": ("actor_rollout_ref.model.path",),
     "value_model_path": ("critic.model.path",),
@@ -68,7 +81,8 @@ KEYS: dict[str, tuple[str, ...]] = {
     "max_grad_norm": (f"{_OPTIM}.clip_grad", "critic.optim.clip_grad"),
     "rollout_batch_size": ("data.train_batch_size",),
     "mini_batch_size": (f"{_ACTOR}.ppo_mini_batch_size", "critic.ppo_mini_batch_size"),
-    "micro_batch_size": (f"{_ACTOR}.ppo_micro_batch_size_per_gpu", "critic.ppo_micro_batch_size_per_gpu",
+    "micro_batch_size": (f"{_ACTOR}.ppo_micro_batch_size_per_gpu",
+                         "critic.ppo_micro_batch_size_per_gpu",
                          f"{_ROLLOUT}.log_prob_micro_batch_size_per_gpu",
                          "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu",
                          "critic.forward_micro_batch_size_per_gpu"),
@@ -92,10 +106,12 @@ KEYS: dict[str, tuple[str, ...]] = {
     "lora_rank": ("actor_rollout_ref.model.lora_rank",),
     "lora_alpha": ("actor_rollout_ref.model.lora_alpha",),
     "lora_target_modules": ("actor_rollout_ref.model.target_modules",),
-    "value_backbone": ("critic.model.lora_rank", "critic.model.lora_alpha", "critic.model.target_modules"),
+    "value_backbone": ("critic.model.lora_rank", "critic.model.lora_alpha",
+                       "critic.model.target_modules"),
     "gradient_checkpointing": ("actor_rollout_ref.model.enable_gradient_checkpointing",
                                "critic.model.enable_gradient_checkpointing"),
-    "seed": ("data.seed", f"{_ACTOR}.data_loader_seed", "critic.data_loader_seed", f"{_ROLLOUT}.seed"),
+    "seed": ("data.seed", f"{_ACTOR}.data_loader_seed", "critic.data_loader_seed",
+             f"{_ROLLOUT}.seed"),
 }
 
 # Settings that make verl run the algorithm of ppo-tuner's engine (its defaults differ).
@@ -123,7 +139,8 @@ def _verl_line(line: str) -> dict[str, float]:
 
 VERL = Engine(
     "verl",
-    Units(kl_per_token=("actor/reward_kl_penalty", "actor/kl_loss"), length=("response_length/mean",),
+    Units(kl_per_token=("actor/reward_kl_penalty", "actor/kl_loss"),
+          length=("response_length/mean",),
           names={"critic/score/mean": K.SCORES, "response_length/mean": K.RESPONSE_LENGTH,
                  "actor/reward_kl_penalty_coeff": K.KL_COEF, "actor/entropy": K.ENTROPY,
                  "actor/pg_loss": K.POLICY_LOSS, "actor/pg_clipfrac": K.CLIPFRAC,

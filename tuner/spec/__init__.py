@@ -16,5 +16,6 @@ from tuner.spec._load import derive_spec, load_spec, parse_spec
 from tuner.spec._models import TRIAL_FIELDS, SweepSpec
 from tuner.spec._samplers import make_sampler, sample_params
 
-__all__ = ["SPEC_FILE", "TRIAL_FIELDS", "CompiledSpec", "SweepSpec", "derive_spec", "extreme_configs",
-           "load_spec", "make_sampler", "parse_spec", "sample_params", "trial_config"]
+__all__ = ["SPEC_FILE", "TRIAL_FIELDS", "CompiledSpec", "SweepSpec", "derive_spec",
+           "extreme_configs", "load_spec", "make_sampler", "parse_spec", "sample_params",
+           "trial_config"]

@@ -1,6 +1,6 @@
-"""Checks of the trial's engine: which trainer runs a trial, how an external one is started, and whether
-the resources can work for it (before anything is launched). What each external engine needs of its
-command and its GPUs is its own `Engine.check`."""
+"""Checks of the trial's engine: which trainer runs a trial, how an external one is started, and
+whether the resources can work for it (before anything is launched). What each external engine
+needs of its command and its GPUs is its own `Engine.check`."""
 
 from __future__ import annotations
 

@@ -19,8 +19,9 @@ _MAX_EXTREMES = 256
 
 
 def extreme_configs(spec: CompiledSpec) -> Iterator[PPOConfig]:
-    """Engine configs at the extremes of the searched memory-relevant fields (each range's ends, every
-    choice), at most 256, skipping pairs the engine refuses (a mini-batch that does not divide)."""
+    """Engine configs at the extremes of the searched memory-relevant fields (each range's ends,
+    every choice), at most 256, skipping pairs the engine refuses (a mini-batch that does not
+    divide)."""
     axes = []
     for name in MEMORY_FIELDS:
         param = spec.space.get(name)

@@ -1,7 +1,7 @@
-"""How a trial starts an external engine's trainer (`tuner.engines` says what differs per engine):
-its argv, the user's trial.command followed by the trial's hyperparameters in the engine's own names,
-through the same mapping as `tuner export` (`tuner.export.engine_launch`); and, before any trial,
-whether trial.command can start at all (`check_trainer`).
+"""How a trial starts an external engine's trainer (`tuner.engines` says what differs per
+engine): its argv, the user's trial.command followed by the trial's hyperparameters in the
+engine's own names, through the same mapping as `tuner export` (`tuner.export.engine_launch`);
+and, before any trial, whether trial.command can start at all (`check_trainer`).
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ import pytest
 
 from trials import PPOConfig
 from trials import metrics as K
-from tuner.sweep._tracking import _metric_name
 from tuner.engines import ENGINES, PREFIX, TrainerError
+from tuner.sweep._tracking import _metric_name
 from tuner.trial import launch
 
 
