@@ -1,6 +1,7 @@
 """Export to OpenRLHF's PPO command line: `python -m openrlhf.cli.train_ppo_ray` with flags.
 
-Every flag name below was checked against the argparse definitions in OpenRLHF/OpenRLHF
+Every flag name it writes (`tuner.engines.openrlhf.FLAGS`, `FIXED`) was checked against the
+argparse definitions in OpenRLHF/OpenRLHF
 `openrlhf/cli/train_ppo_ray.py` as released in openrlhf 0.11.2 (the PyPI wheel). OpenRLHF moved its
 flags into dotted groups in 0.10.2 (`--actor_learning_rate` became `--actor.adam.lr`, `--init_kl_coef`
 became `--algo.kl.init_coef`, `--pretrain` became `--actor.model_name_or_path`); releases before

@@ -3,8 +3,9 @@
 An `Exporter` walks a PPOConfig section by section into an `Out`: 1. models and data, 2. optimisation,
 3. batches, 4. KL, 5. losses, 6. generation, 7. LoRA and memory, 8. the run; then it writes the settings
 the target needs to run ppo-tuner's algorithm (its `fixed` table) and renders the file. A step written
-here is what every target that does not override it does; a target module keeps its name tables, its
-conversions, the steps where it really differs, and its renderer.
+here is what every target that does not override it does; a target module keeps its conversions,
+the steps where it really differs, and its renderer (its name tables are its engine's, in
+`tuner.engines`, which the launch of a trial uses too).
 """
 
 from __future__ import annotations

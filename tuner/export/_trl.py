@@ -1,7 +1,8 @@
 """Export to TRL: a Python snippet that builds `trl.experimental.ppo.PPOConfig` (trl 1.12, the last TRL
 that ships PPO).
 
-Every keyword was checked against huggingface/trl `trl/experimental/ppo/ppo_config.py` in the trl
+Every keyword it writes (`tuner.engines.trl.KWARGS`, `LORA_KWARGS`, `FIXED`) was checked against
+huggingface/trl `trl/experimental/ppo/ppo_config.py` in the trl
 1.12.0 wheel (PPO's own fields) and `transformers/training_args.py` of transformers 5.24 (the
 `TrainingArguments` fields PPOConfig inherits). Semantics checked in `trl/experimental/ppo/ppo_trainer.py`:
 one optimizer and one learning rate for policy and value; a rollout batch of

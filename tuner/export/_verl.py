@@ -1,6 +1,7 @@
 """Export to verl: Hydra overrides for `python -m verl.trainer.main_ppo`.
 
-Every key below was checked against volcengine/verl `verl/trainer/config/_generated_ppo_trainer.yaml`
+Every key it writes (`tuner.engines.verl.KEYS`, `FIXED`) was checked against volcengine/verl
+`verl/trainer/config/_generated_ppo_trainer.yaml`
 (the fully resolved `ppo_trainer.yaml` with its actor/critic/rollout/data/reward/optim sub-configs) as
 released in verl 0.9.1 (the PyPI wheel). Semantics checked in the same release:
 `trainer/ppo/ray_trainer.py:apply_kl_penalty` feeds the adaptive controller the KL averaged over

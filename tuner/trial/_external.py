@@ -163,7 +163,8 @@ def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir:
     argv, args, lost = launch(task.engine_kind, ext["command"], task.engine, workdir)
     config = workdir / "trial_config.json"
     config.write_text(json.dumps({"number": task.number, "params": task.params, "engine": task.engine,
-                                  "kl_limit": task.kl_limit, "launch": args, "not_expressed": lost}, indent=1))
+                                  "kl_limit": task.kl_limit, "launch": args, "not_expressed": lost},
+                                 indent=1))
     environ = {**os.environ, **engine.environ(workdir, ext.get("ray", "private"), ray_address),
                **ext.get("env", {}), CONFIG_ENV: str(config), **(env or {})}
     started = time.perf_counter()

@@ -43,7 +43,8 @@ def config(**changes) -> PPOConfig:
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_verl_overrides_compose_with_verls_own_config(name):
     c = config(**CONFIGS[name])
-    argv, _, _ = launch("verl", ["python", "-m", "verl.trainer.main_ppo"], c.to_dict(), Path("/tmp/trial 1"))
+    argv, _, _ = launch("verl", ["python", "-m", "verl.trainer.main_ppo"], c.to_dict(),
+                        Path("/tmp/trial 1"))
     overrides = argv[3:]
     proc = subprocess.run([str(check_python()), str(TRAINERS), "compose", str(source("verl")), *overrides],
                           capture_output=True, text=True, timeout=120)
