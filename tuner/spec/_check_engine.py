@@ -5,7 +5,7 @@ needs of its command and its GPUs is its own `Engine.check`."""
 from __future__ import annotations
 
 from trials import did_you_mean, field_specs
-from tuner.engines import PLACEHOLDER, engine
+from tuner.engines import ENGINES, PLACEHOLDER, engine
 from tuner.spec._check_space import Found
 from tuner.spec._models import TRIAL_FIELDS, SweepSpec
 
@@ -19,7 +19,7 @@ def check_engine(spec: SweepSpec, found: Found) -> None:
         for key in ("command", "env"):
             if getattr(trial, key):
                 found.error(f"trial.{key}", getattr(trial, key), "applies only to an external engine",
-                            f"set trial.engine (command, verl, openrlhf, trl), or remove trial.{key}")
+                            f"set trial.engine ({', '.join(ENGINES)}), or remove trial.{key}")
         return
     external = engine(trial.engine)
     if not trial.command:
