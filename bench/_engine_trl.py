@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from _common import Workload, grad_norm, load, model_path, peak_rss_mib, serve
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tuner" / "trial" / "launchers"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tuner" / "engines" / "launchers"))
 from trl_ppo import RewardModel, ValueModel, pass_context_length  # noqa: E402  (TRL trials' own launcher)
 
 

@@ -9,13 +9,13 @@ turn it into a bash array, Hydra overrides or Python keyword arguments.
 from __future__ import annotations
 
 import math
-import re
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from trials import BUILTIN_MODELS, PPOConfig, is_builtin_model
+from tuner.engines import flag_words, hydra_word
 
 # Run plumbing of ppo-tuner, not hyperparameters: exports list them in one "not applicable" comment.
 NOT_APPLICABLE = ("device", "precision", "num_threads", "output_dir", "save_merged", "eval_prompts", "num_eval_prompts",
@@ -132,22 +132,6 @@ def lora_targets(config: PPOConfig) -> str | list[str]:
 
 # -- rendering -----------------------------------------------------------------------------------
 
-def _word(value: Any) -> str:
-    return repr(value) if isinstance(value, float) else str(value)
-
-
-def flag_words(name: str, value: Any) -> list[str]:
-    """One setting as argv words: `--name value ...`; True is the bare flag (argparse store_true)."""
-    if value is True:
-        return [name]
-    return [name, *(_word(v) for v in (value if isinstance(value, (tuple, list)) else (value,)))]
-
-
-def hydra_word(name: str, value: Any) -> str:
-    """One setting as a Hydra override word: `name=value`."""
-    return f"{name}={hydra_value(value)}"
-
-
 def launch_args(out: Out, style: str) -> list[str]:
     """The settings of `out` as a trainer's argv tail (what render_bash_array writes, unquoted)."""
     words: list[str] = []
@@ -169,17 +153,3 @@ def render_bash_array(out: Out, array: str, style: str) -> list[str]:
         lines.append("  " + " ".join(shlex.quote(w) for w in words) + (f"  # {_one_line(comment)}" if comment else ""))
     lines.append(")")
     return lines
-
-
-def hydra_value(value: Any) -> str:
-    if isinstance(value, (tuple, list)):
-        return "[" + ",".join(hydra_value(v) for v in value) + "]"
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    if value is None:
-        return "null"
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, str) and not re.fullmatch(r"[A-Za-z0-9_./+-]+", value):
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"  # Hydra's quoted string
-    return str(value)

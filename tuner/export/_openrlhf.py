@@ -1,6 +1,7 @@
 """Export to OpenRLHF's PPO command line: `python -m openrlhf.cli.train_ppo_ray` with flags.
 
-Every flag name below was checked against the argparse definitions in OpenRLHF/OpenRLHF
+Every flag name it writes (`tuner.engines.openrlhf.FLAGS`, `FIXED`) was checked against the
+argparse definitions in OpenRLHF/OpenRLHF
 `openrlhf/cli/train_ppo_ray.py` as released in openrlhf 0.11.2 (the PyPI wheel). OpenRLHF moved its
 flags into dotted groups in 0.10.2 (`--actor_learning_rate` became `--actor.adam.lr`, `--init_kl_coef`
 became `--algo.kl.init_coef`, `--pretrain` became `--actor.model_name_or_path`); releases before
@@ -22,9 +23,8 @@ every model is loaded in `--ds.param_dtype` (bf16 or fp16).
 
 from __future__ import annotations
 
-from typing import Any
-
 from trials import PPOConfig, RewardRef
+from tuner.engines.openrlhf import FIXED, FLAGS
 from tuner.export._common import (
     Out,
     check_demo,
@@ -35,71 +35,6 @@ from tuner.export._common import (
     warmup_ratio,
 )
 from tuner.export._skeleton import Exporter
-
-SOURCE = "OpenRLHF/OpenRLHF openrlhf/cli/train_ppo_ray.py (release 0.11.2; these names since 0.10.2)"
-
-# Every flag this export may write, as defined in SOURCE.
-VERIFIED_FLAGS = frozenset({
-    "--actor.model_name_or_path", "--critic.model_name_or_path", "--reward.model_name_or_path",
-    "--reward.remote_url", "--reward.clip_range", "--data.prompt_dataset", "--data.input_key",
-    "--data.max_len", "--data.max_samples",
-    "--actor.optim", "--critic.optim", "--actor.adam.lr", "--critic.adam.lr",
-    "--actor.adam.weight_decay", "--critic.adam.weight_decay", "--actor.adam.betas", "--critic.adam.betas",
-    "--actor.lr_scheduler", "--critic.lr_scheduler", "--actor.lr_warmup_ratio", "--critic.lr_warmup_ratio",
-    "--actor.max_norm", "--critic.max_norm",
-    "--rollout.batch_size", "--rollout.n_samples_per_prompt", "--train.batch_size",
-    "--train.micro_batch_size", "--rollout.micro_batch_size", "--train.max_epochs",
-    "--algo.kl.init_coef", "--algo.kl.target", "--algo.kl.horizon", "--algo.kl.estimator",
-    "--actor.eps_clip", "--critic.value_clip", "--algo.advantage.estimator", "--algo.advantage.lambd",
-    "--algo.advantage.gamma", "--algo.advantage.no_std_norm", "--actor.entropy_coef",
-    "--rollout.max_new_tokens", "--rollout.temperature", "--rollout.top_p",
-    "--train.num_episodes", "--train.seed",
-    "--ds.lora.rank", "--ds.lora.alpha", "--ds.lora.target_modules", "--ds.lora.dropout",
-    "--actor.gradient_checkpointing_enable", "--data.apply_chat_template",
-})
-
-# Our field -> the OpenRLHF flags that carry it. Fields missing here are explained in a comment
-# (and a warning when a value is lost): vf_coef, whiten_advantages, whiten_rewards, top_k, value_backbone,
-# frozen_dtype.
-FLAGS: dict[str, tuple[str, ...]] = {
-    "model_path": ("--actor.model_name_or_path",),
-    "value_model_path": ("--critic.model_name_or_path",),
-    "reward": ("--reward.model_name_or_path", "--reward.remote_url"),
-    "prompts": ("--data.prompt_dataset", "--data.input_key"),
-    "max_prompt_length": ("--data.max_len",),
-    "policy_lr": ("--actor.adam.lr",),
-    "value_lr": ("--critic.adam.lr",),
-    "optimizer": ("--actor.optim", "--critic.optim"),
-    "weight_decay": ("--actor.adam.weight_decay", "--critic.adam.weight_decay"),
-    "lr_schedule": ("--actor.lr_scheduler", "--critic.lr_scheduler"),
-    "warmup_steps": ("--actor.lr_warmup_ratio", "--critic.lr_warmup_ratio"),
-    "max_grad_norm": ("--actor.max_norm", "--critic.max_norm"),
-    "rollout_batch_size": ("--rollout.batch_size",),
-    "mini_batch_size": ("--train.batch_size",),
-    "micro_batch_size": ("--train.micro_batch_size", "--rollout.micro_batch_size"),
-    "ppo_epochs": ("--train.max_epochs",),
-    "kl_mode": ("--algo.kl.target",),  # adaptive exactly when --algo.kl.target is given
-    "kl_coef": ("--algo.kl.init_coef",),
-    "kl_target": ("--algo.kl.target",),
-    "kl_horizon": ("--algo.kl.horizon",),
-    "kl_estimator": ("--algo.kl.estimator",),
-    "cliprange": ("--actor.eps_clip",),
-    "cliprange_value": ("--critic.value_clip",),
-    "gae_lambda": ("--algo.advantage.lambd",),
-    "gamma": ("--algo.advantage.gamma",),
-    "ent_coef": ("--actor.entropy_coef",),
-    "response_length": ("--rollout.max_new_tokens",),
-    "temperature": ("--rollout.temperature",),
-    "top_p": ("--rollout.top_p",),
-    "chat_template": ("--data.apply_chat_template",),
-    "lora_rank": ("--ds.lora.rank",),
-    "lora_alpha": ("--ds.lora.alpha",),
-    "lora_dropout": ("--ds.lora.dropout",),
-    "lora_target_modules": ("--ds.lora.target_modules",),
-    "gradient_checkpointing": ("--actor.gradient_checkpointing_enable",),
-    "num_iterations": ("--data.max_samples", "--train.num_episodes"),
-    "seed": ("--train.seed",),
-}
 
 # Where the units differ, how a value is converted.
 CONVERSIONS: dict[str, str] = {
@@ -116,15 +51,6 @@ CONVERSIONS: dict[str, str] = {
     "lora_target_modules": "all-linear -> the flag unset (its default); 'q_proj,v_proj' -> q_proj v_proj",
     "gradient_checkpointing": "true -> the bare flag; false -> unset",
     "chat_template": "true -> the bare flag; auto and false -> unset (auto: add it where the tokenizer has a template)",
-}
-
-# Settings that make OpenRLHF run the algorithm of ppo-tuner's engine (its defaults differ).
-FIXED: dict[str, tuple[Any, str]] = {
-    "--algo.advantage.estimator": ("gae", "PPO with a critic and GAE"),
-    "--rollout.n_samples_per_prompt": (1, "one response per prompt"),
-    "--actor.adam.betas": ((0.9, 0.999), "torch's Adam betas, as ppo-tuner (OpenRLHF's default is 0.9 0.95)"),
-    "--critic.adam.betas": ((0.9, 0.999), ""),
-    "--reward.clip_range": ((-1000000.0, 1000000.0), "ppo-tuner does not clip scores (OpenRLHF clips to -10..10 by default)"),
 }
 
 _SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}

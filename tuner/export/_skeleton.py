@@ -3,8 +3,9 @@
 An `Exporter` walks a PPOConfig section by section into an `Out`: 1. models and data, 2. optimisation,
 3. batches, 4. KL, 5. losses, 6. generation, 7. LoRA and memory, 8. the run; then it writes the settings
 the target needs to run ppo-tuner's algorithm (its `fixed` table) and renders the file. A step written
-here is what every target that does not override it does; a target module keeps its name tables, its
-conversions, the steps where it really differs, and its renderer.
+here is what every target that does not override it does; a target module keeps its conversions,
+the steps where it really differs, and its renderer (its name tables are its engine's, in
+`tuner.engines`, which the launch of a trial uses too).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from tuner.export._common import (
 
 SECTIONS = ("models", "data", "optimisation", "batches", "kl", "losses", "generation", "memory", "run")
 LAUNCH_SECTIONS = SECTIONS[2:]  # a launched trial's: its models, data and reward are in the user's own arguments
-SOURCE_FIELDS = ("model_path", "value_model_path", "reward", "prompts", "eval_prompts", "max_prompt_length")  # sections 1
 
 
 class Exporter:
@@ -74,10 +74,6 @@ class Exporter:
         The models, data and reward (section 1) are the user's, in their fixed arguments."""
         out = self.settings(config, LAUNCH_SECTIONS)
         return self.args(out), out.warnings
-
-    def launch_names(self) -> frozenset[str]:
-        """Every name a launch may write (the user's fixed arguments must leave these to the sweep)."""
-        return frozenset(n for f, names in self.names.items() if f not in SOURCE_FIELDS for n in names) | set(self.fixed)
 
     def args(self, out: Out) -> Any:
         """`out` as what the target's trainer takes at launch: argv words, or keyword arguments."""

@@ -1,7 +1,8 @@
 """Export to TRL: a Python snippet that builds `trl.experimental.ppo.PPOConfig` (trl 1.12, the last TRL
 that ships PPO).
 
-Every keyword was checked against huggingface/trl `trl/experimental/ppo/ppo_config.py` in the trl
+Every keyword it writes (`tuner.engines.trl.KWARGS`, `LORA_KWARGS`, `FIXED`) was checked against
+huggingface/trl `trl/experimental/ppo/ppo_config.py` in the trl
 1.12.0 wheel (PPO's own fields) and `transformers/training_args.py` of transformers 5.24 (the
 `TrainingArguments` fields PPOConfig inherits). Semantics checked in `trl/experimental/ppo/ppo_trainer.py`:
 one optimizer and one learning rate for policy and value; a rollout batch of
@@ -23,70 +24,9 @@ from __future__ import annotations
 from typing import Any
 
 from trials import PPOConfig, RewardRef
+from tuner.engines.trl import FIXED, KWARGS, LORA_KWARGS, VERIFIED_LORA_KWARGS
 from tuner.export._common import Out, check_demo, comment_lines, lora_targets, micro
 from tuner.export._skeleton import Exporter
-
-SOURCE = ("huggingface/trl trl/experimental/ppo/ppo_config.py and trl/trainer/base_config.py (trl 1.12.0), "
-          "huggingface/transformers src/transformers/training_args.py (transformers 5.24), huggingface/peft "
-          "src/peft/tuners/lora/config.py (peft 0.21.2)")
-
-# Every keyword this export may write, as defined in SOURCE.
-VERIFIED_KWARGS = frozenset({
-    # trl/experimental/ppo/ppo_config.py
-    "sft_model_path", "reward_model_path", "num_mini_batches", "total_episodes", "local_rollout_forward_batch_size",
-    "response_length", "stop_token", "temperature", "num_ppo_epochs", "whiten_rewards", "kl_coef", "kl_estimator",
-    "cliprange", "vf_coef", "cliprange_value", "gamma", "lam", "learning_rate",
-    # transformers TrainingArguments
-    "output_dir", "per_device_train_batch_size", "gradient_accumulation_steps", "optim", "weight_decay",
-    "lr_scheduler_type", "warmup_steps", "max_grad_norm", "seed", "bf16", "use_cpu",
-    # trl/trainer/base_config.py (_BaseConfig, the TrainingArguments of every trl trainer)
-    "gradient_checkpointing",
-})
-# Every keyword of peft's LoraConfig this export may write, as defined in SOURCE.
-VERIFIED_LORA_KWARGS = frozenset({"r", "lora_alpha", "lora_dropout", "target_modules", "task_type"})
-
-# Our field -> the PPOConfig keywords that carry it. Fields missing here are explained in a comment (and
-# a warning when a value is lost): value_model_path, prompts, eval_prompts (PPOTrainer arguments),
-# max_prompt_length, value_lr, kl_mode, kl_target, kl_horizon, ent_coef, whiten_advantages, top_k, top_p,
-# value_backbone, frozen_dtype; and the LoRA fields, which go to LoraConfig (LORA_KWARGS).
-KWARGS: dict[str, tuple[str, ...]] = {
-    "model_path": ("sft_model_path",),
-    "reward": ("reward_model_path",),
-    "policy_lr": ("learning_rate",),
-    "optimizer": ("optim",),
-    "weight_decay": ("weight_decay",),
-    "lr_schedule": ("lr_scheduler_type",),
-    "warmup_steps": ("warmup_steps",),
-    "max_grad_norm": ("max_grad_norm",),
-    "rollout_batch_size": ("per_device_train_batch_size", "gradient_accumulation_steps"),
-    "mini_batch_size": ("num_mini_batches",),
-    "micro_batch_size": ("local_rollout_forward_batch_size",),
-    "ppo_epochs": ("num_ppo_epochs",),
-    "kl_coef": ("kl_coef",),
-    "kl_estimator": ("kl_estimator",),
-    "cliprange": ("cliprange",),
-    "cliprange_value": ("cliprange_value",),
-    "gae_lambda": ("lam",),
-    "gamma": ("gamma",),
-    "vf_coef": ("vf_coef",),
-    "whiten_rewards": ("whiten_rewards",),
-    "response_length": ("response_length",),
-    "temperature": ("temperature",),
-    "num_iterations": ("total_episodes",),
-    "seed": ("seed",),
-    "device": ("use_cpu",),
-    "precision": ("bf16",),
-    "output_dir": ("output_dir",),
-    "gradient_checkpointing": ("gradient_checkpointing",),
-}
-
-# Our field -> the keywords of `peft_config = LoraConfig(...)`, written when lora_rank > 0.
-LORA_KWARGS: dict[str, tuple[str, ...]] = {
-    "lora_rank": ("r",),
-    "lora_alpha": ("lora_alpha",),
-    "lora_dropout": ("lora_dropout",),
-    "lora_target_modules": ("target_modules",),
-}
 
 # Where the units differ, how a value is converted.
 CONVERSIONS: dict[str, str] = {
@@ -100,11 +40,6 @@ CONVERSIONS: dict[str, str] = {
     "device": "cpu -> use_cpu=True",
     "precision": "fp32 -> bf16=False, bf16 -> bf16=True",
     "lora_target_modules": "all-linear as it is; 'q_proj,v_proj' -> ['q_proj', 'v_proj']",
-}
-
-# Settings that make TRL run the algorithm of ppo-tuner's engine (its defaults differ).
-FIXED: dict[str, tuple[Any, str]] = {
-    "stop_token": ("eos", "responses end at the EOS token, as ppo-tuner"),
 }
 
 

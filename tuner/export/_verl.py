@@ -1,6 +1,7 @@
 """Export to verl: Hydra overrides for `python -m verl.trainer.main_ppo`.
 
-Every key below was checked against volcengine/verl `verl/trainer/config/_generated_ppo_trainer.yaml`
+Every key it writes (`tuner.engines.verl.KEYS`, `FIXED`) was checked against volcengine/verl
+`verl/trainer/config/_generated_ppo_trainer.yaml`
 (the fully resolved `ppo_trainer.yaml` with its actor/critic/rollout/data/reward/optim sub-configs) as
 released in verl 0.9.1 (the PyPI wheel). Semantics checked in the same release:
 `trainer/ppo/ray_trainer.py:apply_kl_penalty` feeds the adaptive controller the KL averaged over
@@ -18,9 +19,8 @@ each model in its `fsdp_config.model_dtype` (fp32 by default).
 
 from __future__ import annotations
 
-from typing import Any
-
 from trials import PPOConfig, RewardRef
+from tuner.engines.verl import FIXED, KEYS
 from tuner.export._common import (
     Out,
     check_demo,
@@ -30,85 +30,6 @@ from tuner.export._common import (
     render_bash_array,
 )
 from tuner.export._skeleton import Exporter
-
-SOURCE = "volcengine/verl verl/trainer/config/_generated_ppo_trainer.yaml (release 0.9.1)"
-
-_ACTOR, _OPTIM, _ROLLOUT = "actor_rollout_ref.actor", "actor_rollout_ref.actor.optim", "actor_rollout_ref.rollout"
-
-# Every key this export may write, as defined in SOURCE.
-VERIFIED_KEYS = frozenset({
-    "actor_rollout_ref.model.path", "critic.model.path",
-    "reward.reward_model.enable", "reward.reward_model.model_path", "reward.reward_model.rollout.name",
-    "reward.custom_reward_function.path", "reward.custom_reward_function.name",
-    "data.train_files", "data.val_files", "data.prompt_key", "data.max_prompt_length", "data.truncation",
-    "data.max_response_length", "data.train_batch_size", "data.seed",
-    f"{_OPTIM}.lr", f"{_OPTIM}.optimizer", f"{_OPTIM}.weight_decay", f"{_OPTIM}.lr_scheduler_type",
-    f"{_OPTIM}.lr_warmup_steps", f"{_OPTIM}.clip_grad",
-    "critic.optim.lr", "critic.optim.optimizer", "critic.optim.weight_decay", "critic.optim.lr_scheduler_type",
-    "critic.optim.lr_warmup_steps", "critic.optim.clip_grad",
-    f"{_ACTOR}.ppo_mini_batch_size", "critic.ppo_mini_batch_size", f"{_ACTOR}.ppo_micro_batch_size_per_gpu",
-    "critic.ppo_micro_batch_size_per_gpu", "critic.forward_micro_batch_size_per_gpu",
-    f"{_ROLLOUT}.log_prob_micro_batch_size_per_gpu", "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu",
-    f"{_ACTOR}.ppo_epochs", "critic.ppo_epochs", f"{_ACTOR}.shuffle", "critic.shuffle",
-    "algorithm.kl_ctrl.type", "algorithm.kl_ctrl.kl_coef", "algorithm.kl_ctrl.target_kl",
-    "algorithm.kl_ctrl.horizon", "algorithm.kl_penalty", "algorithm.use_kl_in_reward", f"{_ACTOR}.use_kl_loss",
-    f"{_ACTOR}.clip_ratio", f"{_ACTOR}.clip_ratio_low", f"{_ACTOR}.clip_ratio_high", "critic.cliprange_value",
-    "algorithm.adv_estimator", "algorithm.lam", "algorithm.gamma", f"{_ACTOR}.entropy_coeff",
-    f"{_ROLLOUT}.name", f"{_ROLLOUT}.n", f"{_ROLLOUT}.temperature", f"{_ROLLOUT}.top_k", f"{_ROLLOUT}.top_p",
-    f"{_ROLLOUT}.seed", f"{_ACTOR}.data_loader_seed", "critic.data_loader_seed",
-    "trainer.total_training_steps", "trainer.total_epochs", "trainer.test_freq",
-    "actor_rollout_ref.model.lora_rank", "actor_rollout_ref.model.lora_alpha", "actor_rollout_ref.model.target_modules",
-    "critic.model.lora_rank", "critic.model.lora_alpha", "critic.model.target_modules",
-    "actor_rollout_ref.model.enable_gradient_checkpointing", "critic.model.enable_gradient_checkpointing",
-})
-
-# Our field -> the verl keys that carry it. Fields missing here are explained in a comment (and a
-# warning when a value is lost): vf_coef, whiten_advantages, whiten_rewards, lora_dropout, frozen_dtype.
-KEYS: dict[str, tuple[str, ...]] = {
-    "model_path": ("actor_rollout_ref.model.path",),
-    "value_model_path": ("critic.model.path",),
-    "reward": ("reward.reward_model.model_path", "reward.custom_reward_function.path"),
-    "prompts": ("data.train_files", "data.prompt_key"),
-    "eval_prompts": ("data.val_files",),
-    "max_prompt_length": ("data.max_prompt_length", "data.truncation"),
-    "policy_lr": (f"{_OPTIM}.lr",),
-    "value_lr": ("critic.optim.lr",),
-    "optimizer": (f"{_OPTIM}.optimizer", "critic.optim.optimizer"),
-    "weight_decay": (f"{_OPTIM}.weight_decay", "critic.optim.weight_decay"),
-    "lr_schedule": (f"{_OPTIM}.lr_scheduler_type", "critic.optim.lr_scheduler_type"),
-    "warmup_steps": (f"{_OPTIM}.lr_warmup_steps", "critic.optim.lr_warmup_steps"),
-    "max_grad_norm": (f"{_OPTIM}.clip_grad", "critic.optim.clip_grad"),
-    "rollout_batch_size": ("data.train_batch_size",),
-    "mini_batch_size": (f"{_ACTOR}.ppo_mini_batch_size", "critic.ppo_mini_batch_size"),
-    "micro_batch_size": (f"{_ACTOR}.ppo_micro_batch_size_per_gpu", "critic.ppo_micro_batch_size_per_gpu",
-                         f"{_ROLLOUT}.log_prob_micro_batch_size_per_gpu",
-                         "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu",
-                         "critic.forward_micro_batch_size_per_gpu"),
-    "ppo_epochs": (f"{_ACTOR}.ppo_epochs", "critic.ppo_epochs"),
-    "kl_mode": ("algorithm.kl_ctrl.type",),
-    "kl_coef": ("algorithm.kl_ctrl.kl_coef",),
-    "kl_target": ("algorithm.kl_ctrl.target_kl",),
-    "kl_horizon": ("algorithm.kl_ctrl.horizon",),
-    "kl_estimator": ("algorithm.kl_penalty",),
-    "cliprange": (f"{_ACTOR}.clip_ratio", f"{_ACTOR}.clip_ratio_low", f"{_ACTOR}.clip_ratio_high"),
-    "cliprange_value": ("critic.cliprange_value",),
-    "gae_lambda": ("algorithm.lam",),
-    "gamma": ("algorithm.gamma",),
-    "ent_coef": (f"{_ACTOR}.entropy_coeff",),
-    "response_length": ("data.max_response_length",),
-    "temperature": (f"{_ROLLOUT}.temperature",),
-    "top_k": (f"{_ROLLOUT}.top_k",),
-    "top_p": (f"{_ROLLOUT}.top_p",),
-    "num_iterations": ("trainer.total_training_steps", "trainer.total_epochs"),
-    "eval_interval": ("trainer.test_freq",),
-    "lora_rank": ("actor_rollout_ref.model.lora_rank",),
-    "lora_alpha": ("actor_rollout_ref.model.lora_alpha",),
-    "lora_target_modules": ("actor_rollout_ref.model.target_modules",),
-    "value_backbone": ("critic.model.lora_rank", "critic.model.lora_alpha", "critic.model.target_modules"),
-    "gradient_checkpointing": ("actor_rollout_ref.model.enable_gradient_checkpointing",
-                               "critic.model.enable_gradient_checkpointing"),
-    "seed": ("data.seed", f"{_ACTOR}.data_loader_seed", "critic.data_loader_seed", f"{_ROLLOUT}.seed"),
-}
 
 # Where the units differ, how a value is converted.
 CONVERSIONS: dict[str, str] = {
@@ -127,17 +48,6 @@ CONVERSIONS: dict[str, str] = {
     "lora_alpha": "rounded to an integer",
     "lora_target_modules": "all-linear as it is; 'q_proj,v_proj' -> [q_proj,v_proj]",
     "value_backbone": "shared -> the critic, from model_path, gets the policy's LoRA settings (critic.model.*)",
-}
-
-# Settings that make verl run the algorithm of ppo-tuner's engine (its defaults differ).
-FIXED: dict[str, tuple[Any, str]] = {
-    "algorithm.adv_estimator": ("gae", "PPO with a critic and GAE"),
-    "algorithm.use_kl_in_reward": (True, "KL penalty in the per-token reward, as ppo-tuner"),
-    f"{_ACTOR}.use_kl_loss": (False, "no KL loss term (GRPO-style)"),
-    f"{_ROLLOUT}.n": (1, "one response per prompt"),
-    f"{_ROLLOUT}.name": ("vllm", "the rollout engine (or sglang)"),
-    f"{_ACTOR}.shuffle": (True, "fresh mini-batch order each epoch, as ppo-tuner"),
-    "critic.shuffle": (True, ""),
 }
 
 

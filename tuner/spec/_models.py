@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from trials import did_you_mean, field_specs, metrics
+from tuner.engines import ENGINES
 from tuner.spec import _values
 from tuner.spec._errors import spec_error
 
@@ -30,6 +31,8 @@ __all__ = ["TRIAL_FIELDS", "spec_key", "Budget", "Choices", "KLLimitSection", "M
            "SamplerSection", "Scheduler", "SweepSpec", "TrialSection"]
 
 NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+# what trains a trial (trial.engine): our engine, or one of the external engines
+ENGINE_NAMES = ("ppo-tuner", *ENGINES)
 # engine field -> key under the spec's `trial:` section
 TRIAL_FIELDS = {"model_path": "model", "reward": "reward", "eval_reward": "eval_reward", "prompts": "prompts",
                 "eval_prompts": "eval_prompts", "value_model_path": "value_model"}
@@ -118,7 +121,7 @@ class TrialSection(_Section):
     prompts: NonEmpty = Field("demo", description="training prompts: a .jsonl file (one {\"prompt\": ...} per line), a .txt file (one per line), or 'demo'")
     eval_prompts: NonEmpty | None = Field(None, description="held-out evaluation prompts, same formats; empty holds out some training prompts")
     value_model: NonEmpty | None = Field(None, description="model whose backbone initialises the value model; empty means the policy model")
-    engine: Literal["ppo-tuner", "command", "verl", "openrlhf", "trl"] = Field(
+    engine: Literal[ENGINE_NAMES] = Field(
         "ppo-tuner", description="what trains a trial: ppo-tuner (our engine); command (your own trainer, started with "
                                  "trial.command, reporting JSON lines); verl, openrlhf (trial.command starts their PPO "
                                  "with your fixed arguments, the trial's hyperparameters are added in their names, "

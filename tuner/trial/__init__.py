@@ -6,7 +6,8 @@ runs the engine under the KL limit and reports these records.
 
 from __future__ import annotations
 
-from tuner.trial._engines import check_trainer, launch_argv
+from tuner.trial._launch import check_trainer, launch, launch_argv
+from tuner.trial._memory import GIB, MemoryCheck
 from tuner.trial._result import (
     ERROR,
     INITIAL_EVAL,
@@ -25,7 +26,7 @@ from tuner.trial._result import (
 )
 from tuner.trial._scoring import WORST, Scorer, kl_constraint, overoptimized, scheduler_score, worst
 
-__all__ = ["ERROR", "INITIAL_EVAL", "ITERATION", "KL_MAX", "OBJECTIVE", "SCHEDULER_SCORE", "STATES", "WORST", "Outcome", "Scorer",
-           "StopReason", "TrialFailure", "TrialReport", "check_trainer", "failing_alike",
-           "kl_constraint", "last_line", "launch_argv", "overoptimized", "read_result",
-           "scheduler_score", "worst"]
+__all__ = ["ERROR", "GIB", "INITIAL_EVAL", "ITERATION", "KL_MAX", "OBJECTIVE", "SCHEDULER_SCORE",
+           "STATES", "WORST", "MemoryCheck", "Outcome", "Scorer", "StopReason", "TrialFailure",
+           "TrialReport", "check_trainer", "failing_alike", "kl_constraint", "last_line", "launch",
+           "launch_argv", "overoptimized", "read_result", "scheduler_score", "worst"]

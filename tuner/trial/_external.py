@@ -1,6 +1,6 @@
 """An external trainer as a trial (`trial.engine: command | verl | openrlhf | trl`): start it, read its
-reports, stop it. What differs per engine (its argv, where its reports are, their units) is in
-`_engines`; the report line of `command` and the conversion to our names in `_protocol`. The trainer's
+reports, stop it. What differs per engine (its argv, where its reports are, their units) is its
+`tuner.engines.Engine`; the argv is made in `_launch`. The trainer's
 output goes to the trial's trainer.log; report lines (or, for verl, the lines of its metrics file) are
 queued as they are written.
 
@@ -28,8 +28,7 @@ from typing import Any
 
 from trials import metrics as K
 from tuner._process import die_with_parent, stop_group
-from tuner.trial._engines import ENGINES
-from tuner.trial._protocol import (
+from tuner.engines import (
     CONFIG_ENV,
     PLACEHOLDER,
     PREFIX,
@@ -37,6 +36,8 @@ from tuner.trial._protocol import (
     command_argv,
     parse_report,
 )
+from tuner.engines import engine as engine_named
+from tuner.trial._launch import launch
 from tuner.trial._result import StopReason, TrialReport
 from tuner.trial._scoring import Scorer, scheduler_score
 from tuner.trial._task import TrialTask
@@ -155,14 +156,15 @@ def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir:
     on a fault (with the log's tail). `emit` may raise (Ray stops the trial): the trainer is stopped too.
     `ray_address`: the sweep's cluster, which an engine with a Ray of its own joins (else it starts its own).
     """
-    ext, objective, engine = task.external, task.objective, ENGINES[task.engine_kind]
+    ext, objective, engine = task.external, task.objective, engine_named(task.engine_kind)
     direction, last = objective["direction"], int(task.engine["num_iterations"])
     limit = task.kl_stopper()
     scorer = Scorer(objective["metric"], direction, objective["score"], objective["last_k"], math.nan)
-    argv, launch, lost = engine.launch(ext["command"], task.engine, workdir)
+    argv, args, lost = launch(task.engine_kind, ext["command"], task.engine, workdir)
     config = workdir / "trial_config.json"
     config.write_text(json.dumps({"number": task.number, "params": task.params, "engine": task.engine,
-                                  "kl_limit": task.kl_limit, "launch": launch, "not_expressed": lost}, indent=1))
+                                  "kl_limit": task.kl_limit, "launch": args, "not_expressed": lost},
+                                 indent=1))
     environ = {**os.environ, **engine.environ(workdir, ext.get("ray", "private"), ray_address),
                **ext.get("env", {}), CONFIG_ENV: str(config), **(env or {})}
     started = time.perf_counter()

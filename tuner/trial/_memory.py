@@ -8,20 +8,13 @@ the CPU. The model's config.json is read once; no weights are loaded.
 from __future__ import annotations
 
 import dataclasses
-import itertools
-from collections.abc import Iterator
 from typing import Any
 
 from trials import PPOConfig
 
-__all__ = ["GIB", "MemoryCheck", "extreme_configs"]
+__all__ = ["GIB", "MemoryCheck"]
 
 GIB = 2**30
-# engine fields that change a trial's memory: their extremes bound the space's predictions
-MEMORY_FIELDS = ("rollout_batch_size", "mini_batch_size", "num_mini_batches", "micro_batch_size", "response_length",
-                 "max_prompt_length", "lora_rank", "lora_target_modules", "value_backbone", "gradient_checkpointing",
-                 "frozen_dtype", "precision")
-_MAX_EXTREMES = 256
 
 
 class MemoryCheck:
@@ -50,21 +43,3 @@ class MemoryCheck:
     def violation(self, config: PPOConfig) -> float:
         """The constraint's value: predicted GiB minus the budget (<= 0: it fits)."""
         return self.predict_gb(config) - self.budget_gb
-
-
-def extreme_configs(spec: Any) -> Iterator[PPOConfig]:
-    """Engine configs at the extremes of the searched memory-relevant fields (each range's ends, every
-    choice), at most 256, skipping pairs the engine refuses (a mini-batch that does not divide)."""
-    axes = []
-    for name in MEMORY_FIELDS:
-        param = spec.space.get(name)
-        if param is None or not param.searched:
-            continue
-        values = param.choices if param.kind == "categorical" else (param.low, param.high)
-        axes.append([(name, v) for v in dict.fromkeys(values)])
-    from tuner.spec import trial_config
-
-    for combo in itertools.islice(itertools.product(*axes), _MAX_EXTREMES):
-        config = trial_config(spec, dict(combo))
-        if not config.problems():
-            yield config

@@ -1,7 +1,7 @@
 """Exporting a PPOConfig through the public API: ppo-tuner's YAML and JSON, OpenRLHF, verl and TRL.
 
-The name tables each export documents (`_openrlhf.FLAGS`, `_verl.KEYS`, `_trl.KWARGS` and the verified
-name sets next to them) are read here so that an export can only use names checked against the target.
+The name tables of each engine (`tuner.engines.openrlhf.FLAGS`, `verl.KEYS`, `trl.KWARGS` and the
+verified name sets next to them) are read here so that an export can only use names checked against the target.
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ import pytest
 import yaml
 
 from trials import ConfigError, PPOConfig, RewardError, field_specs
-from tuner.export import FORMATS, _openrlhf, _trl, _verl, export_config
+from tuner.engines import openrlhf as openrlhf_engine
+from tuner.engines import trl as trl_engine
+from tuner.engines import verl as verl_engine
+from tuner.export import FORMATS, export_config
 
 SOURCE = {"sweep": "kl-sweep", "trial": 7, "objective": 0.42, "kl": 5.5}
 
@@ -46,7 +49,7 @@ LORA = dataclasses.replace(TUNED, lora_rank=16, lora_alpha=32.0, lora_target_mod
 SHARED = dataclasses.replace(LORA, value_backbone="shared", lora_dropout=0.05, lora_target_modules="all-linear",
                              frozen_dtype="bf16")
 LORA_CONFIGS = {"lora": LORA, "lora-shared": SHARED}
-TABLES = {"openrlhf": _openrlhf.FLAGS, "verl": _verl.KEYS, "trl": _trl.KWARGS}
+TABLES = {"openrlhf": openrlhf_engine.FLAGS, "verl": verl_engine.KEYS, "trl": trl_engine.KWARGS}
 
 
 # -- reading the exports back ----------------------------------------------------------------------
@@ -142,18 +145,21 @@ def test_json_without_source_and_with_a_non_finite_objective():
 
 # -- the targets' names ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("fmt,verified", [("openrlhf", _openrlhf.VERIFIED_FLAGS), ("verl", _verl.VERIFIED_KEYS),
-                                          ("trl", _trl.VERIFIED_KWARGS)])
+@pytest.mark.parametrize("fmt,verified", [("openrlhf", openrlhf_engine.VERIFIED_FLAGS),
+                                          ("verl", verl_engine.VERIFIED_KEYS),
+                                          ("trl", trl_engine.VERIFIED_KWARGS)])
 def test_the_name_tables_use_only_verified_names(fmt, verified):
     table_names = {n for names_ in TABLES[fmt].values() for n in names_}
-    fixed = {"openrlhf": _openrlhf.FIXED, "verl": _verl.FIXED, "trl": _trl.FIXED}[fmt]
+    fixed = {"openrlhf": openrlhf_engine.FIXED, "verl": verl_engine.FIXED,
+             "trl": trl_engine.FIXED}[fmt]
     assert table_names | set(fixed) <= verified
     assert set(TABLES[fmt]) <= set(field_specs())
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-@pytest.mark.parametrize("fmt,verified", [("openrlhf", _openrlhf.VERIFIED_FLAGS), ("verl", _verl.VERIFIED_KEYS),
-                                          ("trl", _trl.VERIFIED_KWARGS)])
+@pytest.mark.parametrize("fmt,verified", [("openrlhf", openrlhf_engine.VERIFIED_FLAGS),
+                                          ("verl", verl_engine.VERIFIED_KEYS),
+                                          ("trl", trl_engine.VERIFIED_KWARGS)])
 def test_every_written_name_is_verified(fmt, verified, name):
     written = settings(fmt, export_config(CONFIGS[name], fmt)[0])
     assert set(written) <= verified, set(written) - verified
@@ -259,7 +265,7 @@ def test_the_trl_snippet_builds_a_real_trl_ppo_config(name, tmp_path, monkeypatc
     from trl.experimental.ppo import PPOConfig as TrlPPOConfig
 
     assert isinstance(built, TrlPPOConfig)
-    assert {f.name for f in dataclasses.fields(TrlPPOConfig)} >= _trl.VERIFIED_KWARGS
+    assert {f.name for f in dataclasses.fields(TrlPPOConfig)} >= trl_engine.VERIFIED_KWARGS
     assert built.learning_rate == config.policy_lr and built.num_ppo_epochs == config.ppo_epochs
     assert built.num_mini_batches == config.num_mini_batches and built.use_cpu and not built.bf16
 
@@ -302,7 +308,8 @@ def test_trl_lora_is_a_peft_config():
     calls = trl_calls(text)
     assert calls["LoraConfig"] == {"task_type": "CAUSAL_LM", "r": 16, "lora_alpha": 32.0, "lora_dropout": 0.0,
                                    "target_modules": ["q_proj", "v_proj"]}
-    assert set(calls["LoraConfig"]) <= _trl.VERIFIED_LORA_KWARGS and set(calls["PPOConfig"]) <= _trl.VERIFIED_KWARGS
+    assert set(calls["LoraConfig"]) <= trl_engine.VERIFIED_LORA_KWARGS
+    assert set(calls["PPOConfig"]) <= trl_engine.VERIFIED_KWARGS
     assert calls["PPOConfig"]["gradient_checkpointing"] is True
     assert "peft_config=peft_config" in comments(text)  # how PPOTrainer takes it
 
@@ -346,11 +353,13 @@ def test_lora_fields_are_expressed_or_named_in_a_comment(fmt, name):
     text, warnings = export_config(LORA_CONFIGS[name], fmt)
     if fmt == "trl":
         calls = trl_calls(text)
-        written, table = set(calls["PPOConfig"]) | set(calls["LoraConfig"]), {**_trl.KWARGS, **_trl.LORA_KWARGS}
-        verified = _trl.VERIFIED_KWARGS | _trl.VERIFIED_LORA_KWARGS
+        written = set(calls["PPOConfig"]) | set(calls["LoraConfig"])
+        table = {**trl_engine.KWARGS, **trl_engine.LORA_KWARGS}
+        verified = trl_engine.VERIFIED_KWARGS | trl_engine.VERIFIED_LORA_KWARGS
     else:
         written, table = set(settings(fmt, text)), TABLES[fmt]
-        verified = _openrlhf.VERIFIED_FLAGS if fmt == "openrlhf" else _verl.VERIFIED_KEYS
+        verified = (openrlhf_engine.VERIFIED_FLAGS if fmt == "openrlhf"
+                    else verl_engine.VERIFIED_KEYS)
     assert written <= verified, written - verified
     for field in field_specs():
         assert written & set(table.get(field, ())) or field in names(comments(text)), f"{fmt}: {field}"

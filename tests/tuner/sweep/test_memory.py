@@ -10,10 +10,10 @@ from mlflow.tracking import MlflowClient
 
 from tests.sweep_helpers import tuner, write_spec
 from trials import PPOConfig
-from tuner.spec import load_spec, parse_spec
+from tuner.spec import extreme_configs, load_spec, parse_spec
 from tuner.sweep import load_study, trial_rows
 from tuner.sweep._study import ATTR
-from tuner.trial._memory import MemoryCheck, extreme_configs
+from tuner.trial import MemoryCheck
 
 SPACE = {"rollout_batch_size": {"choices": [16, 512]}, "response_length": {"choices": [8, 96]}}
 

@@ -22,8 +22,7 @@ from tests.tuner.trial.test_external import run
 from trials import PPOConfig
 from trials import metrics as K
 from tuner.export import engine_launch
-from tuner.trial import StopReason, read_result
-from tuner.trial._engines import ENGINES
+from tuner.trial import StopReason, launch, read_result
 from tuner.trial._task import TrialTask
 
 TRAINERS = Path(__file__).resolve().parents[2] / "engine_trainers.py"
@@ -44,7 +43,8 @@ def config(**changes) -> PPOConfig:
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_verl_overrides_compose_with_verls_own_config(name):
     c = config(**CONFIGS[name])
-    argv, _, _ = ENGINES["verl"].launch(["python", "-m", "verl.trainer.main_ppo"], c.to_dict(), Path("/tmp/trial 1"))
+    argv, _, _ = launch("verl", ["python", "-m", "verl.trainer.main_ppo"], c.to_dict(),
+                        Path("/tmp/trial 1"))
     overrides = argv[3:]
     proc = subprocess.run([str(check_python()), str(TRAINERS), "compose", str(source("verl")), *overrides],
                           capture_output=True, text=True, timeout=120)
@@ -63,16 +63,16 @@ def test_verl_overrides_compose_with_verls_own_config(name):
 
 
 def test_verl_takes_the_users_rollout_engine():
-    argv, _, _ = ENGINES["verl"].launch(["py", "actor_rollout_ref.rollout.name=sglang"], config().to_dict())
+    argv, _, _ = launch("verl", ["py", "actor_rollout_ref.rollout.name=sglang"], config().to_dict())
     assert [a for a in argv if a.startswith("actor_rollout_ref.rollout.name=")] == ["actor_rollout_ref.rollout.name=sglang"]
-    argv, _, _ = ENGINES["verl"].launch(["py"], config().to_dict())
+    argv, _, _ = launch("verl", ["py"], config().to_dict())
     assert "actor_rollout_ref.rollout.name=vllm" in argv  # verl's own default is '???' (required)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_openrlhf_flags_parse_with_openrlhfs_own_parser(name):
     c = config(**CONFIGS[name])
-    argv, _, _ = ENGINES["openrlhf"].launch(["python"], c.to_dict())
+    argv, _, _ = launch("openrlhf", ["python"], c.to_dict())
     code = ("import sys, json; sys.path.insert(0, sys.argv[1]); import engine_trainers as t; from pathlib import Path; "
             "a = vars(t.openrlhf_parser(Path(sys.argv[2])).parse_args(sys.argv[3:])); print(json.dumps(a, default=str))")
     proc = subprocess.run([str(check_python()), "-c", code, str(TRAINERS.parent), str(source("openrlhf")), *argv[1:]],

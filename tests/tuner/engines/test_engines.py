@@ -9,9 +9,9 @@ import pytest
 
 from trials import PPOConfig
 from trials import metrics as K
+from tuner.engines import ENGINES, PREFIX, TrainerError
 from tuner.sweep._tracking import _metric_name
-from tuner.trial._engines import ENGINES
-from tuner.trial._protocol import PREFIX, TrainerError
+from tuner.trial import launch
 
 
 def test_verl_kl_is_the_reward_penalty_times_the_response_length_never_ppo_kl():
@@ -55,12 +55,13 @@ def test_a_report_without_kl_is_an_error_for_the_protocol():
 
 def test_launch_appends_the_exported_hyperparameters_to_the_users_command():
     c = PPOConfig.from_dict({"policy_lr": 3e-6, "num_iterations": 7})
-    argv, args, _ = ENGINES["verl"].launch(["py", "-m", "verl.trainer.main_ppo", "trainer.n_gpus_per_node=1"], c.to_dict())
+    argv, args, _ = launch("verl", ["py", "-m", "verl.trainer.main_ppo", "trainer.n_gpus_per_node=1"],
+                           c.to_dict())
     assert argv[:4] == ["py", "-m", "verl.trainer.main_ppo", "trainer.n_gpus_per_node=1"]
     assert "actor_rollout_ref.actor.optim.lr=3e-06" in argv and argv[-1] == "trainer.logger=[console,file]"
-    argv, _, _ = ENGINES["openrlhf"].launch(["py", "--lr-{policy_lr}"], c.to_dict())
+    argv, _, _ = launch("openrlhf", ["py", "--lr-{policy_lr}"], c.to_dict())
     assert argv[1] == "--lr-3e-06" and argv[argv.index("--actor.adam.lr") + 1] == "3e-06"
-    argv, args, lost = ENGINES["trl"].launch(["/venv/bin/python"], c.to_dict())
+    argv, args, lost = launch("trl", ["/venv/bin/python"], c.to_dict())
     assert argv[0] == "/venv/bin/python" and argv[1].endswith("launchers/trl_ppo.py")
     assert args["ppo"]["learning_rate"] == 3e-6 and args["ppo"]["total_episodes"] == 7 * c.rollout_batch_size
     assert any(w.startswith("value_lr") for w in lost)  # TRL's single learning rate
