@@ -1,4 +1,4 @@
-"""Small sweep specs on the demo model, and a runner for `tuner` in a subprocess."""
+"""Small sweep specs on the demo model, a runner for `tuner` in a subprocess, a sweep's MLflow runs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -67,3 +68,13 @@ def stop_sweep(proc: subprocess.Popen, log: Path, ready: Callable[[], bool], sig
     proc.send_signal(sig)
     code = proc.wait(timeout=300)
     return code, log.read_text(), time.monotonic() - sent
+
+
+def sweep_runs(client: Any, experiment: str, kind: str | None = None) -> list[Any]:
+    """The MLflow runs of `experiment` (newest first, as MLflow lists them) through the MlflowClient
+    `client`: all of them, or those whose `ppo_tuner.kind` tag is `kind` ("sweep": the parent run,
+    "trial": a search trial's, "promotion": a promoted config's). The tag's name is spelled out, not
+    imported from the product, so that a renamed tag (a changed record) fails the tests."""
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    where = f"tags.`ppo_tuner.kind` = '{kind}'" if kind is not None else ""
+    return client.search_runs([experiment_id], where, max_results=1000)

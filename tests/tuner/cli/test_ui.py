@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 from tests.sweep_helpers import tuner, write_spec
 from tuner._mlflow_ui import open_link
 from tuner.sweep._tracking import sweep_page
@@ -26,12 +26,6 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--window-size=1920,1000", "--virtual-time-budget=20000"]
 ASSISTANT = "Ask questions about your experiments"  # the text of MLflow 3.17's assistant panel
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, seconds: float = 90) -> None:
@@ -75,7 +69,7 @@ def _screenshot(name: str, url: str, *flags: str) -> None:
 
 def _serve(command: str, folder) -> tuple[subprocess.Popen, int]:
     """`tuner COMMAND ui4` (ui or dashboard) on a free port, its output read line by line."""
-    port = _free_port()
+    port = free_port()
     return subprocess.Popen([sys.executable, "-m", "tuner.cli", command, "ui4", "--workdir", folder / "sweeps",
                              "--port", str(port)], cwd=folder, stdout=subprocess.PIPE, text=True,
                             start_new_session=True), port
@@ -141,7 +135,7 @@ def test_a_sweep_on_an_mlflow_server_gets_the_servers_page(tmp_path, demo_model)
     """No second server: `tuner ui` prints the page on the server the sweep logged to, and returns."""
     from tuner.cli._sweep import mlflow_server_command
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     server = subprocess.Popen(mlflow_server_command(f"sqlite:///{tmp_path / 'server.db'}", "127.0.0.1", port,

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.cluster_helpers import DOCKER, cluster_spec, submit, tuner
 from tests.compose_cluster import ROOT, compose_file, interpolate, published
+from tests.sweep_helpers import sweep_runs
 
 SERVICES = compose_file()["services"]
 
@@ -89,9 +90,8 @@ def test_a_submitted_sweep_runs_on_the_compose_cluster(cluster, tmp_path):
     client = MlflowClient(cluster.tracking_uri)
     experiment = client.get_experiment_by_name("cluster-demo")
     assert experiment.artifact_location.startswith("mlflow-artifacts:")  # served by the MLflow server
-    runs = client.search_runs([experiment.experiment_id], max_results=100)
-    parent = next(r for r in runs if r.data.tags.get("ppo_tuner.kind") == "sweep")
-    children = [r for r in runs if r.data.tags.get("ppo_tuner.kind") == "trial"]
+    parent = sweep_runs(client, "cluster-demo", "sweep")[0]
+    children = sweep_runs(client, "cluster-demo", "trial")
     status = {"COMPLETE": "FINISHED", "INFEASIBLE": "FAILED", "PRUNED": "KILLED"}  # a red or grey badge: not complete
     assert parent.info.status == "FINISHED" and len(children) == 4
     assert all(r.info.status == status[r.data.tags["ppo_tuner.state"]] for r in children)

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.sweep_helpers import tuner, write_spec
+from tests.sweep_helpers import sweep_runs, tuner, write_spec
 from trials import PPOConfig
 from tuner.spec import load_spec, parse_spec
 from tuner.sweep import load_study, trial_rows
@@ -77,8 +77,7 @@ def test_configs_predicted_not_to_fit_are_infeasible_and_never_launched(tmp_path
     states = {r.number: r.state for r in trial_rows(study)}
     assert all(states[t.number] == "INFEASIBLE" for t in unlaunched)
     client = MlflowClient(spec.tracking_uri())
-    runs = client.search_runs([client.get_experiment_by_name(spec.name).experiment_id],
-                              "tags.ppo_tuner.kind = 'trial'")
+    runs = sweep_runs(client, spec.name, "trial")
     assert sorted(int(r.data.tags["ppo_tuner.trial_number"]) for r in runs) == sorted(t.number for t in launched)
     assert all(frozen[n].state != optuna.trial.TrialState.FAIL for n in frozen)
 

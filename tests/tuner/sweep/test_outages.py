@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tests.sweep_helpers import start_tuner, tuner, write_spec
+from tests.sweep_helpers import start_tuner, sweep_runs, tuner, write_spec
 from tuner.spec import load_spec
 
 
@@ -39,10 +39,7 @@ def _sweep(tmp_path, postgres, name: str, **overrides):
 
 
 def _children(spec) -> list:
-    client = MlflowClient(spec.tracking_uri())
-    experiment = client.get_experiment_by_name(spec.name)
-    runs = client.search_runs([experiment.experiment_id], max_results=200)
-    return [r for r in runs if r.data.tags.get("ppo_tuner.kind") == "trial"]
+    return sweep_runs(MlflowClient(spec.tracking_uri()), spec.name, "trial")
 
 
 @pytest.mark.slow  # about 90 s: a 10 s outage in a 5-trial sweep

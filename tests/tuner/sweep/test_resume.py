@@ -8,7 +8,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.sweep_helpers import start_tuner, stop_sweep, tuner, write_spec
+from tests.sweep_helpers import start_tuner, stop_sweep, sweep_runs, tuner, write_spec
 from tuner.spec import load_spec
 from tuner.sweep._study import open_storage
 
@@ -47,10 +47,9 @@ def test_an_interrupted_sweep_resumes(tmp_path, demo_model):
     assert len({t.user_attrs["ray_trial_id"] for t in study.trials}) == len(study.trials)
 
     client = MlflowClient(spec.tracking_uri())
-    experiment = client.get_experiment_by_name("resume6")
-    runs = client.search_runs([experiment.experiment_id], max_results=100)
-    parents = [r for r in runs if r.data.tags.get("ppo_tuner.kind") == "sweep"]
-    children = [r for r in runs if r.data.tags.get("ppo_tuner.kind") == "trial"]
+    runs = sweep_runs(client, "resume6")
+    parents = sweep_runs(client, "resume6", "sweep")
+    children = sweep_runs(client, "resume6", "trial")
     assert len(parents) == 1  # the parent run is reused
     assert len(children) == len(study.trials)  # one child run per trial, interrupted ones included
     assert all(r.info.status != "RUNNING" for r in runs)

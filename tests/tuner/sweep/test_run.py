@@ -11,7 +11,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.sweep_helpers import tuner, write_spec
+from tests.sweep_helpers import sweep_runs, tuner, write_spec
 from trials import metrics as K
 from tuner.spec import load_spec
 from tuner.sweep import best_feasible, load_study, trial_rows
@@ -62,10 +62,8 @@ def test_asha_cuts_are_pruned_not_complete(sweep):
 def test_mlflow_has_one_parent_and_one_child_run_per_trial(sweep):
     spec = sweep["spec"]
     client = MlflowClient(spec.tracking_uri())
-    experiment = client.get_experiment_by_name(spec.experiment_name())
-    runs = client.search_runs([experiment.experiment_id], max_results=100)
-    parents = [r for r in runs if r.data.tags.get("ppo_tuner.kind") == "sweep"]
-    children = [r for r in runs if r.data.tags.get("ppo_tuner.kind") == "trial"]
+    parents = sweep_runs(client, spec.experiment_name(), "sweep")
+    children = sweep_runs(client, spec.experiment_name(), "trial")
     assert len(parents) == 1 and len(children) == 6
     parent = parents[0]
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
@@ -172,7 +170,7 @@ def test_the_run_says_what_it_does_before_the_first_trial(sweep):
 def test_each_trial_run_shows_its_state_and_its_curves_start_at_step_0(sweep):
     client = MlflowClient(sweep["spec"].tracking_uri())
     experiment = client.get_experiment_by_name("grid6")
-    children = client.search_runs([experiment.experiment_id], "tags.`ppo_tuner.kind` = 'trial'")
+    children = sweep_runs(client, "grid6", "trial")
     status = {"COMPLETE": "FINISHED", "INFEASIBLE": "FAILED", "PRUNED": "KILLED"}
     for run in children:
         state = run.data.tags["ppo_tuner.state"]

@@ -17,7 +17,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tests.sweep_helpers import start_tuner, stop_sweep, tuner
+from tests.sweep_helpers import start_tuner, stop_sweep, sweep_runs, tuner
 from trials import metrics as K
 from tuner.spec import load_spec
 from tuner.sweep import load_study, trial_rows
@@ -143,8 +143,7 @@ def test_export_gives_your_command_line_and_the_searched_values(sweep):
 def test_mlflow_child_runs_carry_our_names_and_the_trainers(sweep):
     spec = sweep["spec"]
     client = MlflowClient(spec.tracking_uri())
-    experiment = client.get_experiment_by_name(spec.experiment_name())
-    children = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("ppo_tuner.kind") == "trial"]
+    children = sweep_runs(client, spec.experiment_name(), "trial")
     assert len(children) == 4
     by_state = {c.data.tags["ppo_tuner.state"]: c for c in children}
     done = by_state["COMPLETE"].info.run_id
