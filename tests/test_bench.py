@@ -120,7 +120,7 @@ def test_the_benchmark_model_is_qwen2_shaped_and_built_once(tmp_path):
     assert model.config.model_type == "qwen2" and len(tokenizer) == len(byte_level_tokenizer())
     assert 20e6 <= sum(p.numel() for p in model.parameters()) <= 120e6
     assert tokenizer.decode(tokenizer("the happy cat")["input_ids"]) == "the happy cat"
-    assert Workload().engine_config().model_path == "demo"  # the demo workload as it was
+    assert Workload().engine_config().model_path == "demo"  # the default workload: the demo model
 
 
 @pytest.mark.slow

@@ -93,9 +93,9 @@ print(peak_rss_bytes() - baseline)
 """
 
 
-# The baseline is the import's high-water mark (VmHWM), not getrusage's ru_maxrss: Linux carries ru_maxrss over the exec
-# from the process that started this one, so under a large test process it read that process's peak (953 MiB
-# measured in CI against 1356 MiB alone).
+# The baseline is the import's high-water mark (VmHWM), not getrusage's ru_maxrss: Linux carries
+# ru_maxrss over the exec from the process that started this one, so under a large test process it
+# would read that process's peak, not this one's.
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", [{}, {"lora_rank": 16, "value_backbone": "shared"}], ids=["full", "lora-shared"])
 def test_the_prediction_is_within_15_percent_of_a_measured_peak(tmp_path, mode):
