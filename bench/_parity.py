@@ -89,7 +89,8 @@ def compare(case: str, ends: list[int], ours: dict[str, Any], trl: dict[str, Any
     """Every compared figure of a case side by side; ok when all agree and the check was exercised."""
     rows = []
     for i, (a, b) in enumerate(zip(ours["iterations"], trl["iterations"], strict=True), start=1):
-        rows += [{"iteration": i, "metric": k, "ours": a[k], "trl": b[k], "agree": _agree(a[k], b[k])}
+        rows += [{"iteration": i, "metric": k, "ours": a[k], "trl": b[k],
+                  "agree": _agree(a[k], b[k])}
                  for k in ITERATION_KEYS]
     keys = POLICY_KEYS + (VALUE_KEYS if case == "full" else [])
     for n, (a, b) in enumerate(zip(ours["steps"], trl["steps"], strict=True), start=1):

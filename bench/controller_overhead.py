@@ -226,7 +226,8 @@ def report(r: dict[str, Any]) -> None:
           f"overhead {r['overhead']:.0%} (target <= 10%): {'met' if r['overhead'] <= 0.10 else 'NOT met'}")
     if "alone" in r:
         print(f"  ideal from each trial's compute measured alone: {r['ideal_alone']:.1f} s "
-              f"({r['alone']['compute']:.1f} s / {r['concurrency']}; in the sweep {r['compute']:.1f} s): "
+              f"({r['alone']['compute']:.1f} s / {r['concurrency']}; "
+              f"in the sweep {r['compute']:.1f} s): "
               f"wall / ideal {r['wall'] / r['ideal_alone']:.2f}x, "
               f"overhead {r['overhead_alone']:.0%} (target <= 10%): "
               f"{'met' if r['overhead_alone'] <= 0.10 else 'NOT met'}")
@@ -238,8 +239,8 @@ def report(r: dict[str, Any]) -> None:
     for k, v in r["in_fit"].items():
         print(f"    in fit: {k:37s} {v:7.1f}")
     for i, t in enumerate(r["per_trial_start"]):
-        print(f"    trial start {i}: {t['latency']:.2f} s to its first result beyond its first iteration; "
-              f"it reports perf/trial_start_seconds {t['trial_start_seconds']:.2f}, "
+        print(f"    trial start {i}: {t['latency']:.2f} s to its first result beyond its first "
+              f"iteration; it reports perf/trial_start_seconds {t['trial_start_seconds']:.2f}, "
               f"warm_start {t['warm']:.0f}, worker pid {t['pid']}")
 
 

@@ -131,7 +131,8 @@ def limit(w: Workload, iterations: int, warmup: int) -> dict[str, Any]:
 def report(res: dict[str, Any]) -> None:
     w = res["workload"]
     print(f"\nworkload: model {w.get('model', 'demo')}, LoRA rank {w.get('lora', 0)}, "
-          f"rollout {w['rollout']}, mini-batch {w['mini']}, {w['epochs']} epochs, {w['response']}-token "
+          f"rollout {w['rollout']}, mini-batch {w['mini']}, {w['epochs']} epochs, "
+          f"{w['response']}-token "
           f"responses, {w['threads']} thread(s) per side; load {res['load']}")
     if "parity" in res:
         print("\n".join(_parity.summary(res["parity"])))
@@ -197,8 +198,8 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations per process")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads per side (2 is torch's default here, but 2 threads on 2 "
-                             "shared cores stall whenever another job runs)")
+                        help="torch threads per side (2 is torch's default here, but 2 threads "
+                             "on 2 shared cores stall whenever another job runs)")
     parser.add_argument("--model", choices=list(PRESETS), default="demo",
                         help="demo: trials' 0.24M-parameter model; qwen2-28m: a Qwen2-shaped model of 28.3M parameters "
                              "with random weights, built once in bench/.cache/; smollm2-135m-instruct: the pretrained "
@@ -214,8 +215,8 @@ def main() -> int:
     parser.add_argument("--no-trl", action="store_true",
                         help="speed: leave TRL out (e.g. only ours against --baseline)")
     parser.add_argument("--trl-no-gc", action="store_true",
-                        help="speed: also time TRL with its gc.collect() calls made no-ops, as a side "
-                             "of its own (always with a model other than the demo)")
+                        help="speed: also time TRL with its gc.collect() calls made no-ops, as a "
+                             "side of its own (always with a model other than the demo)")
     parser.add_argument("--unclipped", action="store_true", help="speed: also time ours without gradient clipping "
                                                                  "(as in the parity check and as TRL's PPO runs)")
     parser.add_argument("--baseline", help="a folder holding an older trials/ to time as a third side, e.g. from "

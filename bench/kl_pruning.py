@@ -218,22 +218,24 @@ def report(res: dict[str, Any]) -> None:
           f"{res['kl_limit']:g} nats at their end); the limit stops {t['stopped']}, "
           f"{t['stopped_not_doomed']} of them not doomed")
     stops = dict(sorted((i, t['stop_iterations'].count(i)) for i in set(t['stop_iterations'])))
-    print(f"  it saves {t['iterations_saved']} of the {t['iterations_doomed_would_spend']} iterations "
-          f"the doomed would spend: {t['saved_fraction']:.1%} ({t['seconds_saved_fraction']:.1%} of "
-          f"their seconds; {t['share_of_all_iterations']:.1%} of all iterations); stops at iterations "
-          f"{stops}")
-    print(f"  false prunes: {top['false_prunes']} of the top-3 by final eval/scores among trials within "
-          f"the limit at their end ({top['ending_within_but_stopped']} such trials are stopped; "
+    print(f"  it saves {t['iterations_saved']} of the {t['iterations_doomed_would_spend']} "
+          f"iterations the doomed would spend: {t['saved_fraction']:.1%} "
+          f"({t['seconds_saved_fraction']:.1%} of their seconds; "
+          f"{t['share_of_all_iterations']:.1%} of all iterations); stops at iterations {stops}")
+    print(f"  false prunes: {top['false_prunes']} of the top-3 by final eval/scores among trials "
+          f"within the limit at their end ({top['ending_within_but_stopped']} such trials are "
+          f"stopped; "
           f"the best that never passes it ends at {top['best_never_crossing']:.3f})")
     for c in top["top"]:
         print(f"    eval {c['final_eval']:.3f}, KL max {c['kl_max']:.1f}, final {c['kl_final']:.1f}, stopped at "
               f"{c['stopped_at']}: {c['params']}")
     print(f"replayed default sweeps ({rp['seeds']} seeds x {rp['trials']} trials): the limit saves "
-          f"{rp['saved_fraction']:.1%} of the iterations their doomed trials would spend, and stops "
-          f"{rp['wrongly_stopped']} trials that are not doomed")
+          f"{rp['saved_fraction']:.1%} of the iterations their doomed trials would spend, "
+          f"and stops {rp['wrongly_stopped']} trials that are not doomed")
     print(f"  it stops a trial that would have ended within the limit in its sweep's top-3 "
-          f"{rp['false_prunes']} times, in {rp['sweeps_with_false_prunes']} of {rp['seeds']} sweeps; "
-          f"the sweep's best such trial in {rp['sweeps_with_best_stopped']} of {rp['seeds']} sweeps")
+          f"{rp['false_prunes']} times, in {rp['sweeps_with_false_prunes']} of {rp['seeds']} "
+          f"sweeps; the sweep's best such trial in {rp['sweeps_with_best_stopped']} of "
+          f"{rp['seeds']} sweeps")
     print("other stopping rules:")
     for name, r in res["rules"].items():
         print(f"  {name:32s} saves {r['saved_fraction']:6.1%}, false prunes {r['false_prunes']}, "
@@ -249,12 +251,13 @@ def report(res: dict[str, Any]) -> None:
               f"({f['saved_fraction_of_plain_on_its_stopped']:6.1%}, "
               f"{f['seconds_saved_fraction_of_plain_on_its_stopped']:6.1%} of seconds), "
               f"{f['saved_beyond_plain_all']:4d} of all {f['iterations_plain_all']}; "
-              f"stops {f['newly_stopped']:2d} more; wrongly stopped {w['rule']} (plain {w['plain']}); "
-              f"false prunes {f['false_prunes_top3']}")
+              f"stops {f['newly_stopped']:2d} more; "
+              f"wrongly stopped {w['rule']} (plain {w['plain']}); false prunes {f['false_prunes_top3']}")
     fr = res["forecast_replayed"]
     same = [(a["best_feasible"], b["best_feasible"]) for a, b in zip(rp["per_seed"], fr["per_seed"], strict=True)]
-    print(f"replayed default sweeps with the forecast on: {fr['all_iterations']} iterations against "
-          f"{rp['all_iterations']} ({fr['all_seconds'] / rp['all_seconds'] - 1:+.1%} seconds); "
+    print(f"replayed default sweeps with the forecast on: {fr['all_iterations']} iterations "
+          f"against {rp['all_iterations']} "
+          f"({fr['all_seconds'] / rp['all_seconds'] - 1:+.1%} seconds); "
           f"trials wrongly stopped {fr['wrongly_stopped']} against {rp['wrongly_stopped']}; "
           f"best feasible value lower in {sum(b < a for a, b in same)}, "
           f"higher in {sum(b > a for a, b in same)} of {len(same)} seeds")

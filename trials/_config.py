@@ -274,7 +274,8 @@ class PPOConfig:
                 values[key] = value
         config = cls(**values)
         problems += [p for p in config.problems(prefix=prefix)
-                     if p.path.removeprefix(prefix) not in {q.path.removeprefix(prefix) for q in problems}]
+                     if p.path.removeprefix(prefix) not in {
+                         q.path.removeprefix(prefix) for q in problems}]
         if problems:
             raise ConfigError(problems)
         return config
@@ -290,10 +291,11 @@ class PPOConfig:
         if (isinstance(self.rollout_batch_size, int) and isinstance(self.mini_batch_size, int)
                 and self.mini_batch_size > 0):
             if self.rollout_batch_size % self.mini_batch_size:
-                out.append(Problem(prefix + "mini_batch_size", self.mini_batch_size,
-                                   f"must divide rollout_batch_size ({self.rollout_batch_size})",
-                                   "use a divisor such as "
-                                   f"{_nearest_divisor(self.rollout_batch_size, self.mini_batch_size)}"))
+                out.append(Problem(
+                    prefix + "mini_batch_size", self.mini_batch_size,
+                    f"must divide rollout_batch_size ({self.rollout_batch_size})",
+                    "use a divisor such as "
+                    f"{_nearest_divisor(self.rollout_batch_size, self.mini_batch_size)}"))
         if self.micro_batch_size and self.mini_batch_size and self.mini_batch_size % self.micro_batch_size:
             out.append(Problem(prefix + "micro_batch_size", self.micro_batch_size,
                                f"must divide mini_batch_size ({self.mini_batch_size})",
