@@ -131,7 +131,8 @@ class ComposeCluster:
     # -- addresses, as a client on this machine sees them --------------------------------------
     def _port_map(self) -> dict[tuple[str, int], int]:
         """(service, container port) -> local port: published ports and those other services name."""
-        ports = {(name, container): free_port() for name, svc in self.services.items() for _, _, container in published(svc)}
+        ports = {(name, container): free_port() for name, svc in self.services.items()
+                 for _, _, container in published(svc)}
         names = "|".join(re.escape(n) for n in self.services)
         for match in re.finditer(rf"\b({names}):(\d+)\b", yaml.safe_dump(self.services)):
             ports.setdefault((match.group(1), int(match.group(2))), free_port())
@@ -184,7 +185,8 @@ class ComposeCluster:
             cmd = [c for c in cmd if not (service != "ray-head" and c.startswith("--num-cpus="))]
             cmd += [f"--temp-dir={self.folder / service}", f"--dashboard-agent-listen-port={free_port()}",
                     "--object-store-memory=100000000"]
-            cmd += [f"--ray-client-server-port={free_port()}"] if "--head" in cmd else [f"--num-cpus={self.worker_cpus}"]
+            cmd += ([f"--ray-client-server-port={free_port()}"] if "--head" in cmd
+                    else [f"--num-cpus={self.worker_cpus}"])
         return [shutil.which(cmd[0]) or cmd[0], *cmd[1:]]
 
     def _spawn(self, service: str) -> subprocess.Popen:

@@ -22,7 +22,8 @@ class PrivatePostgres:
     """Started by start(), stopped by stop(); `url(db)` has a real password (for redaction tests)."""
 
     def __init__(self, settings: list[str] | None = None) -> None:
-        self.settings = ["max_connections=200", *(settings or [])]  # server settings, as `postgres -c` takes them (last wins)
+        # server settings, as `postgres -c` takes them (last wins)
+        self.settings = ["max_connections=200", *(settings or [])]
         self.folder = Path(tempfile.mkdtemp(prefix="ppo-tuner-pg-"))
         self.data = self.folder / "data"
         self.port = free_port()

@@ -1,4 +1,5 @@
-"""Small sweep specs on the demo model, a runner for `tuner` in a subprocess, a sweep's MLflow runs."""
+"""Small sweep specs on the demo model, a runner for `tuner` in a subprocess, and a sweep's MLflow
+runs by kind."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def write_spec(folder: Path, name: str, **overrides) -> Path:
         "search_space": {"policy_lr": {"choices": [3.0e-5, 3.0e-4, 3.0e-3]},
                          "kl_coef": {"choices": [0.05, 0.005]}},
         "kl_limit": 15,
-        "budget": {"trials": 6, "iterations": 6, "promote": {"top_k": 0}},  # promotion: tests/tuner/sweep/test_promotion.py
+        # promotion: tests/tuner/sweep/test_promotion.py
+        "budget": {"trials": 6, "iterations": 6, "promote": {"top_k": 0}},
         "scheduler": {"type": "asha", "grace_period": 2},
         "sampler": {"type": "grid"},
         "resources": {"cpus_per_trial": 1, "max_concurrent": 2},

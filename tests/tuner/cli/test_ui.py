@@ -52,7 +52,8 @@ def ui_sweep(tmp_path_factory, demo_model):
     """One finished sweep for the browser tests: a grid with KL-infeasible and completed trials."""
     folder = tmp_path_factory.mktemp("ui")
     spec_path = write_spec(folder, "ui4", budget={"trials": 4, "iterations": 4},
-                           search_space={"policy_lr": {"choices": [3.0e-5, 3.0e-3]}, "kl_coef": {"choices": [0.05, 0.005]}})
+                           search_space={"policy_lr": {"choices": [3.0e-5, 3.0e-3]},
+                                         "kl_coef": {"choices": [0.05, 0.005]}})
     proc = tuner("run", spec_path, cwd=folder)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return folder
@@ -106,7 +107,8 @@ def test_the_dashboard_shows_the_sweeps_runs(ui_sweep):
         assert f"MLflow UI for sweep ui4: {link} " in line  # the sweep's trials in the model-training layout
         assert "workflowType=machine_learning" in link
         assert ui.stdout.readline().startswith("the server's log: ")  # and nothing of the server's after it
-        assert ui.stdout.readline().startswith("the Optuna study: tuner dashboard ui4 (optuna-dashboard), storage sqlite:///")
+        assert ui.stdout.readline().startswith("the Optuna study: tuner dashboard ui4 "
+                                               "(optuna-dashboard), storage sqlite:///")
         for _ in range(3):  # page loads: the server's requests go to its log file, not the terminal
             _chromium("--dump-dom", f"{url}/")
         log = tmp_path / "sweeps" / "ui4" / "mlflow-ui.log"
@@ -114,7 +116,8 @@ def test_the_dashboard_shows_the_sweeps_runs(ui_sweep):
         text = _text(_chromium("--dump-dom", link).stdout)  # a first visit: each run has a fresh profile
         for name in ("INFEASIBLE", "COMPLETE"):  # the trials, each a row with its state, without a click
             assert re.search(rf"trial-\d {name}", text), name
-        for column in ("ppo_tuner.state", "objective", "objective/kl", "kl_max", "ppo_tuner.stop_reason", "policy_lr", "kl_coef"):
+        for column in ("ppo_tuner.state", "objective", "objective/kl", "kl_max",
+                       "ppo_tuner.stop_reason", "policy_lr", "kl_coef"):
             assert column in text, column
         assert "Model training" in text and "Judges" not in text
         assert ASSISTANT not in text  # MLflow's assistant panel stays closed
@@ -184,7 +187,8 @@ def test_optuna_dashboard_shows_the_kl_infeasible_trials_and_the_best_feasible(u
         _screenshot("optuna_dashboard.png", page, "--window-size=1920,2000")  # tall: the best-trial card too
         trials_page = f"{page}/trials?numbers={infeasible[0]}"  # the trial list, an infeasible trial open
         text = _text(_chromium("--dump-dom", trials_page).stdout)
-        assert re.search(rf"Trial {best.number} Complete Best Trial", text) and text.count("Best Trial") == 1, text[:2000]
+        assert (re.search(rf"Trial {best.number} Complete Best Trial", text)
+                and text.count("Best Trial") == 1), text[:2000]
         assert "stop_reason kl_limit" in text
         _screenshot("optuna_dashboard_trials.png", trials_page)
     finally:

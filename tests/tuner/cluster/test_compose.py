@@ -100,7 +100,8 @@ def test_a_submitted_sweep_runs_on_the_compose_cluster(cluster, tmp_path):
     password = cluster.secrets["POSTGRES_PASSWORD"]
     assert parent.data.params["storage"].startswith("postgresql+psycopg://tuner:***@")
     assert all(password not in v for v in parent.data.params.values())
-    saved = list(cluster.folder.glob("ray-head/session_2*/runtime_resources/working_dir_files/*/sweeps/cluster-demo/spec.yaml"))
+    saved = list(cluster.folder.glob("ray-head/session_2*/runtime_resources/working_dir_files/*/"
+                                     "sweeps/cluster-demo/spec.yaml"))
     assert len(saved) == 1 and "tuner:${PGPASSWORD}@" in saved[0].read_text()  # the job's saved spec holds no password
     log = tuner("logs", job_id, "--address", cluster.dashboard, env=env, cwd=tmp_path).stdout
     assert "sweep cluster-demo: 4 trials run" in log and password not in log

@@ -52,7 +52,8 @@ def test_trial_faults_fail_or_retry_and_the_sweep_completes(tmp_path, demo_model
     assert "Traceback" not in proc.stdout
     spec = load_spec(path)
     trials = _trials(spec)
-    assert len(trials) == 5 and not list((tmp_path / "faults").glob("oom")) and not list((tmp_path / "faults").glob("inf"))
+    assert (len(trials) == 5 and not list((tmp_path / "faults").glob("oom"))
+            and not list((tmp_path / "faults").glob("inf")))
     failed = [t for t in trials if t.state == TrialState.FAIL]
     # inf: the value loss became infinite; the same seed would diverge again, so no retry
     assert len(failed) == 1 and "NonFiniteError" in failed[0].user_attrs["error"]

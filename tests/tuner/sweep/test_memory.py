@@ -65,7 +65,8 @@ def test_configs_predicted_not_to_fit_are_infeasible_and_never_launched(tmp_path
     study = load_study(spec)
     frozen = {t.number: t for t in study.trials}
     unlaunched = [t for t in study.trials if ATTR["unlaunched"] in t.user_attrs]
-    launched = [t for t in study.trials if ATTR["unlaunched"] not in t.user_attrs and ATTR["duplicate"] not in t.user_attrs]
+    launched = [t for t in study.trials
+                if ATTR["unlaunched"] not in t.user_attrs and ATTR["duplicate"] not in t.user_attrs]
     assert len(launched) == 2  # the budget counts launched trials only
     assert unlaunched, [(t.number, t.params, t.user_attrs.get(ATTR["memory"])) for t in study.trials]
     for t in unlaunched:

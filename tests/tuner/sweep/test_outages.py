@@ -33,7 +33,8 @@ def _wait_for(predicate, seconds: float, proc: subprocess.Popen, log) -> None:
 def _sweep(tmp_path, postgres, name: str, **overrides):
     url = postgres.create_db(name)
     path = write_spec(tmp_path, name, storage=url, scheduler={"type": "none"}, budget={"trials": 5, "iterations": 6},
-                      search_space={"policy_lr": {"choices": [3.0e-5, 1.0e-4]}, "kl_coef": {"choices": [0.05, 0.02, 0.1]}},
+                      search_space={"policy_lr": {"choices": [3.0e-5, 1.0e-4]},
+                                    "kl_coef": {"choices": [0.05, 0.02, 0.1]}},
                       **overrides)
     return path, load_spec(path), url
 
@@ -79,7 +80,8 @@ def test_an_outage_past_the_window_stops_as_ctrl_c_and_resumes(tmp_path, demo_mo
     path, spec, url = _sweep(tmp_path, postgres, "outlasted", storage_outage="4s")
     log = tmp_path / "run.log"
     proc = start_tuner("run", path, cwd=tmp_path, log=log)
-    _wait_for(lambda: TrialState.COMPLETE in _states(url, "outlasted") and TrialState.RUNNING in _states(url, "outlasted"),
+    _wait_for(lambda: (TrialState.COMPLETE in _states(url, "outlasted")
+                       and TrialState.RUNNING in _states(url, "outlasted")),
               300, proc, log)
     postgres.stop_server()
     try:

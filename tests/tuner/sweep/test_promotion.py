@@ -170,7 +170,8 @@ def test_a_config_infeasible_in_one_seed_cannot_be_the_answer():
     configs = promoted_configs(spec, search, promotion)
     assert [c.source for c in configs] == [0, 1] and [c.search_rank for c in configs] == [1, 2]
     assert configs[0].rank is None and "seed 2 INFEASIBLE" in configs[0].verdict
-    assert configs[1].rank == 1 and configs[1].mean == pytest.approx(0.5) and configs[1].spread == pytest.approx(math.sqrt(0.02))
+    assert (configs[1].rank == 1 and configs[1].mean == pytest.approx(0.5)
+            and configs[1].spread == pytest.approx(math.sqrt(0.02)))
     choice = choose(spec, search, configs)
     assert choice.stage == "promotion" and choice.trial.number == 1
 

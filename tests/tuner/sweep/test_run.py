@@ -30,7 +30,8 @@ def sweep(tmp_path_factory, demo_model):
 def test_the_sweep_finishes_every_trial(sweep):
     rows = trial_rows(sweep["study"])
     assert len(rows) == 6
-    assert all(r.state in ("COMPLETE", "INFEASIBLE", "PRUNED") for r in rows), [(r.number, r.state, r.stop_reason) for r in rows]
+    assert all(r.state in ("COMPLETE", "INFEASIBLE", "PRUNED") for r in rows), [
+        (r.number, r.state, r.stop_reason) for r in rows]
     assert "Traceback" not in sweep["proc"].stderr
     assert "best feasible: trial" in sweep["proc"].stdout and "controller overhead" in sweep["proc"].stdout
 
@@ -127,7 +128,8 @@ def test_running_the_same_spec_again_runs_nothing_new(sweep):
 
 def _live_scores(stderr: str) -> dict[int, float]:
     """trial number -> the score its 'trial N: STATE ... score X' line showed while the sweep ran."""
-    return {int(m.group(1)): float(m.group(2)) for m in re.finditer(r"^trial (\d+): \w+ +iter \d+ +score (\S+)", stderr, re.M)}
+    return {int(m.group(1)): float(m.group(2))
+            for m in re.finditer(r"^trial (\d+): \w+ +iter \d+ +score (\S+)", stderr, re.M)}
 
 
 def test_one_score_per_trial_the_one_the_scheduler_judged(sweep):
@@ -138,7 +140,9 @@ def test_one_score_per_trial_the_one_the_scheduler_judged(sweep):
     ran = [t for t in study.trials if t.values]
     assert any(t.state == optuna.trial.TrialState.PRUNED for t in ran), "the grid should have ASHA cuts"
     for t in ran:
-        history = sorted((m.step, m.value) for m in client.get_metric_history(t.user_attrs["mlflow_run_id"], "objective"))
+        history = sorted((m.step, m.value)
+                         for m in client.get_metric_history(
+                             t.user_attrs["mlflow_run_id"], "objective"))
         assert t.values[0] == pytest.approx(history[-1][1]), (t.number, t.state)
         assert f"{t.values[0]:.3f}" == f"{live[t.number]:.3f}", (t.number, t.state)
 

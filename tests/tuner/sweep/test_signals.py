@@ -31,7 +31,8 @@ def _finished(spec) -> int:
 @pytest.mark.slow  # about 100 s with the resume
 def test_sigterm_stops_the_sweep_as_ctrl_c_does(tmp_path, demo_model):
     path = write_spec(tmp_path, "sigterm", scheduler={"type": "none"}, budget={"trials": 4, "iterations": 6},
-                      search_space={"policy_lr": {"choices": [3.0e-5, 1.0e-4]}, "kl_coef": {"choices": [0.05, 0.02, 0.1]}})
+                      search_space={"policy_lr": {"choices": [3.0e-5, 1.0e-4]},
+                                    "kl_coef": {"choices": [0.05, 0.02, 0.1]}})
     spec = load_spec(path)
     log = tmp_path / "run.log"
     proc = start_tuner("run", path, cwd=tmp_path, log=log)

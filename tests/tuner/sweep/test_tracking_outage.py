@@ -46,7 +46,8 @@ def _kill(proc: subprocess.Popen) -> None:
 def test_the_mlflow_server_killed_mid_sweep(tmp_path, demo_model, retries):
     port = free_port()
     server = _server(tmp_path, port)
-    path = write_spec(tmp_path, "mlkill", mlflow={"tracking_uri": f"http://127.0.0.1:{port}"}, scheduler={"type": "none"},
+    path = write_spec(tmp_path, "mlkill", mlflow={"tracking_uri": f"http://127.0.0.1:{port}"},
+                      scheduler={"type": "none"},
                       budget={"trials": 8, "iterations": 4}, sampler={"type": "random"},
                       search_space={"policy_lr": {"low": 1.0e-5, "high": 1.0e-4, "log": True}})
     spec = load_spec(path)

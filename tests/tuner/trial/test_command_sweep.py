@@ -51,7 +51,8 @@ def sweep(tmp_path_factory):
                                   "--step-seconds", "0.1", "--crash-if-lr", "2e-5", "--hang-if-lr", "3e-5"],
                       "env": {"MARKER": str(folder)}},
             "search_space": {"policy_lr": {"choices": list(LRS)}}, "kl_limit": 15,
-            "budget": {"trials": 4, "iterations": 4, "max_failures": 0, "promote": {"top_k": 0}}, "scheduler": {"type": "none"},
+            "budget": {"trials": 4, "iterations": 4, "max_failures": 0, "promote": {"top_k": 0}},
+            "scheduler": {"type": "none"},
             "sampler": {"type": "grid"}, "resources": {"max_concurrent": 2}, "ray": {"num_cpus": 2},
             "workdir": str(folder / "sweeps")}
     return run_spec(folder, spec, timeout=300)
@@ -150,7 +151,8 @@ def test_mlflow_child_runs_carry_our_names_and_the_trainers(sweep):
     assert [m.step for m in client.get_metric_history(done, K.KL)] == [1, 2, 3, 4]
     assert {K.SCORES, K.EVAL_SCORES, "trainer/kl_per_token", "trainer/loss"} <= set(by_state["COMPLETE"].data.metrics)
     errors = [c.data.tags.get("ppo_tuner.error", "") for c in children if c.data.tags["ppo_tuner.state"] == "FAIL"]
-    assert len(errors) == 2 and any("illegal memory access" in e for e in errors) and any("no report" in e for e in errors)
+    assert (len(errors) == 2 and any("illegal memory access" in e for e in errors)
+            and any("no report" in e for e in errors))
 
 
 def test_ctrl_c_stops_external_trainers_and_resume_finishes_the_budget(tmp_path):

@@ -55,7 +55,8 @@ def test_a_report_without_kl_is_an_error_for_the_protocol():
 
 def test_launch_appends_the_exported_hyperparameters_to_the_users_command():
     c = PPOConfig.from_dict({"policy_lr": 3e-6, "num_iterations": 7})
-    argv, args, _ = ENGINES["verl"].launch(["py", "-m", "verl.trainer.main_ppo", "trainer.n_gpus_per_node=1"], c.to_dict())
+    argv, args, _ = ENGINES["verl"].launch(["py", "-m", "verl.trainer.main_ppo",
+                                            "trainer.n_gpus_per_node=1"], c.to_dict())
     assert argv[:4] == ["py", "-m", "verl.trainer.main_ppo", "trainer.n_gpus_per_node=1"]
     assert "actor_rollout_ref.actor.optim.lr=3e-06" in argv and argv[-1] == "trainer.logger=[console,file]"
     argv, _, _ = ENGINES["openrlhf"].launch(["py", "--lr-{policy_lr}"], c.to_dict())

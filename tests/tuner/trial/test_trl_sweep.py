@@ -27,7 +27,8 @@ pytestmark = pytest.mark.slow  # two TRL trials on 2 cores, with TRL's imports: 
 def trl_python() -> Path:
     """bench/.venv-trl's python (made by bench/setup_trl.sh, which installs trl 1.12 from the package registry)."""
     try:
-        proc = subprocess.run(["bash", str(ROOT / "bench" / "setup_trl.sh")], capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(["bash", str(ROOT / "bench" / "setup_trl.sh")], capture_output=True,
+                              text=True, timeout=900)
     except subprocess.TimeoutExpired:
         pytest.skip("bench/setup_trl.sh did not finish in 15 minutes (is the package registry reachable?)")
     if proc.returncode != 0:
