@@ -21,7 +21,8 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = Path(os.environ.get("PPO_TUNER_BENCH_RESULTS") or BENCH / "results")  # tests write elsewhere
 TRL_PYTHON = BENCH / ".venv-trl" / "bin" / "python"
-SHARED_PACKAGES = ("torch", "transformers", "tokenizers", "numpy")  # both sides must run the same versions (setup_trl.sh)
+# both sides must run the same versions (setup_trl.sh)
+SHARED_PACKAGES = ("torch", "transformers", "tokenizers", "numpy")
 MODEL_CACHE = BENCH / ".cache"  # the models built here (gitignored)
 # engine_vs_trl.py --model: "demo" is trials.demo's model (0.24M parameters, SFT-trained) and
 # "smollm2-135m-instruct" the pretrained SmolLM2 (134.5M parameters; trials builds both by name); the
@@ -173,7 +174,8 @@ def versions() -> dict[str, str]:
 
 def version_mismatch(ours: dict[str, str], trl: dict[str, str]) -> str | None:
     """One line naming every shared package whose version differs between the sides, or None."""
-    diff = [f"{name} {trl.get(name)} (ours {ours.get(name)})" for name in SHARED_PACKAGES if ours.get(name) != trl.get(name)]
+    diff = [f"{name} {trl.get(name)} (ours {ours.get(name)})" for name in SHARED_PACKAGES
+            if ours.get(name) != trl.get(name)]
     if not diff:
         return None
     return (f"not comparing: bench/.venv-trl runs {', '.join(diff)}; remove bench/.venv-trl and run "

@@ -36,7 +36,8 @@ SPECS = {"demo": SPEC, "places": BENCH / "specs" / "places_grid.yaml"}  # the re
 
 
 def data_paths(spec_path: Path = SPEC) -> tuple[Path, Path]:
-    """The table and the cost model of a grid spec: bench/specs/NAME_grid.yaml -> bench/data/NAME_curves.jsonl, NAME_costs.json."""
+    """The table and the cost model of a grid spec: bench/specs/NAME_grid.yaml ->
+    bench/data/NAME_curves.jsonl, NAME_costs.json."""
     name = Path(spec_path).stem.removesuffix("_grid")
     return BENCH / "data" / f"{name}_curves.jsonl", BENCH / "data" / f"{name}_costs.json"
 

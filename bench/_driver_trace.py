@@ -47,10 +47,12 @@ def main() -> int:
             tracemalloc.stop()
             span = args.trials - args.start
             report.append(f"Python allocations made over trials {args.start}-{args.trials} and still held: "
-                          f"{sum(s.size for s in stats) / 2**20:.2f} MiB ({sum(s.size for s in stats) / span / 1024:.1f} KiB per trial)")
+                          f"{sum(s.size for s in stats) / 2**20:.2f} MiB "
+                          f"({sum(s.size for s in stats) / span / 1024:.1f} KiB per trial)")
             for stat in stats[:args.top]:
                 frames = [f"{f.filename.split('site-packages/')[-1]}:{f.lineno}" for f in stat.traceback]
-                report.append(f"{stat.size / 1024:8.0f} KiB {stat.count:6d} blocks  " + " <- ".join(reversed(frames[-4:])))
+                report.append(f"{stat.size / 1024:8.0f} KiB {stat.count:6d} blocks  "
+                              + " <- ".join(reversed(frames[-4:])))
 
     _events.RayEvents.on_trial_complete = counted
     with tempfile.TemporaryDirectory(prefix="driver-trace-") as tmp:

@@ -130,7 +130,8 @@ def parity(w: Workload, replay_path: str, out_dir: str) -> dict[str, Any]:
             seq = torch.cat([enc["input_ids"], responses], 1)
             attn = torch.cat([enc["attention_mask"], response_mask(responses, run.tokenizer.eos_token_id).long()], 1)
             with torch.no_grad():
-                logits = forward_logits(run.policy, seq, attn, (attn.cumsum(1) - 1).clamp(min=0), enc["input_ids"].shape[1])
+                logits = forward_logits(run.policy, seq, attn, (attn.cumsum(1) - 1).clamp(min=0),
+                                        enc["input_ids"].shape[1])
                 logprobs = logprobs_of(logits, responses, run.config.temperature)
         return enc, responses, logprobs
 
@@ -157,12 +158,14 @@ def parity(w: Workload, replay_path: str, out_dir: str) -> dict[str, Any]:
     def grad_norms(optimizer: Any, *_: Any) -> None:
         steps[-1].update(grad_norm_policy=grad_norm(run.policy_params), grad_norm_value=grad_norm(run.value_params))
 
-    E._generate, E._next_prompts, E._micro_step, M.compute_gae = replayed, lambda run, n: list(prompts), recorded_micro_step, recorded_gae
+    E._generate, E._next_prompts, E._micro_step, M.compute_gae = (
+        replayed, lambda run, n: list(prompts), recorded_micro_step, recorded_gae)
     torch.randperm = replayed_order
     run.optimizer.register_step_pre_hook(grad_norms)
     history: list[dict[str, float]] = []
     trainer.train(lambda iteration, metrics: history.append(metrics) and False)
-    return {"side": "ours", "steps": steps, "iterations": [{**h, "rewards": r} for h, r in zip(history, rewards, strict=True)]}
+    return {"side": "ours", "steps": steps,
+            "iterations": [{**h, "rewards": r} for h, r in zip(history, rewards, strict=True)]}
 
 
 if __name__ == "__main__":

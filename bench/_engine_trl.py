@@ -80,11 +80,13 @@ def build(w: Workload, iterations: int, prompts: list[str] | None = None) -> tup
     from trials.demo import reward
 
     path = resolve_model_path(model_path(w.model))
-    run = prepare(w.engine_config(rollout_batch_size=w.rollout, num_iterations=iterations))  # our value head and prompts
+    # our value head and prompts
+    run = prepare(w.engine_config(rollout_batch_size=w.rollout, num_iterations=iterations))
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     rows = prompts if prompts is not None else run.train_prompts
     dataset = Dataset.from_dict({"input_ids": [tokenizer(p, add_special_tokens=False)["input_ids"] for p in rows]})
-    args = PPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=w.rollout, gradient_accumulation_steps=1,
+    args = PPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=w.rollout,
+                     gradient_accumulation_steps=1,
                      num_mini_batches=w.rollout // w.mini, num_ppo_epochs=w.epochs, response_length=w.response,
                      local_rollout_forward_batch_size=w.rollout, total_episodes=w.rollout * iterations,
                      stop_token="eos", temperature=w.temperature, kl_coef=w.kl_coef, vf_coef=w.vf_coef,

@@ -54,7 +54,8 @@ def live_check(spec: Any, table: dict, timeout: float) -> dict[str, Any]:
         rows.append({"number": t.number, "params": params, "live_stop": t.user_attrs.get("stop_reason"),
                      "live_iterations": t.user_attrs.get("iterations"),
                      "replay_params_same": sim is not None and sim.params == params,
-                     "replay_stop": sim.stop_reason if sim else None, "replay_iterations": sim.iterations if sim else None})
+                     "replay_stop": sim.stop_reason if sim else None,
+                     "replay_iterations": sim.iterations if sim else None})
     same = sum(r["replay_params_same"] and r["replay_stop"] == r["live_stop"]
                and r["replay_iterations"] == r["live_iterations"] for r in rows)
     return {"ok": worst_kl < 1e-4 and worst_eval < 1e-6, "wall_seconds": wall, "max_abs_kl_diff": worst_kl,
@@ -66,7 +67,8 @@ def report_live(lv: dict[str, Any]) -> None:
     if "error" in lv:
         print(f"live check FAILED: {lv['error']}")
         return
-    print(f"live `tuner run` ({lv['wall_seconds']:.0f} s): curves against the table: max |dKL| {lv['max_abs_kl_diff']:.2e}, "
+    print(f"live `tuner run` ({lv['wall_seconds']:.0f} s): curves against the table: "
+          f"max |dKL| {lv['max_abs_kl_diff']:.2e}, "
           f"max |d eval| {lv['max_abs_eval_diff']:.2e} ({'match' if lv['ok'] else 'DIFFER'}); the replay of the same "
           f"sweep agrees on params, stop reason and iterations for {lv['replay_agrees_on']}/{len(lv['trials'])} trials")
     for r in lv["trials"]:

@@ -65,7 +65,8 @@ def make_replay(w: Workload, case: str, path: Path) -> None:
     responses = seq[:, enc["input_ids"].shape[1]:].clone()
     B, T = responses.shape
     # "anywhere": EOS at 0, 1, ..., T - 1 or none, in turn; "last": EOS as the last token of every 4th, else none
-    ends = [i % (T + 1) for i in range(B)] if CASES[case]["eos"] == "anywhere" else [T - 1 if i % 4 == 0 else T for i in range(B)]
+    ends = ([i % (T + 1) for i in range(B)] if CASES[case]["eos"] == "anywhere"
+            else [T - 1 if i % 4 == 0 else T for i in range(B)])
     for i, end in enumerate(ends):
         if end < T:
             responses[i, end], responses[i, end + 1:] = eos, pad
@@ -88,17 +89,21 @@ def compare(case: str, ends: list[int], ours: dict[str, Any], trl: dict[str, Any
     """Every compared figure of a case side by side; ok when all agree and the check was exercised."""
     rows = []
     for i, (a, b) in enumerate(zip(ours["iterations"], trl["iterations"], strict=True), start=1):
-        rows += [{"iteration": i, "metric": k, "ours": a[k], "trl": b[k], "agree": _agree(a[k], b[k])} for k in ITERATION_KEYS]
+        rows += [{"iteration": i, "metric": k, "ours": a[k], "trl": b[k],
+                  "agree": _agree(a[k], b[k])}
+                 for k in ITERATION_KEYS]
     keys = POLICY_KEYS + (VALUE_KEYS if case == "full" else [])
     for n, (a, b) in enumerate(zip(ours["steps"], trl["steps"], strict=True), start=1):
         a = {**a, "approxkl": a["approxkl"] * a["token_fraction"]}  # TRL's approx KL counts padding as zeros
         rows += [{"step": n, "metric": k, "ours": a[k], "trl": b[k], "agree": _agree(a[k], b[k])} for k in keys]
-    rewards = [_rewards(case, ends, a["rewards"], b["rewards"]) for a, b in zip(ours["iterations"], trl["iterations"], strict=True)]
+    rewards = [_rewards(case, ends, a["rewards"], b["rewards"])
+               for a, b in zip(ours["iterations"], trl["iterations"], strict=True)]
     exercised = {"policy clip": max(s["clipfrac"] for s in trl["steps"]) > 0,
                  "value clip": max(s["value_clipfrac"] for s in trl["steps"]) > 0,
                  "ratio moved": max(s["approxkl"] for s in trl["steps"]) > 1e-4}
     ok = all(r["agree"] for r in rows) and all(r["agree"] for r in rewards) and all(exercised.values())
-    out = {"ok": ok, "rows": rows, "rewards": rewards, "exercised": exercised, "steps": len(ours["steps"]), "compared": keys}
+    out = {"ok": ok, "rows": rows, "rewards": rewards, "exercised": exercised,
+           "steps": len(ours["steps"]), "compared": keys}
     if case == "eos":  # not compared, but shown: TRL's value loss also counts the position after each EOS
         out["value_loss_first_step"] = {"ours": ours["steps"][0]["value_loss"], "trl": trl["steps"][0]["value_loss"]}
     return out
@@ -153,11 +158,13 @@ def parity(w: Workload, samples: int, cases: tuple[str, ...] = tuple(CASES), our
 def summary(p: dict[str, Any]) -> list[str]:
     """The check in a few lines: per case, what was compared, the largest relative gap, failures."""
     lines = [f"parity ({p['samples']} samples, 4 epochs x 4 mini-batches, lr {LR:g}, {p['tolerance']}): "
-             f"{'OK' if p['ok'] else 'FAILED'}" + (f" (ours changed: {p['ours_changes']})" if p["ours_changes"] else "")]
+             f"{'OK' if p['ok'] else 'FAILED'}" + (
+                 f" (ours changed: {p['ours_changes']})" if p["ours_changes"] else "")]
     for name, c in p["cases"].items():
         gap = max(abs(r["ours"] - r["trl"]) / max(abs(r["trl"]), 1e-12) for r in c["rows"])
         bad = [r for r in c["rows"] if not r["agree"]]
-        lines.append(f"  case {name} (EOS {c['eos']}, {c['iterations']} iteration(s), gamma {c['gamma']}, lambda {c['lam']}, "
+        lines.append(f"  case {name} (EOS {c['eos']}, {c['iterations']} iteration(s), "
+                     f"gamma {c['gamma']}, lambda {c['lam']}, "
                      f"{c['steps']} steps; compared per step: {', '.join(c['compared'])}): "
                      f"{'ok' if c['ok'] else 'DIFFERS'}; largest relative gap {gap:.1e}; exercised {c['exercised']}")
         for r in c["rewards"]:

@@ -122,9 +122,11 @@ def simulate(table: dict[str, Curve], spec: Any, sampler: Any, *, asha: bool, kl
         trial, sampled, _ = ask_trial(study, spec)  # as StudySearcher.suggest
         params = snap(sampled) if snap else {k: v for k, v in sampled.items() if k in grid_keys}
         sim = Trial(number=trial.number, params=params, curve=table[key(params)], started=now)
-        scorer = Scorer(objective.metric, objective.direction, objective.score, objective.last_k, sim.curve.initial_eval)
+        scorer = Scorer(objective.metric, objective.direction, objective.score, objective.last_k,
+                        sim.curve.initial_eval)
         rule = spec.kl_rule
-        live[sim.number] = (trial, scorer, KLLimit(limit, forecast=rule.forecast, grace_iterations=rule.grace_iterations,
+        live[sim.number] = (trial, scorer, KLLimit(limit, forecast=rule.forecast,
+                                                   grace_iterations=rule.grace_iterations,
                                                    last_iteration=max_t))
         sweep.trials.append(sim)
         heapq.heappush(events, (now + sim.curve.start_seconds + sim.curve.seconds[0], sim.number, sim))

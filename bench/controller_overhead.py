@@ -33,8 +33,9 @@ from _common import ROOT, emit, load, machine, run_worker, save
 
 SIZES = {  # name: changes to search_spaces/demo.yaml (the search alone: bench/promotion_cost.py measures promotion)
     "demo sweep (8 trials x 12 iterations, ASHA)": {"budget": {"promote": {"top_k": 0}}},
-    "longer sweep (16 trials x 40 iterations, no ASHA)": {"budget": {"trials": 16, "iterations": 40, "promote": {"top_k": 0}},
-                                                          "scheduler": {"type": "none"}},
+    "longer sweep (16 trials x 40 iterations, no ASHA)": {
+        "budget": {"trials": 16, "iterations": 40, "promote": {"top_k": 0}},
+        "scheduler": {"type": "none"}},
 }
 
 
@@ -146,7 +147,8 @@ def account(name: str, spec: dict[str, Any], clock: Clock, wall: float) -> dict[
     compute = sum(s for t in trials for _, s in t["results"])
     trials = [t for t in trials if t["results"]]
     start_latency = [t["results"][0][0] - t["start"] - t["results"][0][1] for t in trials]
-    result_latency = sum(b[0] - a[0] - b[1] for t in trials for a, b in zip(t["results"], t["results"][1:], strict=False))
+    result_latency = sum(b[0] - a[0] - b[1] for t in trials
+                         for a, b in zip(t["results"], t["results"][1:], strict=False))
     busy = sum(t["end"] - t["start"] for t in trials)
     fit = clock.steps.get("fit", 0.0)
     ideal = compute / concurrency
@@ -157,7 +159,8 @@ def account(name: str, spec: dict[str, Any], clock: Clock, wall: float) -> dict[
         "size": name, "trials": len(trials), "iterations": sum(len(t["results"]) for t in trials), "wall": wall,
         "ideal": ideal, "overhead": wall / ideal - 1, "compute": compute, "concurrency": concurrency, "steps": steps,
         "cpus_per_trial": spec["resources"]["cpus_per_trial"],
-        "cli_other": wall - clock.steps["run_sweep"] - clock.steps.get("preflight", 0.0),  # imports of tuner.cli included
+        # imports of tuner.cli included
+        "cli_other": wall - clock.steps["run_sweep"] - clock.steps.get("preflight", 0.0),
         "in_fit": {"start_latency_sum": sum(start_latency), "result_latency_sum": result_latency,
                    "idle_slot_seconds": concurrency * fit - busy, **_idle(clock, trials),
                    "callbacks_driver_seconds": clock.callbacks},
@@ -195,7 +198,8 @@ def alone(path: str) -> dict[str, Any]:
         # the threads the sweep gave the trial (its CPU reservation), not all of this machine's
         t["engine"]["num_threads"] = t["engine"].get("num_threads") or reserved_threads(t["cpus_per_trial"])
 
-        def report(iteration: int, metrics: dict[str, float], n: int = t["iterations"], seconds: list = seconds) -> bool:
+        def report(iteration: int, metrics: dict[str, float], n: int = t["iterations"],
+                   seconds: list = seconds) -> bool:
             seconds.append(metrics[K.ITERATION_SECONDS])
             return iteration >= n
 
@@ -217,21 +221,27 @@ def with_alone(r: dict[str, Any]) -> dict[str, Any]:
 
 def report(r: dict[str, Any]) -> None:
     print(f"\n{r['size']}: {r['trials']} trials, {r['iterations']} iterations, concurrency {r['concurrency']}")
-    print(f"  wall {r['wall']:.1f} s, ideal {r['ideal']:.1f} s (trial compute {r['compute']:.1f} s / {r['concurrency']}): "
+    print(f"  wall {r['wall']:.1f} s, ideal {r['ideal']:.1f} s "
+          f"(trial compute {r['compute']:.1f} s / {r['concurrency']}): "
           f"overhead {r['overhead']:.0%} (target <= 10%): {'met' if r['overhead'] <= 0.10 else 'NOT met'}")
     if "alone" in r:
-        print(f"  ideal from each trial's compute measured alone: {r['ideal_alone']:.1f} s ({r['alone']['compute']:.1f} s / "
-              f"{r['concurrency']}; in the sweep {r['compute']:.1f} s): wall / ideal {r['wall'] / r['ideal_alone']:.2f}x, "
-              f"overhead {r['overhead_alone']:.0%} (target <= 10%): {'met' if r['overhead_alone'] <= 0.10 else 'NOT met'}")
-    print("  where the difference goes (seconds of wall time; in-fit items are slot-seconds, divide by the concurrency):")
+        print(f"  ideal from each trial's compute measured alone: {r['ideal_alone']:.1f} s "
+              f"({r['alone']['compute']:.1f} s / {r['concurrency']}; "
+              f"in the sweep {r['compute']:.1f} s): "
+              f"wall / ideal {r['wall'] / r['ideal_alone']:.2f}x, "
+              f"overhead {r['overhead_alone']:.0%} (target <= 10%): "
+              f"{'met' if r['overhead_alone'] <= 0.10 else 'NOT met'}")
+    print("  where the difference goes (seconds of wall time; in-fit items are slot-seconds, "
+          "divide by the concurrency):")
     for k, v in r["steps"].items():
         print(f"    {k:45s} {v:7.1f}")
     print(f"    {'CLI (imports, spec load, summary print)':45s} {r['cli_other']:7.1f}")
     for k, v in r["in_fit"].items():
         print(f"    in fit: {k:37s} {v:7.1f}")
     for i, t in enumerate(r["per_trial_start"]):
-        print(f"    trial start {i}: {t['latency']:.2f} s to its first result beyond its first iteration; it reports "
-              f"perf/trial_start_seconds {t['trial_start_seconds']:.2f}, warm_start {t['warm']:.0f}, worker pid {t['pid']}")
+        print(f"    trial start {i}: {t['latency']:.2f} s to its first result beyond its first "
+              f"iteration; it reports perf/trial_start_seconds {t['trial_start_seconds']:.2f}, "
+              f"warm_start {t['warm']:.0f}, worker pid {t['pid']}")
 
 
 def cold_start() -> dict[str, Any]:

@@ -113,14 +113,16 @@ def analyse(samples: list[dict[str, Any]], trials: int, warmup: int) -> dict[str
     mid = (warmup + trials) / 2
     points = [(s["ended"], s["rss_mib"]) for s in after]
     last = fit[-1]
-    ray = {name: {"after_warmup": after[0]["ray_mib"].get(name, 0.0), "before_last_trial_ended": last["ray_mib"].get(name, 0.0),
+    ray = {name: {"after_warmup": after[0]["ray_mib"].get(name, 0.0),
+                  "before_last_trial_ended": last["ray_mib"].get(name, 0.0),
                   "slope_per_100_trials": slope([(s["ended"], s["ray_mib"].get(name, 0.0)) for s in after])}
            for name in SYSTEM}
     return {
         "rss_mib": {"first_trial_ended": fit[0]["rss_mib"], f"after_{warmup}_trials": after[0]["rss_mib"],
                     "before_last_trial_ended": last["rss_mib"], "peak_whole_run": max(s["rss_mib"] for s in samples)},
         "slope_mib_per_100_trials": slope(points),
-        "slope_halves_mib_per_100_trials": [slope([p for p in points if p[0] < mid]), slope([p for p in points if p[0] >= mid])],
+        "slope_halves_mib_per_100_trials": [slope([p for p in points if p[0] < mid]),
+                                            slope([p for p in points if p[0] >= mid])],
         "ray_system_processes_mib": ray,
     }
 

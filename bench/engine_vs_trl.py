@@ -58,7 +58,8 @@ UNCLIPPED = "ours, no clipping"  # as in the parity check: TRL's PPO never clips
 NO_GC = "trl, no gc"  # TRL with its gc.collect() calls made no-ops
 # per model, the defaults of --rollout, --mini, --epochs, --response (the demo's are those of the recorded figures)
 PRESETS = {"demo": dict(rollout=64, mini=16, epochs=4, response=16, lora=0),
-           "qwen2-28m": dict(rollout=16, mini=8, epochs=1, response=64, lora=0),  # --reps 3 --unclipped: about 14 minutes
+           # --reps 3 --unclipped: about 14 minutes
+           "qwen2-28m": dict(rollout=16, mini=8, epochs=1, response=64, lora=0),
            "smollm2-135m-instruct": dict(rollout=8, mini=8, epochs=1, response=16, lora=8)}
 # per side: the worker's python, script and mode
 SIDES = {"trl": (TRL_PYTHON, "_engine_trl.py", "speed"), NO_GC: (TRL_PYTHON, "_engine_trl.py", "speed-no-gc")}
@@ -129,7 +130,9 @@ def limit(w: Workload, iterations: int, warmup: int) -> dict[str, Any]:
 
 def report(res: dict[str, Any]) -> None:
     w = res["workload"]
-    print(f"\nworkload: model {w.get('model', 'demo')}, LoRA rank {w.get('lora', 0)}, rollout {w['rollout']}, mini-batch {w['mini']}, {w['epochs']} epochs, {w['response']}-token "
+    print(f"\nworkload: model {w.get('model', 'demo')}, LoRA rank {w.get('lora', 0)}, "
+          f"rollout {w['rollout']}, mini-batch {w['mini']}, {w['epochs']} epochs, "
+          f"{w['response']}-token "
           f"responses, {w['threads']} thread(s) per side; load {res['load']}")
     if "parity" in res:
         print("\n".join(_parity.summary(res["parity"])))
@@ -149,13 +152,15 @@ def report(res: dict[str, Any]) -> None:
                   f"{', '.join(f'{x:.2f}' for x in s['speedup_no_gc_per_rep'])}")
         if "speedup_unclipped" in s:
             print(f"speedup against ours without gradient clipping (the parity check's configuration): "
-                  f"{s['speedup_unclipped']:.2f}x; per pair {', '.join(f'{x:.2f}' for x in s['speedup_unclipped_per_rep'])}")
+                  f"{s['speedup_unclipped']:.2f}x; per pair "
+                  f"{', '.join(f'{x:.2f}' for x in s['speedup_unclipped_per_rep'])}")
         for side, r in s["sides"].items():
             if "clip" in r:
                 print(f"  {side}: clip_grad_norm_ (two a step; TRL's PPO has none) {r['clip']:.3f} s/iteration, "
                       f"{r['clip'] / r['iteration']:.1%} of the iteration")
         if "clipping_cost_per_rep" in s:
-            print(f"ours with clipping / without, s/iteration per pair: {', '.join(f'{x:.3f}' for x in s['clipping_cost_per_rep'])}")
+            print(f"ours with clipping / without, s/iteration per pair: "
+                  f"{', '.join(f'{x:.3f}' for x in s['clipping_cost_per_rep'])}")
         if "engine_speedup" in s:
             print(f"our engine now against itself before ({s['baseline']}): {s['engine_speedup']:.2f}x "
                   f"(per pair {', '.join(f'{x:.2f}' for x in s['engine_speedup_per_rep'])})")
@@ -192,7 +197,9 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=5, help="alternating pairs of processes")
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations per process")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per side (2 is torch's default here, but 2 threads on 2 shared cores stall whenever another job runs)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per side (2 is torch's default here, but 2 threads "
+                             "on 2 shared cores stall whenever another job runs)")
     parser.add_argument("--model", choices=list(PRESETS), default="demo",
                         help="demo: trials' 0.24M-parameter model; qwen2-28m: a Qwen2-shaped model of 28.3M parameters "
                              "with random weights, built once in bench/.cache/; smollm2-135m-instruct: the pretrained "
@@ -205,9 +212,11 @@ def main() -> int:
                         help="default: all three with the demo model; speed and limit with another (the parity "
                              "check runs on the demo model)")
     parser.add_argument("--out", default="engine_vs_trl", help="result name under bench/results/")
-    parser.add_argument("--no-trl", action="store_true", help="speed: leave TRL out (e.g. only ours against --baseline)")
-    parser.add_argument("--trl-no-gc", action="store_true", help="speed: also time TRL with its gc.collect() calls "
-                                                                 "made no-ops, as a side of its own (always with a model other than the demo)")
+    parser.add_argument("--no-trl", action="store_true",
+                        help="speed: leave TRL out (e.g. only ours against --baseline)")
+    parser.add_argument("--trl-no-gc", action="store_true",
+                        help="speed: also time TRL with its gc.collect() calls made no-ops, as a "
+                             "side of its own (always with a model other than the demo)")
     parser.add_argument("--unclipped", action="store_true", help="speed: also time ours without gradient clipping "
                                                                  "(as in the parity check and as TRL's PPO runs)")
     parser.add_argument("--baseline", help="a folder holding an older trials/ to time as a third side, e.g. from "

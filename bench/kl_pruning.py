@@ -122,9 +122,11 @@ def against_plain(curves: list[Curve], limit: float, rule: Rule) -> dict[str, An
     return {"iterations_plain_spends_on_its_stopped": spent,
             "saved_beyond_plain_on_its_stopped": sum(p - r for _, p, r in stopped),
             "saved_fraction_of_plain_on_its_stopped": sum(p - r for _, p, r in stopped) / spent if spent else math.nan,
-            "seconds_saved_fraction_of_plain_on_its_stopped": sum(sum(c.seconds[r:p]) - sum(c.seconds[p:r]) for c, p, r in stopped)
+            "seconds_saved_fraction_of_plain_on_its_stopped": sum(
+                sum(c.seconds[r:p]) - sum(c.seconds[p:r]) for c, p, r in stopped)
             / sum(sum(c.seconds[:p]) for c, p, _ in stopped),
-            "saved_beyond_plain_all": sum(p - r for _, p, r in rows), "iterations_plain_all": sum(p for _, p, _ in rows),
+            "saved_beyond_plain_all": sum(p - r for _, p, r in rows),
+            "iterations_plain_all": sum(p for _, p, _ in rows),
             "newly_stopped": len(new), "newly_stopped_final_eval": sorted(c.eval[-1] for c, _ in new),
             "wrongly_stopped": {"plain": wrong(plain), "rule": wrong(rule)},
             "false_prunes_top3": false_prunes(curves, limit, rule)["false_prunes"]}
@@ -150,13 +152,15 @@ def replayed(spec: Any, table: dict, seeds: int, trials: int, kl: dict[str, Any]
                      "iterations_doomed_would_spend": sum(t.curve.iterations for t in lost),
                      "iterations_saved": sum(t.curve.iterations - t.iterations for t in lost if t.number in by_limit),
                      "wrongly_stopped": sum(t.number in by_limit and not doomed(t.curve, limit) for t in sweep.trials),
-                     "false_prunes": sum(t.number in by_limit for t in top), "best_stopped": bool(top) and top[0].number in by_limit,
+                     "false_prunes": sum(t.number in by_limit for t in top),
+                     "best_stopped": bool(top) and top[0].number in by_limit,
                      "all_iterations": sum(t.iterations for t in sweep.trials), "all_seconds": sweep.compute,
                      "best_feasible": sweep.best()})
     would, saved = sum(r["iterations_doomed_would_spend"] for r in rows), sum(r["iterations_saved"] for r in rows)
     return {"seeds": seeds, "trials": trials, "kl_limit": kl or {}, "per_seed": rows,
             "saved_fraction": saved / would if would else math.nan,
-            "all_iterations": sum(r["all_iterations"] for r in rows), "all_seconds": sum(r["all_seconds"] for r in rows),
+            "all_iterations": sum(r["all_iterations"] for r in rows),
+            "all_seconds": sum(r["all_seconds"] for r in rows),
             "wrongly_stopped": sum(r["wrongly_stopped"] for r in rows),
             "false_prunes": sum(r["false_prunes"] for r in rows),  # a sweep's own top-3 stopped by the limit
             "sweeps_with_false_prunes": sum(r["false_prunes"] > 0 for r in rows),
@@ -185,7 +189,8 @@ def main() -> int:
     args = parser.parse_args()
     spec, table = load_grid_spec(), load_table()
     if len(table) < len(grid(spec)) or not COSTS.exists():
-        print("run `python bench/_curves.py` (resumable) and `python bench/_curves.py --calibrate` first", file=sys.stderr)
+        print("run `python bench/_curves.py` (resumable) and `python bench/_curves.py --calibrate` "
+              "first", file=sys.stderr)
         return 2
     table = costed(table)
     started = time.perf_counter()
@@ -210,40 +215,52 @@ def main() -> int:
 def report(res: dict[str, Any]) -> None:
     t, top, rp = res["table"], res["top3"], res["replayed"]
     print(f"every grid config run to its end ({t['trials']} trials): {t['doomed']} are doomed (KL above "
-          f"{res['kl_limit']:g} nats at their end); the limit stops {t['stopped']}, {t['stopped_not_doomed']} of them not doomed")
-    print(f"  it saves {t['iterations_saved']} of the {t['iterations_doomed_would_spend']} iterations the doomed would spend: "
-          f"{t['saved_fraction']:.1%} ({t['seconds_saved_fraction']:.1%} of their seconds; {t['share_of_all_iterations']:.1%} "
-          f"of all iterations); stops at iterations {dict(sorted((i, t['stop_iterations'].count(i)) for i in set(t['stop_iterations'])))}")
-    print(f"  false prunes: {top['false_prunes']} of the top-3 by final eval/scores among trials within the limit at their "
-          f"end ({top['ending_within_but_stopped']} such trials are stopped; the best that never passes it ends at "
-          f"{top['best_never_crossing']:.3f})")
+          f"{res['kl_limit']:g} nats at their end); the limit stops {t['stopped']}, "
+          f"{t['stopped_not_doomed']} of them not doomed")
+    stops = dict(sorted((i, t['stop_iterations'].count(i)) for i in set(t['stop_iterations'])))
+    print(f"  it saves {t['iterations_saved']} of the {t['iterations_doomed_would_spend']} "
+          f"iterations the doomed would spend: {t['saved_fraction']:.1%} "
+          f"({t['seconds_saved_fraction']:.1%} of their seconds; "
+          f"{t['share_of_all_iterations']:.1%} of all iterations); stops at iterations {stops}")
+    print(f"  false prunes: {top['false_prunes']} of the top-3 by final eval/scores among trials "
+          f"within the limit at their end ({top['ending_within_but_stopped']} such trials are "
+          f"stopped; "
+          f"the best that never passes it ends at {top['best_never_crossing']:.3f})")
     for c in top["top"]:
         print(f"    eval {c['final_eval']:.3f}, KL max {c['kl_max']:.1f}, final {c['kl_final']:.1f}, stopped at "
               f"{c['stopped_at']}: {c['params']}")
-    print(f"replayed default sweeps ({rp['seeds']} seeds x {rp['trials']} trials): the limit saves {rp['saved_fraction']:.1%} "
-          f"of the iterations their doomed trials would spend, and stops {rp['wrongly_stopped']} trials that are not doomed")
-    print(f"  it stops a trial that would have ended within the limit in its sweep's top-3 {rp['false_prunes']} times, in "
-          f"{rp['sweeps_with_false_prunes']} of {rp['seeds']} sweeps; the sweep's best such trial in "
-          f"{rp['sweeps_with_best_stopped']} of {rp['seeds']} sweeps")
+    print(f"replayed default sweeps ({rp['seeds']} seeds x {rp['trials']} trials): the limit saves "
+          f"{rp['saved_fraction']:.1%} of the iterations their doomed trials would spend, "
+          f"and stops {rp['wrongly_stopped']} trials that are not doomed")
+    print(f"  it stops a trial that would have ended within the limit in its sweep's top-3 "
+          f"{rp['false_prunes']} times, in {rp['sweeps_with_false_prunes']} of {rp['seeds']} "
+          f"sweeps; the sweep's best such trial in {rp['sweeps_with_best_stopped']} of "
+          f"{rp['seeds']} sweeps")
     print("other stopping rules:")
     for name, r in res["rules"].items():
         print(f"  {name:32s} saves {r['saved_fraction']:6.1%}, false prunes {r['false_prunes']}, "
               f"stops {r['ending_within_but_stopped']} trials that end within the limit")
     for w in res.get("warmup", []):
-        print(f"  with warmup_steps {w['warmup_steps']}: KL max {w['kl_max']:.1f}, final eval {w['final_eval']:.3f}: {w['params']}")
+        print(f"  with warmup_steps {w['warmup_steps']}: KL max {w['kl_max']:.1f}, final eval "
+              f"{w['final_eval']:.3f}: {w['params']}")
     print("the KL forecast against the first crossing (table; 'its stopped' = the trials the first crossing stops):")
     for name, f in res["forecast"].items():
         w = f["wrongly_stopped"]
-        print(f"  {name:42s} saves {f['saved_beyond_plain_on_its_stopped']:4d} of their {f['iterations_plain_spends_on_its_stopped']} "
-              f"iterations ({f['saved_fraction_of_plain_on_its_stopped']:6.1%}, {f['seconds_saved_fraction_of_plain_on_its_stopped']:6.1%} "
-              f"of seconds), {f['saved_beyond_plain_all']:4d} of all {f['iterations_plain_all']}; stops {f['newly_stopped']:2d} more; "
+        print(f"  {name:42s} saves {f['saved_beyond_plain_on_its_stopped']:4d} of their "
+              f"{f['iterations_plain_spends_on_its_stopped']} iterations "
+              f"({f['saved_fraction_of_plain_on_its_stopped']:6.1%}, "
+              f"{f['seconds_saved_fraction_of_plain_on_its_stopped']:6.1%} of seconds), "
+              f"{f['saved_beyond_plain_all']:4d} of all {f['iterations_plain_all']}; "
+              f"stops {f['newly_stopped']:2d} more; "
               f"wrongly stopped {w['rule']} (plain {w['plain']}); false prunes {f['false_prunes_top3']}")
     fr = res["forecast_replayed"]
     same = [(a["best_feasible"], b["best_feasible"]) for a, b in zip(rp["per_seed"], fr["per_seed"], strict=True)]
-    print(f"replayed default sweeps with the forecast on: {fr['all_iterations']} iterations against {rp['all_iterations']} "
-          f"({fr['all_seconds'] / rp['all_seconds'] - 1:+.1%} seconds); trials wrongly stopped {fr['wrongly_stopped']} against "
-          f"{rp['wrongly_stopped']}; best feasible value lower in {sum(b < a for a, b in same)}, higher in "
-          f"{sum(b > a for a, b in same)} of {len(same)} seeds")
+    print(f"replayed default sweeps with the forecast on: {fr['all_iterations']} iterations "
+          f"against {rp['all_iterations']} "
+          f"({fr['all_seconds'] / rp['all_seconds'] - 1:+.1%} seconds); "
+          f"trials wrongly stopped {fr['wrongly_stopped']} against {rp['wrongly_stopped']}; "
+          f"best feasible value lower in {sum(b < a for a, b in same)}, "
+          f"higher in {sum(b > a for a, b in same)} of {len(same)} seeds")
     ok = t["saved_fraction"] >= 0.5 and top["false_prunes"] == 0
     print(f"target (>= 50% saved, no false prunes): {'met' if ok else 'NOT met'}")
 

@@ -2,7 +2,8 @@
 from a config): full fine-tuning, LoRA, LoRA + gradient checkpointing, LoRA + the shared-base value;
 against the memory model's prediction (trials.estimate_memory).
 
-    python bench/memory_lora.py --repeats 1     # about 15 minutes on 2 quiet cores; writes bench/results/memory_lora.json
+    python bench/memory_lora.py --repeats 1     # about 15 minutes on 2 quiet cores
+                                                # (writes bench/results/memory_lora.json)
     python bench/memory_lora.py --repeats 1 --only lora-shared
 
 Each configuration runs in its own process; its peak is that process's max RSS minus the RSS it had after
@@ -170,8 +171,9 @@ def _gpu_predictions() -> dict[str, Any]:
         cls = LlamaConfig if name.startswith("Llama") else Qwen2Config
         shape = cls(hidden_size=h, num_hidden_layers=n, num_attention_heads=heads, num_key_value_heads=kv,
                     intermediate_size=inter, vocab_size=vocab, tie_word_embeddings=tied)
-        out["peak_gib"][name] = {mode: round(estimate_memory(PPOConfig.from_dict({**GPU_TRIAL, **fields}), shape).gib, 1)
-                                 for mode, fields in GPU_MODES.items()}
+        out["peak_gib"][name] = {
+            mode: round(estimate_memory(PPOConfig.from_dict({**GPU_TRIAL, **fields}), shape).gib, 1)
+            for mode, fields in GPU_MODES.items()}
     for card in (80, 24):
         out["largest_fitting"][f"{card} GB"] = {
             mode: next((m for m in reversed(FAMILY) if out["peak_gib"][m][mode] <= USABLE * card * 1e9 / 2**30), None)

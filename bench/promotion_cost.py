@@ -52,7 +52,8 @@ def main() -> None:
             print(json.dumps({"pair": i, "search_s": round(walls["search"][-1], 1),
                               "promoted_s": round(walls["promoted"][-1], 1)}), flush=True)
     ratios = [p / s for s, p in zip(walls["search"], walls["promoted"], strict=True)]
-    result = {"search_s": [round(w, 1) for w in walls["search"]], "promoted_s": [round(w, 1) for w in walls["promoted"]],
+    result = {"search_s": [round(w, 1) for w in walls["search"]],
+              "promoted_s": [round(w, 1) for w in walls["promoted"]],
               "ratio_of_medians": round(statistics.median(walls["promoted"]) / statistics.median(walls["search"]), 2),
               "pair_ratios": [round(r, 2) for r in ratios], "load": [round(x, 1) for x in os.getloadavg()],
               "machine": machine()}

@@ -195,7 +195,9 @@ def main() -> int:
     parser.add_argument("--no-trl", action="store_true", help="leave out the TRL comparison")
     parser.add_argument("--out", default="real_lm", help="result name under bench/results/")
     for name in ("rollout", "mini", "response", "trials", "iterations", "seeds"):
-        parser.add_argument(f"--{name}", type=int, help="default: " + ", ".join(f"{m} {s[name]}" for m, s in SIZES.items()))
+        parser.add_argument(f"--{name}", type=int,
+                            help="default: " + ", ".join(f"{m} {s[name]}"
+                                                         for m, s in SIZES.items()))
     args = parser.parse_args()
     s = dict(SIZES["quick" if args.quick else args.device])
     s.update({k: getattr(args, k) for k in s if getattr(args, k, None) is not None})

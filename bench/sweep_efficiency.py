@@ -58,7 +58,8 @@ class Searcher:
     runs_to_end: bool = False  # a bar: N trials, no compute limit
 
 
-BAR, BAR_REPEATS, BAR_CONTINUOUS = "random, no pruning", "random, no pruning, repeats run", "continuous: random, no pruning"
+BAR, BAR_REPEATS, BAR_CONTINUOUS = ("random, no pruning", "random, no pruning, repeats run",
+                                    "continuous: random, no pruning")
 OURS = "ours: TPE + ASHA + KL limit (the default)"
 SEARCHERS: dict[str, Searcher] = {
     BAR: Searcher("random", asha=False, kl_limit=False, runs_to_end=True),
@@ -71,7 +72,8 @@ SEARCHERS: dict[str, Searcher] = {
     "TPE, no constant liar": Searcher("tpe", tpe=(("constant_liar", False),)),
     BAR_REPEATS: Searcher("random", asha=False, kl_limit=False, skip=False, runs_to_end=True, bar=BAR_REPEATS),
     "ours, repeats run again": Searcher("tpe", skip=False, bar=BAR_REPEATS),
-    BAR_CONTINUOUS: Searcher("random", asha=False, kl_limit=False, continuous=True, runs_to_end=True, bar=BAR_CONTINUOUS),
+    BAR_CONTINUOUS: Searcher("random", asha=False, kl_limit=False, continuous=True,
+                             runs_to_end=True, bar=BAR_CONTINUOUS),
     "continuous: ours": Searcher("tpe", continuous=True, bar=BAR_CONTINUOUS),
 }
 NO_SKIP_CHECK = "continuous: ours"  # run again with skip_duplicates off, same seed: must give the same sweep
@@ -189,12 +191,14 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
     for name, s in SEARCHERS.items():
         if s.runs_to_end:
             continue
-        rows = [r for r in results if math.isfinite(r["bars"][s.bar]["target"])]  # a bar with no feasible trial sets none
+        # a bar with no feasible trial sets none
+        rows = [r for r in results if math.isfinite(r["bars"][s.bar]["target"])]
         f = [r[name]["fraction"] for r in rows]
         median, lo, hi = bootstrap_median(f)
         better = sum(r[name]["best_at_equal_compute"] > r["bars"][s.bar]["target"] for r in rows)
         equal = sum(r[name]["best_at_equal_compute"] == r["bars"][s.bar]["target"] for r in rows)
-        out[name] = {"median": median, "ci95": [lo, hi], "repeats": len(f), "reached_within_budget": sum(x <= 1 for x in f),
+        out[name] = {"median": median, "ci95": [lo, hi], "repeats": len(f),
+                     "reached_within_budget": sum(x <= 1 for x in f),
                      "within_25pct": sum(x <= TARGET for x in f),
                      "at_equal_compute": {"better": better, "equal": equal, "worse": len(rows) - better - equal},
                      "copies_median": sorted(r[name]["copies"] for r in rows)[len(rows) // 2]}
@@ -227,7 +231,8 @@ def main() -> int:
         print(f"the table misses {missing} configs: run `python bench/_curves.py --spec {spec_path.relative_to(ROOT)}` "
               "(resumable) first", file=sys.stderr)
         return 2
-    res: dict[str, Any] = {"machine": machine(), "load": load(), "table": args.table, "spec": str(spec_path.relative_to(ROOT)),
+    res: dict[str, Any] = {"machine": machine(), "load": load(), "table": args.table,
+                           "spec": str(spec_path.relative_to(ROOT)),
                            "cost_model": str(cost_model(spec_path).relative_to(ROOT)), "repeats": args.repeats,
                            "trials": args.trials, "workers": spec.resources.max_concurrent, "table_configs": len(table),
                            "seeds": f"repeat r, searcher i: {SEED_BASE} + r * {len(SEARCHERS)} + i",
@@ -241,7 +246,8 @@ def main() -> int:
         done: dict[int, dict[str, Any]] = {}
         for row in pool.imap_unordered(one_repeat, jobs):
             done[row["repeat"]] = row
-            print(f"repeat {row['repeat']} done ({len(done)}/{args.repeats}, {time.perf_counter() - started:.0f} s)", flush=True)
+            print(f"repeat {row['repeat']} done ({len(done)}/{args.repeats}, "
+                  f"{time.perf_counter() - started:.0f} s)", flush=True)
             if time.perf_counter() > deadline:
                 break  # out of time: the repeats before the first unfinished one are kept (no choice by speed)
     first_missing = next((r for r in range(args.repeats) if r not in done), args.repeats)

@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker" / "compose.yaml"
@@ -69,12 +70,6 @@ def published(service: dict[str, Any]) -> list[tuple[str, int, int]]:
         ip, host, container = str(entry).rsplit(":", 2) if str(entry).count(":") >= 2 else ("", *str(entry).split(":"))
         out.append((ip, int(host), int(container)))
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _descendants(pid: int) -> set[int]:
@@ -136,7 +131,8 @@ class ComposeCluster:
     # -- addresses, as a client on this machine sees them --------------------------------------
     def _port_map(self) -> dict[tuple[str, int], int]:
         """(service, container port) -> local port: published ports and those other services name."""
-        ports = {(name, container): free_port() for name, svc in self.services.items() for _, _, container in published(svc)}
+        ports = {(name, container): free_port() for name, svc in self.services.items()
+                 for _, _, container in published(svc)}
         names = "|".join(re.escape(n) for n in self.services)
         for match in re.finditer(rf"\b({names}):(\d+)\b", yaml.safe_dump(self.services)):
             ports.setdefault((match.group(1), int(match.group(2))), free_port())
@@ -189,7 +185,8 @@ class ComposeCluster:
             cmd = [c for c in cmd if not (service != "ray-head" and c.startswith("--num-cpus="))]
             cmd += [f"--temp-dir={self.folder / service}", f"--dashboard-agent-listen-port={free_port()}",
                     "--object-store-memory=100000000"]
-            cmd += [f"--ray-client-server-port={free_port()}"] if "--head" in cmd else [f"--num-cpus={self.worker_cpus}"]
+            cmd += ([f"--ray-client-server-port={free_port()}"] if "--head" in cmd
+                    else [f"--num-cpus={self.worker_cpus}"])
         return [shutil.which(cmd[0]) or cmd[0], *cmd[1:]]
 
     def _spawn(self, service: str) -> subprocess.Popen:

@@ -61,6 +61,7 @@ def check_python() -> Path:
         CACHE.mkdir(exist_ok=True)
         _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], "making .engines/venv-checks")
         _see_this_environment(python)
-        _run([str(python), "-m", "pip", "install", "--quiet", *CHECK_REQUIREMENTS], "pip install " + " ".join(CHECK_REQUIREMENTS))
+        _run([str(python), "-m", "pip", "install", "--quiet", *CHECK_REQUIREMENTS],
+             "pip install " + " ".join(CHECK_REQUIREMENTS))
         (venv / ".ready").touch()
     return python

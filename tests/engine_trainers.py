@@ -3,12 +3,14 @@ checks (tests/tuner/trial/test_engines_real.py). Run by .engines/venv-checks' py
 
     python engine_trainers.py verl SRC [hydra overrides...]       # SRC: the unpacked verl 0.9.1
     python engine_trainers.py openrlhf SRC [flags...]             # SRC: the unpacked openrlhf 0.11.2
-    python engine_trainers.py compose SRC [hydra overrides...]    # verl's config composed, the overrides' values as JSON
+    python engine_trainers.py compose SRC [hydra overrides...]    # verl's config composed, the
+                                                                  # overrides' values as JSON
 
 verl: the arguments are composed with verl's own Hydra config (verl/trainer/config/ppo_trainer.yaml) and
 the metrics logged by verl's own `Tracking` with the `file` backend (verl/utils/tracking.py), at the
 path $VERL_FILE_LOGGER_PATH names; with $START_RAY set, it first starts a Ray as main_ppo does (ray.init()),
-or joins the cluster $RAY_ADDRESS names and starts an actor there, as main_ppo's TaskRunner. OpenRLHF: the flags are parsed by its own argument parser (the
+or joins the cluster $RAY_ADDRESS names and starts an actor there, as main_ppo's TaskRunner.
+OpenRLHF: the flags are parsed by its own argument parser (the
 argparse statements of openrlhf/cli/train_ppo_ray.py, run without its heavy imports) and each step is
 logged by its own logger (openrlhf/utils/logging_utils.py) with its own per-step line (the f-string of
 openrlhf/trainer/ppo_trainer.py). The per-token KL to the reference grows with the learning rate, as in

@@ -35,7 +35,8 @@ def main() -> int:
     args = parser.parse_args()
     with open(os.environ["PPO_TUNER_TRIAL_CONFIG"]) as f:
         trial = json.load(f)["number"]
-    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", os.environ["PPO_TUNER_TRIAL_CONFIG"]])
+    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)",
+                               os.environ["PPO_TUNER_TRIAL_CONFIG"]])
     sys.stdout.write(f"trial {trial}: training with lr {args.lr:g} (helper {helper.pid}), "
                      f"started at {time.time()}\n")
     for step in range(1, args.steps + 1):
@@ -48,7 +49,8 @@ def main() -> int:
         with open(f"checkpoint-{step}.txt", "w") as f:  # to its working folder, as trainers do
             f.write(f"{trial} {step}\n")
         kl_per_token = args.lr * 1e3 * step  # nats per token
-        report(step=step, kl_per_token=kl_per_token, response_length=10.0, reward=1.0 - 1.0 / (1.0 + step * args.lr * 1e4),
+        report(step=step, kl_per_token=kl_per_token, response_length=10.0,
+               reward=1.0 - 1.0 / (1.0 + step * args.lr * 1e4),
                eval_reward=0.5 + 0.1 * math.log10(args.lr / 1e-6), loss=1.0 / step, t=time.time())
     return 0
 

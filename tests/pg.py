@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
+
+from tests.conftest import free_port
 
 BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 
@@ -17,20 +18,15 @@ def available() -> bool:
     return (BIN / "initdb").is_file() and shutil.which("runuser") is not None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class PrivatePostgres:
     """Started by start(), stopped by stop(); `url(db)` has a real password (for redaction tests)."""
 
     def __init__(self, settings: list[str] | None = None) -> None:
-        self.settings = ["max_connections=200", *(settings or [])]  # server settings, as `postgres -c` takes them (last wins)
+        # server settings, as `postgres -c` takes them (last wins)
+        self.settings = ["max_connections=200", *(settings or [])]
         self.folder = Path(tempfile.mkdtemp(prefix="ppo-tuner-pg-"))
         self.data = self.folder / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.password = "pw-" + secrets.token_hex(8)
 
     def _as_postgres(self, *cmd: str, **kwargs) -> subprocess.CompletedProcess:

@@ -1,4 +1,5 @@
-"""Small sweep specs on the demo model, and a runner for `tuner` in a subprocess."""
+"""Small sweep specs on the demo model, a runner for `tuner` in a subprocess, and a sweep's MLflow
+runs by kind."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -25,7 +27,8 @@ def write_spec(folder: Path, name: str, **overrides) -> Path:
         "search_space": {"policy_lr": {"choices": [3.0e-5, 3.0e-4, 3.0e-3]},
                          "kl_coef": {"choices": [0.05, 0.005]}},
         "kl_limit": 15,
-        "budget": {"trials": 6, "iterations": 6, "promote": {"top_k": 0}},  # promotion: tests/tuner/sweep/test_promotion.py
+        # promotion: tests/tuner/sweep/test_promotion.py
+        "budget": {"trials": 6, "iterations": 6, "promote": {"top_k": 0}},
         "scheduler": {"type": "asha", "grace_period": 2},
         "sampler": {"type": "grid"},
         "resources": {"cpus_per_trial": 1, "max_concurrent": 2},
@@ -67,3 +70,13 @@ def stop_sweep(proc: subprocess.Popen, log: Path, ready: Callable[[], bool], sig
     proc.send_signal(sig)
     code = proc.wait(timeout=300)
     return code, log.read_text(), time.monotonic() - sent
+
+
+def sweep_runs(client: Any, experiment: str, kind: str | None = None) -> list[Any]:
+    """The MLflow runs of `experiment` (newest first, as MLflow lists them) through the MlflowClient
+    `client`: all of them, or those whose `ppo_tuner.kind` tag is `kind` ("sweep": the parent run,
+    "trial": a search trial's, "promotion": a promoted config's). The tag's name is spelled out, not
+    imported from the product, so that a renamed tag (a changed record) fails the tests."""
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    where = f"tags.`ppo_tuner.kind` = '{kind}'" if kind is not None else ""
+    return client.search_runs([experiment_id], where, max_results=1000)

@@ -34,7 +34,8 @@ def test_sweep_efficiency_replays_the_table(tmp_path):
     for repeat in res["per_repeat"]:
         ours = repeat["ours: TPE + ASHA + KL limit (the default)"]
         assert ours["trials"] > 0 and ours["fraction"] > 0
-        assert repeat["bars"]["random, no pruning"]["iterations"] == 32 * 12  # random search runs every trial to its end
+        # random search runs every trial to its end
+        assert repeat["bars"]["random, no pruning"]["iterations"] == 32 * 12
         assert repeat["continuous: ours"]["same_without_skip"]  # no config repeats on a continuous space
         seeds += [b["seed"] for b in repeat["bars"].values()]
         seeds += [v["seed"] for k, v in repeat.items() if isinstance(v, dict) and "fraction" in v]
@@ -69,7 +70,8 @@ def test_kl_pruning_counts_savings_on_the_table(tmp_path):
     forecast = res["forecast"]["forecast (the default options: window 3, floor 0.5)"]
     assert 0 < forecast["saved_beyond_plain_on_its_stopped"] < forecast["iterations_plain_spends_on_its_stopped"]
     assert forecast["wrongly_stopped"]["rule"] >= forecast["wrongly_stopped"]["plain"] == 43
-    assert res["forecast"]["grace_iterations 3 alone"]["wrongly_stopped"]["rule"] == res["rules"]["not before iteration 4"]["ending_within_but_stopped"]
+    assert (res["forecast"]["grace_iterations 3 alone"]["wrongly_stopped"]["rule"]
+            == res["rules"]["not before iteration 4"]["ending_within_but_stopped"])
     assert len(res["forecast_replayed"]["per_seed"]) == 2
 
 
@@ -86,7 +88,8 @@ def test_driver_memory_samples_a_real_sweep(tmp_path):
 
 
 def test_engine_vs_trl_refuses_a_mini_batch_that_does_not_divide_the_rollout(tmp_path):
-    proc = _bench("engine_vs_trl.py", "--model", "qwen2-28m", "--mini", "5", "--only", "speed", "--no-trl", out=tmp_path)
+    proc = _bench("engine_vs_trl.py", "--model", "qwen2-28m", "--mini", "5", "--only", "speed",
+                  "--no-trl", out=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("--mini 5: does not divide --rollout 16 (TRL splits the rollout into equal "
                                    "mini-batches); give a divisor of 16")
@@ -120,7 +123,7 @@ def test_the_benchmark_model_is_qwen2_shaped_and_built_once(tmp_path):
     assert model.config.model_type == "qwen2" and len(tokenizer) == len(byte_level_tokenizer())
     assert 20e6 <= sum(p.numel() for p in model.parameters()) <= 120e6
     assert tokenizer.decode(tokenizer("the happy cat")["input_ids"]) == "the happy cat"
-    assert Workload().engine_config().model_path == "demo"  # the demo workload as it was
+    assert Workload().engine_config().model_path == "demo"  # the default workload: the demo model
 
 
 @pytest.mark.slow

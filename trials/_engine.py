@@ -137,14 +137,16 @@ def prepare(config: PPOConfig) -> _Run:
     if problems:
         raise ConfigError(problems)
     train_prompts = load_prompts(config.prompts, "prompts")
-    train_prompts, eval_prompts = split_prompts(train_prompts, config.eval_prompts, config.num_eval_prompts, config.seed)
+    train_prompts, eval_prompts = split_prompts(train_prompts, config.eval_prompts,
+                                                config.num_eval_prompts, config.seed)
     device = _device(config)
     threads = config.num_threads or reserved_threads()
     torch.set_num_threads(threads)
     log.info("torch uses %d CPU threads%s", threads,
              "" if config.num_threads else " (num_threads empty: the cores not already busy)")
     model_path = resolve_model_path(config.model_path)
-    value_path = resolve_model_path(config.value_model_path, "value_model_path") if config.value_model_path else model_path
+    value_path = (resolve_model_path(config.value_model_path, "value_model_path")
+                  if config.value_model_path else model_path)
     frozen = frozen_dtype(config, device)
     reward = RewardFunction(config.reward, device, frozen)
     reward(train_prompts[:2], train_prompts[:2])  # fails now, not after the first rollout, if the reward is broken

@@ -11,7 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Problem", "TunerError", "ConfigError", "RewardError", "ModelError", "NonFiniteError", "MissingExtra", "did_you_mean"]
+__all__ = ["Problem", "TunerError", "ConfigError", "RewardError", "ModelError", "NonFiniteError",
+           "MissingExtra", "did_you_mean"]
 
 
 @dataclass(frozen=True)

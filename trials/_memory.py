@@ -155,7 +155,8 @@ def estimate_memory(config: PPOConfig, model_config: Any, value_model_config: An
     L = P + T
     sampler_logits = B * T * s.vocab * FP32 if _sampler_logprobs(config, s.vocab, act_b, frozen_b, lora) else 0
     generation = 2 * s.layers * B * L * s.kv_width * act_b + sampler_logits + 3 * B * s.vocab * FP32
-    policy_act = _activations(s, micro * L, act_b, config.gradient_checkpointing) + LOGIT_COPIES * micro * (T + 1) * s.vocab * FP32
+    policy_act = (_activations(s, micro * L, act_b, config.gradient_checkpointing)
+                  + LOGIT_COPIES * micro * (T + 1) * s.vocab * FP32)
     value_act = _activations(v, micro * L, act_b, config.gradient_checkpointing and not shared)
     update = max(policy_act, value_act)
     training_overhead = CUDA_OVERHEAD if cuda else CPU_OVERHEAD

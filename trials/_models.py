@@ -77,7 +77,8 @@ def _from_pretrained(path: str, kind: str, dtype: torch.dtype) -> nn.Module:
         what = {"causal": "a causal language model", "backbone": "a transformer backbone",
                 "classifier": "a sequence-classification reward model"}[kind]
         field = "reward" if kind == "classifier" else "model_path"
-        raise ModelError([Problem(field, path, f"cannot be loaded as {what} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})",
+        raise ModelError([Problem(field, path, f"cannot be loaded as {what} "
+                                  f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})",
                                   f"give the folder of {what} saved with save_pretrained")]) from None
     _disable_dropout(model)
     _fuse_tanh_gelu(model)
@@ -156,7 +157,8 @@ def load_value_model(path: str) -> ValueModel:
 
 
 def load_reward_model(path: str, dtype: torch.dtype = torch.float32) -> nn.Module:
-    model = _cached(path, "classifier", dtype) if _weights_bytes(path) <= CACHE_MAX_BYTES else _from_pretrained(path, "classifier", dtype)
+    model = (_cached(path, "classifier", dtype) if _weights_bytes(path) <= CACHE_MAX_BYTES
+             else _from_pretrained(path, "classifier", dtype))
     for p in model.parameters():
         p.requires_grad_(False)
     return model

@@ -52,7 +52,9 @@ def parse_reward(value: str, path: str = "reward") -> RewardRef:
         return RewardRef("model", value)
     target, _, function = value.rpartition(":")
     if not target or not function.isidentifier():
-        raise RewardError([Problem(path, value, "must be 'module:function', 'file.py:function' or a reward-model folder", _FIX)])
+        raise RewardError([Problem(path, value,
+                                   "must be 'module:function', 'file.py:function' or a "
+                                   "reward-model folder", _FIX)])
     if target.endswith(".py"):
         return RewardRef("file", target, function)
     if not _DOTTED.match(target):

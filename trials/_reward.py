@@ -31,7 +31,8 @@ def _import_callable(spec: str, ref: RewardRef, field: str) -> RewardCallable:
     try:
         if ref.kind == "file":
             if not os.path.isfile(ref.target):
-                raise _fail(spec, f"file {ref.target} does not exist", "give the path of the Python file that defines the reward", field)
+                raise _fail(spec, f"file {ref.target} does not exist", "give the path of the "
+                            "Python file that defines the reward", field)
             loader = importlib.util.spec_from_file_location(f"_ppo_tuner_reward_{abs(hash(ref.target))}", ref.target)
             module = importlib.util.module_from_spec(loader)
             loader.loader.exec_module(module)
@@ -43,7 +44,8 @@ def _import_callable(spec: str, ref: RewardRef, field: str) -> RewardCallable:
         raise
     except Exception as exc:  # the user's module failed to import: say why, in one line
         raise _fail(spec, f"cannot import {ref.target} ({type(exc).__name__}: {exc})",
-                    "make the module importable (on PYTHONPATH or as a .py path) and free of import errors", field) from None
+                    "make the module importable (on PYTHONPATH or as a .py path) and free of "
+                    "import errors", field) from None
     fn = getattr(module, ref.function, None)
     if not callable(fn):
         raise _fail(spec, f"{ref.target} has no callable named {ref.function}",
@@ -62,7 +64,8 @@ class RewardFunction:
         if ref.kind == "model":
             if not os.path.isdir(spec):
                 raise _fail(spec, "is neither 'module:function' nor a reward-model folder",
-                            "write 'my_module:my_reward', 'path/to/file.py:my_reward', or the folder of a reward model", field)
+                            "write 'my_module:my_reward', 'path/to/file.py:my_reward', or the "
+                            "folder of a reward model", field)
             self._fn = self._reward_model_fn(spec)
         else:
             self._fn = _import_callable(spec, ref, field)
@@ -82,7 +85,8 @@ class RewardFunction:
 
         @torch.no_grad()
         def score(prompts: list[str], responses: list[str]) -> list[float]:
-            texts = [p + " " + r if p and r and not p.endswith(" ") else p + r for p, r in zip(prompts, responses, strict=True)]
+            texts = [p + " " + r if p and r and not p.endswith(" ") else p + r
+                     for p, r in zip(prompts, responses, strict=True)]
             enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True).to(self.device)
             return model(**enc).logits[:, 0].float().tolist()
 
@@ -107,9 +111,10 @@ class RewardFunction:
             raise _fail(self.spec, f"returned {type(out).__name__}, not a sequence of numbers",
                         "return a list with one float per response", self.field) from None
         if len(values) != n:
-            raise _fail(self.spec, f"returned {len(values)} values for {n} responses", "return exactly one float per response",
-                        self.field)
+            raise _fail(self.spec, f"returned {len(values)} values for {n} responses",
+                        "return exactly one float per response", self.field)
         bad = [v for v in values if not math.isfinite(v)]
         if bad:
-            raise _fail(self.spec, f"returned a non-finite value ({bad[0]})", "return finite floats (no NaN or inf)", self.field)
+            raise _fail(self.spec, f"returned a non-finite value ({bad[0]})", "return finite "
+                        "floats (no NaN or inf)", self.field)
         return values

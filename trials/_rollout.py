@@ -35,7 +35,8 @@ def logprobs_of(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) 
 
 @torch.no_grad()
 def generate(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-             generation_config: Any, temperature: float, with_logprobs: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+             generation_config: Any, temperature: float,
+             with_logprobs: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Sampled responses (B, T), T <= max_new_tokens, and, if asked, their log-probs (B, T) at
     `temperature` from the raw logits of each sampling step (before top-k/top-p: the same
     distribution a forward's log-probs use)."""

@@ -98,7 +98,8 @@ def byte_level_tokenizer(vocab_size: int = 300):
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]", "[EOS]"], initial_alphabet=[])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]", "[EOS]"],
+                                  initial_alphabet=[])
     rng = random.Random(0)
     backend.train_from_iterator([sentence(rng) for _ in range(2000)], trainer)
     return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]",

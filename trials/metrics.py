@@ -20,7 +20,8 @@ VALUE_CLIPFRAC = "val/clipfrac_avg"
 EXPLAINED_VARIANCE = "val/explained_variance"
 RESPONSE_LENGTH = "objective/response_length"  # mean tokens per response
 EVAL_SCORES = "eval/scores"  # mean score on the held-out prompts, every eval interval
-EVAL_GOLD = "eval/gold_scores"  # mean score of the held-out reward (eval_reward) on the same responses, where one is set
+# mean score of the held-out reward (eval_reward) on the same responses, where one is set
+EVAL_GOLD = "eval/gold_scores"
 EVALUATED = (EVAL_SCORES, EVAL_GOLD)  # measured on the held-out prompts: also once before any update
 TOKENS_PER_SEC = "perf/tokens_per_sec"  # generated tokens / iteration seconds
 ITERATION_SECONDS = "perf/iteration_seconds"

@@ -21,8 +21,8 @@ from typing import Any
 from trials import metrics as K
 from tuner.trial import StopReason
 
-__all__ = ["FLAT_REWARD", "HIGH_CLIPFRAC", "NEAR_ZERO_KL", "NEGATIVE_KL", "READS", "RULES", "VALUE_JUMP", "Finding", "Trajectory",
-           "diagnose", "region", "render"]
+__all__ = ["FLAT_REWARD", "HIGH_CLIPFRAC", "NEAR_ZERO_KL", "NEGATIVE_KL", "READS", "RULES",
+           "VALUE_JUMP", "Finding", "Trajectory", "diagnose", "region", "render"]
 
 NEAR_ZERO_KL = 0.1  # nats (summed over the response): a KL that never passes this stayed at the reference
 FLAT_REWARD = 0.25  # reward gain (mean of the last 3 iterations minus the first 3) below this many batch stds is flat
@@ -69,7 +69,8 @@ def _kl_exploding(t: Trajectory, limit: float) -> str:
     kl = t.series(K.KL)
     if t.stop_reason in StopReason.KL:
         how = "forecast to pass" if t.stop_reason == StopReason.KL_FORECAST else "passed"
-        return f"{how} the {limit:g}-nat limit at iteration {len(t.metrics.get(K.KL, ()))} (KL max {max(kl, default=math.nan):.1f})"
+        return (f"{how} the {limit:g}-nat limit at iteration {len(t.metrics.get(K.KL, ()))} "
+                f"(KL max {max(kl, default=math.nan):.1f})")
     if kl and max(kl) > limit:
         return f"KL max {max(kl):.1f} nats, above the {limit:g}-nat limit"
     return ""
@@ -83,7 +84,8 @@ def _kl_near_zero(t: Trajectory, limit: float) -> str:
     std = statistics.fmean(spread) if spread else 0.0
     if gain >= FLAT_REWARD * std:
         return ""
-    return f"KL max {max(kl):.3f} nats; reward {statistics.fmean(reward[:3]):.3f} -> {statistics.fmean(reward[-3:]):.3f} (batch std {std:.3f})"
+    return (f"KL max {max(kl):.3f} nats; reward {statistics.fmean(reward[:3]):.3f} -> "
+            f"{statistics.fmean(reward[-3:]):.3f} (batch std {std:.3f})")
 
 
 def _value_unstable(t: Trajectory, limit: float) -> str:
@@ -92,7 +94,8 @@ def _value_unstable(t: Trajectory, limit: float) -> str:
     for i in range(2, len(loss)):  # iteration 1's loss is the untrained value's
         low = min(loss[1:i])
         if low > 0 and loss[i] > VALUE_JUMP * low:
-            said.append(f"value loss {loss[i]:.3g} at iteration {i + 1}, {loss[i] / low:.0f}x its earlier low {low:.3g}")
+            said.append(f"value loss {loss[i]:.3g} at iteration {i + 1}, {loss[i] / low:.0f}x its "
+                        f"earlier low {low:.3g}")
             break
     half = ev[len(ev) // 2:]
     if len(ev) >= 4 and statistics.median(half) < 0:
@@ -191,8 +194,8 @@ def region(trajectories: Sequence[Trajectory], flagged: set[int], top: int = 3) 
         gain, op, v = max((_share(ours, name, op, v) - _share(others, name, op, v), op, v) for op, v in splits)
         if gain > 0:
             inside = sum(_inside(t, name, op, v) for t in ours), sum(_inside(t, name, op, v) for t in others)
-            best.append((gain, f"{name} {op} {_shown(v, op)} ({inside[0]} of {len(ours)} of these trials, {inside[1]} of "
-                               f"{len(others)} others)"))
+            best.append((gain, f"{name} {op} {_shown(v, op)} ({inside[0]} of {len(ours)} of these "
+                               f"trials, {inside[1]} of {len(others)} others)"))
     return [text for _, text in sorted(best, key=lambda b: -b[0])[:top]]
 
 

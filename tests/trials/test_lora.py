@@ -35,7 +35,9 @@ def test_ppo_raises_the_reward_on_each_architecture(tiny_model, kind, mode):
 @pytest.mark.parametrize("mode", ["lora", "lora-shared"])
 def test_lora_raises_the_reward_on_the_demo_model(demo_model, mode):
     result = train(config(demo_model, mode, policy_lr=3e-3, num_iterations=10, response_length=16))
-    assert result.metrics[K.EVAL_SCORES] > result.initial_eval + 0.02, (result.initial_eval, result.metrics[K.EVAL_SCORES])
+    assert result.metrics[K.EVAL_SCORES] > result.initial_eval + 0.02, (result.initial_eval,
+                                                                         result.metrics[
+                                                                             K.EVAL_SCORES])
 
 
 def _fixed_batch(trainer: PPOTrainer, n: int = 8, length: int = 12):
@@ -92,7 +94,8 @@ def test_only_the_adapters_and_the_value_head_train_with_a_shared_base(tiny_mode
 def test_a_saved_adapter_loads_back_and_reproduces_the_policy(tiny_model, tmp_path):
     from peft import AutoPeftModelForCausalLM
 
-    trainer = PPOTrainer(config(tiny_model("mistral"), "lora-shared", num_iterations=2, output_dir=str(tmp_path / "out")))
+    trainer = PPOTrainer(config(tiny_model("mistral"), "lora-shared", num_iterations=2,
+                                output_dir=str(tmp_path / "out")))
     trainer.train()
     files = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= files

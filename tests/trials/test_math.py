@@ -127,7 +127,7 @@ def test_clipped_value_loss_takes_the_pessimistic_term():
 
 
 def test_value_inside_the_clip_range_is_not_counted_as_clipped():
-    # V crossed zero within the range: old + (V - old) rounds to a float next to V (found by the parity check)
+    # V crossed zero within the range: old + (V - old) rounds to a float next to V, not to V
     old, value = torch.tensor([[0.12037420272827148]]), torch.tensor([[-0.0332915298640728]])
     assert (old + (value - old)).item() != value.item()
     loss, stats = M.value_loss(value, old, torch.zeros(1, 1), torch.ones(1, 1), cliprange_value=0.2)

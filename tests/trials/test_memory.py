@@ -53,12 +53,14 @@ def test_lora_needs_less_than_full_fine_tuning_and_a_shared_value_less_still():
 
 def test_checkpointing_and_bf16_frozen_weights_save_memory():
     small_vocab = qwen2_shape(vocab_size=1000)  # the update's logits are not checkpointed
-    assert peak(small_vocab, gradient_checkpointing=True).update_activations < 0.2 * peak(small_vocab).update_activations
+    assert (peak(small_vocab, gradient_checkpointing=True).update_activations
+            < 0.2 * peak(small_vocab).update_activations)
     assert peak(lora_rank=16, frozen_dtype="bf16").weights_frozen == peak(lora_rank=16).weights_frozen // 2
 
 
 def test_named_targets_adapt_fewer_parameters_than_all_linear():
-    assert peak(lora_rank=16, lora_target_modules="q_proj,v_proj").weights_trainable < peak(lora_rank=16).weights_trainable
+    assert (peak(lora_rank=16, lora_target_modules="q_proj,v_proj").weights_trainable
+            < peak(lora_rank=16).weights_trainable)
 
 
 def test_on_cuda_weights_and_activations_default_to_bf16():
@@ -93,16 +95,18 @@ print(peak_rss_bytes() - baseline)
 """
 
 
-# The baseline is the import's high-water mark (VmHWM), not getrusage's ru_maxrss: Linux carries ru_maxrss over the exec
-# from the process that started this one, so under a large test process it read that process's peak (953 MiB
-# measured in CI against 1356 MiB alone).
+# The baseline is the import's high-water mark (VmHWM), not getrusage's ru_maxrss: Linux carries
+# ru_maxrss over the exec from the process that started this one, so under a large test process it
+# would read that process's peak, not this one's.
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", [{}, {"lora_rank": 16, "value_backbone": "shared"}], ids=["full", "lora-shared"])
 def test_the_prediction_is_within_15_percent_of_a_measured_peak(tmp_path, mode):
     from bench._common import build_qwen2
 
-    build_qwen2(tmp_path / "model", dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
-                                         intermediate_size=2048, tie_word_embeddings=True), dtype="bfloat16")
+    build_qwen2(tmp_path / "model", dict(hidden_size=512, num_hidden_layers=8,
+                                         num_attention_heads=8, num_key_value_heads=2,
+                                         intermediate_size=2048,
+                                         tie_word_embeddings=True), dtype="bfloat16")
     fields = dict(model_path=str(tmp_path / "model"), rollout_batch_size=4, mini_batch_size=4, micro_batch_size=2,
                   response_length=16, max_prompt_length=8, num_iterations=2, num_eval_prompts=4, device="cpu",
                   precision="fp32", num_threads=2, **mode)

@@ -22,7 +22,8 @@ def run(name: str, number: int = 0, **engine) -> Trajectory:
     """A recorded engine run as a trial that ran to its end."""
     rec = RUNS[name]
     metrics = {k: [float("nan") if v is None else v for v in vs] for k, vs in rec["metrics"].items()}
-    return Trajectory(number=number, params={}, metrics=metrics, stop_reason="completed", engine={**rec["engine"], **engine})
+    return Trajectory(number=number, params={}, metrics=metrics, stop_reason="completed",
+                      engine={**rec["engine"], **engine})
 
 
 def table(limit: float = 15.0) -> list[Trajectory]:
@@ -57,7 +58,8 @@ def test_each_rule_shows_on_the_runs_that_have_its_problem_only(rule, showing, n
 
 
 def test_the_evidence_names_the_numbers():
-    assert "192x" in shows("value_unstable", run("top_k_3")) and "iteration 3" in shows("value_unstable", run("top_k_3"))
+    assert ("192x" in shows("value_unstable", run("top_k_3"))
+            and "iteration 3" in shows("value_unstable", run("top_k_3")))
     assert shows("negative_kl", run("greedy_entropy_k1")) == "KL -0.68 nats at iteration 3 (k1 estimator)"
     assert "clip fraction 0.41" in shows("high_clipfrac", run("many_epochs_tight_clip"))
 
@@ -92,7 +94,8 @@ def test_render_says_what_to_do_in_the_guidance_words():
              for t, lr in zip(sweep, (3e-3, 1e-6, 3e-5), strict=True)]
     text = render(diagnose(sweep, 15.0), len(sweep))
     assert text.startswith("## Diagnosis")
-    assert "- KL exploding: 1 of 3 trials (0)" in text and "policy_lr >= 0.003 (1 of 1 of these trials, 0 of 2 others)" in text
+    assert ("- KL exploding: 1 of 3 trials (0)" in text
+            and "policy_lr >= 0.003 (1 of 1 of these trials, 0 of 2 others)" in text)
     assert "- KL near zero, reward flat: 1 of 3 trials (1)" in text and "policy_lr <= 1e-06" in text
     assert "Adjust β or the adaptive KL target first if the policy diverges too quickly." in text
     assert "None of the problems" in render([], 3) and "No trial" in render([], 0)

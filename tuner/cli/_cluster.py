@@ -65,7 +65,8 @@ def _took(start: float | None, end: float | None) -> str:
     if not start:
         return "-"
     seconds = int((end or time.time()) - start)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    return (f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600
+            else f"{seconds // 60}m{seconds % 60:02d}s")
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 from tests.sweep_helpers import tuner, write_spec
 from tuner._mlflow_ui import open_link
 from tuner.sweep._tracking import sweep_page
@@ -26,12 +26,6 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--window-size=1920,1000", "--virtual-time-budget=20000"]
 ASSISTANT = "Ask questions about your experiments"  # the text of MLflow 3.17's assistant panel
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, seconds: float = 90) -> None:
@@ -58,7 +52,8 @@ def ui_sweep(tmp_path_factory, demo_model):
     """One finished sweep for the browser tests: a grid with KL-infeasible and completed trials."""
     folder = tmp_path_factory.mktemp("ui")
     spec_path = write_spec(folder, "ui4", budget={"trials": 4, "iterations": 4},
-                           search_space={"policy_lr": {"choices": [3.0e-5, 3.0e-3]}, "kl_coef": {"choices": [0.05, 0.005]}})
+                           search_space={"policy_lr": {"choices": [3.0e-5, 3.0e-3]},
+                                         "kl_coef": {"choices": [0.05, 0.005]}})
     proc = tuner("run", spec_path, cwd=folder)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return folder
@@ -75,7 +70,7 @@ def _screenshot(name: str, url: str, *flags: str) -> None:
 
 def _serve(command: str, folder) -> tuple[subprocess.Popen, int]:
     """`tuner COMMAND ui4` (ui or dashboard) on a free port, its output read line by line."""
-    port = _free_port()
+    port = free_port()
     return subprocess.Popen([sys.executable, "-m", "tuner.cli", command, "ui4", "--workdir", folder / "sweeps",
                              "--port", str(port)], cwd=folder, stdout=subprocess.PIPE, text=True,
                             start_new_session=True), port
@@ -112,7 +107,8 @@ def test_the_dashboard_shows_the_sweeps_runs(ui_sweep):
         assert f"MLflow UI for sweep ui4: {link} " in line  # the sweep's trials in the model-training layout
         assert "workflowType=machine_learning" in link
         assert ui.stdout.readline().startswith("the server's log: ")  # and nothing of the server's after it
-        assert ui.stdout.readline().startswith("the Optuna study: tuner dashboard ui4 (optuna-dashboard), storage sqlite:///")
+        assert ui.stdout.readline().startswith("the Optuna study: tuner dashboard ui4 "
+                                               "(optuna-dashboard), storage sqlite:///")
         for _ in range(3):  # page loads: the server's requests go to its log file, not the terminal
             _chromium("--dump-dom", f"{url}/")
         log = tmp_path / "sweeps" / "ui4" / "mlflow-ui.log"
@@ -120,7 +116,8 @@ def test_the_dashboard_shows_the_sweeps_runs(ui_sweep):
         text = _text(_chromium("--dump-dom", link).stdout)  # a first visit: each run has a fresh profile
         for name in ("INFEASIBLE", "COMPLETE"):  # the trials, each a row with its state, without a click
             assert re.search(rf"trial-\d {name}", text), name
-        for column in ("ppo_tuner.state", "objective", "objective/kl", "kl_max", "ppo_tuner.stop_reason", "policy_lr", "kl_coef"):
+        for column in ("ppo_tuner.state", "objective", "objective/kl", "kl_max",
+                       "ppo_tuner.stop_reason", "policy_lr", "kl_coef"):
             assert column in text, column
         assert "Model training" in text and "Judges" not in text
         assert ASSISTANT not in text  # MLflow's assistant panel stays closed
@@ -141,7 +138,7 @@ def test_a_sweep_on_an_mlflow_server_gets_the_servers_page(tmp_path, demo_model)
     """No second server: `tuner ui` prints the page on the server the sweep logged to, and returns."""
     from tuner.cli._sweep import mlflow_server_command
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     server = subprocess.Popen(mlflow_server_command(f"sqlite:///{tmp_path / 'server.db'}", "127.0.0.1", port,
@@ -190,7 +187,8 @@ def test_optuna_dashboard_shows_the_kl_infeasible_trials_and_the_best_feasible(u
         _screenshot("optuna_dashboard.png", page, "--window-size=1920,2000")  # tall: the best-trial card too
         trials_page = f"{page}/trials?numbers={infeasible[0]}"  # the trial list, an infeasible trial open
         text = _text(_chromium("--dump-dom", trials_page).stdout)
-        assert re.search(rf"Trial {best.number} Complete Best Trial", text) and text.count("Best Trial") == 1, text[:2000]
+        assert (re.search(rf"Trial {best.number} Complete Best Trial", text)
+                and text.count("Best Trial") == 1), text[:2000]
         assert "stop_reason kl_limit" in text
         _screenshot("optuna_dashboard_trials.png", trials_page)
     finally:

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.cluster_helpers import DOCKER, cluster_spec, submit, tuner
 from tests.compose_cluster import ROOT, compose_file, interpolate, published
+from tests.sweep_helpers import sweep_runs
 
 SERVICES = compose_file()["services"]
 
@@ -89,9 +90,8 @@ def test_a_submitted_sweep_runs_on_the_compose_cluster(cluster, tmp_path):
     client = MlflowClient(cluster.tracking_uri)
     experiment = client.get_experiment_by_name("cluster-demo")
     assert experiment.artifact_location.startswith("mlflow-artifacts:")  # served by the MLflow server
-    runs = client.search_runs([experiment.experiment_id], max_results=100)
-    parent = next(r for r in runs if r.data.tags.get("ppo_tuner.kind") == "sweep")
-    children = [r for r in runs if r.data.tags.get("ppo_tuner.kind") == "trial"]
+    parent = sweep_runs(client, "cluster-demo", "sweep")[0]
+    children = sweep_runs(client, "cluster-demo", "trial")
     status = {"COMPLETE": "FINISHED", "INFEASIBLE": "FAILED", "PRUNED": "KILLED"}  # a red or grey badge: not complete
     assert parent.info.status == "FINISHED" and len(children) == 4
     assert all(r.info.status == status[r.data.tags["ppo_tuner.state"]] for r in children)
@@ -100,7 +100,8 @@ def test_a_submitted_sweep_runs_on_the_compose_cluster(cluster, tmp_path):
     password = cluster.secrets["POSTGRES_PASSWORD"]
     assert parent.data.params["storage"].startswith("postgresql+psycopg://tuner:***@")
     assert all(password not in v for v in parent.data.params.values())
-    saved = list(cluster.folder.glob("ray-head/session_2*/runtime_resources/working_dir_files/*/sweeps/cluster-demo/spec.yaml"))
+    saved = list(cluster.folder.glob("ray-head/session_2*/runtime_resources/working_dir_files/*/"
+                                     "sweeps/cluster-demo/spec.yaml"))
     assert len(saved) == 1 and "tuner:${PGPASSWORD}@" in saved[0].read_text()  # the job's saved spec holds no password
     log = tuner("logs", job_id, "--address", cluster.dashboard, env=env, cwd=tmp_path).stdout
     assert "sweep cluster-demo: 4 trials run" in log and password not in log

@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from tests.cluster_helpers import cluster_spec, submit, tuner, wait_for
+from tests.sweep_helpers import sweep_runs
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +34,7 @@ def test_two_sweeps_at_once_on_one_database_both_complete(compose_cluster, tmp_p
     for name in names:
         trials = [t for t in _study(compose_cluster, name).trials if "duplicate_of" not in t.user_attrs]
         assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials), name
-        experiment = client.get_experiment_by_name(name)
-        runs = client.search_runs([experiment.experiment_id], "tags.`ppo_tuner.kind` = 'trial'", max_results=100)
+        runs = sweep_runs(client, name, "trial")
         assert len(runs) == 4
     summaries = optuna.get_all_study_summaries(compose_cluster.storage_url("optuna"))
     assert set(names) <= {s.study_name for s in summaries}
@@ -87,8 +87,8 @@ def test_a_cancelled_sweep_continues_when_submitted_again_or_resumed(compose_clu
     assert len(counted) == 6 and all(t.state == TrialState.COMPLETE for t in counted)
     assert all(study.trials[n].state == s for n, s in second.items() if s == TrialState.COMPLETE)  # kept, not rerun
     client = MlflowClient(cluster.tracking_uri)
-    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=100)
-    assert sum(r.data.tags.get("ppo_tuner.kind") == "sweep" for r in runs) == 1  # the parent run is reused
+    runs = sweep_runs(client, name)
+    assert len(sweep_runs(client, name, "sweep")) == 1  # the parent run is reused
     assert all(r.info.status != "RUNNING" for r in runs)
 
 

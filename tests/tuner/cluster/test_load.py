@@ -50,8 +50,10 @@ def test_the_trouble_pattern_finds_what_a_lock_or_connection_problem_prints():
                  'error: the study database did not answer for 120 s'):
         assert _trouble(f"trial 1: COMPLETE\n{line}\n") == [line]
     assert not _trouble("trial 3: COMPLETE   iter 3  score 0.41  KL max 0.02  (budget)")
-    assert not _trouble('2026-11-30 01:46:45.208 UTC [9875] ERROR:  duplicate key value violates unique constraint "metric_pk"')
-    unhandled = '2026-11-30 01:46:45.208 UTC [9875] ERROR:  duplicate key value violates unique constraint "trials_pkey"'
+    assert not _trouble('2026-11-30 01:46:45.208 UTC [9875] ERROR:  duplicate key value violates '
+                        'unique constraint "metric_pk"')
+    unhandled = ('2026-11-30 01:46:45.208 UTC [9875] ERROR:  duplicate key value violates unique '
+                 'constraint "trials_pkey"')
     assert _trouble(unhandled) == [unhandled]
 
 
@@ -94,7 +96,9 @@ def test_four_sweeps_at_once_share_one_database_and_one_tracking_server(compose_
     print(f"PostgreSQL: at most {connections.stop()} client connections at once (all databases)")
     monkeypatch.setenv("RAY_AUTH_TOKEN", cluster.secrets["RAY_AUTH_TOKEN"])
     rows = [row for row in list_jobs(cluster.dashboard) if row.job_id in jobs]
-    assert len(rows) == SWEEPS and max(r.start_time for r in rows) < min(r.end_time for r in rows), rows  # 4 drivers at once
+    # 4 drivers at once
+    assert (len(rows) == SWEEPS
+            and max(r.start_time for r in rows) < min(r.end_time for r in rows)), rows
     for name, job, follow in zip(names, jobs, follows, strict=True):
         assert follow.returncode == 0 and f"job {job}: SUCCEEDED" in follow.stderr, \
             f"{name}:\n{follow.stdout[-4000:]}\n{follow.stderr[-2000:]}"

@@ -14,7 +14,8 @@ URL = "postgresql+psycopg://tuner:${PGPW_TEST}@${PGHOST_TEST:-db}:5432/optuna"
 
 
 def _spec(**extra):
-    return parse_spec({"name": "urls", "storage": URL, "mlflow": {"tracking_uri": "http://${MLHOST_TEST}:5000"}, **extra})
+    return parse_spec({"name": "urls", "storage": URL,
+                       "mlflow": {"tracking_uri": "http://${MLHOST_TEST}:5000"}, **extra})
 
 
 def test_references_are_expanded_where_the_url_is_used(monkeypatch):

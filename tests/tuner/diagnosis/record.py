@@ -18,7 +18,8 @@ OUT = Path(__file__).with_name("trajectories.json")
 BASE = dict(model_path="demo", reward="trials.demo:reward", prompts="demo", policy_lr=3e-5, value_lr=1e-3, kl_coef=0.05,
             rollout_batch_size=32, mini_batch_size=8, ppo_epochs=4, response_length=16, num_iterations=12,
             eval_interval=4, seed=0, device="cpu", num_threads=1)
-KEPT = (K.KL, K.KL_COEF, K.SCORES, K.SCORES_STD, K.VALUE_LOSS, K.EXPLAINED_VARIANCE, K.CLIPFRAC, K.APPROXKL, K.EVAL_SCORES)
+KEPT = (K.KL, K.KL_COEF, K.SCORES, K.SCORES_STD, K.VALUE_LOSS, K.EXPLAINED_VARIANCE, K.CLIPFRAC,
+        K.APPROXKL, K.EVAL_SCORES)
 RUNS = {  # name -> the fields changed from BASE (configs/demo.yaml, 12 iterations)
     "sane": {},
     "tame": {"policy_lr": 1e-6, "kl_coef": 0.2},  # KL near zero, reward flat
@@ -34,7 +35,8 @@ RUNS = {  # name -> the fields changed from BASE (configs/demo.yaml, 12 iteratio
 def record(changes: dict) -> dict:
     config = PPOConfig.from_dict({**BASE, **changes})
     history = PPOTrainer(config).train().history
-    return {"engine": {k: v for k, v in config.to_dict().items() if k in (*BASE, *changes, "kl_estimator", "vf_coef", "cliprange")},
+    return {"engine": {k: v for k, v in config.to_dict().items()
+                       if k in (*BASE, *changes, "kl_estimator", "vf_coef", "cliprange")},
             "metrics": {m: [round(h[m], 6) if m in h else math.nan for h in history] for m in KEPT}}
 
 

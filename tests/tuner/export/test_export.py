@@ -170,7 +170,8 @@ def test_openrlhf_values():
     one = {flag: values[0] for flag, values in flags.items() if len(values) == 1}
     assert float(one["--actor.adam.lr"]) == TUNED.policy_lr
     assert float(one["--critic.adam.lr"]) == TUNED.value_lr
-    assert one["--actor.model_name_or_path"] == "/models/policy" and one["--critic.model_name_or_path"] == "/models/value"
+    assert (one["--actor.model_name_or_path"] == "/models/policy"
+            and one["--critic.model_name_or_path"] == "/models/value")
     assert one["--reward.model_name_or_path"] == "/models/rm" and "--reward.remote_url" not in flags
     assert int(one["--rollout.batch_size"]) == 128 and int(one["--train.batch_size"]) == 16
     assert int(one["--train.micro_batch_size"]) == 8 and int(one["--train.max_epochs"]) == 2

@@ -53,7 +53,8 @@ def test_an_external_trainer_is_launched_from_the_spec(tmp_path):
     (tmp_path / "train.py").write_text("")
     spec = tmp_path / "spec.yaml"
     spec.write_text("name: x\ntrial: {engine: command, command: [python, train.py, --lr, '{policy_lr}'], "
-                    "env: {WANDB_MODE: offline}, report_timeout: 2m}\nsearch_space: {policy_lr: {low: 1.0e-6, high: 1.0e-5}}\n")
+                    "env: {WANDB_MODE: offline}, report_timeout: 2m}\n"
+                    "search_space: {policy_lr: {low: 1.0e-6, high: 1.0e-5}}\n")
     launch = load_spec(spec).trial.launch()
     assert launch["command"] == ["python", str(tmp_path / "train.py"), "--lr", "{policy_lr}"]
     assert launch["env"] == {"WANDB_MODE": "offline"} and launch["report_timeout"] == 120.0

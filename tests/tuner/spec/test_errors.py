@@ -48,9 +48,11 @@ CASES = [
      "search_space.mini_batch_size", "does not divide rollout_batch_size"),
     ("mini-batch-int-range", "name: x\nsearch_space:\n  mini_batch_size: {low: 4, high: 64}\n",
      "search_space.mini_batch_size", "powers of two"),
-    ("num-mini-batches-not-dividing", "name: x\nsearch_space:\n" + OK_BATCHES + "  num_mini_batches: {choices: [2, 3]}\n",
+    ("num-mini-batches-not-dividing",
+     "name: x\nsearch_space:\n" + OK_BATCHES + "  num_mini_batches: {choices: [2, 3]}\n",
      "search_space.num_mini_batches", "does not divide rollout_batch_size"),
-    ("micro-batch-not-dividing", "name: x\nbase: {micro_batch_size: 3}\n", "base.micro_batch_size", "does not divide mini_batch_size"),
+    ("micro-batch-not-dividing", "name: x\nbase: {micro_batch_size: 3}\n", "base.micro_batch_size",
+     "does not divide mini_batch_size"),
     ("kl-target-without-adaptive", "name: x\nsearch_space:\n  kl_target: {low: 3, high: 10}\n",
      "search_space.kl_target", "only when kl_mode is adaptive"),
     ("kl-limit-zero", "name: x\nkl_limit: 0\n", "kl_limit", "must be > 0"),
@@ -60,7 +62,8 @@ CASES = [
     ("kl-limit-negative-grace", "name: x\nkl_limit: {grace_iterations: -1}\n", "kl_limit.grace_iterations", ">= 0"),
     ("bad-scheduler", "name: x\nscheduler: {type: hyperband}\n", "scheduler.type", "must be one of asha, median, none"),
     ("misspelt-scheduler", "name: x\nscheduler: {type: ash}\n", "scheduler.type", "did you mean 'asha'"),
-    ("reduction-factor-one", "name: x\nscheduler: {reduction_factor: 1}\n", "scheduler.reduction_factor", "must be > 1"),
+    ("reduction-factor-one", "name: x\nscheduler: {reduction_factor: 1}\n",
+     "scheduler.reduction_factor", "must be > 1"),
     ("bad-sampler", "name: x\nsampler: {type: bayes}\n", "sampler.type", "must be one of"),
     ("negative-cpus", "name: x\nresources: {cpus_per_trial: -1}\n", "resources.cpus_per_trial", "must be > 0"),
     ("zero-concurrency", "name: x\nresources: {max_concurrent: 0}\n", "resources.max_concurrent", ">= 1"),
@@ -68,8 +71,10 @@ CASES = [
     ("storage-not-a-url", "name: x\nstorage: my database\n", "storage", "not a database URL"),
     ("storage-in-memory", "name: x\nstorage: 'sqlite://'\n", "storage", "in-memory"),
     ("tracking-file-store", "name: x\nmlflow: {tracking_uri: ./mlruns}\n", "mlflow.tracking_uri", "use sqlite:///"),
-    ("tracking-file-uri", "name: x\nmlflow: {tracking_uri: 'file:///tmp/mlruns'}\n", "mlflow.tracking_uri", "use sqlite:///"),
-    ("grid-over-continuous-float", "name: x\nsampler: {type: grid}\nsearch_space:\n  cliprange: {low: 0.1, high: 0.3}\n",
+    ("tracking-file-uri", "name: x\nmlflow: {tracking_uri: 'file:///tmp/mlruns'}\n",
+     "mlflow.tracking_uri", "use sqlite:///"),
+    ("grid-over-continuous-float",
+     "name: x\nsampler: {type: grid}\nsearch_space:\n  cliprange: {low: 0.1, high: 0.3}\n",
      "search_space.cliprange", "grid_points"),
     ("unknown-metric", "name: x\nobjective: {metric: eval/score}\n", "objective.metric", "did you mean 'eval/scores'"),
     ("unknown-base-field", "name: x\nbase: {ppo_epoch: 4}\n", "base.ppo_epoch", "did you mean 'ppo_epochs'"),
@@ -141,7 +146,8 @@ def test_problem_carries_path_value_and_fix():
     ("- name: x\n", "top level must be a mapping"),
     ("just a string\n", "top level must be a mapping"),
     ("name: x\nname: y\n", "written twice"),
-], ids=["syntax-error", "tab-indent", "empty-file", "only-comments", "top-level-list", "top-level-string", "duplicate-key"])
+], ids=["syntax-error", "tab-indent", "empty-file", "only-comments", "top-level-list",
+        "top-level-string", "duplicate-key"])
 def test_unreadable_spec_file_is_one_line(tmp_path, capsys, text, message):
     code, lines = validate(write(tmp_path, text), capsys)
     assert code == 2

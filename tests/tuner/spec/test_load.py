@@ -105,7 +105,9 @@ def test_iterations_come_from_budget_then_base():
     assert parse_spec({"name": "a", "base": {"num_iterations": 9}}).iterations() == 9
 
 
-@pytest.mark.parametrize(("raw", "seconds"), [(90, 90.0), ("90s", 90.0), ("30m", 1800.0), ("2h", 7200.0), ("1.5h", 5400.0)])
+@pytest.mark.parametrize(("raw", "seconds"),
+                         [(90, 90.0), ("90s", 90.0), ("30m", 1800.0), ("2h", 7200.0),
+                          ("1.5h", 5400.0)])
 def test_wall_clock_accepts_seconds_and_units(raw, seconds):
     assert parse_spec({"name": "a", "budget": {"wall_clock": raw}}).budget.wall_clock == seconds
 
@@ -138,21 +140,24 @@ def test_the_demo_models_range_warnings_say_why_they_are_expected():
 
 
 def test_batch_ranges_whose_every_pair_divides_are_accepted():
-    space = {"rollout_batch_size": {"low": 64, "high": 1024, "step": 64}, "mini_batch_size": {"choices": [8, 16, 32, 64]},
+    space = {"rollout_batch_size": {"low": 64, "high": 1024, "step": 64},
+             "mini_batch_size": {"choices": [8, 16, 32, 64]},
              "micro_batch_size": {"choices": [2, 4, 8]}}
     assert parse_spec({"name": "b", "search_space": space}).search_space
 
 
 def test_log_int_batch_range_counts_every_integer_in_it():
     space = {"rollout_batch_size": {"low": 64, "high": 1024, "log": True}, "mini_batch_size": 8}
-    with pytest.raises(ConfigError, match="search_space.rollout_batch_size: mini_batch_size 8 does not divide rollout_batch_size 65"):
+    with pytest.raises(ConfigError, match="search_space.rollout_batch_size: mini_batch_size 8 does "
+                                          "not divide rollout_batch_size 65"):
         parse_spec({"name": "b", "search_space": space})
 
 
 def test_kl_horizon_searched_needs_adaptive_mode_too():
     with pytest.raises(ConfigError, match="search_space.kl_horizon: is sampled only when kl_mode is adaptive"):
         parse_spec({"name": "k", "search_space": {"kl_horizon": {"choices": [5000, 10000]}}})
-    assert parse_spec({"name": "k", "base": {"kl_mode": "adaptive"}, "search_space": {"kl_horizon": {"choices": [5000, 10000]}}})
+    assert parse_spec({"name": "k", "base": {"kl_mode": "adaptive"},
+                       "search_space": {"kl_horizon": {"choices": [5000, 10000]}}})
 
 
 def test_kl_limit_far_from_the_guidance_warns():
@@ -171,7 +176,8 @@ def test_kl_limit_is_a_number_or_a_mapping_with_forecast_and_grace():
 
 
 def test_yaml_exponents_without_a_dot_are_numbers(tmp_path):
-    spec = load_spec(write(tmp_path, "name: e\nbase: {value_lr: 5e-5}\nsearch_space:\n  policy_lr: {choices: [1e-5, 3e-5]}\n"))
+    spec = load_spec(write(tmp_path, "name: e\nbase: {value_lr: 5e-5}\nsearch_space:\n"
+                                     "  policy_lr: {choices: [1e-5, 3e-5]}\n"))
     resolved = spec.resolved()
     assert resolved["base"]["value_lr"] == 5e-5
     assert resolved["search_space"]["policy_lr"] == {"choices": [1e-5, 3e-5]}

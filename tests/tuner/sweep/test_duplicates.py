@@ -90,7 +90,9 @@ def test_the_repeats_of_a_used_up_space_run_after_the_last_try():
 
 def test_a_sweep_over_two_configs_runs_each_once(tmp_path, demo_model):
     # two configs, three trials: the third sample always repeats one, so it runs only after 25 tries
-    spec_path = write_spec(tmp_path, "twoconf", search_space={"policy_lr": {"choices": [3.0e-5, 3.0e-4]}, "kl_coef": 0.05},
+    spec_path = write_spec(tmp_path, "twoconf",
+                           search_space={"policy_lr": {"choices": [3.0e-5, 3.0e-4]},
+                                         "kl_coef": 0.05},
                            budget={"trials": 3, "iterations": 2}, scheduler={"type": "none"},
                            sampler={"type": "random", "seed": 3}, resources={"cpus_per_trial": 1, "max_concurrent": 1})
     proc = tuner("run", spec_path, cwd=tmp_path)
@@ -105,7 +107,8 @@ def test_a_sweep_over_two_configs_runs_each_once(tmp_path, demo_model):
     for r in copies:
         original = study.trials[study.trials[r.number].user_attrs[ATTR["duplicate"]]]
         assert r.params == original.params and r.value == original.values[0]
-    assert remaining_trials(study, spec.budget.trials, open_storage(spec.storage_url())) == 0  # copies do not count toward the budget
+    # copies do not count toward the budget
+    assert remaining_trials(study, spec.budget.trials, open_storage(spec.storage_url())) == 0
     assert ATTR["duplicate"] not in best_feasible(study).user_attrs
     client = MlflowClient(spec.tracking_uri())
     runs = client.search_runs([client.get_experiment_by_name(spec.name).experiment_id])

@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tests.sweep_helpers import start_tuner, tuner, write_spec
+from tests.sweep_helpers import start_tuner, sweep_runs, tuner, write_spec
 from tuner.spec import load_spec
 from tuner.sweep._study import open_storage
 
@@ -42,10 +42,7 @@ def _trials(spec) -> list[optuna.trial.FrozenTrial]:
 
 
 def _children(spec) -> list:
-    client = MlflowClient(spec.tracking_uri())
-    experiment = client.get_experiment_by_name(spec.experiment_name())
-    runs = client.search_runs([experiment.experiment_id], max_results=200)
-    return [r for r in runs if r.data.tags.get("ppo_tuner.kind") == "trial"]
+    return sweep_runs(MlflowClient(spec.tracking_uri()), spec.experiment_name(), "trial")
 
 
 def test_trial_faults_fail_or_retry_and_the_sweep_completes(tmp_path, demo_model):
@@ -55,7 +52,8 @@ def test_trial_faults_fail_or_retry_and_the_sweep_completes(tmp_path, demo_model
     assert "Traceback" not in proc.stdout
     spec = load_spec(path)
     trials = _trials(spec)
-    assert len(trials) == 5 and not list((tmp_path / "faults").glob("oom")) and not list((tmp_path / "faults").glob("inf"))
+    assert (len(trials) == 5 and not list((tmp_path / "faults").glob("oom"))
+            and not list((tmp_path / "faults").glob("inf")))
     failed = [t for t in trials if t.state == TrialState.FAIL]
     # inf: the value loss became infinite; the same seed would diverge again, so no retry
     assert len(failed) == 1 and "NonFiniteError" in failed[0].user_attrs["error"]
@@ -164,6 +162,5 @@ def test_the_controller_killed_mid_sweep_resumes_with_nothing_lost(tmp_path, dem
     interrupted = [r for r in children if r.data.tags.get("ppo_tuner.state") in ("KILLED", "FAIL")]
     assert interrupted and all(r.info.status == "KILLED" for r in interrupted)
     client = MlflowClient(spec.tracking_uri())
-    experiment = client.get_experiment_by_name(spec.experiment_name())
-    parents = client.search_runs([experiment.experiment_id], "tags.ppo_tuner.kind = 'sweep'")
+    parents = sweep_runs(client, spec.experiment_name(), "sweep")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # the parent run is reused

@@ -34,7 +34,8 @@ def test_a_forecast_stop_is_infeasible_with_its_own_reason(tmp_path):
     study = load_study(load_spec(path))
     rows = {r.params["policy_lr"]: r for r in trial_rows(study)}
     rising, calm = rows[5e-4], rows[1e-5]
-    assert (rising.state, rising.stop_reason, rising.iterations, rising.kl_max) == ("INFEASIBLE", "kl_forecast", 2, 10.0)
+    assert (rising.state, rising.stop_reason, rising.iterations, rising.kl_max) == (
+        "INFEASIBLE", "kl_forecast", 2, 10.0)
     assert {t.number: t for t in study.trials}[rising.number].constraints["kl"] > 0
     assert (calm.state, calm.stop_reason, calm.iterations) == ("COMPLETE", "completed", 4)
     assert best_feasible(study).number == calm.number

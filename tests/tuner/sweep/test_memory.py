@@ -8,7 +8,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.sweep_helpers import tuner, write_spec
+from tests.sweep_helpers import sweep_runs, tuner, write_spec
 from trials import PPOConfig
 from tuner.spec import extreme_configs, load_spec, parse_spec
 from tuner.sweep import load_study, trial_rows
@@ -65,7 +65,8 @@ def test_configs_predicted_not_to_fit_are_infeasible_and_never_launched(tmp_path
     study = load_study(spec)
     frozen = {t.number: t for t in study.trials}
     unlaunched = [t for t in study.trials if ATTR["unlaunched"] in t.user_attrs]
-    launched = [t for t in study.trials if ATTR["unlaunched"] not in t.user_attrs and ATTR["duplicate"] not in t.user_attrs]
+    launched = [t for t in study.trials
+                if ATTR["unlaunched"] not in t.user_attrs and ATTR["duplicate"] not in t.user_attrs]
     assert len(launched) == 2  # the budget counts launched trials only
     assert unlaunched, [(t.number, t.params, t.user_attrs.get(ATTR["memory"])) for t in study.trials]
     for t in unlaunched:
@@ -77,8 +78,7 @@ def test_configs_predicted_not_to_fit_are_infeasible_and_never_launched(tmp_path
     states = {r.number: r.state for r in trial_rows(study)}
     assert all(states[t.number] == "INFEASIBLE" for t in unlaunched)
     client = MlflowClient(spec.tracking_uri())
-    runs = client.search_runs([client.get_experiment_by_name(spec.name).experiment_id],
-                              "tags.ppo_tuner.kind = 'trial'")
+    runs = sweep_runs(client, spec.name, "trial")
     assert sorted(int(r.data.tags["ppo_tuner.trial_number"]) for r in runs) == sorted(t.number for t in launched)
     assert all(frozen[n].state != optuna.trial.TrialState.FAIL for n in frozen)
 

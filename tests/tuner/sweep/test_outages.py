@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tests.sweep_helpers import start_tuner, tuner, write_spec
+from tests.sweep_helpers import start_tuner, sweep_runs, tuner, write_spec
 from tuner.spec import load_spec
 
 
@@ -33,16 +33,14 @@ def _wait_for(predicate, seconds: float, proc: subprocess.Popen, log) -> None:
 def _sweep(tmp_path, postgres, name: str, **overrides):
     url = postgres.create_db(name)
     path = write_spec(tmp_path, name, storage=url, scheduler={"type": "none"}, budget={"trials": 5, "iterations": 6},
-                      search_space={"policy_lr": {"choices": [3.0e-5, 1.0e-4]}, "kl_coef": {"choices": [0.05, 0.02, 0.1]}},
+                      search_space={"policy_lr": {"choices": [3.0e-5, 1.0e-4]},
+                                    "kl_coef": {"choices": [0.05, 0.02, 0.1]}},
                       **overrides)
     return path, load_spec(path), url
 
 
 def _children(spec) -> list:
-    client = MlflowClient(spec.tracking_uri())
-    experiment = client.get_experiment_by_name(spec.name)
-    runs = client.search_runs([experiment.experiment_id], max_results=200)
-    return [r for r in runs if r.data.tags.get("ppo_tuner.kind") == "trial"]
+    return sweep_runs(MlflowClient(spec.tracking_uri()), spec.name, "trial")
 
 
 @pytest.mark.slow  # about 90 s: a 10 s outage in a 5-trial sweep
@@ -82,7 +80,8 @@ def test_an_outage_past_the_window_stops_as_ctrl_c_and_resumes(tmp_path, demo_mo
     path, spec, url = _sweep(tmp_path, postgres, "outlasted", storage_outage="4s")
     log = tmp_path / "run.log"
     proc = start_tuner("run", path, cwd=tmp_path, log=log)
-    _wait_for(lambda: TrialState.COMPLETE in _states(url, "outlasted") and TrialState.RUNNING in _states(url, "outlasted"),
+    _wait_for(lambda: (TrialState.COMPLETE in _states(url, "outlasted")
+                       and TrialState.RUNNING in _states(url, "outlasted")),
               300, proc, log)
     postgres.stop_server()
     try:

@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tests.sweep_helpers import start_tuner, stop_sweep, tuner, write_spec
+from tests.sweep_helpers import start_tuner, stop_sweep, sweep_runs, tuner, write_spec
 from trials import metrics as K
 from tuner.spec import load_spec, parse_spec
 from tuner.sweep import load_study
@@ -123,10 +123,8 @@ def test_export_status_and_summary_take_the_best_mean_over_seeds(promoted):
 def test_mlflow_has_tagged_promotion_runs_and_the_table(promoted):
     spec = promoted["spec"]
     client = MlflowClient(spec.tracking_uri())
-    experiment = client.get_experiment_by_name(spec.experiment_name())
-    runs = client.search_runs([experiment.experiment_id], max_results=100)
-    (parent,) = [r for r in runs if r.data.tags.get("ppo_tuner.kind") == "sweep"]
-    children = [r for r in runs if r.data.tags.get("ppo_tuner.kind") == "promotion"]
+    (parent,) = sweep_runs(client, spec.experiment_name(), "sweep")
+    children = sweep_runs(client, spec.experiment_name(), "promotion")
     promotion = _promotion_trials(spec.storage_url(), "prom")
     assert len(children) == len(promotion) == 4  # one run per promotion trial
     assert all(r.data.tags["ppo_tuner.stage"] == "promotion" and r.info.status != "RUNNING" for r in children)
@@ -172,7 +170,8 @@ def test_a_config_infeasible_in_one_seed_cannot_be_the_answer():
     configs = promoted_configs(spec, search, promotion)
     assert [c.source for c in configs] == [0, 1] and [c.search_rank for c in configs] == [1, 2]
     assert configs[0].rank is None and "seed 2 INFEASIBLE" in configs[0].verdict
-    assert configs[1].rank == 1 and configs[1].mean == pytest.approx(0.5) and configs[1].spread == pytest.approx(math.sqrt(0.02))
+    assert (configs[1].rank == 1 and configs[1].mean == pytest.approx(0.5)
+            and configs[1].spread == pytest.approx(math.sqrt(0.02)))
     choice = choose(spec, search, configs)
     assert choice.stage == "promotion" and choice.trial.number == 1
 
@@ -215,8 +214,7 @@ def test_the_held_out_reward_is_the_objective_and_is_plotted_against_kl(promoted
         assert t.user_attrs[ATTR["eval"]] == evals[-1][1]
         history = client.get_metric_history(t.user_attrs[ATTR["mlflow_run"]], K.EVAL_GOLD)
         assert sorted(m.step for m in history) == [0, 2, 3]
-    experiment = client.get_experiment_by_name(spec.experiment_name())
-    (parent,) = client.search_runs([experiment.experiment_id], "tags.`ppo_tuner.kind` = 'sweep'")
+    (parent,) = sweep_runs(client, spec.experiment_name(), "sweep")
     assert "heldout_vs_kl.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     flagged = [t.number for t in search.trials if overoptimized(t.user_attrs[ATTR["evals"]])]
     assert parent.data.metrics["trials_overoptimized"] == len(flagged)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.sweep_helpers import tuner, write_spec
+from tests.sweep_helpers import sweep_runs, tuner, write_spec
 
 
 @pytest.mark.slow  # a sweep on a private PostgreSQL: 45 s (the one-line check stays fast)
@@ -31,7 +31,7 @@ def test_a_storage_password_never_leaves_the_url(tmp_path, demo_model, postgres)
     for run in runs:
         stored = " ".join(f"{k}={v}" for k, v in {**run.data.params, **run.data.tags}.items())
         assert postgres.password not in stored
-    parent = next(r for r in runs if r.data.tags.get("ppo_tuner.kind") == "sweep")
+    parent = sweep_runs(client, "secret", "sweep")[0]
     assert "***" in parent.data.params["storage"]
     artifacts = Path(client.download_artifacts(parent.info.run_id, "", str(tmp_path / "artifacts")))
     for file in artifacts.rglob("*"):

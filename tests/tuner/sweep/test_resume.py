@@ -8,7 +8,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.sweep_helpers import start_tuner, stop_sweep, tuner, write_spec
+from tests.sweep_helpers import start_tuner, stop_sweep, sweep_runs, tuner, write_spec
 from tuner.spec import load_spec
 from tuner.sweep._study import open_storage
 
@@ -25,7 +25,8 @@ def _finished(storage: str, name: str) -> int:
 
 def test_an_interrupted_sweep_resumes(tmp_path, demo_model):
     spec_path = write_spec(tmp_path, "resume6", scheduler={"type": "none"}, budget={"trials": 6, "iterations": 8},
-                           search_space={"policy_lr": {"choices": [3.0e-5, 1.0e-4]}, "kl_coef": {"choices": [0.05, 0.02, 0.1]}})
+                           search_space={"policy_lr": {"choices": [3.0e-5, 1.0e-4]},
+                                         "kl_coef": {"choices": [0.05, 0.02, 0.1]}})
     spec = load_spec(spec_path)
     proc = start_tuner("run", spec_path, cwd=tmp_path, log=tmp_path / "run.log")
     code, log, _ = stop_sweep(proc, tmp_path / "run.log", ready=lambda: _finished(spec.storage_url(), "resume6") >= 2)
@@ -47,10 +48,9 @@ def test_an_interrupted_sweep_resumes(tmp_path, demo_model):
     assert len({t.user_attrs["ray_trial_id"] for t in study.trials}) == len(study.trials)
 
     client = MlflowClient(spec.tracking_uri())
-    experiment = client.get_experiment_by_name("resume6")
-    runs = client.search_runs([experiment.experiment_id], max_results=100)
-    parents = [r for r in runs if r.data.tags.get("ppo_tuner.kind") == "sweep"]
-    children = [r for r in runs if r.data.tags.get("ppo_tuner.kind") == "trial"]
+    runs = sweep_runs(client, "resume6")
+    parents = sweep_runs(client, "resume6", "sweep")
+    children = sweep_runs(client, "resume6", "trial")
     assert len(parents) == 1  # the parent run is reused
     assert len(children) == len(study.trials)  # one child run per trial, interrupted ones included
     assert all(r.info.status != "RUNNING" for r in runs)
@@ -71,7 +71,8 @@ def test_a_continued_study_does_not_draw_its_first_samples_again(tmp_path):
     again = load_study(spec, create=True)  # what `tuner resume` opens
     assert sample_params(again.ask(), spec) != drawn
     fresh = parse_spec({**spec.resolved(), "name": "reseed-fresh"})
-    assert sample_params(load_study(fresh, create=True).ask(), fresh) == drawn  # a new sweep: the spec's seed, as before
+    # a new sweep: the spec's seed, as before
+    assert sample_params(load_study(fresh, create=True).ask(), fresh) == drawn
 
 
 @pytest.mark.parametrize("sampler", ["random", "grid"])

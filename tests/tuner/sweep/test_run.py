@@ -11,7 +11,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.sweep_helpers import tuner, write_spec
+from tests.sweep_helpers import sweep_runs, tuner, write_spec
 from trials import metrics as K
 from tuner.spec import load_spec
 from tuner.sweep import best_feasible, load_study, trial_rows
@@ -30,7 +30,8 @@ def sweep(tmp_path_factory, demo_model):
 def test_the_sweep_finishes_every_trial(sweep):
     rows = trial_rows(sweep["study"])
     assert len(rows) == 6
-    assert all(r.state in ("COMPLETE", "INFEASIBLE", "PRUNED") for r in rows), [(r.number, r.state, r.stop_reason) for r in rows]
+    assert all(r.state in ("COMPLETE", "INFEASIBLE", "PRUNED") for r in rows), [
+        (r.number, r.state, r.stop_reason) for r in rows]
     assert "Traceback" not in sweep["proc"].stderr
     assert "best feasible: trial" in sweep["proc"].stdout and "controller overhead" in sweep["proc"].stdout
 
@@ -62,10 +63,8 @@ def test_asha_cuts_are_pruned_not_complete(sweep):
 def test_mlflow_has_one_parent_and_one_child_run_per_trial(sweep):
     spec = sweep["spec"]
     client = MlflowClient(spec.tracking_uri())
-    experiment = client.get_experiment_by_name(spec.experiment_name())
-    runs = client.search_runs([experiment.experiment_id], max_results=100)
-    parents = [r for r in runs if r.data.tags.get("ppo_tuner.kind") == "sweep"]
-    children = [r for r in runs if r.data.tags.get("ppo_tuner.kind") == "trial"]
+    parents = sweep_runs(client, spec.experiment_name(), "sweep")
+    children = sweep_runs(client, spec.experiment_name(), "trial")
     assert len(parents) == 1 and len(children) == 6
     parent = parents[0]
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
@@ -129,7 +128,8 @@ def test_running_the_same_spec_again_runs_nothing_new(sweep):
 
 def _live_scores(stderr: str) -> dict[int, float]:
     """trial number -> the score its 'trial N: STATE ... score X' line showed while the sweep ran."""
-    return {int(m.group(1)): float(m.group(2)) for m in re.finditer(r"^trial (\d+): \w+ +iter \d+ +score (\S+)", stderr, re.M)}
+    return {int(m.group(1)): float(m.group(2))
+            for m in re.finditer(r"^trial (\d+): \w+ +iter \d+ +score (\S+)", stderr, re.M)}
 
 
 def test_one_score_per_trial_the_one_the_scheduler_judged(sweep):
@@ -140,7 +140,9 @@ def test_one_score_per_trial_the_one_the_scheduler_judged(sweep):
     ran = [t for t in study.trials if t.values]
     assert any(t.state == optuna.trial.TrialState.PRUNED for t in ran), "the grid should have ASHA cuts"
     for t in ran:
-        history = sorted((m.step, m.value) for m in client.get_metric_history(t.user_attrs["mlflow_run_id"], "objective"))
+        history = sorted((m.step, m.value)
+                         for m in client.get_metric_history(
+                             t.user_attrs["mlflow_run_id"], "objective"))
         assert t.values[0] == pytest.approx(history[-1][1]), (t.number, t.state)
         assert f"{t.values[0]:.3f}" == f"{live[t.number]:.3f}", (t.number, t.state)
 
@@ -172,7 +174,7 @@ def test_the_run_says_what_it_does_before_the_first_trial(sweep):
 def test_each_trial_run_shows_its_state_and_its_curves_start_at_step_0(sweep):
     client = MlflowClient(sweep["spec"].tracking_uri())
     experiment = client.get_experiment_by_name("grid6")
-    children = client.search_runs([experiment.experiment_id], "tags.`ppo_tuner.kind` = 'trial'")
+    children = sweep_runs(client, "grid6", "trial")
     status = {"COMPLETE": "FINISHED", "INFEASIBLE": "FAILED", "PRUNED": "KILLED"}
     for run in children:
         state = run.data.tags["ppo_tuner.state"]

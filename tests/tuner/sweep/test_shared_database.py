@@ -8,7 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tests.sweep_helpers import start_tuner, write_spec
+from tests.sweep_helpers import start_tuner, sweep_runs, write_spec
 
 
 @pytest.mark.slow  # two sweeps at once: 59 s on SQLite, 38 s on PostgreSQL
@@ -34,10 +34,8 @@ def test_two_sweeps_share_one_database(tmp_path, demo_model, backend, request):
     for name, _ in procs:
         trials = optuna.load_study(study_name=name, storage=storage).trials
         assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
-        experiment = client.get_experiment_by_name(name)
-        runs = client.search_runs([experiment.experiment_id], max_results=100)
-        children = {int(r.data.tags["ppo_tuner.trial_number"]): r for r in runs
-                    if r.data.tags.get("ppo_tuner.kind") == "trial"}
+        children = {int(r.data.tags["ppo_tuner.trial_number"]): r
+                    for r in sweep_runs(client, name, "trial")}
         assert sorted(children) == [t.number for t in trials]
         for t in trials:  # every iteration a trial ran is in its run (KL-limit stops end early)
             history = client.get_metric_history(children[t.number].info.run_id, "objective/kl")

@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tests.sweep_helpers import start_tuner, stop_sweep, tuner, write_spec
+from tests.sweep_helpers import start_tuner, stop_sweep, sweep_runs, tuner, write_spec
 from tuner.spec import load_spec
 from tuner.sweep._study import open_storage
 
@@ -31,7 +31,8 @@ def _finished(spec) -> int:
 @pytest.mark.slow  # about 100 s with the resume
 def test_sigterm_stops_the_sweep_as_ctrl_c_does(tmp_path, demo_model):
     path = write_spec(tmp_path, "sigterm", scheduler={"type": "none"}, budget={"trials": 4, "iterations": 6},
-                      search_space={"policy_lr": {"choices": [3.0e-5, 1.0e-4]}, "kl_coef": {"choices": [0.05, 0.02, 0.1]}})
+                      search_space={"policy_lr": {"choices": [3.0e-5, 1.0e-4]},
+                                    "kl_coef": {"choices": [0.05, 0.02, 0.1]}})
     spec = load_spec(path)
     log = tmp_path / "run.log"
     proc = start_tuner("run", path, cwd=tmp_path, log=log)
@@ -47,10 +48,9 @@ def test_sigterm_stops_the_sweep_as_ctrl_c_does(tmp_path, demo_model):
     done_before = {t.number for t in study.trials if t.state == TrialState.COMPLETE}
     assert stopped and done_before
     client = MlflowClient(spec.tracking_uri())
-    experiment = client.get_experiment_by_name(spec.name)
-    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    runs = sweep_runs(client, spec.name)
     assert runs and all(r.info.status != "RUNNING" for r in runs)
-    children = [r for r in runs if r.data.tags.get("ppo_tuner.kind") == "trial"]
+    children = sweep_runs(client, spec.name, "trial")
     assert sorted(int(r.data.tags["ppo_tuner.trial_number"]) for r in children) == [t.number for t in study.trials]
 
     resumed = tuner("resume", spec.sweep_dir(), cwd=tmp_path)

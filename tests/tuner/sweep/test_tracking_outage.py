@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -17,7 +16,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tests.sweep_helpers import start_tuner, tuner, write_spec
+from tests.conftest import free_port
+from tests.sweep_helpers import start_tuner, sweep_runs, tuner, write_spec
 from tuner.cli._sweep import mlflow_server_command
 from tuner.spec import load_spec
 
@@ -44,11 +44,10 @@ def _kill(proc: subprocess.Popen) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("retries", ["default", "none"])
 def test_the_mlflow_server_killed_mid_sweep(tmp_path, demo_model, retries):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = _server(tmp_path, port)
-    path = write_spec(tmp_path, "mlkill", mlflow={"tracking_uri": f"http://127.0.0.1:{port}"}, scheduler={"type": "none"},
+    path = write_spec(tmp_path, "mlkill", mlflow={"tracking_uri": f"http://127.0.0.1:{port}"},
+                      scheduler={"type": "none"},
                       budget={"trials": 8, "iterations": 4}, sampler={"type": "random"},
                       search_space={"policy_lr": {"low": 1.0e-5, "high": 1.0e-4, "log": True}})
     spec = load_spec(path)
@@ -79,9 +78,8 @@ def test_the_mlflow_server_killed_mid_sweep(tmp_path, demo_model, retries):
         ran = [t for t in trials if "duplicate_of" not in t.user_attrs]
         assert len(ran) == 8 and all(t.state == TrialState.COMPLETE for t in ran)
         client = MlflowClient(f"http://127.0.0.1:{port}")
-        experiment = client.get_experiment_by_name("mlkill")
-        runs = client.search_runs([experiment.experiment_id], max_results=100)
-        children = {int(r.data.tags["ppo_tuner.trial_number"]): r for r in runs if r.data.tags.get("ppo_tuner.kind") == "trial"}
+        children = {int(r.data.tags["ppo_tuner.trial_number"]): r
+                    for r in sweep_runs(client, "mlkill", "trial")}
         assert sorted(children) == [t.number for t in ran]
         assert all(r.info.status != "RUNNING" for r in children.values())
         for t in ran:  # the study's record of every iteration is in the run (from the writer or from sync)
@@ -94,9 +92,7 @@ def test_the_mlflow_server_killed_mid_sweep(tmp_path, demo_model, retries):
 
 
 def test_an_mlflow_server_that_does_not_answer_at_the_start_is_one_line_and_nothing_is_written(tmp_path):
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port nothing listens on
     path = write_spec(tmp_path, "no-mlflow", mlflow={"tracking_uri": f"http://me:hunter22@127.0.0.1:{port}"})
     done = tuner("run", path, cwd=tmp_path, timeout=120)
     lines = done.stderr.strip().splitlines()

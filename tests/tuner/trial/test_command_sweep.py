@@ -17,7 +17,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tests.sweep_helpers import start_tuner, stop_sweep, tuner
+from tests.sweep_helpers import start_tuner, stop_sweep, sweep_runs, tuner
 from trials import metrics as K
 from tuner.spec import load_spec
 from tuner.sweep import load_study, trial_rows
@@ -51,7 +51,8 @@ def sweep(tmp_path_factory):
                                   "--step-seconds", "0.1", "--crash-if-lr", "2e-5", "--hang-if-lr", "3e-5"],
                       "env": {"MARKER": str(folder)}},
             "search_space": {"policy_lr": {"choices": list(LRS)}}, "kl_limit": 15,
-            "budget": {"trials": 4, "iterations": 4, "max_failures": 0, "promote": {"top_k": 0}}, "scheduler": {"type": "none"},
+            "budget": {"trials": 4, "iterations": 4, "max_failures": 0, "promote": {"top_k": 0}},
+            "scheduler": {"type": "none"},
             "sampler": {"type": "grid"}, "resources": {"max_concurrent": 2}, "ray": {"num_cpus": 2},
             "workdir": str(folder / "sweeps")}
     return run_spec(folder, spec, timeout=300)
@@ -143,15 +144,15 @@ def test_export_gives_your_command_line_and_the_searched_values(sweep):
 def test_mlflow_child_runs_carry_our_names_and_the_trainers(sweep):
     spec = sweep["spec"]
     client = MlflowClient(spec.tracking_uri())
-    experiment = client.get_experiment_by_name(spec.experiment_name())
-    children = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("ppo_tuner.kind") == "trial"]
+    children = sweep_runs(client, spec.experiment_name(), "trial")
     assert len(children) == 4
     by_state = {c.data.tags["ppo_tuner.state"]: c for c in children}
     done = by_state["COMPLETE"].info.run_id
     assert [m.step for m in client.get_metric_history(done, K.KL)] == [1, 2, 3, 4]
     assert {K.SCORES, K.EVAL_SCORES, "trainer/kl_per_token", "trainer/loss"} <= set(by_state["COMPLETE"].data.metrics)
     errors = [c.data.tags.get("ppo_tuner.error", "") for c in children if c.data.tags["ppo_tuner.state"] == "FAIL"]
-    assert len(errors) == 2 and any("illegal memory access" in e for e in errors) and any("no report" in e for e in errors)
+    assert (len(errors) == 2 and any("illegal memory access" in e for e in errors)
+            and any("no report" in e for e in errors))
 
 
 def test_ctrl_c_stops_external_trainers_and_resume_finishes_the_budget(tmp_path):

@@ -158,7 +158,8 @@ def test_on_a_cluster_the_trainer_joins_it_as_a_driver_and_its_job_and_actors_en
         while time.monotonic() < deadline:  # the driver's death ends its job and its actors
             jobs = {j["JobID"]: j for j in state.jobs()}
             actors = [a for a in state.actors().values() if a["JobID"] == job]
-            if jobs[job]["IsDead"] and all(a["State"] == "DEAD" for a in actors) and not Path(f"/proc/{runner}").exists():
+            if (jobs[job]["IsDead"] and all(a["State"] == "DEAD" for a in actors)
+                    and not Path(f"/proc/{runner}").exists()):
                 break
             time.sleep(0.5)
         assert jobs[job]["IsDead"] and actors and all(a["State"] == "DEAD" for a in actors), (jobs[job], actors)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.sweep_helpers import sweep_runs
 from tests.tuner.trial.test_command_sweep import processes_under, run_spec
 from trials import metrics as K
 from tuner.sweep import trial_rows
@@ -26,7 +27,8 @@ pytestmark = pytest.mark.slow  # two TRL trials on 2 cores, with TRL's imports: 
 def trl_python() -> Path:
     """bench/.venv-trl's python (made by bench/setup_trl.sh, which installs trl 1.12 from the package registry)."""
     try:
-        proc = subprocess.run(["bash", str(ROOT / "bench" / "setup_trl.sh")], capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(["bash", str(ROOT / "bench" / "setup_trl.sh")], capture_output=True,
+                              text=True, timeout=900)
     except subprocess.TimeoutExpired:
         pytest.skip("bench/setup_trl.sh did not finish in 15 minutes (is the package registry reachable?)")
     if proc.returncode != 0:
@@ -64,8 +66,7 @@ def test_trl_trials_follow_the_kl_limit(sweep):
 def test_mlflow_child_runs_hold_trls_metrics(sweep):
     spec = sweep["spec"]
     client = MlflowClient(spec.tracking_uri())
-    experiment = client.get_experiment_by_name(spec.experiment_name())
-    children = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("ppo_tuner.kind") == "trial"]
+    children = sweep_runs(client, spec.experiment_name(), "trial")
     done = next(c for c in children if c.data.tags["ppo_tuner.state"] == "COMPLETE")
     assert [m.step for m in client.get_metric_history(done.info.run_id, K.KL)] == [1, 2, 3]
     # TRL's names: ours where they mean the same, its own under trainer/ (its entropy is summed over the response)
