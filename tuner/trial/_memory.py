@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from trials import PPOConfig
+from tuner.trial._verdict import memory_constraint
 
 __all__ = ["GIB", "MemoryCheck", "extreme_configs"]
 
@@ -49,7 +50,7 @@ class MemoryCheck:
 
     def violation(self, config: PPOConfig) -> float:
         """The constraint's value: predicted GiB minus the budget (<= 0: it fits)."""
-        return self.predict_gb(config) - self.budget_gb
+        return memory_constraint(self.predict_gb(config), self.budget_gb)
 
 
 def extreme_configs(spec: Any) -> Iterator[PPOConfig]:
