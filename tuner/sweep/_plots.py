@@ -47,7 +47,8 @@ def kl_figure(curves: list[dict[str, Any]], kl_limit: float) -> Figure:
             continue
         xs, ys = zip(*c["kl"], strict=True)
         color = cmap(norm(c["beta"])) if norm and c["beta"] else cmap(0.5)
-        ax.plot(xs, ys, color=color, alpha=0.85, lw=1.5, ls="--" if c["state"] == State.PRUNED else "-")
+        ax.plot(xs, ys, color=color, alpha=0.85, lw=1.5,
+                ls="--" if c["state"] == State.PRUNED else "-")
         if c["state"] == State.INFEASIBLE:
             ax.plot(xs[-1], ys[-1], "x", color="crimson", ms=10, mew=2.5, zorder=5, clip_on=False)
         ax.annotate(str(c["number"]), (xs[-1], ys[-1]), xytext=(5, 0), textcoords="offset points", fontsize=8,

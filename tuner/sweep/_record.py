@@ -107,7 +107,8 @@ class LiveTrial:
         self.evals.clear()
         return retries
 
-    def tell(self, study: optuna.Study, values: Any = None, state: TrialState | None = None) -> None:
+    def tell(self, study: optuna.Study, values: Any = None,
+             state: TrialState | None = None) -> None:
         """Tell the study the trial's end (held while the database is unreachable; a replay of a
         tell that reached the database before its connection dropped changes nothing)."""
         self.writes.submit(study.tell, self.trial, values, state=state, skip_if_finished=True)

@@ -79,8 +79,8 @@ def next_search_trial(study: optuna.Study, spec: CompiledSpec, memory: MemoryChe
         trial, params, engine = ask_trial(study, spec, multi)
         if fits(study, trial, engine, memory):
             return trial, params, engine
-    log.warning("sweep %s: %d sampled configs in a row were predicted not to fit in %g GiB; no more "
-                "trials are launched (lower the batch sizes or lengths searched, or raise "
+    log.warning("sweep %s: %d sampled configs in a row were predicted not to fit in %g GiB; "
+                "no more trials are launched (lower the batch sizes or lengths searched, or raise "
                 "resources.trial_memory_gb)", spec.name, DUPLICATE_TRIES,
                 spec.resources.trial_memory_gb)
     return None

@@ -162,7 +162,8 @@ class StudySearcher(TrialLedger, Searcher):
                          objective=spec.objective.model_dump(), engine_kind=spec.trial.engine,
                          external=spec.trial.launch(cluster=spec.ray.address is not None),
                          source=source, folder=str(self.trial_folder(trial.number)),
-                         stop_key=self.stop_key, sys_path=[p for p in [os.getcwd(), *sys.path] if p])
+                         stop_key=self.stop_key,
+                         sys_path=[p for p in [os.getcwd(), *sys.path] if p])
         self._live[trial_id] = LiveTrial(trial, task, self.writes)
         self._launched.add(trial.number)
         return task.to_config()
@@ -224,8 +225,9 @@ class StudySearcher(TrialLedger, Searcher):
 
 
 class PromotionSearcher(StudySearcher):
-    """Hands Ray Tune the planned promotion runs, one per suggestion, into the promotion study, and
-    records each as StudySearcher records a search trial (same KL constraint, states and outcomes)."""
+    """Hands Ray Tune the planned promotion runs, one per suggestion, into the promotion study,
+    and records each as StudySearcher records a search trial (same KL constraint, states and
+    outcomes)."""
 
     def __init__(self, study: optuna.Study, spec: CompiledSpec,
                  storage: optuna.storages.BaseStorage, runs: list[PlannedRun]):

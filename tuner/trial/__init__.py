@@ -1,8 +1,8 @@
 """One trial, as the controller sees it: what a trial reports (`TrialReport`, `TrialFailure`, the
 keys of the result dict), how it is scored (`Scorer`, `scheduler_score`), its verdict when it ended
 (`verdict`: the `State`, stop reason, constraints and `Attr` attributes the study records), and what
-the controller recorded (`Outcome`). `tuner.trial._trainable.run_trial` is the Ray Tune function that
-runs the engine under the KL limit and reports these records.
+the controller recorded (`Outcome`). `tuner.trial._trainable.run_trial` is the Ray Tune function
+that runs the engine under the KL limit and reports these records.
 """
 
 from __future__ import annotations

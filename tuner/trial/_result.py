@@ -17,8 +17,8 @@ from typing import Any
 from trials import metrics as K
 
 __all__ = ["ERROR", "INITIAL_EVAL", "ITERATION", "KL_MAX", "OBJECTIVE", "SCHEDULER_SCORE", "STATES",
-           "Outcome", "State", "StopReason", "TextEnum", "TrialFailure", "TrialReport", "failing_alike",
-           "last_line", "read_result"]
+           "Outcome", "State", "StopReason", "TextEnum", "TrialFailure", "TrialReport",
+           "failing_alike", "last_line", "read_result"]
 
 # keys of the result dict, besides the engine's metric names
 OBJECTIVE = "objective"  # the trial's running score: what the study records as its value
@@ -56,7 +56,7 @@ class State(TextEnum):
     FAIL = "FAIL"
     RUNNING = "RUNNING"
     WAITING = "WAITING"
-    DUPLICATE = "DUPLICATE"  # a sampled config an earlier trial ran: told that one's outcome, not run
+    DUPLICATE = "DUPLICATE"  # a config an earlier trial ran: told that one's outcome, not run
 
 
 STATES = tuple(state.value for state in State)

@@ -35,8 +35,10 @@ class Attr(TextEnum):
     STOP = "stop_reason"
     KL_MAX = "kl_max"  # the largest objective/kl it reported (nats)
     KL_FINAL = "kl_final"
-    REWARD = "reward_final"  # the last iteration's objective/scores (mean reward of the rollout batch)
-    EVAL = "eval_last"  # the last eval/scores it reported (held-out prompts), the initial one included
+    # the last iteration's objective/scores (mean reward of the rollout batch)
+    REWARD = "reward_final"
+    # the last eval/scores it reported (held-out prompts), the initial one included
+    EVAL = "eval_last"
     GOLD = "gold_last"  # the last eval/gold_scores (the held-out reward), where the spec names one
     # with a held-out reward: [[iteration, eval/scores, eval/gold_scores], ...] from iteration 0
     EVALS = "evaluations"
@@ -83,7 +85,7 @@ class Verdict:
     stop_reason: str
     value: float | None = None
     error: str = ""
-    kl_last: float | None = None  # the last KL reported (the second value of a multi-objective study)
+    kl_last: float | None = None  # the last KL reported (a two-objective study's second value)
     constraints: Mapping[str, float] = field(default_factory=dict)  # name -> value, in write order
     attrs: Mapping[Attr, Any] = field(default_factory=dict)  # user attributes, in write order
 
@@ -162,8 +164,8 @@ def verdict(last: TrialReport | TrialFailure | None, iterations: int, *, planned
             raised: bool, kl_limit: float, memory_budget_gb: float | None = None,
             predicted_gb: float | None = None) -> Verdict:
     """The verdict of a trial that ended: `last` its last report or failure (None: it reported
-    nothing), `iterations` those it reported, `planned` those it was to run, `raised` whether Ray saw
-    it fail; the KL limit, and the memory budget and the trial's predicted peak where checked.
+    nothing), `iterations` those it reported, `planned` those it was to run, `raised` whether Ray
+    saw it fail; the KL limit, and the memory budget and the trial's predicted peak where checked.
 
     - ran its iterations: COMPLETE with its score (PRUNED without one);
     - stopped by the KL rule: told COMPLETE with its score, INFEASIBLE (constraint kl > 0);

@@ -75,7 +75,8 @@ def test_a_trial_that_raised_fails_with_its_error_and_the_last_line_in_its_reaso
     error = "RuntimeError: trainer exited\nlog tail:\nModuleNotFoundError: No module named 'x'"
     v = judge(TrialFailure(error=error, retryable=False, kl_max=None), iterations=2)
     assert (v.state, v.told, v.ending) == (State.FAIL, State.FAIL, Ending.RAISED)
-    assert v.stop_reason == "failed: RuntimeError: trainer exited: ModuleNotFoundError: No module named 'x'"
+    assert v.stop_reason == ("failed: RuntimeError: trainer exited: "
+                             "ModuleNotFoundError: No module named 'x'")
     assert v.error == error and v.attrs[Attr.ERROR] == error and v.value is None
     assert dict(v.constraints) == {} and Attr.KL_MAX not in v.attrs
 
