@@ -106,8 +106,7 @@ def simulate(table: dict[str, Curve], spec: Any, sampler: Any, *, asha: bool, kl
 
     from trials import KLLimit
     from trials import metrics as K
-    from tuner.sweep._searcher import ask_trial
-    from tuner.sweep._study import ATTR
+    from tuner.sweep.study import ATTR, ask_trial
     from tuner.trial import Scorer, StopReason, scheduler_score
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -173,7 +172,7 @@ def simulate(table: dict[str, Curve], spec: Any, sampler: Any, *, asha: bool, kl
 
 
 def _finish(study: Any, trial: Any, sim: Trial, score: float, limit: float, reason: str, now: float) -> None:
-    """What StudySearcher._record tells the study, and the trial's end state."""
+    """What the searcher tells the study (tuner.trial.verdict), and the trial's end state."""
     from optuna.trial import TrialState
 
     from trials import passes_kl_limit

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from trials import metrics as K
 from tuner.sweep import PromotedConfig, SweepCallback, TrialRow
-from tuner.trial import Outcome, TrialReport
+from tuner.trial import Outcome, State, TrialReport
 from tuner.trial._task import TrialTask
 
 __all__ = ["LiveTable", "console", "render_promotion", "render_rows", "row_of"]
@@ -106,7 +106,8 @@ class LiveTable(SweepCallback):
     def trial_started(self, task: TrialTask) -> None:
         if self.live is not None and not self.live.is_started:
             self.live.start()
-        self.rows[task.number] = {"number": task.number, "state": "RUNNING", "beta": task.engine["kl_coef"]}
+        self.rows[task.number] = {"number": task.number, "state": State.RUNNING,
+                                  "beta": task.engine["kl_coef"]}
         if task.source is not None:
             self.rows[task.number]["label"] = f"trial {task.source}, seed {task.engine.get('seed')}"
         if self.live is None:  # a pipe: say that it started (its first report may be many seconds away)
@@ -117,7 +118,7 @@ class LiveTable(SweepCallback):
         self._show()
 
     def trial_reported(self, number: int, iteration: int, report: TrialReport) -> None:
-        row = self.rows.setdefault(number, {"number": number, "state": "RUNNING"})
+        row = self.rows.setdefault(number, {"number": number, "state": State.RUNNING})
         m = report.metrics
         row.update(iteration=iteration, reward=m.get(K.SCORES), kl=m.get(K.KL), kl_max=report.kl_max,
                    beta=m.get(K.KL_COEF), score=report.objective,

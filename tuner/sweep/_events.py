@@ -13,7 +13,7 @@ from ray.tune.result import AUTO_RESULT_KEYS, DONE, TRIAL_ID
 
 from tuner.sweep._callback import SweepCallback
 from tuner.sweep._signals import before_tune_stop
-from tuner.trial import ITERATION, SCHEDULER_SCORE, Outcome, TrialFailure, read_result
+from tuner.trial import ITERATION, SCHEDULER_SCORE, Outcome, TrialFailure
 from tuner.trial._task import TrialTask
 
 __all__ = ["RayEvents", "forget_trial"]
@@ -46,7 +46,7 @@ class RayEvents(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         number = trial.config["number"]
-        record = read_result(result)
+        record = self.searcher.decode(trial.trial_id, result)  # decoded once, with the searcher
         if isinstance(record, TrialFailure):  # an attempt failed: keep its error, whether or not it is retried
             self.logger.attempt_failed(number, self.searcher.attempt_errors(trial.trial_id) or [record.error])
             return

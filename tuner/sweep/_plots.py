@@ -22,6 +22,8 @@ import optuna  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
+from tuner.trial import State  # noqa: E402
+
 __all__ = ["importance_figure", "kl_figure", "kl_trajectories", "pareto_front", "param_importance", "reward_figure", "reward_vs_kl",
            "heldout_figure", "heldout_vs_kl"]
 
@@ -45,11 +47,12 @@ def kl_figure(curves: list[dict[str, Any]], kl_limit: float) -> Figure:
             continue
         xs, ys = zip(*c["kl"], strict=True)
         color = cmap(norm(c["beta"])) if norm and c["beta"] else cmap(0.5)
-        ax.plot(xs, ys, color=color, alpha=0.85, lw=1.5, ls="--" if c["state"] == "PRUNED" else "-")
-        if c["state"] == "INFEASIBLE":
+        ax.plot(xs, ys, color=color, alpha=0.85, lw=1.5,
+                ls="--" if c["state"] == State.PRUNED else "-")
+        if c["state"] == State.INFEASIBLE:
             ax.plot(xs[-1], ys[-1], "x", color="crimson", ms=10, mew=2.5, zorder=5, clip_on=False)
         ax.annotate(str(c["number"]), (xs[-1], ys[-1]), xytext=(5, 0), textcoords="offset points", fontsize=8,
-                    va="center", color="crimson" if c["state"] == "INFEASIBLE" else "black")
+                    va="center", color="crimson" if c["state"] == State.INFEASIBLE else "black")
     ax.axhline(kl_limit, color="crimson", lw=1.5, ls=":")
     if norm:
         fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="beta (initial kl_coef)")
@@ -88,9 +91,9 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 _KIND = {  # a point of reward_vs_kl: (marker, colour, legend label)
-    "INFEASIBLE": ("x", "crimson", "past the KL limit (infeasible)"),
-    "COMPLETE": ("o", "tab:blue", "complete, within the limit"),
-    "PRUNED": ("o", "tab:gray", "pruned (ASHA): score when cut"),
+    State.INFEASIBLE: ("x", "crimson", "past the KL limit (infeasible)"),
+    State.COMPLETE: ("o", "tab:blue", "complete, within the limit"),
+    State.PRUNED: ("o", "tab:gray", "pruned (ASHA): score when cut"),
 }
 
 
@@ -104,7 +107,7 @@ def reward_figure(rows: list[dict[str, Any]], kl_limit: float, metric: str) -> F
     front = set(pareto_front(pts))
     fig, ax = plt.subplots(figsize=(7, 5))
     for state, (marker, color, label) in _KIND.items():
-        mine = [r for r in rows if _kind(r, kl_limit) == state]
+        mine = [r for r in rows if _kind(r) == state]
         if mine:
             ax.scatter([r["kl"] for r in mine], [r["score"] for r in mine], marker=marker, s=50, color=color, label=label)
     if front:
@@ -153,9 +156,10 @@ def heldout_figure(rows: list[dict[str, Any]], kl_limit: float) -> Figure:
     return fig
 
 
-def _kind(row: dict[str, Any], kl_limit: float) -> str:
-    return "INFEASIBLE" if row["kl"] > kl_limit or row["state"] == "INFEASIBLE" else (
-        "COMPLETE" if row["state"] == "COMPLETE" else "PRUNED")
+def _kind(row: dict[str, Any]) -> str:
+    """The point's kind in `_KIND`: the trial's recorded state (`tuner.trial.recorded_state`, which
+    judges the KL limit), a state with no kind of its own drawn as pruned."""
+    return row["state"] if row["state"] in (State.INFEASIBLE, State.COMPLETE) else State.PRUNED
 
 
 def _label_points(ax: Any, rows: list[dict[str, Any]], gap: float = 11.0) -> None:

@@ -20,38 +20,14 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from trials import Problem, TunerError
-from tuner.trial import STATES, StopReason, overoptimized
+from tuner.trial import STATES, Attr, State, StopReason, feasible, overoptimized, recorded_state
 
 __all__ = ["ATTR", "PARENT_ATTR", "StorageError", "TrialRow", "best_feasible", "best_of", "count_states", "ranked_feasible",
            "ranked_of", "interrupted", "mark_interrupted", "requeue_interrupted",
            "is_connection_error", "open_storage", "ran_configs", "redact", "scrub", "schema_init_lock", "tell_duplicate", "trial_rows"]
 
-# user attributes on each Optuna trial
-ATTR = {
-    "engine": "engine_config",  # JSON: the trial's full engine config
-    "stop": "stop_reason",  # why it ended: completed, kl_limit, kl_forecast, pruned (asha), failed: ..., interrupted
-    "kl_max": "kl_max",  # the largest objective/kl it reported (nats)
-    "kl_final": "kl_final",
-    "reward": "reward_final",  # the last iteration's objective/scores (mean reward of the rollout batch)
-    "eval": "eval_last",  # the last eval/scores it reported (held-out prompts), the initial one included
-    "gold": "gold_last",  # the last eval/gold_scores (the held-out reward), where the spec names one
-    "evals": "evaluations",  # with a held-out reward: [[iteration, eval/scores, eval/gold_scores], ...] from iteration 0
-    "iterations": "iterations",
-    "ray_trial": "ray_trial_id",
-    "mlflow_run": "mlflow_run_id",
-    "error": "error",
-    "errors": "errors",  # each attempt's error, for trials that were retried
-    "retries": "retries",
-    "pid": "pid",  # the process running the trial's current attempt
-    "duplicate": "duplicate_of",  # the number of the trial whose engine config this one repeated (not run)
-    "memory": "predicted_memory_gb",  # the memory model's prediction of the trial's peak (GiB), where checked
-    "unlaunched": "not_launched",  # why a sampled config was recorded without running (predicted not to fit)
-    "stage": "stage",  # "promotion" on the trials of the promotion study (search trials have none)
-    "source": "promoted_trial",  # a promotion run: the number of the search trial whose config it runs again
-    "seed": "seed",  # a promotion run: its seed, one no search trial used
-    "params": "searched_params",  # a promotion run: the search trial's searched values (JSON)
-    "rerun": "run_again_of",  # a re-run of an interrupted trial's config: that trial's number
-}
+# user attributes on each Optuna trial, by short name (ATTR["stop"] is Attr.STOP: "stop_reason")
+ATTR: dict[str, Attr] = {attr.name.lower(): attr for attr in Attr}
 PARENT_ATTR = "mlflow_parent_run_id"  # study user attribute: the sweep's MLflow parent run
 
 
@@ -168,18 +144,15 @@ def scrub(text: str, url: str) -> str:
 
 
 def is_feasible(trial: FrozenTrial) -> bool:
-    constraints = trial.constraints or {}
-    return all(v <= 0 for v in constraints.values())
+    """Whether the trial's constraints (kl, memory) are met (`tuner.trial.feasible`)."""
+    return feasible(trial.constraints)
 
 
-def state_of(trial: FrozenTrial) -> str:
-    """COMPLETE, INFEASIBLE (passed the KL limit, or did not fit in memory), PRUNED, FAIL, RUNNING, WAITING, or
-    DUPLICATE (a sampled config that an earlier trial ran: told that trial's outcome, not run)."""
-    if ATTR["duplicate"] in trial.user_attrs:
-        return "DUPLICATE"
-    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) and not is_feasible(trial):
-        return "INFEASIBLE"  # past the KL limit, or (pruned) predicted not to fit or out of memory
-    return trial.state.name
+def state_of(trial: FrozenTrial) -> State:
+    """COMPLETE, INFEASIBLE (passed the KL limit, or did not fit in memory), PRUNED, FAIL, RUNNING,
+    WAITING, or DUPLICATE (a sampled config that an earlier trial ran: told that trial's outcome,
+    not run): `tuner.trial.recorded_state` of what the study holds."""
+    return recorded_state(trial.state.name, trial.constraints, Attr.DUPLICATE in trial.user_attrs)
 
 
 def count_states(study: optuna.Study) -> dict[str, int]:

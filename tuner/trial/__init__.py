@@ -1,7 +1,8 @@
 """One trial, as the controller sees it: what a trial reports (`TrialReport`, `TrialFailure`, the
-keys of the result dict), how it is scored (`Scorer`, `scheduler_score`), and what the controller
-recorded when it ended (`Outcome`). `tuner.trial._trainable.run_trial` is the Ray Tune function that
-runs the engine under the KL limit and reports these records.
+keys of the result dict), how it is scored (`Scorer`, `scheduler_score`), its verdict when it ended
+(`verdict`: the `State`, stop reason, constraints and `Attr` attributes the study records), and what
+the controller recorded (`Outcome`). `tuner.trial._trainable.run_trial` is the Ray Tune function
+that runs the engine under the KL limit and reports these records.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tuner.trial._result import (
     SCHEDULER_SCORE,
     STATES,
     Outcome,
+    State,
     StopReason,
     TrialFailure,
     TrialReport,
@@ -25,8 +27,21 @@ from tuner.trial._result import (
     read_result,
 )
 from tuner.trial._scoring import WORST, Scorer, kl_constraint, overoptimized, scheduler_score, worst
+from tuner.trial._verdict import (
+    Attr,
+    Ending,
+    Verdict,
+    ending_of,
+    feasible,
+    memory_constraint,
+    recorded_state,
+    unfit,
+    verdict,
+)
 
 __all__ = ["ERROR", "GIB", "INITIAL_EVAL", "ITERATION", "KL_MAX", "OBJECTIVE", "SCHEDULER_SCORE",
-           "STATES", "WORST", "MemoryCheck", "Outcome", "Scorer", "StopReason", "TrialFailure",
-           "TrialReport", "check_trainer", "failing_alike", "kl_constraint", "last_line", "launch",
-           "launch_argv", "overoptimized", "read_result", "scheduler_score", "worst"]
+           "STATES", "WORST", "Attr", "Ending", "MemoryCheck", "Outcome", "Scorer", "State",
+           "StopReason", "TrialFailure", "TrialReport", "Verdict", "check_trainer", "ending_of",
+           "failing_alike", "feasible", "kl_constraint", "last_line", "launch", "launch_argv",
+           "memory_constraint", "overoptimized", "read_result", "recorded_state", "scheduler_score",
+           "unfit", "verdict", "worst"]

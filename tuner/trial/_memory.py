@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any
 
 from trials import PPOConfig
+from tuner.trial._verdict import memory_constraint
 
 __all__ = ["GIB", "MemoryCheck"]
 
@@ -42,4 +43,5 @@ class MemoryCheck:
 
     def violation(self, config: PPOConfig) -> float:
         """The constraint's value: predicted GiB minus the budget (<= 0: it fits)."""
-        return self.predict_gb(config) - self.budget_gb
+        return memory_constraint(self.predict_gb(config), self.budget_gb)
+

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from trials import metrics as K
 
-__all__ = ["ERROR", "INITIAL_EVAL", "ITERATION", "KL_MAX", "OBJECTIVE", "SCHEDULER_SCORE", "STATES", "Outcome", "StopReason",
-           "TrialFailure", "TrialReport", "failing_alike", "last_line", "read_result"]
+__all__ = ["ERROR", "INITIAL_EVAL", "ITERATION", "KL_MAX", "OBJECTIVE", "SCHEDULER_SCORE", "STATES",
+           "Outcome", "State", "StopReason", "TextEnum", "TrialFailure", "TrialReport",
+           "failing_alike", "last_line", "read_result"]
 
 # keys of the result dict, besides the engine's metric names
 OBJECTIVE = "objective"  # the trial's running score: what the study records as its value
@@ -34,17 +36,39 @@ TRACEBACK = "traceback"
 TRAINER = "trainer/"  # prefix of an external trainer's own metric names, kept besides ours
 ITERATION = "training_iteration"  # Ray Tune's count of reports: the engine's iteration
 
-# the outcomes a trial can have, as the study, the table and MLflow name them
-STATES = ("COMPLETE", "INFEASIBLE", "PRUNED", "FAIL", "RUNNING", "WAITING", "DUPLICATE")
+class TextEnum(str, Enum):
+    """An enum whose members are their strings: `str()`, f-strings, JSON and the databases see the
+    value alone, so records written with a member are the same bytes as with its string."""
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, spec: str) -> str:
+        return str.__format__(str.__str__(self), spec)
 
 
-class StopReason:
+class State(TextEnum):
+    """The outcomes a trial can have, as the study, the table and MLflow name them."""
+
+    COMPLETE = "COMPLETE"
+    INFEASIBLE = "INFEASIBLE"  # past the KL limit, or predicted not to fit or out of memory
+    PRUNED = "PRUNED"
+    FAIL = "FAIL"
+    RUNNING = "RUNNING"
+    WAITING = "WAITING"
+    DUPLICATE = "DUPLICATE"  # a config an earlier trial ran: told that one's outcome, not run
+
+
+STATES = tuple(state.value for state in State)
+
+
+class StopReason(TextEnum):
     """Why a trial ended (the study's stop_reason attribute; failures read 'failed: <error>')."""
 
     COMPLETED = "completed"
     KL_LIMIT = "kl_limit"
-    KL_FORECAST = "kl_forecast"  # its KL was forecast to pass the limit before its last iteration (kl_limit.forecast)
-    KL = (KL_LIMIT, KL_FORECAST)  # the reasons that make a trial infeasible for its KL
+    # its KL was forecast to pass the limit before its last iteration (kl_limit.forecast)
+    KL_FORECAST = "kl_forecast"
     PRUNED = "pruned"
     INTERRUPTED = "interrupted"
 
@@ -62,6 +86,10 @@ class StopReason:
             return f"failed: {lines[0][:200] if lines else ''}"
         head = lines[0].removesuffix("log tail:").rstrip("; :")
         return f"failed: {head[:200]}: {last_line(error)}"
+
+
+# the reasons that make a trial infeasible for its KL
+StopReason.KL = (StopReason.KL_LIMIT, StopReason.KL_FORECAST)  # type: ignore[attr-defined]
 
 
 def last_line(error: str) -> str:
@@ -154,7 +182,7 @@ class Outcome:
     """What the controller recorded about a finished trial, with its timings."""
 
     number: int
-    state: str  # one of STATES
+    state: State
     stop_reason: str
     value: float | None
     error: str = ""
@@ -170,8 +198,8 @@ def failing_alike(outcomes: list[Outcome], first: int) -> str | None:
     """The error's last line where the first `first` trials to end (in the order they ended; trials
     stopped without an error left out) all failed, after their retries, with the same last line: a
     fault every trial will meet (a trainer's missing module). None otherwise."""
-    ended = [o for o in outcomes if o.state != "FAIL" or o.error][:first]
-    if first < 1 or len(ended) < first or any(o.state != "FAIL" for o in ended):
+    ended = [o for o in outcomes if o.state != State.FAIL or o.error][:first]
+    if first < 1 or len(ended) < first or any(o.state != State.FAIL for o in ended):
         return None
     lines = {last_line(o.error) for o in ended}
     return lines.pop() if len(lines) == 1 else None

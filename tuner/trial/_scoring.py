@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from trials import metrics as K
+from tuner.trial._result import StopReason
 
 __all__ = ["WORST", "Scorer", "kl_constraint", "overoptimized", "scheduler_score", "worst"]
 
@@ -29,10 +30,10 @@ def scheduler_score(score: float, over_limit: bool, direction: str) -> float:
 def kl_constraint(kl_max: float, limit: float, stop_reason: str | None) -> float:
     """The study's "kl" constraint of a trial (> 0: infeasible): its largest KL minus the limit; at least
     1 for a trial the forecast stopped (`StopReason.KL_FORECAST`) before its KL passed the limit."""
-    from tuner.trial._result import StopReason
-
     over = kl_max - limit if math.isfinite(kl_max) else math.inf
     return max(over, 0.0) + 1.0 if stop_reason == StopReason.KL_FORECAST else over
+
+
 def overoptimized(evaluations: list[list[float]]) -> bool:
     """Whether a trial's training reward rose while its held-out reward fell (reward over-optimization,
     Gao et al. 2022): from the evaluation where the held-out reward peaked (the first, where it never rose

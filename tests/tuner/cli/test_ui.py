@@ -167,7 +167,7 @@ def test_optuna_dashboard_shows_the_kl_infeasible_trials_and_the_best_feasible(u
     import optuna
 
     from tuner.sweep import best_feasible
-    from tuner.sweep._study import state_of
+    from tuner.sweep.study import state_of
 
     pytest.importorskip("optuna_dashboard")
     study = optuna.load_study(study_name="ui4", storage=f"sqlite:///{ui_sweep / 'sweeps' / 'ui4' / 'study.db'}")

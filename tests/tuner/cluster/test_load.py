@@ -17,8 +17,8 @@ from optuna.trial import TrialState
 
 from tests.cluster_helpers import cluster_spec, submit, tuner
 from tuner.cluster import list_jobs
-from tuner.sweep._study import ATTR
 from tuner.sweep._tracking import TAG
+from tuner.sweep.study import ATTR
 from tuner.trial import OBJECTIVE
 
 SWEEPS = 4

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from tests.sweep_helpers import start_tuner, sweep_runs, tuner, write_spec
 from tuner.spec import load_spec
-from tuner.sweep._study import open_storage
+from tuner.sweep.study import open_storage
 
 HERE = Path(__file__).resolve().parents[2]
 

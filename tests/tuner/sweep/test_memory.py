@@ -12,7 +12,7 @@ from tests.sweep_helpers import sweep_runs, tuner, write_spec
 from trials import PPOConfig
 from tuner.spec import extreme_configs, load_spec, parse_spec
 from tuner.sweep import load_study, trial_rows
-from tuner.sweep._study import ATTR
+from tuner.sweep.study import ATTR
 from tuner.trial import MemoryCheck
 
 SPACE = {"rollout_batch_size": {"choices": [16, 512]}, "response_length": {"choices": [8, 96]}}
@@ -99,7 +99,7 @@ def test_a_trial_out_of_memory_after_its_retries_is_infeasible_for_memory(tmp_pa
     import torch
 
     from tuner.sweep._searcher import StudySearcher
-    from tuner.sweep._study import state_of
+    from tuner.sweep.study import state_of
     from tuner.trial import TrialFailure
     from tuner.trial._trainable import retryable
 

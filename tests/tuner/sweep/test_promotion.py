@@ -19,7 +19,7 @@ from trials import metrics as K
 from tuner.spec import load_spec, parse_spec
 from tuner.sweep import load_study
 from tuner.sweep._promotion import choose, fresh_seeds, promoted_configs, promotion_name
-from tuner.sweep._study import ATTR, open_storage
+from tuner.sweep.study import ATTR, open_storage
 from tuner.trial import overoptimized
 
 SEARCH = {"trials": 3, "iterations": 3, "promote": {"top_k": 2, "seeds": 2, "iterations": 4}}

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.sweep_helpers import start_tuner, stop_sweep, sweep_runs, tuner, write_spec
 from tuner.spec import load_spec
-from tuner.sweep._study import open_storage
+from tuner.sweep.study import open_storage
 
 
 def _finished(storage: str, name: str) -> int:
@@ -83,8 +83,7 @@ def test_interrupted_configs_run_again_first_and_count_once(tmp_path, sampler):
     from tuner.spec import parse_spec
     from tuner.sweep import load_study
     from tuner.sweep._run import remaining_trials
-    from tuner.sweep._searcher import ask_trial
-    from tuner.sweep._study import mark_interrupted, requeue_interrupted
+    from tuner.sweep.study import ask_trial, mark_interrupted, requeue_interrupted
 
     lrs = [1e-6, 2e-6, 3e-6, 4e-6]
     spec = parse_spec({"name": f"requeue-{sampler}", "workdir": str(tmp_path / "sweeps"),

@@ -8,7 +8,7 @@ import time
 
 import optuna
 
-from tuner.sweep._study import open_storage, schema_init_lock
+from tuner.sweep.study import open_storage, schema_init_lock
 
 
 def _open_and_create(url: str, name: str, start: float) -> str:
