@@ -48,7 +48,8 @@ def dashboard_address(given: str | None) -> str:
     try:
         parts.port  # noqa: B018 - raises on a port that is not a number
     except ValueError:
-        raise ConfigError([Problem(field, shown(value), "has a port that is not a number", "write it as http://HEAD:8265")]) from None
+        raise ConfigError([Problem(field, shown(value), "has a port that is not a number",
+                                   "write it as http://HEAD:8265")]) from None
     return value.rstrip("/")
 
 
@@ -83,8 +84,10 @@ def _reachable(address: str) -> None:
             pass
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise ConfigError([Problem("--address", shown(address), f"no Ray dashboard answers there ({reason})",
-                                   "start the cluster (its head serves the jobs API on port 8265), or " + _ADDRESS_FIX)]) from None
+        raise ConfigError([Problem(
+            "--address", shown(address), f"no Ray dashboard answers there ({reason})",
+            "start the cluster (its head serves the jobs API on port 8265), or " + _ADDRESS_FIX,
+        )]) from None
 
 
 @contextlib.contextmanager

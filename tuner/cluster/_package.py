@@ -96,8 +96,12 @@ def _relative_path(engine_field: str, key: str, value: Any, base: Path) -> Path 
     try:
         return (base / path).resolve().relative_to(base)
     except ValueError:
-        raise ConfigError([Problem(f"trial.{key}", value, "lies outside the spec's folder, so it cannot travel with the job",
-                                   "move it beside the spec (or below it), or give a path that every cluster node can read")]) from None
+        raise ConfigError([Problem(
+            f"trial.{key}", value,
+            "lies outside the spec's folder, so it cannot travel with the job",
+            "move it beside the spec (or below it),"
+            " or give a path that every cluster node can read",
+        )]) from None
 
 
 def _copy(source: Path, target: Path) -> None:
@@ -113,9 +117,12 @@ def _check_size(folder: Path) -> None:
     total = sum(sizes.values())
     if total > _MAX_BYTES:
         biggest = max(sizes, key=sizes.__getitem__).relative_to(folder)
-        raise ConfigError([Problem("trial", str(biggest), f"the files beside the spec come to {total / 2**20:.0f} MiB, "
-                                   f"more than the {_MAX_BYTES // 2**20} MiB a Ray job can take along",
-                                   "put large models on storage every cluster node can read and give their absolute paths")])
+        raise ConfigError([Problem(
+            "trial", str(biggest),
+            f"the files beside the spec come to {total / 2**20:.0f} MiB, "
+            f"more than the {_MAX_BYTES // 2**20} MiB a Ray job can take along",
+            "put large models on storage every cluster node can read and give their absolute paths",
+        )])
 
 
 def _job_env(spec: CompiledSpec, extra: list[str]) -> tuple[dict[str, str], list[str]]:

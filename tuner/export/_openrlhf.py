@@ -41,7 +41,8 @@ CONVERSIONS: dict[str, str] = {
     "max_prompt_length": "--data.max_len = max_prompt_length + response_length (OpenRLHF caps prompt + response)",
     "optimizer": "always 'adam' (OpenRLHF's adam is AdamW)",
     "lr_schedule": "constant -> constant_with_warmup; linear and cosine keep their (transformers) names",
-    "warmup_steps": "lr_warmup_ratio = warmup_steps / (num_iterations * ppo_epochs * rollout_batch_size / mini_batch_size)",
+    "warmup_steps": ("lr_warmup_ratio = warmup_steps"
+                     " / (num_iterations * ppo_epochs * rollout_batch_size / mini_batch_size)"),
     "micro_batch_size": "empty -> mini_batch_size; OpenRLHF's is per GPU",
     "kl_target": "per response token: kl_target / response_length",
     "kl_horizon": "rounded to an integer (samples, as ours)",
@@ -92,7 +93,8 @@ class OpenRLHF(Exporter):
             out.lost("prompts", c.prompts, "reads .json/.jsonl/.csv/.parquet datasets, not .txt; convert it to "
                      ".jsonl with one {\"prompt\": ...} per line")
         out.put(FLAGS["prompts"][:1], c.prompts)
-        out.put(FLAGS["prompts"][1:], "prompt", "the prompt column (in the chat template under --data.apply_chat_template)")
+        out.put(FLAGS["prompts"][1:], "prompt",
+                "the prompt column (in the chat template under --data.apply_chat_template)")
         total = c.max_prompt_length + c.response_length
         out.lost("max_prompt_length", c.max_prompt_length, "has no prompt-length limit (since 0.10.2); "
                  f"--data.max_len {total} caps prompt + response and cuts the end of a long sequence, not the "

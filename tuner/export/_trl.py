@@ -30,7 +30,8 @@ from tuner.export._skeleton import Exporter
 
 # Where the units differ, how a value is converted.
 CONVERSIONS: dict[str, str] = {
-    "rollout_batch_size": "per_device_train_batch_size = rollout_batch_size (one process), gradient_accumulation_steps = 1",
+    "rollout_batch_size": ("per_device_train_batch_size = rollout_batch_size (one process),"
+                           " gradient_accumulation_steps = 1"),
     "mini_batch_size": "num_mini_batches = rollout_batch_size / mini_batch_size",
     "micro_batch_size": "local_rollout_forward_batch_size = micro_batch_size, empty -> mini_batch_size",
     "num_iterations": "total_episodes = num_iterations * rollout_batch_size",
@@ -213,7 +214,8 @@ def _trainer_note(c: PPOConfig, value: str) -> list[str]:
     return [
         "PPOTrainer takes the models and data, e.g. PPOTrainer(args=config, processing_class=tokenizer,",
         f"  {models}, reward_model=...,",
-        f"  value_model=AutoModelForSequenceClassification.from_pretrained({value!r}, num_labels=1) (value_model_path),",
+        f"  value_model=AutoModelForSequenceClassification.from_pretrained({value!r}, num_labels=1)"
+        " (value_model_path),",
         f"  train_dataset=tokenised prompts from {c.prompts!r} (prompts),",
         f"  eval_dataset={held_out}" + (", peft_config=peft_config)" if c.lora_rank else ")"),
     ]

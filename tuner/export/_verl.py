@@ -8,8 +8,8 @@ released in verl 0.9.1 (the PyPI wheel). Semantics checked in the same release:
 response tokens; `trainer/ppo/core_algos.py` always whitens GAE advantages, maps `low_var_kl` (or
 `k3`) to the k3 estimator and reads `clip_ratio_low`/`clip_ratio_high` before `clip_ratio`;
 `workers/config/optimizer.py` (FSDPOptimizerConfig) takes `lr_scheduler_type` constant or cosine only,
-`optimizer` as a torch.optim class name and `clip_grad` (the actor's `grad_clip` is no longer read);
-`workers/engine_workers.py` steps the LR schedule once per PPO iteration.
+`optimizer` as a torch.optim class name and `clip_grad` (verl 0.9.1 ignores the actor's
+`grad_clip`); `workers/engine_workers.py` steps the LR schedule once per PPO iteration.
 LoRA (FSDP engine, `workers/config/model.py` HFModelConfig, used for `actor_rollout_ref.model` and
 `critic.model`): `lora_rank` (0 = full fine-tuning), `lora_alpha` (an int), `target_modules`
 ("all-linear" or a list of names) and `enable_gradient_checkpointing` (default True);
@@ -37,7 +37,8 @@ CONVERSIONS: dict[str, str] = {
     "max_prompt_length": "with data.truncation=left, as ppo-tuner",
     "optimizer": "adamw -> AdamW, adam -> Adam (torch.optim class names)",
     "lr_schedule": "constant and cosine as they are; linear -> cosine (verl has no linear schedule)",
-    "warmup_steps": "lr_warmup_steps in PPO iterations = warmup_steps / (ppo_epochs * rollout_batch_size / mini_batch_size)",
+    "warmup_steps": ("lr_warmup_steps in PPO iterations"
+                     " = warmup_steps / (ppo_epochs * rollout_batch_size / mini_batch_size)"),
     "micro_batch_size": "empty -> mini_batch_size; verl's are per GPU",
     "kl_estimator": "k1 -> kl, k3 -> low_var_kl",
     "kl_target": "per response token: kl_target / response_length",

@@ -60,11 +60,14 @@ def check_spec(spec: SweepSpec, broken: frozenset[str] = frozenset()) -> Checked
     if intact("sampler"):
         _check_sampler(spec, space, found)
     if intact("sampler", "objective") and spec.sampler.type == "nsga2" and spec.objective.metric == metrics.KL:
-        found.error("objective.metric", spec.objective.metric, "nsga2 already minimizes objective/kl as its second objective",
+        found.error("objective.metric", spec.objective.metric,
+                    "nsga2 already minimizes objective/kl as its second objective",
                     "choose the metric to improve, such as eval/scores")
     if intact("trial", "objective") and spec.objective.metric == metrics.EVAL_GOLD and not spec.trial.eval_reward:
-        found.error("objective.metric", spec.objective.metric, "is the held-out reward's score, but trial.eval_reward is empty",
-                    "name the held-out reward in trial.eval_reward (same forms as trial.reward), or use eval/scores")
+        found.error("objective.metric", spec.objective.metric,
+                    "is the held-out reward's score, but trial.eval_reward is empty",
+                    "name the held-out reward in trial.eval_reward (same forms as trial.reward),"
+                    " or use eval/scores")
     if intact("budget", "base", "scheduler") and not found.problems:
         _budget_warnings(spec, iterations_of(spec.budget.iterations, base), found)
     if not (5 <= spec.kl_limit.nats <= 30):
@@ -146,7 +149,8 @@ def _check_batches(spec: SweepSpec, space: dict[str, Param], base: dict[str, Any
                           _where("mini_batch_size", spec), _where("rollout_batch_size", spec))
             where = next(filter(None, candidates), "search_space.mini_batch_size")
             found.error(where, _raw(spec, space, where),
-                        f"mini_batch_size {bad[1]} does not divide rollout_batch_size {bad[0]}, a pair a trial could sample",
+                        f"mini_batch_size {bad[1]} does not divide rollout_batch_size {bad[0]},"
+                        " a pair a trial could sample",
                         _BATCH_FIX)
             return
     micros = [m for m in _value_set("micro_batch_size", space, base) if m is not None]
@@ -171,7 +175,8 @@ def _check_num_mini_batches(spec: SweepSpec, space: dict[str, Param], base: dict
     if bad:
         where = "search_space.num_mini_batches"
         found.error(where, _raw(spec, space, where),
-                    f"num_mini_batches {bad[1]} does not divide rollout_batch_size {bad[0]}, a pair a trial could sample",
+                    f"num_mini_batches {bad[1]} does not divide rollout_batch_size {bad[0]},"
+                    " a pair a trial could sample",
                     "use num_mini_batches choices that divide every rollout_batch_size, e.g. powers of two "
                     "({choices: [1, 2, 4, 8]}) with rollout_batch_size powers of two no smaller than the largest")
         return None
@@ -215,16 +220,20 @@ def _check_sampler(spec: SweepSpec, space: dict[str, Param], found: Found) -> No
         for param in space.values():
             size *= len(param.grid() or [0]) if param.searched else 1
         if size != spec.budget.trials:
-            found.warnings.append(f"the grid has {size} points but budget.trials is {spec.budget.trials}: "
-                                  + ("only part of the grid will run" if size > spec.budget.trials else "points will repeat"))
+            partial = size > spec.budget.trials
+            effect = "only part of the grid will run" if partial else "points will repeat"
+            found.warnings.append(
+                f"the grid has {size} points but budget.trials is {spec.budget.trials}: {effect}")
     missing = [m for m in REQUIRED_PACKAGES.get(spec.sampler.type, ()) if importlib.util.find_spec(m) is None]
     if missing:
-        found.error("sampler.type", spec.sampler.type, f"needs the {', '.join(missing)} package, which is not installed",
+        found.error("sampler.type", spec.sampler.type,
+                    f"needs the {', '.join(missing)} package, which is not installed",
                     f"pip install {' '.join(missing)}, or choose another sampler")
     if spec.sampler.type == "cmaes":
         found.warnings.append("the cmaes sampler does not use the KL-limit constraint (tpe, gp and nsga2 do)")
     if spec.sampler.type == "nsga2" and spec.sampler.n_startup_trials is not None and spec.sampler.n_startup_trials < 2:
-        found.error("sampler.n_startup_trials", spec.sampler.n_startup_trials, "is nsga2's population size, which must be >= 2",
+        found.error("sampler.n_startup_trials", spec.sampler.n_startup_trials,
+                    "is nsga2's population size, which must be >= 2",
                     "use 2 or more (e.g. half of budget.trials)")
 
 

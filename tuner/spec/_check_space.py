@@ -39,7 +39,8 @@ def build_space(entries: dict[str, Any], prefix: str = "search_space",
             found.error(path, plain(entry), "unknown search-space key (not an engine field)",
                         did_you_mean(str(name), [*specs, NUM_MINI_BATCHES.name]))
         elif name in TRIAL_FIELDS:
-            found.error(path, plain(entry), "is set under trial, not searched", f"set trial.{TRIAL_FIELDS[name]} instead")
+            found.error(path, plain(entry), "is set under trial, not searched",
+                        f"set trial.{TRIAL_FIELDS[name]} instead")
         elif name == "num_iterations":
             found.error(path, plain(entry), "is the budget, not searched", "set budget.iterations instead")
         else:
@@ -55,7 +56,8 @@ def _build(spec: FieldSpec, entry: Any, path: str, found: Found) -> Param:
         return _range(spec, entry, path, found)
     if isinstance(entry, Choices):
         if not entry.choices:
-            found.error(f"{path}.choices", [], "must list at least one value", "add values, or write a fixed value instead")
+            found.error(f"{path}.choices", [], "must list at least one value",
+                        "add values, or write a fixed value instead")
         values = [check_value(spec, raw, f"{path}.choices[{i}]", found) for i, raw in enumerate(entry.choices)]
         repeated = sorted({repr(v) for v in values if values.count(v) > 1})
         if repeated:
@@ -66,7 +68,10 @@ def _build(spec: FieldSpec, entry: Any, path: str, found: Found) -> Param:
 
 def _range(spec: FieldSpec, entry: Range, path: str, found: Found) -> Param:
     if spec.type not in ("int", "float"):
-        hint = f"[{', '.join(map(str, spec.choices))}]" if spec.choices else "[true, false]" if spec.type == "bool" else "[...]"
+        if spec.choices:
+            hint = f"[{', '.join(map(str, spec.choices))}]"
+        else:
+            hint = "[true, false]" if spec.type == "bool" else "[...]"
         found.error(path, plain(entry), f"a range needs a numeric field, but {spec.name} is a {spec.type}",
                     f"write {{choices: {hint}}} or a fixed value")
         return Param(spec.name, "fixed")
@@ -78,7 +83,8 @@ def _range(spec: FieldSpec, entry: Range, path: str, found: Found) -> Param:
         if low > high:
             found.error(f"{path}.low", low, f"must be <= high ({high:g})", "swap low and high")
         elif entry.log and low <= 0:
-            found.error(f"{path}.low", low, "a log-scale range needs low > 0", "set low to a positive value such as 1e-6, or drop log")
+            found.error(f"{path}.low", low, "a log-scale range needs low > 0",
+                        "set low to a positive value such as 1e-6, or drop log")
         elif step is not None and abs((high - low) / step - round((high - low) / step)) > 1e-6:
             found.warnings.append(f"{path}: high - low ({high - low:g}) is not a multiple of step ({step:g}); "
                                   "the largest value sampled will be below high")
@@ -87,12 +93,14 @@ def _range(spec: FieldSpec, entry: Range, path: str, found: Found) -> Param:
 
 def _step(spec: FieldSpec, entry: Range, path: str, found: Found) -> float | int | None:
     if entry.grid_points is not None and spec.type == "int":
-        found.error(f"{path}.grid_points", entry.grid_points, "applies only to float ranges (an integer range is already finite)",
+        found.error(f"{path}.grid_points", entry.grid_points,
+                    "applies only to float ranges (an integer range is already finite)",
                     "remove grid_points (use step to thin an integer range)")
     if entry.step is None:
         return None
     if entry.grid_points is not None and spec.type == "float":
-        found.error(f"{path}.grid_points", entry.grid_points, "cannot be combined with step", "keep either step or grid_points")
+        found.error(f"{path}.grid_points", entry.grid_points, "cannot be combined with step",
+                    "keep either step or grid_points")
     step, error = coerce(spec, entry.step)
     if error or step <= 0:
         found.error(f"{path}.step", entry.step, error or "must be > 0",

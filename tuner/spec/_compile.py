@@ -169,7 +169,8 @@ def compile_spec(spec: SweepSpec, base_values: dict[str, Any], space: dict[str, 
     if engine.get("num_threads") is None:  # torch gets the trial's CPU reservation, whatever the driver's env says
         engine["num_threads"] = reserved_threads(spec.resources.cpus_per_trial)
     derived = {"directions": _directions(spec), "sampler_seed": _sampler_seed(spec),
-               "n_startup_trials": _n_startup_trials(spec), "promote_top_k": _promote_top_k(spec), "base_values": MappingProxyType(dict(base_values)),
+               "n_startup_trials": _n_startup_trials(spec), "promote_top_k": _promote_top_k(spec),
+               "base_values": MappingProxyType(dict(base_values)),
                "base_dir": None if base_dir is None else str(base_dir)}
     return CompiledSpec(spec=spec, space=MappingProxyType(dict(space)), base=PPOConfig(**engine),
                         notes=tuple(warnings), _derived=MappingProxyType(derived))

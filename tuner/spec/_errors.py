@@ -110,7 +110,9 @@ def _known_keys(parent: tuple[Any, ...], root: type[BaseModel], tagged: dict[str
     return list(model.model_fields) if model is not None else []
 
 
-def _model_at(parent: tuple[Any, ...], root: type[BaseModel], tagged: dict[str, type[BaseModel]]) -> type[BaseModel] | None:
+def _model_at(
+    parent: tuple[Any, ...], root: type[BaseModel], tagged: dict[str, type[BaseModel]]
+) -> type[BaseModel] | None:
     if not parent:
         return root
     if len(parent) == 1 and parent[0] in root.model_fields:

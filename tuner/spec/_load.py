@@ -69,7 +69,8 @@ class _Loader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             try:
                 if key in seen:
-                    raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is written twice", key_node.start_mark)
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is written twice", key_node.start_mark)
                 seen.add(key)
             except TypeError:
                 continue  # an unhashable key: the base class reports it

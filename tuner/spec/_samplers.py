@@ -2,9 +2,9 @@
 
 The KL limit as a constraint (Optuna 5.0)
 -----------------------------------------
-Optuna 5 deprecated the samplers' ``constraints_func`` argument; the samplers now read the
-constraints stored on each trial (``FrozenTrial.constraints``, a dict name -> float; a trial is
-feasible when every value is <= 0). The caller records them on the live trial, before telling it::
+Optuna 5's samplers read the constraints stored on each trial (``FrozenTrial.constraints``, a dict
+name -> float; a trial is feasible when every value is <= 0; their ``constraints_func`` argument is
+deprecated). The caller records them on the live trial, before telling it::
 
     trial = study.ask()                       # an optuna.trial.Trial
     ...                                       # run it; kl = the largest objective/kl it reported
@@ -66,8 +66,10 @@ def make_sampler(spec: CompiledSpec, seed_offset: int = 0) -> optuna.samplers.Ba
     kind, seed, n = spec.sampler.type, spec.sampler_seed() + seed_offset, spec.n_startup_trials()
     missing = [m for m in REQUIRED_PACKAGES.get(kind, ()) if importlib.util.find_spec(m) is None]
     if missing:
-        raise ConfigError([Problem("sampler.type", kind, f"needs the {', '.join(missing)} package, which is not installed",
-                                   f"pip install {' '.join(missing)}, or choose another sampler")])
+        raise ConfigError([Problem(
+            "sampler.type", kind, f"needs the {', '.join(missing)} package, which is not installed",
+            f"pip install {' '.join(missing)}, or choose another sampler",
+        )])
     if kind == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n, **TPE_OPTIONS)
     if kind == "random":

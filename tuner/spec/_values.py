@@ -19,7 +19,10 @@ from trials import ConfigError, Problem, TunerError, parse_reward
 from tuner.spec._errors import spec_error
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*(s|sec|secs|seconds?|m|min|mins|minutes?|h|hr|hrs|hours?|d|days?)?\s*$", re.I)
+_DURATION = re.compile(
+    r"^\s*(\d+(?:\.\d*)?)\s*(s|sec|secs|seconds?|m|min|mins|minutes?|h|hr|hrs|hours?|d|days?)?\s*$",
+    re.I,
+)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _STORAGE_DRIVERS = {"sqlite": {None, "pysqlite"}, "postgresql": {None, "psycopg", "psycopg2"}}
 _TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "http", "https")

@@ -5,8 +5,9 @@ output goes to the trial's trainer.log; report lines (or, for verl, the lines of
 queued as they are written.
 
 The trial's config reaches the trainer as '{field}' placeholders in its argv and as the JSON file that
-$PPO_TUNER_TRIAL_CONFIG names (number, params, engine, kl_limit, and the engine's launch arguments). The n-th report is the trial's
-iteration n; the one numbered engine.num_iterations (budget.iterations) is its last.
+$PPO_TUNER_TRIAL_CONFIG names (number, params, engine, kl_limit, and the engine's launch
+arguments). The n-th report is the trial's iteration n; the one numbered engine.num_iterations
+(budget.iterations) is its last.
 
 The trainer runs in its own process group. Whenever the trial ends (its last report, the KL limit, the
 scheduler, a fault) the group gets SIGTERM, then SIGKILL after `stop_grace` seconds.
@@ -42,7 +43,10 @@ from tuner.trial._result import StopReason, TrialReport
 from tuner.trial._scoring import Scorer, scheduler_score
 from tuner.trial._task import TrialTask
 
-__all__ = ["CONFIG_ENV", "PLACEHOLDER", "PREFIX", "TrainerError", "TrainerProcess", "command_argv", "parse_report", "run_command"]
+__all__ = [
+    "CONFIG_ENV", "PLACEHOLDER", "PREFIX", "TrainerError", "TrainerProcess", "command_argv",
+    "parse_report", "run_command",
+]
 
 LOG_FILE = "trainer.log"  # the trainer's stdout and stderr, in the trial's folder
 _TAIL_LINES = 30  # of the log, in a failed trial's error

@@ -116,7 +116,9 @@ class TrialReport:
     trainer: dict[str, float] = field(default_factory=dict)  # an external trainer's numbers, under its own names
 
     def to_result(self) -> dict[str, Any]:
-        out: dict[str, Any] = {**self.metrics, **{TRAINER + k: v for k, v in self.trainer.items()}, OBJECTIVE: self.objective, SCHEDULER_SCORE: self.scheduler_score,
+        trainer = {TRAINER + k: v for k, v in self.trainer.items()}
+        out: dict[str, Any] = {**self.metrics, **trainer,
+                               OBJECTIVE: self.objective, SCHEDULER_SCORE: self.scheduler_score,
                                KL_MAX: self.kl_max, START_SECONDS: self.start_seconds,
                                WARM_START: float(self.warm_start), PID: self.pid, INITIAL_EVAL: self.initial_eval,
                                INITIAL_GOLD: self.initial_gold}

@@ -58,7 +58,8 @@ def run_trial(config: dict[str, Any]) -> None:
             score = scorer.update(metrics)
             done = over or iteration == last
             reason = (StopReason.of_kl(limit) if over else StopReason.COMPLETED) if done else None
-            tune.report(TrialReport(metrics=metrics, objective=score, scheduler_score=scheduler_score(score, over, direction),
+            tune.report(TrialReport(metrics=metrics, objective=score,
+                                    scheduler_score=scheduler_score(score, over, direction),
                                     kl_max=limit.kl_max, stop_reason=reason, start_seconds=start_cost,
                                     warm_start=warm, pid=os.getpid(), initial_eval=initial.get(K.EVAL_SCORES, math.nan),
                                     initial_gold=initial.get(K.EVAL_GOLD, math.nan)).to_result())
@@ -94,7 +95,8 @@ def _run_external(task: TrialTask) -> None:
         if sweep_stopped(task):  # stopped by the sweep before Ray Tune stopped it: Tune's stop ends it
             _wait_for_tune_stop()
     except TrainerError as exc:
-        tune.report(TrialFailure(error=str(exc), retryable=exc.retryable, scheduler_score=worst(task.objective["direction"]),
+        tune.report(TrialFailure(error=str(exc), retryable=exc.retryable,
+                                 scheduler_score=worst(task.objective["direction"]),
                                  pid=os.getpid()).to_result())
         if exc.retryable:
             raise
