@@ -40,7 +40,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _memory_line(spec) -> str:
     """The memory model's prediction of a trial's peak at the extremes of the space, against the budget."""
-    from tuner.trial._memory import MemoryCheck, extreme_configs
+    from tuner.trial import MemoryCheck, extreme_configs
 
     if spec.trial.engine != "ppo-tuner":
         return f"memory: not predicted for engine {spec.trial.engine} (the trainer's own)"

@@ -139,7 +139,7 @@ def test_the_dashboard_shows_the_sweeps_runs(ui_sweep):
 @pytest.mark.slow  # a sweep and an MLflow server: 42 s
 def test_a_sweep_on_an_mlflow_server_gets_the_servers_page(tmp_path, demo_model):
     """No second server: `tuner ui` prints the page on the server the sweep logged to, and returns."""
-    from tuner.cli._sweep import mlflow_server_command
+    from tuner.cli._inspect import mlflow_server_command
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from tests.sweep_helpers import start_tuner, tuner, write_spec
-from tuner.cli._sweep import mlflow_server_command
+from tuner.cli._inspect import mlflow_server_command
 from tuner.spec import load_spec
 
 
