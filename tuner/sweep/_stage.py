@@ -50,8 +50,9 @@ class Stage:
 
     def run(self, spec: CompiledSpec, ray: RayUse, callbacks: Sequence[SweepCallback]) -> StageRun:
         if self.todo:
-            for callback in callbacks if self.title else ():
-                callback.stage_started(self.name, self.title)
+            if self.title:
+                for callback in callbacks:
+                    callback.stage_started(self.name, self.title)
             ray.ensure(self.what)
             fit(spec, self.todo, self.searcher, self.logger, callbacks, self.scheduler,
                 self.time_budget, name=self.name)

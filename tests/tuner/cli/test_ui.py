@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from tests.conftest import ROOT
 from tests.sweep_helpers import tuner, write_spec
 from tuner._mlflow_ui import open_link
-from tuner.sweep._tracking import sweep_page
+from tuner.sweep import sweep_page
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
