@@ -81,7 +81,7 @@ def instrument() -> None:
     import tuner.sweep as sweep
     from trials import metrics as K
     from tuner.cli import _table
-    from tuner.sweep import _events, _run, _searcher, _tracking
+    from tuner.sweep import _events, _fit, _run, _searcher, _tracking
 
     sweep.preflight = _step("preflight", sweep.preflight)
     _run.open_study = _step("setup: Optuna study (SQLite)", _run.open_study)
@@ -89,8 +89,9 @@ def instrument() -> None:
     _tracking.SweepTracker.__init__ = _step("setup: MLflow store and parent run", _tracking.SweepTracker.__init__)
     ray.tune.Tuner.__init__ = _step("setup: Ray Tune Tuner", ray.tune.Tuner.__init__)
     sweep.run_sweep = _step("run_sweep", sweep.run_sweep)
-    _run._ray_init = _step("ray_init", _run._ray_init)
-    _run._summarise = _step("summary", _run._summarise)
+    _fit._ray_init = _step("ray_init", _fit._ray_init)
+    _run.summarise = _step("summary", _run.summarise)
+    _run.finish_sweep = _step("summary", _run.finish_sweep)
     ray.tune.Tuner.fit = _step("fit", ray.tune.Tuner.fit)
     for cls, names in ((_events.RayEvents, ("on_trial_start", "on_trial_result", "on_trial_complete")),
                        (_searcher.StudySearcher, ("suggest", "on_trial_result", "on_trial_complete"))):

@@ -15,9 +15,9 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 from trials import TunerError
-from tuner.cli import _cluster, _spec, _sweep, _train
+from tuner.cli import _cluster, _inspect, _spec, _sweep, _train
 
-_COMMANDS = (_train, _spec, _sweep, _cluster)  # each adds its subcommands with register(subparsers)
+_COMMANDS = (_train, _spec, _sweep, _inspect, _cluster)  # each adds its subcommands with register(subparsers)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -12,8 +12,7 @@ from rich.table import Table
 
 from trials import metrics as K
 from tuner.sweep import PromotedConfig, SweepCallback, TrialRow
-from tuner.trial import Outcome, State, TrialReport
-from tuner.trial._task import TrialTask
+from tuner.trial import Outcome, State, TrialReport, TrialTask
 
 __all__ = ["LiveTable", "console", "render_promotion", "render_rows", "row_of"]
 

@@ -1,16 +1,17 @@
 """What a running sweep tells those who watch it, as records.
 
 `run_sweep(spec, callbacks)` tells every `SweepCallback` what the sweep is doing before its first
-trial (`phase`) and when a later stage starts (`stage_started`), hands it the trial's task when it starts, each iteration's `TrialReport`, and the
-`Outcome` the searcher recorded when it ends.
+trial (`phase`) and when a later stage starts (`stage_started`), hands it the trial's task when it
+starts, each iteration's `TrialReport`, and the `Outcome` the searcher recorded when it ends.
 """
 
 from __future__ import annotations
 
-from tuner.trial import Outcome, TrialReport
-from tuner.trial._task import TrialTask
+from collections.abc import Sequence
 
-__all__ = ["SweepCallback"]
+from tuner.trial import Outcome, TrialReport, TrialTask
+
+__all__ = ["SweepCallback", "tell"]
 
 
 class SweepCallback:
@@ -31,3 +32,9 @@ class SweepCallback:
 
     def trial_ended(self, outcome: Outcome) -> None:
         """A trial ended, and the study holds its outcome."""
+
+
+def tell(callbacks: Sequence[SweepCallback], message: str) -> None:
+    """Tell every callback what the sweep is doing (`phase`)."""
+    for callback in callbacks:
+        callback.phase(message)

@@ -13,8 +13,7 @@ from ray.tune.result import AUTO_RESULT_KEYS, DONE, TRIAL_ID
 
 from tuner.sweep._callback import SweepCallback
 from tuner.sweep._signals import before_tune_stop
-from tuner.trial import ITERATION, SCHEDULER_SCORE, Outcome, TrialFailure
-from tuner.trial._task import TrialTask
+from tuner.trial import ITERATION, SCHEDULER_SCORE, Outcome, TrialFailure, TrialTask
 
 __all__ = ["RayEvents", "forget_trial"]
 

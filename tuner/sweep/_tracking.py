@@ -13,14 +13,11 @@ import json
 import logging
 import math
 import os
-import queue
 import re
 import tempfile
-import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +30,18 @@ from trials import metrics as K
 from tuner.spec import SPEC_FILE, CompiledSpec
 from tuner.sweep._callback import SweepCallback
 from tuner.sweep._study import ATTR, PARENT_ATTR, redact, schema_init_lock
-from tuner.trial import KL_MAX, OBJECTIVE, Outcome, StopReason, TrialReport
-from tuner.trial._result import START_SECONDS, TRAINER, WARM_START
-from tuner.trial._task import TrialTask
+from tuner.sweep._writer import Writer
+from tuner.trial import (
+    KL_MAX,
+    OBJECTIVE,
+    START_SECONDS,
+    TRAINER,
+    WARM_START,
+    Outcome,
+    StopReason,
+    TrialReport,
+    TrialTask,
+)
 
 __all__ = ["TAG", "SweepTracker", "TrialLogger", "check_tracking_server", "run_name", "sweep_page"]
 
@@ -212,37 +218,6 @@ def _spec_yaml(spec: CompiledSpec) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
-class _Writer:
-    """Calls run one at a time, in the order given, on a daemon thread."""
-
-    def __init__(self) -> None:
-        self.calls: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...]]] = queue.Queue()
-        self.error: BaseException | None = None
-        self.failed = 0  # calls that raised (each is repaired from the study by `tuner sync` or a resume)
-        self.thread = threading.Thread(target=self._loop, name="ppo-tuner-mlflow-writer", daemon=True)
-        self.thread.start()
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        self.calls.put((fn, args))
-
-    def flush(self) -> None:
-        self.calls.join()
-        if self.error is not None:
-            error, self.error = self.error, None
-            raise error
-
-    def _loop(self) -> None:
-        while True:
-            fn, args = self.calls.get()
-            try:
-                fn(*args)
-            except BaseException as exc:  # kept for flush(): the sweep goes on, as it would have after a failed write
-                self.error = self.error or exc
-                self.failed += 1
-            finally:
-                self.calls.task_done()
-
-
 class TrialLogger(SweepCallback):
     """One nested child run per trial: its params, every iteration's metrics, its state and stop reason."""
 
@@ -250,7 +225,7 @@ class TrialLogger(SweepCallback):
         self.tracker, self.kind = tracker, kind  # kind: TRIAL (the search's) or PROMOTION (its runs are the promotion study's)
         self.client = tracker.client
         self.runs: dict[int, str] = {}  # trial number -> mlflow run id
-        self.writer = _Writer()
+        self.writer = Writer()
 
     def open_run(self, task: TrialTask) -> str:
         """The trial's child run (created on its first attempt; a retry keeps it); "" while the tracking

@@ -16,7 +16,10 @@ from tuner.trial._result import (
     KL_MAX,
     OBJECTIVE,
     SCHEDULER_SCORE,
+    START_SECONDS,
     STATES,
+    TRAINER,
+    WARM_START,
     Outcome,
     State,
     StopReason,
@@ -27,6 +30,8 @@ from tuner.trial._result import (
     read_result,
 )
 from tuner.trial._scoring import WORST, Scorer, kl_constraint, overoptimized, scheduler_score, worst
+from tuner.trial._task import TrialTask
+from tuner.trial._trainable import run_trial
 from tuner.trial._verdict import (
     Attr,
     Ending,
@@ -40,8 +45,8 @@ from tuner.trial._verdict import (
 )
 
 __all__ = ["ERROR", "GIB", "INITIAL_EVAL", "ITERATION", "KL_MAX", "OBJECTIVE", "SCHEDULER_SCORE",
-           "STATES", "WORST", "Attr", "Ending", "MemoryCheck", "Outcome", "Scorer", "State",
-           "StopReason", "TrialFailure", "TrialReport", "Verdict", "check_trainer", "ending_of",
-           "failing_alike", "feasible", "kl_constraint", "last_line", "launch", "launch_argv",
-           "memory_constraint", "overoptimized", "read_result", "recorded_state", "scheduler_score",
-           "unfit", "verdict", "worst"]
+           "START_SECONDS", "STATES", "TRAINER", "WARM_START", "WORST", "Attr", "Ending", "MemoryCheck",
+           "Outcome", "Scorer", "State", "StopReason", "TrialFailure", "TrialReport", "TrialTask",
+           "Verdict", "check_trainer", "ending_of", "failing_alike", "feasible", "kl_constraint",
+           "last_line", "launch", "launch_argv", "memory_constraint", "overoptimized", "read_result",
+           "recorded_state", "run_trial", "scheduler_score", "unfit", "verdict", "worst"]

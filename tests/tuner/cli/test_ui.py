@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from tests.conftest import ROOT, free_port
 from tests.sweep_helpers import tuner, write_spec
 from tuner._mlflow_ui import open_link
-from tuner.sweep._tracking import sweep_page
+from tuner.sweep import sweep_page
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -136,7 +136,7 @@ def test_the_dashboard_shows_the_sweeps_runs(ui_sweep):
 @pytest.mark.slow  # a sweep and an MLflow server: 42 s
 def test_a_sweep_on_an_mlflow_server_gets_the_servers_page(tmp_path, demo_model):
     """No second server: `tuner ui` prints the page on the server the sweep logged to, and returns."""
-    from tuner.cli._sweep import mlflow_server_command
+    from tuner.cli._inspect import mlflow_server_command
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"

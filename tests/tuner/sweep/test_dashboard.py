@@ -11,8 +11,7 @@ from optuna.trial import TrialState
 
 from tests.sweep_helpers import write_spec
 from tuner.spec import load_spec
-from tuner.sweep import best_feasible
-from tuner.sweep._dashboard import dashboard_app
+from tuner.sweep import best_feasible, dashboard_app
 
 pytest.importorskip("optuna_dashboard")
 

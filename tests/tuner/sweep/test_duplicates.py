@@ -11,7 +11,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tests.sweep_helpers import tuner, write_spec
 from tuner.spec import CompiledSpec, load_spec, parse_spec, trial_config
 from tuner.sweep import best_feasible, count_states, load_study, trial_rows
-from tuner.sweep._run import remaining_trials
+from tuner.sweep._stage import remaining_trials
 from tuner.sweep.study import ATTR, DUPLICATE_TRIES, ask_trial, open_storage
 
 SPEC = {"name": "d", "search_space": {"policy_lr": {"choices": [1e-5, 2e-5]}, "kl_coef": 0.05},

@@ -82,7 +82,7 @@ def test_interrupted_configs_run_again_first_and_count_once(tmp_path, sampler):
     once; a grid covers each point once."""
     from tuner.spec import parse_spec
     from tuner.sweep import load_study
-    from tuner.sweep._run import remaining_trials
+    from tuner.sweep._stage import remaining_trials
     from tuner.sweep.study import ask_trial, mark_interrupted, requeue_interrupted
 
     lrs = [1e-6, 2e-6, 3e-6, 4e-6]

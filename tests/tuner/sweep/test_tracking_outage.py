@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from tests.conftest import free_port
 from tests.sweep_helpers import start_tuner, sweep_runs, tuner, write_spec
-from tuner.cli._sweep import mlflow_server_command
+from tuner.cli._inspect import mlflow_server_command
 from tuner.spec import load_spec
 
 
