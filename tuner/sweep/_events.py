@@ -75,8 +75,8 @@ def forget_trial(trial: Any) -> None:
     few of Tune's own result keys: its config (the TrialTask: the engine config, the driver's sys.path),
     the flattened copy of it and the tag made from it, its last result (every metric, the config again),
     the per-metric statistics of every numeric key (max, min, mean, last, two running windows), and the
-    JSON of all that in Tune's experiment state. Kept, the driver grew 14 MiB per 100 trials of
-    bench/driver_memory.py. The sweep never reads them after the end: the study and the MLflow runs
+    JSON of all that in Tune's experiment state. Tune holds them until the fit ends, so the driver's
+    memory would grow with every trial (bench/driver_memory.py measures it). The sweep never reads them after the end: the study and the MLflow runs
     hold every result, and the scheduler, the searcher and this callback's records were told of the
     end before this runs. `tuner resume` starts from the study, never from Tune's state."""
     number = trial.config.get("number")

@@ -22,17 +22,17 @@ from tuner.sweep._outage import HeldWrites
 from tuner.trial import (
     ERROR,
     ITERATION,
+    PID,
     Attr,
     Outcome,
     State,
     StopReason,
     TrialFailure,
     TrialReport,
+    TrialTask,
     read_result,
     verdict,
 )
-from tuner.trial._result import PID
-from tuner.trial._task import TrialTask
 
 __all__ = ["LiveTrial", "Rules", "TrialLedger", "abandon", "record"]
 

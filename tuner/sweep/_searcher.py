@@ -54,9 +54,9 @@ from tuner.trial import (
     StopReason,
     TrialFailure,
     TrialReport,
+    TrialTask,
     failing_alike,
 )
-from tuner.trial._task import TrialTask
 
 __all__ = ["DUPLICATE_TRIES", "OutageStop", "PromotionSearcher", "StudySearcher", "ask_trial"]
 

@@ -3,7 +3,7 @@
 All writes go through one MlflowClient with explicit run ids (no global active run), from the
 Tune driver's callbacks, so trials never touch the tracking store themselves. A trial waits while the
 driver handles its result, so each iteration's metrics and a run's closing are handed to one writer
-thread, in order (about 16 ms per result on SQLite that the trials no longer wait for), flushed
+thread, in order (about 16 ms per result on SQLite, which the trials do not wait for), flushed
 before the sweep's end is written.
 """
 
@@ -86,7 +86,8 @@ def trials_view(searched: list[str]) -> dict[str, Any]:
     columns = [_column("tags", TAG["stage"]), _column("tags", TAG["state"]), _column("metrics", OBJECTIVE), _column("metrics", K.KL),
                _column("metrics", KL_MAX), _column("metrics", K.EVAL_SCORES), _column("tags", TAG["stop"]),
                *(_column("params", name) for name in searched)]
-    return {"searchFilter": f"tags.`{TAG['kind']}` != 'sweep'",  # search trials and promotion runs "orderByKey": "attributes.start_time",
+    return {"searchFilter": f"tags.`{TAG['kind']}` != 'sweep'",  # search trials and promotion runs
+            "orderByKey": "attributes.start_time",
             "orderByAsc": True, "startTime": "ALL", "lifecycleFilter": "Active", "datasetsFilter": [],
             "modelVersionFilter": "All Runs", "selectedColumns": columns, "columnOrder": columns,
             "runsHiddenMode": "SHOW_ALL", "viewMaximized": False, "runListHidden": False,
@@ -159,7 +160,8 @@ class SweepTracker:
         searched = sorted(n for n, p in self.spec.space.items() if p.searched)
         view = {_VIEW_TAG: json.dumps(trials_view(searched))}
         if found is not None:
-            for key, value in {**EXPERIMENT_KIND, **view}.items():  # a sweep made by an earlier version
+            # set again: an existing experiment may lack them or hold another view
+            for key, value in {**EXPERIMENT_KIND, **view}.items():
                 self.client.set_experiment_tag(found.experiment_id, key, value)
             return found.experiment_id
         location = None

@@ -15,6 +15,7 @@ from tuner.trial._result import (
     ITERATION,
     KL_MAX,
     OBJECTIVE,
+    PID,
     SCHEDULER_SCORE,
     START_SECONDS,
     STATES,
@@ -44,9 +45,10 @@ from tuner.trial._verdict import (
     verdict,
 )
 
-__all__ = ["ERROR", "GIB", "INITIAL_EVAL", "ITERATION", "KL_MAX", "OBJECTIVE", "SCHEDULER_SCORE",
-           "START_SECONDS", "STATES", "TRAINER", "WARM_START", "WORST", "Attr", "Ending", "MemoryCheck",
-           "Outcome", "Scorer", "State", "StopReason", "TrialFailure", "TrialReport", "TrialTask",
-           "Verdict", "check_trainer", "ending_of", "failing_alike", "feasible", "kl_constraint",
-           "last_line", "launch", "launch_argv", "memory_constraint", "overoptimized", "read_result",
-           "recorded_state", "run_trial", "scheduler_score", "unfit", "verdict", "worst"]
+__all__ = ["ERROR", "GIB", "INITIAL_EVAL", "ITERATION", "KL_MAX", "OBJECTIVE", "PID",
+           "SCHEDULER_SCORE", "START_SECONDS", "STATES", "TRAINER", "WARM_START", "WORST", "Attr",
+           "Ending", "MemoryCheck", "Outcome", "Scorer", "State", "StopReason", "TrialFailure",
+           "TrialReport", "TrialTask", "Verdict", "check_trainer", "ending_of", "failing_alike",
+           "feasible", "kl_constraint", "last_line", "launch", "launch_argv", "memory_constraint",
+           "overoptimized", "read_result", "recorded_state", "run_trial", "scheduler_score",
+           "unfit", "verdict", "worst"]

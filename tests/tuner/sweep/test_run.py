@@ -185,6 +185,7 @@ def test_each_trial_run_shows_its_state_and_its_curves_start_at_step_0(sweep):
         assert K.LR_POLICY not in run.data.metrics and 1 < run.data.metrics[f"{K.LR_POLICY}_x1e6"] < 1e5
     view = json.loads(experiment.tags["mlflow.sharedViewState.ppo-tuner-trials"])
     assert "metrics.`objective`" in view["selectedColumns"] and "params.`policy_lr`" in view["selectedColumns"]
+    assert view["orderByKey"] == "attributes.start_time" and view["orderByAsc"] is True  # trials in launch order
 
 
 def test_the_run_ends_with_the_diagnosis_and_tuner_diagnose_repeats_it(sweep, run_cli):
