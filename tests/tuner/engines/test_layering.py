@@ -1,6 +1,6 @@
 """tuner.engines sits below tuner.spec, tuner.trial and tuner.export: it imports none of tuner's
-packages, and those packages read one another through public names only. Every import statement
-counts, those inside functions too."""
+packages; all packages read one another through public names only, and no two import each other.
+Every import statement counts, those inside functions too."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def test_engines_import_no_other_tuner_package():
     assert found == []
 
 
-@pytest.mark.parametrize("package", ["engines", "export", "spec", "trial"])
+@pytest.mark.parametrize("package", PACKAGES)
 def test_other_packages_are_read_through_their_public_names(package):
     private = [(f, m, names) for f, m, names in imports(package) if other_package(m, package)
                and (any(p.startswith("_") for p in m.split(".")[2:])
@@ -49,3 +49,20 @@ def test_spec_and_export_do_not_import_trial():
     found = [(package, f, m) for package in ("spec", "export") for f, m, _ in imports(package)
              if other_package(m, package) == "trial"]
     assert found == []
+
+
+def test_no_loop_between_tuners_packages():
+    """Packages only import downwards: the graph of package imports (inside functions too) has no cycle."""
+    graph = {package: {other_package(m, package) for _, m, _ in imports(package)} - {None}
+             for package in PACKAGES}
+    done: set[str] = set()
+
+    def visit(package: str, path: tuple[str, ...]) -> None:
+        assert package not in path, " -> ".join((*path, package))
+        if package not in done:
+            for other in sorted(graph[package]):
+                visit(other, (*path, package))
+            done.add(package)
+
+    for package in PACKAGES:
+        visit(package, ())
