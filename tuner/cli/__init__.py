@@ -1,6 +1,7 @@
 """The `tuner` command. Each group of subcommands lives in its own module with `register(subparsers)`:
 `_train` (train), `_spec` (validate, schema), `_sweep` (run, resume, sync, list, status), `_inspect`
-(diagnose, export, ui, dashboard) and `_cluster` (submit, jobs, logs, cancel). `_table` renders trials in the terminal.
+(diagnose, export, ui, dashboard) and `_cluster` (submit, jobs, logs, cancel). `_table` renders
+trials in the terminal.
 
 Exit codes: 0 done; 1 the sweep itself stopped on an error (what finished is kept); 2 a user mistake
 (TunerError: one line per problem on stderr, no traceback, nothing written); 3 `tuner train` was
