@@ -24,7 +24,8 @@ def read_yaml(path: str | os.PathLike, what: str = "config") -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         reason = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError([Problem(what, str(path), f"is not valid YAML{where}: {reason}", "fix the YAML syntax")]) from None
+        raise ConfigError([Problem(what, str(path), f"is not valid YAML{where}: {reason}",
+                                   "fix the YAML syntax")]) from None
     except UnicodeDecodeError:
         raise ConfigError([Problem(what, str(path), "is not UTF-8 text", "save the file as UTF-8")]) from None
     if data is None:

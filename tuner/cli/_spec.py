@@ -15,7 +15,9 @@ from trials import TunerError
 def register(subparsers: argparse._SubParsersAction) -> None:
     validate = subparsers.add_parser(
         "validate", help="check a sweep spec and print it with every default filled in",
-        description="Check a sweep spec. Prints the resolved spec (YAML) on stdout, ending with a comment that gives the memory model's prediction of a trial's peak at the space's extremes, and warnings on stderr; "
+        description="Check a sweep spec. Prints the resolved spec (YAML) on stdout, ending with a "
+                    "comment that gives the memory model's prediction of a trial's peak at the "
+                    "space's extremes, and warnings on stderr; "
                     "exit code 2 and one line per problem when it is wrong.")
     validate.add_argument("spec", type=Path, help="the sweep spec (YAML)")
     validate.set_defaults(func=_validate)
@@ -58,7 +60,8 @@ def _memory_line(spec) -> str:
             f"{largest.response_length} tokens, lora_rank {largest.lora_rank})")
     if res.trial_memory_gb:
         over = sum(p > res.trial_memory_gb for p, _ in predicted[1:])
-        text += f"; {over} of {len(predicted) - 1} extreme configs exceed resources.trial_memory_gb {res.trial_memory_gb:g}"
+        text += (f"; {over} of {len(predicted) - 1} extreme configs exceed "
+                 f"resources.trial_memory_gb {res.trial_memory_gb:g}")
     return text
 
 

@@ -45,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _print_summary(summary) -> None:
     c = summary.counts
-    runs = f" and {summary.promotion_ran} promotion run{'s' if summary.promotion_ran != 1 else ''}" if summary.promotion_ran else ""
+    plural = "s" if summary.promotion_ran != 1 else ""
+    runs = f" and {summary.promotion_ran} promotion run{plural}" if summary.promotion_ran else ""
     print(f"sweep {summary.name}: {summary.ran} trials{runs} run in {summary.wall_seconds:.1f} s")
     print("trials: " + ", ".join(f"{k.lower()} {v}" for k, v in c.items() if v))
     if summary.best_number is not None:
@@ -93,8 +94,9 @@ def _print_answer(configs: list, choice: Any, name: str) -> None:
         return
     src = choice.source
     if choice.stage == "promotion":
-        print(f"answer: trial {src['trial']}'s config, mean {src['mean']:.4f} (spread {src['spread']:.4f}) over seeds "
-              f"{', '.join(map(str, src['seeds']))}, KL max {src['kl_max']:.2f} nats (search rank {src['search_rank']})")
+        print(f"answer: trial {src['trial']}'s config, mean {src['mean']:.4f} "
+              f"(spread {src['spread']:.4f}) over seeds {', '.join(map(str, src['seeds']))}, "
+              f"KL max {src['kl_max']:.2f} nats (search rank {src['search_rank']})")
     else:
         print(f"answer: trial {src['trial']}'s config: {choice.note}")
 

@@ -42,7 +42,8 @@ def row_of(t: TrialRow) -> dict[str, Any]:
 def render_rows(rows: list[dict[str, Any]], title: str) -> Table:
     table = Table(title=title, title_justify="left")
     labels = any("label" in r for r in rows)
-    gold = any(r.get("gold") is not None for r in rows)  # a held-out reward: its column, and the flag in the stop column
+    # a held-out reward: its column, and the flag in the stop column
+    gold = any(r.get("gold") is not None for r in rows)
     # a later stage's rows are runs, each repeating a search trial (its label: "trial 4, seed 1")
     columns = ("run" if labels else "trial", *(("repeats",) if labels else ()), "state", "iter", "reward", "eval",
                *(("held-out",) if gold else ()), "score", "KL", "KL max", "beta", "stop")
@@ -50,8 +51,9 @@ def render_rows(rows: list[dict[str, Any]], title: str) -> Table:
         table.add_column(column, justify="right" if column not in ("state", "stop") else "left")
     for r in sorted(rows, key=lambda r: r["number"]):
         stop = r.get("stop", "") + (f" ({r['flag']})" if r.get("flag") else "")
-        table.add_row(str(r["number"]), *((r.get("label", ""),) if labels else ()), r["state"], str(r.get("iteration", "-")),
-                      _f(r.get("reward")), _f(r.get("eval")), *((_f(r.get("gold")),) if gold else ()), _f(r.get("score")),
+        table.add_row(str(r["number"]), *((r.get("label", ""),) if labels else ()), r["state"],
+                      str(r.get("iteration", "-")), _f(r.get("reward")), _f(r.get("eval")),
+                      *((_f(r.get("gold")),) if gold else ()), _f(r.get("score")),
                       _f(r.get("kl"), ".2f"), _f(r.get("kl_max"), ".2f"), _f(r.get("beta"), ".3g"), stop)
     return table
 
@@ -66,7 +68,8 @@ def _moved(config: PromotedConfig) -> str:
 def render_promotion(configs: list[PromotedConfig], title: str) -> Table:
     """The promoted configs: their rank in the search and in promotion, mean, spread and KL over seeds."""
     table = Table(title=title, title_justify="left")
-    for column in ("trial", "search rank", "search score", "promotion rank", "mean", "spread", "KL max", "seeds", "verdict"):
+    for column in ("trial", "search rank", "search score", "promotion rank", "mean", "spread",
+                   "KL max", "seeds", "verdict"):
         table.add_column(column, justify="left" if column in ("seeds", "verdict") else "right")
     for c in configs:
         seeds = " ".join(f"{r.seed}:{_f(r.value)}" + ("" if r.feasible else f" {r.state}") for r in c.runs)
@@ -83,8 +86,10 @@ class LiveTable(SweepCallback):
         self.title = self.name = title
         self.console = console(stream or sys.stderr)
         self.rows: dict[int, dict[str, Any]] = {}  # trial number -> its row
-        self.stage = "trial"  # what the rows are: the search's trials, or (after stage_started) a later stage's runs
-        self.live = Live(console=self.console, refresh_per_second=2, auto_refresh=False) if self.console.is_terminal else None
+        # what the rows are: the search's trials, or (after stage_started) a later stage's runs
+        self.stage = "trial"
+        self.live = (Live(console=self.console, refresh_per_second=2, auto_refresh=False)
+                     if self.console.is_terminal else None)
 
     def _show(self, final_line: str | None = None) -> None:
         if self.live is not None:
@@ -97,7 +102,8 @@ class LiveTable(SweepCallback):
 
     def stage_started(self, stage: str, title: str) -> None:
         self.stop()  # the search's table stays on the screen as it ended
-        self.live = Live(console=self.console, refresh_per_second=2, auto_refresh=False) if self.console.is_terminal else None
+        self.live = (Live(console=self.console, refresh_per_second=2, auto_refresh=False)
+                     if self.console.is_terminal else None)
         # the line says what the stage does; its table's title only what its rows are (not the line again)
         self.title, self.rows, self.stage = f"{self.name}: {stage} runs", {}, stage
         self.console.print(f"{title} ...", highlight=False)

@@ -39,7 +39,8 @@ def _nats(text: str) -> float:
     except ValueError:
         value = math.nan
     if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number of nats, got {text!r}; the guidance keeps KL below 15-20")
+        raise argparse.ArgumentTypeError(f"must be a positive number of nats, got {text!r}; "
+                                         "the guidance keeps KL below 15-20")
     return value
 
 

@@ -76,9 +76,10 @@ def forget_trial(trial: Any) -> None:
     the flattened copy of it and the tag made from it, its last result (every metric, the config again),
     the per-metric statistics of every numeric key (max, min, mean, last, two running windows), and the
     JSON of all that in Tune's experiment state. Tune holds them until the fit ends, so the driver's
-    memory would grow with every trial (bench/driver_memory.py measures it). The sweep never reads them after the end: the study and the MLflow runs
-    hold every result, and the scheduler, the searcher and this callback's records were told of the
-    end before this runs. `tuner resume` starts from the study, never from Tune's state."""
+    memory would grow with every trial (bench/driver_memory.py measures it). The sweep never reads
+    them after the end: the study and the MLflow runs hold every result, and the scheduler, the
+    searcher and this callback's records were told of the end before this runs. `tuner resume`
+    starts from the study, never from Tune's state."""
     number = trial.config.get("number")
     trial.config = {"number": number}
     trial._Trial__unresolved_config = trial.config  # Tune's copy of the config as suggested (Trial.__init__)

@@ -113,7 +113,8 @@ class HeldWrites:
 
     def _recovered(self) -> None:
         if self.since is not None:
-            log.warning("the study database is back after %.1f s; the held writes are written", self.clock() - self.since)
+            log.warning("the study database is back after %.1f s; the held writes are written",
+                        self.clock() - self.since)
             self.outages += 1
         self.since, self.failures, self.next_try = None, 0, 0.0
 

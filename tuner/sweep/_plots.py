@@ -24,8 +24,8 @@ from matplotlib.lines import Line2D  # noqa: E402
 
 from tuner.trial import State  # noqa: E402
 
-__all__ = ["importance_figure", "kl_figure", "kl_trajectories", "pareto_front", "param_importance", "reward_figure", "reward_vs_kl",
-           "heldout_figure", "heldout_vs_kl"]
+__all__ = ["importance_figure", "kl_figure", "kl_trajectories", "pareto_front", "param_importance",
+           "reward_figure", "reward_vs_kl", "heldout_figure", "heldout_vs_kl"]
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,8 @@ def reward_figure(rows: list[dict[str, Any]], kl_limit: float, metric: str) -> F
     for state, (marker, color, label) in _KIND.items():
         mine = [r for r in rows if _kind(r) == state]
         if mine:
-            ax.scatter([r["kl"] for r in mine], [r["score"] for r in mine], marker=marker, s=50, color=color, label=label)
+            ax.scatter([r["kl"] for r in mine], [r["score"] for r in mine], marker=marker, s=50,
+                       color=color, label=label)
     if front:
         fp = sorted(pts[i] for i in front)
         ax.plot([p[0] for p in fp], [p[1] for p in fp], color="orange", lw=1.5, label="Pareto front")

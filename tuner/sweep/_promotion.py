@@ -82,7 +82,8 @@ def plan(spec: CompiledSpec, search: optuna.Study) -> list[PlannedRun]:
             for t in top for seed in seeds]
 
 
-def promotion_study(spec: CompiledSpec, storage: optuna.storages.BaseStorage, create: bool = False) -> optuna.Study | None:
+def promotion_study(spec: CompiledSpec, storage: optuna.storages.BaseStorage,
+                    create: bool = False) -> optuna.Study | None:
     """The sweep's promotion study (created with `create`); None where promotion never started."""
     name = promotion_name(spec.name)
     if create:
@@ -104,7 +105,8 @@ def _ran(trial: optuna.trial.FrozenTrial) -> bool:
     return trial.state.is_finished() and not interrupted(trial)
 
 
-def missing_runs(planned: list[PlannedRun], study: optuna.Study, storage: optuna.storages.BaseStorage) -> list[PlannedRun]:
+def missing_runs(planned: list[PlannedRun], study: optuna.Study,
+                 storage: optuna.storages.BaseStorage) -> list[PlannedRun]:
     """The planned runs the promotion study does not hold yet. Runs left RUNNING by a controller that died
     are marked FAIL (interrupted) first, so they run again."""
     mark_interrupted(study, storage)
@@ -190,7 +192,8 @@ def promoted_configs(spec: CompiledSpec, search: optuna.Study, study: optuna.Stu
                                             kl_max=trial.user_attrs.get(ATTR["kl_max"]),
                                             feasible=is_feasible(trial) and trial.state == TrialState.COMPLETE))
     maximize = spec.objective.direction == "maximize"
-    eligible = sorted((c for c in configs.values() if c.eligible), key=lambda c: (-c.mean if maximize else c.mean, c.search_rank))
+    eligible = sorted((c for c in configs.values() if c.eligible),
+                      key=lambda c: (-c.mean if maximize else c.mean, c.search_rank))
     for rank, config in enumerate(eligible, 1):
         config.rank = rank
     for config in configs.values():

@@ -22,9 +22,10 @@ from optuna.trial import FrozenTrial, TrialState
 from trials import Problem, TunerError
 from tuner.trial import STATES, Attr, State, StopReason, feasible, overoptimized, recorded_state
 
-__all__ = ["ATTR", "PARENT_ATTR", "StorageError", "TrialRow", "best_feasible", "best_of", "count_states", "ranked_feasible",
-           "ranked_of", "interrupted", "mark_interrupted", "requeue_interrupted",
-           "is_connection_error", "open_storage", "ran_configs", "redact", "scrub", "schema_init_lock", "tell_duplicate", "trial_rows"]
+__all__ = ["ATTR", "PARENT_ATTR", "StorageError", "TrialRow", "best_feasible", "best_of",
+           "count_states", "ranked_feasible", "ranked_of", "interrupted", "mark_interrupted",
+           "requeue_interrupted", "is_connection_error", "open_storage", "ran_configs", "redact",
+           "scrub", "schema_init_lock", "tell_duplicate", "trial_rows"]
 
 # user attributes on each Optuna trial, by short name (ATTR["stop"] is Attr.STOP: "stop_reason")
 ATTR: dict[str, Attr] = {attr.name.lower(): attr for attr in Attr}
@@ -58,8 +59,10 @@ def open_storage(url: str, kind: type[optuna.storages.RDBStorage] = optuna.stora
                 conn.exec_driver_sql("PRAGMA journal_mode=WAL")
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, TimeoutError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
-        raise StorageError([Problem("storage", redact(url), f"cannot open the study database ({scrub(reason, url)})",
-                                    "check that the database server is running and the URL, user and password are right")]) from None
+        raise StorageError([Problem("storage", redact(url),
+                                    f"cannot open the study database ({scrub(reason, url)})",
+                                    "check that the database server is running and the URL, "
+                                    "user and password are right")]) from None
     return storage
 
 
@@ -293,7 +296,8 @@ def tell_duplicate(study: optuna.Study, trial: optuna.trial.Trial, earlier: Froz
     for key in ("kl_max", "kl_final", "iterations", "reward", "eval", "gold", "evals"):
         if ATTR[key] in earlier.user_attrs:
             trial.set_user_attr(ATTR[key], earlier.user_attrs[ATTR[key]])
-    trial.set_user_attr(ATTR["stop"], f"same config as trial {earlier.number}: {earlier.user_attrs.get(ATTR['stop'], '')}")
+    trial.set_user_attr(ATTR["stop"], f"same config as trial {earlier.number}: "
+                                      f"{earlier.user_attrs.get(ATTR['stop'], '')}")
     for step, value in earlier.intermediate_values.items():
         trial.report(value, step=step)
     for name, value in (earlier.constraints or {}).items():

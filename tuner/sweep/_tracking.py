@@ -83,8 +83,9 @@ def _column(kind: str, name: str) -> str:
 
 def trials_view(searched: list[str]) -> dict[str, Any]:
     """The runs table of the sweep's page: the trials, first to last, with the columns a user compares."""
-    columns = [_column("tags", TAG["stage"]), _column("tags", TAG["state"]), _column("metrics", OBJECTIVE), _column("metrics", K.KL),
-               _column("metrics", KL_MAX), _column("metrics", K.EVAL_SCORES), _column("tags", TAG["stop"]),
+    columns = [_column("tags", TAG["stage"]), _column("tags", TAG["state"]),
+               _column("metrics", OBJECTIVE), _column("metrics", K.KL), _column("metrics", KL_MAX),
+               _column("metrics", K.EVAL_SCORES), _column("tags", TAG["stop"]),
                *(_column("params", name) for name in searched)]
     return {"searchFilter": f"tags.`{TAG['kind']}` != 'sweep'",  # search trials and promotion runs
             "orderByKey": "attributes.start_time",
@@ -224,7 +225,8 @@ class TrialLogger(SweepCallback):
     """One nested child run per trial: its params, every iteration's metrics, its state and stop reason."""
 
     def __init__(self, tracker: SweepTracker, kind: str = TRIAL):
-        self.tracker, self.kind = tracker, kind  # kind: TRIAL (the search's) or PROMOTION (its runs are the promotion study's)
+        # kind: TRIAL (the search's) or PROMOTION (its runs are the promotion study's)
+        self.tracker, self.kind = tracker, kind
         self.client = tracker.client
         self.runs: dict[int, str] = {}  # trial number -> mlflow run id
         self.writer = Writer()
@@ -242,7 +244,8 @@ class TrialLogger(SweepCallback):
                 return ""
         return self.runs[task.number]
 
-    def _create_run(self, number: int, searched: dict[str, Any], engine: dict[str, Any], source: int | None = None) -> str:
+    def _create_run(self, number: int, searched: dict[str, Any], engine: dict[str, Any],
+                    source: int | None = None) -> str:
         tags = {"mlflow.parentRunId": self.tracker.parent_id, TAG["kind"]: self.kind, TAG["number"]: str(number),
                 TAG["stage"]: "search" if self.kind == TRIAL else self.kind}
         if source is not None:
@@ -288,9 +291,11 @@ class TrialLogger(SweepCallback):
         metrics = [Metric(LR_MICRO[n], float(values[n]) * 1e6, 0, iteration) if n in LR_MICRO
                    else Metric(n, float(values[n]), 0, iteration) for n in _METRICS
                    if isinstance(values.get(n), (int, float)) and math.isfinite(values[n])]
-        metrics += [Metric(_metric_name(TRAINER + n), v, 0, iteration) for n, v in report.trainer.items() if math.isfinite(v)]
+        metrics += [Metric(_metric_name(TRAINER + n), v, 0, iteration)
+                    for n, v in report.trainer.items() if math.isfinite(v)]
         if iteration == 1:  # the curves start before any update
-            metrics += [Metric(name, report.initial(name), 0, 0) for name in K.EVALUATED if math.isfinite(report.initial(name))]
+            metrics += [Metric(name, report.initial(name), 0, 0) for name in K.EVALUATED
+                        if math.isfinite(report.initial(name))]
         self.writer.submit(self.client.log_batch, run_id, metrics)
 
     def trial_ended(self, outcome: Outcome) -> None:
@@ -323,7 +328,8 @@ class TrialLogger(SweepCallback):
             if not runs and trial.state.is_finished() and not never_ran:
                 engine = json.loads(trial.user_attrs.get(ATTR["engine"], "{}"))
                 source = trial.user_attrs.get(ATTR["source"])
-                params = json.loads(trial.user_attrs.get(ATTR["params"], "{}")) if source is not None else dict(trial.params)
+                params = (json.loads(trial.user_attrs.get(ATTR["params"], "{}"))
+                          if source is not None else dict(trial.params))
                 runs = [self.client.get_run(self._create_run(trial.number, params, engine, source))]
                 counts["created"] += 1
             for run in runs:

@@ -64,7 +64,8 @@ def test_verl_overrides_compose_with_verls_own_config(name):
 
 def test_verl_takes_the_users_rollout_engine():
     argv, _, _ = launch("verl", ["py", "actor_rollout_ref.rollout.name=sglang"], config().to_dict())
-    assert [a for a in argv if a.startswith("actor_rollout_ref.rollout.name=")] == ["actor_rollout_ref.rollout.name=sglang"]
+    assert [a for a in argv if a.startswith("actor_rollout_ref.rollout.name=")] == [
+        "actor_rollout_ref.rollout.name=sglang"]
     argv, _, _ = launch("verl", ["py"], config().to_dict())
     assert "actor_rollout_ref.rollout.name=vllm" in argv  # verl's own default is '???' (required)
 
@@ -73,8 +74,10 @@ def test_verl_takes_the_users_rollout_engine():
 def test_openrlhf_flags_parse_with_openrlhfs_own_parser(name):
     c = config(**CONFIGS[name])
     argv, _, _ = launch("openrlhf", ["python"], c.to_dict())
-    code = ("import sys, json; sys.path.insert(0, sys.argv[1]); import engine_trainers as t; from pathlib import Path; "
-            "a = vars(t.openrlhf_parser(Path(sys.argv[2])).parse_args(sys.argv[3:])); print(json.dumps(a, default=str))")
+    code = ("import sys, json; sys.path.insert(0, sys.argv[1]); import engine_trainers as t; "
+            "from pathlib import Path; "
+            "a = vars(t.openrlhf_parser(Path(sys.argv[2])).parse_args(sys.argv[3:])); "
+            "print(json.dumps(a, default=str))")
     proc = subprocess.run([str(check_python()), "-c", code, str(TRAINERS.parent), str(source("openrlhf")), *argv[1:]],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
