@@ -68,17 +68,25 @@ def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
     return not alive and not copy and not interrupted(trial)
 
 
+def _still_wanted(study: optuna.Study, wanted: int) -> int:
+    return max(0, wanted - sum(map(counts_toward_budget, study.get_trials(deepcopy=False))))
+
+
 def missing_trials(spec: CompiledSpec, study: optuna.Study) -> int:
     """Trials of the search's budget still to run."""
-    done = sum(map(counts_toward_budget, study.get_trials(deepcopy=False)))
-    return max(0, spec.budget.trials - done)
+    return _still_wanted(study, spec.budget.trials)
 
 
 def remaining_trials(study: optuna.Study, wanted: int, storage: optuna.storages.BaseStorage) -> int:
     """Trials still to run. Trials left RUNNING by a dead controller are marked FAIL (interrupted)
     and run again (`requeue_interrupted`); every other finished trial counts toward the budget."""
     mark_interrupted(study, storage)
-    return max(0, wanted - sum(map(counts_toward_budget, study.get_trials(deepcopy=False))))
+    return _still_wanted(study, wanted)
+
+
+def _count(n: int, word: str) -> str:
+    """'1 trial', '3 trials'."""
+    return f"{n} {word}{'s' if n != 1 else ''}"
 
 
 def search_stage(spec: CompiledSpec, study: optuna.Study, storage: optuna.storages.BaseStorage,
@@ -91,7 +99,7 @@ def search_stage(spec: CompiledSpec, study: optuna.Study, storage: optuna.storag
     searcher = StudySearcher(study, spec, storage)
     logger = TrialLogger(tracker)
     logger.reconcile(study)
-    return Stage("tune", f"{todo} trial{'s' if todo != 1 else ''}", todo, searcher, logger,
+    return Stage("tune", _count(todo, "trial"), todo, searcher, logger,
                  search_scheduler(spec) if todo else None, spec.budget.wall_clock)
 
 
@@ -120,9 +128,8 @@ def promotion_stage(spec: CompiledSpec, search: optuna.Study, storage: optuna.st
         return StageRun(todo=len(todo), skipped="the wall-clock budget was spent by the search")
     configs, runs = len({run.source for run in planned}), len(todo)
     seeds = spec.budget.promote.seeds
-    title = (f"promotion: the best {configs} config{'s' if configs != 1 else ''} x {seeds} fresh "
-             f"seed{'s' if seeds != 1 else ''}, {spec.promote_iterations()} iterations each "
-             f"({runs} run{'s' if runs != 1 else ''} to do)")
+    title = (f"promotion: the best {_count(configs, 'config')} x {_count(seeds, 'fresh seed')}, "
+             f"{spec.promote_iterations()} iterations each ({_count(runs, 'run')} to do)")
     searcher = PromotionSearcher(study, spec, storage, todo)
-    return Stage(PROMOTION, f"{runs} promotion run{'s' if runs != 1 else ''}", runs, searcher,
+    return Stage(PROMOTION, _count(runs, "promotion run"), runs, searcher,
                  logger, FIFOScheduler(), left, title=title)
