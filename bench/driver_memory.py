@@ -163,6 +163,9 @@ def main() -> int:
     ended = len(ENDED.findall(text))
     if ended != args.trials:
         raise SystemExit(f"{ended} trials ended, not {args.trials}:\n{text[-3000:]}")
+    if len({s["ended"] for s in samples if args.warmup <= s["ended"] < args.trials}) < 2:
+        raise SystemExit(f"fewer than 2 sampled trial counts between trial {args.warmup} and trial {args.trials}: "
+                         f"no slope can be taken; raise --trials or lower --interval (now {args.interval} s)")
     result = {"command": " ".join(["python", "bench/driver_memory.py", *sys.argv[1:]]), "machine": machine(),
               "load_before": before, "load_after": load(), "trials": args.trials, "iterations": args.iterations,
               "concurrency": args.concurrency, "warmup": args.warmup, "wall_seconds": round(wall, 1),

@@ -77,10 +77,11 @@ def test_kl_pruning_counts_savings_on_the_table(tmp_path):
 
 @pytest.mark.slow
 def test_driver_memory_samples_a_real_sweep(tmp_path):
-    proc = _bench("driver_memory.py", "--trials", "8", "--warmup", "2", "--interval", "0.5", out=tmp_path)
+    # trials of the tiny trainer end several a second: 40 of them, sampled every 0.2 s, give the slope points
+    proc = _bench("driver_memory.py", "--trials", "40", "--warmup", "5", "--interval", "0.2", out=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
     res = json.loads((tmp_path / "driver_memory.json").read_text())
-    assert res["trials"] == 8 and max(s["ended"] for s in res["samples"]) == 8
+    assert res["trials"] == 40 and max(s["ended"] for s in res["samples"]) == 40
     rss = res["rss_mib"]
     assert 50 < rss["first_trial_ended"] <= rss["peak_whole_run"]  # a driver that imported Ray, Optuna, MLflow
     assert res["slope_mib_per_100_trials"] == res["slope_mib_per_100_trials"]  # a number, not NaN
