@@ -18,14 +18,18 @@ from typing import Any
 
 from trials import Problem
 from trials import metrics as K
-from tuner.engines._words import hydra_word
+from tuner.engines._words import flag_words, hydra_word
 
-__all__ = ["CONFIG_ENV", "LAUNCHERS", "PLACEHOLDER", "SOURCE_FIELDS", "Engine", "TrainerError",
-           "Units", "command_argv", "numbers"]
+__all__ = ["CHECKPOINTS", "CONFIG_ENV", "LAUNCHERS", "PLACEHOLDER", "SOURCE_FIELDS", "TRIAL_PLACEHOLDERS",
+           "Engine", "TrainerError", "Units", "command_argv", "numbers", "trial_values"]
 
 CONFIG_ENV = "PPO_TUNER_TRIAL_CONFIG"  # names the trial's config file (JSON)
-# '{policy_lr}' in trial.command: that engine field's value
+# '{policy_lr}' in trial.command: that engine field's value; '{trial_dir}', '{trial_number}': the trial's
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# the placeholders that name the trial, not a hyperparameter: its own folder (absolute; a retry of the
+# trial runs in the same one) and its number in the study
+TRIAL_PLACEHOLDERS = ("trial_dir", "trial_number")
+CHECKPOINTS = "checkpoints"  # the trainer's checkpoints, by default: this folder in the trial's folder
 LAUNCHERS = Path(__file__).parent / "launchers"  # scripts of ours that a user's interpreter runs
 # Our fields that name the models, data and reward: a launched trial takes them from the user's own
 # arguments, so a launch never writes their names.
@@ -94,9 +98,19 @@ def numbers(data: dict[str, Any]) -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def command_argv(command: list[str], engine: dict[str, Any]) -> list[str]:
-    """trial.command with each '{field}' replaced by the trial's value of that engine field."""
-    return [PLACEHOLDER.sub(lambda m: str(engine[m.group(1)]), arg) for arg in command]
+def trial_values(folder: Path | None, number: int | None) -> dict[str, str]:
+    """The values of TRIAL_PLACEHOLDERS for the trial with this folder and number (those known)."""
+    values = {"trial_dir": str(folder) if folder is not None else None,
+              "trial_number": str(number) if number is not None else None}
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def command_argv(command: list[str], engine: dict[str, Any], trial: Mapping[str, str] | None = None
+                 ) -> list[str]:
+    """trial.command with each '{field}' replaced by the trial's value of that engine field, and
+    '{trial_dir}', '{trial_number}' by `trial`'s (`trial_values`)."""
+    values = {**engine, **(trial or {})}
+    return [PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), arg) for arg in command]
 
 
 @dataclass(frozen=True)
@@ -128,6 +142,9 @@ class Engine:
     user_choice: tuple[str, ...] = ()
     # a Hydra override that also gives metrics_file's path to the trainer's Ray actors
     path_setting: str = ""
+    # its setting that names where it saves checkpoints and resumes from: unless trial.command sets it,
+    # each trial's own CHECKPOINTS folder, so that a retried trial resumes its own and no other's
+    checkpoint: str = ""
     imports: tuple[str, ...] = ()  # modules trial.command's interpreter must import
     setup: str = ""  # how a user gets an interpreter that imports them
 
@@ -138,11 +155,12 @@ class Engine:
         return frozenset(names) | set(self.fixed)
 
     def argv(self, command: list[str], engine: dict[str, Any], args: Sequence[str] = (),
-             workdir: Path | None = None) -> list[str]:
+             workdir: Path | None = None, number: int | None = None) -> list[str]:
         """The trial's argv: trial.command with its placeholders filled in, then `args` (the
         hyperparameters as the engine's launch arguments, from its name table), or our launcher.
-        `workdir`: the trial's folder, where the trainer writes metrics_file."""
-        argv = command_argv(command, engine)
+        `workdir`: the trial's folder, where the trainer writes metrics_file and, unless
+        trial.command names another, its checkpoints; `number`: the trial's."""
+        argv = command_argv(command, engine, trial_values(workdir, number))
         if not self.names:
             return argv
         if self.launcher:
@@ -153,7 +171,13 @@ class Engine:
         extra = list(self.extra)
         if self.path_setting and workdir is not None:  # verl logs from its TaskRunner, a Ray worker
             extra.append(hydra_word(self.path_setting, str(workdir / self.metrics_file)))
+        if self.checkpoint and workdir is not None and self._fixed(argv, self.checkpoint) is None:
+            extra += self._words(self.checkpoint, str(workdir / CHECKPOINTS))
         return [*argv, *words, *extra]
+
+    def _words(self, name: str, value: Any) -> list[str]:
+        """One setting as this engine's launch words."""
+        return [hydra_word(name, value)] if self.style == "hydra" else flag_words(name, value)
 
     def environ(self, workdir: Path, ray: str, gcs: str = "") -> dict[str, str]:
         """Variables set for the trainer: its metrics file; for an engine that runs its own Ray,

@@ -128,4 +128,5 @@ OPENRLHF = Engine(
     "Global step ", _openrlhf_line, names=FLAGS, fixed=FIXED, style="flag",
     example="command: [/opt/openrlhf/bin/python, -m, openrlhf.cli.train_ppo_ray, "
             "--actor.model_name_or_path, ...]",
-    ray=True, gpu_args=("--actor.num_gpus_per_node", "--actor.num_nodes"))
+    ray=True, gpu_args=("--actor.num_gpus_per_node", "--actor.num_nodes"),
+    checkpoint="--ckpt.path")  # --ckpt.load_enable resumes from the latest there

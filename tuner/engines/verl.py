@@ -155,4 +155,5 @@ VERL = Engine(
     extra=("trainer.logger=[console,file]",), ray=True,
     gpu_args=("trainer.n_gpus_per_node", "trainer.nnodes"),
     user_choice=("actor_rollout_ref.rollout.name",),
+    checkpoint="trainer.default_local_dir",  # resume_mode: auto (its default) resumes from the latest there
     path_setting="+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH")

@@ -25,6 +25,6 @@ def export_choice(spec: CompiledSpec, choice: Choice, fmt: str) -> tuple[str, li
         return export_searched(dict(choice.trial.params), fmt, choice.source)
     if fmt == "command":
         folder = trial_folder(spec, choice.trial.number)
-        argv = launch_argv("command", list(spec.trial.command), engine, folder)
+        argv = launch_argv("command", list(spec.trial.command), engine, folder, choice.trial.number)
         return export_command(argv, str(folder), choice.source)
     return export_config(PPOConfig.from_dict(engine), fmt, source=choice.source)

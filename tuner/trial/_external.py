@@ -33,6 +33,7 @@ from tuner.engines import (
     CONFIG_ENV,
     PLACEHOLDER,
     PREFIX,
+    Engine,
     TrainerError,
     command_argv,
     parse_report,
@@ -52,6 +53,7 @@ LOG_FILE = "trainer.log"  # the trainer's stdout and stderr, in the trial's fold
 _TAIL_LINES = 30  # of the log, in a failed trial's error
 _TIMEOUT, _STOPPED, _EOF = "timeout", "stopped", "eof"
 _POLL = 0.02  # s between reads of a metrics file: the most a report waits to be seen
+_STEP = "step"  # the trainer's own step number in a decoded report (verl's file logger, OpenRLHF's global step)
 
 
 class TrainerProcess:
@@ -164,7 +166,7 @@ def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir:
     direction, last = objective["direction"], int(task.engine["num_iterations"])
     limit = task.kl_stopper()
     scorer = Scorer(objective["metric"], direction, objective["score"], objective["last_k"], math.nan)
-    argv, args, lost = launch(task.engine_kind, ext["command"], task.engine, workdir)
+    argv, args, lost = launch(task.engine_kind, ext["command"], task.engine, workdir, task.number)
     config = workdir / "trial_config.json"
     config.write_text(json.dumps({"number": task.number, "params": task.params, "engine": task.engine,
                                   "kl_limit": task.kl_limit, "launch": args, "not_expressed": lost},
@@ -176,6 +178,7 @@ def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir:
     if stop_requested():  # the sweep stopped while this trial was being set up: no trainer starts
         engine.cleanup(environ)
         return
+    earlier = earlier_steps(engine, workdir) if engine.checkpoint else {}
     try:
         trainer = TrainerProcess(argv, environ, workdir, engine.marker, metrics_path)
     except TrainerError:
@@ -183,6 +186,19 @@ def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir:
         raise
     try:
         count, previous, held = 0, started, {}
+
+        def report(metrics: dict[str, float], own: dict[str, float]) -> bool:
+            """Emit the trial's next iteration; whether the KL limit stops it there."""
+            nonlocal count
+            count += 1
+            over = limit(count, metrics)
+            score = scorer.update(metrics)
+            reason = StopReason.of_kl(limit) if over else StopReason.COMPLETED if count == last else None
+            emit(TrialReport(metrics=metrics, objective=score, scheduler_score=scheduler_score(score, over, direction),
+                             kl_max=limit.kl_max, stop_reason=reason, start_seconds=0.0, pid=trainer.pid,
+                             trainer=own).to_result())
+            return over
+
         while count < last:
             item = trainer.next_report(float(ext["report_timeout"]), stop_requested)
             if item == _STOPPED:
@@ -199,23 +215,53 @@ def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir:
             if not engine.units.needs_kl and engine.units.kl_of(raw) is None and K.KL not in raw:
                 held.update(raw)  # a record without KL (verl's validation before training): merged into the next
                 continue
-            metrics, own = engine.units.convert({**held, **raw})
-            held = {}
-            count += 1
+            raw, held = {**held, **raw}, {}
+            # a trainer resumed from its checkpoint at step s-1 reports step s first: the steps before it are
+            # this trial's own, reported by its earlier attempt, and are reported again as its iterations
+            for step in range(count + 1, int(raw.get(_STEP, 0)) if engine.checkpoint else 0):
+                if step not in earlier:
+                    raise TrainerError(f"the trainer resumed at step {int(raw[_STEP])}, but this trial's earlier "
+                                       f"attempts reported no step {step}: was its checkpoint folder another "
+                                       f"trial's?; log tail:\n{trainer.log_tail()}")
+                if report(*engine.units.convert(earlier[step])):
+                    return
+            metrics, own = engine.units.convert(raw)
             metrics.setdefault(K.ITERATION_SECONDS, at - previous)
             previous = at
-            over = limit(count, metrics)
-            score = scorer.update(metrics)
-            reason = StopReason.of_kl(limit) if over else StopReason.COMPLETED if count == last else None
-            emit(TrialReport(metrics=metrics, objective=score, scheduler_score=scheduler_score(score, over, direction),
-                             kl_max=limit.kl_max, stop_reason=reason, start_seconds=0.0, pid=trainer.pid,
-                             trainer=own).to_result())
-            if over:
+            if report(metrics, own):
                 return
         _check_exit(trainer, count, last, float(ext["report_timeout"]))
     finally:
         trainer.stop(float(ext.get("stop_grace", 10.0)))
         engine.cleanup(environ)
+
+
+def earlier_steps(engine: Engine, workdir: Path) -> dict[int, dict[str, float]]:
+    """An engine that resumes from its checkpoints: the reports of this trial's earlier attempts in its
+    folder, by the trainer's step (a later attempt's report of a step replaces an earlier one's). Its
+    metrics file is then set aside (as <file>.<n>), so that this attempt's reports are read from a new one."""
+    path = workdir / engine.metrics_file if engine.metrics_file else workdir / LOG_FILE
+    found: dict[int, dict[str, float]] = {}
+    if not path.is_file():
+        return found
+    held: dict[str, float] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        if engine.marker is not None and engine.marker not in line or not line.strip():
+            continue
+        try:
+            raw = engine.decode(line)
+        except TrainerError:  # a line cut short when the attempt was killed
+            continue
+        if raw is None or _STEP not in raw:
+            continue
+        if not engine.units.needs_kl and engine.units.kl_of(raw) is None and K.KL not in raw:
+            held.update(raw)
+            continue
+        found[int(raw[_STEP])], held = {**held, **raw}, {}
+    if engine.metrics_file:
+        n = 1 + sum(1 for _ in workdir.glob(f"{engine.metrics_file}.*"))
+        path.rename(path.with_name(f"{path.name}.{n}"))
+    return found
 
 
 def _check_exit(trainer: TrainerProcess, count: int, last: int, timeout: float) -> None:

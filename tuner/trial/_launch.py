@@ -23,23 +23,24 @@ _CHECK_SECONDS = 120.0  # the import check's limit (importing torch and trl take
 _WHERE = "a path relative to the spec's folder, an absolute path, or a name on PATH"
 
 
-def launch(kind: str, command: list[str], engine: dict[str, Any], workdir: Path | None = None
-           ) -> tuple[list[str], Any, list[str]]:
+def launch(kind: str, command: list[str], engine: dict[str, Any], workdir: Path | None = None,
+           number: int | None = None) -> tuple[list[str], Any, list[str]]:
     """(argv, the launch arguments as the exporter gives them, the values the engine cannot
     express) of a trial of engine `kind` with engine config `engine`. `workdir`: the trial's
-    folder, where the trainer writes its metrics file."""
+    folder, where the trainer writes its metrics file and its checkpoints; `number`: the trial's
+    ('{trial_number}')."""
     trainer = engine_named(kind)
     if not trainer.names:
-        return trainer.argv(command, engine), None, []
+        return trainer.argv(command, engine, (), workdir, number), None, []
     args, lost = engine_launch(PPOConfig.from_dict(engine), kind)
     words = () if trainer.launcher else args
-    return trainer.argv(command, engine, words, workdir), args, lost
+    return trainer.argv(command, engine, words, workdir, number), args, lost
 
 
 def launch_argv(engine_kind: str, command: list[str], engine: dict[str, Any],
-                folder: Path | None = None) -> list[str]:
+                folder: Path | None = None, number: int | None = None) -> list[str]:
     """The argv a trial of `engine_kind` with engine config `engine` launches (`tuner export`)."""
-    return launch(engine_kind, command, engine, folder)[0]
+    return launch(engine_kind, command, engine, folder, number)[0]
 
 
 def check_trainer(kind: str, command: list[str], env: dict[str, str]) -> None:

@@ -14,6 +14,9 @@ CASES = [
     ("no-command", "trial: {engine: command}", "trial.command", "is needed with engine: command"),
     ("placeholder", "trial: {engine: command, command: [python, t.py, '--lr={policy_lrr}']}", "trial.command[2]",
      "'{policy_lrr}' is not an engine field"),
+    ("trial-placeholder", "trial: {engine: command, command: [python, t.py, '--out={trial_dirr}/ckpt']}",
+     "trial.command[2]",
+     "nor one of trial_dir, trial_number (got '--out={trial_dirr}/ckpt'); did you mean 'trial_dir'"),
     ("verl-no-command", "trial: {engine: verl}", "trial.command", "is needed with engine: verl"),
     ("verl-sets-ours", "trial: {engine: verl, command: [py, -m, verl.trainer.main_ppo, trainer.n_gpus_per_node=1, "
      "'actor_rollout_ref.actor.optim.lr=1e-6']}\nresources: {gpus_per_trial: 1}", "trial.command[4]",
@@ -86,6 +89,9 @@ def test_a_venv_interpreter_named_relative_to_the_spec_stays_the_venvs(tmp_path)
              "ray: {address: auto}"),
     ("openrlhf", "command: [py, -m, openrlhf.cli.train_ppo_ray, --actor.num_gpus_per_node, '1']}\n"
                  "resources: {gpus_per_trial: 1}"),
+    ("verl", "command: [py, -m, verl.trainer.main_ppo, trainer.n_gpus_per_node=1, "
+             "'trainer.default_local_dir={trial_dir}/ckpt', 'trainer.experiment_name=t{trial_number}']}\n"
+             "resources: {gpus_per_trial: 1}"),
     ("trl", "command: [py]}"),
 ])
 def test_an_engine_spec_whose_resources_work_is_valid(tmp_path, engine, text):
