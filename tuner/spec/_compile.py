@@ -138,11 +138,6 @@ class CompiledSpec:
         """An engine field's value where it is not searched."""
         return fixed_value(name, self.space, self._derived["base_values"])
 
-    def with_ray_address(self, address: str) -> CompiledSpec:
-        """The same sweep, joining the Ray cluster at `address` (tuner run --address)."""
-        ray = self.spec.ray.model_copy(update={"address": address, "num_cpus": None})
-        return dataclasses.replace(self, spec=self.spec.model_copy(update={"ray": ray}))
-
     def resolved(self) -> dict[str, Any]:
         """The spec with every default filled in, as plain YAML-able data (URLs as written, ${NAME} kept)."""
         data = self.spec.model_dump(mode="json")
