@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ from trials import metrics as K
 from tuner.engines._words import flag_words, hydra_word
 
 __all__ = ["CHECKPOINTS", "CONFIG_ENV", "LAUNCHERS", "PLACEHOLDER", "SOURCE_FIELDS", "TRIAL_PLACEHOLDERS",
-           "Engine", "TrainerError", "Units", "command_argv", "numbers", "trial_values"]
+           "Engine", "Layout", "TrainerError", "Units", "command_argv", "numbers", "trial_values",
+           "whole"]
 
 CONFIG_ENV = "PPO_TUNER_TRIAL_CONFIG"  # names the trial's config file (JSON)
 # '{policy_lr}' in trial.command: that engine field's value; '{trial_dir}', '{trial_number}': the trial's
@@ -114,6 +116,18 @@ def command_argv(command: list[str], engine: dict[str, Any], trial: Mapping[str,
 
 
 @dataclass(frozen=True)
+class Layout:
+    """The GPUs a trainer with a Ray of its own reserves for one trial, as trial.command sets it up."""
+
+    gpus: int  # in all, over every role that does not share another's
+    nodes: int  # the most nodes one role spans
+    roles: str  # how they add up, as trial.command gives them
+    fix: str  # how to make them `{gpus}`
+    error: str = ""  # a layout the trainer refuses at start-up, and why ...
+    error_fix: str = ""  # ... and how to mend it
+
+
+@dataclass(frozen=True)
 class Engine:
     """One external engine: its names for our fields (export and launch alike), how its trainer is
     started, how its reports are read, and what a spec must get right for it."""
@@ -137,7 +151,11 @@ class Engine:
     extra: tuple[str, ...] = ()  # arguments after the hyperparameters
     launcher: str = ""  # a script of ours (in LAUNCHERS) the user's interpreter runs
     ray: bool = False  # the trainer starts or joins a Ray of its own
-    gpu_args: tuple[str, ...] = ()  # its arguments that count the GPUs it uses (per node, nodes)
+    gpu_args: tuple[str, ...] = ()  # its arguments that count the actor's GPUs (per node, nodes)
+    # (trial.command's setting of a name: its value, "" for a bare flag, None) -> the GPUs its roles
+    # reserve in its own Ray
+    layout: Callable[[Callable[[str], str | None]], Layout | None] | None = None
+    ray_pin: str = ""  # the Ray version its release pins: on a cluster, that must be the cluster's
     # settings of the `fixed` table that trial.command may set instead
     user_choice: tuple[str, ...] = ()
     # a Hydra override that also gives metrics_file's path to the trainer's Ray actors
@@ -171,7 +189,7 @@ class Engine:
         extra = list(self.extra)
         if self.path_setting and workdir is not None:  # verl logs from its TaskRunner, a Ray worker
             extra.append(hydra_word(self.path_setting, str(workdir / self.metrics_file)))
-        if self.checkpoint and workdir is not None and self._fixed(argv, self.checkpoint) is None:
+        if self.checkpoint and workdir is not None and self._setting(argv, self.checkpoint) is None:
             extra += self._words(self.checkpoint, str(workdir / CHECKPOINTS))
         return [*argv, *words, *extra]
 
@@ -237,44 +255,78 @@ class Engine:
                 for i, arg in enumerate(command)
                 if (self.style == "hydra" or arg.startswith("--")) and self._arg_name(arg) in ours]
 
-    def _fixed(self, command: list[str], name: str) -> str | None:
+    def _setting(self, command: list[str], name: str) -> str | None:
+        """The value trial.command gives setting `name`: a Hydra override's, a flag's next word, ""
+        for a flag given bare (argparse store_true); None where it is not given."""
         for i, arg in enumerate(command):
             if self.style == "hydra" and self._arg_name(arg) == name and "=" in arg:
                 return arg.split("=", 1)[1]
-            if self.style == "flag" and arg == name and i + 1 < len(command):
-                return command[i + 1]
+            if self.style == "flag" and arg.split("=", 1)[0] == name:
+                if "=" in arg:
+                    return arg.split("=", 1)[1]
+                following = command[i + 1] if i + 1 < len(command) else "--"
+                return "" if following.startswith("--") else following
         return None
 
     def _check_ray_resources(self, command: list[str], gpus: float, cluster: bool) -> list[Problem]:
         """verl and OpenRLHF run a Ray of their own. Locally: a private one per trial, which sees
-        the GPUs Ray Tune reserved for the trial, so their GPU count must be that reservation. On a
-        cluster: the trainer joins the sweep's cluster and reserves its own GPUs there, so the
-        Tune trial must hold none."""
-        per_node, nodes = (self._fixed(command, name) for name in self.gpu_args)
+        the GPUs Ray Tune reserved for the trial, so the GPUs its roles reserve must be that
+        reservation. On a cluster: the trainer joins the sweep's cluster and reserves its own GPUs
+        there, so the Tune trial must hold none, and its Ray must be the cluster's version."""
         if cluster:
-            if not gpus:
-                return []
-            return [Problem("resources.gpus_per_trial", gpus,
-                            f"would hold GPUs that {self.name}'s own workers then cannot get: on a "
-                            "cluster its trainer joins the cluster and reserves its GPUs itself",
-                            f"set gpus_per_trial: 0 (the trial holds a CPU; {self.name} takes "
-                            f"{self.gpu_args[0]} x {self.gpu_args[1]} GPUs from the cluster)")]
+            return self._check_cluster(gpus)
         if not gpus or gpus != int(gpus):
             return [Problem("resources.gpus_per_trial", gpus,
                             f"must be a whole number of GPUs for {self.name}: its private Ray sees "
                             "only the GPUs reserved for the trial (CUDA_VISIBLE_DEVICES)",
                             "set gpus_per_trial: 1 or more (or join a cluster with ray.address)")]
-        problems = []
-        if nodes not in (None, "1"):
-            problems.append(Problem("trial.command", f"{self.gpu_args[1]} {nodes}",
-                                    "needs more than one node, and a local sweep gives each "
-                                    f"{self.name} trial a private one-node Ray",
-                                    "set ray.address to your cluster"))
-        if per_node is None or per_node != str(int(gpus)):
-            sep = "=" if self.style == "hydra" else " "
-            given = f"{self.gpu_args[0]} {per_node or '(its default, 8)'}"
-            problems.append(Problem("trial.command", given,
-                                    f"must equal resources.gpus_per_trial ({int(gpus)}): the "
-                                    "trial's private Ray has that many GPUs",
-                                    f"add {self.gpu_args[0]}{sep}{int(gpus)} to trial.command"))
+        assert self.layout is not None, f"{self.name} runs a Ray of its own but has no GPU layout"
+        layout = self.layout(lambda name: self._setting(command, name))
+        problems: list[Problem] = []
+        if layout is None:  # a count that is no whole number (an interpolation): the trainer judges it
+            return problems
+        if layout.error:
+            return [Problem("trial.command", layout.roles, layout.error, layout.error_fix)]
+        if layout.nodes > 1:
+            return [Problem("trial.command", layout.roles,
+                            f"needs more than one node ({layout.nodes}), and a local sweep gives each "
+                            f"{self.name} trial a private one-node Ray", "set ray.address to your cluster")]
+        if layout.gpus != int(gpus):
+            problems.append(Problem("trial.command", layout.roles,
+                                    f"reserves {layout.gpus} GPUs, which must equal resources.gpus_per_trial "
+                                    f"({int(gpus)}): the trial's private Ray has that many GPUs, and {self.name} "
+                                    "waits for the rest forever",
+                                    layout.fix.format(gpus=int(gpus))))
         return problems
+
+    def _check_cluster(self, gpus: float) -> list[Problem]:
+        problems = []
+        here = _installed("ray")
+        if self.ray_pin and here and here != self.ray_pin:
+            problems.append(Problem("ray.address", "(a cluster)",
+                                    f"cannot work for {self.name}: its release pins ray=={self.ray_pin}, and a "
+                                    f"driver of that Ray cannot join this cluster's Ray {here}",
+                                    "run the sweep locally (no ray.address): each trial's trainer starts a "
+                                    f"private Ray {self.ray_pin} of its own environment on the trial's GPUs"))
+        if gpus:
+            problems.append(Problem("resources.gpus_per_trial", gpus,
+                                    f"would hold GPUs that {self.name}'s own workers then cannot get: on a "
+                                    "cluster its trainer joins the cluster and reserves its GPUs itself",
+                                    f"set gpus_per_trial: 0 (the trial holds a CPU; {self.name} takes "
+                                    f"{self.gpu_args[0]} x {self.gpu_args[1]} GPUs from the cluster)"))
+        return problems
+
+
+def whole(value: str | None, default: int) -> int | None:
+    """A count trial.command gives (its default where it gives none); None where it is no whole number."""
+    if value is None:
+        return default
+    return int(value) if value.strip().isdigit() else None
+
+
+def _installed(package: str) -> str:
+    """The installed version of `package` ("" where it is not installed), without importing it."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return ""

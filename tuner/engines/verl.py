@@ -13,10 +13,11 @@ its own rollout). x `response_length/mean`. Reward: `critic/score/mean`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from trials import metrics as K
-from tuner.engines._base import Engine, TrainerError, Units, numbers
+from tuner.engines._base import Engine, Layout, TrainerError, Units, numbers, whole
 
 __all__ = ["FIXED", "KEYS", "SOURCE", "VERIFIED_KEYS", "VERL"]
 
@@ -137,6 +138,18 @@ def _verl_line(line: str) -> dict[str, float]:
                            f"{line.strip()[:200]}") from None
 
 
+def _layout(setting: Callable[[str], str | None]) -> Layout | None:
+    """verl's roles (actor, rollout, reference, critic) share one resource pool of
+    trainer.n_gpus_per_node x trainer.nnodes GPUs (defaults 8 and 1)."""
+    per_node, nodes = setting("trainer.n_gpus_per_node"), setting("trainer.nnodes")
+    count, spans = whole(per_node, 8), whole(nodes, 1)
+    if count is None or spans is None:
+        return None
+    roles = (f"trainer.n_gpus_per_node {per_node or '(its default, 8)'}"
+             + (f" x trainer.nnodes {nodes}" if spans != 1 else ""))
+    return Layout(count * spans, spans, roles, "add trainer.n_gpus_per_node={gpus} to trial.command")
+
+
 VERL = Engine(
     "verl",
     Units(kl_per_token=("actor/reward_kl_penalty", "actor/kl_loss"),
@@ -153,7 +166,7 @@ VERL = Engine(
             "trainer.n_gpus_per_node=1]",
     metrics_file="verl_metrics.jsonl", metrics_env="VERL_FILE_LOGGER_PATH",
     extra=("trainer.logger=[console,file]",), ray=True,
-    gpu_args=("trainer.n_gpus_per_node", "trainer.nnodes"),
+    gpu_args=("trainer.n_gpus_per_node", "trainer.nnodes"), layout=_layout,
     user_choice=("actor_rollout_ref.rollout.name",),
     checkpoint="trainer.default_local_dir",  # resume_mode: auto (its default) resumes from the latest there
     path_setting="+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH")

@@ -23,14 +23,28 @@ CASES = [
      "sets what the sweep sets from each trial's config"),
     ("verl-logger", "trial: {engine: verl, command: [py, trainer.n_gpus_per_node=1, 'trainer.logger=[wandb]']}\n"
      "resources: {gpus_per_trial: 1}", "trial.command[2]", "sets what the sweep sets"),
-    ("openrlhf-sets-ours", "trial: {engine: openrlhf, command: [py, --actor.num_gpus_per_node, '2', --actor.adam.lr, "
-     "'1e-6']}\nresources: {gpus_per_trial: 2}", "trial.command[3]", "sets what the sweep sets"),
+    ("openrlhf-sets-ours", "trial: {engine: openrlhf, command: [py, --train.colocate_all, --actor.num_gpus_per_node, "
+     "'2', --ref.num_gpus_per_node, '2', --actor.adam.lr, '1e-6']}\nresources: {gpus_per_trial: 2}",
+     "trial.command[6]", "sets what the sweep sets"),
     ("verl-no-gpu", "trial: {engine: verl, command: [py, trainer.n_gpus_per_node=1]}", "resources.gpus_per_trial",
      "must be a whole number of GPUs for verl"),
     ("verl-gpus-differ", "trial: {engine: verl, command: [py, trainer.n_gpus_per_node=4]}\n"
      "resources: {gpus_per_trial: 2}", "trial.command", "must equal resources.gpus_per_trial (2)"),
     ("openrlhf-default-gpus", "trial: {engine: openrlhf, command: [py]}\nresources: {gpus_per_trial: 1}",
-     "trial.command", "--actor.num_gpus_per_node (its default, 8)"),
+     "trial.command", "reserves 24 GPUs, which must equal resources.gpus_per_trial (1): the trial's private Ray has "
+     "that many GPUs, and openrlhf waits for the rest forever (got 'actor 1x8 + ref 1x8 + reward 1x8')"),
+    ("openrlhf-roles", "trial: {engine: openrlhf, command: [py, --actor.num_gpus_per_node, '2', "
+     "--ref.num_gpus_per_node, '2', --critic.model_name_or_path, c, --critic.num_gpus_per_node, '2', "
+     "--reward.remote_url, 'http://r', --vllm.num_engines, '2']}\nresources: {gpus_per_trial: 2}", "trial.command",
+     "reserves 8 GPUs, which must equal resources.gpus_per_trial (2)"),
+    ("openrlhf-colocated-vllm", "trial: {engine: openrlhf, command: [py, --train.colocate_all, "
+     "--actor.num_gpus_per_node, '2', --ref.num_gpus_per_node, '2', --vllm.num_engines, '1']}\n"
+     "resources: {gpus_per_trial: 2}", "trial.command",
+     "so the engines' GPUs (1) must equal the actor's (2), as OpenRLHF asserts (got 'actor 1x2 (colocated: "
+     "--train.colocate_all)'); set --vllm.num_engines x --vllm.tensor_parallel_size to 2"),
+    ("openrlhf-cluster", "trial: {engine: openrlhf, command: [py]}\nray: {address: auto}", "ray.address",
+     "cannot work for openrlhf: its release pins ray==2.55.0, and a driver of that Ray cannot join this cluster's "
+     "Ray 2.6"),
     ("verl-two-nodes", "trial: {engine: verl, command: [py, trainer.n_gpus_per_node=1, trainer.nnodes=2]}\n"
      "resources: {gpus_per_trial: 1}", "trial.command", "needs more than one node"),
     ("verl-cluster-gpus", "trial: {engine: verl, command: [py, trainer.n_gpus_per_node=8]}\n"
@@ -87,8 +101,16 @@ def test_a_venv_interpreter_named_relative_to_the_spec_stays_the_venvs(tmp_path)
              "resources: {gpus_per_trial: 2}"),
     ("verl", "command: [py, -m, verl.trainer.main_ppo, trainer.n_gpus_per_node=8, trainer.nnodes=2]}\n"
              "ray: {address: auto}"),
-    ("openrlhf", "command: [py, -m, openrlhf.cli.train_ppo_ray, --actor.num_gpus_per_node, '1']}\n"
-                 "resources: {gpus_per_trial: 1}"),
+    ("openrlhf", "command: [py, -m, openrlhf.cli.train_ppo_ray, --actor.num_gpus_per_node, '1', "
+                 "--ref.num_gpus_per_node, '1', --train.colocate_all]}\nresources: {gpus_per_trial: 1}"),
+    ("openrlhf", "command: [py, --actor.num_gpus_per_node, '2', --ref.num_gpus_per_node, '2', "
+                 "--critic.model_name_or_path, c, --critic.num_gpus_per_node, '2', --reward.remote_url, 'http://r', "
+                 "--vllm.num_engines, '2']}\nresources: {gpus_per_trial: 8}"),
+    ("openrlhf", "command: [py, --actor.num_gpus_per_node, '4', --train.colocate_actor_ref, "
+                 "--ref.num_gpus_per_node, '4', "
+                 "--critic.model_name_or_path, c, --critic.num_gpus_per_node, '2', --train.colocate_critic_reward, "
+                 "--reward.num_gpus_per_node, '2', --vllm.num_engines, '1', --vllm.tensor_parallel_size, '2']}\n"
+                 "resources: {gpus_per_trial: 8}"),
     ("verl", "command: [py, -m, verl.trainer.main_ppo, trainer.n_gpus_per_node=1, "
              "'trainer.default_local_dir={trial_dir}/ckpt', 'trainer.experiment_name=t{trial_number}']}\n"
              "resources: {gpus_per_trial: 1}"),
