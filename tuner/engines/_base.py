@@ -156,6 +156,9 @@ class Engine:
     # reserve in its own Ray
     layout: Callable[[Callable[[str], str | None]], Layout | None] | None = None
     ray_pin: str = ""  # the Ray version its release pins: on a cluster, that must be the cluster's
+    # (trial.command's setting of a name, rollout_batch_size, mini_batch_size, micro_batch_size per
+    # GPU) -> (why its trainer refuses these batch sizes at start-up, the fix); ("", "") where it takes them
+    batches: Callable[[Callable[[str], str | None], int, int, int], tuple[str, str]] | None = None
     # settings of the `fixed` table that trial.command may set instead
     user_choice: tuple[str, ...] = ()
     # a Hydra override that also gives metrics_file's path to the trainer's Ray actors
@@ -235,6 +238,14 @@ class Engine:
         if self.ray:
             problems += self._check_ray_resources(list(command), gpus, cluster)
         return problems
+
+    def check_batches(self, command: Sequence[str], rollout: int, mini: int, micro: int) -> tuple[str, str]:
+        """(why, fix) where this engine's trainer, launched with trial.command, refuses a trial with these
+        batch sizes (our fields: rollout_batch_size, mini_batch_size, micro_batch_size per GPU) before it
+        trains; ("", "") where it takes them, or where the engine checks none."""
+        if self.batches is None:
+            return "", ""
+        return self.batches(lambda name: self._setting(list(command), name), rollout, mini, micro)
 
     def _arg_name(self, arg: str) -> str:
         """The setting a fixed argument names: 'key' of a Hydra override '[+]key=value', or the

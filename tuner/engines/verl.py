@@ -150,6 +150,38 @@ def _layout(setting: Callable[[str], str | None]) -> Layout | None:
     return Layout(count * spans, spans, roles, "add trainer.n_gpus_per_node={gpus} to trial.command")
 
 
+def _batches(setting: Callable[[str], str | None], rollout: int, mini: int, micro: int) -> tuple[str, str]:
+    """What verl 0.9.1 (FSDP, use_dynamic_bsz off) asserts of the batch sizes once its workers start, with the
+    world size W = trainer.n_gpus_per_node x trainer.nnodes, n = rollout.n and the data-parallel size
+    W / actor.ulysses_sequence_parallel_size: data.train_batch_size x n divisible by W
+    (verl/utils/config.py check_config), ppo_mini_batch_size <= train_batch_size (workers/config/actor.py),
+    ppo_mini_batch_size x n divisible by the data-parallel size (workers/engine_workers.py), and that
+    per-GPU mini-batch divisible by ppo_micro_batch_size_per_gpu (workers/engine/utils.py)."""
+    counts = [whole(setting(k), d) for k, d in (("trainer.n_gpus_per_node", 8), ("trainer.nnodes", 1),
+                                                 (f"{_ROLLOUT}.n", FIXED[f"{_ROLLOUT}.n"][0]),
+                                                 (f"{_ACTOR}.ulysses_sequence_parallel_size", 1))]
+    if None in counts:
+        return "", ""  # a count that is no whole number: verl judges it
+    per_node, nodes, n, sp = (int(c) for c in counts if c is not None)
+    world = per_node * nodes
+    dp = max(world // sp, 1)
+    layout = f"the world size {world} (trainer.n_gpus_per_node {per_node} x trainer.nnodes {nodes})"
+    if rollout * n % world:
+        return (f"rollout_batch_size {rollout} x rollout.n {n} is not divisible by {layout}",
+                f"use rollout_batch_size values that are multiples of {world}")
+    if mini > rollout:
+        return (f"mini_batch_size {mini} is above rollout_batch_size {rollout}",
+                "keep every mini_batch_size at most the smallest rollout_batch_size")
+    if mini * n % dp:
+        return (f"mini_batch_size {mini} x rollout.n {n} is not divisible by the data-parallel size {dp}, {layout}",
+                f"use mini_batch_size values that are multiples of {dp}")
+    if mini * n // dp % micro:
+        return (f"the per-GPU mini-batch {mini * n // dp} (mini_batch_size {mini} x rollout.n {n} / {dp} GPUs) is "
+                f"not divisible by micro_batch_size {micro} (per GPU)",
+                f"use micro_batch_size values that divide every mini_batch_size / {dp}")
+    return "", ""
+
+
 VERL = Engine(
     "verl",
     Units(kl_per_token=("actor/reward_kl_penalty", "actor/kl_loss"),
@@ -166,7 +198,7 @@ VERL = Engine(
             "trainer.n_gpus_per_node=1]",
     metrics_file="verl_metrics.jsonl", metrics_env="VERL_FILE_LOGGER_PATH",
     extra=("trainer.logger=[console,file]",), ray=True,
-    gpu_args=("trainer.n_gpus_per_node", "trainer.nnodes"), layout=_layout,
+    gpu_args=("trainer.n_gpus_per_node", "trainer.nnodes"), layout=_layout, batches=_batches,
     user_choice=("actor_rollout_ref.rollout.name",),
     checkpoint="trainer.default_local_dir",  # resume_mode: auto (its default) resumes from the latest there
     path_setting="+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trials import Problem, did_you_mean, field_specs, metrics
+from tuner.engines import ENGINES
 from tuner.spec._check_engine import check_engine
 from tuner.spec._check_space import Found, build_space, check_value, plain
 from tuner.spec._models import TRIAL_FIELDS, Choices, Range, SweepSpec
@@ -57,6 +58,8 @@ def check_spec(spec: SweepSpec, broken: frozenset[str] = frozenset()) -> Checked
         _check_kl(space, base, found)
     if intact(*entries("rollout_batch_size", "mini_batch_size", "num_mini_batches", "micro_batch_size")):
         _check_batches(spec, space, base, found)
+        if intact("trial", "resources") and not found.problems:
+            _check_trainer_batches(spec, space, base, found)
     if intact("sampler"):
         _check_sampler(spec, space, found)
     if intact("sampler", "objective") and spec.sampler.type == "nsga2" and spec.objective.metric == metrics.KL:
@@ -160,6 +163,37 @@ def _check_batches(spec: SweepSpec, space: dict[str, Param], base: dict[str, Any
         found.error(where, _raw(spec, space, where),
                     f"micro_batch_size {bad[1]} does not divide mini_batch_size {bad[0]}, a value a trial could get",
                     "use a micro_batch_size that divides every mini_batch_size (e.g. the smallest), or leave it empty")
+
+
+def _check_trainer_batches(spec: SweepSpec, space: dict[str, Param], base: dict[str, Any], found: Found) -> None:
+    """Every batch-size combination a trial can sample, as an external engine's trainer checks it once it
+    has started (verl: against the trial's world size, from trial.command): refused now, not in every trial."""
+    trainer = ENGINES.get(spec.trial.engine)
+    if trainer is None or trainer.batches is None or not spec.trial.command:
+        return
+    rollouts = _value_set("rollout_batch_size", space, base)
+    if "num_mini_batches" in space:
+        counts = _value_set("num_mini_batches", space, base)
+        size, pairs = len(rollouts) * len(counts), ((r, r // k) for r in rollouts for k in counts)
+    else:
+        minis = _value_set("mini_batch_size", space, base)
+        size, pairs = len(rollouts) * len(minis), ((r, m) for r in rollouts for m in minis)
+    micros = _value_set("micro_batch_size", space, base)
+    if size * len(micros) > _MAX_PAIRS:
+        found.warnings.append(f"the batch sizes give over {_MAX_PAIRS} combinations, too many to check against "
+                              f"{trainer.name}'s own rules before launch: {trainer.name} checks each at start-up")
+        return
+    for rollout, mini in pairs:
+        for micro in micros:
+            why, fix = trainer.check_batches(spec.trial.command, rollout, mini, micro or mini)
+            if why:
+                names = ("mini_batch_size", "rollout_batch_size", "micro_batch_size", "num_mini_batches")
+                where = next(filter(None, (_searched(n, space) for n in names)), None)
+                where = where or next(filter(None, (_where(n, spec) for n in names)), "trial.command")
+                found.error(where, _raw(spec, space, where) if where != "trial.command" else spec.trial.command,
+                            f"{why}: {trainer.name} refuses this at start-up, and a trial could sample it",
+                            f"{fix}, or change trial.command's GPU layout")
+                return
 
 
 def _check_num_mini_batches(spec: SweepSpec, space: dict[str, Param], base: dict[str, Any],

@@ -135,7 +135,8 @@ def test_a_password_in_the_address_is_never_shown(run_cli, monkeypatch):
 def _verl_spec(folder, gpus: int) -> str:
     path = folder / "verl.yaml"
     path.write_text(f"name: v\ntrial: {{engine: verl, command: [py, -m, verl.trainer.main_ppo, "
-                    f"trainer.n_gpus_per_node=8]}}\nresources: {{gpus_per_trial: {gpus}}}\n")
+                    f"trainer.n_gpus_per_node=8]}}\nresources: {{gpus_per_trial: {gpus}}}\n"
+                    "base: {micro_batch_size: 1}\n")
     return path
 
 

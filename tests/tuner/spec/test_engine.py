@@ -50,6 +50,25 @@ CASES = [
     ("verl-cluster-gpus", "trial: {engine: verl, command: [py, trainer.n_gpus_per_node=8]}\n"
      "resources: {gpus_per_trial: 1}\nray: {address: auto}", "resources.gpus_per_trial",
      "would hold GPUs that verl's own workers then cannot get"),
+    ("verl-world-size", "trial: {engine: verl, command: [py, trainer.n_gpus_per_node=8, "
+     "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2]}\n"
+     "resources: {gpus_per_trial: 8}\nsearch_space: {rollout_batch_size: {choices: [64, 96, 36]}}\n"
+     "base: {mini_batch_size: 4, micro_batch_size: 1}", "search_space.rollout_batch_size",
+     "rollout_batch_size 36 x rollout.n 1 is not divisible by the world size 8 (trainer.n_gpus_per_node 8 x "
+     "trainer.nnodes 1): verl refuses this at start-up, and a trial could sample it (got {'choices': [64, 96, 36]}); "
+     "use rollout_batch_size values that are multiples of 8, or change trial.command's GPU layout"),
+    ("verl-data-parallel", "trial: {engine: verl, command: [py, trainer.n_gpus_per_node=4, trainer.nnodes=2]}\n"
+     "ray: {address: auto}\nsearch_space: {mini_batch_size: {choices: [8, 16, 4]}}\n"
+     "base: {rollout_batch_size: 64, micro_batch_size: 1}",
+     "search_space.mini_batch_size", "mini_batch_size 4 x rollout.n 1 is not divisible by the data-parallel size 8"),
+    ("verl-micro-per-gpu", "trial: {engine: verl, command: [py, trainer.n_gpus_per_node=2]}\n"
+     "resources: {gpus_per_trial: 2}\nsearch_space: {micro_batch_size: {choices: [2, 4]}}\n"
+     "base: {rollout_batch_size: 64, mini_batch_size: 4}", "search_space.micro_batch_size",
+     "the per-GPU mini-batch 2 (mini_batch_size 4 x rollout.n 1 / 2 GPUs) is not divisible by micro_batch_size 4"),
+    ("verl-num-mini-batches", "trial: {engine: verl, command: [py, trainer.n_gpus_per_node=8]}\n"
+     "resources: {gpus_per_trial: 8}\nsearch_space: {num_mini_batches: {choices: [1, 2, 16]}}\n"
+     "base: {rollout_batch_size: 64, micro_batch_size: 1}", "search_space.num_mini_batches",
+     "mini_batch_size 4 x rollout.n 1 is not divisible by the data-parallel size 8"),
     ("trl-no-command", "trial: {engine: trl}", "trial.command", "an environment with trl 1.12"),
     ("ours-with-command", "trial: {command: [python, t.py]}", "trial.command", "applies only to an external engine"),
     ("timeout", "trial: {engine: command, command: [t], report_timeout: soon}", "trial.report_timeout", "duration"),
@@ -98,9 +117,9 @@ def test_a_venv_interpreter_named_relative_to_the_spec_stays_the_venvs(tmp_path)
 @pytest.mark.parametrize(("engine", "text"), [
     ("verl", "command: [py, -m, verl.trainer.main_ppo, trainer.n_gpus_per_node=2, data.train_files=d.parquet, "
              "actor_rollout_ref.rollout.name=sglang]}\n"
-             "resources: {gpus_per_trial: 2}"),
+             "resources: {gpus_per_trial: 2}\nbase: {micro_batch_size: 2}"),
     ("verl", "command: [py, -m, verl.trainer.main_ppo, trainer.n_gpus_per_node=8, trainer.nnodes=2]}\n"
-             "ray: {address: auto}"),
+             "ray: {address: auto}\nbase: {rollout_batch_size: 64, mini_batch_size: 32, micro_batch_size: 2}"),
     ("openrlhf", "command: [py, -m, openrlhf.cli.train_ppo_ray, --actor.num_gpus_per_node, '1', "
                  "--ref.num_gpus_per_node, '1', --train.colocate_all]}\nresources: {gpus_per_trial: 1}"),
     ("openrlhf", "command: [py, --actor.num_gpus_per_node, '2', --ref.num_gpus_per_node, '2', "
@@ -111,6 +130,9 @@ def test_a_venv_interpreter_named_relative_to_the_spec_stays_the_venvs(tmp_path)
                  "--critic.model_name_or_path, c, --critic.num_gpus_per_node, '2', --train.colocate_critic_reward, "
                  "--reward.num_gpus_per_node, '2', --vllm.num_engines, '1', --vllm.tensor_parallel_size, '2']}\n"
                  "resources: {gpus_per_trial: 8}"),
+    ("verl", "command: [py, trainer.n_gpus_per_node=8]}\nresources: {gpus_per_trial: 8}\n"
+             "search_space: {rollout_batch_size: {choices: [64, 128]}, mini_batch_size: {choices: [16, 32, 64]}, "
+             "micro_batch_size: {choices: [1, 2]}}"),
     ("verl", "command: [py, -m, verl.trainer.main_ppo, trainer.n_gpus_per_node=1, "
              "'trainer.default_local_dir={trial_dir}/ckpt', 'trainer.experiment_name=t{trial_number}']}\n"
              "resources: {gpus_per_trial: 1}"),
