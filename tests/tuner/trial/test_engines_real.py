@@ -53,8 +53,10 @@ def test_verl_overrides_compose_with_verls_own_config(name):
     words, _ = engine_launch(c, "verl")
     path = "ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH"
     assert words == overrides[:len(words)] and overrides[len(words):] == [
-        "trainer.logger=[console,file]", f"+{path}='/tmp/trial 1/verl_metrics.jsonl'"]
+        "trainer.logger=[console,file]", f"+{path}='/tmp/trial 1/verl_metrics.jsonl'",
+        "trainer.default_local_dir='/tmp/trial 1/checkpoints'"]
     assert composed[path] == "/tmp/trial 1/verl_metrics.jsonl"  # for verl's TaskRunner actor, in a Ray worker
+    assert composed["trainer.default_local_dir"] == "/tmp/trial 1/checkpoints"  # the trial's own checkpoints
     assert composed["actor_rollout_ref.actor.optim.lr"] == c.policy_lr and composed["critic.optim.lr"] == c.value_lr
     assert composed["trainer.total_training_steps"] == 6 and composed["trainer.logger"] == ["console", "file"]
     if name != "default":
@@ -73,7 +75,7 @@ def test_verl_takes_the_users_rollout_engine():
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_openrlhf_flags_parse_with_openrlhfs_own_parser(name):
     c = config(**CONFIGS[name])
-    argv, _, _ = launch("openrlhf", ["python"], c.to_dict())
+    argv, _, _ = launch("openrlhf", ["python", "--ckpt.load_enable"], c.to_dict(), Path("/tmp/trial 1"), 1)
     code = ("import sys, json; sys.path.insert(0, sys.argv[1]); import engine_trainers as t; "
             "from pathlib import Path; "
             "a = vars(t.openrlhf_parser(Path(sys.argv[2])).parse_args(sys.argv[3:])); "
@@ -84,6 +86,7 @@ def test_openrlhf_flags_parse_with_openrlhfs_own_parser(name):
     args = json.loads(proc.stdout)
     assert args["actor.adam.lr"] == c.policy_lr and args["critic.adam.lr"] == c.value_lr
     assert args["actor.adam.betas"] == [0.9, 0.999] and args["data.max_samples"] == 6 * 16
+    assert args["ckpt.path"] == "/tmp/trial 1/checkpoints" and args["ckpt.load_enable"] is True  # its own
     if name != "default":
         assert args["algo.kl.target"] == pytest.approx(c.kl_target / c.response_length)
         assert args["ds.lora.rank"] == 8 and args["ds.lora.target_modules"] == ["q_proj", "v_proj"]
