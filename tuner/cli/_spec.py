@@ -20,6 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "space's extremes, and warnings on stderr; "
                     "exit code 2 and one line per problem when it is wrong.")
     validate.add_argument("spec", type=Path, help="the sweep spec (YAML)")
+    validate.add_argument("--address", help="check it as it runs on this Ray cluster (as tuner run --address; "
+                                            "'auto' as tuner submit runs it), in place of ray.address")
     validate.set_defaults(func=_validate)
 
     schema = subparsers.add_parser(
@@ -32,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _validate(args: argparse.Namespace) -> int:
     from tuner.spec import load_spec
 
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec, ray_address=args.address)
     for line in spec.warnings():
         sys.stderr.write(f"warning: {line}\n")
     sys.stdout.write(yaml.safe_dump(spec.resolved(), sort_keys=False, default_flow_style=False, width=100))

@@ -148,6 +148,8 @@ def test_submit_checks_the_spec_as_it_runs_on_the_cluster(tmp_path):
 
     holds = _verl_spec(tmp_path, gpus=8)
     assert tuner("validate", holds, cwd=tmp_path, timeout=120).returncode == 0  # a local sweep: right
+    on_cluster = tuner("validate", holds, "--address", "auto", cwd=tmp_path, timeout=120)
+    assert on_cluster.returncode == 2 and on_cluster.stderr.startswith("error: resources.gpus_per_trial: would hold")
     done = tuner("submit", holds, "--address", "http://127.0.0.1:1", cwd=tmp_path, timeout=120,
                  env={"RAY_ADDRESS": ""})
     assert done.returncode == 2 and done.stdout == "" and "Traceback" not in done.stderr
