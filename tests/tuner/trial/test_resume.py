@@ -103,3 +103,18 @@ def test_a_trainer_that_resumes_from_a_checkpoint_this_trial_never_reported_fail
     with pytest.raises(TrainerError, match="resumed at step 3, but this trial's earlier attempts reported no "
                                            "step 1: was its checkpoint folder another trial's"):
         run(verl_task(1, 2e-5, shared), tmp_path / "b")
+
+
+def test_openrlhfs_earlier_steps_are_read_from_the_trials_log(tmp_path):
+    """OpenRLHF reports on its output, which every attempt appends to trainer.log: a later attempt's
+    report of a step replaces an earlier one's, and lines that are no report are left out."""
+    from tuner.engines import engine
+    from tuner.trial._external import earlier_steps
+
+    line = "(PPOTrainer pid=7) ✨ Global step {}: {{'kl': {}, 'rollout/response_length_mean': 10.0}}"
+    (tmp_path / "trainer.log").write_text("\n".join([
+        line.format(1, 0.1), line.format(2, 0.2), "Global step 3 saving checkpoint", line.format(3, 0.3),
+        "attempt 2", line.format(3, 0.35), "(PPOTrainer pid=9) ✨ Global step 4: {'kl': 0.4, 'rollout/resp"]))
+    found = earlier_steps(engine("openrlhf"), tmp_path)
+    assert {step: raw["kl"] for step, raw in found.items()} == {1: 0.1, 2: 0.2, 3: 0.35}
+    assert (tmp_path / "trainer.log").is_file()  # the log stays: this attempt appends to it
