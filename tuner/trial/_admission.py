@@ -13,7 +13,7 @@ GPUs itself, and verl fails at once when too few are free (`_check_resource_avai
    what it waits for and what is free. The wait has no deadline: it ends when the groups are placed,
    when the sweep or Ray Tune stops the trial, or when the nodes can no longer hold the shape;
 4. removes its groups right before the trainer starts, and keeps the lease until the trainer's own
-   placement groups are placed (or it exits, or trial.report_timeout passes): between the removal
+   placement groups are placed (or it reports, or exits, or trial.report_timeout passes): between the removal
    and the trainer's reservation, seconds to minutes of its start-up, no other admitted trial takes
    those GPUs. A Ray job outside ppo-tuner can still take them in that window.
 """
@@ -167,6 +167,7 @@ class Admission:
                 f"{_counts(free_gpus())}; all GPUs per node: {_counts(_all_gpus())}.")
 
     def close(self) -> None:
+        """The trial ended, or its trainer reported (its GPUs are placed): the lease is released."""
         self._closed.set()
         self._release_lease()
 
@@ -183,9 +184,8 @@ class Admission:
     def _check_fits(self) -> None:
         gpus = _all_gpus()
         if not fits(self.placement, gpus):
-            raise TrainerError(f"NotPlaceable: the trainer needs {self.placement.describe()}, and the cluster's "
-                               f"nodes have {_counts(gpus)} GPUs: lower those arguments in trial.command or add "
-                               "nodes with more GPUs")
+            raise TrainerError(f"NotPlaceable: the trainer needs {self.placement.describe()}; the cluster's GPUs "
+                               f"per node: {_counts(gpus)}. Lower them in trial.command or add larger nodes")
 
     # -- the lease ---------------------------------------------------------------------------------
     def _lease(self) -> dict[str, Any]:

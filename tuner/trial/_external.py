@@ -211,6 +211,8 @@ def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir:
             metrics, own = engine.units.convert({**held, **raw})
             held = {}
             count += 1
+            if admission is not None:  # it trains, so its GPUs are placed: the next trial may be admitted
+                admission.close()
             metrics.setdefault(K.ITERATION_SECONDS, at - previous)
             previous = at
             over = limit(count, metrics)

@@ -4,6 +4,8 @@ are free, and waits in `pg.ready()` with no timeout for STRICT_PACK groups (test
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 import threading
 import time
@@ -83,8 +85,8 @@ def test_a_trial_that_wants_more_gpus_than_any_node_has_fails_at_once_and_is_not
         run(t, connected.gcs)
     assert time.monotonic() - started < 10  # no wait: 16 GPUs on one node never fit 8
     assert str(failed.value) == ("NotPlaceable: the trainer needs 16 GPUs on one node (trainer.n_gpus_per_node=16 "
-                                 "x trainer.nnodes=1), and the cluster's nodes have 8 GPUs: lower those arguments in "
-                                 "trial.command or add nodes with more GPUs")
+                                 "x trainer.nnodes=1); the cluster's GPUs per node: 8. Lower them in trial.command "
+                                 "or add larger nodes")
     assert not failed.value.retryable
     assert not (Path(t.folder) / "verl_metrics.jsonl").exists()  # the trainer never started
 
@@ -111,6 +113,26 @@ def test_a_waiting_trial_says_what_it_waits_for_and_a_stop_ends_it_before_its_tr
     finally:
         stop.set()
         remove_placement_group(other)
+
+
+def test_a_trial_waits_for_the_lease_of_the_trial_being_admitted_and_takes_it_once_that_expires(connected, tmp_path):
+    from ray.experimental import internal_kv
+
+    from tuner.trial._admission import LEASE_KEY
+
+    holder = json.dumps({"holder": "trial 3 of sweep other", "until": time.time() + 4})  # its holder died 26 s ago
+    internal_kv._internal_kv_put(LEASE_KEY, holder)
+    try:
+        t = task(tmp_path, gpus=6)
+        reports = run(t, connected.gcs)
+        log = (Path(t.folder) / LOG_FILE).read_text()
+        assert len(reports) == 2, log
+        assert ("waiting for GPUs: trial 3 of sweep other is being admitted first; this trial needs 6 GPUs on one "
+                "node (trainer.n_gpus_per_node=6 x trainer.nnodes=1); GPUs free per node: 8") in log
+        assert re.search(r"admitted after [45] s: 6 GPUs on one node", log), log
+        assert internal_kv._internal_kv_get(LEASE_KEY) is None  # released: the next trial may be admitted
+    finally:
+        internal_kv._internal_kv_del(LEASE_KEY)
 
 
 def test_a_trainer_stuck_in_pg_ready_names_the_group_it_waits_for(connected, tmp_path):
