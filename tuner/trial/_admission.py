@@ -80,7 +80,8 @@ def trial_admission(task: TrialTask, log: Path, stop_requested: Callable[[], boo
 
 class Admission:
     """One trial's admission (module docstring): `wait()` before the launch, `launched()` right after,
-    `close()` when the trial ends. `say` writes a line to the trial's log; `stop_requested` is polled."""
+    `close()` at the trainer's first report and when the trial ends. `say` writes a line to the trial's
+    log; `stop_requested` is polled; `handover`: trial.report_timeout, s."""
 
     def __init__(self, placement: Placement, who: str, say: Callable[[str], None],
                  stop_requested: Callable[[], bool], handover: float):
@@ -136,22 +137,26 @@ class Admission:
         return True
 
     def launched(self, running: Callable[[], bool]) -> None:
-        """The trainer started: keep the lease (in a thread) until its own placement groups hold the GPUs,
-        it exits (`running()` false), the trial ends, or `handover` seconds pass."""
+        """The trainer started: a thread keeps the lease until the trainer's own placement groups hold its
+        GPUs, and until its first report (`close`), its exit (`running()` false) or the trial's end says in
+        the trial's log which of its placement groups Ray has not placed, if any, every minute (every half
+        trial.report_timeout, where that is shorter), so that a trainer stuck in `pg.ready()` shows."""
         threading.Thread(target=self._hand_over, args=(running,), name=f"admission-{self.who}",
                          daemon=True).start()
 
     def _hand_over(self, running: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + self.handover
+        every = min(_NOTICE, self.handover / 2)
+        said = time.monotonic()
         try:
             while not self._closed.wait(_POLL) and running():
-                if self._trainer_gpus("CREATED") >= self.placement.gpus:
-                    return
-                if time.monotonic() > deadline:
-                    self.say(f"the trainer has not placed its GPUs within {self.handover:g} s "
-                             f"(trial.report_timeout); the next trial may be admitted. {self.waiting_for()}")
-                    return
+                if self._held and self._trainer_gpus("CREATED") >= self.placement.gpus:
+                    self._release_lease()
                 self._refresh_lease()
+                if time.monotonic() - said >= every:
+                    said = time.monotonic()
+                    waiting = self.waiting_for()
+                    if waiting:
+                        self.say(f"no report yet. {waiting}")
         finally:
             self._release_lease()
 

@@ -140,6 +140,8 @@ def test_a_trainer_stuck_in_pg_ready_names_the_group_it_waits_for(connected, tmp
     with pytest.raises(TrainerError) as failed:
         run(t, connected.gcs)
     message = str(failed.value)
+    log = (Path(t.folder) / LOG_FILE).read_text()  # said before the timeout, at half of it
+    assert "no report yet. The trainer waits for Ray to place its placement groups: fake_verl_extra" in log, log
     assert message.startswith("TrainerTimeout: no report for 6 s (trial.report_timeout) after 0 reports. The trainer "
                               "waits for Ray to place its placement groups: fake_verl_extra (4 bundles of {GPU: 1}, "
                               "STRICT_PACK). GPUs free per node: 2; all GPUs per node: 8."), message
