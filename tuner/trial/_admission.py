@@ -163,13 +163,17 @@ class Admission:
     def waiting_for(self) -> str:
         """The trainer's placement groups still pending and the GPUs free per node, as a sentence; empty
         when none is pending."""
-        pending = [g for g in self._trainer_groups() if g["state"] == "PENDING"]
+        try:
+            pending = [g for g in self._trainer_groups() if g["state"] == "PENDING"]
+            free, every = (_counts(free_gpus()), _counts(_all_gpus())) if pending else ("", "")
+        except Exception:  # Ray is gone: the trial's own error says enough
+            return ""
         if not pending:
             return ""
         groups = "; ".join(f"{g['name'] or g['placement_group_id']} ({len(g['bundles'])} bundles of "
                            f"{_bundle(g)}, {g['strategy']})" for g in pending)
         return (f"The trainer waits for Ray to place its placement groups: {groups}. GPUs free per node: "
-                f"{_counts(free_gpus())}; all GPUs per node: {_counts(_all_gpus())}.")
+                f"{free}; all GPUs per node: {every}.")
 
     def close(self) -> None:
         """The trial ended, or its trainer reported (its GPUs are placed): the lease is released."""
