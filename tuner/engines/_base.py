@@ -18,6 +18,7 @@ from typing import Any
 
 from trials import Problem
 from trials import metrics as K
+from tuner.engines._placement import PACK, STRICT_PACK, Placement
 from tuner.engines._words import hydra_word
 
 __all__ = ["CONFIG_ENV", "LAUNCHERS", "PLACEHOLDER", "SOURCE_FIELDS", "Engine", "TrainerError",
@@ -124,6 +125,8 @@ class Engine:
     launcher: str = ""  # a script of ours (in LAUNCHERS) the user's interpreter runs
     ray: bool = False  # the trainer starts or joins a Ray of its own
     gpu_args: tuple[str, ...] = ()  # its arguments that count the GPUs it uses (per node, nodes)
+    # how its Ray places those GPUs: STRICT_PACK, one group per node (verl); PACK, one group (OpenRLHF)
+    gpu_strategy: str = STRICT_PACK
     # settings of the `fixed` table that trial.command may set instead
     user_choice: tuple[str, ...] = ()
     # a Hydra override that also gives metrics_file's path to the trainer's Ray actors
@@ -193,6 +196,25 @@ class Engine:
         if self.ray:
             problems += self._check_ray_resources(list(command), gpus, cluster)
         return problems
+
+    def placement(self, command: Sequence[str]) -> Placement | None:
+        """The GPUs its trainer reserves on a cluster, from trial.command's gpu_args (unset: the
+        trainer's default, 8 per node on 1 node); None for an engine without a Ray of its own, or a
+        count that is not a number (a '{field}' placeholder)."""
+        if not self.ray:
+            return None
+        given = [self._fixed(list(command), name) for name in self.gpu_args]
+        try:
+            per_node, nodes = (int(value) if value is not None else default
+                               for value, default in zip(given, (8, 1), strict=True))
+        except ValueError:
+            return None
+        sep = "=" if self.style == "hydra" else " "
+        source = " x ".join(f"{name}{sep}{value}" for name, value in zip(self.gpu_args, (per_node, nodes),
+                                                                         strict=True))
+        if self.gpu_strategy == PACK:
+            return Placement(1, per_node * nodes, PACK, source)
+        return Placement(nodes, per_node, STRICT_PACK, source)
 
     def _arg_name(self, arg: str) -> str:
         """The setting a fixed argument names: 'key' of a Hydra override '[+]key=value', or the

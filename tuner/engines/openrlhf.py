@@ -16,6 +16,7 @@ from typing import Any
 
 from trials import metrics as K
 from tuner.engines._base import Engine, Units, numbers
+from tuner.engines._placement import PACK
 
 __all__ = ["FIXED", "FLAGS", "OPENRLHF", "SOURCE", "VERIFIED_FLAGS"]
 
@@ -128,4 +129,4 @@ OPENRLHF = Engine(
     "Global step ", _openrlhf_line, names=FLAGS, fixed=FIXED, style="flag",
     example="command: [/opt/openrlhf/bin/python, -m, openrlhf.cli.train_ppo_ray, "
             "--actor.model_name_or_path, ...]",
-    ray=True, gpu_args=("--actor.num_gpus_per_node", "--actor.num_nodes"))
+    ray=True, gpu_args=("--actor.num_gpus_per_node", "--actor.num_nodes"), gpu_strategy=PACK)

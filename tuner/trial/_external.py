@@ -33,11 +33,13 @@ from tuner.engines import (
     CONFIG_ENV,
     PLACEHOLDER,
     PREFIX,
+    Engine,
     TrainerError,
     command_argv,
     parse_report,
 )
 from tuner.engines import engine as engine_named
+from tuner.trial._admission import Admission
 from tuner.trial._launch import launch
 from tuner.trial._result import StopReason, TrialReport
 from tuner.trial._scoring import Scorer, scheduler_score
@@ -152,13 +154,15 @@ class TrainerProcess:
 
 def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir: Path,
                 stop_requested: Callable[[], bool] = lambda: False, env: dict[str, str] | None = None,
-                ray_address: str = "") -> None:
+                ray_address: str = "", admission: Admission | None = None) -> None:
     """Run the task's external trainer to its end, emitting a TrialReport result per report.
 
     Stops it after its last report, past the KL limit, or when `stop_requested()` (checked before
     it is started too: then it never starts); raises TrainerError
     on a fault (with the log's tail). `emit` may raise (Ray stops the trial): the trainer is stopped too.
-    `ray_address`: the sweep's cluster, which an engine with a Ray of its own joins (else it starts its own).
+    `ray_address`: the sweep's cluster, which an engine with a Ray of its own joins (else it starts its own);
+    `admission`: there, the trainer starts once its GPUs can be placed (`_admission`), and if the trial is
+    stopped while it waits, it never starts.
     """
     ext, objective, engine = task.external, task.objective, engine_named(task.engine_kind)
     direction, last = objective["direction"], int(task.engine["num_iterations"])
@@ -173,14 +177,17 @@ def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir:
                **ext.get("env", {}), CONFIG_ENV: str(config), **(env or {})}
     started = time.perf_counter()
     metrics_path = workdir / engine.metrics_file if engine.metrics_file else None
-    if stop_requested():  # the sweep stopped while this trial was being set up: no trainer starts
-        engine.cleanup(environ)
-        return
     try:
+        # the sweep stopped while this trial was being set up or waited for GPUs: no trainer starts
+        if stop_requested() or (admission is not None and not admission.wait()):
+            _give_up(engine, environ, admission)
+            return
         trainer = TrainerProcess(argv, environ, workdir, engine.marker, metrics_path)
     except TrainerError:
-        engine.cleanup(environ)
+        _give_up(engine, environ, admission)
         raise
+    if admission is not None:
+        admission.launched(lambda: trainer.proc.poll() is None)
     try:
         count, previous, held = 0, started, {}
         while count < last:
@@ -188,8 +195,10 @@ def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir:
             if item == _STOPPED:
                 return
             if item == _TIMEOUT:
+                waiting = admission.waiting_for() if admission is not None else ""
                 raise TrainerError(f"TrainerTimeout: no report for {ext['report_timeout']:g} s (trial.report_timeout) "
-                                   f"after {count} reports; log tail:\n{trainer.log_tail()}")
+                                   f"after {count} reports{'. ' + waiting if waiting else ''}; log tail:\n"
+                                   f"{trainer.log_tail()}")
             if item == _EOF:
                 break
             at, line = item
@@ -202,6 +211,8 @@ def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir:
             metrics, own = engine.units.convert({**held, **raw})
             held = {}
             count += 1
+            if admission is not None:  # it trains, so its GPUs are placed: the next trial may be admitted
+                admission.close()
             metrics.setdefault(K.ITERATION_SECONDS, at - previous)
             previous = at
             over = limit(count, metrics)
@@ -215,7 +226,14 @@ def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir:
         _check_exit(trainer, count, last, float(ext["report_timeout"]))
     finally:
         trainer.stop(float(ext.get("stop_grace", 10.0)))
-        engine.cleanup(environ)
+        _give_up(engine, environ, admission)
+
+
+def _give_up(engine: Engine, environ: dict[str, str], admission: Admission | None) -> None:
+    """What a trial leaves once its trainer is gone or never started: a private Ray's folder, its lease."""
+    engine.cleanup(environ)
+    if admission is not None:
+        admission.close()
 
 
 def _check_exit(trainer: TrainerProcess, count: int, last: int, timeout: float) -> None:
