@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from trials import ConfigError, PPOConfig, Problem
@@ -70,10 +70,12 @@ def check_format(fmt: str, engine: str) -> str:
 LAUNCH_TARGETS = {"openrlhf": export_openrlhf, "verl": export_verl, "trl": export_trl}
 
 
-def engine_launch(config: PPOConfig, engine: str) -> tuple[Any, list[str]]:
+def engine_launch(config: PPOConfig, engine: str, fields: Collection[str] | None = None,
+                  skip: Collection[str] = ()) -> tuple[Any, list[str]]:
     """`config`'s hyperparameters as `engine`'s launch arguments, through the same mapping as its export:
     verl Hydra overrides and OpenRLHF flags as argv words, TRL {"ppo": PPOConfig kwargs, "lora": LoraConfig
     kwargs}; and one warning per value the engine cannot express. The models, data and reward are not
-    among them (the user's fixed arguments name them)."""
-    return LAUNCH_TARGETS[engine].launch(config)
+    among them (the user's fixed arguments name them). `fields`: only these fields (None: every one); `skip`:
+    the engine's names left out."""
+    return LAUNCH_TARGETS[engine].launch(config, fields, skip)
 

@@ -120,7 +120,7 @@ class OpenRLHF(Exporter):
         else:
             out.lost("whiten_advantages", False, "always subtracts the mean of the GAE advantages over the rollout "
                      "batch; --algo.advantage.no_std_norm only skips the division by their std")
-            out.put(("--algo.advantage.no_std_norm",), True)
+            out.put(("--algo.advantage.no_std_norm",), True, of="whiten_advantages")
         if c.whiten_rewards:
             out.lost("whiten_rewards", True, "has no whitening of per-token rewards before GAE "
                      "(--reward.normalize_enable is a running normalisation of scores, not the same); rewards "

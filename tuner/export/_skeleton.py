@@ -10,7 +10,7 @@ the steps where it really differs, and its renderer (its name tables are its eng
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, ClassVar
 
 from trials import PPOConfig, parse_reward
@@ -60,19 +60,23 @@ class Exporter:
         lines += comment_lines([*self.notes, not_applicable(config, self.plumbing)])
         return "\n".join(lines + self.body(out, config)) + "\n", out.warnings
 
-    def settings(self, config: PPOConfig, sections: tuple[str, ...]) -> Out:
-        """The target's settings for `config`, section by section (names from SECTIONS), then its `fixed` table."""
-        out = Out(self.target, self.names)
+    def settings(self, config: PPOConfig, sections: tuple[str, ...], fields: Collection[str] | None = None,
+                 skip: Collection[str] = ()) -> Out:
+        """The target's settings for `config`, section by section (names from SECTIONS), then its `fixed` table;
+        only those of `fields` (None: all), none of the names in `skip`."""
+        out = Out(self.target, self.names, only=fields, skip=skip)
         for section in sections:
             getattr(self, section)(out, config)
         for name, (value, why) in self.fixed.items():
-            out.put((name,), value, why)
+            out.put((name,), value, why)  # names of no field: always written, unless skipped
         return out
 
-    def launch(self, config: PPOConfig) -> tuple[Any, list[str]]:
+    def launch(self, config: PPOConfig, fields: Collection[str] | None = None,
+               skip: Collection[str] = ()) -> tuple[Any, list[str]]:
         """The hyperparameters of `config` as the target's launch arguments (`args`), and the lost values.
-        The models, data and reward (section 1) are the user's, in their fixed arguments."""
-        out = self.settings(config, LAUNCH_SECTIONS)
+        The models, data and reward (section 1) are the user's, in their fixed arguments. `fields`: the fields
+        the launch passes (None: all); `skip`: the target's names it leaves out."""
+        out = self.settings(config, LAUNCH_SECTIONS, fields, skip)
         return self.args(out), out.warnings
 
     def args(self, out: Out) -> Any:

@@ -15,18 +15,33 @@ CASES = [
     ("placeholder", "trial: {engine: command, command: [python, t.py, '--lr={policy_lrr}']}", "trial.command[2]",
      "'{policy_lrr}' is not an engine field"),
     ("verl-no-command", "trial: {engine: verl}", "trial.command", "is needed with engine: verl"),
-    ("verl-sets-ours", "trial: {engine: verl, command: [py, -m, verl.trainer.main_ppo, trainer.n_gpus_per_node=1, "
-     "'actor_rollout_ref.actor.optim.lr=1e-6']}\nresources: {gpus_per_trial: 1}", "trial.command[4]",
-     "sets what the sweep sets from each trial's config"),
-    ("verl-logger", "trial: {engine: verl, command: [py, trainer.n_gpus_per_node=1, 'trainer.logger=[wandb]']}\n"
-     "resources: {gpus_per_trial: 1}", "trial.command[2]", "sets what the sweep sets"),
-    ("openrlhf-sets-ours", "trial: {engine: openrlhf, command: [py, --actor.num_gpus_per_node, '2', --actor.adam.lr, "
-     "'1e-6']}\nresources: {gpus_per_trial: 2}", "trial.command[3]", "sets what the sweep sets"),
+    ("verl-sets-searched", "trial: {engine: verl, command: [py, -m, verl.trainer.main_ppo, trainer.n_gpus_per_node=1, "
+     "'actor_rollout_ref.actor.optim.lr=1e-6']}\nresources: {gpus_per_trial: 1}\n"
+     "search_space: {policy_lr: {low: 1.0e-6, high: 1.0e-5, log: true}}", "trial.command[4]",
+     "sets actor_rollout_ref.actor.optim.lr, which each trial sets from policy_lr (searched, or in base:) "
+     "(got 'actor_rollout_ref.actor.optim.lr=1e-6'); remove it from trial.command, or remove policy_lr from "
+     "search_space and base: to keep your value"),
+    ("verl-sets-fixed", "trial: {engine: verl, command: [py, trainer.n_gpus_per_node=1, algorithm.adv_estimator=grpo]}"
+     "\nresources: {gpus_per_trial: 1}", "trial.command[2]",
+     "sets algorithm.adv_estimator, which every trial sets to run ppo-tuner's PPO"),
+    ("verl-sets-the-length", "trial: {engine: verl, command: [py, trainer.n_gpus_per_node=1, "
+     "trainer.total_training_steps=9]}\nresources: {gpus_per_trial: 1}", "trial.command[2]",
+     "which each trial sets from num_iterations"),
+    ("verl-needs", "trial: {engine: verl, command: [py, trainer.n_gpus_per_node=1]}\nresources: {gpus_per_trial: 1}\n"
+     "base: {kl_mode: adaptive}\nsearch_space: {kl_target: {low: 3, high: 9}}", "base.response_length",
+     "is unset, and kl_target needs it: verl's algorithm.kl_ctrl.target_kl is computed from it"),
+    ("openrlhf-sets-base", "trial: {engine: openrlhf, command: [py, --actor.num_gpus_per_node, '2', --actor.adam.lr, "
+     "'1e-6']}\nresources: {gpus_per_trial: 2}\nbase: {policy_lr: 1.0e-6, rollout_batch_size: 64}", "trial.command[3]",
+     "which each trial sets from policy_lr"),
+    ("openrlhf-needs-rollout", "trial: {engine: openrlhf, command: [py, --actor.num_gpus_per_node, '2']}\n"
+     "resources: {gpus_per_trial: 2}", "base.rollout_batch_size",
+     "num_iterations needs it: openrlhf's --data.max_samples is computed from it"),
     ("verl-no-gpu", "trial: {engine: verl, command: [py, trainer.n_gpus_per_node=1]}", "resources.gpus_per_trial",
      "must be a whole number of GPUs for verl"),
     ("verl-gpus-differ", "trial: {engine: verl, command: [py, trainer.n_gpus_per_node=4]}\n"
      "resources: {gpus_per_trial: 2}", "trial.command", "must equal resources.gpus_per_trial (2)"),
-    ("openrlhf-default-gpus", "trial: {engine: openrlhf, command: [py]}\nresources: {gpus_per_trial: 1}",
+    ("openrlhf-default-gpus", "trial: {engine: openrlhf, command: [py]}\nresources: {gpus_per_trial: 1}\n"
+     "base: {rollout_batch_size: 64}",
      "trial.command", "--actor.num_gpus_per_node (its default, 8)"),
     ("verl-two-nodes", "trial: {engine: verl, command: [py, trainer.n_gpus_per_node=1, trainer.nnodes=2]}\n"
      "resources: {gpus_per_trial: 1}", "trial.command", "needs more than one node"),
@@ -84,8 +99,11 @@ def test_a_venv_interpreter_named_relative_to_the_spec_stays_the_venvs(tmp_path)
              "resources: {gpus_per_trial: 2}"),
     ("verl", "command: [py, -m, verl.trainer.main_ppo, trainer.n_gpus_per_node=8, trainer.nnodes=2]}\n"
              "ray: {address: auto}"),
-    ("openrlhf", "command: [py, -m, openrlhf.cli.train_ppo_ray, --actor.num_gpus_per_node, '1']}\n"
-                 "resources: {gpus_per_trial: 1}"),
+    ("verl", "command: [py, trainer.n_gpus_per_node=1, actor_rollout_ref.rollout.temperature=1.0, "
+             "actor_rollout_ref.rollout.n=1, 'trainer.logger=[console,wandb]']}\nresources: {gpus_per_trial: 1}"),
+    ("openrlhf", "command: [py, -m, openrlhf.cli.train_ppo_ray, --actor.num_gpus_per_node, '1', --actor.adam.lr, "
+                 "'1e-6', --actor.adam.betas, '0.9', '0.95']}\n"
+                 "resources: {gpus_per_trial: 1}\nbase: {rollout_batch_size: 64}"),
     ("trl", "command: [py]}"),
 ])
 def test_an_engine_spec_whose_resources_work_is_valid(tmp_path, engine, text):
