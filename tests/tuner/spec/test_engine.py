@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
+import optuna
 import pytest
 
 from tuner.cli import main
-from tuner.spec import load_spec
+from tuner.spec import load_spec, make_sampler, sample_params, trial_config
+from tuner.sweep import trial_folder
+from tuner.trial import TrialTask, launch
 
 CASES = [
     ("no-command", "trial: {engine: command}", "trial.command", "is needed with engine: command"),
@@ -110,3 +115,33 @@ def test_an_engine_spec_whose_resources_work_is_valid(tmp_path, engine, text):
     spec = tmp_path / "spec.yaml"
     spec.write_text(f"name: x\ntrial: {{engine: {engine}, {text}\n")
     assert load_spec(spec).trial.launch(cluster=False)["command"][0] == "py"
+
+
+UNSET = {"verl": ("actor_rollout_ref.rollout.temperature", "algorithm.lam", "critic.cliprange_value",
+                  "actor_rollout_ref.actor.ppo_epochs", "actor_rollout_ref.model.enable_gradient_checkpointing",
+                  "actor_rollout_ref.actor.optim.weight_decay"),
+         "openrlhf": ("--rollout.temperature", "--algo.advantage.lambd", "--critic.value_clip",
+                      "--actor.adam.weight_decay", "--actor.adam.betas", "--reward.clip_range")}
+LR = {"verl": "actor_rollout_ref.actor.optim.lr", "openrlhf": "--actor.adam.lr"}
+
+
+@pytest.mark.parametrize("engine", ["verl", "openrlhf"])
+def test_validate_prints_the_argv_that_a_sampled_trial_launches(capsys, engine):
+    path = Path(__file__).resolve().parents[3] / "search_spaces" / f"{engine}_example.yaml"
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    lines = out[out.index("# launch of trial 0 (sampled: "):].splitlines()
+    printed = [word for line in lines[1:] for word in shlex.split(line.removeprefix("#"))]
+    spec = load_spec(path)
+    study = optuna.create_study(directions=spec.directions(), sampler=make_sampler(spec))
+    params = sample_params(study.ask(), spec)
+    task = TrialTask(number=0, engine=trial_config(spec, params).to_dict(), params=params, kl_limit=spec.kl_limit,
+                     objective={}, engine_kind=engine, external=spec.launch())
+    argv, _, _ = launch(engine, task.external["command"], task.engine, trial_folder(spec, 0),
+                        task.external.get("fields"))  # as the trial's launch (tuner.trial._external) makes it
+    assert printed == argv and argv[:len(spec.trial.command)] == spec.trial.command
+    assert f"policy_lr={params['policy_lr']!r}" in lines[0]
+    names = [word.split("=", 1)[0] for word in argv]
+    lr = names.index(LR[engine])
+    assert (argv[lr] if engine == "verl" else argv[lr + 1]).endswith(repr(params["policy_lr"]))
+    assert not set(UNSET[engine]) & set(names)  # neither searched nor in base: the engine's own defaults
