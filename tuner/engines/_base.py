@@ -46,9 +46,14 @@ class TrainerError(Exception):
 @dataclass(frozen=True)
 class Units:
     """How one engine's logged numbers become ours. The KL is to the reference model: `kl` keys hold
-    it in nats summed over the response (our unit); else `kl_per_token` (the per-token mean, as verl
-    and OpenRLHF log it) x `length` (mean tokens per response), exact when every response has the
-    mean length."""
+    it in nats summed over the response (our unit); else `kl_per_token` x `length` (mean tokens per
+    response). verl and OpenRLHF log no summed KL: their per-token KL (`actor/reward_kl_penalty`,
+    `kl`) is each response's mean over its tokens, averaged over the batch, m = mean_i(m_i). The
+    product m x L (L = mean_i(L_i)) is then mean_i(m_i x L_i) - cov(m_i, L_i): exact when every
+    response has the same length (or m_i and L_i are uncorrelated), an underestimate of the summed
+    KL by cov(m_i, L_i) when longer responses drift further per token, an overestimate when shorter
+    ones do. verl's `low_var_kl` (k3) also clamps each token's estimate at 10 nats, so a token past
+    10 counts as 10."""
 
     kl: tuple[str, ...] = ()
     kl_per_token: tuple[str, ...] = ()

@@ -125,7 +125,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
 
 # Settings that make verl run the algorithm of ppo-tuner's engine (its defaults differ). A launch
 # always writes the first three (the critic, and the KL in the reward that the KL limit reads:
-# actor/reward_kl_penalty); the others unless trial.command sets them (USER_CHOICE).
+# actor/reward_kl_penalty); the others unless trial.command sets them (VERL.user_choice).
 FIXED: dict[str, tuple[Any, str]] = {
     "algorithm.adv_estimator": ("gae", "PPO with a critic and GAE"),
     "algorithm.use_kl_in_reward": (True, "KL penalty in the per-token reward, as ppo-tuner"),

@@ -32,6 +32,7 @@ class Out:
     warnings: list[str] = field(default_factory=list)
     only: Collection[str] | None = None  # a launch: the fields it passes (None: every field, as an export)
     skip: Collection[str] = ()  # a launch: the target's names it leaves out
+    mean_length: float | None = None  # tokens: the exported trial's mean response length, where it was logged
 
     def wanted(self, our_field: str) -> bool:
         return self.only is None or our_field in self.only
@@ -121,10 +122,15 @@ def warmup_iterations(config: PPOConfig) -> tuple[int, bool]:
     return iterations, iterations * per_iteration == config.warmup_steps
 
 
-def per_token_kl_target(config: PPOConfig) -> float:
-    """Our kl_target is summed over the response; targets that average KL over response tokens need it
-    per token. Exact only when responses run to response_length tokens."""
-    return config.kl_target / config.response_length
+def per_token_kl_target(config: PPOConfig, mean_length: float | None = None) -> float:
+    """Our kl_target (nats summed over the response) per response token, for targets whose adaptive controller
+    compares its target with the per-token KL averaged over each response, then over the batch (verl's
+    apply_kl_penalty, OpenRLHF's experience maker): kl_target / mean_length, the mean response length where one
+    was logged, else / response_length, the maximum. With the maximum the controller holds the summed KL near
+    kl_target x mean length / response_length, below kl_target once responses end early; with the mean it holds
+    the per-token mean x mean length near kl_target, which is the summed KL when every response has the mean
+    length (see tuner.engines.Units for the error otherwise)."""
+    return config.kl_target / (mean_length or config.response_length)
 
 
 def micro(config: PPOConfig) -> int:

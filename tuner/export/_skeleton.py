@@ -54,17 +54,18 @@ class Exporter:
     frozen_dtypes: ClassVar[str]  # how the target chooses the dtype of frozen weights
     frozen_default: ClassVar[str] = "auto"  # a frozen_dtype the target's default already gives
 
-    def __call__(self, config: PPOConfig, source: dict | None = None) -> tuple[str, list[str]]:
-        out = self.settings(config, SECTIONS)
+    def __call__(self, config: PPOConfig, source: dict | None = None,
+                 mean_length: float | None = None) -> tuple[str, list[str]]:
+        out = self.settings(config, SECTIONS, mean_length=mean_length)
         lines = comment_lines(header(self.title, source))
         lines += comment_lines([*self.notes, not_applicable(config, self.plumbing)])
         return "\n".join(lines + self.body(out, config)) + "\n", out.warnings
 
     def settings(self, config: PPOConfig, sections: tuple[str, ...], fields: Collection[str] | None = None,
-                 skip: Collection[str] = ()) -> Out:
+                 skip: Collection[str] = (), mean_length: float | None = None) -> Out:
         """The target's settings for `config`, section by section (names from SECTIONS), then its `fixed` table;
         only those of `fields` (None: all), none of the names in `skip`."""
-        out = Out(self.target, self.names, only=fields, skip=skip)
+        out = Out(self.target, self.names, only=fields, skip=skip, mean_length=mean_length)
         for section in sections:
             getattr(self, section)(out, config)
         for name, (value, why) in self.fixed.items():
@@ -156,10 +157,16 @@ class Exporter:
         adaptive = c.kl_mode == "adaptive"
         out.set("kl_coef", c.kl_coef, "initial beta" if adaptive else "fixed beta")
         if adaptive:
-            target = per_token_kl_target(c)
+            target = per_token_kl_target(c, out.mean_length)
+            name = self.names["kl_target"][0]
+            if out.mean_length:
+                how = (f"kl_target / {out.mean_length:g}, the trial's mean response length (its last report), exact "
+                       "when every response has that length")
+            else:
+                how = ("kl_target / response_length, the maximum (no mean length was logged): with shorter responses "
+                       "it holds the summed KL below kl_target, at kl_target x mean length / response_length")
             out.lost("kl_target", c.kl_target, "compares the KL averaged over response tokens with its target; "
-                     f"exported {self.names['kl_target'][0]} {target:g} = kl_target / response_length, exact only "
-                     f"for full-length responses{self.kl_caveat}")
+                     f"exported {name} {target:g} = {how}{self.kl_caveat}")
             out.set("kl_target", target, "kl_mode adaptive, per response token")
             horizon = round(c.kl_horizon)
             if horizon != c.kl_horizon:

@@ -126,3 +126,13 @@ def test_a_private_ray_per_trial_locally_and_the_sweeps_cluster_otherwise(tmp_pa
 
 def test_engine_metric_names_are_made_acceptable_to_mlflow():
     assert _metric_name("trainer/val-core/gsm8k/reward/mean@1") == "trainer/val-core/gsm8k/reward/mean_1"
+
+
+def test_the_per_token_kl_times_the_mean_length_misses_the_summed_kl_by_their_covariance():
+    per_token, lengths = [0.1, 0.3], [10.0, 30.0]  # two responses; the longer drifts further per token
+    summed = sum(m * n for m, n in zip(per_token, lengths, strict=True)) / 2  # 5.0 nats, the mean summed KL
+    logged = {"actor/reward_kl_penalty": sum(per_token) / 2, "response_length/mean": sum(lengths) / 2}  # as verl
+    covariance = sum((m - 0.2) * (n - 20.0) for m, n in zip(per_token, lengths, strict=True)) / 2
+    assert ENGINES["verl"].units.kl_of(logged) == pytest.approx(summed - covariance) == pytest.approx(4.0)
+    equal = {"actor/reward_kl_penalty": 0.2, "response_length/mean": 20.0}  # equal lengths: exact
+    assert ENGINES["verl"].units.kl_of(equal) == pytest.approx(0.2 * 20.0)
