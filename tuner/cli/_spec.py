@@ -66,8 +66,9 @@ def _launch_lines(spec) -> list[str]:
             lines[-1] += f" {shlex.quote(arg)}"
         else:
             lines.append(shlex.quote(arg))
-    return [f"launch of trial 0 (sampled: {sampled}); each other key is {spec.trial.engine}'s own default "
-            "or trial.command's:", *(f"  {line}" for line in lines)]
+    rest = ("its launcher builds TRL's PPOConfig from the trial's whole config" if spec.trial.engine == "trl"
+            else f"each other key is {spec.trial.engine}'s own default or trial.command's")
+    return [f"launch of trial 0 (sampled: {sampled}); {rest}:", *(f"  {line}" for line in lines)]
 
 
 def _memory_line(spec) -> str:
