@@ -271,7 +271,7 @@ class Engine:
         launch would compute it from ppo-tuner's default, not the engine's."""
         return [Problem(f"base.{need}", None,
                         f"is unset, and {name} needs it: {self.name}'s {self.names[name][0]} is computed from it",
-                        f"set base.{need}, or search it")
+                        f"set base.{need} (not in trial.command), or search it")
                 for name in sorted(fields) if name in self.needs
                 for need in self.needs[name] if need not in fields]
 
