@@ -199,12 +199,13 @@ def trial_config(spec: CompiledSpec, params: Mapping[str, Any]) -> PPOConfig:
 def launch_fields(spec: SweepSpec) -> frozenset[str]:
     """The engine fields an external engine's launch passes (verl, OpenRLHF): those the spec sets (base:, or
     search_space:, where num_mini_batches sets mini_batch_size), each trial's length (budget.iterations), and
-    its seed where the spec sets one or the sweep promotes (each promotion run has a seed of its own). Every
+    its seed where the spec gives one (base.seed, or a `seed:` other than the default 0, which the saved spec
+    of a resumed sweep always holds) or the sweep promotes (each promotion run has a seed of its own). Every
     other setting is the engine's default or trial.command's."""
     fields = {*spec.base, *spec.search_space, "num_iterations"}
     if "num_mini_batches" in fields:
         fields.add("mini_batch_size")
-    if "seed" in spec.model_fields_set or _promote_top_k(spec) > 0:
+    if spec.seed != 0 or _promote_top_k(spec) > 0:
         fields.add("seed")
     return frozenset(fields - {"num_mini_batches"})
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 
 from tuner.cli import main
 from tuner.spec import load_spec, make_sampler, sample_params, trial_config
@@ -145,3 +146,19 @@ def test_validate_prints_the_argv_that_a_sampled_trial_launches(capsys, engine):
     lr = names.index(LR[engine])
     assert (argv[lr] if engine == "verl" else argv[lr + 1]).endswith(repr(params["policy_lr"]))
     assert not set(UNSET[engine]) & set(names)  # neither searched nor in base: the engine's own defaults
+
+
+@pytest.mark.parametrize(("extra", "seed"), [("budget: {trials: 2, promote: {top_k: 0}}", False),
+                                             ("budget: {trials: 2, promote: {top_k: 0}}\nseed: 3", True),
+                                             ("budget: {trials: 6}", True)])  # promotes: each run its own seed
+def test_a_launch_passes_the_fields_the_spec_sets_its_length_and_its_seed_also_when_resumed(tmp_path, extra, seed):
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text("name: x\ntrial: {engine: verl, command: [py, trainer.n_gpus_per_node=1]}\n"
+                         "resources: {gpus_per_trial: 1}\nbase: {rollout_batch_size: 64}\n"
+                         f"search_space: {{policy_lr: {{low: 1.0e-6, high: 1.0e-5, log: true}}}}\n{extra}\n")
+    spec = load_spec(spec_file)
+    expected = ["num_iterations", "policy_lr", "rollout_batch_size", *(["seed"] if seed else [])]
+    assert spec.launch()["fields"] == expected
+    saved = tmp_path / "saved.yaml"  # the spec a resumed sweep reads: every default written out
+    saved.write_text(yaml.safe_dump(spec.resolved()))
+    assert load_spec(saved).launch()["fields"] == expected
