@@ -11,7 +11,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 from trials import Problem
 from trials import metrics as K
 from tuner.engines._placement import PACK, STRICT_PACK, Placement
-from tuner.engines._words import hydra_word
+from tuner.engines._words import hydra_value, hydra_word
 
 __all__ = ["CONFIG_ENV", "LAUNCHERS", "PLACEHOLDER", "SOURCE_FIELDS", "Engine", "TrainerError",
            "Units", "command_argv", "numbers"]
@@ -47,9 +47,14 @@ class TrainerError(Exception):
 @dataclass(frozen=True)
 class Units:
     """How one engine's logged numbers become ours. The KL is to the reference model: `kl` keys hold
-    it in nats summed over the response (our unit); else `kl_per_token` (the per-token mean, as verl
-    and OpenRLHF log it) x `length` (mean tokens per response), exact when every response has the
-    mean length."""
+    it in nats summed over the response (our unit); else `kl_per_token` x `length` (mean tokens per
+    response). verl and OpenRLHF log no summed KL: their per-token KL (`actor/reward_kl_penalty`,
+    `kl`) is each response's mean over its tokens, averaged over the batch, m = mean_i(m_i). The
+    product m x L (L = mean_i(L_i)) is then mean_i(m_i x L_i) - cov(m_i, L_i): exact when every
+    response has the same length (or m_i and L_i are uncorrelated), an underestimate of the summed
+    KL by cov(m_i, L_i) when longer responses drift further per token, an overestimate when shorter
+    ones do. verl's `low_var_kl` (k3) also clamps each token's estimate at 10 nats, so a token past
+    10 counts as 10."""
 
     kl: tuple[str, ...] = ()
     kl_per_token: tuple[str, ...] = ()
@@ -95,6 +100,14 @@ def numbers(data: dict[str, Any]) -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def merge_list(mine: str, ours: str) -> str:
+    """The Hydra list override `mine` (key=[a,b] or key=a) with the items of `ours` it lacks."""
+    key, _, value = mine.partition("=")
+    items = [v.strip().strip("'\"") for v in value.strip().strip("'\"").strip("[]").split(",") if v.strip()]
+    items += [v for v in ours.partition("=")[2].strip("[]").split(",") if v not in items]
+    return f"{key}={hydra_value(items)}"
+
+
 def command_argv(command: list[str], engine: dict[str, Any]) -> list[str]:
     """trial.command with each '{field}' replaced by the trial's value of that engine field."""
     return [PLACEHOLDER.sub(lambda m: str(engine[m.group(1)]), arg) for arg in command]
@@ -127,36 +140,60 @@ class Engine:
     gpu_args: tuple[str, ...] = ()  # its arguments that count the GPUs it uses (per node, nodes)
     # how its Ray places those GPUs: STRICT_PACK, one group per node (verl); PACK, one group (OpenRLHF)
     gpu_strategy: str = STRICT_PACK
-    # settings of the `fixed` table that trial.command may set instead
+    # settings of the `fixed` table that trial.command may set instead (the launch then leaves them out)
     user_choice: tuple[str, ...] = ()
+    # settings of the `fixed` table that only the export writes: a launch leaves them to the engine's
+    # default or trial.command
+    export_only: tuple[str, ...] = ()
+    # our field -> the fields its launch value is computed from, which the spec must then set too
+    needs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # a Hydra override that also gives metrics_file's path to the trainer's Ray actors
     path_setting: str = ""
     imports: tuple[str, ...] = ()  # modules trial.command's interpreter must import
     setup: str = ""  # how a user gets an interpreter that imports them
 
-    def launch_names(self) -> frozenset[str]:
-        """Every name a launch may write (the user's fixed arguments must leave these to the
-        sweep)."""
-        names = (n for f, names in self.names.items() if f not in SOURCE_FIELDS for n in names)
-        return frozenset(names) | set(self.fixed)
+    def launch_names(self, fields: Collection[str] | None = None) -> dict[str, str]:
+        """Every name a launch may write -> what writes it: our field (of `fields`, the fields a
+        trial passes; None: all), or "" for the `fixed` table's settings it always writes."""
+        names = {n: f for f, ns in self.names.items()
+                 if f not in SOURCE_FIELDS and (fields is None or f in fields) for n in ns}
+        return {**names, **{n: "" for n in self.fixed
+                            if n not in self.user_choice and n not in self.export_only}}
+
+    def launch_skips(self, command: Sequence[str]) -> frozenset[str]:
+        """The `fixed` table's settings a launch leaves out: the export's alone, and the user's
+        choices that trial.command sets."""
+        mine = {self._arg_name(a) for a in command if "=" in a or a.startswith("--")}
+        return frozenset(self.export_only) | (mine & set(self.user_choice))
 
     def argv(self, command: list[str], engine: dict[str, Any], args: Sequence[str] = (),
              workdir: Path | None = None) -> list[str]:
         """The trial's argv: trial.command with its placeholders filled in, then `args` (the
         hyperparameters as the engine's launch arguments, from its name table), or our launcher.
-        `workdir`: the trial's folder, where the trainer writes metrics_file."""
+        `workdir`: the trial's folder, where the trainer writes metrics_file. A list setting of
+        `extra` that trial.command also sets (verl's trainer.logger) is merged into the user's."""
         argv = command_argv(command, engine)
         if not self.names:
             return argv
         if self.launcher:
             return [*argv, str(LAUNCHERS / self.launcher)]
-        mine = {word.split("=", 1)[0] for word in argv if "=" in word}  # the user's Hydra overrides
-        words = [w for w in args
-                 if w.split("=", 1)[0] not in mine or w.split("=", 1)[0] not in self.user_choice]
-        extra = list(self.extra)
+        extra = []
+        for word in self.extra:
+            i = self._merge_at(argv, word)
+            if i is None:
+                extra.append(word)
+            else:
+                argv[i] = merge_list(argv[i], word)
         if self.path_setting and workdir is not None:  # verl logs from its TaskRunner, a Ray worker
             extra.append(hydra_word(self.path_setting, str(workdir / self.metrics_file)))
-        return [*argv, *words, *extra]
+        return [*argv, *args, *extra]
+
+    def _merge_at(self, argv: list[str], word: str) -> int | None:
+        """Where the user's argv sets the list setting `word` sets, if it does."""
+        name, _, value = word.partition("=")
+        if self.style != "hydra" or not value.startswith("["):
+            return None
+        return next((i for i, a in enumerate(argv) if "=" in a and self._arg_name(a) == name), None)
 
     def environ(self, workdir: Path, ray: str, gcs: str = "") -> dict[str, str]:
         """Variables set for the trainer: its metrics file; for an engine that runs its own Ray,
@@ -189,10 +226,14 @@ class Engine:
         if self.ray and Path(folder).name.startswith(_RAY_TMP):
             shutil.rmtree(folder, ignore_errors=True)
 
-    def check(self, command: Sequence[str], gpus: float, cluster: bool) -> list[Problem]:
+    def check(self, command: Sequence[str], gpus: float, cluster: bool,
+              fields: Collection[str] | None = None) -> list[Problem]:
         """What trial.command and the trial's GPUs (`gpus`, per trial; `cluster`: the sweep joins
-        one) must get right for this engine, before anything is launched."""
-        problems = self._check_launch_names(list(command))
+        one) must get right for this engine, before anything is launched. `fields`: the fields a
+        trial passes (None: all)."""
+        problems = self._check_launch_names(list(command), fields)
+        if fields is not None:
+            problems += self._check_needs(fields)
         if self.ray:
             problems += self._check_ray_resources(list(command), gpus, cluster)
         return problems
@@ -222,18 +263,39 @@ class Engine:
         name = arg.split("=", 1)[0]
         return name.lstrip("+~") if self.style == "hydra" else name
 
-    def _check_launch_names(self, command: list[str]) -> list[Problem]:
+    def _check_launch_names(self, command: list[str], fields: Collection[str] | None) -> list[Problem]:
         """A fixed argument that sets what the sweep sets from the trial's config would fight it."""
         if not self.names or self.launcher:
             return []
-        ours = self.launch_names() | {self._arg_name(a) for a in (*self.extra, self.path_setting)}
-        ours -= {*self.user_choice, ""}
-        return [Problem(f"trial.command[{i}]", arg,
-                        "sets what the sweep sets from each trial's config",
-                        "remove it; give its value in base: (engine field names) or search it in "
-                        "search_space")
-                for i, arg in enumerate(command)
-                if (self.style == "hydra" or arg.startswith("--")) and self._arg_name(arg) in ours]
+        ours = self.launch_names(fields)
+        merged = {w.split("=", 1)[0] for w in self.extra if w.partition("=")[2].startswith("[")}
+        ours.update({self._arg_name(a): "" for a in (*self.extra, self.path_setting)
+                     if a and self._arg_name(a) not in merged})
+        problems = []
+        for i, arg in enumerate(command):
+            name = self._arg_name(arg)
+            if (self.style != "hydra" and not arg.startswith("--")) or name not in ours:
+                continue
+            of = ours[name]
+            if of:
+                problems.append(Problem(f"trial.command[{i}]", arg,
+                                        f"sets {name}, which each trial sets from {of} (searched, or in base:)",
+                                        f"remove it from trial.command, or remove {of} from search_space and "
+                                        "base: to keep your value"))
+            else:
+                problems.append(Problem(f"trial.command[{i}]", arg,
+                                        f"sets {name}, which every trial sets to run ppo-tuner's PPO",
+                                        "remove it from trial.command"))
+        return problems
+
+    def _check_needs(self, fields: Collection[str]) -> list[Problem]:
+        """A passed field whose launch value is computed from a field the spec leaves unset: the
+        launch would compute it from ppo-tuner's default, not the engine's."""
+        return [Problem(f"base.{need}", None,
+                        f"is unset, and {name} needs it: {self.name}'s {self.names[name][0]} is computed from it",
+                        f"set base.{need} (not in trial.command), or search it")
+                for name in sorted(fields) if name in self.needs
+                for need in self.needs[name] if need not in fields]
 
     def _fixed(self, command: list[str], name: str) -> str | None:
         for i, arg in enumerate(command):

@@ -18,7 +18,7 @@ from typing import Any
 from trials import metrics as K
 from tuner.engines._base import Engine, TrainerError, Units, numbers
 
-__all__ = ["FIXED", "KEYS", "SOURCE", "VERIFIED_KEYS", "VERL"]
+__all__ = ["FIXED", "KEYS", "NEEDS", "SOURCE", "VERIFIED_KEYS", "VERL"]
 
 SOURCE = "volcengine/verl verl/trainer/config/_generated_ppo_trainer.yaml (release 0.9.1)"
 
@@ -114,7 +114,18 @@ KEYS: dict[str, tuple[str, ...]] = {
              f"{_ROLLOUT}.seed"),
 }
 
-# Settings that make verl run the algorithm of ppo-tuner's engine (its defaults differ).
+# Our field -> the fields its verl value is computed from (a launch passes it only with them).
+NEEDS: dict[str, tuple[str, ...]] = {
+    "warmup_steps": ("ppo_epochs", "rollout_batch_size", "mini_batch_size"),  # in PPO iterations
+    "kl_target": ("kl_mode", "response_length"),  # per token: kl_target / response_length
+    "kl_horizon": ("kl_mode",),
+    "lora_alpha": ("lora_rank",), "lora_target_modules": ("lora_rank",),
+    "value_backbone": ("lora_rank", "lora_alpha", "lora_target_modules"),  # the critic's own adapter
+}
+
+# Settings that make verl run the algorithm of ppo-tuner's engine (its defaults differ). A launch
+# always writes the first three (the critic, and the KL in the reward that the KL limit reads:
+# actor/reward_kl_penalty); the others unless trial.command sets them (VERL.user_choice).
 FIXED: dict[str, tuple[Any, str]] = {
     "algorithm.adv_estimator": ("gae", "PPO with a critic and GAE"),
     "algorithm.use_kl_in_reward": (True, "KL penalty in the per-token reward, as ppo-tuner"),
@@ -154,5 +165,5 @@ VERL = Engine(
     metrics_file="verl_metrics.jsonl", metrics_env="VERL_FILE_LOGGER_PATH",
     extra=("trainer.logger=[console,file]",), ray=True,
     gpu_args=("trainer.n_gpus_per_node", "trainer.nnodes"),
-    user_choice=("actor_rollout_ref.rollout.name",),
+    user_choice=(f"{_ROLLOUT}.name", f"{_ROLLOUT}.n", f"{_ACTOR}.shuffle", "critic.shuffle"), needs=NEEDS,
     path_setting="+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH")

@@ -12,7 +12,7 @@ from tuner.spec import CompiledSpec
 from tuner.sweep._locate import trial_folder
 from tuner.sweep._promotion import Choice
 from tuner.sweep._study import engine_config_of
-from tuner.trial import launch_argv
+from tuner.trial import Attr, launch_argv
 
 __all__ = ["export_choice"]
 
@@ -27,4 +27,5 @@ def export_choice(spec: CompiledSpec, choice: Choice, fmt: str) -> tuple[str, li
         folder = trial_folder(spec, choice.trial.number)
         argv = launch_argv("command", list(spec.trial.command), engine, folder)
         return export_command(argv, str(folder), choice.source)
-    return export_config(PPOConfig.from_dict(engine), fmt, source=choice.source)
+    return export_config(PPOConfig.from_dict(engine), fmt, source=choice.source,
+                         mean_length=choice.trial.user_attrs.get(Attr.RESPONSE_LENGTH))

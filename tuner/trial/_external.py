@@ -168,7 +168,7 @@ def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir:
     direction, last = objective["direction"], int(task.engine["num_iterations"])
     limit = task.kl_stopper()
     scorer = Scorer(objective["metric"], direction, objective["score"], objective["last_k"], math.nan)
-    argv, args, lost = launch(task.engine_kind, ext["command"], task.engine, workdir)
+    argv, args, lost = launch(task.engine_kind, ext["command"], task.engine, workdir, ext.get("fields"))
     config = workdir / "trial_config.json"
     config.write_text(json.dumps({"number": task.number, "params": task.params, "engine": task.engine,
                                   "kl_limit": task.kl_limit, "launch": args, "not_expressed": lost},

@@ -2,31 +2,52 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
+import optuna
 import pytest
+import yaml
 
 from tuner.cli import main
-from tuner.spec import load_spec
+from tuner.spec import load_spec, make_sampler, sample_params, trial_config
+from tuner.sweep import trial_folder
+from tuner.trial import TrialTask, launch
 
 CASES = [
     ("no-command", "trial: {engine: command}", "trial.command", "is needed with engine: command"),
     ("placeholder", "trial: {engine: command, command: [python, t.py, '--lr={policy_lrr}']}", "trial.command[2]",
      "'{policy_lrr}' is not an engine field"),
     ("verl-no-command", "trial: {engine: verl}", "trial.command", "is needed with engine: verl"),
-    ("verl-sets-ours", "trial: {engine: verl, command: [py, -m, verl.trainer.main_ppo, trainer.n_gpus_per_node=1, "
-     "'actor_rollout_ref.actor.optim.lr=1e-6']}\nresources: {gpus_per_trial: 1}", "trial.command[4]",
-     "sets what the sweep sets from each trial's config"),
-    ("verl-logger", "trial: {engine: verl, command: [py, trainer.n_gpus_per_node=1, 'trainer.logger=[wandb]']}\n"
-     "resources: {gpus_per_trial: 1}", "trial.command[2]", "sets what the sweep sets"),
-    ("openrlhf-sets-ours", "trial: {engine: openrlhf, command: [py, --actor.num_gpus_per_node, '2', --actor.adam.lr, "
-     "'1e-6']}\nresources: {gpus_per_trial: 2}", "trial.command[3]", "sets what the sweep sets"),
+    ("verl-sets-searched", "trial: {engine: verl, command: [py, -m, verl.trainer.main_ppo, trainer.n_gpus_per_node=1, "
+     "'actor_rollout_ref.actor.optim.lr=1e-6']}\nresources: {gpus_per_trial: 1}\n"
+     "search_space: {policy_lr: {low: 1.0e-6, high: 1.0e-5, log: true}}", "trial.command[4]",
+     "sets actor_rollout_ref.actor.optim.lr, which each trial sets from policy_lr (searched, or in base:) "
+     "(got 'actor_rollout_ref.actor.optim.lr=1e-6'); remove it from trial.command, or remove policy_lr from "
+     "search_space and base: to keep your value"),
+    ("verl-sets-fixed", "trial: {engine: verl, command: [py, trainer.n_gpus_per_node=1, algorithm.adv_estimator=grpo]}"
+     "\nresources: {gpus_per_trial: 1}", "trial.command[2]",
+     "sets algorithm.adv_estimator, which every trial sets to run ppo-tuner's PPO"),
+    ("verl-sets-the-length", "trial: {engine: verl, command: [py, trainer.n_gpus_per_node=1, "
+     "trainer.total_training_steps=9]}\nresources: {gpus_per_trial: 1}", "trial.command[2]",
+     "which each trial sets from num_iterations"),
+    ("verl-needs", "trial: {engine: verl, command: [py, trainer.n_gpus_per_node=1]}\nresources: {gpus_per_trial: 1}\n"
+     "base: {kl_mode: adaptive}\nsearch_space: {kl_target: {low: 3, high: 9}}", "base.response_length",
+     "is unset, and kl_target needs it: verl's algorithm.kl_ctrl.target_kl is computed from it"),
+    ("openrlhf-sets-base", "trial: {engine: openrlhf, command: [py, --actor.num_gpus_per_node, '2', --actor.adam.lr, "
+     "'1e-6']}\nresources: {gpus_per_trial: 2}\nbase: {policy_lr: 1.0e-6, rollout_batch_size: 64}", "trial.command[3]",
+     "which each trial sets from policy_lr"),
+    ("openrlhf-needs-rollout", "trial: {engine: openrlhf, command: [py, --actor.num_gpus_per_node, '2']}\n"
+     "resources: {gpus_per_trial: 2}", "base.rollout_batch_size",
+     "num_iterations needs it: openrlhf's --data.max_samples is computed from it"),
     ("verl-no-gpu", "trial: {engine: verl, command: [py, trainer.n_gpus_per_node=1]}", "resources.gpus_per_trial",
      "must be a whole number of GPUs for verl"),
     ("verl-gpus-differ", "trial: {engine: verl, command: [py, trainer.n_gpus_per_node=4]}\n"
      "resources: {gpus_per_trial: 2}", "trial.command", "must equal resources.gpus_per_trial (2)"),
-    ("openrlhf-default-gpus", "trial: {engine: openrlhf, command: [py]}\nresources: {gpus_per_trial: 1}",
+    ("openrlhf-default-gpus", "trial: {engine: openrlhf, command: [py]}\nresources: {gpus_per_trial: 1}\n"
+     "base: {rollout_batch_size: 64}",
      "trial.command", "--actor.num_gpus_per_node (its default, 8)"),
     ("verl-two-nodes", "trial: {engine: verl, command: [py, trainer.n_gpus_per_node=1, trainer.nnodes=2]}\n"
      "resources: {gpus_per_trial: 1}", "trial.command", "needs more than one node"),
@@ -84,11 +105,60 @@ def test_a_venv_interpreter_named_relative_to_the_spec_stays_the_venvs(tmp_path)
              "resources: {gpus_per_trial: 2}"),
     ("verl", "command: [py, -m, verl.trainer.main_ppo, trainer.n_gpus_per_node=8, trainer.nnodes=2]}\n"
              "ray: {address: auto}"),
-    ("openrlhf", "command: [py, -m, openrlhf.cli.train_ppo_ray, --actor.num_gpus_per_node, '1']}\n"
-                 "resources: {gpus_per_trial: 1}"),
+    ("verl", "command: [py, trainer.n_gpus_per_node=1, actor_rollout_ref.rollout.temperature=1.0, "
+             "actor_rollout_ref.rollout.n=1, 'trainer.logger=[console,wandb]']}\nresources: {gpus_per_trial: 1}"),
+    ("openrlhf", "command: [py, -m, openrlhf.cli.train_ppo_ray, --actor.num_gpus_per_node, '1', --actor.adam.lr, "
+                 "'1e-6', --actor.adam.betas, '0.9', '0.95']}\n"
+                 "resources: {gpus_per_trial: 1}\nbase: {rollout_batch_size: 64}"),
     ("trl", "command: [py]}"),
 ])
 def test_an_engine_spec_whose_resources_work_is_valid(tmp_path, engine, text):
     spec = tmp_path / "spec.yaml"
     spec.write_text(f"name: x\ntrial: {{engine: {engine}, {text}\n")
     assert load_spec(spec).trial.launch(cluster=False)["command"][0] == "py"
+
+
+UNSET = {"verl": ("actor_rollout_ref.rollout.temperature", "algorithm.lam", "critic.cliprange_value",
+                  "actor_rollout_ref.actor.ppo_epochs", "actor_rollout_ref.model.enable_gradient_checkpointing",
+                  "actor_rollout_ref.actor.optim.weight_decay"),
+         "openrlhf": ("--rollout.temperature", "--algo.advantage.lambd", "--critic.value_clip",
+                      "--actor.adam.weight_decay", "--actor.adam.betas", "--reward.clip_range")}
+LR = {"verl": "actor_rollout_ref.actor.optim.lr", "openrlhf": "--actor.adam.lr"}
+
+
+@pytest.mark.parametrize("engine", ["verl", "openrlhf"])
+def test_validate_prints_the_argv_that_a_sampled_trial_launches(capsys, engine):
+    path = Path(__file__).resolve().parents[3] / "search_spaces" / f"{engine}_example.yaml"
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    lines = out[out.index("# launch of trial 0 (sampled: "):].splitlines()
+    printed = [word for line in lines[1:] for word in shlex.split(line.removeprefix("#"))]
+    spec = load_spec(path)
+    study = optuna.create_study(directions=spec.directions(), sampler=make_sampler(spec))
+    params = sample_params(study.ask(), spec)
+    task = TrialTask(number=0, engine=trial_config(spec, params).to_dict(), params=params, kl_limit=spec.kl_limit,
+                     objective={}, engine_kind=engine, external=spec.launch())
+    argv, _, _ = launch(engine, task.external["command"], task.engine, trial_folder(spec, 0),
+                        task.external.get("fields"))  # as the trial's launch (tuner.trial._external) makes it
+    assert printed == argv and argv[:len(spec.trial.command)] == spec.trial.command
+    assert f"policy_lr={params['policy_lr']!r}" in lines[0]
+    names = [word.split("=", 1)[0] for word in argv]
+    lr = names.index(LR[engine])
+    assert (argv[lr] if engine == "verl" else argv[lr + 1]).endswith(repr(params["policy_lr"]))
+    assert not set(UNSET[engine]) & set(names)  # neither searched nor in base: the engine's own defaults
+
+
+@pytest.mark.parametrize(("extra", "seed"), [("budget: {trials: 2, promote: {top_k: 0}}", False),
+                                             ("budget: {trials: 2, promote: {top_k: 0}}\nseed: 3", True),
+                                             ("budget: {trials: 6}", True)])  # promotes: each run its own seed
+def test_a_launch_passes_the_fields_the_spec_sets_its_length_and_its_seed_also_when_resumed(tmp_path, extra, seed):
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text("name: x\ntrial: {engine: verl, command: [py, trainer.n_gpus_per_node=1]}\n"
+                         "resources: {gpus_per_trial: 1}\nbase: {rollout_batch_size: 64}\n"
+                         f"search_space: {{policy_lr: {{low: 1.0e-6, high: 1.0e-5, log: true}}}}\n{extra}\n")
+    spec = load_spec(spec_file)
+    expected = ["num_iterations", "policy_lr", "rollout_batch_size", *(["seed"] if seed else [])]
+    assert spec.launch()["fields"] == expected
+    saved = tmp_path / "saved.yaml"  # the spec a resumed sweep reads: every default written out
+    saved.write_text(yaml.safe_dump(spec.resolved()))
+    assert load_spec(saved).launch()["fields"] == expected
