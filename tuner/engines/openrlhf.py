@@ -94,6 +94,9 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "num_iterations": ("rollout_batch_size",),  # --data.max_samples = num_iterations x rollout_batch_size
     "warmup_steps": ("ppo_epochs", "rollout_batch_size", "mini_batch_size"),  # a ratio of all optimizer steps
     "kl_target": ("kl_mode", "response_length"),  # per token: kl_target / response_length
+    # adaptive is --algo.kl.target given: without kl_target OpenRLHF would run its fixed controller (its
+    # default, which a spec gets by leaving kl_mode unset)
+    "kl_mode": ("kl_target", "response_length"),
     "kl_horizon": ("kl_mode",),
     "lora_alpha": ("lora_rank",), "lora_target_modules": ("lora_rank",), "lora_dropout": ("lora_rank",),
 }

@@ -42,6 +42,9 @@ CASES = [
     ("openrlhf-needs-rollout", "trial: {engine: openrlhf, command: [py, --actor.num_gpus_per_node, '2']}\n"
      "resources: {gpus_per_trial: 2}", "base.rollout_batch_size",
      "num_iterations needs it: openrlhf's --data.max_samples is computed from it"),
+    ("openrlhf-adaptive-needs-target", "trial: {engine: openrlhf, command: [py, --actor.num_gpus_per_node, '2']}\n"
+     "resources: {gpus_per_trial: 2}\nbase: {rollout_batch_size: 64, kl_mode: adaptive, response_length: 64}",
+     "base.kl_target", "is unset, and kl_mode needs it: openrlhf's --algo.kl.target is computed from it"),
     ("verl-no-gpu", "trial: {engine: verl, command: [py, trainer.n_gpus_per_node=1]}", "resources.gpus_per_trial",
      "must be a whole number of GPUs for verl"),
     ("verl-gpus-differ", "trial: {engine: verl, command: [py, trainer.n_gpus_per_node=4]}\n"
