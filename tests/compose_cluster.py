@@ -99,6 +99,19 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def processes_naming(folder: Path) -> list[int]:
+    """Live processes, other than this one, whose argv names `folder` (a Ray node's temp folder)."""
+    mine = str(folder).encode()
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if mine in cmdline.read_bytes() and int(cmdline.parent.name) != os.getpid():
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return [pid for pid in found if _alive(pid)]
+
+
 def _wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path, headers: dict | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -275,12 +288,4 @@ class ComposeCluster:
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def _strays(self) -> list[int]:
-        mine = str(self.folder).encode()
-        found = []
-        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-            try:
-                if mine in cmdline.read_bytes() and int(cmdline.parent.name) != os.getpid():
-                    found.append(int(cmdline.parent.name))
-            except OSError:
-                continue
-        return [pid for pid in found if _alive(pid)]
+        return processes_naming(self.folder)

@@ -76,6 +76,7 @@ def verl(src: Path, argv: list[str]) -> None:
     from omegaconf import OmegaConf
 
     config = verl_config(src, argv)
+    print(f"overrides {json.dumps(argv)}", flush=True)
     lr, steps = OmegaConf.select(config, "actor_rollout_ref.actor.optim.lr"), config.trainer.total_training_steps
     if os.environ.get("START_RAY"):  # as main_ppo does: ray.init() unless a Ray is running in this process
         import ray
@@ -89,7 +90,8 @@ def verl(src: Path, argv: list[str]) -> None:
         print(f"ray session {ray.get_runtime_context().gcs_address} in {os.environ.get('RAY_TMPDIR')} "
               f"job {ray.get_runtime_context().get_job_id()}", flush=True)
     tracking = load(src / "verl" / "utils" / "tracking.py", "verl_tracking")
-    logger = tracking.Tracking("ppo", "trial", default_backend=list(config.trainer.logger)[1:])  # console needs verl
+    backends = [b for b in config.trainer.logger if b == "file"]  # console needs verl, the user's their packages
+    logger = tracking.Tracking("ppo", "trial", default_backend=backends)
     logger.log({"val-core/demo/reward/mean@1": 0.1}, step=0)  # validation before training: no KL
     for step in range(1, steps + 1):
         time.sleep(STEP_SECONDS)

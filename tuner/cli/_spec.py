@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -17,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "validate", help="check a sweep spec and print it with every default filled in",
         description="Check a sweep spec. Prints the resolved spec (YAML) on stdout, ending with a "
                     "comment that gives the memory model's prediction of a trial's peak at the "
-                    "space's extremes, and warnings on stderr; "
+                    "space's extremes (for verl, OpenRLHF and TRL: the argv of one sampled trial, "
+                    "one argument a line), and warnings on stderr; "
                     "exit code 2 and one line per problem when it is wrong.")
     validate.add_argument("spec", type=Path, help="the sweep spec (YAML)")
     validate.add_argument("--address", help="check it as it runs on this Ray cluster (as tuner run --address; "
@@ -39,7 +41,36 @@ def _validate(args: argparse.Namespace) -> int:
         sys.stderr.write(f"warning: {line}\n")
     sys.stdout.write(yaml.safe_dump(spec.resolved(), sort_keys=False, default_flow_style=False, width=100))
     sys.stdout.write(f"# {_memory_line(spec)}\n")  # a YAML comment: the output stays the resolved spec
+    sys.stdout.writelines(f"# {line}\n" for line in _launch_lines(spec))
     return 0
+
+
+def _launch_lines(spec) -> list[str]:
+    """For an external engine: the argv trial 0 launches (its sampled values named), one argument a line."""
+    import optuna
+
+    from tuner.spec import make_sampler, sample_params, trial_config
+    from tuner.sweep import trial_folder
+    from tuner.trial import launch_argv
+
+    if spec.trial.engine in ("ppo-tuner", "command"):
+        return []
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=spec.directions(), sampler=make_sampler(spec))
+    params = sample_params(study.ask(), spec)
+    config = trial_config(spec, params).to_dict()
+    ext = spec.launch()
+    argv = launch_argv(spec.trial.engine, ext["command"], config, trial_folder(spec, 0), number=0, fields=ext["fields"])
+    sampled = ", ".join(f"{name}={value!r}" for name, value in params.items()) or "none"
+    lines: list[str] = []
+    for arg in argv:  # a flag and its values on one line
+        if lines and lines[-1].startswith("--") and not arg.startswith("--"):
+            lines[-1] += f" {shlex.quote(arg)}"
+        else:
+            lines.append(shlex.quote(arg))
+    rest = ("its launcher builds TRL's PPOConfig from the trial's whole config" if spec.trial.engine == "trl"
+            else f"each other key is {spec.trial.engine}'s own default or trial.command's")
+    return [f"launch of trial 0 (sampled: {sampled}); {rest}:", *(f"  {line}" for line in lines)]
 
 
 def _memory_line(spec) -> str:

@@ -22,15 +22,16 @@ from tuner.engines._base import (
     command_argv,
     numbers,
 )
+from tuner.engines._placement import PACK, STRICT_PACK, Placement, fits
 from tuner.engines._words import flag_words, hydra_value, hydra_word
 from tuner.engines.command import COMMAND, PREFIX, PROTOCOL, parse_report
 from tuner.engines.openrlhf import OPENRLHF
 from tuner.engines.trl import TRL
 from tuner.engines.verl import VERL
 
-__all__ = ["CHECKPOINTS", "CONFIG_ENV", "ENGINES", "LAUNCHERS", "PLACEHOLDER", "PREFIX", "PROTOCOL",
-           "SOURCE_FIELDS", "TRIAL_PLACEHOLDERS", "Engine", "TrainerError", "Units", "command_argv", "engine",
-           "flag_words", "hydra_value", "hydra_word", "numbers", "parse_report"]
+__all__ = ["CHECKPOINTS", "CONFIG_ENV", "ENGINES", "LAUNCHERS", "PACK", "PLACEHOLDER", "PREFIX", "PROTOCOL",
+           "SOURCE_FIELDS", "STRICT_PACK", "TRIAL_PLACEHOLDERS", "Engine", "Placement", "TrainerError", "Units",
+           "command_argv", "engine", "fits", "flag_words", "hydra_value", "hydra_word", "numbers", "parse_report"]
 
 ENGINES: dict[str, Engine] = {e.name: e for e in (COMMAND, VERL, OPENRLHF, TRL)}
 

@@ -11,7 +11,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -19,11 +19,11 @@ from typing import Any
 
 from trials import Problem
 from trials import metrics as K
-from tuner.engines._words import flag_words, hydra_word
+from tuner.engines._placement import STRICT_PACK, Layout, Placement
+from tuner.engines._words import flag_words, hydra_word, merge_list
 
 __all__ = ["CHECKPOINTS", "CONFIG_ENV", "LAUNCHERS", "PLACEHOLDER", "SOURCE_FIELDS", "TRIAL_PLACEHOLDERS",
-           "Engine", "Layout", "TrainerError", "Units", "command_argv", "numbers", "trial_values",
-           "whole"]
+           "Engine", "TrainerError", "Units", "command_argv", "numbers", "trial_values"]
 
 CONFIG_ENV = "PPO_TUNER_TRIAL_CONFIG"  # names the trial's config file (JSON)
 # '{policy_lr}' in trial.command: that engine field's value; '{trial_dir}', '{trial_number}': the trial's
@@ -52,9 +52,14 @@ class TrainerError(Exception):
 @dataclass(frozen=True)
 class Units:
     """How one engine's logged numbers become ours. The KL is to the reference model: `kl` keys hold
-    it in nats summed over the response (our unit); else `kl_per_token` (the per-token mean, as verl
-    and OpenRLHF log it) x `length` (mean tokens per response), exact when every response has the
-    mean length."""
+    it in nats summed over the response (our unit); else `kl_per_token` x `length` (mean tokens per
+    response). verl and OpenRLHF log no summed KL: their per-token KL (`actor/reward_kl_penalty`,
+    `kl`) is each response's mean over its tokens, averaged over the batch, m = mean_i(m_i). The
+    product m x L (L = mean_i(L_i)) is then mean_i(m_i x L_i) - cov(m_i, L_i): exact when every
+    response has the same length (or m_i and L_i are uncorrelated), an underestimate of the summed
+    KL by cov(m_i, L_i) when longer responses drift further per token, an overestimate when shorter
+    ones do. verl's `low_var_kl` (k3) also clamps each token's estimate at 10 nats, so a token past
+    10 counts as 10."""
 
     kl: tuple[str, ...] = ()
     kl_per_token: tuple[str, ...] = ()
@@ -116,18 +121,6 @@ def command_argv(command: list[str], engine: dict[str, Any], trial: Mapping[str,
 
 
 @dataclass(frozen=True)
-class Layout:
-    """The GPUs a trainer with a Ray of its own reserves for one trial, as trial.command sets it up."""
-
-    gpus: int  # in all, over every role that does not share another's
-    nodes: int  # the most nodes one role spans
-    roles: str  # how they add up, as trial.command gives them
-    fix: str  # how to make them `{gpus}`
-    error: str = ""  # a layout the trainer refuses at start-up, and why ...
-    error_fix: str = ""  # ... and how to mend it
-
-
-@dataclass(frozen=True)
 class Engine:
     """One external engine: its names for our fields (export and launch alike), how its trainer is
     started, how its reports are read, and what a spec must get right for it."""
@@ -155,12 +148,24 @@ class Engine:
     # (trial.command's setting of a name: its value, "" for a bare flag, None) -> the GPUs its roles
     # reserve in its own Ray
     layout: Callable[[Callable[[str], str | None]], Layout | None] | None = None
+    # how its Ray places those GPUs: STRICT_PACK, one group per node (verl); PACK, groups on as few
+    # nodes as Ray can (OpenRLHF)
+    gpu_strategy: str = STRICT_PACK
     ray_pin: str = ""  # the Ray version its release pins: on a cluster, that must be the cluster's
-    # (trial.command's setting of a name, rollout_batch_size, mini_batch_size, micro_batch_size per
-    # GPU) -> (why its trainer refuses these batch sizes at start-up, the fix); ("", "") where it takes them
-    batches: Callable[[Callable[[str], str | None], int, int, int], tuple[str, str]] | None = None
-    # settings of the `fixed` table that trial.command may set instead
+    # (trial.command's setting of a name, rollout_batch_size, mini_batch_size, micro_batch_size per GPU;
+    # None: the trial does not pass it) -> (why its trainer refuses these batch sizes at start-up, the
+    # fix); ("", "") where it takes them
+    batches: Callable[[Callable[[str], str | None], int | None, int | None, int | None], tuple[str, str]] | None = None
+    # settings of the `fixed` table that trial.command may set instead (the launch then leaves them out)
     user_choice: tuple[str, ...] = ()
+    # settings of the `fixed` table that only the export writes: a launch leaves them to the engine's
+    # default or trial.command
+    export_only: tuple[str, ...] = ()
+    # our field -> the fields its launch value is computed from, which the spec must then set too
+    needs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # (trial.command's setting of a name) -> our fields a trial must pass, as what its trainer refuses
+    # without them (its defaults), and the fix: verl's null micro-batch sizes
+    required: Callable[[Callable[[str], str | None]], Mapping[str, tuple[str, str]]] | None = None
     # a Hydra override that also gives metrics_file's path to the trainer's Ray actors
     path_setting: str = ""
     # its setting that names where it saves checkpoints and resumes from: unless trial.command sets it,
@@ -169,32 +174,51 @@ class Engine:
     imports: tuple[str, ...] = ()  # modules trial.command's interpreter must import
     setup: str = ""  # how a user gets an interpreter that imports them
 
-    def launch_names(self) -> frozenset[str]:
-        """Every name a launch may write (the user's fixed arguments must leave these to the
-        sweep)."""
-        names = (n for f, names in self.names.items() if f not in SOURCE_FIELDS for n in names)
-        return frozenset(names) | set(self.fixed)
+    def launch_names(self, fields: Collection[str] | None = None) -> dict[str, str]:
+        """Every name a launch may write -> what writes it: our field (of `fields`, the fields a
+        trial passes; None: all), or "" for the `fixed` table's settings it always writes."""
+        names = {n: f for f, ns in self.names.items()
+                 if f not in SOURCE_FIELDS and (fields is None or f in fields) for n in ns}
+        return {**names, **{n: "" for n in self.fixed
+                            if n not in self.user_choice and n not in self.export_only}}
+
+    def launch_skips(self, command: Sequence[str]) -> frozenset[str]:
+        """The `fixed` table's settings a launch leaves out: the export's alone, and the user's
+        choices that trial.command sets."""
+        mine = {self._arg_name(a) for a in command if "=" in a or a.startswith("--")}
+        return frozenset(self.export_only) | (mine & set(self.user_choice))
 
     def argv(self, command: list[str], engine: dict[str, Any], args: Sequence[str] = (),
              workdir: Path | None = None, number: int | None = None) -> list[str]:
         """The trial's argv: trial.command with its placeholders filled in, then `args` (the
         hyperparameters as the engine's launch arguments, from its name table), or our launcher.
         `workdir`: the trial's folder, where the trainer writes metrics_file and, unless
-        trial.command names another, its checkpoints; `number`: the trial's."""
+        trial.command names another, its checkpoints; `number`: the trial's. A list setting of
+        `extra` that trial.command also sets (verl's trainer.logger) is merged into the user's."""
         argv = command_argv(command, engine, trial_values(workdir, number))
         if not self.names:
             return argv
         if self.launcher:
             return [*argv, str(LAUNCHERS / self.launcher)]
-        mine = {word.split("=", 1)[0] for word in argv if "=" in word}  # the user's Hydra overrides
-        words = [w for w in args
-                 if w.split("=", 1)[0] not in mine or w.split("=", 1)[0] not in self.user_choice]
-        extra = list(self.extra)
+        extra = []
+        for word in self.extra:
+            i = self._merge_at(argv, word)
+            if i is None:
+                extra.append(word)
+            else:
+                argv[i] = merge_list(argv[i], word)
         if self.path_setting and workdir is not None:  # verl logs from its TaskRunner, a Ray worker
             extra.append(hydra_word(self.path_setting, str(workdir / self.metrics_file)))
         if self.checkpoint and workdir is not None and self._setting(argv, self.checkpoint) is None:
             extra += self._words(self.checkpoint, str(workdir / CHECKPOINTS))
-        return [*argv, *words, *extra]
+        return [*argv, *args, *extra]
+
+    def _merge_at(self, argv: list[str], word: str) -> int | None:
+        """Where the user's argv sets the list setting `word` sets, if it does."""
+        name, _, value = word.partition("=")
+        if self.style != "hydra" or not value.startswith("["):
+            return None
+        return next((i for i, a in enumerate(argv) if "=" in a and self._arg_name(a) == name), None)
 
     def _words(self, name: str, value: Any) -> list[str]:
         """One setting as this engine's launch words."""
@@ -231,21 +255,38 @@ class Engine:
         if self.ray and Path(folder).name.startswith(_RAY_TMP):
             shutil.rmtree(folder, ignore_errors=True)
 
-    def check(self, command: Sequence[str], gpus: float, cluster: bool) -> list[Problem]:
+    def check(self, command: Sequence[str], gpus: float, cluster: bool,
+              fields: Collection[str] | None = None) -> list[Problem]:
         """What trial.command and the trial's GPUs (`gpus`, per trial; `cluster`: the sweep joins
-        one) must get right for this engine, before anything is launched."""
-        problems = self._check_launch_names(list(command))
+        one) must get right for this engine, before anything is launched. `fields`: the fields a
+        trial passes (None: all)."""
+        problems = self._check_launch_names(list(command), fields)
+        if fields is not None:
+            problems += self._check_needs(fields)
+        if fields is not None and self.required is not None:
+            required = self.required(lambda name: self._setting(list(command), name))
+            problems += [Problem(f"base.{name}", None, why, fix) for name, (why, fix) in required.items()
+                         if name not in fields]
         if self.ray:
             problems += self._check_ray_resources(list(command), gpus, cluster)
         return problems
 
-    def check_batches(self, command: Sequence[str], rollout: int, mini: int, micro: int) -> tuple[str, str]:
+    def check_batches(self, command: Sequence[str], rollout: int | None, mini: int | None, micro: int | None
+                      ) -> tuple[str, str]:
         """(why, fix) where this engine's trainer, launched with trial.command, refuses a trial with these
-        batch sizes (our fields: rollout_batch_size, mini_batch_size, micro_batch_size per GPU) before it
-        trains; ("", "") where it takes them, or where the engine checks none."""
+        batch sizes (our fields: rollout_batch_size, mini_batch_size, micro_batch_size per GPU; None for one
+        the trial does not pass, which is trial.command's or the engine's default) before it trains;
+        ("", "") where it takes them, or where the engine checks none."""
         if self.batches is None:
             return "", ""
         return self.batches(lambda name: self._setting(list(command), name), rollout, mini, micro)
+
+    def placement(self, command: Sequence[str]) -> Placement | None:
+        """The placement groups its trainer asks for on a cluster, from its GPU layout (`layout`, every role
+        that does not share another's GPUs) as trial.command sets it up. None for an engine without a Ray
+        of its own, or a count that is not a number (a '{field}' placeholder)."""
+        layout = self.layout(lambda name: self._setting(list(command), name)) if self.ray and self.layout else None
+        return Placement.of(layout, self.gpu_strategy) if layout is not None else None
 
     def _arg_name(self, arg: str) -> str:
         """The setting a fixed argument names: 'key' of a Hydra override '[+]key=value', or the
@@ -253,18 +294,39 @@ class Engine:
         name = arg.split("=", 1)[0]
         return name.lstrip("+~") if self.style == "hydra" else name
 
-    def _check_launch_names(self, command: list[str]) -> list[Problem]:
+    def _check_launch_names(self, command: list[str], fields: Collection[str] | None) -> list[Problem]:
         """A fixed argument that sets what the sweep sets from the trial's config would fight it."""
         if not self.names or self.launcher:
             return []
-        ours = self.launch_names() | {self._arg_name(a) for a in (*self.extra, self.path_setting)}
-        ours -= {*self.user_choice, ""}
-        return [Problem(f"trial.command[{i}]", arg,
-                        "sets what the sweep sets from each trial's config",
-                        "remove it; give its value in base: (engine field names) or search it in "
-                        "search_space")
-                for i, arg in enumerate(command)
-                if (self.style == "hydra" or arg.startswith("--")) and self._arg_name(arg) in ours]
+        ours = self.launch_names(fields)
+        merged = {w.split("=", 1)[0] for w in self.extra if w.partition("=")[2].startswith("[")}
+        ours.update({self._arg_name(a): "" for a in (*self.extra, self.path_setting)
+                     if a and self._arg_name(a) not in merged})
+        problems = []
+        for i, arg in enumerate(command):
+            name = self._arg_name(arg)
+            if (self.style != "hydra" and not arg.startswith("--")) or name not in ours:
+                continue
+            of = ours[name]
+            if of:
+                problems.append(Problem(f"trial.command[{i}]", arg,
+                                        f"sets {name}, which each trial sets from {of} (searched, or in base:)",
+                                        f"remove it from trial.command, or remove {of} from search_space and "
+                                        "base: to keep your value"))
+            else:
+                problems.append(Problem(f"trial.command[{i}]", arg,
+                                        f"sets {name}, which every trial sets to run ppo-tuner's PPO",
+                                        "remove it from trial.command"))
+        return problems
+
+    def _check_needs(self, fields: Collection[str]) -> list[Problem]:
+        """A passed field whose launch value is computed from a field the spec leaves unset: the
+        launch would compute it from ppo-tuner's default, not the engine's."""
+        return [Problem(f"base.{need}", None,
+                        f"is unset, and {name} needs it: {self.name}'s {self.names[name][0]} is computed from it",
+                        f"set base.{need} (not in trial.command), or search it")
+                for name in sorted(fields) if name in self.needs
+                for need in self.needs[name] if need not in fields]
 
     def _setting(self, command: list[str], name: str) -> str | None:
         """The value trial.command gives setting `name`: a Hydra override's, a flag's next word, ""
@@ -326,13 +388,6 @@ class Engine:
                                     f"set gpus_per_trial: 0 (the trial holds a CPU; {self.name} takes "
                                     f"{self.gpu_args[0]} x {self.gpu_args[1]} GPUs from the cluster)"))
         return problems
-
-
-def whole(value: str | None, default: int) -> int | None:
-    """A count trial.command gives (its default where it gives none); None where it is no whole number."""
-    if value is None:
-        return default
-    return int(value) if value.strip().isdigit() else None
 
 
 def _installed(package: str) -> str:

@@ -16,9 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 from trials import metrics as K
-from tuner.engines._base import Engine, Layout, Units, numbers, whole
+from tuner.engines._base import Engine, Units, numbers
+from tuner.engines._placement import PACK, Layout, whole
 
-__all__ = ["FIXED", "FLAGS", "OPENRLHF", "RAY_PIN", "SOURCE", "VERIFIED_FLAGS"]
+__all__ = ["FIXED", "FLAGS", "NEEDS", "OPENRLHF", "RAY_PIN", "SOURCE", "VERIFIED_FLAGS"]
 
 SOURCE = ("OpenRLHF/OpenRLHF openrlhf/cli/train_ppo_ray.py (release 0.11.2; these names since "
           "0.10.2)")
@@ -89,7 +90,21 @@ FLAGS: dict[str, tuple[str, ...]] = {
     "seed": ("--train.seed",),
 }
 
-# Settings that make OpenRLHF run the algorithm of ppo-tuner's engine (its defaults differ).
+# Our field -> the fields its OpenRLHF value is computed from (a launch passes it only with them).
+NEEDS: dict[str, tuple[str, ...]] = {
+    "num_iterations": ("rollout_batch_size",),  # --data.max_samples = num_iterations x rollout_batch_size
+    "warmup_steps": ("ppo_epochs", "rollout_batch_size", "mini_batch_size"),  # a ratio of all optimizer steps
+    "kl_target": ("kl_mode", "response_length"),  # per token: kl_target / response_length
+    # adaptive is --algo.kl.target given: without kl_target OpenRLHF would run its fixed controller (its
+    # default, which a spec gets by leaving kl_mode unset)
+    "kl_mode": ("kl_target", "response_length"),
+    "kl_horizon": ("kl_mode",),
+    "lora_alpha": ("lora_rank",), "lora_target_modules": ("lora_rank",), "lora_dropout": ("lora_rank",),
+}
+
+# Settings that make OpenRLHF run the algorithm of ppo-tuner's engine (its defaults differ). A
+# launch always writes the advantage estimator; one response per prompt unless trial.command sets
+# it; the betas and the score clip only in an export (a launch leaves OpenRLHF's own).
 FIXED: dict[str, tuple[Any, str]] = {
     "--algo.advantage.estimator": ("gae", "PPO with a critic and GAE"),
     "--rollout.n_samples_per_prompt": (1, "one response per prompt"),
@@ -188,5 +203,7 @@ OPENRLHF = Engine(
     "Global step ", _openrlhf_line, names=FLAGS, fixed=FIXED, style="flag",
     example="command: [/opt/openrlhf/bin/python, -m, openrlhf.cli.train_ppo_ray, "
             "--actor.model_name_or_path, ...]",
-    ray=True, gpu_args=("--actor.num_gpus_per_node", "--actor.num_nodes"), layout=_layout, ray_pin=RAY_PIN,
+    ray=True, gpu_args=("--actor.num_gpus_per_node", "--actor.num_nodes"), layout=_layout, gpu_strategy=PACK,
+    ray_pin=RAY_PIN, user_choice=("--rollout.n_samples_per_prompt",), needs=NEEDS,
+    export_only=("--actor.adam.betas", "--critic.adam.betas", "--reward.clip_range"),
     checkpoint="--ckpt.path")  # --ckpt.load_enable resumes from the latest there

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from trials import ConfigError, PPOConfig, Problem
@@ -13,7 +13,7 @@ from tuner.export._verl import export_verl
 
 FORMATS = ("yaml", "json", "openrlhf", "verl", "trl")  # our engine's config
 
-_EXPORTERS: dict[str, Callable[[PPOConfig, dict | None], tuple[str, list[str]]]] = {
+_EXPORTERS: dict[str, Callable[..., tuple[str, list[str]]]] = {
     "yaml": export_yaml,
     "json": export_json,
     "openrlhf": export_openrlhf,
@@ -22,14 +22,17 @@ _EXPORTERS: dict[str, Callable[[PPOConfig, dict | None], tuple[str, list[str]]]]
 }
 
 
-def export_config(config: PPOConfig, fmt: str, *, source: dict | None = None) -> tuple[str, list[str]]:
+def export_config(config: PPOConfig, fmt: str, *, source: dict | None = None,
+                  mean_length: float | None = None) -> tuple[str, list[str]]:
     """Return (text, warnings): `config` in format `fmt`, and one warning per value the target cannot express.
 
     fmt is one of FORMATS: "yaml" (ppo-tuner's engine config, runnable with `tuner train FILE`), "json"
     ({"config": ..., "source": ...}), "openrlhf" (a bash script running OpenRLHF's PPO), "verl" (a bash
     script of Hydra overrides for verl's PPO) or "trl" (Python that builds trl 1.12's PPOConfig).
     `source` is optional provenance, e.g. {"sweep": name, "trial": number, "objective": value, "kl": value},
-    written as header comments (a "source" key in json). An unknown format or an impossible config is a
+    written as header comments (a "source" key in json). `mean_length`: the exported trial's mean response length
+    (tokens), where it was logged: verl and OpenRLHF take an adaptive kl_target per token, kl_target / it (else /
+    response_length, the maximum). An unknown format or an impossible config is a
     ConfigError; a malformed `reward` (which the engine would refuse too) is trials.RewardError.
     """
     key = fmt.strip().lower() if isinstance(fmt, str) else fmt
@@ -38,6 +41,8 @@ def export_config(config: PPOConfig, fmt: str, *, source: dict | None = None) ->
     problems = config.problems()
     if problems:
         raise ConfigError(problems)
+    if key in LAUNCH_TARGETS:  # the exporters that convert units
+        return _EXPORTERS[key](config, source, mean_length)
     return _EXPORTERS[key](config, source)
 
 
@@ -70,10 +75,12 @@ def check_format(fmt: str, engine: str) -> str:
 LAUNCH_TARGETS = {"openrlhf": export_openrlhf, "verl": export_verl, "trl": export_trl}
 
 
-def engine_launch(config: PPOConfig, engine: str) -> tuple[Any, list[str]]:
+def engine_launch(config: PPOConfig, engine: str, fields: Collection[str] | None = None,
+                  skip: Collection[str] = ()) -> tuple[Any, list[str]]:
     """`config`'s hyperparameters as `engine`'s launch arguments, through the same mapping as its export:
     verl Hydra overrides and OpenRLHF flags as argv words, TRL {"ppo": PPOConfig kwargs, "lora": LoraConfig
     kwargs}; and one warning per value the engine cannot express. The models, data and reward are not
-    among them (the user's fixed arguments name them)."""
-    return LAUNCH_TARGETS[engine].launch(config)
+    among them (the user's fixed arguments name them). `fields`: only these fields (None: every one); `skip`:
+    the engine's names left out."""
+    return LAUNCH_TARGETS[engine].launch(config, fields, skip)
 

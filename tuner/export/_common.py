@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,13 +30,24 @@ class Out:
     names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # our field -> the target's names
     items: list[tuple[str, Any, str]] = field(default_factory=list)  # (name, value, comment); name "" = comment line
     warnings: list[str] = field(default_factory=list)
+    only: Collection[str] | None = None  # a launch: the fields it passes (None: every field, as an export)
+    skip: Collection[str] = ()  # a launch: the target's names it leaves out
+    mean_length: float | None = None  # tokens: the exported trial's mean response length, where it was logged
+
+    def wanted(self, our_field: str) -> bool:
+        return self.only is None or our_field in self.only
 
     def set(self, our_field: str, value: Any, comment: str = "") -> None:
         """Set the target's names for `our_field` (from its name table) to `value`."""
-        self.put(self.names[our_field], value, comment)
+        self.put(self.names[our_field], value, comment, of=our_field)
 
-    def put(self, names: Iterable[str], value: Any, comment: str = "") -> None:
-        """Set each of the target's `names` to `value`; the comment goes next to the first."""
+    def put(self, names: Iterable[str], value: Any, comment: str = "", of: str = "") -> None:
+        """Set each of the target's `names` to `value`; the comment goes next to the first. `of`: the field
+        they carry (else the one whose name table holds the first name; none: a setting of its own)."""
+        names = [n for n in names if n not in self.skip]
+        of = of or next((f for f, ns in self.names.items() if names and names[0] in ns), "")
+        if of and not self.wanted(of):
+            return
         for i, name in enumerate(names):
             self.items.append((name, value, comment if i == 0 else ""))
 
@@ -44,7 +55,10 @@ class Out:
         self.items.append(("", None, text))
 
     def lost(self, name: str, value: Any, instead: str) -> None:
-        """A value the target cannot express: a comment where it would go and a warning."""
+        """A value the target cannot express: a comment where it would go and a warning (none for a field a
+        launch does not pass)."""
+        if not self.wanted(name):
+            return
         message = f"{name} = {value!r}: {self.target} {instead}"
         self.warnings.append(message)
         self.note(message)
@@ -108,10 +122,15 @@ def warmup_iterations(config: PPOConfig) -> tuple[int, bool]:
     return iterations, iterations * per_iteration == config.warmup_steps
 
 
-def per_token_kl_target(config: PPOConfig) -> float:
-    """Our kl_target is summed over the response; targets that average KL over response tokens need it
-    per token. Exact only when responses run to response_length tokens."""
-    return config.kl_target / config.response_length
+def per_token_kl_target(config: PPOConfig, mean_length: float | None = None) -> float:
+    """Our kl_target (nats summed over the response) per response token, for targets whose adaptive controller
+    compares its target with the per-token KL averaged over each response, then over the batch (verl's
+    apply_kl_penalty, OpenRLHF's experience maker): kl_target / mean_length, the mean response length where one
+    was logged, else / response_length, the maximum. With the maximum the controller holds the summed KL near
+    kl_target x mean length / response_length, below kl_target once responses end early; with the mean it holds
+    the per-token mean x mean length near kl_target, which is the summed KL when every response has the mean
+    length (see tuner.engines.Units for the error otherwise)."""
+    return config.kl_target / (mean_length or config.response_length)
 
 
 def micro(config: PPOConfig) -> int:

@@ -44,7 +44,8 @@ CONVERSIONS: dict[str, str] = {
     "warmup_steps": ("lr_warmup_ratio = warmup_steps"
                      " / (num_iterations * ppo_epochs * rollout_batch_size / mini_batch_size)"),
     "micro_batch_size": "empty -> mini_batch_size; OpenRLHF's is per GPU",
-    "kl_target": "per response token: kl_target / response_length",
+    "kl_target": ("per response token: kl_target / the trial's logged mean response length, else / response_length"
+                  " (a launch: the mean is not known before the run)"),
     "kl_horizon": "rounded to an integer (samples, as ours)",
     "ent_coef": "written only when > 0 (OpenRLHF computes entropy whenever the flag is set)",
     "num_iterations": "--data.max_samples = num_iterations * rollout_batch_size, with --train.num_episodes 1",
@@ -120,7 +121,7 @@ class OpenRLHF(Exporter):
         else:
             out.lost("whiten_advantages", False, "always subtracts the mean of the GAE advantages over the rollout "
                      "batch; --algo.advantage.no_std_norm only skips the division by their std")
-            out.put(("--algo.advantage.no_std_norm",), True)
+            out.put(("--algo.advantage.no_std_norm",), True, of="whiten_advantages")
         if c.whiten_rewards:
             out.lost("whiten_rewards", True, "has no whitening of per-token rewards before GAE "
                      "(--reward.normalize_enable is a running normalisation of scores, not the same); rewards "

@@ -10,7 +10,7 @@ the steps where it really differs, and its renderer (its name tables are its eng
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, ClassVar
 
 from trials import PPOConfig, parse_reward
@@ -54,25 +54,30 @@ class Exporter:
     frozen_dtypes: ClassVar[str]  # how the target chooses the dtype of frozen weights
     frozen_default: ClassVar[str] = "auto"  # a frozen_dtype the target's default already gives
 
-    def __call__(self, config: PPOConfig, source: dict | None = None) -> tuple[str, list[str]]:
-        out = self.settings(config, SECTIONS)
+    def __call__(self, config: PPOConfig, source: dict | None = None,
+                 mean_length: float | None = None) -> tuple[str, list[str]]:
+        out = self.settings(config, SECTIONS, mean_length=mean_length)
         lines = comment_lines(header(self.title, source))
         lines += comment_lines([*self.notes, not_applicable(config, self.plumbing)])
         return "\n".join(lines + self.body(out, config)) + "\n", out.warnings
 
-    def settings(self, config: PPOConfig, sections: tuple[str, ...]) -> Out:
-        """The target's settings for `config`, section by section (names from SECTIONS), then its `fixed` table."""
-        out = Out(self.target, self.names)
+    def settings(self, config: PPOConfig, sections: tuple[str, ...], fields: Collection[str] | None = None,
+                 skip: Collection[str] = (), mean_length: float | None = None) -> Out:
+        """The target's settings for `config`, section by section (names from SECTIONS), then its `fixed` table;
+        only those of `fields` (None: all), none of the names in `skip`."""
+        out = Out(self.target, self.names, only=fields, skip=skip, mean_length=mean_length)
         for section in sections:
             getattr(self, section)(out, config)
         for name, (value, why) in self.fixed.items():
-            out.put((name,), value, why)
+            out.put((name,), value, why)  # names of no field: always written, unless skipped
         return out
 
-    def launch(self, config: PPOConfig) -> tuple[Any, list[str]]:
+    def launch(self, config: PPOConfig, fields: Collection[str] | None = None,
+               skip: Collection[str] = ()) -> tuple[Any, list[str]]:
         """The hyperparameters of `config` as the target's launch arguments (`args`), and the lost values.
-        The models, data and reward (section 1) are the user's, in their fixed arguments."""
-        out = self.settings(config, LAUNCH_SECTIONS)
+        The models, data and reward (section 1) are the user's, in their fixed arguments. `fields`: the fields
+        the launch passes (None: all); `skip`: the target's names it leaves out."""
+        out = self.settings(config, LAUNCH_SECTIONS, fields, skip)
         return self.args(out), out.warnings
 
     def args(self, out: Out) -> Any:
@@ -152,10 +157,16 @@ class Exporter:
         adaptive = c.kl_mode == "adaptive"
         out.set("kl_coef", c.kl_coef, "initial beta" if adaptive else "fixed beta")
         if adaptive:
-            target = per_token_kl_target(c)
+            target = per_token_kl_target(c, out.mean_length)
+            name = self.names["kl_target"][0]
+            if out.mean_length:
+                how = (f"kl_target / {out.mean_length:g}, the trial's mean response length (its last report), exact "
+                       "when every response has that length")
+            else:
+                how = ("kl_target / response_length, the maximum (no mean length was logged): with shorter responses "
+                       "it holds the summed KL below kl_target, at kl_target x mean length / response_length")
             out.lost("kl_target", c.kl_target, "compares the KL averaged over response tokens with its target; "
-                     f"exported {self.names['kl_target'][0]} {target:g} = kl_target / response_length, exact only "
-                     f"for full-length responses{self.kl_caveat}")
+                     f"exported {name} {target:g} = {how}{self.kl_caveat}")
             out.set("kl_target", target, "kl_mode adaptive, per response token")
             horizon = round(c.kl_horizon)
             if horizon != c.kl_horizon:

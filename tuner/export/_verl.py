@@ -41,7 +41,8 @@ CONVERSIONS: dict[str, str] = {
                      " = warmup_steps / (ppo_epochs * rollout_batch_size / mini_batch_size)"),
     "micro_batch_size": "empty -> mini_batch_size; verl's are per GPU",
     "kl_estimator": "k1 -> kl, k3 -> low_var_kl",
-    "kl_target": "per response token: kl_target / response_length",
+    "kl_target": ("per response token: kl_target / the trial's logged mean response length, else / response_length"
+                  " (a launch: the mean is not known before the run)"),
     "kl_horizon": "rounded to an integer (samples, as ours)",
     "cliprange": "clip_ratio, clip_ratio_low and clip_ratio_high all set (verl reads low/high first)",
     "top_k": "0 -> -1 (verl's 'no top-k')",

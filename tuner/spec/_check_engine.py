@@ -7,6 +7,7 @@ from __future__ import annotations
 from trials import did_you_mean, field_specs
 from tuner.engines import ENGINES, PLACEHOLDER, TRIAL_PLACEHOLDERS, engine
 from tuner.spec._check_space import Found
+from tuner.spec._compile import launch_fields
 from tuner.spec._models import TRIAL_FIELDS, SweepSpec
 
 __all__ = ["check_engine"]
@@ -39,4 +40,4 @@ def check_engine(spec: SweepSpec, found: Found) -> None:
         found.error("resources.trial_memory_gb", spec.resources.trial_memory_gb,
                     "predicts our engine's memory only", f"remove it for engine: {trial.engine}")
     found.problems += external.check(trial.command, spec.resources.gpus_per_trial,
-                                     cluster=spec.ray.address is not None)
+                                     cluster=spec.ray.address is not None, fields=launch_fields(spec))

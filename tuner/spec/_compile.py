@@ -32,7 +32,7 @@ from tuner.spec import _values
 from tuner.spec._models import TRIAL_FIELDS, KLLimitSection, SweepSpec, spec_key
 from tuner.spec._space import Param, fixed_value, iterations_of
 
-__all__ = ["SPEC_FILE", "CompiledSpec", "compile_spec", "trial_config"]
+__all__ = ["SPEC_FILE", "CompiledSpec", "compile_spec", "launch_fields", "trial_config"]
 
 SPEC_FILE = "spec.yaml"  # the resolved spec, kept in the sweep's folder for resume, status and export
 
@@ -138,6 +138,12 @@ class CompiledSpec:
         """An engine field's value where it is not searched."""
         return fixed_value(name, self.space, self._derived["base_values"])
 
+    def launch(self) -> dict[str, Any]:
+        """How an external trial's trainer is started (TrialTask.external; empty for our engine): trial.launch,
+        and the fields its launch passes (`launch_fields`)."""
+        external = self.spec.trial.launch(cluster=self.spec.ray.address is not None)
+        return {**external, "fields": sorted(launch_fields(self.spec))} if external else external
+
     def resolved(self) -> dict[str, Any]:
         """The spec with every default filled in, as plain YAML-able data (URLs as written, ${NAME} kept)."""
         data = self.spec.model_dump(mode="json")
@@ -183,6 +189,20 @@ def trial_config(spec: CompiledSpec, params: Mapping[str, Any]) -> PPOConfig:
         rollout = values.get("rollout_batch_size", spec.base.rollout_batch_size)
         values["mini_batch_size"] = rollout // count
     return dataclasses.replace(spec.base, **values)
+
+
+def launch_fields(spec: SweepSpec) -> frozenset[str]:
+    """The engine fields an external engine's launch passes (verl, OpenRLHF): those the spec sets (base:, or
+    search_space:, where num_mini_batches sets mini_batch_size), each trial's length (budget.iterations), and
+    its seed where the spec gives one (base.seed, or a `seed:` other than the default 0, which the saved spec
+    of a resumed sweep always holds) or the sweep promotes (each promotion run has a seed of its own). Every
+    other setting is the engine's default or trial.command's."""
+    fields = {*spec.base, *spec.search_space, "num_iterations"}
+    if "num_mini_batches" in fields:
+        fields.add("mini_batch_size")
+    if spec.seed != 0 or _promote_top_k(spec) > 0:
+        fields.add("seed")
+    return frozenset(fields - {"num_mini_batches"})
 
 
 def _looked_in(problem: Problem, folder: str | None) -> str:

@@ -14,7 +14,7 @@ from tuner.spec import CompiledSpec
 from tuner.sweep._locate import trial_folder
 from tuner.sweep._promotion import Choice
 from tuner.sweep._study import engine_config_of
-from tuner.trial import launch_argv
+from tuner.trial import Attr, launch_argv
 
 __all__ = ["export_choice"]
 
@@ -27,8 +27,8 @@ def export_choice(spec: CompiledSpec, choice: Choice, fmt: str) -> tuple[str, li
         return export_searched(dict(choice.trial.params), fmt, choice.source)
     trainer = engine_named(spec.trial.engine) if spec.trial.engine != "ppo-tuner" else None
     if trainer is not None and fmt == trainer.name and trainer.names and not trainer.launcher:
-        launch = spec.trial.launch()
-        argv = launch_argv(fmt, launch["command"], engine, Path(OUT), choice.trial.number)
+        launch = spec.launch()  # the fields the trial passed: every other setting stays the engine's or yours
+        argv = launch_argv(fmt, launch["command"], engine, Path(OUT), choice.trial.number, launch["fields"])
         env = {**launch["env"], **({trainer.metrics_env: str(Path(OUT) / trainer.metrics_file)}
                                    if trainer.metrics_env else {})}
         return export_launch(argv[:len(launch["command"])], argv[len(launch["command"]):], env, fmt,
@@ -37,4 +37,5 @@ def export_choice(spec: CompiledSpec, choice: Choice, fmt: str) -> tuple[str, li
         folder = trial_folder(spec, choice.trial.number)
         argv = launch_argv("command", list(spec.trial.command), engine, folder, choice.trial.number)
         return export_command(argv, str(folder), choice.source)
-    return export_config(PPOConfig.from_dict(engine), fmt, source=choice.source)
+    return export_config(PPOConfig.from_dict(engine), fmt, source=choice.source,
+                         mean_length=choice.trial.user_attrs.get(Attr.RESPONSE_LENGTH))

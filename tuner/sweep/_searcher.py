@@ -160,7 +160,7 @@ class StudySearcher(TrialLedger, Searcher):
                          kl_limit=spec.kl_limit, kl_forecast=spec.kl_rule.forecast,
                          kl_grace_iterations=spec.kl_rule.grace_iterations,
                          objective=spec.objective.model_dump(), engine_kind=spec.trial.engine,
-                         external=spec.trial.launch(cluster=spec.ray.address is not None),
+                         external=spec.launch(),
                          source=source, folder=str(self.trial_folder(trial.number)),
                          stop_key=self.stop_key,
                          sys_path=[p for p in [os.getcwd(), *sys.path] if p])

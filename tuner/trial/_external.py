@@ -39,6 +39,7 @@ from tuner.engines import (
     parse_report,
 )
 from tuner.engines import engine as engine_named
+from tuner.trial._admission import Admission
 from tuner.trial._launch import launch
 from tuner.trial._result import StopReason, TrialReport
 from tuner.trial._scoring import Scorer, scheduler_score
@@ -154,19 +155,21 @@ class TrainerProcess:
 
 def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir: Path,
                 stop_requested: Callable[[], bool] = lambda: False, env: dict[str, str] | None = None,
-                ray_address: str = "") -> None:
+                ray_address: str = "", admission: Admission | None = None) -> None:
     """Run the task's external trainer to its end, emitting a TrialReport result per report.
 
     Stops it after its last report, past the KL limit, or when `stop_requested()` (checked before
     it is started too: then it never starts); raises TrainerError
     on a fault (with the log's tail). `emit` may raise (Ray stops the trial): the trainer is stopped too.
-    `ray_address`: the sweep's cluster, which an engine with a Ray of its own joins (else it starts its own).
+    `ray_address`: the sweep's cluster, which an engine with a Ray of its own joins (else it starts its own);
+    `admission`: there, the trainer starts once its GPUs can be placed (`_admission`), and if the trial is
+    stopped while it waits, it never starts.
     """
     ext, objective, engine = task.external, task.objective, engine_named(task.engine_kind)
     direction, last = objective["direction"], int(task.engine["num_iterations"])
     limit = task.kl_stopper()
     scorer = Scorer(objective["metric"], direction, objective["score"], objective["last_k"], math.nan)
-    argv, args, lost = launch(task.engine_kind, ext["command"], task.engine, workdir, task.number)
+    argv, args, lost = launch(task.engine_kind, ext["command"], task.engine, workdir, task.number, ext.get("fields"))
     config = workdir / "trial_config.json"
     config.write_text(json.dumps({"number": task.number, "params": task.params, "engine": task.engine,
                                   "kl_limit": task.kl_limit, "launch": args, "not_expressed": lost},
@@ -175,15 +178,18 @@ def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir:
                **ext.get("env", {}), CONFIG_ENV: str(config), **(env or {})}
     started = time.perf_counter()
     metrics_path = workdir / engine.metrics_file if engine.metrics_file else None
-    if stop_requested():  # the sweep stopped while this trial was being set up: no trainer starts
-        engine.cleanup(environ)
-        return
     earlier = earlier_steps(engine, workdir) if engine.checkpoint else {}
     try:
+        # the sweep stopped while this trial was being set up or waited for GPUs: no trainer starts
+        if stop_requested() or (admission is not None and not admission.wait()):
+            _give_up(engine, environ, admission)
+            return
         trainer = TrainerProcess(argv, environ, workdir, engine.marker, metrics_path)
     except TrainerError:
-        engine.cleanup(environ)
+        _give_up(engine, environ, admission)
         raise
+    if admission is not None:
+        admission.launched(lambda: trainer.proc.poll() is None)
     try:
         count, previous, held = 0, started, {}
 
@@ -204,8 +210,10 @@ def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir:
             if item == _STOPPED:
                 return
             if item == _TIMEOUT:
+                waiting = admission.waiting_for() if admission is not None else ""
                 raise TrainerError(f"TrainerTimeout: no report for {ext['report_timeout']:g} s (trial.report_timeout) "
-                                   f"after {count} reports; log tail:\n{trainer.log_tail()}")
+                                   f"after {count} reports{'. ' + waiting if waiting else ''}; log tail:\n"
+                                   f"{trainer.log_tail()}")
             if item == _EOF:
                 break
             at, line = item
@@ -216,6 +224,8 @@ def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir:
                 held.update(raw)  # a record without KL (verl's validation before training): merged into the next
                 continue
             raw, held = {**held, **raw}, {}
+            if admission is not None:  # it trains, so its GPUs are placed: the next trial may be admitted
+                admission.close()
             # a trainer resumed from its checkpoint at step s-1 reports step s first: the steps before it are
             # this trial's own, reported by its earlier attempt, and are reported again as its iterations
             for step in range(count + 1, int(raw.get(_STEP, 0)) if engine.checkpoint else 0):
@@ -233,7 +243,14 @@ def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir:
         _check_exit(trainer, count, last, float(ext["report_timeout"]))
     finally:
         trainer.stop(float(ext.get("stop_grace", 10.0)))
-        engine.cleanup(environ)
+        _give_up(engine, environ, admission)
+
+
+def _give_up(engine: Engine, environ: dict[str, str], admission: Admission | None) -> None:
+    """What a trial leaves once its trainer is gone or never started: a private Ray's folder, its lease."""
+    engine.cleanup(environ)
+    if admission is not None:
+        admission.close()
 
 
 def earlier_steps(engine: Engine, workdir: Path) -> dict[int, dict[str, float]]:

@@ -84,14 +84,19 @@ def _run_external(task: TrialTask) -> None:
     import ray
     from ray import tune
 
-    from tuner.trial._external import TrainerError, run_command
+    from tuner.trial._admission import trial_admission
+    from tuner.trial._external import LOG_FILE, TrainerError, run_command
 
     gpus = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, ray.get_gpu_ids()))}  # what Ray Tune reserved for it
     workdir = working_folder(task, tune.get_context().get_trial_dir() or os.getcwd())
+
+    def stop() -> bool:
+        return _stop_requested() or sweep_stopped(task)
+
     try:
-        run_command(task, tune.report, workdir,
-                    stop_requested=lambda: _stop_requested() or sweep_stopped(task), env=gpus,
-                    ray_address=ray.get_runtime_context().gcs_address)
+        run_command(task, tune.report, workdir, stop_requested=stop, env=gpus,
+                    ray_address=ray.get_runtime_context().gcs_address,
+                    admission=trial_admission(task, workdir / LOG_FILE, stop))
         if sweep_stopped(task):  # stopped by the sweep before Ray Tune stopped it: Tune's stop ends it
             _wait_for_tune_stop()
     except TrainerError as exc:

@@ -37,6 +37,7 @@ class Attr(TextEnum):
     KL_FINAL = "kl_final"
     # the last iteration's objective/scores (mean reward of the rollout batch)
     REWARD = "reward_final"
+    RESPONSE_LENGTH = "response_length_final"  # the last iteration's mean tokens per response
     # the last eval/scores it reported (held-out prompts), the initial one included
     EVAL = "eval_last"
     GOLD = "gold_last"  # the last eval/gold_scores (the held-out reward), where the spec names one
@@ -151,6 +152,8 @@ def _run_attrs(last: TrialReport | TrialFailure | None, iterations: int) -> dict
     attrs: dict[Attr, Any] = {Attr.ITERATIONS: iterations}
     if isinstance(last, TrialReport) and math.isfinite(last.metrics.get(K.SCORES, math.nan)):
         attrs[Attr.REWARD] = last.metrics[K.SCORES]
+    if isinstance(last, TrialReport) and math.isfinite(last.metrics.get(K.RESPONSE_LENGTH, math.nan)):
+        attrs[Attr.RESPONSE_LENGTH] = last.metrics[K.RESPONSE_LENGTH]
     kl_max = last.kl_max if last is not None else None
     if _ran(kl_max):
         kl_last = last.kl if isinstance(last, TrialReport) else kl_max

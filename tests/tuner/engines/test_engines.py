@@ -67,6 +67,53 @@ def test_launch_appends_the_exported_hyperparameters_to_the_users_command():
     assert any(w.startswith("value_lr") for w in lost)  # TRL's single learning rate
 
 
+FORCED = ["algorithm.adv_estimator=gae", "algorithm.use_kl_in_reward=True", "actor_rollout_ref.actor.use_kl_loss=False"]
+
+
+def test_a_verl_launch_passes_only_its_fields_and_leaves_the_users_own_keys():
+    c = PPOConfig.from_dict({"policy_lr": 3e-6, "num_iterations": 7, "temperature": 0.7, "ppo_epochs": 4})
+    mine = ["py", "actor_rollout_ref.rollout.temperature=1.0", "actor_rollout_ref.rollout.n=2"]
+    argv, args, _ = launch("verl", mine, c.to_dict(), fields={"policy_lr", "num_iterations"})
+    assert args == ["actor_rollout_ref.actor.optim.lr=3e-06", "trainer.total_training_steps=7",
+                    "trainer.total_epochs=7", *FORCED, "actor_rollout_ref.rollout.name=vllm",
+                    "actor_rollout_ref.actor.shuffle=True", "critic.shuffle=True"]  # rollout.n: the user's
+    assert argv == [*mine, *args, "trainer.logger=[console,file]"]
+
+
+def test_an_openrlhf_launch_leaves_its_adam_betas_and_score_clip_to_openrlhf():
+    c = PPOConfig.from_dict({"policy_lr": 3e-6, "num_iterations": 7, "rollout_batch_size": 16, "mini_batch_size": 8})
+    argv, _, _ = launch("openrlhf", ["py", "--rollout.n_samples_per_prompt", "4"], c.to_dict(),
+                        fields={"policy_lr", "num_iterations", "rollout_batch_size"})
+    assert argv == ["py", "--rollout.n_samples_per_prompt", "4", "--actor.adam.lr", "3e-06", "--rollout.batch_size",
+                    "16", "--data.max_samples", "112", "--train.num_episodes", "1", "--algo.advantage.estimator", "gae"]
+    exported, _, _ = launch("openrlhf", ["py"], c.to_dict())  # every field, as the export writes them
+    assert "--actor.adam.betas" not in exported and "--train.max_epochs" in exported
+
+
+@pytest.mark.parametrize(("mine", "merged"), [
+    ("trainer.logger=[console,wandb]", "trainer.logger=[console,wandb,file]"),
+    ("trainer.logger=['console', 'wandb']", "trainer.logger=[console,wandb,file]"),
+    ("trainer.logger=[file,tensorboard]", "trainer.logger=[file,tensorboard,console]"),
+    ("trainer.logger=console", "trainer.logger=[console,file]"),
+])
+def test_the_users_verl_loggers_are_kept_with_the_file_logger(mine, merged):
+    argv, _, _ = launch("verl", ["py", mine], PPOConfig().to_dict(), fields={"num_iterations"})
+    assert [a for a in argv if "trainer.logger" in a] == [merged] and argv[1] == merged
+    assert ENGINES["verl"].check(["py", "trainer.n_gpus_per_node=1", mine], 1, cluster=False,
+                                 fields={"num_iterations", "micro_batch_size"}) == []
+
+
+def test_a_command_key_that_a_passed_field_sets_is_refused_naming_the_field():
+    verl = ENGINES["verl"]
+    command = ["py", "trainer.n_gpus_per_node=1", "actor_rollout_ref.rollout.temperature=1.0",
+               "algorithm.lam=0.9", "algorithm.adv_estimator=grpo"]
+    problems = verl.check(command, 1, cluster=False, fields={"num_iterations", "gae_lambda", "micro_batch_size"})
+    assert [(p.path, p.value) for p in problems] == [("trial.command[3]", "algorithm.lam=0.9"),
+                                                     ("trial.command[4]", "algorithm.adv_estimator=grpo")]
+    assert "from gae_lambda" in problems[0].message and "remove gae_lambda" in problems[0].fix
+    assert verl.check(command[:3], 1, cluster=False, fields={"num_iterations", "gae_lambda", "micro_batch_size"}) == []
+
+
 def test_a_private_ray_per_trial_locally_and_the_sweeps_cluster_otherwise(tmp_path):
     local = ENGINES["verl"].environ(tmp_path, "private")
     assert local["RAY_ADDRESS"] == "local" and len(local["RAY_TMPDIR"]) < 40
@@ -79,3 +126,13 @@ def test_a_private_ray_per_trial_locally_and_the_sweeps_cluster_otherwise(tmp_pa
 
 def test_engine_metric_names_are_made_acceptable_to_mlflow():
     assert _metric_name("trainer/val-core/gsm8k/reward/mean@1") == "trainer/val-core/gsm8k/reward/mean_1"
+
+
+def test_the_per_token_kl_times_the_mean_length_misses_the_summed_kl_by_their_covariance():
+    per_token, lengths = [0.1, 0.3], [10.0, 30.0]  # two responses; the longer drifts further per token
+    summed = sum(m * n for m, n in zip(per_token, lengths, strict=True)) / 2  # 5.0 nats, the mean summed KL
+    logged = {"actor/reward_kl_penalty": sum(per_token) / 2, "response_length/mean": sum(lengths) / 2}  # as verl
+    covariance = sum((m - 0.2) * (n - 20.0) for m, n in zip(per_token, lengths, strict=True)) / 2
+    assert ENGINES["verl"].units.kl_of(logged) == pytest.approx(summed - covariance) == pytest.approx(4.0)
+    equal = {"actor/reward_kl_penalty": 0.2, "response_length/mean": 20.0}  # equal lengths: exact
+    assert ENGINES["verl"].units.kl_of(equal) == pytest.approx(0.2 * 20.0)

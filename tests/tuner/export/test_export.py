@@ -494,3 +494,14 @@ def test_the_searched_values_and_your_command_line():
     argv = ["python", "train.py", "--name", "a b", "--lr", "1e-05"]
     lines = export_command(argv, "/sweeps/s/trials/3")[0].splitlines()
     assert lines[0] == "#!/usr/bin/env bash" and lines[-1] == "python train.py --name 'a b' --lr 1e-05"
+
+
+@pytest.mark.parametrize(("mean", "divisor", "said"), [(None, 64, "/ response_length, the maximum"),
+                                                      (40.0, 40.0, "/ 40, the trial's mean response length")])
+def test_an_adaptive_kl_target_is_per_token_over_the_logged_mean_length_where_there_is_one(mean, divisor, said):
+    text, warnings = export_config(TUNED, "verl", mean_length=mean)
+    assert float(verl_overrides(text)["algorithm.kl_ctrl.target_kl"]) == pytest.approx(8.0 / divisor)
+    assert any(said in w for w in warnings if w.startswith("kl_target"))
+    text, _ = export_config(TUNED, "openrlhf", mean_length=mean)
+    args = shlex.split(text[text.index("args=("):], comments=True)
+    assert float(args[args.index("--algo.kl.target") + 1]) == pytest.approx(8.0 / divisor)

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.engine_packages import check_python, source
 from tests.tuner.trial.test_command_sweep import processes_under
@@ -22,6 +23,7 @@ from tests.tuner.trial.test_external import run
 from trials import PPOConfig
 from trials import metrics as K
 from tuner.export import engine_launch
+from tuner.spec import load_spec, trial_config
 from tuner.trial import StopReason, launch, read_result
 from tuner.trial._task import TrialTask
 
@@ -85,7 +87,7 @@ def test_openrlhf_flags_parse_with_openrlhfs_own_parser(name):
     assert proc.returncode == 0, proc.stderr[-3000:]
     args = json.loads(proc.stdout)
     assert args["actor.adam.lr"] == c.policy_lr and args["critic.adam.lr"] == c.value_lr
-    assert args["actor.adam.betas"] == [0.9, 0.999] and args["data.max_samples"] == 6 * 16
+    assert args["actor.adam.betas"] == [0.9, 0.95] and args["data.max_samples"] == 6 * 16  # OpenRLHF's own betas
     assert args["ckpt.path"] == "/tmp/trial 1/checkpoints" and args["ckpt.load_enable"] is True  # its own
     if name != "default":
         assert args["algo.kl.target"] == pytest.approx(c.kl_target / c.response_length)
@@ -123,6 +125,35 @@ def test_the_kl_limit_stops_the_engine_at_the_report_that_crossed(tmp_path, engi
     assert reports[-1].stop_reason == StopReason.KL_LIMIT
     seen = time.time() - reports[-1].trainer["t"]
     assert seen < 5.0  # read as it was written (the trainer logs every 0.05 s; the poll is 0.02 s)
+
+
+def test_a_verl_trial_gets_only_its_searched_and_base_keys_and_keeps_the_users_own(tmp_path):
+    command = [str(check_python()), str(TRAINERS), "verl", str(source("verl")), "trainer.n_gpus_per_node=1",
+               "actor_rollout_ref.rollout.temperature=1.0", "trainer.logger=[console,wandb]"]
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump({
+        "name": "x", "workdir": str(tmp_path), "resources": {"gpus_per_trial": 1},
+        "trial": {"engine": "verl", "command": command, "report_timeout": 60, "stop_grace": 1},
+        "base": {"rollout_batch_size": 16, "mini_batch_size": 8},
+        "search_space": {"policy_lr": {"low": 1e-4, "high": 2e-4, "log": True}},
+        "budget": {"trials": 2, "iterations": 3, "promote": {"top_k": 0}}}))
+    spec = load_spec(spec_file)
+    task = TrialTask(number=0, engine=trial_config(spec, {"policy_lr": 1e-4}).to_dict(), params={"policy_lr": 1e-4},
+                     kl_limit=15.0, objective={"metric": K.SCORES, "direction": "maximize", "score": "final",
+                                               "last_k": 3}, engine_kind="verl", external=spec.launch())
+    reports = run(task, tmp_path)
+    assert [r.metrics[K.KL] for r in reports] == pytest.approx([1.0, 2.0, 3.0])  # the file logger still read
+    log = (tmp_path / "trainer.log").read_text()
+    received = json.loads(re.search(r"^overrides (.*)$", log, re.M).group(1))
+    ours = ["actor_rollout_ref.actor.optim.lr=0.0001", "data.train_batch_size=16",
+            "actor_rollout_ref.actor.ppo_mini_batch_size=8", "critic.ppo_mini_batch_size=8",
+            "trainer.total_training_steps=3", "trainer.total_epochs=3", "algorithm.adv_estimator=gae",
+            "algorithm.use_kl_in_reward=True", "actor_rollout_ref.actor.use_kl_loss=False",
+            "actor_rollout_ref.rollout.n=1", "actor_rollout_ref.rollout.name=vllm",
+            "actor_rollout_ref.actor.shuffle=True", "critic.shuffle=True"]
+    path = f"+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={tmp_path / 'verl_metrics.jsonl'}"
+    assert received == ["trainer.n_gpus_per_node=1", "actor_rollout_ref.rollout.temperature=1.0",
+                        "trainer.logger=[console,wandb,file]", *ours, path]
 
 
 def test_a_trainer_that_starts_ray_gets_a_private_one_and_leaves_nothing(tmp_path):

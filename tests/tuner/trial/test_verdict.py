@@ -142,3 +142,10 @@ def test_states_and_keys_are_their_strings_in_records():
     assert STATES == ("COMPLETE", "INFEASIBLE", "PRUNED", "FAIL", "RUNNING", "WAITING", "DUPLICATE")
     assert f"{State.FAIL:<6}|" == "FAIL  |" and str(StopReason.KL_LIMIT) == "kl_limit"
     assert json.dumps({Attr.STOP: StopReason.PRUNED}) == '{"stop_reason": "pruned"}'
+
+
+def test_a_trial_records_its_last_mean_response_length_for_the_kl_target_of_its_export():
+    last = TrialReport(metrics={K.KL: 4.0, K.SCORES: 0.3, K.RESPONSE_LENGTH: 37.5}, objective=0.5,
+                       scheduler_score=0.5, kl_max=6.0, stop_reason=StopReason.COMPLETED)
+    assert judge(last).attrs[Attr.RESPONSE_LENGTH] == 37.5
+    assert Attr.RESPONSE_LENGTH not in judge(report(stop=StopReason.COMPLETED)).attrs

@@ -1,0 +1,70 @@
+"""A one-node Ray cluster that declares GPUs it does not have (`ray start --head --num-gpus 8`), for
+tests of what reserves GPUs on a cluster: started on free ports in a short temp folder of its own;
+`stop()` ends its processes by id and the test checks none of them survives."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.compose_cluster import _alive, _descendants, processes_naming
+from tests.conftest import free_port
+
+
+class GpuCluster:
+    def __init__(self, gpus: int = 8, cpus: int = 2):
+        self.folder = Path(tempfile.mkdtemp(prefix="ptg", dir="/tmp"))  # Ray's socket paths stay short
+        self.port = free_port()
+        self.gcs = f"127.0.0.1:{self.port}"
+        self.argv = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+                     f"--num-gpus={gpus}", f"--num-cpus={cpus}", f"--port={self.port}",
+                     "--node-ip-address=127.0.0.1", f"--temp-dir={self.folder}", "--include-dashboard=false",
+                     f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+                     "--object-store-memory=100000000"]
+        self.proc: subprocess.Popen | None = None
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """An environment for the cluster and its clients: no token (a test's process joins it in-process
+        too), no other Ray's address."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
+        return {**env, "RAY_AUTH_MODE": "disabled", **extra}
+
+    def start(self, timeout: float = 120) -> GpuCluster:
+        log = self.folder / "head.log"
+        self.proc = subprocess.Popen(self.argv, env=self.env(), stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start exited with {self.proc.returncode}:\n{log.read_text()[-3000:]}")
+            done = subprocess.run([self.argv[0], "status", f"--address={self.gcs}"], env=self.env(),
+                                  capture_output=True, text=True)
+            if done.returncode == 0 and "GPU" in done.stdout:
+                return self
+            time.sleep(1.0)
+        raise RuntimeError(f"the cluster did not answer within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+    def processes(self) -> list[int]:
+        """Live processes whose argv names this cluster's folder (its raylet, gcs_server, workers)."""
+        return processes_naming(self.folder)
+
+    def stop(self) -> None:
+        """SIGTERM to `ray start --block` (it stops its node), then SIGKILL what is left of it."""
+        if self.proc is not None:
+            family = _descendants(self.proc.pid) | {self.proc.pid}
+            if self.proc.poll() is None:
+                self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+            for pid in family | set(self.processes()):
+                if _alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.folder, ignore_errors=True)
