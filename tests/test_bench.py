@@ -261,3 +261,21 @@ def test_the_engine_workload_gives_our_side_the_prompts_trl_gets():
     from _common import Workload
 
     assert Workload(model="demo").engine_config().chat_template is False
+
+
+def test_the_memory_models_held_out_errors_are_its_predictions_against_the_measured_peaks():
+    """bench/results/memory_heldout.json: the memory model as committed, on a model and a GPU run it was not
+    fitted on (a change to the model that moves these predictions has to run the bench again)."""
+    from bench.memory_heldout import CONFIGS, gpu_rows, model_config
+    from trials import PPOConfig, estimate_memory
+
+    res = json.loads((ROOT / "bench" / "results" / "memory_heldout.json").read_text())
+    gpu = gpu_rows()  # the H100 run of bench/results/gpu_engine.txt against today's prediction
+    assert gpu == res["gpu"]
+    assert {p: round(r["error"], 3) for p, r in gpu["rows"].items()} == {"fp32": 0.157, "bf16": 0.023}
+    assert set(res["runs"]) == set(CONFIGS) and res["model_type"] == "gpt2"
+    for name, runs in res["runs"].items():
+        assert len(runs) >= 2
+        predicted = estimate_memory(PPOConfig.from_dict(runs[0]["fields"]), model_config()).peak
+        assert [r["predicted_bytes"] for r in runs] == [predicted] * len(runs)
+        assert res["cpu"][name]["errors"] == [predicted / r["peak_bytes"] - 1 for r in runs]
