@@ -17,11 +17,14 @@ own sampler seed (`seed_of`: no two share one), so no searcher replays another's
 that a trial already ran is told its outcome and not run (`sampler.skip_duplicates`), on both sides
 alike: it costs no compute and is not counted in the bar's N; the ablation that runs such repeats
 again is compared with a bar that also runs them again. The median over repeats comes with a 95%
-bootstrap interval.
+bootstrap interval. Every figure is computed twice from the same replays, a trial judged feasible
+by the controller's rule (its KL never passed the limit) and by its final KL (bench/_replay.py's
+JUDGED): `summary` and `summary_final`, and how the second moves the bar (`bar_final`).
 
-Searchers: the default; TPE alone; random with ASHA and the KL limit; and TPE settings (random
+Searchers: the default; TPE alone; random with ASHA and the KL limit; TPE settings (random
 trials first, multivariate or independent TPE, the constant liar for running trials), all with ASHA
-and the KL limit. A continuous space over the same table (each searched key a range over the
+and the KL limit; and the default with kl_limit.grace_iterations 3 and 6, on the default's seed.
+A continuous space over the same table (each searched key a range over the
 grid's span, a sampled config read as the nearest recorded one) checks `sampler.skip_duplicates`
 where configs do not repeat: with the same seed, skipping on and off must give the same sweep.
 """
