@@ -91,20 +91,26 @@ def model_path(name: str) -> str:
 def build_qwen2(folder: Path, shape: dict[str, Any], dtype: str = "float32") -> Path:
     """A Qwen2-shaped causal LM with random weights (seed 0) and the demo's byte-level tokenizer, saved with
     save_pretrained in `folder` (built once: an existing folder is used as it is)."""
+    return build_causal_lm(folder, shape, dtype, model_type="qwen2")
+
+
+def build_causal_lm(folder: Path, shape: dict[str, Any], dtype: str = "float32", model_type: str = "qwen2") -> Path:
+    """A causal LM of transformers' `model_type` ("qwen2", "gpt2", "llama", ...) and `shape` (its config's
+    fields), as build_qwen2."""
     if (folder / "config.json").is_file():
         return folder
     import shutil
     import tempfile
 
     import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig, Qwen2Config
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
     from transformers.utils import logging as hf_logging
 
     from trials.demo import byte_level_tokenizer
 
     tokenizer = byte_level_tokenizer()
-    config = Qwen2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **shape)
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
+                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **shape)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).to(getattr(torch, dtype))
     model.generation_config = GenerationConfig(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)

@@ -22,10 +22,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import multiprocessing as mp
 import os
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,11 @@ class Curve:
     @property
     def iterations(self) -> int:
         return len(self.kl)
+
+
+def best_never_crossing(curves: Iterable[Curve], limit: float) -> float:
+    """The best final eval/scores of a config whose objective/kl never passes `limit` (nats), run to its end."""
+    return max((c.eval[-1] for c in curves if c.eval[-1] is not None and max(c.kl) <= limit), default=math.nan)
 
 
 def load_table(path: Path = TABLE) -> dict[str, Curve]:

@@ -14,6 +14,13 @@ The controller's decisions, as it makes them:
   before it; every trial stops at max_t).
 Compute is the recorded seconds of what ran: each trial's start (loading, initial evaluation) and
 its iterations (evaluations included).
+
+A sweep's result is judged two ways (`JUDGED`), from the same replay: by the controller's rule (a
+trial is feasible when it ran its iterations and its KL never passed the limit after the grace
+iterations) and by its final KL (feasible when it was not stopped by the KL rule and its KL at its
+last iteration is within the limit: the final policy, as a user judging it would). The two differ
+only for trials the limit did not stop whose KL passed it and came back, i.e. without the limit or
+within its grace iterations.
 """
 
 from __future__ import annotations
@@ -26,6 +33,10 @@ from typing import Any
 
 import numpy as np
 from _curves import Curve, key
+
+EVER, FINAL = "ever", "final"
+JUDGED = {EVER: "its KL never passed the limit (the controller's rule)",
+          FINAL: "its KL at its end within the limit (the final policy)"}
 
 
 class Asha:
@@ -70,27 +81,53 @@ class Trial:
     ended: float = math.nan
 
     @property
-    def feasible(self) -> bool:
-        return self.state == "COMPLETE"
+    def kl_final(self) -> float:
+        """objective/kl at the last iteration it ran (nats)."""
+        return self.curve.kl[self.iterations - 1] if self.iterations else math.nan
+
+    def feasible(self, judged: str = EVER, limit: float = math.inf) -> bool:
+        """Feasible by the rule `judged` (JUDGED), against the KL limit (nats)."""
+        from trials import passes_kl_limit
+        from tuner.trial import StopReason
+
+        if judged == EVER:
+            return self.state == "COMPLETE"
+        return (self.state != "PRUNED" and self.value is not None and self.stop_reason not in StopReason.KL
+                and not passes_kl_limit(self.kl_final, limit))
 
 
 @dataclass
 class Sweep:
+    limit: float
     trials: list[Trial] = field(default_factory=list)
     copies: int = 0  # sampled configs already run: told their outcome, not run
-    # after each trial ends: (compute so far, iterations so far, best feasible value so far)
-    timeline: list[tuple[float, int, float]] = field(default_factory=list)
+    # each trial as it ends: (compute so far, iterations so far, the trial)
+    timeline: list[tuple[float, int, Trial]] = field(default_factory=list)
 
-    def compute_to_reach(self, target: float) -> float:
+    def bests(self, judged: str = EVER) -> list[tuple[float, float]]:
+        """After each trial's end: (compute so far, best value so far of the trials feasible by `judged`)."""
+        best, out = -math.inf, []
+        for compute, _, t in self.timeline:
+            if t.feasible(judged, self.limit) and t.value is not None:
+                best = max(best, t.value)
+            out.append((compute, best))
+        return out
+
+    def compute_to_reach(self, target: float, judged: str = EVER) -> float:
         """Compute spent when the best feasible value first reached target (inf if never)."""
-        return next((c for c, _, best in self.timeline if best >= target), math.inf)
+        return next((c for c, best in self.bests(judged) if best >= target), math.inf)
+
+    def best_within(self, compute: float, judged: str = EVER) -> float:
+        """The best feasible value among the trials that ended with at most `compute` spent."""
+        return max((b for c, b in self.bests(judged) if c <= compute), default=-math.inf)
 
     @property
     def compute(self) -> float:
         return sum(t.compute for t in self.trials)
 
-    def best(self) -> float:
-        return max((t.value for t in self.trials if t.feasible and t.value is not None), default=-math.inf)
+    def best(self, judged: str = EVER) -> float:
+        return max((t.value for t in self.trials if t.feasible(judged, self.limit) and t.value is not None),
+                   default=-math.inf)
 
 
 def simulate(table: dict[str, Curve], spec: Any, sampler: Any, *, asha: bool, kl_limit: bool, workers: int,
@@ -114,7 +151,7 @@ def simulate(table: dict[str, Curve], spec: Any, sampler: Any, *, asha: bool, kl
     max_t, limit, objective = spec.iterations(), spec.kl_limit, spec.objective
     scheduler = Asha(spec.scheduler.grace_period, spec.scheduler.reduction_factor, max_t) if asha else None
     grid_keys = [k for k, v in spec.search_space.items() if hasattr(v, "choices")]
-    sweep, events, live = Sweep(), [], {}
+    sweep, events, live = Sweep(limit), [], {}
     spent = [0.0, 0]  # compute, iterations
 
     def start(now: float) -> None:
@@ -164,7 +201,7 @@ def simulate(table: dict[str, Curve], spec: Any, sampler: Any, *, asha: bool, kl
             scheduler.on_complete(sim.number, sim.iterations, sched)
         reason = StopReason.of_kl(stopper) if over else StopReason.COMPLETED if done else StopReason.PRUNED
         _finish(study, trial, sim, score, limit, reason, now)
-        sweep.timeline.append((spent[0], spent[1], sweep.best()))
+        sweep.timeline.append((spent[0], spent[1], sim))
         if may_start():
             start(now)
     sweep.copies = sum(ATTR["duplicate"] in t.user_attrs for t in study.get_trials(deepcopy=False))

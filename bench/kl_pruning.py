@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from _common import load, machine, save
-from _curves import COSTS, Curve, costed, grid, load_grid_spec, load_table
+from _curves import COSTS, Curve, best_never_crossing, costed, grid, load_grid_spec, load_table
 from _replay import simulate
 
 Rule = Callable[[list[float], float], "int | None"]  # (kl per iteration, limit) -> iteration it stops at
@@ -79,16 +79,30 @@ def doomed(curve: Curve, limit: float) -> bool:
     return not curve.kl[-1] <= limit  # a NaN KL is doomed too
 
 
+# the earliest iteration a rule judging the KL can stop at: iteration 1's rollout comes before any update,
+# from a policy equal to the reference, so its KL is 0 up to rounding (5.6e-7 nats on every curve of the table)
+EARLIEST = 2
+
+
 def savings(curves: list[Curve], limit: float, rule: Rule) -> dict[str, Any]:
-    """Saved iterations on the doomed trials; and the trials the rule stops that would end within the limit."""
+    """Saved iterations on the doomed trials, and the most any rule could save on them (stopping each at
+    EARLIEST); the trials the rule stops that would end within the limit. A doomed trial's KL
+    passes the limit at its last iteration at the latest, so the first crossing stops every one of them."""
     stops = [(c, rule(c.kl, limit)) for c in curves]
     doomed_stops = [(c, s) for c, s in stops if doomed(c, limit)]
     spent = sum(c.iterations for c, _ in doomed_stops)
     saved = sum(c.iterations - s for c, s in doomed_stops if s is not None)
+    ceiling = sum(max(c.iterations - EARLIEST, 0) for c, _ in doomed_stops)
     spent_s = sum(sum(c.seconds) for c, _ in doomed_stops)
     saved_s = sum(sum(c.seconds[s:]) for c, s in doomed_stops if s is not None)
     return {"trials": len(curves), "doomed": len(doomed_stops), "stopped": sum(s is not None for _, s in stops),
+            "doomed_stopped": sum(s is not None for _, s in doomed_stops),
+            "first_kl_max": max(c.kl[0] for c in curves),  # nats: 0 up to rounding
+            "best_possible_saved_fraction": ceiling / spent if spent else math.nan,
             "stopped_not_doomed": sum(s is not None and not doomed(c, limit) for c, s in stops),
+            # what those would have run after the stop: the iterations the cost is paid in
+            "iterations_cut_not_doomed": sum(c.iterations - s for c, s in stops
+                                             if s is not None and not doomed(c, limit)),
             "iterations_doomed_would_spend": spent,
             "iterations_saved": saved, "saved_fraction": saved / spent if spent else math.nan,
             "seconds_saved_fraction": saved_s / spent_s if spent_s else math.nan,
@@ -98,13 +112,19 @@ def savings(curves: list[Curve], limit: float, rule: Rule) -> dict[str, Any]:
 
 def false_prunes(curves: list[Curve], limit: float, rule: Rule, k: int = 3) -> dict[str, Any]:
     """The top-k by final eval among trials within the limit at their end, and which the rule stops."""
-    ending_within = [c for c in curves if c.eval[-1] is not None and c.kl[-1] <= limit]
-    top = sorted(ending_within, key=lambda c: c.eval[-1], reverse=True)[:k]
-    return {"top": [{"params": c.params, "final_eval": c.eval[-1], "kl_max": max(c.kl), "kl_final": c.kl[-1],
+    ending_within = sorted((c for c in curves if c.eval[-1] is not None and c.kl[-1] <= limit),
+                           key=lambda c: c.eval[-1], reverse=True)
+    top = ending_within[:k]
+    stopped = [(rank, c) for rank, c in enumerate(ending_within, start=1) if rule(c.kl, limit) is not None]
+    return {"ending_within": len(ending_within),
+            # the cost: trials that end within the limit and the rule stops, best first, with their
+            # rank among all that end within it by final eval/scores
+            "stopped_within": [{"rank": rank, "final_eval": c.eval[-1], "kl_max": max(c.kl)} for rank, c in stopped],
+            "top": [{"params": c.params, "final_eval": c.eval[-1], "kl_max": max(c.kl), "kl_final": c.kl[-1],
                      "stopped_at": rule(c.kl, limit)} for c in top],
             "false_prunes": sum(rule(c.kl, limit) is not None for c in top),
             "ending_within_but_stopped": sum(rule(c.kl, limit) is not None for c in ending_within),
-            "best_never_crossing": max((c.eval[-1] for c in ending_within if max(c.kl) <= limit), default=math.nan)}
+            "best_never_crossing": best_never_crossing(curves, limit)}
 
 
 def against_plain(curves: list[Curve], limit: float, rule: Rule) -> dict[str, Any]:
@@ -214,21 +234,30 @@ def main() -> int:
 
 def report(res: dict[str, Any]) -> None:
     t, top, rp = res["table"], res["top3"], res["replayed"]
-    print(f"every grid config run to its end ({t['trials']} trials): {t['doomed']} are doomed (KL above "
-          f"{res['kl_limit']:g} nats at their end); the limit stops {t['stopped']}, "
-          f"{t['stopped_not_doomed']} of them not doomed")
+    within = top["stopped_within"]
+    print(f"every grid config run to its end ({t['trials']} trials), the limit ({res['kl_limit']:g} nats) "
+          f"stops {t['stopped']}")
+    ranks = ", ".join(f"#{w['rank']}" for w in within[:3])
+    scores = ", ".join(f"{w['final_eval']:.3f}" for w in within[:3])
+    print(f"THE COST: {len(within)} of them end within the limit if run on ({top['ending_within']} trials do; "
+          f"{t['iterations_cut_not_doomed']} iterations they would run after the stop); "
+          f"among them the table's {ranks} by final eval/scores ({scores}; {sum(w['rank'] <= 10 for w in within)} "
+          f"of its top 10), against {top['best_never_crossing']:.3f} for the best whose KL never passes the limit")
+    print(f"  false prunes: {top['false_prunes']} of the top-3 by final eval/scores among trials within the "
+          f"limit at their end")
+    for c in top["top"]:
+        print(f"    eval {c['final_eval']:.3f}, KL max {c['kl_max']:.1f}, final {c['kl_final']:.1f}, stopped at "
+              f"{c['stopped_at']}: {c['params']}")
     stops = dict(sorted((i, t['stop_iterations'].count(i)) for i in set(t['stop_iterations'])))
+    print(f"THE SAVING: {t['doomed']} are doomed (KL above the limit at their end); the limit stops "
+          f"{t['doomed_stopped']} of them, by construction (a final KL above the limit is a crossing)")
     print(f"  it saves {t['iterations_saved']} of the {t['iterations_doomed_would_spend']} "
           f"iterations the doomed would spend: {t['saved_fraction']:.1%} "
           f"({t['seconds_saved_fraction']:.1%} of their seconds; "
           f"{t['share_of_all_iterations']:.1%} of all iterations); stops at iterations {stops}")
-    print(f"  false prunes: {top['false_prunes']} of the top-3 by final eval/scores among trials "
-          f"within the limit at their end ({top['ending_within_but_stopped']} such trials are "
-          f"stopped; "
-          f"the best that never passes it ends at {top['best_never_crossing']:.3f})")
-    for c in top["top"]:
-        print(f"    eval {c['final_eval']:.3f}, KL max {c['kl_max']:.1f}, final {c['kl_final']:.1f}, stopped at "
-              f"{c['stopped_at']}: {c['params']}")
+    print(f"  iteration 1's KL is 0 (at most {t['first_kl_max']:.1g} nats: its rollout comes before any update), "
+          f"so no rule judging the KL can stop before iteration {EARLIEST} nor save more than "
+          f"{t['best_possible_saved_fraction']:.1%}")
     print(f"replayed default sweeps ({rp['seeds']} seeds x {rp['trials']} trials): the limit saves "
           f"{rp['saved_fraction']:.1%} of the iterations their doomed trials would spend, "
           f"and stops {rp['wrongly_stopped']} trials that are not doomed")

@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,29 +53,38 @@ def build_model(folder: Path = MODEL_DIR) -> Path:
     """The Qwen2-shaped model (random weights, saved in bf16 as real checkpoints are) and long prompts."""
     if (folder / "prompts.txt").is_file():
         return folder
+    build_qwen2(folder, SHAPE, dtype="bfloat16")
+    write_prompts(folder)
+    return folder
+
+
+def write_prompts(folder: Path) -> Path:
+    """folder/prompts.txt: 64 prompts of 3 demo sentences, longer than max_prompt_length, so every prompt fills it."""
     import random
 
     from trials.demo import sentence
 
-    build_qwen2(folder, SHAPE, dtype="bfloat16")
-    rng = random.Random(0)  # prompts of 3 sentences: longer than max_prompt_length, so every prompt fills it
-    (folder / "prompts.txt").write_text("\n".join(" ".join(sentence(rng) for _ in range(3)) for _ in range(64)))
-    return folder
+    rng = random.Random(0)
+    path = folder / "prompts.txt"
+    path.write_text("\n".join(" ".join(sentence(rng) for _ in range(3)) for _ in range(64)))
+    return path
 
 
 def _config(name: str) -> dict[str, Any]:
     return {**TRIAL, **CONFIGS[name], "model_path": str(MODEL_DIR), "prompts": str(MODEL_DIR / "prompts.txt")}
 
 
-def worker(name: str) -> dict[str, Any]:
-    """One trial in this process: peak RSS over the baseline, seconds per iteration after the warm-up."""
+def worker(name: str, fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One trial in this process (configuration `name`, or the engine `fields` given): peak RSS over the
+    baseline, seconds per iteration after the warm-up, and the memory model's prediction."""
     import peft  # noqa: F401  (part of the baseline, as torch and transformers)
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
     from trials import PPOConfig, PPOTrainer, estimate_memory, metrics, model_config_of
 
-    config = PPOConfig.from_dict(_config(name))
+    fields = fields or _config(name)
+    config = PPOConfig.from_dict(fields)
     estimate = estimate_memory(config, model_config_of(config.model_path))
     baseline = peak_rss_bytes()
     started = time.perf_counter()
@@ -83,12 +93,35 @@ def worker(name: str) -> dict[str, Any]:
     history = trainer.train().history
     timed = history[1:]
     work = [h[metrics.GENERATE_SECONDS] + h[metrics.SCORE_SECONDS] + h[metrics.UPDATE_SECONDS] for h in timed]
-    return {"config": name, "fields": _config(name), "baseline_bytes": baseline, "after_load_bytes": loaded,
+    return {"config": name, "fields": fields, "baseline_bytes": baseline, "after_load_bytes": loaded,
             "peak_bytes": peak_rss_bytes() - baseline, "load_seconds": load_seconds, "iteration_seconds": work,
             "update_seconds": [h[metrics.UPDATE_SECONDS] for h in timed],
             "generate_seconds": [h[metrics.GENERATE_SECONDS] for h in timed],
             "predicted_bytes": estimate.peak, "predicted": estimate.breakdown(), "predicted_phase": estimate.phase,
             "parameters": estimate.parameters}
+
+
+def fix_malloc() -> None:
+    """A fixed glibc mmap threshold for the workers started after this: glibc's default moves it up to 32 MiB as
+    large blocks are freed, after which freed activations stay in the heap and the RSS creeps up with every
+    iteration; a fixed threshold returns them, so the RSS follows the live tensors (what
+    torch.cuda.max_memory_allocated counts on a GPU)."""
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(2**20))
+
+
+def measure(names: list[str], repeats: int, fields: Callable[[str], dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Each configuration `repeats` times, each run a worker process of its own: {name: [worker results]}."""
+    fix_malloc()
+    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    for repeat in range(repeats):
+        for name in names:
+            result = run_worker(sys.executable, "memory_lora.py", ["--worker", name, json.dumps(fields(name))],
+                                timeout=1200)
+            runs[name].append(result)
+            print(f"[{repeat + 1}/{repeats}] {name:20s} peak {result['peak_bytes'] / 2**30:6.2f} GiB  predicted "
+                  f"{result['predicted_bytes'] / 2**30:6.2f} GiB ({error(result):+.1%}, {result['predicted_phase']})  "
+                  f"{median(result['iteration_seconds']):6.1f} s/iteration", flush=True)
+    return runs
 
 
 def main() -> None:
@@ -98,22 +131,9 @@ def main() -> None:
     parser.add_argument("--out", default="memory_lora")
     args = parser.parse_args()
     build_model()
-    # glibc's default moves its mmap threshold up to 32 MiB as large blocks are freed, after which freed
-    # activations stay in the heap and the RSS creeps up with every iteration; a fixed threshold returns
-    # them, so the RSS follows the live tensors (what torch.cuda.max_memory_allocated counts on a GPU)
-    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(2**20))
-    names = args.only or list(CONFIGS)
-    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     load_before = load()
-    for repeat in range(args.repeats):
-        for name in names:
-            result = run_worker(sys.executable, "memory_lora.py", ["--worker", name], timeout=1200)
-            runs[name].append(result)
-            gib = result["peak_bytes"] / 2**30
-            print(f"[{repeat + 1}/{args.repeats}] {name:20s} peak {gib:6.2f} GiB  predicted "
-                  f"{result['predicted_bytes'] / 2**30:6.2f} GiB ({_error(result):+.1%})  "
-                  f"{median(result['iteration_seconds']):6.1f} s/iteration", flush=True)
-    summary = {name: _summary(rs) for name, rs in runs.items()}
+    runs = measure(args.only or list(CONFIGS), args.repeats, _config)
+    summary = {name: summary_of(rs) for name, rs in runs.items()}
     if "full" in summary and "lora-shared" in summary:
         ratios = [s["peak_bytes"] / f["peak_bytes"] for s, f in zip(runs["lora-shared"], runs["full"], strict=True)]
         summary["lora_shared_over_full"] = {"per_repeat": ratios, "median": median(ratios)}
@@ -127,14 +147,16 @@ def main() -> None:
     print(f"wrote {path}")
 
 
-def _error(result: dict[str, Any]) -> float:
+def error(result: dict[str, Any]) -> float:
+    """The prediction's error against the measured peak (+: predicted above)."""
     return result["predicted_bytes"] / result["peak_bytes"] - 1
 
 
-def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+def summary_of(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One configuration's repeats: the median peak, its spread, the prediction and its errors."""
     peaks = [r["peak_bytes"] for r in results]
     return {"peak_bytes": median(peaks), "peak_min": min(peaks), "peak_max": max(peaks),
-            "predicted_bytes": results[0]["predicted_bytes"], "errors": [_error(r) for r in results],
+            "predicted_bytes": results[0]["predicted_bytes"], "errors": [error(r) for r in results],
             "seconds_per_iteration": median([s for r in results for s in r["iteration_seconds"]]),
             "seconds_spread": [min(s for r in results for s in r["iteration_seconds"]),
                                max(s for r in results for s in r["iteration_seconds"])],
@@ -182,7 +204,7 @@ def _gpu_predictions() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
-        emit(worker(sys.argv[2]))
+    if len(sys.argv) > 2 and sys.argv[1] == "--worker":  # --worker NAME [FIELDS_JSON]
+        emit(worker(sys.argv[2], json.loads(sys.argv[3]) if len(sys.argv) > 3 else None))
     else:
         main()

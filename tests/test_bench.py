@@ -31,18 +31,67 @@ def test_sweep_efficiency_replays_the_table(tmp_path):
     res = json.loads((tmp_path / "sweep_efficiency.json").read_text())
     assert res["table_configs"] == 360 and len(res["per_repeat"]) == 2
     seeds = []
+    paired = {name for name, s in res["searchers"].items() if s["paired"]}
+    assert paired == {"ours, kl_limit.grace_iterations 3", "ours, kl_limit.grace_iterations 6"}
     for repeat in res["per_repeat"]:
         ours = repeat["ours: TPE + ASHA + KL limit (the default)"]
         assert ours["trials"] > 0 and ours["fraction"] > 0
         # random search runs every trial to its end
-        assert repeat["bars"]["random, no pruning"]["iterations"] == 32 * 12
+        bar = repeat["bars"]["random, no pruning"]
+        assert bar["iterations"] == 32 * 12
+        # judged by the final KL, a trial whose KL never passed the limit still counts: the bar can only rise
+        assert bar["target_final"] >= bar["target"]
+        # the limit stops every crossing, so ours' trials are judged alike either way
+        assert ours["final"]["best_at_equal_compute"] == ours["best_at_equal_compute"]
         assert repeat["continuous: ours"]["same_without_skip"]  # no config repeats on a continuous space
         seeds += [b["seed"] for b in repeat["bars"].values()]
-        seeds += [v["seed"] for k, v in repeat.items() if isinstance(v, dict) and "fraction" in v]
-    assert len(seeds) == len(set(seeds)) == 2 * len(res["searchers"])  # no two searchers share a seed
+        seeds += [v["seed"] for k, v in repeat.items() if isinstance(v, dict) and "fraction" in v and k not in paired]
+        assert {repeat[k]["seed"] for k in paired} == {ours["seed"]}  # a variant of ours replays its draws
+    assert len(seeds) == len(set(seeds)) == 2 * (len(res["searchers"]) - len(paired))  # otherwise no two share
     low, high = res["summary"]["ours: TPE + ASHA + KL limit (the default)"]["ci95"]
     assert low <= res["summary"]["ours: TPE + ASHA + KL limit (the default)"]["median"] <= high
     assert "of random search's compute (target <= 0.25)" in proc.stdout
+    assert set(res["summary_final"]) == set(res["summary"])
+
+
+def _bench_modules():
+    sys.path.insert(0, str(ROOT / "bench"))
+
+
+def test_the_committed_sweep_efficiency_summaries_are_its_repeats():
+    """Both judgements' figures in bench/README.md come from the saved repeats as the script computes them."""
+    _bench_modules()
+    from _curves import best_never_crossing, load_table
+    from _replay import EVER, FINAL
+    from sweep_efficiency import bar_by_final_kl, summarise
+
+    res = json.loads((ROOT / "bench" / "results" / "sweep_efficiency.json").read_text())
+    assert res["repeats"] == len(res["per_repeat"]) == 100
+    assert summarise(res["per_repeat"], EVER) == res["summary"]
+    assert summarise(res["per_repeat"], FINAL) == res["summary_final"]
+    best = best_never_crossing(load_table().values(), 15.0)
+    assert best == 0.171875 and bar_by_final_kl(res["per_repeat"], best) == res["bar_final"]
+    assert 0 < res["bar_final"]["above_best_never_crossing"] <= res["bar_final"]["target_rises"] < 100
+
+
+def test_a_trial_whose_kl_passed_the_limit_and_came_back_is_feasible_only_by_its_final_kl():
+    _bench_modules()
+    from _curves import Curve
+    from _replay import EVER, FINAL, Trial
+
+    from tuner.trial import StopReason
+
+    curve = Curve(params={}, initial_eval=0.0, kl=[0.0, 40.0, 12.0], eval=[None, None, 0.3],
+                  seconds=[1.0] * 3, start_seconds=1.0)
+    back = Trial(0, {}, curve, 0.0, iterations=3, kl_max=40.0, value=0.3, state="INFEASIBLE",
+                 stop_reason=StopReason.COMPLETED)
+    assert not back.feasible(EVER, 15.0) and back.feasible(FINAL, 15.0)
+    assert not back.feasible(FINAL, 10.0)  # 12 nats at its end
+    stopped = Trial(1, {}, curve, 0.0, iterations=2, kl_max=40.0, value=0.1, state="INFEASIBLE",
+                    stop_reason=StopReason.KL_LIMIT)
+    assert not stopped.feasible(EVER, 15.0) and not stopped.feasible(FINAL, 15.0) and stopped.kl_final == 40.0
+    cut = Trial(2, {}, curve, 0.0, iterations=1, kl_max=0.0, state="PRUNED", stop_reason=StopReason.PRUNED)
+    assert not cut.feasible(EVER, 15.0) and not cut.feasible(FINAL, 15.0)
 
 
 def test_sweep_efficiency_replays_the_second_table(tmp_path):
@@ -63,6 +112,16 @@ def test_kl_pruning_counts_savings_on_the_table(tmp_path):
     assert all(2 <= it <= 12 for it in table["stop_iterations"])
     # doomed = above the limit at the end: the first crossing stops every one of them, and some more
     assert table["stopped"] == table["doomed"] + table["stopped_not_doomed"] and table["stopped_not_doomed"] == 43
+    # by construction: a final KL above the limit is a crossing; iteration 1's KL is 0, so at most 10 of 12
+    assert table["doomed_stopped"] == table["doomed"] == 64
+    assert table["first_kl_max"] < 1e-5 and table["best_possible_saved_fraction"] == 10 / 12
+    assert table["stop_iterations"].count(2) == 54
+    # the cost, first: the trials stopped that end within the limit, the table's top 3 among them
+    top = res["top3"]
+    assert [(w["rank"], w["final_eval"]) for w in top["stopped_within"][:3]] == [(1, 0.24609375), (2, 0.24609375),
+                                                                               (3, 0.2236328125)]
+    assert len(top["stopped_within"]) == 43 and top["best_never_crossing"] == 0.171875
+    assert proc.stdout.index("THE COST: 43 of them") < proc.stdout.index("THE SAVING: 64 are doomed")
     rp = res["replayed"]  # per sweep: its own top-3 stopped by the limit, and its best of them
     for seed in rp["per_seed"]:
         assert 0 <= seed["false_prunes"] <= 3 and (not seed["best_stopped"] or seed["false_prunes"] >= 1)
@@ -202,3 +261,21 @@ def test_the_engine_workload_gives_our_side_the_prompts_trl_gets():
     from _common import Workload
 
     assert Workload(model="demo").engine_config().chat_template is False
+
+
+def test_the_memory_models_held_out_errors_are_its_predictions_against_the_measured_peaks():
+    """bench/results/memory_heldout.json: the memory model as committed, on a model and a GPU run it was not
+    fitted on (a change to the model that moves these predictions has to run the bench again)."""
+    from bench.memory_heldout import CONFIGS, gpu_rows, model_config
+    from trials import PPOConfig, estimate_memory
+
+    res = json.loads((ROOT / "bench" / "results" / "memory_heldout.json").read_text())
+    gpu = gpu_rows()  # the H100 run of bench/results/gpu_engine.txt against today's prediction
+    assert gpu == res["gpu"]
+    assert {p: round(r["error"], 3) for p, r in gpu["rows"].items()} == {"fp32": 0.157, "bf16": 0.023}
+    assert set(res["runs"]) == set(CONFIGS) and res["model_type"] == "gpt2"
+    for name, runs in res["runs"].items():
+        assert len(runs) >= 2
+        predicted = estimate_memory(PPOConfig.from_dict(runs[0]["fields"]), model_config()).peak
+        assert [r["predicted_bytes"] for r in runs] == [predicted] * len(runs)
+        assert res["cpu"][name]["errors"] == [predicted / r["peak_bytes"] - 1 for r in runs]
