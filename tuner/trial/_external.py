@@ -259,10 +259,14 @@ def earlier_steps(engine: Engine, workdir: Path) -> dict[int, dict[str, float]]:
     metrics file is then set aside (as <file>.<n>), so that this attempt's reports are read from a new one."""
     path = workdir / engine.metrics_file if engine.metrics_file else workdir / LOG_FILE
     found: dict[int, dict[str, float]] = {}
-    if not path.is_file():
+    # the metrics files of the attempts before the last, set aside in order, then the last one's
+    aside = sorted((p for p in workdir.glob(f"{engine.metrics_file}.*") if p.suffix[1:].isdigit()),
+                   key=lambda p: int(p.suffix[1:])) if engine.metrics_file else []
+    files = [p for p in (*aside, path) if p.is_file()]
+    if not files:
         return found
     held: dict[str, float] = {}
-    for line in path.read_text(errors="replace").splitlines():
+    for line in (line for p in files for line in p.read_text(errors="replace").splitlines()):
         if engine.marker is not None and engine.marker not in line or not line.strip():
             continue
         try:
@@ -275,9 +279,8 @@ def earlier_steps(engine: Engine, workdir: Path) -> dict[int, dict[str, float]]:
             held.update(raw)
             continue
         found[int(raw[_STEP])], held = {**held, **raw}, {}
-    if engine.metrics_file:
-        n = 1 + sum(1 for _ in workdir.glob(f"{engine.metrics_file}.*"))
-        path.rename(path.with_name(f"{path.name}.{n}"))
+    if engine.metrics_file and path.is_file():
+        path.rename(path.with_name(f"{path.name}.{len(aside) + 1}"))
     return found
 
 

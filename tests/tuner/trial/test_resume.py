@@ -5,6 +5,7 @@ file logger), no Ray."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -118,3 +119,21 @@ def test_openrlhfs_earlier_steps_are_read_from_the_trials_log(tmp_path):
     found = earlier_steps(engine("openrlhf"), tmp_path)
     assert {step: raw["kl"] for step, raw in found.items()} == {1: 0.1, 2: 0.2, 3: 0.35}
     assert (tmp_path / "trainer.log").is_file()  # the log stays: this attempt appends to it
+
+
+def test_a_verl_trial_retried_twice_reads_the_steps_of_every_earlier_attempt(tmp_path):
+    """verl starts a new metrics file each attempt: the set-aside files of every attempt are read in order (a
+    later attempt's report of a step replacing an earlier one's), then the last one is set aside too."""
+    from tuner.engines import engine
+    from tuner.trial._external import earlier_steps
+
+    def record(step: int, kl: float) -> str:
+        return json.dumps({"step": step, "data": {"actor/reward_kl_penalty": kl, "response_length/mean": 10.0}})
+
+    (tmp_path / "verl_metrics.jsonl.1").write_text("\n".join([record(1, 0.1), record(2, 0.2), record(3, 0.3)]))
+    (tmp_path / "verl_metrics.jsonl").write_text("\n".join([record(3, 0.35), record(4, 0.4)]))
+    found = earlier_steps(engine("verl"), tmp_path)
+    assert {step: raw["actor/reward_kl_penalty"] for step, raw in found.items()} == {1: 0.1, 2: 0.2, 3: 0.35,
+                                                                                      4: 0.4}
+    assert not (tmp_path / "verl_metrics.jsonl").exists() and (tmp_path / "verl_metrics.jsonl.2").is_file()
+    assert earlier_steps(engine("verl"), tmp_path) == found  # a third attempt that wrote nothing: the same steps
