@@ -33,7 +33,8 @@ def sweep(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("verl")
     temp = Path(tempfile.mkdtemp(prefix="ray-v-", dir="/tmp"))  # Ray's socket paths stay short
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(temp))
+    # GPUs it declares, not has: each trial is admitted (its trainer's 1 GPU placed) before its launch
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, _temp_dir=str(temp))
     try:
         spec = {"name": "verl-resume",
                 "trial": {"engine": "verl", "report_timeout": "20s", "stop_grace": 1,
