@@ -218,6 +218,7 @@ def test_validate_prints_the_argv_that_a_sampled_trial_launches(capsys, engine):
     argv, _, _ = launch(engine, task.external["command"], task.engine, trial_folder(spec, 0), task.number,
                         task.external.get("fields"))  # as the trial's launch (tuner.trial._external) makes it
     assert printed == argv and argv[:len(spec.trial.command)] == spec.trial.command
+    assert argv[-1].endswith(str(trial_folder(spec, 0) / "checkpoints"))  # the trial's own checkpoint folder
     assert f"policy_lr={params['policy_lr']!r}" in lines[0]
     names = [word.split("=", 1)[0] for word in argv]
     lr = names.index(LR[engine])
