@@ -22,6 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "one argument a line), and warnings on stderr; "
                     "exit code 2 and one line per problem when it is wrong.")
     validate.add_argument("spec", type=Path, help="the sweep spec (YAML)")
+    validate.add_argument("--address", help="check it as it runs on this Ray cluster (as tuner run --address; "
+                                            "'auto' as tuner submit runs it), in place of ray.address")
     validate.set_defaults(func=_validate)
 
     schema = subparsers.add_parser(
@@ -34,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _validate(args: argparse.Namespace) -> int:
     from tuner.spec import load_spec
 
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec, ray_address=args.address)
     for line in spec.warnings():
         sys.stderr.write(f"warning: {line}\n")
     sys.stdout.write(yaml.safe_dump(spec.resolved(), sort_keys=False, default_flow_style=False, width=100))
@@ -58,7 +60,7 @@ def _launch_lines(spec) -> list[str]:
     params = sample_params(study.ask(), spec)
     config = trial_config(spec, params).to_dict()
     ext = spec.launch()
-    argv = launch_argv(spec.trial.engine, ext["command"], config, trial_folder(spec, 0), ext["fields"])
+    argv = launch_argv(spec.trial.engine, ext["command"], config, trial_folder(spec, 0), number=0, fields=ext["fields"])
     sampled = ", ".join(f"{name}={value!r}" for name, value in params.items()) or "none"
     lines: list[str] = []
     for arg in argv:  # a flag and its values on one line

@@ -180,10 +180,7 @@ def _preflight_message(spec: CompiledSpec) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    spec = load_spec(args.spec)
-    if args.address:
-        spec = spec.with_ray_address(args.address)
-    return _start(spec)
+    return _start(load_spec(args.spec, ray_address=args.address))  # checked as it will run
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

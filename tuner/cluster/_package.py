@@ -22,8 +22,9 @@ import yaml
 from trials import REWARD_FIELDS, ConfigError, Problem, TunerError, is_builtin_model, parse_reward
 from tuner.spec import TRIAL_FIELDS, CompiledSpec, load_spec
 
-__all__ = ["STOP_ENV", "JobPackage", "package_sweep"]
+__all__ = ["RUN_ADDRESS", "STOP_ENV", "JobPackage", "package_sweep"]
 
+RUN_ADDRESS = "auto"  # the job's driver runs on a cluster node and joins that cluster
 _MAX_BYTES = 100 * 2**20  # the Ray dashboard accepts working_dir uploads up to 100 MiB
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # `tuner cancel`: the job's driver gets SIGINT, as from Ctrl-C, and a minute to stop its trials and
@@ -55,13 +56,14 @@ class JobPackage:
         """`tuner run` on the cluster, joining it (the job's driver runs on the head node)."""
         import shlex
 
-        return f"tuner run {shlex.quote(self.spec_file)} --address auto"
+        return f"tuner run {shlex.quote(self.spec_file)} --address {RUN_ADDRESS}"
 
 
 def package_sweep(spec_path: str | Path, folder: Path, env: list[str] | None = None) -> JobPackage:
-    """Check the spec, then fill `folder` with it and its relative files; `env` adds NAME or NAME=VALUE."""
+    """Check the spec as it will run (joining the cluster, whatever its ray.address), then fill `folder`
+    with it and its relative files; `env` adds NAME or NAME=VALUE."""
     spec_path = Path(spec_path)
-    spec = load_spec(spec_path)  # every problem at once, before anything is copied or uploaded
+    spec = load_spec(spec_path, ray_address=RUN_ADDRESS)  # every problem at once, before anything is sent
     raw = yaml.safe_load(spec_path.read_text(encoding="utf-8")) or {}
     trial = raw.get("trial") if isinstance(raw.get("trial"), dict) else {}
     base = spec_path.parent.resolve()

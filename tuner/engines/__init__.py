@@ -10,10 +10,12 @@ This package sits below `tuner.spec`, `tuner.trial` and `tuner.export`, and impo
 from __future__ import annotations
 
 from tuner.engines._base import (
+    CHECKPOINTS,
     CONFIG_ENV,
     LAUNCHERS,
     PLACEHOLDER,
     SOURCE_FIELDS,
+    TRIAL_PLACEHOLDERS,
     Engine,
     TrainerError,
     Units,
@@ -27,9 +29,9 @@ from tuner.engines.openrlhf import OPENRLHF
 from tuner.engines.trl import TRL
 from tuner.engines.verl import VERL
 
-__all__ = ["CONFIG_ENV", "ENGINES", "LAUNCHERS", "PACK", "PLACEHOLDER", "PREFIX", "PROTOCOL",
-           "SOURCE_FIELDS", "STRICT_PACK", "Engine", "Placement", "TrainerError", "Units", "command_argv",
-           "engine", "fits", "flag_words", "hydra_value", "hydra_word", "numbers", "parse_report"]
+__all__ = ["CHECKPOINTS", "CONFIG_ENV", "ENGINES", "LAUNCHERS", "PACK", "PLACEHOLDER", "PREFIX", "PROTOCOL",
+           "SOURCE_FIELDS", "STRICT_PACK", "TRIAL_PLACEHOLDERS", "Engine", "Placement", "TrainerError", "Units",
+           "command_argv", "engine", "fits", "flag_words", "hydra_value", "hydra_word", "numbers", "parse_report"]
 
 ENGINES: dict[str, Engine] = {e.name: e for e in (COMMAND, VERL, OPENRLHF, TRL)}
 

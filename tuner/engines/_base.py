@@ -13,20 +13,25 @@ import shutil
 import tempfile
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from trials import Problem
 from trials import metrics as K
-from tuner.engines._placement import PACK, STRICT_PACK, Placement
-from tuner.engines._words import hydra_value, hydra_word
+from tuner.engines._placement import STRICT_PACK, Layout, Placement
+from tuner.engines._words import flag_words, hydra_word, merge_list
 
-__all__ = ["CONFIG_ENV", "LAUNCHERS", "PLACEHOLDER", "SOURCE_FIELDS", "Engine", "TrainerError",
-           "Units", "command_argv", "numbers"]
+__all__ = ["CHECKPOINTS", "CONFIG_ENV", "LAUNCHERS", "PLACEHOLDER", "SOURCE_FIELDS", "TRIAL_PLACEHOLDERS",
+           "Engine", "TrainerError", "Units", "command_argv", "numbers", "trial_values"]
 
 CONFIG_ENV = "PPO_TUNER_TRIAL_CONFIG"  # names the trial's config file (JSON)
-# '{policy_lr}' in trial.command: that engine field's value
+# '{policy_lr}' in trial.command: that engine field's value; '{trial_dir}', '{trial_number}': the trial's
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# the placeholders that name the trial, not a hyperparameter: its own folder (absolute; a retry of the
+# trial runs in the same one) and its number in the study
+TRIAL_PLACEHOLDERS = ("trial_dir", "trial_number")
+CHECKPOINTS = "checkpoints"  # the trainer's checkpoints, by default: this folder in the trial's folder
 LAUNCHERS = Path(__file__).parent / "launchers"  # scripts of ours that a user's interpreter runs
 # Our fields that name the models, data and reward: a launched trial takes them from the user's own
 # arguments, so a launch never writes their names.
@@ -100,17 +105,19 @@ def numbers(data: dict[str, Any]) -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def merge_list(mine: str, ours: str) -> str:
-    """The Hydra list override `mine` (key=[a,b] or key=a) with the items of `ours` it lacks."""
-    key, _, value = mine.partition("=")
-    items = [v.strip().strip("'\"") for v in value.strip().strip("'\"").strip("[]").split(",") if v.strip()]
-    items += [v for v in ours.partition("=")[2].strip("[]").split(",") if v not in items]
-    return f"{key}={hydra_value(items)}"
+def trial_values(folder: Path | None, number: int | None) -> dict[str, str]:
+    """The values of TRIAL_PLACEHOLDERS for the trial with this folder and number (those known)."""
+    values = {"trial_dir": str(folder) if folder is not None else None,
+              "trial_number": str(number) if number is not None else None}
+    return {k: v for k, v in values.items() if v is not None}
 
 
-def command_argv(command: list[str], engine: dict[str, Any]) -> list[str]:
-    """trial.command with each '{field}' replaced by the trial's value of that engine field."""
-    return [PLACEHOLDER.sub(lambda m: str(engine[m.group(1)]), arg) for arg in command]
+def command_argv(command: list[str], engine: dict[str, Any], trial: Mapping[str, str] | None = None
+                 ) -> list[str]:
+    """trial.command with each '{field}' replaced by the trial's value of that engine field, and
+    '{trial_dir}', '{trial_number}' by `trial`'s (`trial_values`)."""
+    values = {**engine, **(trial or {})}
+    return [PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), arg) for arg in command]
 
 
 @dataclass(frozen=True)
@@ -137,9 +144,18 @@ class Engine:
     extra: tuple[str, ...] = ()  # arguments after the hyperparameters
     launcher: str = ""  # a script of ours (in LAUNCHERS) the user's interpreter runs
     ray: bool = False  # the trainer starts or joins a Ray of its own
-    gpu_args: tuple[str, ...] = ()  # its arguments that count the GPUs it uses (per node, nodes)
-    # how its Ray places those GPUs: STRICT_PACK, one group per node (verl); PACK, one group (OpenRLHF)
+    gpu_args: tuple[str, ...] = ()  # its arguments that count the actor's GPUs (per node, nodes)
+    # (trial.command's setting of a name: its value, "" for a bare flag, None) -> the GPUs its roles
+    # reserve in its own Ray
+    layout: Callable[[Callable[[str], str | None]], Layout | None] | None = None
+    # how its Ray places those GPUs: STRICT_PACK, one group per node (verl); PACK, groups on as few
+    # nodes as Ray can (OpenRLHF)
     gpu_strategy: str = STRICT_PACK
+    ray_pin: str = ""  # the Ray version its release pins: on a cluster, that must be the cluster's
+    # (trial.command's setting of a name, rollout_batch_size, mini_batch_size, micro_batch_size per GPU;
+    # None: the trial does not pass it) -> (why its trainer refuses these batch sizes at start-up, the
+    # fix); ("", "") where it takes them
+    batches: Callable[[Callable[[str], str | None], int | None, int | None, int | None], tuple[str, str]] | None = None
     # settings of the `fixed` table that trial.command may set instead (the launch then leaves them out)
     user_choice: tuple[str, ...] = ()
     # settings of the `fixed` table that only the export writes: a launch leaves them to the engine's
@@ -147,8 +163,14 @@ class Engine:
     export_only: tuple[str, ...] = ()
     # our field -> the fields its launch value is computed from, which the spec must then set too
     needs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # (trial.command's setting of a name) -> our fields a trial must pass, as what its trainer refuses
+    # without them (its defaults), and the fix: verl's null micro-batch sizes
+    required: Callable[[Callable[[str], str | None]], Mapping[str, tuple[str, str]]] | None = None
     # a Hydra override that also gives metrics_file's path to the trainer's Ray actors
     path_setting: str = ""
+    # its setting that names where it saves checkpoints and resumes from: unless trial.command sets it,
+    # each trial's own CHECKPOINTS folder, so that a retried trial resumes its own and no other's
+    checkpoint: str = ""
     imports: tuple[str, ...] = ()  # modules trial.command's interpreter must import
     setup: str = ""  # how a user gets an interpreter that imports them
 
@@ -167,12 +189,13 @@ class Engine:
         return frozenset(self.export_only) | (mine & set(self.user_choice))
 
     def argv(self, command: list[str], engine: dict[str, Any], args: Sequence[str] = (),
-             workdir: Path | None = None) -> list[str]:
+             workdir: Path | None = None, number: int | None = None) -> list[str]:
         """The trial's argv: trial.command with its placeholders filled in, then `args` (the
         hyperparameters as the engine's launch arguments, from its name table), or our launcher.
-        `workdir`: the trial's folder, where the trainer writes metrics_file. A list setting of
+        `workdir`: the trial's folder, where the trainer writes metrics_file and, unless
+        trial.command names another, its checkpoints; `number`: the trial's. A list setting of
         `extra` that trial.command also sets (verl's trainer.logger) is merged into the user's."""
-        argv = command_argv(command, engine)
+        argv = command_argv(command, engine, trial_values(workdir, number))
         if not self.names:
             return argv
         if self.launcher:
@@ -186,6 +209,8 @@ class Engine:
                 argv[i] = merge_list(argv[i], word)
         if self.path_setting and workdir is not None:  # verl logs from its TaskRunner, a Ray worker
             extra.append(hydra_word(self.path_setting, str(workdir / self.metrics_file)))
+        if self.checkpoint and workdir is not None and self._setting(argv, self.checkpoint) is None:
+            extra += self._words(self.checkpoint, str(workdir / CHECKPOINTS))
         return [*argv, *args, *extra]
 
     def _merge_at(self, argv: list[str], word: str) -> int | None:
@@ -194,6 +219,10 @@ class Engine:
         if self.style != "hydra" or not value.startswith("["):
             return None
         return next((i for i, a in enumerate(argv) if "=" in a and self._arg_name(a) == name), None)
+
+    def _words(self, name: str, value: Any) -> list[str]:
+        """One setting as this engine's launch words."""
+        return [hydra_word(name, value)] if self.style == "hydra" else flag_words(name, value)
 
     def environ(self, workdir: Path, ray: str, gcs: str = "") -> dict[str, str]:
         """Variables set for the trainer: its metrics file; for an engine that runs its own Ray,
@@ -234,28 +263,30 @@ class Engine:
         problems = self._check_launch_names(list(command), fields)
         if fields is not None:
             problems += self._check_needs(fields)
+        if fields is not None and self.required is not None:
+            required = self.required(lambda name: self._setting(list(command), name))
+            problems += [Problem(f"base.{name}", None, why, fix) for name, (why, fix) in required.items()
+                         if name not in fields]
         if self.ray:
             problems += self._check_ray_resources(list(command), gpus, cluster)
         return problems
 
+    def check_batches(self, command: Sequence[str], rollout: int | None, mini: int | None, micro: int | None
+                      ) -> tuple[str, str]:
+        """(why, fix) where this engine's trainer, launched with trial.command, refuses a trial with these
+        batch sizes (our fields: rollout_batch_size, mini_batch_size, micro_batch_size per GPU; None for one
+        the trial does not pass, which is trial.command's or the engine's default) before it trains;
+        ("", "") where it takes them, or where the engine checks none."""
+        if self.batches is None:
+            return "", ""
+        return self.batches(lambda name: self._setting(list(command), name), rollout, mini, micro)
+
     def placement(self, command: Sequence[str]) -> Placement | None:
-        """The GPUs its trainer reserves on a cluster, from trial.command's gpu_args (unset: the
-        trainer's default, 8 per node on 1 node); None for an engine without a Ray of its own, or a
-        count that is not a number (a '{field}' placeholder)."""
-        if not self.ray:
-            return None
-        given = [self._fixed(list(command), name) for name in self.gpu_args]
-        try:
-            per_node, nodes = (int(value) if value is not None else default
-                               for value, default in zip(given, (8, 1), strict=True))
-        except ValueError:
-            return None
-        sep = "=" if self.style == "hydra" else " "
-        source = " x ".join(f"{name}{sep}{value}" for name, value in zip(self.gpu_args, (per_node, nodes),
-                                                                         strict=True))
-        if self.gpu_strategy == PACK:
-            return Placement(1, per_node * nodes, PACK, source)
-        return Placement(nodes, per_node, STRICT_PACK, source)
+        """The placement groups its trainer asks for on a cluster, from its GPU layout (`layout`, every role
+        that does not share another's GPUs) as trial.command sets it up. None for an engine without a Ray
+        of its own, or a count that is not a number (a '{field}' placeholder)."""
+        layout = self.layout(lambda name: self._setting(list(command), name)) if self.ray and self.layout else None
+        return Placement.of(layout, self.gpu_strategy) if layout is not None else None
 
     def _arg_name(self, arg: str) -> str:
         """The setting a fixed argument names: 'key' of a Hydra override '[+]key=value', or the
@@ -297,44 +328,71 @@ class Engine:
                 for name in sorted(fields) if name in self.needs
                 for need in self.needs[name] if need not in fields]
 
-    def _fixed(self, command: list[str], name: str) -> str | None:
+    def _setting(self, command: list[str], name: str) -> str | None:
+        """The value trial.command gives setting `name`: a Hydra override's, a flag's next word, ""
+        for a flag given bare (argparse store_true); None where it is not given."""
         for i, arg in enumerate(command):
             if self.style == "hydra" and self._arg_name(arg) == name and "=" in arg:
                 return arg.split("=", 1)[1]
-            if self.style == "flag" and arg == name and i + 1 < len(command):
-                return command[i + 1]
+            if self.style == "flag" and arg.split("=", 1)[0] == name:
+                if "=" in arg:
+                    return arg.split("=", 1)[1]
+                following = command[i + 1] if i + 1 < len(command) else "--"
+                return "" if following.startswith("--") else following
         return None
 
     def _check_ray_resources(self, command: list[str], gpus: float, cluster: bool) -> list[Problem]:
         """verl and OpenRLHF run a Ray of their own. Locally: a private one per trial, which sees
-        the GPUs Ray Tune reserved for the trial, so their GPU count must be that reservation. On a
-        cluster: the trainer joins the sweep's cluster and reserves its own GPUs there, so the
-        Tune trial must hold none."""
-        per_node, nodes = (self._fixed(command, name) for name in self.gpu_args)
+        the GPUs Ray Tune reserved for the trial, so the GPUs its roles reserve must be that
+        reservation. On a cluster: the trainer joins the sweep's cluster and reserves its own GPUs
+        there, so the Tune trial must hold none, and its Ray must be the cluster's version."""
         if cluster:
-            if not gpus:
-                return []
-            return [Problem("resources.gpus_per_trial", gpus,
-                            f"would hold GPUs that {self.name}'s own workers then cannot get: on a "
-                            "cluster its trainer joins the cluster and reserves its GPUs itself",
-                            f"set gpus_per_trial: 0 (the trial holds a CPU; {self.name} takes "
-                            f"{self.gpu_args[0]} x {self.gpu_args[1]} GPUs from the cluster)")]
+            return self._check_cluster(gpus)
         if not gpus or gpus != int(gpus):
             return [Problem("resources.gpus_per_trial", gpus,
                             f"must be a whole number of GPUs for {self.name}: its private Ray sees "
                             "only the GPUs reserved for the trial (CUDA_VISIBLE_DEVICES)",
                             "set gpus_per_trial: 1 or more (or join a cluster with ray.address)")]
-        problems = []
-        if nodes not in (None, "1"):
-            problems.append(Problem("trial.command", f"{self.gpu_args[1]} {nodes}",
-                                    "needs more than one node, and a local sweep gives each "
-                                    f"{self.name} trial a private one-node Ray",
-                                    "set ray.address to your cluster"))
-        if per_node is None or per_node != str(int(gpus)):
-            sep = "=" if self.style == "hydra" else " "
-            given = f"{self.gpu_args[0]} {per_node or '(its default, 8)'}"
-            problems.append(Problem("trial.command", given,
-                                    f"must equal resources.gpus_per_trial ({int(gpus)}): the "
-                                    "trial's private Ray has that many GPUs",
-                                    f"add {self.gpu_args[0]}{sep}{int(gpus)} to trial.command"))
+        assert self.layout is not None, f"{self.name} runs a Ray of its own but has no GPU layout"
+        layout = self.layout(lambda name: self._setting(command, name))
+        problems: list[Problem] = []
+        if layout is None:  # a count that is no whole number (an interpolation): the trainer judges it
+            return problems
+        if layout.error:
+            return [Problem("trial.command", layout.roles, layout.error, layout.error_fix)]
+        if layout.nodes > 1:
+            return [Problem("trial.command", layout.roles,
+                            f"needs more than one node ({layout.nodes}), and a local sweep gives each "
+                            f"{self.name} trial a private one-node Ray", "set ray.address to your cluster")]
+        if layout.gpus != int(gpus):
+            problems.append(Problem("trial.command", layout.roles,
+                                    f"reserves {layout.gpus} GPUs, which must equal resources.gpus_per_trial "
+                                    f"({int(gpus)}): the trial's private Ray has that many GPUs, and {self.name} "
+                                    "waits for the rest forever",
+                                    layout.fix.format(gpus=int(gpus))))
         return problems
+
+    def _check_cluster(self, gpus: float) -> list[Problem]:
+        problems = []
+        here = _installed("ray")
+        if self.ray_pin and here and here != self.ray_pin:
+            problems.append(Problem("ray.address", "(a cluster)",
+                                    f"cannot work for {self.name}: its release pins ray=={self.ray_pin}, and a "
+                                    f"driver of that Ray cannot join this cluster's Ray {here}",
+                                    "run the sweep locally (no ray.address): each trial's trainer starts a "
+                                    f"private Ray {self.ray_pin} of its own environment on the trial's GPUs"))
+        if gpus:
+            problems.append(Problem("resources.gpus_per_trial", gpus,
+                                    f"would hold GPUs that {self.name}'s own workers then cannot get: on a "
+                                    "cluster its trainer joins the cluster and reserves its GPUs itself",
+                                    f"set gpus_per_trial: 0 (the trial holds a CPU; {self.name} takes "
+                                    f"{self.gpu_args[0]} x {self.gpu_args[1]} GPUs from the cluster)"))
+        return problems
+
+
+def _installed(package: str) -> str:
+    """The installed version of `package` ("" where it is not installed), without importing it."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return ""

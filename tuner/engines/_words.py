@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["flag_words", "hydra_value", "hydra_word"]
+__all__ = ["flag_words", "hydra_value", "hydra_word", "merge_list"]
 
 
 def _word(value: Any) -> str:
@@ -38,3 +38,11 @@ def hydra_value(value: Any) -> str:
     if isinstance(value, str) and not re.fullmatch(r"[A-Za-z0-9_./+-]+", value):
         return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"  # Hydra's quoted string
     return str(value)
+
+
+def merge_list(mine: str, ours: str) -> str:
+    """The Hydra list override `mine` (key=[a,b] or key=a) with the items of `ours` it lacks."""
+    key, _, value = mine.partition("=")
+    items = [v.strip().strip("'\"") for v in value.strip().strip("'\"").strip("[]").split(",") if v.strip()]
+    items += [v for v in ours.partition("=")[2].strip("[]").split(",") if v not in items]
+    return f"{key}={hydra_value(items)}"

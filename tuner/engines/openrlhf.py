@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Callable
 from typing import Any
 
 from trials import metrics as K
 from tuner.engines._base import Engine, Units, numbers
-from tuner.engines._placement import PACK
+from tuner.engines._placement import PACK, Layout, whole
 
-__all__ = ["FIXED", "FLAGS", "NEEDS", "OPENRLHF", "SOURCE", "VERIFIED_FLAGS"]
+__all__ = ["FIXED", "FLAGS", "NEEDS", "OPENRLHF", "RAY_PIN", "SOURCE", "VERIFIED_FLAGS"]
 
 SOURCE = ("OpenRLHF/OpenRLHF openrlhf/cli/train_ppo_ray.py (release 0.11.2; these names since "
           "0.10.2)")
@@ -133,6 +134,65 @@ def _openrlhf_line(line: str) -> dict[str, float] | None:
     return {"step": float(match.group(1)), **numbers(status)}
 
 
+RAY_PIN = "2.55.0"  # its release's requirement: ray[default]==2.55.0
+_ROLES = ("actor", "ref", "critic", "reward")
+
+
+def _layout(setting: Callable[[str], str | None]) -> Layout | None:
+    """The GPUs train_ppo_ray.py reserves (SOURCE, `train`): each role's --ROLE.num_nodes x
+    --ROLE.num_gpus_per_node (defaults 1 x 8) and the vLLM engines' --vllm.num_engines x
+    --vllm.tensor_parallel_size, in placement groups of their own unless colocated:
+    --train.colocate_all puts every role (and, unless --train.async_enable, vLLM) on the actor's GPUs;
+    --train.colocate_actor_ref the reference on the actor's, --train.colocate_critic_reward the reward
+    model on the critic's. The reference is counted (PPO with a KL penalty), the critic where
+    --critic.model_name_or_path is given, the reward model unless --reward.remote_url is."""
+    sizes = {}
+    for role in _ROLES:
+        nodes, per_node = whole(setting(f"--{role}.num_nodes"), 1), whole(setting(f"--{role}.num_gpus_per_node"), 8)
+        if nodes is None or per_node is None:
+            return None
+        sizes[role] = (nodes, per_node)
+    engines, tp = whole(setting("--vllm.num_engines"), 0), whole(setting("--vllm.tensor_parallel_size"), 1)
+    if engines is None or tp is None:
+        return None
+    flag = {name: setting(f"--train.{name}") is not None
+            for name in ("colocate_all", "colocate_actor_ref", "colocate_critic_reward", "async_enable")}
+    used = {"actor": True, "ref": not (flag["colocate_all"] or flag["colocate_actor_ref"]),
+            "critic": setting("--critic.model_name_or_path") is not None and not flag["colocate_all"],
+            "reward": setting("--reward.remote_url") is None and not flag["colocate_all"]}
+    if flag["colocate_critic_reward"] and setting("--critic.model_name_or_path") is not None:
+        used["reward"] = False
+    parts = [(f"{role} {sizes[role][0]}x{sizes[role][1]}", sizes[role][0] * sizes[role][1])
+             for role in _ROLES if used[role]]
+    if engines and (not flag["colocate_all"] or flag["async_enable"]):
+        parts.append((f"vLLM {engines}x{tp}", engines * tp))
+    roles = " + ".join(p for p, _ in parts) + (" (colocated: --train.colocate_all)" if flag["colocate_all"] else "")
+    fix = ("make the roles' GPUs add up to {gpus}: each --ROLE.num_gpus_per_node (default 8) and "
+           "--vllm.num_engines x --vllm.tensor_parallel_size, or share the actor's with --train.colocate_all")
+    error, mend = _refused(sizes, engines * tp, flag, setting("--critic.model_name_or_path") is not None)
+    return Layout(sum(n for _, n in parts), max(n for n, _ in sizes.values()), roles, fix, error, mend)
+
+
+def _refused(sizes: dict[str, tuple[int, int]], vllm: int, flag: dict[str, bool], critic: bool
+             ) -> tuple[str, str]:
+    """(what, fix): what train_ppo_ray.py asserts of a colocated layout before it reserves anything (SOURCE,
+    `train`); ("", "") where it holds."""
+    actor = sizes["actor"][0] * sizes["actor"][1]
+    if flag["colocate_all"] and not flag["async_enable"] and vllm and vllm != actor:
+        return (f"colocates vLLM with the actor (--train.colocate_all), so the engines' GPUs ({vllm}) must equal "
+                f"the actor's ({actor}), as OpenRLHF asserts",
+                f"set --vllm.num_engines x --vllm.tensor_parallel_size to {actor}")
+    if (flag["colocate_all"] or flag["colocate_actor_ref"]) and sizes["ref"] != sizes["actor"]:
+        return ("colocates the reference with the actor, so its nodes and GPUs per node must be the actor's, "
+                "as OpenRLHF asserts", f"set --ref.num_nodes {sizes['actor'][0]} --ref.num_gpus_per_node "
+                                       f"{sizes['actor'][1]}")
+    if critic and flag["colocate_critic_reward"] and sizes["reward"] != sizes["critic"]:
+        return ("colocates the reward model with the critic (--train.colocate_critic_reward), so its nodes and "
+                "GPUs per node must be the critic's, as OpenRLHF asserts",
+                f"set --reward.num_nodes {sizes['critic'][0]} --reward.num_gpus_per_node {sizes['critic'][1]}")
+    return "", ""
+
+
 OPENRLHF = Engine(
     "openrlhf",
     Units(kl_per_token=("kl",), length=("rollout/response_length_mean", "response_length"),
@@ -143,6 +203,7 @@ OPENRLHF = Engine(
     "Global step ", _openrlhf_line, names=FLAGS, fixed=FIXED, style="flag",
     example="command: [/opt/openrlhf/bin/python, -m, openrlhf.cli.train_ppo_ray, "
             "--actor.model_name_or_path, ...]",
-    ray=True, gpu_args=("--actor.num_gpus_per_node", "--actor.num_nodes"), gpu_strategy=PACK,
-    user_choice=("--rollout.n_samples_per_prompt",), needs=NEEDS,
-    export_only=("--actor.adam.betas", "--critic.adam.betas", "--reward.clip_range"))
+    ray=True, gpu_args=("--actor.num_gpus_per_node", "--actor.num_nodes"), layout=_layout, gpu_strategy=PACK,
+    ray_pin=RAY_PIN, user_choice=("--rollout.n_samples_per_prompt",), needs=NEEDS,
+    export_only=("--actor.adam.betas", "--critic.adam.betas", "--reward.clip_range"),
+    checkpoint="--ckpt.path")  # --ckpt.load_enable resumes from the latest there

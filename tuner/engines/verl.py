@@ -13,12 +13,14 @@ its own rollout). x `response_length/mean`. Reward: `critic/score/mean`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from trials import metrics as K
 from tuner.engines._base import Engine, TrainerError, Units, numbers
+from tuner.engines._placement import Layout, whole
 
-__all__ = ["FIXED", "KEYS", "NEEDS", "SOURCE", "VERIFIED_KEYS", "VERL"]
+__all__ = ["DEFAULTS", "FIXED", "KEYS", "NEEDS", "SOURCE", "VERIFIED_KEYS", "VERL"]
 
 SOURCE = "volcengine/verl verl/trainer/config/_generated_ppo_trainer.yaml (release 0.9.1)"
 
@@ -136,6 +138,15 @@ FIXED: dict[str, tuple[Any, str]] = {
     "critic.shuffle": (True, ""),
 }
 
+# verl's own defaults (SOURCE) of the keys its batch-size rules read, which a trial gets where the spec sets
+# no value of them and trial.command none either: no micro-batch size (null), which verl refuses without
+# use_dynamic_bsz; critic.forward_micro_batch_size_per_gpu takes the critic's
+DEFAULTS: dict[str, int | None] = {
+    "data.train_batch_size": 1024, f"{_ACTOR}.ppo_mini_batch_size": 256,
+    f"{_ACTOR}.ppo_micro_batch_size_per_gpu": None, "critic.ppo_micro_batch_size_per_gpu": None,
+    f"{_ROLLOUT}.log_prob_micro_batch_size_per_gpu": None,
+    "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu": None,
+}
 
 
 def _verl_line(line: str) -> dict[str, float]:
@@ -146,6 +157,91 @@ def _verl_line(line: str) -> dict[str, float]:
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise TrainerError(f"verl's metrics file has a line we cannot read ({exc}): "
                            f"{line.strip()[:200]}") from None
+
+
+def _layout(setting: Callable[[str], str | None]) -> Layout | None:
+    """verl's roles (actor, rollout, reference, critic) share one resource pool of
+    trainer.n_gpus_per_node x trainer.nnodes GPUs (defaults 8 and 1)."""
+    count, spans = whole(setting("trainer.n_gpus_per_node"), 8), whole(setting("trainer.nnodes"), 1)
+    if count is None or spans is None:
+        return None
+    roles = f"trainer.n_gpus_per_node={count} x trainer.nnodes={spans}"
+    return Layout(count * spans, spans, roles, "add trainer.n_gpus_per_node={gpus} to trial.command")
+
+
+def _launched(setting: Callable[[str], str | None], name: str, ours: int | None) -> tuple[int | None, str, bool] | None:
+    """(value, how a message names it, whether the spec sets it) of the batch size verl gets for our field
+    `name` (its first key): ours where the trial passes it, else trial.command's, else verl's default
+    (None: null); None where trial.command's is no whole number (an interpolation: verl judges it)."""
+    key = KEYS[name][0]
+    if ours is not None:
+        return ours, f"{name} {ours}", True
+    text = setting(key)
+    if text is None:
+        return DEFAULTS[key], f"{key} {DEFAULTS[key]} (verl's default)", False
+    if text.strip().lower() in ("null", "none", "~"):
+        return None, f"{key} null (trial.command's)", False
+    value = whole(text, 0)
+    return None if value is None else (value, f"{key} {value} (trial.command's)", False)
+
+
+def _required(setting: Callable[[str], str | None]) -> dict[str, tuple[str, str]]:
+    """micro_batch_size, where trial.command leaves a micro-batch key verl needs null, as verl's defaults are
+    (DEFAULTS), and does not turn on use_dynamic_bsz: verl refuses that at start-up (utils/config.py
+    check_mutually_exclusive, workers/config/actor.py and critic.py)."""
+    if (setting(f"{_ACTOR}.use_dynamic_bsz") or "").strip().lower() == "true":
+        return {}
+    unset = [k for k, v in DEFAULTS.items()
+             if v is None and setting(k) is None and setting(k.removesuffix("_per_gpu")) is None]
+    if not unset:
+        return {}
+    return {"micro_batch_size": (f"is unset, and trial.command leaves verl's {', '.join(unset)} at their default, "
+                                 "null, which verl refuses unless actor_rollout_ref.actor.use_dynamic_bsz=True",
+                                 "set base.micro_batch_size (per GPU), or search it")}
+
+
+def _batches(setting: Callable[[str], str | None], rollout: int | None, mini: int | None, micro: int | None
+             ) -> tuple[str, str]:
+    """What verl 0.9.1 (FSDP, use_dynamic_bsz off) asserts of the batch sizes once its workers start, with the
+    world size W = trainer.n_gpus_per_node x trainer.nnodes, n = rollout.n and the data-parallel size
+    W / actor.ulysses_sequence_parallel_size: data.train_batch_size x n divisible by W
+    (verl/utils/config.py check_config), ppo_mini_batch_size <= train_batch_size (workers/config/actor.py),
+    ppo_mini_batch_size x n divisible by the data-parallel size (workers/engine_workers.py), and that
+    per-GPU mini-batch divisible by ppo_micro_batch_size_per_gpu (workers/engine/utils.py; null: `_required`).
+    A size the trial does not pass (None) is trial.command's, else verl's default (DEFAULTS)."""
+    counts = [whole(setting(k), d) for k, d in (("trainer.n_gpus_per_node", 8), ("trainer.nnodes", 1),
+                                                 (f"{_ROLLOUT}.n", FIXED[f"{_ROLLOUT}.n"][0]),
+                                                 (f"{_ACTOR}.ulysses_sequence_parallel_size", 1))]
+    sizes = [_launched(setting, name, ours) for name, ours in
+             (("rollout_batch_size", rollout), ("mini_batch_size", mini), ("micro_batch_size", micro))]
+    if None in counts or None in sizes:
+        return "", ""  # a count that is no whole number: verl judges it
+    (rollout, r_is, r_set), (mini, m_is, m_set), (micro, u_is, _) = (s for s in sizes if s is not None)
+    if rollout is None or mini is None:
+        return "", ""  # null in trial.command: verl judges it
+    per_node, nodes, n, sp = (int(c) for c in counts if c is not None)
+    world = per_node * nodes
+    dp = max(world // sp, 1)
+    layout = f"the world size {world} (trainer.n_gpus_per_node {per_node} x trainer.nnodes {nodes})"
+    if rollout * n % world:
+        return (f"{r_is} x rollout.n {n} is not divisible by {layout}",
+                _use("rollout_batch_size", r_set, f"multiples of {world}"))
+    if mini > rollout:
+        return (f"{m_is} is above {r_is}", "keep every mini_batch_size at most the smallest rollout_batch_size"
+                + ("" if m_set and r_set else " (set both in base: or search them)"))
+    if mini * n % dp:
+        return (f"{m_is} x rollout.n {n} is not divisible by the data-parallel size {dp}, {layout}",
+                _use("mini_batch_size", m_set, f"multiples of {dp}"))
+    if micro is not None and mini * n // dp % micro:
+        return (f"the per-GPU mini-batch {mini * n // dp} ({m_is} x rollout.n {n} / {dp} GPUs) is "
+                f"not divisible by {u_is} (per GPU)",
+                f"use micro_batch_size values that divide every mini_batch_size / {dp}")
+    return "", ""
+
+
+def _use(name: str, passed: bool, values: str) -> str:
+    """The fix of a batch size: the spec's values, or the one to set in base: where the spec sets none."""
+    return f"use {name} values that are {values}" if passed else f"set base.{name} to one of the {values}"
 
 
 VERL = Engine(
@@ -164,6 +260,7 @@ VERL = Engine(
             "trainer.n_gpus_per_node=1]",
     metrics_file="verl_metrics.jsonl", metrics_env="VERL_FILE_LOGGER_PATH",
     extra=("trainer.logger=[console,file]",), ray=True,
-    gpu_args=("trainer.n_gpus_per_node", "trainer.nnodes"),
+    gpu_args=("trainer.n_gpus_per_node", "trainer.nnodes"), layout=_layout, batches=_batches, required=_required,
     user_choice=(f"{_ROLLOUT}.name", f"{_ROLLOUT}.n", f"{_ACTOR}.shuffle", "critic.shuffle"), needs=NEEDS,
+    checkpoint="trainer.default_local_dir",  # resume_mode: auto (its default) resumes from the latest there
     path_setting="+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH")

@@ -22,7 +22,7 @@ from tuner.export._api import (
            export_config,
            formats_for,
 )
-from tuner.export._own import export_command, export_searched
+from tuner.export._own import OUT, export_command, export_launch, export_searched
 
-__all__ = ["FORMATS", "LAUNCH_TARGETS", "check_format", "engine_launch", "export_command",
-           "export_config", "export_searched", "formats_for"]
+__all__ = ["FORMATS", "LAUNCH_TARGETS", "OUT", "check_format", "engine_launch", "export_command",
+           "export_config", "export_launch", "export_searched", "formats_for"]

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from trials import Problem, did_you_mean, field_specs, metrics
+from tuner.engines import ENGINES
 from tuner.spec._check_engine import check_engine
 from tuner.spec._check_space import Found, build_space, check_value, plain
+from tuner.spec._compile import launch_fields
 from tuner.spec._models import TRIAL_FIELDS, Choices, Range, SweepSpec
 from tuner.spec._space import KL_ADAPTIVE_ONLY, Param, fixed_value, iterations_of
 
@@ -57,6 +59,8 @@ def check_spec(spec: SweepSpec, broken: frozenset[str] = frozenset()) -> Checked
         _check_kl(space, base, found)
     if intact(*entries("rollout_batch_size", "mini_batch_size", "num_mini_batches", "micro_batch_size")):
         _check_batches(spec, space, base, found)
+        if intact("trial", "resources") and not found.problems:
+            _check_trainer_batches(spec, space, base, found)
     if intact("sampler"):
         _check_sampler(spec, space, found)
     if intact("sampler", "objective") and spec.sampler.type == "nsga2" and spec.objective.metric == metrics.KL:
@@ -160,6 +164,46 @@ def _check_batches(spec: SweepSpec, space: dict[str, Param], base: dict[str, Any
         found.error(where, _raw(spec, space, where),
                     f"micro_batch_size {bad[1]} does not divide mini_batch_size {bad[0]}, a value a trial could get",
                     "use a micro_batch_size that divides every mini_batch_size (e.g. the smallest), or leave it empty")
+
+
+def _check_trainer_batches(spec: SweepSpec, space: dict[str, Param], base: dict[str, Any], found: Found) -> None:
+    """Every batch-size combination a trial can sample, as an external engine's trainer checks it once it
+    has started (verl: against the trial's world size, from trial.command): refused now, not in every trial.
+    A size the launch does not pass (`launch_fields`) is the trainer's own: None to the engine's rule."""
+    trainer = ENGINES.get(spec.trial.engine)
+    if trainer is None or trainer.batches is None or not spec.trial.command:
+        return
+    passed = launch_fields(spec)
+
+    def values(name: str) -> Sequence[Any]:
+        return _value_set(name, space, base) if name in passed else (None,)
+
+    rollouts = values("rollout_batch_size")
+    if "num_mini_batches" in space:  # mini_batch_size = the trial's rollout_batch_size // num_mini_batches
+        ours, counts = _value_set("rollout_batch_size", space, base), _value_set("num_mini_batches", space, base)
+        size = len(ours) * len(counts)
+        pairs = ((r if "rollout_batch_size" in passed else None, r // k) for r in ours for k in counts)
+    else:
+        minis = values("mini_batch_size")
+        size, pairs = len(rollouts) * len(minis), ((r, m) for r in rollouts for m in minis)
+    micros = values("micro_batch_size")
+    if size * len(micros) > _MAX_PAIRS:
+        found.warnings.append(f"the batch sizes give over {_MAX_PAIRS} combinations, too many to check against "
+                              f"{trainer.name}'s own rules before launch: {trainer.name} checks each at start-up")
+        return
+    for rollout, mini in pairs:
+        for micro in micros:
+            # an empty micro_batch_size the launch passes is mini_batch_size per GPU (the export's mapping)
+            launched = (micro or mini) if "micro_batch_size" in passed else None
+            why, fix = trainer.check_batches(spec.trial.command, rollout, mini, launched)
+            if why:
+                names = ("mini_batch_size", "rollout_batch_size", "micro_batch_size", "num_mini_batches")
+                where = next(filter(None, (_searched(n, space) for n in names)), None)
+                where = where or next(filter(None, (_where(n, spec) for n in names)), "trial.command")
+                found.error(where, _raw(spec, space, where) if where != "trial.command" else spec.trial.command,
+                            f"{why}: {trainer.name} refuses this at start-up, and a trial could sample it",
+                            f"{fix}, or change trial.command's GPU layout")
+                return
 
 
 def _check_num_mini_batches(spec: SweepSpec, space: dict[str, Param], base: dict[str, Any],

@@ -5,7 +5,7 @@ needs of its command and its GPUs is its own `Engine.check`."""
 from __future__ import annotations
 
 from trials import did_you_mean, field_specs
-from tuner.engines import ENGINES, PLACEHOLDER, engine
+from tuner.engines import ENGINES, PLACEHOLDER, TRIAL_PLACEHOLDERS, engine
 from tuner.spec._check_space import Found
 from tuner.spec._compile import launch_fields
 from tuner.spec._models import TRIAL_FIELDS, SweepSpec
@@ -30,9 +30,12 @@ def check_engine(spec: SweepSpec, found: Found) -> None:
     specs = field_specs()
     for i, arg in enumerate(trial.command):
         for name in PLACEHOLDER.findall(arg):
+            if name in TRIAL_PLACEHOLDERS:
+                continue
             if name not in specs or name in TRIAL_FIELDS:
-                found.error(f"trial.command[{i}]", arg, f"'{{{name}}}' is not an engine field",
-                            did_you_mean(name, [n for n in specs if n not in TRIAL_FIELDS]))
+                found.error(f"trial.command[{i}]", arg,
+                            f"'{{{name}}}' is not an engine field nor one of {', '.join(TRIAL_PLACEHOLDERS)}",
+                            did_you_mean(name, [*TRIAL_PLACEHOLDERS, *(n for n in specs if n not in TRIAL_FIELDS)]))
     if spec.resources.trial_memory_gb is not None:
         found.error("resources.trial_memory_gb", spec.resources.trial_memory_gb,
                     "predicts our engine's memory only", f"remove it for engine: {trial.engine}")

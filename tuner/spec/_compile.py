@@ -138,11 +138,6 @@ class CompiledSpec:
         """An engine field's value where it is not searched."""
         return fixed_value(name, self.space, self._derived["base_values"])
 
-    def with_ray_address(self, address: str) -> CompiledSpec:
-        """The same sweep, joining the Ray cluster at `address` (tuner run --address)."""
-        ray = self.spec.ray.model_copy(update={"address": address, "num_cpus": None})
-        return dataclasses.replace(self, spec=self.spec.model_copy(update={"ray": ray}))
-
     def launch(self) -> dict[str, Any]:
         """How an external trial's trainer is started (TrialTask.external; empty for our engine): trial.launch,
         and the fields its launch passes (`launch_fields`)."""

@@ -20,8 +20,10 @@ from tuner.spec._models import Choices, Range, SweepSpec
 __all__ = ["derive_spec", "load_spec", "parse_spec"]
 
 
-def load_spec(path: str | Path) -> CompiledSpec:
-    """Read, validate and compile a spec file; raises ConfigError listing every problem."""
+def load_spec(path: str | Path, ray_address: str | None = None) -> CompiledSpec:
+    """Read, validate and compile a spec file; raises ConfigError listing every problem. `ray_address`:
+    the cluster the sweep will join (`tuner run --address`, `tuner submit`), in place of the spec's
+    ray.address before anything is checked: on a cluster verl and OpenRLHF may reserve other GPUs."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: {'is a directory, not a spec file' if path.is_dir() else 'spec file not found'}")
@@ -32,6 +34,9 @@ def load_spec(path: str | Path) -> CompiledSpec:
     data = _parse_yaml(text, path)
     if data is None:
         raise ConfigError(f"{path}: the spec file is empty; it needs at least 'name: my-sweep'")
+    if ray_address and isinstance(data, dict) and isinstance(data.get("ray") or {}, dict):
+        ray = {k: v for k, v in (data.get("ray") or {}).items() if k != "num_cpus"}  # a local Ray's only
+        data = {**data, "ray": {**ray, "address": ray_address}}
     return parse_spec(data, base_dir=path.parent.resolve())
 
 

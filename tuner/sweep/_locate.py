@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from trials import ConfigError, Problem
 from tuner.spec import SPEC_FILE, CompiledSpec, load_spec
 
@@ -21,12 +23,30 @@ def find_sweep(ref: str, workdir: str = "sweeps") -> CompiledSpec:
         if candidate.is_file():
             return load_spec(candidate)
     if path.is_file():
-        spec = load_spec(path)
+        try:
+            spec = load_spec(path)
+        except ConfigError:
+            saved = _saved_copy(path)  # a sweep run with --address (tuner submit) was checked for that cluster
+            if saved is None:
+                raise
+            return load_spec(saved)
         saved = spec.spec_file()
         return load_spec(saved) if saved.is_file() else spec
     known = ", ".join(s.name for s in list_sweeps(workdir)) or "none yet"
     raise ConfigError([Problem("SWEEP", ref, f"is no sweep name under {workdir}/, sweep folder or spec file",
                                f"give one of: {known}")])
+
+
+def _saved_copy(path: Path) -> Path | None:
+    """The resolved copy of spec file `path` in its sweep's folder (<workdir>/<name>/spec.yaml), if it ran."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        return None
+    saved = Path(str(raw.get("workdir") or "sweeps")) / raw["name"] / SPEC_FILE
+    return saved if saved.is_file() else None
 
 
 def list_sweeps(workdir: str = "sweeps") -> list[CompiledSpec]:

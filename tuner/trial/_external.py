@@ -54,6 +54,7 @@ LOG_FILE = "trainer.log"  # the trainer's stdout and stderr, in the trial's fold
 _TAIL_LINES = 30  # of the log, in a failed trial's error
 _TIMEOUT, _STOPPED, _EOF = "timeout", "stopped", "eof"
 _POLL = 0.02  # s between reads of a metrics file: the most a report waits to be seen
+_STEP = "step"  # the trainer's own step number in a decoded report (verl's file logger, OpenRLHF's global step)
 
 
 class TrainerProcess:
@@ -168,7 +169,7 @@ def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir:
     direction, last = objective["direction"], int(task.engine["num_iterations"])
     limit = task.kl_stopper()
     scorer = Scorer(objective["metric"], direction, objective["score"], objective["last_k"], math.nan)
-    argv, args, lost = launch(task.engine_kind, ext["command"], task.engine, workdir, ext.get("fields"))
+    argv, args, lost = launch(task.engine_kind, ext["command"], task.engine, workdir, task.number, ext.get("fields"))
     config = workdir / "trial_config.json"
     config.write_text(json.dumps({"number": task.number, "params": task.params, "engine": task.engine,
                                   "kl_limit": task.kl_limit, "launch": args, "not_expressed": lost},
@@ -177,6 +178,7 @@ def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir:
                **ext.get("env", {}), CONFIG_ENV: str(config), **(env or {})}
     started = time.perf_counter()
     metrics_path = workdir / engine.metrics_file if engine.metrics_file else None
+    earlier = earlier_steps(engine, workdir) if engine.checkpoint else {}
     try:
         # the sweep stopped while this trial was being set up or waited for GPUs: no trainer starts
         if stop_requested() or (admission is not None and not admission.wait()):
@@ -190,6 +192,19 @@ def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir:
         admission.launched(lambda: trainer.proc.poll() is None)
     try:
         count, previous, held = 0, started, {}
+
+        def report(metrics: dict[str, float], own: dict[str, float]) -> bool:
+            """Emit the trial's next iteration; whether the KL limit stops it there."""
+            nonlocal count
+            count += 1
+            over = limit(count, metrics)
+            score = scorer.update(metrics)
+            reason = StopReason.of_kl(limit) if over else StopReason.COMPLETED if count == last else None
+            emit(TrialReport(metrics=metrics, objective=score, scheduler_score=scheduler_score(score, over, direction),
+                             kl_max=limit.kl_max, stop_reason=reason, start_seconds=0.0, pid=trainer.pid,
+                             trainer=own).to_result())
+            return over
+
         while count < last:
             item = trainer.next_report(float(ext["report_timeout"]), stop_requested)
             if item == _STOPPED:
@@ -208,20 +223,22 @@ def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir:
             if not engine.units.needs_kl and engine.units.kl_of(raw) is None and K.KL not in raw:
                 held.update(raw)  # a record without KL (verl's validation before training): merged into the next
                 continue
-            metrics, own = engine.units.convert({**held, **raw})
-            held = {}
-            count += 1
+            raw, held = {**held, **raw}, {}
             if admission is not None:  # it trains, so its GPUs are placed: the next trial may be admitted
                 admission.close()
+            # a trainer resumed from its checkpoint at step s-1 reports step s first: the steps before it are
+            # this trial's own, reported by its earlier attempt, and are reported again as its iterations
+            for step in range(count + 1, int(raw.get(_STEP, 0)) if engine.checkpoint else 0):
+                if step not in earlier:
+                    raise TrainerError(f"the trainer resumed at step {int(raw[_STEP])}, but this trial's earlier "
+                                       f"attempts reported no step {step}: was its checkpoint folder another "
+                                       f"trial's?; log tail:\n{trainer.log_tail()}")
+                if report(*engine.units.convert(earlier[step])):
+                    return
+            metrics, own = engine.units.convert(raw)
             metrics.setdefault(K.ITERATION_SECONDS, at - previous)
             previous = at
-            over = limit(count, metrics)
-            score = scorer.update(metrics)
-            reason = StopReason.of_kl(limit) if over else StopReason.COMPLETED if count == last else None
-            emit(TrialReport(metrics=metrics, objective=score, scheduler_score=scheduler_score(score, over, direction),
-                             kl_max=limit.kl_max, stop_reason=reason, start_seconds=0.0, pid=trainer.pid,
-                             trainer=own).to_result())
-            if over:
+            if report(metrics, own):
                 return
         _check_exit(trainer, count, last, float(ext["report_timeout"]))
     finally:
@@ -234,6 +251,37 @@ def _give_up(engine: Engine, environ: dict[str, str], admission: Admission | Non
     engine.cleanup(environ)
     if admission is not None:
         admission.close()
+
+
+def earlier_steps(engine: Engine, workdir: Path) -> dict[int, dict[str, float]]:
+    """An engine that resumes from its checkpoints: the reports of this trial's earlier attempts in its
+    folder, by the trainer's step (a later attempt's report of a step replaces an earlier one's). Its
+    metrics file is then set aside (as <file>.<n>), so that this attempt's reports are read from a new one."""
+    path = workdir / engine.metrics_file if engine.metrics_file else workdir / LOG_FILE
+    found: dict[int, dict[str, float]] = {}
+    # the metrics files of the attempts before the last, set aside in order, then the last one's
+    aside = sorted((p for p in workdir.glob(f"{engine.metrics_file}.*") if p.suffix[1:].isdigit()),
+                   key=lambda p: int(p.suffix[1:])) if engine.metrics_file else []
+    files = [p for p in (*aside, path) if p.is_file()]
+    if not files:
+        return found
+    held: dict[str, float] = {}
+    for line in (line for p in files for line in p.read_text(errors="replace").splitlines()):
+        if engine.marker is not None and engine.marker not in line or not line.strip():
+            continue
+        try:
+            raw = engine.decode(line)
+        except TrainerError:  # a line cut short when the attempt was killed
+            continue
+        if raw is None or _STEP not in raw:
+            continue
+        if not engine.units.needs_kl and engine.units.kl_of(raw) is None and K.KL not in raw:
+            held.update(raw)
+            continue
+        found[int(raw[_STEP])], held = {**held, **raw}, {}
+    if engine.metrics_file and path.is_file():
+        path.rename(path.with_name(f"{path.name}.{len(aside) + 1}"))
+    return found
 
 
 def _check_exit(trainer: TrainerProcess, count: int, last: int, timeout: float) -> None:

@@ -25,27 +25,28 @@ _WHERE = "a path relative to the spec's folder, an absolute path, or a name on P
 
 
 def launch(kind: str, command: list[str], engine: dict[str, Any], workdir: Path | None = None,
-           fields: Collection[str] | None = None) -> tuple[list[str], Any, list[str]]:
+           number: int | None = None, fields: Collection[str] | None = None) -> tuple[list[str], Any, list[str]]:
     """(argv, the launch arguments as the exporter gives them, the values the engine cannot
     express) of a trial of engine `kind` with engine config `engine`. `workdir`: the trial's
-    folder, where the trainer writes its metrics file. `fields`: the fields a verl or OpenRLHF
-    launch passes (`tuner.spec.launch_fields`; None: every mapped field); TRL's launcher builds its
-    whole run from the trial's config, so it takes every field."""
+    folder, where the trainer writes its metrics file and its checkpoints; `number`: the trial's
+    ('{trial_number}'). `fields`: the fields a verl or OpenRLHF launch passes
+    (`tuner.spec.launch_fields`; None: every mapped field); TRL's launcher builds its whole run
+    from the trial's config, so it takes every field."""
     trainer = engine_named(kind)
     if not trainer.names:
-        return trainer.argv(command, engine), None, []
+        return trainer.argv(command, engine, (), workdir, number), None, []
     if trainer.launcher:
         args, lost = engine_launch(PPOConfig.from_dict(engine), kind)
-        return trainer.argv(command, engine, (), workdir), args, lost
+        return trainer.argv(command, engine, (), workdir, number), args, lost
     args, lost = engine_launch(PPOConfig.from_dict(engine), kind, fields, trainer.launch_skips(command))
-    return trainer.argv(command, engine, args, workdir), args, lost
+    return trainer.argv(command, engine, args, workdir, number), args, lost
 
 
-def launch_argv(engine_kind: str, command: list[str], engine: dict[str, Any],
-                folder: Path | None = None, fields: Collection[str] | None = None) -> list[str]:
+def launch_argv(engine_kind: str, command: list[str], engine: dict[str, Any], folder: Path | None = None,
+                number: int | None = None, fields: Collection[str] | None = None) -> list[str]:
     """The argv a trial of `engine_kind` with engine config `engine` launches (`tuner export`,
     `tuner validate`)."""
-    return launch(engine_kind, command, engine, folder, fields)[0]
+    return launch(engine_kind, command, engine, folder, number, fields)[0]
 
 
 def check_trainer(kind: str, command: list[str], env: dict[str, str]) -> None:

@@ -155,6 +155,7 @@ def test_two_trials_that_each_want_6_of_8_gpus_run_one_after_the_other_and_neith
                       "command": [sys.executable, str(TRAINER), "trainer.n_gpus_per_node=6"],
                       "env": {"HOLD_LOG": str(hold), "STEP_SECONDS": "1"}},
             "search_space": {"policy_lr": {"choices": [1e-5, 2e-5]}}, "kl_limit": 1000,
+            "base": {"rollout_batch_size": 96, "mini_batch_size": 48, "micro_batch_size": 8},  # verl's rules on 6 GPUs
             "objective": {"metric": K.SCORES},
             "budget": {"trials": 2, "iterations": 3, "max_failures": 0, "promote": {"top_k": 0}},
             "scheduler": {"type": "none"}, "sampler": {"type": "grid"},

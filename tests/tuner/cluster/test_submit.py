@@ -129,3 +129,42 @@ def test_a_password_in_the_address_is_never_shown(run_cli, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     code, out, err = run_cli("jobs", "--address", "http://me:hunter22@127.0.0.1:1")
     assert code == 2 and "hunter22" not in err and "http://me:***@127.0.0.1:1" in err
+
+
+# -- the spec checked as it will run on the cluster --------------------------------------------------
+def _verl_spec(folder, gpus: int) -> str:
+    path = folder / "verl.yaml"
+    path.write_text(f"name: v\ntrial: {{engine: verl, command: [py, -m, verl.trainer.main_ppo, "
+                    f"trainer.n_gpus_per_node=8]}}\nresources: {{gpus_per_trial: {gpus}}}\n"
+                    "base: {micro_batch_size: 1}\n")
+    return path
+
+
+def test_submit_checks_the_spec_as_it_runs_on_the_cluster(tmp_path):
+    """A verl spec with no ray.address that holds 8 GPUs per Tune trial passes a local check, but on the
+    cluster verl's own workers would wait for those GPUs: `tuner submit` refuses it before asking the
+    cluster; the same spec holding none gets past the spec to the (absent) dashboard."""
+    from tests.sweep_helpers import tuner
+
+    holds = _verl_spec(tmp_path, gpus=8)
+    assert tuner("validate", holds, cwd=tmp_path, timeout=120).returncode == 0  # a local sweep: right
+    on_cluster = tuner("validate", holds, "--address", "auto", cwd=tmp_path, timeout=120)
+    assert on_cluster.returncode == 2 and on_cluster.stderr.startswith("error: resources.gpus_per_trial: would hold")
+    done = tuner("submit", holds, "--address", "http://127.0.0.1:1", cwd=tmp_path, timeout=120,
+                 env={"RAY_ADDRESS": ""})
+    assert done.returncode == 2 and done.stdout == "" and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [
+        "error: resources.gpus_per_trial: would hold GPUs that verl's own workers then cannot get: on a "
+        "cluster its trainer joins the cluster and reserves its GPUs itself (got 8.0); set gpus_per_trial: 0 "
+        "(the trial holds a CPU; verl takes trainer.n_gpus_per_node x trainer.nnodes GPUs from the cluster)"]
+    ready = tuner("submit", _verl_spec(tmp_path, gpus=0), "--address", "http://127.0.0.1:1", cwd=tmp_path,
+                  timeout=120, env={"RAY_ADDRESS": ""})
+    assert ready.returncode == 2 and ready.stderr.startswith("error: --address: no Ray dashboard answers there")
+
+
+def test_tuner_run_with_an_address_checks_the_spec_for_that_cluster(tmp_path):
+    from tests.sweep_helpers import tuner
+
+    done = tuner("run", _verl_spec(tmp_path, gpus=8), "--address", "127.0.0.1:1", cwd=tmp_path, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("error: resources.gpus_per_trial: would hold GPUs")
+    assert not (tmp_path / "sweeps").exists()  # nothing started or written

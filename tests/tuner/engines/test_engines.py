@@ -100,18 +100,18 @@ def test_the_users_verl_loggers_are_kept_with_the_file_logger(mine, merged):
     argv, _, _ = launch("verl", ["py", mine], PPOConfig().to_dict(), fields={"num_iterations"})
     assert [a for a in argv if "trainer.logger" in a] == [merged] and argv[1] == merged
     assert ENGINES["verl"].check(["py", "trainer.n_gpus_per_node=1", mine], 1, cluster=False,
-                                 fields={"num_iterations"}) == []
+                                 fields={"num_iterations", "micro_batch_size"}) == []
 
 
 def test_a_command_key_that_a_passed_field_sets_is_refused_naming_the_field():
     verl = ENGINES["verl"]
     command = ["py", "trainer.n_gpus_per_node=1", "actor_rollout_ref.rollout.temperature=1.0",
                "algorithm.lam=0.9", "algorithm.adv_estimator=grpo"]
-    problems = verl.check(command, 1, cluster=False, fields={"num_iterations", "gae_lambda"})
+    problems = verl.check(command, 1, cluster=False, fields={"num_iterations", "gae_lambda", "micro_batch_size"})
     assert [(p.path, p.value) for p in problems] == [("trial.command[3]", "algorithm.lam=0.9"),
                                                      ("trial.command[4]", "algorithm.adv_estimator=grpo")]
     assert "from gae_lambda" in problems[0].message and "remove gae_lambda" in problems[0].fix
-    assert verl.check(command[:3], 1, cluster=False, fields={"num_iterations", "gae_lambda"}) == []
+    assert verl.check(command[:3], 1, cluster=False, fields={"num_iterations", "gae_lambda", "micro_batch_size"}) == []
 
 
 def test_a_private_ray_per_trial_locally_and_the_sweeps_cluster_otherwise(tmp_path):

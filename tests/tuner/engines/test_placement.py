@@ -19,10 +19,13 @@ def test_verl_asks_one_strict_pack_group_per_node(command, expected):
     assert engine("verl").placement(["python", "-m", "verl.trainer.main_ppo", *command]) == expected
 
 
-def test_openrlhf_asks_one_pack_group_for_its_actor():
+def test_openrlhf_asks_one_pack_group_of_every_role_that_does_not_share_the_actors_gpus():
     placement = engine("openrlhf").placement(["python", "--actor.num_nodes", "2", "--actor.num_gpus_per_node", "4"])
-    assert placement == Placement(1, 8, PACK, "--actor.num_gpus_per_node 4 x --actor.num_nodes 2")
-    assert placement.describe() == "8 GPUs (--actor.num_gpus_per_node 4 x --actor.num_nodes 2)"
+    assert placement == Placement(1, 24, PACK, "actor 2x4 + ref 1x8 + reward 1x8")  # OpenRLHF's defaults: 1 x 8
+    assert placement.describe() == "24 GPUs (actor 2x4 + ref 1x8 + reward 1x8)"
+    colocated = ["python", "--train.colocate_all", "--actor.num_gpus_per_node", "4", "--ref.num_gpus_per_node", "4",
+                 "--critic.model_name_or_path", "c", "--vllm.num_engines", "2", "--vllm.tensor_parallel_size", "2"]
+    assert engine("openrlhf").placement(colocated).gpus == 4  # vLLM and every role on the actor's GPUs
 
 
 def test_engines_without_a_ray_of_their_own_reserve_nothing():

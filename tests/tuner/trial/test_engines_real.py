@@ -55,8 +55,10 @@ def test_verl_overrides_compose_with_verls_own_config(name):
     words, _ = engine_launch(c, "verl")
     path = "ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH"
     assert words == overrides[:len(words)] and overrides[len(words):] == [
-        "trainer.logger=[console,file]", f"+{path}='/tmp/trial 1/verl_metrics.jsonl'"]
+        "trainer.logger=[console,file]", f"+{path}='/tmp/trial 1/verl_metrics.jsonl'",
+        "trainer.default_local_dir='/tmp/trial 1/checkpoints'"]
     assert composed[path] == "/tmp/trial 1/verl_metrics.jsonl"  # for verl's TaskRunner actor, in a Ray worker
+    assert composed["trainer.default_local_dir"] == "/tmp/trial 1/checkpoints"  # the trial's own checkpoints
     assert composed["actor_rollout_ref.actor.optim.lr"] == c.policy_lr and composed["critic.optim.lr"] == c.value_lr
     assert composed["trainer.total_training_steps"] == 6 and composed["trainer.logger"] == ["console", "file"]
     if name != "default":
@@ -75,7 +77,7 @@ def test_verl_takes_the_users_rollout_engine():
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_openrlhf_flags_parse_with_openrlhfs_own_parser(name):
     c = config(**CONFIGS[name])
-    argv, _, _ = launch("openrlhf", ["python"], c.to_dict())
+    argv, _, _ = launch("openrlhf", ["python", "--ckpt.load_enable"], c.to_dict(), Path("/tmp/trial 1"), 1)
     code = ("import sys, json; sys.path.insert(0, sys.argv[1]); import engine_trainers as t; "
             "from pathlib import Path; "
             "a = vars(t.openrlhf_parser(Path(sys.argv[2])).parse_args(sys.argv[3:])); "
@@ -86,6 +88,7 @@ def test_openrlhf_flags_parse_with_openrlhfs_own_parser(name):
     args = json.loads(proc.stdout)
     assert args["actor.adam.lr"] == c.policy_lr and args["critic.adam.lr"] == c.value_lr
     assert args["actor.adam.betas"] == [0.9, 0.95] and args["data.max_samples"] == 6 * 16  # OpenRLHF's own betas
+    assert args["ckpt.path"] == "/tmp/trial 1/checkpoints" and args["ckpt.load_enable"] is True  # its own
     if name != "default":
         assert args["algo.kl.target"] == pytest.approx(c.kl_target / c.response_length)
         assert args["ds.lora.rank"] == 8 and args["ds.lora.target_modules"] == ["q_proj", "v_proj"]
@@ -131,7 +134,7 @@ def test_a_verl_trial_gets_only_its_searched_and_base_keys_and_keeps_the_users_o
     spec_file.write_text(yaml.safe_dump({
         "name": "x", "workdir": str(tmp_path), "resources": {"gpus_per_trial": 1},
         "trial": {"engine": "verl", "command": command, "report_timeout": 60, "stop_grace": 1},
-        "base": {"rollout_batch_size": 16, "mini_batch_size": 8},
+        "base": {"rollout_batch_size": 16, "mini_batch_size": 8, "micro_batch_size": 2},
         "search_space": {"policy_lr": {"low": 1e-4, "high": 2e-4, "log": True}},
         "budget": {"trials": 2, "iterations": 3, "promote": {"top_k": 0}}}))
     spec = load_spec(spec_file)
@@ -144,13 +147,17 @@ def test_a_verl_trial_gets_only_its_searched_and_base_keys_and_keeps_the_users_o
     received = json.loads(re.search(r"^overrides (.*)$", log, re.M).group(1))
     ours = ["actor_rollout_ref.actor.optim.lr=0.0001", "data.train_batch_size=16",
             "actor_rollout_ref.actor.ppo_mini_batch_size=8", "critic.ppo_mini_batch_size=8",
+            "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2", "critic.ppo_micro_batch_size_per_gpu=2",
+            "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2",
+            "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=2", "critic.forward_micro_batch_size_per_gpu=2",
             "trainer.total_training_steps=3", "trainer.total_epochs=3", "algorithm.adv_estimator=gae",
             "algorithm.use_kl_in_reward=True", "actor_rollout_ref.actor.use_kl_loss=False",
             "actor_rollout_ref.rollout.n=1", "actor_rollout_ref.rollout.name=vllm",
             "actor_rollout_ref.actor.shuffle=True", "critic.shuffle=True"]
     path = f"+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={tmp_path / 'verl_metrics.jsonl'}"
     assert received == ["trainer.n_gpus_per_node=1", "actor_rollout_ref.rollout.temperature=1.0",
-                        "trainer.logger=[console,wandb,file]", *ours, path]
+                        "trainer.logger=[console,wandb,file]", *ours, path,
+                        f"trainer.default_local_dir={tmp_path / 'checkpoints'}"]  # the trial's own checkpoints
 
 
 def test_a_trainer_that_starts_ray_gets_a_private_one_and_leaves_nothing(tmp_path):
