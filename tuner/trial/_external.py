@@ -54,6 +54,7 @@ LOG_FILE = "trainer.log"  # the trainer's stdout and stderr, in the trial's fold
 _TAIL_LINES = 30  # of the log, in a failed trial's error
 _TIMEOUT, _STOPPED, _EOF = "timeout", "stopped", "eof"
 _POLL = 0.02  # s between reads of a metrics file: the most a report waits to be seen
+_DRAIN = 2.0  # s the last reports of an exited trainer are waited for (its end marker comes sooner)
 _STEP = "step"  # the trainer's own step number in a decoded report (verl's file logger, OpenRLHF's global step)
 
 
@@ -99,7 +100,8 @@ class TrainerProcess:
         handle, partial = None, b""
         try:
             while True:
-                done = self._output_done.is_set()
+                # its output ended, or it exited (children it left may hold its output open): one last read
+                done = self._output_done.is_set() or self.proc.poll() is not None
                 if handle is None and path.exists():
                     handle = path.open("rb")
                 chunk = handle.read() if handle is not None else b""
@@ -131,9 +133,10 @@ class TrainerProcess:
             except queue.Empty:
                 if self.proc.poll() is None:
                     continue
-                # it exited; its output pipe may stay open in children it left (data loaders): read what is buffered
+                # it exited; its output pipe may stay open in children it left (data loaders): read what is
+                # buffered, waiting for the readers as long as a loaded machine may keep them from running
                 try:
-                    item = self.lines.get(timeout=0.2)
+                    item = self.lines.get(timeout=_DRAIN)
                 except queue.Empty:
                     return _EOF
             return _EOF if item is None else item
@@ -145,12 +148,14 @@ class TrainerProcess:
             return None
 
     def log_tail(self) -> str:
-        self._reader.join(timeout=0.2)
+        self._reader.join(timeout=_DRAIN)
         return "\n".join(self.tail)
 
     def stop(self, grace: float) -> None:
-        """SIGTERM to the process group, SIGKILL after `grace` seconds; leaves nothing of the group running."""
+        """SIGTERM to the process group, SIGKILL after `grace` seconds; leaves nothing of the group running.
+        Then waits (bounded) for its output to be copied, so the trial's trainer.log is whole when it ends."""
         stop_group(self.proc, grace)
+        self._reader.join(timeout=_DRAIN)
 
 
 def run_command(task: TrialTask, emit: Callable[[dict[str, Any]], Any], workdir: Path,
