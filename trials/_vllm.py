@@ -36,7 +36,7 @@ import torch
 from trials._config import VLLM_INSTALL, PPOConfig
 from trials._errors import ConfigError, Problem
 from trials._lora import save_policy
-from trials.process import die_with_parent, stop_group
+from trials.process import stop_group
 
 __all__ = ["VLLMError", "VLLMRollouts", "ServerKey", "VLLMServer", "check_vllm_python", "server_for", "stop_server"]
 
@@ -46,6 +46,21 @@ START_TIMEOUT = 600.0  # seconds for the server to answer /health (a loaded CPU 
 REQUEST_TIMEOUT = 600.0  # seconds for one generation or weight load
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
 SERVED = "base"  # the server's name for its base model (full fine-tuning generates with it)
+
+# The server's group leader, run by vllm_python (so only the standard library): it starts the server
+# (argv[1:]) in its group and SIGKILLs the whole group, vLLM's engine processes included, once the trial's
+# process is gone (killed outright, no handler run) or the server has exited. A parent-death signal would
+# reach the API server alone: its engine processes would outlive it.
+GROUP_LEADER = """
+import os, signal, subprocess, sys, time
+parent = os.getppid()
+server = subprocess.Popen(sys.argv[1:])
+while os.getppid() == parent and server.poll() is None:
+    time.sleep(0.2)
+why = "its trial process is gone" if server.poll() is None else f"it exited with code {server.returncode}"
+print(f"ppo-tuner: the vLLM server's process group ends: {why}", flush=True)
+os.killpg(0, signal.SIGKILL)
+"""
 
 
 class VLLMError(RuntimeError):
@@ -100,16 +115,17 @@ class VLLMServer:
         self.log_path = self.folder / "server.log"
         self.adapter: str | None = None  # the LoRA adapter the server holds now
         self.syncs = 0
-        self.proc = _LAUNCHER.submit(self._popen).result()
+        self.proc = self._popen()
         log.info("vLLM server (pid %d) starting on port %d for %s; log %s", self.proc.pid, self.port, key.model,
                  self.log_path)
         self._wait_healthy(start_timeout)
 
     def argv(self) -> list[str]:
         k = self.key
-        argv = [k.python, "-m", "vllm.entrypoints.openai.api_server", "--model", k.model, "--served-model-name",
-                SERVED, "--host", "127.0.0.1", "--port", str(self.port), "--dtype", k.dtype, "--max-model-len",
-                str(k.max_model_len), "--no-enable-prefix-caching", "--generation-config", "vllm"]
+        argv = [k.python, "-c", GROUP_LEADER, k.python, "-m", "vllm.entrypoints.openai.api_server", "--model",
+                k.model, "--served-model-name", SERVED, "--host", "127.0.0.1", "--port", str(self.port),
+                "--dtype", k.dtype, "--max-model-len", str(k.max_model_len), "--no-enable-prefix-caching",
+                "--generation-config", "vllm"]
         if k.max_lora_rank:
             argv += ["--enable-lora", "--max-lora-rank", str(k.max_lora_rank), "--max-loras", "1"]
         return argv
@@ -121,15 +137,16 @@ class VLLMServer:
         env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # share the cores the trial was given
         with self.log_path.open("ab") as out:
             return subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    env=env, start_new_session=True, preexec_fn=die_with_parent)
+                                    env=env, start_new_session=True)
 
     def _wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                tail = self.log_tail()
                 self.stop()
                 raise VLLMError(f"the vLLM server exited with code {self.proc.returncode} while starting; "
-                                f"log tail:\n{self.log_tail()}")
+                                f"log tail:\n{tail}")
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=5) as reply:
                     if reply.status == 200:
@@ -137,8 +154,9 @@ class VLLMServer:
             except (OSError, urllib.error.URLError):
                 pass
             time.sleep(0.5)
+        tail = self.log_tail()
         self.stop()
-        raise VLLMError(f"the vLLM server did not answer /health within {timeout:g} s; log tail:\n{self.log_tail()}")
+        raise VLLMError(f"the vLLM server did not answer /health within {timeout:g} s; log tail:\n{tail}")
 
     @property
     def url(self) -> str:
@@ -243,9 +261,6 @@ class VLLMRollouts:
         return responses.to(input_ids.device)
 
 
-# Servers are started from one long-lived thread: die_with_parent ties a child to the thread that started
-# it, and a Ray Tune trial runs in a thread that ends with the trial, while the server outlives it.
-_LAUNCHER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm-launcher")
 _SERVER: list[VLLMServer] = []  # this process's server, at most one
 
 
