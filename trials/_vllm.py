@@ -16,7 +16,6 @@ starts its own.
 from __future__ import annotations
 
 import atexit
-import concurrent.futures
 import json
 import logging
 import os
@@ -239,22 +238,19 @@ class VLLMRollouts:
     def generate(self, policy: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
                  ) -> torch.Tensor:
         """Sampled responses (B, T), T <= response_length, padded after the shorter ones, by the server
-        holding `policy` (synced first when an update changed it since). One request per
-        prompt, each with its own seed drawn from torch's generator, so a run's seed fixes its samples
-        and two equal prompts get different responses."""
+        holding `policy` (synced first when an update changed it since). One request for the batch, with
+        no per-request seed: vLLM 0.32's seeded requests sampled so that PPO learned far less than from
+        generate's samples (tests/trials/test_vllm.py, the learning parity); the server's sampler draws
+        from its own generator instead, so vLLM rollouts are not reproducible from `seed`."""
         if self.stale:
             self.sync_seconds += self.sync(policy)
         c = self.config
         prompts = [ids[mask.bool()].tolist() for ids, mask in zip(input_ids.cpu(), attention_mask.cpu(), strict=True)]
-        seeds = torch.randint(0, 2**31 - 1, (len(prompts),)).tolist()
-        body = {"model": self.server.adapter if c.lora_rank else SERVED, "max_tokens": c.response_length,
-                "temperature": c.temperature, "top_k": c.top_k, "top_p": c.top_p,
-                "stop_token_ids": self.stop_ids, "return_token_ids": True}
-        with concurrent.futures.ThreadPoolExecutor(min(len(prompts), 64)) as pool:
-            replies = list(pool.map(lambda ps: self.server.post("/v1/completions", {**body, "prompt": ps[0],
-                                                                                     "seed": ps[1]}),
-                                    zip(prompts, seeds, strict=True)))
-        tokens = [reply["choices"][0]["token_ids"] for reply in replies]
+        reply = self.server.post("/v1/completions", {
+            "model": self.server.adapter if c.lora_rank else SERVED, "prompt": prompts,
+            "max_tokens": c.response_length, "temperature": c.temperature, "top_k": c.top_k, "top_p": c.top_p,
+            "stop_token_ids": self.stop_ids, "return_token_ids": True})
+        tokens = [choice["token_ids"] for choice in sorted(reply["choices"], key=lambda choice: choice["index"])]
         responses = torch.full((len(tokens), max(map(len, tokens))), self.pad_id, dtype=torch.long)
         for i, ids in enumerate(tokens):
             responses[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)

@@ -16,13 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import ROOT, VLLM_PYTHON, needs_vllm
 from trials import ConfigError, PPOConfig, PPOTrainer
 from trials import metrics as K
-
-ROOT = Path(__file__).resolve().parents[2]
-VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
-needs_vllm = pytest.mark.skipif(not VLLM_PYTHON.exists(), reason="no .venv-vllm: make it as README 'Install' says "
-                                "(vLLM rollouts) to run the vLLM server tests")
 
 
 def group(pgid: int) -> list[int]:
@@ -43,26 +39,6 @@ def gone(pgid: int, within: float = 30.0) -> bool:
     while group(pgid) and time.monotonic() < deadline:
         time.sleep(0.2)
     return not group(pgid)
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory, demo_model) -> Path:
-    """A random-weight Llama on the demo tokenizer, wide enough for vLLM's CPU attention (head size 32)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig
-
-    tokenizer = AutoTokenizer.from_pretrained(demo_model)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=1, intermediate_size=128, bos_token_id=tokenizer.eos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         max_position_embeddings=128, initializer_range=0.2)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config)
-    model.generation_config = GenerationConfig(pad_token_id=tokenizer.pad_token_id,
-                                               eos_token_id=tokenizer.eos_token_id)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def vllm_config(model: Path, **changes) -> PPOConfig:
@@ -191,8 +167,8 @@ def test_no_vllm_process_outlives_a_trial_process_killed_outright(tmp_path, tiny
     script = tmp_path / "trial.py"
     script.write_text(textwrap.dedent(f"""
         import sys, time
-        sys.path.insert(0, {str(ROOT / 'tests' / 'trials')!r})
-        from test_vllm import vllm_config
+        sys.path.insert(0, {str(ROOT)!r})
+        from tests.trials.test_vllm import vllm_config
         from pathlib import Path
         from trials import PPOTrainer
         trainer = PPOTrainer(vllm_config(Path({str(tiny_llama)!r})))
