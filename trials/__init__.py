@@ -38,6 +38,7 @@ __all__ = [
     "TrainResult",
     "TunerError",
     "chain",
+    "check_vllm_python",
     "checkpoints_cached",
     "did_you_mean",
     "estimate_memory",
@@ -62,6 +63,10 @@ def __getattr__(name: str):
         from trials import _engine
 
         return getattr(_engine, name)
+    if name == "check_vllm_python":
+        from trials import _vllm
+
+        return _vllm.check_vllm_python
     if name == "checkpoints_cached":
         from trials import _models
 

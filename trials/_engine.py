@@ -35,6 +35,7 @@ from trials._rollout import (
     sampler_logprobs_fit,
 )
 from trials._threads import reserved_threads
+from trials._vllm import VLLMRollouts
 
 __all__ = ["PPOTrainer", "Reporter", "TrainResult", "evaluate", "train"]
 
@@ -97,6 +98,7 @@ class _Run:
     sampler_logprobs: bool  # the policy's rollout log-probs come from the sampling pass (see _rollout)
     chat: ChatFormat | None  # wraps plain prompts in the chat template (chat_template)
     stop_ids: list[int]  # tokens that end a response: EOS and the chat template's end-of-turn
+    vllm: VLLMRollouts | None  # generates the responses where rollout_engine is vllm
     history: list[dict[str, float]] = field(default_factory=list)
     _order: list[int] = field(default_factory=list)
 
@@ -166,14 +168,16 @@ def prepare(config: PPOConfig) -> _Run:
     vocab = policy.get_output_embeddings().weight.shape[0]
     bf16 = autocast is not contextlib.nullcontext or (config.lora_rank > 0 and frozen == torch.bfloat16)
     stop_ids = stop_token_ids(tokenizer, getattr(policy, "generation_config", None))
+    vllm = (VLLMRollouts(config, model_path, torch.bfloat16 if bf16 else torch.float32, threads, stop_ids,
+                         tokenizer.pad_token_id) if config.rollout_engine == "vllm" else None)
     return _Run(config=config, device=device, autocast=autocast, tokenizer=tokenizer, policy=policy,
                 ref=models.ref, value=models.value, policy_params=models.policy_params,
                 value_params=models.value_params, reward=reward, eval_reward=eval_reward, train_prompts=train_prompts,
                 eval_prompts=eval_prompts, optimizer=optimizer, scheduler=scheduler, kl_ctl=kl_ctl,
                 generation_config=_generation_config(config, tokenizer, stop_ids), chat=chat, stop_ids=stop_ids,
-                prompt_gen=torch.Generator().manual_seed(config.seed),
+                vllm=vllm, prompt_gen=torch.Generator().manual_seed(config.seed),
                 sampler_logprobs=sampler_logprobs_fit(config.rollout_batch_size, config.response_length, vocab,
-                                                      autocast_bf16=bf16))
+                                                      autocast_bf16=bf16) and vllm is None)
 
 
 def _optimizer(config: PPOConfig, policy_params: list[torch.nn.Parameter], value_params: list[torch.nn.Parameter],
@@ -316,7 +320,8 @@ def _iteration(run: _Run, iteration: int) -> dict[str, float]:
         metrics.update(evaluate(run))
     elapsed = time.perf_counter() - t0
     metrics.update({K.ITERATION_SECONDS: elapsed, K.TOKENS_PER_SEC: tokens / elapsed,
-                    K.GENERATE_SECONDS: t1 - t0, K.SCORE_SECONDS: t2 - t1, K.UPDATE_SECONDS: t3 - t2})
+                    K.GENERATE_SECONDS: t1 - t0, K.SCORE_SECONDS: t2 - t1, K.UPDATE_SECONDS: t3 - t2,
+                    K.SYNC_SECONDS: run.vllm.take_sync_seconds() if run.vllm else 0.0})
     return metrics
 
 
@@ -337,6 +342,8 @@ def _generate(run: _Run, prompts: list[str], with_logprobs: bool = False
     texts = [run.chat.wrap(p) for p in prompts] if run.chat else prompts
     enc = run.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
                         max_length=run.config.max_prompt_length, add_special_tokens=False).to(run.device)
+    if run.vllm:
+        return enc, run.vllm.generate(run.policy, enc["input_ids"], enc["attention_mask"]), None
     with run.autocast():
         responses, logprobs = generate(run.policy, enc["input_ids"], enc["attention_mask"], run.generation_config,
                                        run.config.temperature, with_logprobs)
@@ -398,6 +405,8 @@ def _update(run: _Run, ro: _Rollout, advantages: torch.Tensor, returns: torch.Te
             steps += 1
     run.policy.eval()
     run.value.eval()
+    if run.vllm:
+        run.vllm.stale = True
     return {key: value / steps for key, value in sums.items()}
 
 

@@ -191,8 +191,9 @@ def reference(policy: nn.Module, ref: nn.Module | None) -> Iterator[nn.Module]:
 
 
 def save_policy(policy: nn.Module, tokenizer, folder: str, merged: bool) -> None:
-    """The trained policy with save_pretrained: the adapter alone (a LoRA policy, unless `merged`), or
-    a full model (the adapter merged into the base weights, assembled on the CPU: the policy is kept)."""
+    """The trained policy (and the tokenizer, unless None) with save_pretrained: the adapter alone (a
+    LoRA policy, unless `merged`), or a full model (the adapter merged into the base weights, assembled
+    on the CPU: the policy is kept)."""
     from peft import PeftModel
 
     if not isinstance(policy, PeftModel):
@@ -203,7 +204,8 @@ def save_policy(policy: nn.Module, tokenizer, folder: str, merged: bool) -> None
     else:
         with _quiet_peft():
             policy.save_pretrained(folder, selected_adapters=[POLICY])
-    tokenizer.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
 
 
 @torch.no_grad()

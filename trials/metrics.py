@@ -28,12 +28,14 @@ ITERATION_SECONDS = "perf/iteration_seconds"
 GENERATE_SECONDS = "perf/generate_seconds"
 SCORE_SECONDS = "perf/score_seconds"  # reference, policy and value forwards plus the reward
 UPDATE_SECONDS = "perf/update_seconds"
+# the policy's weights given to the vLLM server before generating (save + load; 0 with rollout_engine hf)
+SYNC_SECONDS = "perf/weight_sync_seconds"
 LR_POLICY = "lr/policy"
 LR_VALUE = "lr/value"
 
 ALL = [
     KL, KL_COEF, SCORES, SCORES_STD, RLHF_REWARD, ENTROPY, NON_SCORE_REWARD, APPROXKL, CLIPFRAC,
     POLICY_LOSS, VALUE_LOSS, VALUE_CLIPFRAC, EXPLAINED_VARIANCE, RESPONSE_LENGTH, EVAL_SCORES, EVAL_GOLD,
-    TOKENS_PER_SEC, ITERATION_SECONDS, GENERATE_SECONDS, SCORE_SECONDS, UPDATE_SECONDS, LR_POLICY,
-    LR_VALUE,
+    TOKENS_PER_SEC, ITERATION_SECONDS, GENERATE_SECONDS, SCORE_SECONDS, UPDATE_SECONDS, SYNC_SECONDS,
+    LR_POLICY, LR_VALUE,
 ]

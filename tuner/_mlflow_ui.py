@@ -74,7 +74,7 @@ class _Finder(importlib.metadata.DistributionFinder):
 
 
 def main(argv: list[str]) -> None:
-    from tuner._process import watch_parent
+    from trials.process import watch_parent
 
     watch_parent()  # uvicorn, a child of this process, goes with it
     sys.meta_path.append(_Finder())  # before mlflow.cli, which reads the app names when imported

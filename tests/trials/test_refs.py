@@ -41,8 +41,11 @@ def test_relative_paths_resolve_only_where_they_exist(tmp_path):
     assert resolve_relative("prompts", "missing.txt", tmp_path) == "missing.txt"
     assert resolve_relative("model_path", "demo", tmp_path) == "demo"
     assert resolve_relative("eval_prompts", None, tmp_path) is None
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "python").symlink_to("/usr/bin/python3")  # a venv's python: the link is kept
+    assert resolve_relative("vllm_python", "venv/bin/python", tmp_path) == str(tmp_path / "venv" / "bin" / "python")
 
 
 def test_the_path_valued_fields_are_listed_once():
     assert set(path_fields()) == {"model_path", "value_model_path", "reward", "eval_reward", "prompts", "eval_prompts",
-                                  "output_dir"}
+                                  "output_dir", "vllm_python"}

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from trials import ConfigError, Problem
-from tuner._process import stop_group
+from trials.process import stop_group
 from tuner.cli._sweep import SWEEP_HELP, WORKDIR_HELP, on_sweep
 from tuner.spec import CompiledSpec
 

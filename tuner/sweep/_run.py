@@ -103,10 +103,16 @@ def preflight(spec: CompiledSpec) -> None:
 
             check_trainer(spec.trial.engine, list(spec.trial.command or ()), dict(spec.trial.env))
         return
-    from trials import PPOTrainer, TunerError
+    from trials import ConfigError, PPOTrainer, TunerError, check_vllm_python
 
+    base = dataclasses.replace(spec.base, num_iterations=1)
     try:  # loads and checks the model, tokenizer, prompts, reward
-        PPOTrainer(dataclasses.replace(spec.base, num_iterations=1))
+        if base.rollout_engine == "vllm":  # its python imports vllm; the server itself starts in the trials
+            problem = check_vllm_python(base.vllm_python)
+            if problem:
+                raise ConfigError([problem])
+            base = dataclasses.replace(base, rollout_engine="hf")
+        PPOTrainer(base)
     except TunerError as exc:
         raise spec.in_spec_terms(exc) from None
 

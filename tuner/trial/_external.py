@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from trials import metrics as K
-from tuner._process import die_with_parent, stop_group
+from trials.process import die_with_parent, stop_group
 from tuner.engines import (
     CONFIG_ENV,
     PLACEHOLDER,

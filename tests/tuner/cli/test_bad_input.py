@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -58,10 +59,10 @@ def test_tuner_validate_never_shows_a_traceback(text):
 
 
 @pytest.mark.parametrize("case", ["bad_prompts", "reward_types", "reward_count", "not_causal", "missing_model",
-                                  "missing_reward_file"])
+                                  "missing_reward_file", "no_vllm"])
 def test_bad_inputs_are_refused_before_any_trial_is_launched(tmp_path, demo_model, case):
     trial = {"model": "demo", "reward": "trials.demo:reward", "prompts": "demo"}
-    detail = ""
+    detail, base = "", {}
     if case == "bad_prompts":
         (tmp_path / "prompts.jsonl").write_text('{"prompt": "the cat"}\n{"prompt": 3}\n')
         trial["prompts"] = "prompts.jsonl"
@@ -79,12 +80,15 @@ def test_bad_inputs_are_refused_before_any_trial_is_launched(tmp_path, demo_mode
     elif case == "missing_model":
         trial["model"] = str(tmp_path / "no-such-model")
         field = "trial.model"
+    elif case == "no_vllm":  # an interpreter without vllm (this one): refused before any vLLM server starts
+        base = {"rollout_engine": "vllm", "vllm_python": sys.executable}
+        field, detail = "vllm_python", "cannot import vllm"  # base fields keep their engine name
     else:  # the spec key the user wrote, and the folder a relative path was looked for in
         trial["reward"] = "my_rewards.py:reward"
         field = "trial.reward"
         detail = ("file my_rewards.py does not exist (a relative path: looked for in the spec's folder "
                   f"{tmp_path.resolve()})")
-    path = write_spec(tmp_path, "bad", trial=trial)
+    path = write_spec(tmp_path, "bad", trial=trial, base=base)
     proc = tuner("run", path, cwd=tmp_path)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1 and errors[0].startswith(f"error: {field}: {detail}"), proc.stderr

@@ -4,8 +4,8 @@ A child started with `start_new_session=True` leads a process group of its own; 
 whole group (SIGTERM, then SIGKILL). Where the parent may be killed outright (SIGKILL, no handler
 runs), `die_with_parent` (a preexec_fn) has the kernel kill the child with it; a child that starts
 processes of its own calls `watch_parent()` instead, which kills its whole group once its parent is
-gone. The module imports nothing of the project: the trial engine's trainers and `tuner ui`'s server
-both use it.
+gone. The module imports nothing of the project, so every package uses it: the engine's vLLM rollout
+server (trials), the external trainers (tuner.trial) and `tuner ui`'s server.
 """
 
 from __future__ import annotations
