@@ -6,106 +6,32 @@ verified name sets next to them) are read here so that an export can only use na
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import importlib.util
 import json
 import math
-import re
 import shlex
 
 import pytest
 import yaml
 
+from tests.export_helpers import (
+    CONFIGS,
+    SOURCE,
+    TABLES,
+    TUNED,
+    comments,
+    names,
+    openrlhf_flags,
+    settings,
+    trl_kwargs,
+    verl_overrides,
+)
 from trials import ConfigError, PPOConfig, RewardError, field_specs
 from tuner.engines import openrlhf as openrlhf_engine
 from tuner.engines import trl as trl_engine
 from tuner.engines import verl as verl_engine
 from tuner.export import FORMATS, export_config
-
-SOURCE = {"sweep": "kl-sweep", "trial": 7, "objective": 0.42, "kl": 5.5}
-
-# A tuned config: adaptive KL, k3, cosine schedule with warmup, micro-batches, a reward model folder.
-TUNED = PPOConfig(
-    model_path="/models/policy", value_model_path="/models/value", reward="/models/rm", prompts="/data/p.jsonl",
-    eval_prompts="/data/eval.jsonl", max_prompt_length=128, policy_lr=2e-6, value_lr=3e-5, weight_decay=0.0,
-    lr_schedule="cosine", warmup_steps=16, max_grad_norm=0.5, rollout_batch_size=128, mini_batch_size=16,
-    micro_batch_size=8, ppo_epochs=2, kl_mode="adaptive", kl_coef=0.1, kl_target=8.0, kl_horizon=20000.0,
-    kl_estimator="k3", cliprange=0.15, cliprange_value=0.3, gae_lambda=0.9, gamma=0.99, vf_coef=0.5,
-    ent_coef=0.0, response_length=64, temperature=0.9, top_k=0, top_p=1.0, num_iterations=50, seed=3,
-)
-# Values most targets cannot take: top-k/top-p cuts, no advantage whitening, L2 Adam, linear schedule, ...
-AWKWARD = PPOConfig(
-    reward="rewards.py:score", prompts="prompts.txt", optimizer="adam", weight_decay=0.1, lr_schedule="linear",
-    warmup_steps=5, value_lr=1e-5, policy_lr=1e-5, rollout_batch_size=32, mini_batch_size=4, vf_coef=1.0,
-    ent_coef=0.01, whiten_advantages=False, whiten_rewards=True, top_k=40, top_p=0.9, kl_horizon=12345.6,
-    kl_mode="adaptive", device="cpu", precision="fp32", output_dir="/tmp/out",
-)
-CONFIGS = {"default": PPOConfig(), "tuned": TUNED, "awkward": AWKWARD}
-# LoRA on the policy (rank 16, alpha 32 = scale 2, two modules) with gradient checkpointing; and a value
-# head of its own adapter on the policy's base.
-LORA = dataclasses.replace(TUNED, lora_rank=16, lora_alpha=32.0, lora_target_modules="q_proj, v_proj",
-                           gradient_checkpointing=True)
-SHARED = dataclasses.replace(LORA, value_backbone="shared", lora_dropout=0.05, lora_target_modules="all-linear",
-                             frozen_dtype="bf16")
-LORA_CONFIGS = {"lora": LORA, "lora-shared": SHARED}
-TABLES = {"openrlhf": openrlhf_engine.FLAGS, "verl": verl_engine.KEYS, "trl": trl_engine.KWARGS}
-
-
-# -- reading the exports back ----------------------------------------------------------------------
-
-def openrlhf_flags(text: str) -> dict[str, list[str]]:
-    """{flag: its values} from the exported `args=( ... )` bash array."""
-    tokens = shlex.split(text, comments=True)
-    assert tokens[-4:] == ["python", "-m", "openrlhf.cli.train_ppo_ray", "${args[@]}"]
-    args = tokens[tokens.index("args=(") + 1:tokens.index(")")]
-    flags: dict[str, list[str]] = {}
-    for token in args:
-        if token.startswith("--"):
-            assert token not in flags, f"{token} written twice"
-            flags[token] = []
-        else:
-            flags[list(flags)[-1]].append(token)
-    return flags
-
-
-def verl_overrides(text: str) -> dict[str, str]:
-    tokens = shlex.split(text, comments=True)
-    assert tokens[-4:] == ["python", "-m", "verl.trainer.main_ppo", "${overrides[@]}"]
-    pairs = [t.split("=", 1) for t in tokens[tokens.index("overrides=(") + 1:tokens.index(")")]]
-    assert len({k for k, _ in pairs}) == len(pairs), "a key written twice"
-    return dict(pairs)
-
-
-def trl_kwargs(text: str) -> dict[str, object]:
-    tree = ast.parse(text)
-    imports = [n for n in tree.body if isinstance(n, ast.ImportFrom)]
-    assert [(n.module, [a.name for a in n.names]) for n in imports] == [("trl.experimental.ppo", ["PPOConfig"])]
-    (call,) = [n.value for n in tree.body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Call)]
-    assert call.func.id == "PPOConfig" and not call.args
-    return {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
-
-
-def trl_calls(text: str) -> dict[str, dict[str, object]]:
-    """{class: its keyword arguments} for each `name = Class(...)` of a TRL export that may hold a LoraConfig."""
-    tree = ast.parse(text)
-    imports = {(n.module, a.name) for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names}
-    assert imports <= {("trl.experimental.ppo", "PPOConfig"), ("peft", "LoraConfig")}
-    calls = [n.value for n in tree.body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Call)]
-    return {call.func.id: {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords} for call in calls}
-
-
-def settings(fmt: str, text: str) -> dict:
-    return {"openrlhf": openrlhf_flags, "verl": verl_overrides, "trl": trl_kwargs}[fmt](text)
-
-
-def comments(text: str) -> str:
-    return "\n".join(m.group(1) for line in text.splitlines() if (m := re.search(r"(?:^|\s)# ?(.*)$", line)))
-
-
-def names(words: str) -> set[str]:
-    return set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", words))
-
 
 # -- ppo-tuner's own formats -------------------------------------------------------------------------
 
@@ -269,102 +195,6 @@ def test_the_trl_snippet_builds_a_real_trl_ppo_config(name, tmp_path, monkeypatc
     assert {f.name for f in dataclasses.fields(TrlPPOConfig)} >= trl_engine.VERIFIED_KWARGS
     assert built.learning_rate == config.policy_lr and built.num_ppo_epochs == config.ppo_epochs
     assert built.num_mini_batches == config.num_mini_batches and built.use_cpu and not built.bf16
-
-
-# -- LoRA and memory ---------------------------------------------------------------------------------
-
-def test_openrlhf_lora():
-    flags = openrlhf_flags(export_config(LORA, "openrlhf")[0])
-    assert flags["--ds.lora.rank"] == ["16"] and flags["--ds.lora.alpha"] == ["32"]
-    assert flags["--ds.lora.dropout"] == ["0.0"] and flags["--ds.lora.target_modules"] == ["q_proj", "v_proj"]
-    assert flags["--actor.gradient_checkpointing_enable"] == []  # a store_true flag
-
-
-def test_openrlhf_leaves_all_linear_at_its_default():
-    text = export_config(dataclasses.replace(LORA, lora_target_modules="all-linear"), "openrlhf")[0]
-    assert "--ds.lora.target_modules" not in openrlhf_flags(text)  # as a list, peft would not read it as all-linear
-    assert "lora_target_modules" in names(comments(text))
-
-
-def test_verl_lora():
-    keys = verl_overrides(export_config(LORA, "verl")[0])
-    model = "actor_rollout_ref.model"
-    assert keys[f"{model}.lora_rank"] == "16" and keys[f"{model}.lora_alpha"] == "32"
-    assert keys[f"{model}.target_modules"] == "[q_proj,v_proj]"  # a Hydra list
-    assert keys[f"{model}.enable_gradient_checkpointing"] == "True"
-    assert keys["critic.model.enable_gradient_checkpointing"] == "True"
-    assert "critic.model.lora_rank" not in keys  # value_backbone separate: the critic trains every weight
-
-
-def test_verl_gives_a_shared_value_backbone_a_critic_adapter():
-    keys = verl_overrides(export_config(SHARED, "verl")[0])
-    assert keys["critic.model.path"] == SHARED.model_path  # the policy's base, not value_model_path
-    assert keys["critic.model.lora_rank"] == "16" and keys["critic.model.lora_alpha"] == "32"
-    assert keys["critic.model.target_modules"] == keys["actor_rollout_ref.model.target_modules"] == "all-linear"
-
-
-def test_trl_lora_is_a_peft_config():
-    text = export_config(LORA, "trl")[0]
-    compile(text, "exported.py", "exec")
-    calls = trl_calls(text)
-    assert calls["LoraConfig"] == {"task_type": "CAUSAL_LM", "r": 16, "lora_alpha": 32.0, "lora_dropout": 0.0,
-                                   "target_modules": ["q_proj", "v_proj"]}
-    assert set(calls["LoraConfig"]) <= trl_engine.VERIFIED_LORA_KWARGS
-    assert set(calls["PPOConfig"]) <= trl_engine.VERIFIED_KWARGS
-    assert calls["PPOConfig"]["gradient_checkpointing"] is True
-    assert "peft_config=peft_config" in comments(text)  # how PPOTrainer takes it
-
-
-def test_the_trl_lora_config_builds_a_real_peft_lora_config():
-    peft = pytest.importorskip("peft")
-    for config in LORA_CONFIGS.values():
-        built = peft.LoraConfig(**trl_calls(export_config(config, "trl")[0])["LoraConfig"])
-        assert built.r == config.lora_rank and built.lora_alpha == config.lora_alpha
-
-
-@pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="trl (1.12, the last with PPO) is not installed")
-def test_the_trl_lora_snippet_builds_real_configs(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
-    namespace: dict = {}
-    config = dataclasses.replace(LORA, device="cpu", output_dir=str(tmp_path))
-    exec(compile(export_config(config, "trl")[0], "exported.py", "exec"), namespace)
-    assert namespace["peft_config"].r == 16 and namespace["peft_config"].target_modules == {"q_proj", "v_proj"}
-    assert namespace["config"].gradient_checkpointing is True
-
-
-def test_openrlhf_loads_frozen_weights_in_bf16_already():
-    text, warnings = export_config(dataclasses.replace(TUNED, frozen_dtype="bf16"), "openrlhf")
-    assert not [w for w in warnings if w.startswith("frozen_dtype")] and "frozen_dtype" in names(comments(text))
-
-
-@pytest.mark.parametrize("fmt", ["openrlhf", "verl", "trl"])
-def test_full_fine_tuning_writes_no_lora_setting(fmt):
-    text, warnings = export_config(TUNED, fmt)
-    written = set(settings(fmt, text))  # for TRL: one PPOConfig call, no peft import
-    lora = {n for field in ("lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules")
-            for n in TABLES[fmt].get(field, ())}
-    assert not written & lora
-    assert "lora_rank 0: full fine-tuning" in comments(text)
-    assert not [w for w in warnings if w.startswith(("lora_", "value_backbone", "frozen_dtype"))]
-
-
-@pytest.mark.parametrize("name", LORA_CONFIGS)
-@pytest.mark.parametrize("fmt", ["openrlhf", "verl", "trl"])
-def test_lora_fields_are_expressed_or_named_in_a_comment(fmt, name):
-    text, warnings = export_config(LORA_CONFIGS[name], fmt)
-    if fmt == "trl":
-        calls = trl_calls(text)
-        written = set(calls["PPOConfig"]) | set(calls["LoraConfig"])
-        table = {**trl_engine.KWARGS, **trl_engine.LORA_KWARGS}
-        verified = trl_engine.VERIFIED_KWARGS | trl_engine.VERIFIED_LORA_KWARGS
-    else:
-        written, table = set(settings(fmt, text)), TABLES[fmt]
-        verified = (openrlhf_engine.VERIFIED_FLAGS if fmt == "openrlhf"
-                    else verl_engine.VERIFIED_KEYS)
-    assert written <= verified, written - verified
-    for field in field_specs():
-        assert written & set(table.get(field, ())) or field in names(comments(text)), f"{fmt}: {field}"
-    assert all(warning in comments(text) for warning in warnings)
 
 
 # -- nothing dropped silently ------------------------------------------------------------------------
