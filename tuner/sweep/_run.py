@@ -25,7 +25,7 @@ from tuner.sweep._fit import RayUse
 from tuner.sweep._outage import StudyOutage
 from tuner.sweep._promotion import PROMOTION, promoted_configs, promotion_missing, promotion_study
 from tuner.sweep._ray_logs import RAY_LOG, route_ray_logs
-from tuner.sweep._signals import stop_signal
+from tuner.sweep._signals import stop_signal, stops_noted
 from tuner.sweep._stage import (
     Stage,
     StageRun,
@@ -128,7 +128,14 @@ def quiet_libraries() -> None:
 def run_sweep(spec: CompiledSpec, callbacks: Sequence[SweepCallback] = ()) -> SweepSummary:
     """Run the trials the budget still wants, then the promotion of the best configs; returns the
     summary record (nothing is printed here: the CLI renders it, and its live table is one of
-    `callbacks`). The spec was checked by `preflight` before."""
+    `callbacks`). The spec was checked by `preflight` before. A Ctrl-C or SIGTERM at any point stops
+    it as one inside a trial's run does: no further trial starts, what ran is recorded, and the summary
+    says what is missing (`stops_noted`)."""
+    with stops_noted():
+        return _run_sweep(spec, callbacks)
+
+
+def _run_sweep(spec: CompiledSpec, callbacks: Sequence[SweepCallback]) -> SweepSummary:
     from tuner.sweep._tracking import SweepTracker
 
     study, storage = _open(spec, callbacks)

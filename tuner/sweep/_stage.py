@@ -18,6 +18,7 @@ from tuner.spec import CompiledSpec
 from tuner.sweep._callback import SweepCallback
 from tuner.sweep._fit import RayUse, fit, search_scheduler
 from tuner.sweep._promotion import PROMOTION, missing_runs, plan, promotion_study
+from tuner.sweep._signals import stop_signal
 from tuner.sweep._study import ATTR, interrupted, mark_interrupted
 from tuner.trial import Outcome
 
@@ -49,7 +50,7 @@ class Stage:
     title: str = ""  # told to the callbacks as `stage_started` (a later stage)
 
     def run(self, spec: CompiledSpec, ray: RayUse, callbacks: Sequence[SweepCallback]) -> StageRun:
-        if self.todo:
+        if self.todo and stop_signal() is None:  # a sweep stopped before this stage runs none of it
             if self.title:
                 for callback in callbacks:
                     callback.stage_started(self.name, self.title)

@@ -121,3 +121,70 @@ def test_a_stop_tells_the_trials_before_ray_tune_stops_them():
         assert signal.getsignal(signal.SIGINT) is found
     finally:
         signal.signal(signal.SIGINT, found)
+
+
+def test_outside_a_fit_a_first_stop_is_noted_and_a_second_raises():
+    """stops_noted, around a sweep: the first SIGINT or SIGTERM outside Ray Tune's fit is noted, not
+    raised (the sweep then ends as stopped); a second raises KeyboardInterrupt; the handlers found are
+    put back."""
+    from tuner.sweep import _signals
+
+    found_int, found_term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        for first in (signal.SIGINT, signal.SIGTERM):
+            _signals.stop_on_sigterm()
+            with _signals.stops_noted():
+                assert _signals.stop_signal() is None
+                os.kill(os.getpid(), first)
+                time.sleep(0.1)
+                assert _signals.stop_signal() == first
+                with pytest.raises(KeyboardInterrupt):
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(0.5)
+            assert signal.getsignal(signal.SIGINT) is found_int
+    finally:
+        _signals._received.clear()
+        signal.signal(signal.SIGTERM, found_term)
+
+
+class _StopWhenRayIsUp:
+    """A sweep callback that sends this process SIGINT, as Ctrl-C does, once Ray is up: after Ray
+    starts and before Ray Tune's fit takes over Ctrl-C."""
+
+    def __init__(self):
+        self.sent = False
+
+    def phase(self, message: str) -> None:
+        if message.startswith("Ray is up") and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # the handler runs here, in this thread
+
+    def __getattr__(self, name):  # the other events: nothing to do
+        return lambda *args, **kwargs: None
+
+
+def test_a_stop_before_the_fit_ends_the_sweep_as_stopped_with_nothing_left_running(tmp_path, demo_model):
+    """A Ctrl-C that comes while Ray starts, outside Ray Tune's fit, stops the sweep as one inside it
+    does: run_sweep returns its summary (no KeyboardInterrupt), no trial runs to its end, none and no
+    MLflow run is left RUNNING, and the summary counts the budget as still to run."""
+    from tuner.sweep import _signals, run_sweep
+
+    spec = load_spec(write_spec(tmp_path, "early-stop", budget={"trials": 4, "iterations": 6}))
+    found_int, found_term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    callback = _StopWhenRayIsUp()
+    try:
+        try:
+            summary = run_sweep(spec, callbacks=[callback])
+        except KeyboardInterrupt:
+            pytest.fail("a first Ctrl-C outside the fit was raised, not noted")
+        assert callback.sent and _signals.stop_signal() == signal.SIGINT
+    finally:
+        _signals._received.clear()
+        signal.signal(signal.SIGTERM, found_term)
+    assert signal.getsignal(signal.SIGINT) is found_int
+    assert summary.missing == 4, summary
+    study = optuna.load_study(study_name=spec.name, storage=open_storage(spec.storage_url()))
+    assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.COMPLETE)]
+    runs = sweep_runs(MlflowClient(spec.tracking_uri()), spec.name)
+    assert runs and all(r.info.status != "RUNNING" for r in runs)
