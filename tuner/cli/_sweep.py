@@ -152,6 +152,11 @@ def _start(spec: CompiledSpec) -> int:
         print(f"sweep stopped with {summary.promotion_missing} promotion runs still to run; "
               f"continue with: tuner resume {summary.sweep_dir}", file=sys.stderr)
         return stopped_code()
+    from tuner.sweep import stop_signal
+
+    if stop_signal() is not None:  # the stop came after the last trial: what it would stop had all run
+        print(f"sweep {summary.name} was stopped after its last run had ended: nothing is left to run",
+              file=sys.stderr)
     return 0
 
 

@@ -52,7 +52,8 @@ def _cancel(cluster, job_id: str, name: str, cwd) -> dict[int, TrialState]:
     done = tuner("cancel", job_id, "--address", cluster.dashboard, env=cluster.client_env(), cwd=cwd)
     assert done.returncode == 0 and f"job {job_id}: STOPPED" in done.stdout, done.stdout + done.stderr
     log = tuner("logs", job_id, "--address", cluster.dashboard, env=cluster.client_env(), cwd=cwd).stdout
-    assert "tuner resume" in log  # the driver stopped as on Ctrl-C: what ran is recorded
+    # the driver stopped as on Ctrl-C: what ran is recorded (the stop may come after the last trial)
+    assert "tuner resume" in log or "nothing is left to run" in log, log[-3000:]
     states = {t.number: t.state for t in _study(cluster, name).trials}
     assert TrialState.RUNNING not in states.values(), states
     experiment = MlflowClient(cluster.tracking_uri).get_experiment_by_name(name)
