@@ -205,6 +205,9 @@ class PPOConfig:
         "it trains on, so the sampler's numerics cannot bias the PPO ratio)", choices=("hf", "vllm"))
     vllm_python: str | None = _p(None, "rollout_engine vllm: the python of an environment with vLLM, e.g. "
                                  ".venv-vllm/bin/python (README: Install)", nullable=True, path=True)
+    vllm_gpu_memory_utilization: float = _p(0.3, "rollout_engine vllm on a GPU: the share of its memory the vLLM "
+        "server takes (--gpu-memory-utilization; vLLM's 0.9 would starve the training, which has the rest; the "
+        "memory constraint counts both). Unused on a CPU", low=0, low_open=True, high=1, high_open=True)
 
     # -- LoRA and memory ------------------------------------------------------------------------
     lora_rank: int = _p(0, "rank of the policy's LoRA adapter (peft); 0 trains every weight (full "

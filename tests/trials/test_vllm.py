@@ -51,6 +51,20 @@ def vllm_config(model: Path, **changes) -> PPOConfig:
 
 # -- a missing vLLM: one line naming the field and the install command ---------------------------------
 
+def test_on_a_gpu_the_server_takes_only_its_configured_share_of_the_card(tmp_path):
+    """vLLM's own default, 0.9 of the card, would leave the training on the same GPU too little: on a GPU
+    the server is started with vllm_gpu_memory_utilization; on a CPU the flag is not given."""
+    from trials._vllm import ServerKey
+
+    config = vllm_config(tmp_path, vllm_python=sys.executable, vllm_gpu_memory_utilization=0.35)
+    gpu = ServerKey.of(config, str(tmp_path), torch.bfloat16, 1, cuda=True).argv(8000)
+    assert gpu[gpu.index("--gpu-memory-utilization") + 1] == "0.35"
+    assert "--gpu-memory-utilization" not in ServerKey.of(config, str(tmp_path), torch.float32, 1).argv(8000)
+    with pytest.raises(ConfigError) as err:
+        PPOConfig.from_dict({"vllm_gpu_memory_utilization": 1.2})
+    assert [p.path for p in err.value.problems] == ["vllm_gpu_memory_utilization"]
+
+
 def test_vllm_without_its_python_names_the_field_and_the_install_command():
     with pytest.raises(ConfigError) as err:
         PPOConfig.from_dict({"rollout_engine": "vllm"})

@@ -2,7 +2,10 @@
 before a trial is launched, against the memory a trial may use (`resources.trial_memory_gb`).
 
 The prediction is for the device the trial will run on: CUDA where the spec gives trials GPUs, else
-the CPU. The model's config.json is read once; no weights are loaded.
+the CPU. The model's config.json is read once; no weights are loaded. On a GPU with rollout_engine
+vllm, the vLLM server's share of the card (`vllm_gpu_memory_utilization` of it, a reservation vLLM
+makes at its start and keeps) is added to the trial's own peak: both live on the trial's GPU. The card
+is the budget's (trial_memory_gb / gpus_per_trial where trials share one).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ class MemoryCheck:
     def __init__(self, budget_gb: float, gpus_per_trial: float):
         self.budget_gb = budget_gb
         self.device = "cuda" if gpus_per_trial > 0 else "cpu"
+        self.card_gb = budget_gb / min(gpus_per_trial, 1.0) if gpus_per_trial > 0 else 0.0
         self._configs: dict[str | None, Any] = {}  # model path -> its transformers config
 
     def _model_config(self, path: str | None) -> Any:
@@ -39,7 +43,14 @@ class MemoryCheck:
 
         config = dataclasses.replace(config, device=self.device)
         value = self._model_config(config.value_model_path) if config.value_model_path else None
-        return estimate_memory(config, self._model_config(config.model_path), value).peak / GIB
+        own = estimate_memory(config, self._model_config(config.model_path), value).peak / GIB
+        return own + self.vllm_gb(config)
+
+    def vllm_gb(self, config: PPOConfig) -> float:
+        """The vLLM server's share of the trial's GPU, in GiB: 0 on a CPU or with rollout_engine hf."""
+        if config.rollout_engine != "vllm" or self.device != "cuda":
+            return 0.0
+        return config.vllm_gpu_memory_utilization * self.card_gb
 
     def violation(self, config: PPOConfig) -> float:
         """The constraint's value: predicted GiB minus the budget (<= 0: it fits)."""

@@ -27,6 +27,19 @@ def test_the_prediction_grows_with_the_batch_and_the_length(demo_model):
     assert check.violation(small) == check.predict_gb(small) - 1.0
 
 
+def test_on_a_gpu_the_vllm_servers_share_of_the_card_counts_toward_the_trials_memory(demo_model, tmp_path):
+    """vLLM reserves its share of the card at its start: on a GPU the trial needs its own peak plus that
+    share (of the card: the budget over gpus_per_trial where trials share one); on a CPU nothing more."""
+    hf = PPOConfig(model_path=str(demo_model))
+    vllm = PPOConfig(model_path=str(demo_model), rollout_engine="vllm", vllm_python=str(tmp_path / "python"),
+                     vllm_gpu_memory_utilization=0.25)
+    whole, half = MemoryCheck(80.0, gpus_per_trial=1), MemoryCheck(40.0, gpus_per_trial=0.5)
+    assert whole.predict_gb(vllm) - whole.predict_gb(hf) == pytest.approx(0.25 * 80)
+    assert half.predict_gb(vllm) - half.predict_gb(hf) == pytest.approx(0.25 * 80)  # a quarter of the 80 GiB card
+    cpu = MemoryCheck(8.0, gpus_per_trial=0)
+    assert cpu.predict_gb(vllm) == cpu.predict_gb(hf)
+
+
 def test_the_extremes_of_a_space_are_its_ends_and_choices():
     spec = parse_spec({"name": "m", "base": {"mini_batch_size": 8}, "search_space": {
         **SPACE, "policy_lr": {"low": 1e-6, "high": 5e-5, "log": True}}})
