@@ -177,8 +177,9 @@ def promoted_configs(spec: CompiledSpec, search: optuna.Study, study: optuna.Stu
     planned = plan(spec, search)
     if not planned:
         return []
-    ranks = {t.number: i + 1 for i, t in enumerate(ranked_feasible(search))}
-    values = {t.number: t.values[0] for t in ranked_feasible(search)}
+    ranked = ranked_feasible(search)  # one read of the study
+    ranks = {t.number: i + 1 for i, t in enumerate(ranked)}
+    values = {t.number: t.values[0] for t in ranked}
     seeds = {run.seed for run in planned}
     configs = {run.source: PromotedConfig(source=run.source, params=run.params, search_value=values[run.source],
                                           search_rank=ranks[run.source], seeds=len(seeds))
