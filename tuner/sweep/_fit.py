@@ -20,10 +20,10 @@ from tuner.sweep._outage import StudyOutage
 from tuner.sweep._signals import noting_tune_stops, stop_on_sigterm
 from tuner.trial import SCHEDULER_SCORE
 
-__all__ = ["RayUse", "fit", "search_scheduler"]
+__all__ = ["RayUse", "fit", "join_ray", "search_scheduler"]
 
 
-def _ray_init(spec: CompiledSpec) -> bool:
+def join_ray(spec: CompiledSpec) -> bool:
     """Join `ray.address`, else the cluster RAY_ADDRESS names (as in a Ray job's driver), else start
     a local Ray. A jobs-API address (http://HEAD:8265) is for `tuner submit`: never joined."""
     import socket
@@ -83,7 +83,7 @@ class RayUse:
         where = f"joining the Ray cluster at {address}" if address else "starting a local Ray"
         tell(self.callbacks,
              f"{where} for {what}, {self.spec.resources.max_concurrent} at a time")
-        self.started = _ray_init(self.spec)
+        self.started = join_ray(self.spec)
         self.up = True
         tell(self.callbacks, "Ray is up: starting the trials' workers (each loads torch and its "
                              "model before its first report)")

@@ -102,6 +102,8 @@ def preflight(spec: CompiledSpec) -> None:
             from tuner.trial import check_trainer
 
             check_trainer(spec.trial.engine, list(spec.trial.command or ()), dict(spec.trial.env))
+        else:
+            _check_shared_folder(spec)
         return
     from trials import ConfigError, PPOTrainer, TunerError, check_vllm_python
 
@@ -115,6 +117,39 @@ def preflight(spec: CompiledSpec) -> None:
         PPOTrainer(base)
     except TunerError as exc:
         raise spec.in_spec_terms(exc) from None
+
+
+def _check_shared_folder(spec: CompiledSpec) -> None:
+    """On a cluster, for an engine whose Ray actors write a trial's metrics in its folder from any node
+    (verl): the sweep's folder must be one storage on every node (tuner.cluster.unshared_nodes)."""
+    from tuner.engines import engine
+
+    if not engine(spec.trial.engine).path_setting:
+        return
+    import ray
+
+    from tuner.cluster import unshared_nodes
+    from tuner.sweep._fit import join_ray
+
+    folder = spec.sweep_dir().resolve()
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    started = join_ray(spec)
+    try:
+        unshared = unshared_nodes(folder)
+    finally:
+        if started:
+            ray.shutdown()
+        for made_here in made:  # nothing is left of the check
+            made_here.rmdir()
+    if unshared:
+        raise ConfigError([Problem(
+            "workdir", spec.spec.workdir,
+            f"is not one storage on every node: {len(unshared)} of the cluster's nodes see another folder at "
+            f"{folder} ({', '.join(unshared[:3])}), and verl's actors write each trial's metrics and "
+            "checkpoints there from any node",
+            "put workdir on storage every node mounts at the same path (NFS, a ReadWriteMany volume; "
+            "docs/cluster.md, 'Shared storage')")])
 
 
 def quiet_libraries() -> None:

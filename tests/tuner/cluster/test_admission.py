@@ -33,12 +33,7 @@ def cluster():
     try:
         yield cluster
     finally:
-        cluster.stop()
-        deadline = time.monotonic() + 10
-        while cluster.processes() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        left = cluster.processes()
-        assert left == [], [Path(f"/proc/{p}/cmdline").read_bytes()[:120] for p in left]  # no raylet, gcs_server
+        assert cluster.stop_and_wait() == []  # no raylet, gcs_server
 
 
 @pytest.fixture
