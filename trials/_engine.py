@@ -243,6 +243,7 @@ class PPOTrainer:
         initial_evals = self.initial_evals()
         initial_eval = initial_evals[K.EVAL_SCORES]
         stopped, iteration, done = False, 0, self.resumed.iteration if self.resumed else 0
+        saved = done > 0  # its checkpoint is this run's: deleted at its end
         # iterations restored from the checkpoint are reported again from its metrics (not run again), so
         # the reporter counts every iteration from 1, as the run's first attempt did
         for iteration in range(1, config.num_iterations + 1):
@@ -251,10 +252,12 @@ class PPOTrainer:
                 run.history.append(metrics)
                 if checkpoint_due(config, iteration):
                     save_checkpoint(run, iteration, initial_evals)
+                    saved = True
             if report(iteration, metrics):
                 stopped = iteration < config.num_iterations
                 break
-        remove_checkpoint(config)  # the run ended: nothing will resume from it
+        if saved:
+            remove_checkpoint(config)  # the run ended: nothing will resume from it
         if config.output_dir:
             save_policy(run.policy, run.tokenizer, config.output_dir, merged=config.save_merged)
         history = run.history[:iteration]  # a run resumed that stops among its restored iterations ends there

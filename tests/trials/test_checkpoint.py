@@ -8,9 +8,8 @@ import math
 import pytest
 import torch
 
-from trials import PPOConfig, PPOTrainer
+from trials import CHECKPOINT_FILE, PPOConfig, PPOTrainer
 from trials import metrics as K
-from trials._checkpoint import CHECKPOINT_FILE
 
 BASE = dict(policy_lr=3e-4, value_lr=1e-3, kl_mode="adaptive", kl_coef=0.05, kl_target=1.0, kl_horizon=200.0,
             rollout_batch_size=16, mini_batch_size=8, ppo_epochs=2, response_length=8, eval_interval=2,
@@ -116,7 +115,7 @@ def test_only_a_checkpoint_of_the_same_config_is_loaded(demo_model, tmp_path, ch
 
 
 def test_a_save_that_dies_midway_leaves_the_previous_checkpoint(demo_model, tmp_path, monkeypatch):
-    from trials import _checkpoint
+    from trials import _checkpoint  # its torch.save fails midway
 
     trainer = PPOTrainer(config(tmp_path, num_iterations=6))
     real_save = torch.save
