@@ -91,6 +91,7 @@ def save_checkpoint(run: _Run, iteration: int, initial: dict[str, float]) -> Pat
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)  # the previous checkpoint stays whole until this rename
+    _remove_partial(path)
     return path
 
 
@@ -128,6 +129,13 @@ def remove_checkpoint(config: PPOConfig) -> None:
     path = checkpoint_path(config)
     if path is not None:
         path.unlink(missing_ok=True)
+        _remove_partial(path)
+
+
+def _remove_partial(path: Path) -> None:
+    """Delete the temporary files of saves cut short (a process killed while it saved)."""
+    for partial in path.parent.glob(f".{path.name}.*.tmp"):
+        partial.unlink(missing_ok=True)
 
 
 def _copy_params(params: list[torch.nn.Parameter], saved: list[torch.Tensor], what: str) -> None:

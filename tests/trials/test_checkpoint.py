@@ -130,8 +130,11 @@ def test_a_save_that_dies_midway_leaves_the_previous_checkpoint(demo_model, tmp_
     with pytest.raises(Killed):
         trainer.train()
     monkeypatch.setattr(_checkpoint.torch, "save", real_save)
+    assert [p.name for p in tmp_path.iterdir() if p.name != CHECKPOINT_FILE] != []  # the cut-short save's file
     again = PPOTrainer(config(tmp_path, num_iterations=6))
     assert again.resumed is not None and again.resumed.iteration == 2
+    again.train()
+    assert list(tmp_path.iterdir()) == []  # the run ended: its checkpoint and the partial file are gone
 
 
 def test_no_checkpoint_dir_or_checkpoint_every_0_writes_nothing(demo_model, tmp_path):
