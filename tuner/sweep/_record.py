@@ -88,7 +88,8 @@ class LiveTrial:
         self.steps.add(step)
         # restored from the checkpoint of this trial's earlier attempt, which counted its seconds and score (a
         # re-run of an interrupted trial's config restores that trial's: new to this one, counted here)
-        replayed = record.replayed(step) and step in self.counted
+        told = step in self.counted  # an earlier attempt reported this iteration (Optuna keeps its score)
+        replayed = record.replayed(step) and told
         if record.resumed_after and self.user_attrs.get(Attr.RESUMED) != record.resumed_after:
             self.set_user_attr(Attr.RESUMED, record.resumed_after)
         self.compute += 0.0 if replayed else record.seconds
@@ -101,7 +102,7 @@ class LiveTrial:
             self.evals.append([step, record.eval, record.metrics[K.EVAL_GOLD]])
         if record.pid and self.user_attrs.get(Attr.PID) != record.pid:
             self.set_user_attr(Attr.PID, record.pid)
-        if not multi and not replayed and math.isfinite(record.objective):
+        if not multi and not told and math.isfinite(record.objective):
             self.report(record.objective, step=step)
 
     def retried(self) -> int:
