@@ -279,3 +279,13 @@ def test_the_memory_models_held_out_errors_are_its_predictions_against_the_measu
         predicted = estimate_memory(PPOConfig.from_dict(runs[0]["fields"]), model_config()).peak
         assert [r["predicted_bytes"] for r in runs] == [predicted] * len(runs)
         assert res["cpu"][name]["errors"] == [predicted / r["peak_bytes"] - 1 for r in runs]
+
+
+def test_trial_checkpoint_bench_resumes_after_the_last_checkpoint(tmp_path, demo_model):
+    proc = _bench("trial_checkpoint.py", "--iterations", "4", "--every", "2", "--kill", "3", out=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "trial_checkpoint.json").read_text())
+    assert res["retry_from_checkpoint"]["resumed_after"] == 2 and res["retry_from_checkpoint"]["iterations_run"] == 2
+    assert res["retry_afresh"]["resumed_after"] == 0 and res["retry_afresh"]["iterations_run"] == 4
+    assert res["uniform_preemption_lost_iterations"] == {"without": 2, "with": 0.67}  # k = 1, 2, 3: k; k mod 2
+    assert res["save_full"]["size_mib"] > res["save_lora"]["size_mib"] > 0

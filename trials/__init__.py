@@ -21,6 +21,7 @@ from trials._threads import reserved_threads
 
 __all__ = [
     "BUILTIN_MODELS",
+    "CHECKPOINT_FILE",
     "OUTSIDE_RANGE",
     "REWARD_FIELDS",
     "ConfigError",
@@ -44,6 +45,7 @@ __all__ = [
     "estimate_memory",
     "field_specs",
     "forecast_kl",
+    "load_checkpoint",
     "is_builtin_model",
     "looked_in",
     "metrics",
@@ -53,6 +55,7 @@ __all__ = [
     "path_fields",
     "reserved_threads",
     "resolve_relative",
+    "save_checkpoint",
     "train",
 ]
 
@@ -63,6 +66,10 @@ def __getattr__(name: str):
         from trials import _engine
 
         return getattr(_engine, name)
+    if name in ("CHECKPOINT_FILE", "load_checkpoint", "save_checkpoint"):
+        from trials import _checkpoint
+
+        return getattr(_checkpoint, name)
     if name == "check_vllm_python":
         from trials import _vllm
 

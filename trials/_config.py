@@ -264,6 +264,11 @@ class PPOConfig:
                                  nullable=True)
     output_dir: str | None = _p(None, "if set, the final policy and tokenizer are saved here with "
                                 "save_pretrained", nullable=True, path=True)
+    checkpoint_every: int = _p(10, "save the run's state to checkpoint_dir every this many iterations (only the latest "
+                               "is kept); a run started again with the same config resumes after it; 0: never",
+                               unit="iterations", low=0)
+    checkpoint_dir: str | None = _p(None, "checkpoint_every's folder; empty: none (a sweep's trial: its own "
+                                    "checkpoints/ folder, so that a retry resumes)", nullable=True, path=True)
 
     # -------------------------------------------------------------------------------------------
     @classmethod
@@ -287,9 +292,8 @@ class PPOConfig:
             else:
                 values[key] = value
         config = cls(**values)
-        problems += [p for p in config.problems(prefix=prefix)
-                     if p.path.removeprefix(prefix) not in {
-                         q.path.removeprefix(prefix) for q in problems}]
+        seen = {q.path.removeprefix(prefix) for q in problems}
+        problems += [p for p in config.problems(prefix=prefix) if p.path.removeprefix(prefix) not in seen]
         if problems:
             raise ConfigError(problems)
         return config

@@ -20,6 +20,7 @@ import torch
 from trials import _math as M
 from trials import metrics as K
 from trials._chat import ChatFormat, chat_format, stop_token_ids
+from trials._checkpoint import checkpoint_due, load_checkpoint, remove_checkpoint, save_checkpoint
 from trials._config import PPOConfig
 from trials._errors import ConfigError, NonFiniteError, Problem
 from trials._lora import frozen_dtype, load_models, reference, save_policy
@@ -208,7 +209,9 @@ class PPOTrainer:
 
     def __init__(self, config: PPOConfig):
         self.state = prepare(config)
-        self._initial: dict[str, float] | None = None
+        # a run started again with its checkpoint_dir holding this config's checkpoint continues after it
+        self.resumed = load_checkpoint(self.state) if config.checkpoint_dir else None
+        self._initial = dict(self.resumed.initial) if self.resumed else None
 
     def initial_evals(self) -> dict[str, float]:
         """The evaluation before any update (computed once): eval/scores, and eval/gold_scores where
@@ -238,19 +241,29 @@ class PPOTrainer:
         """Run config.num_iterations iterations, or until the reporter asks to stop."""
         run, config = self.state, self.state.config
         report = _report_fn(reporter)
-        initial_eval = self.initial_eval()
-        stopped = False
-        iteration = 0
+        initial_evals = self.initial_evals()
+        initial_eval = initial_evals[K.EVAL_SCORES]
+        stopped, iteration, done = False, 0, self.resumed.iteration if self.resumed else 0
+        saved = done > 0  # its checkpoint is this run's: deleted at its end
+        # iterations restored from the checkpoint are reported again from its metrics (not run again), so
+        # the reporter counts every iteration from 1, as the run's first attempt did
         for iteration in range(1, config.num_iterations + 1):
-            metrics = _iteration(run, iteration)
-            run.history.append(metrics)
+            metrics = run.history[iteration - 1] if iteration <= done else _iteration(run, iteration)
+            if iteration > done:
+                run.history.append(metrics)
+                if checkpoint_due(config, iteration):
+                    save_checkpoint(run, iteration, initial_evals)
+                    saved = True
             if report(iteration, metrics):
                 stopped = iteration < config.num_iterations
                 break
+        if saved:
+            remove_checkpoint(config)  # the run ended: nothing will resume from it
         if config.output_dir:
             save_policy(run.policy, run.tokenizer, config.output_dir, merged=config.save_merged)
-        return TrainResult(iterations=iteration, stopped=stopped, metrics=run.history[-1] if run.history else {},
-                           history=list(run.history), initial_eval=initial_eval, output_dir=config.output_dir)
+        history = run.history[:iteration]  # a run resumed that stops among its restored iterations ends there
+        return TrainResult(iterations=iteration, stopped=stopped, metrics=history[-1] if history else {},
+                           history=history, initial_eval=initial_eval, output_dir=config.output_dir)
 
 
 def train(config: PPOConfig, reporter: Reporter | ReportFn | None = None) -> TrainResult:

@@ -48,4 +48,4 @@ def test_relative_paths_resolve_only_where_they_exist(tmp_path):
 
 def test_the_path_valued_fields_are_listed_once():
     assert set(path_fields()) == {"model_path", "value_model_path", "reward", "eval_reward", "prompts", "eval_prompts",
-                                  "output_dir", "vllm_python"}
+                                  "output_dir", "checkpoint_dir", "vllm_python"}

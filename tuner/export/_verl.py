@@ -62,7 +62,7 @@ class Verl(Exporter):
     notes = ("Add your cluster layout and logging: trainer.n_gpus_per_node, trainer.nnodes, "
              "actor_rollout_ref.rollout.tensor_model_parallel_size, trainer.logger, ...",)
     plumbing = ("device", "precision", "num_threads", "output_dir", "save_merged", "num_eval_prompts", "eval_reward",
-                "rollout_engine", "vllm_python")
+                "rollout_engine", "vllm_python", "checkpoint_every", "checkpoint_dir")
     optimizers = {"adamw": "AdamW", "adam": "Adam"}
     kl_estimators = {"k1": "kl", "k3": "low_var_kl"}
     shared_value = ("its critic is a model of its own: exported from model_path, with a LoRA adapter of the "

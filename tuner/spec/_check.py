@@ -95,6 +95,10 @@ def _check_base(spec: SweepSpec, found: Found) -> dict[str, Any]:
             found.error(path, raw, "unknown engine field", did_you_mean(str(name), specs))
         elif name in TRIAL_FIELDS:
             found.error(path, raw, "is set under trial", f"set trial.{TRIAL_FIELDS[name]} instead")
+        elif name == "checkpoint_dir":  # one folder for every trial: concurrent trials would overwrite each other's
+            found.error(path, raw, "would be every trial's checkpoint folder; each trial checkpoints in its own "
+                        "(trials/N/checkpoints in the sweep's folder)",
+                        "remove base.checkpoint_dir (base.checkpoint_every sets how often, 0 never)")
         elif name in spec.search_space:
             found.error(f"search_space.{name}", plain(spec.search_space[name]), f"is also fixed in base ({raw!r})",
                         f"remove base.{name} or search_space.{name}")

@@ -59,6 +59,7 @@ class LiveTrial:
         self.compute = 0.0  # sum of its iterations' seconds
         self.last: TrialReport | TrialFailure | None = None  # the last record it reported
         self.steps: set[int] = set()  # the iterations whose score the study was told
+        self.counted: set[int] = set()  # the iterations counted in its compute, over all its attempts
         self.eval = math.nan  # the last eval/scores reported
         # [iteration, eval/scores, eval/gold_scores] where both were reported
         self.evals: list[list[float]] = []
@@ -85,7 +86,14 @@ class LiveTrial:
         if step in self.steps:
             return
         self.steps.add(step)
-        self.compute += record.seconds
+        # restored from the checkpoint of this trial's earlier attempt, which counted its seconds and score (a
+        # re-run of an interrupted trial's config restores that trial's: new to this one, counted here)
+        told = step in self.counted  # an earlier attempt reported this iteration (Optuna keeps its score)
+        replayed = record.replayed(step) and told
+        if record.resumed_after and self.user_attrs.get(Attr.RESUMED) != record.resumed_after:
+            self.set_user_attr(Attr.RESUMED, record.resumed_after)
+        self.compute += 0.0 if replayed else record.seconds
+        self.counted.add(step)
         before = self.eval if math.isfinite(self.eval) else record.initial_eval
         self.eval = record.metrics.get(K.EVAL_SCORES, before)
         if not self.evals and math.isfinite(record.initial_gold):  # before any update
@@ -94,7 +102,7 @@ class LiveTrial:
             self.evals.append([step, record.eval, record.metrics[K.EVAL_GOLD]])
         if record.pid and self.user_attrs.get(Attr.PID) != record.pid:
             self.set_user_attr(Attr.PID, record.pid)
-        if not multi and math.isfinite(record.objective):
+        if not multi and not told and math.isfinite(record.objective):
             self.report(record.objective, step=step)
 
     def retried(self) -> int:

@@ -162,6 +162,8 @@ class StudySearcher(TrialLedger, Searcher):
                          objective=spec.objective.model_dump(), engine_kind=spec.trial.engine,
                          external=spec.launch(),
                          source=source, folder=str(self.trial_folder(trial.number)),
+                         rerun_of=str(self.trial_folder(trial.user_attrs[Attr.RERUN]))
+                         if Attr.RERUN in trial.user_attrs else "",
                          stop_key=self.stop_key,
                          sys_path=[p for p in [os.getcwd(), *sys.path] if p])
         self._live[trial_id] = LiveTrial(trial, task, self.writes)

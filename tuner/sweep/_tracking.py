@@ -229,6 +229,7 @@ class TrialLogger(SweepCallback):
         self.tracker, self.kind = tracker, kind
         self.client = tracker.client
         self.runs: dict[int, str] = {}  # trial number -> mlflow run id
+        self.logged: dict[int, int] = {}  # trial number -> the last iteration logged, over its attempts
         self.writer = Writer()
 
     def open_run(self, task: TrialTask) -> str:
@@ -285,8 +286,9 @@ class TrialLogger(SweepCallback):
 
     def trial_reported(self, number: int, iteration: int, report: TrialReport) -> None:
         run_id = self.runs.get(number)
-        if run_id is None:
-            return
+        if run_id is None or report.replayed(iteration) and iteration <= self.logged.get(number, 0):
+            return  # restored from the checkpoint of the trial's earlier attempt, which logged it
+        self.logged[number] = max(iteration, self.logged.get(number, 0))
         values = report.to_result()
         metrics = [Metric(LR_MICRO[n], float(values[n]) * 1e6, 0, iteration) if n in LR_MICRO
                    else Metric(n, float(values[n]), 0, iteration) for n in _METRICS

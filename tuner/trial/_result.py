@@ -16,7 +16,7 @@ from typing import Any
 
 from trials import metrics as K
 
-__all__ = ["ERROR", "INITIAL_EVAL", "ITERATION", "KL_MAX", "OBJECTIVE", "SCHEDULER_SCORE", "STATES",
+__all__ = ["ERROR", "INITIAL_EVAL", "ITERATION", "KL_MAX", "OBJECTIVE", "RESUMED", "SCHEDULER_SCORE", "STATES",
            "Outcome", "State", "StopReason", "TextEnum", "TrialFailure", "TrialReport",
            "failing_alike", "last_line", "read_result"]
 
@@ -34,6 +34,9 @@ ERROR = "error"  # a failed attempt: "Type: message"
 RETRYABLE = "retryable"  # 1.0 when running the attempt again may succeed
 TRACEBACK = "traceback"
 TRAINER = "trainer/"  # prefix of an external trainer's own metric names, kept besides ours
+# the iteration this attempt restored from its checkpoint (0: none); its reports up to it are the earlier
+# attempt's, reported again from the checkpoint so that the iterations count on from 1
+RESUMED = "resumed_after"
 ITERATION = "training_iteration"  # Ray Tune's count of reports: the engine's iteration
 
 class TextEnum(str, Enum):
@@ -114,6 +117,7 @@ class TrialReport:
     initial_eval: float = math.nan  # eval/scores before any update; NaN where the trial did not evaluate it
     initial_gold: float = math.nan  # eval/gold_scores before any update; NaN without a held-out reward
     trainer: dict[str, float] = field(default_factory=dict)  # an external trainer's numbers, under its own names
+    resumed_after: int = 0  # RESUMED: the iteration this attempt's checkpoint held, 0 where it started afresh
 
     def to_result(self) -> dict[str, Any]:
         trainer = {TRAINER + k: v for k, v in self.trainer.items()}
@@ -121,7 +125,7 @@ class TrialReport:
                                OBJECTIVE: self.objective, SCHEDULER_SCORE: self.scheduler_score,
                                KL_MAX: self.kl_max, START_SECONDS: self.start_seconds,
                                WARM_START: float(self.warm_start), PID: self.pid, INITIAL_EVAL: self.initial_eval,
-                               INITIAL_GOLD: self.initial_gold}
+                               INITIAL_GOLD: self.initial_gold, RESUMED: self.resumed_after}
         if self.stop_reason is not None:
             out[STOP_REASON] = self.stop_reason
         return out
@@ -138,6 +142,10 @@ class TrialReport:
     def initial(self, metric: str) -> float:
         """`metric`'s value before any update (an evaluated metric), NaN where it was not measured."""
         return {K.EVAL_SCORES: self.initial_eval, K.EVAL_GOLD: self.initial_gold}.get(metric, math.nan)
+
+    def replayed(self, iteration: int) -> bool:
+        """Whether this report of `iteration` is an earlier attempt's, restored from its checkpoint."""
+        return iteration <= self.resumed_after
 
     @property
     def seconds(self) -> float:
@@ -175,6 +183,7 @@ def read_result(result: dict[str, Any]) -> TrialReport | TrialFailure:
                        warm_start=bool(result.get(WARM_START)), pid=int(result.get(PID, 0) or 0),
                        initial_eval=float(result.get(INITIAL_EVAL, math.nan)),
                        initial_gold=float(result.get(INITIAL_GOLD, math.nan)),
+                       resumed_after=int(result.get(RESUMED, 0) or 0),
                        trainer={k[len(TRAINER):]: float(v) for k, v in result.items()
                                 if k.startswith(TRAINER) and isinstance(v, (int, float))})
 

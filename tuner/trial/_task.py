@@ -27,6 +27,7 @@ class TrialTask:
     source: int | None = None  # a promotion run: the number of the search trial whose config it runs again
     stop_key: str = ""  # the key in Ray's KV store the controller sets once the sweep is stopped
     folder: str = ""  # absolute: the trial's own folder (sweeps/NAME/trials/N), the trainer's cwd
+    rerun_of: str = ""  # a re-run of an interrupted trial's config: that trial's folder, whose checkpoint it resumes
 
     def kl_stopper(self) -> KLLimit:
         """The KL limit as this trial's stopper (trials.KLLimit), with the spec's forecast and grace."""

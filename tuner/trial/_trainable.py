@@ -45,7 +45,8 @@ def run_trial(config: dict[str, Any]) -> None:
     objective = task.objective
     direction = objective["direction"]
     try:
-        trainer = PPOTrainer(PPOConfig.from_dict(task.engine))
+        trainer = PPOTrainer(PPOConfig.from_dict(own_checkpoints(task)))
+        resumed = trainer.resumed.iteration if trainer.resumed else 0  # a retry continues after its checkpoint
         evaluated = objective["metric"] in K.EVALUATED or trainer.state.config.eval_reward
         initial = trainer.initial_evals() if evaluated else {}  # the curves start before any update
         scorer = Scorer(objective["metric"], direction, objective["score"], objective["last_k"],
@@ -62,7 +63,8 @@ def run_trial(config: dict[str, Any]) -> None:
                                     scheduler_score=scheduler_score(score, over, direction),
                                     kl_max=limit.kl_max, stop_reason=reason, start_seconds=start_cost,
                                     warm_start=warm, pid=os.getpid(), initial_eval=initial.get(K.EVAL_SCORES, math.nan),
-                                    initial_gold=initial.get(K.EVAL_GOLD, math.nan)).to_result())
+                                    initial_gold=initial.get(K.EVAL_GOLD, math.nan),
+                                    resumed_after=resumed).to_result())
             return over
 
         trainer.train(report)
@@ -77,6 +79,24 @@ def run_trial(config: dict[str, Any]) -> None:
                                  pid=os.getpid()).to_result())
         if retry:
             raise
+
+
+def own_checkpoints(task: TrialTask) -> dict[str, Any]:
+    """Our engine's config for the trial: its checkpoints go to the trial's own folder (CHECKPOINTS in it),
+    where a retry of the same trial finds them and no other trial does. A re-run of an interrupted trial's
+    config (`tuner resume`) first takes over that trial's checkpoint, which the engine loads only if it is of
+    the same config (its fingerprint)."""
+    from trials import CHECKPOINT_FILE
+    from tuner.engines import CHECKPOINTS
+
+    if task.engine.get("checkpoint_dir") or not task.folder:
+        return task.engine
+    own = Path(task.folder) / CHECKPOINTS
+    earlier = Path(task.rerun_of) / CHECKPOINTS / CHECKPOINT_FILE if task.rerun_of else None
+    if earlier is not None and earlier.is_file() and not (own / CHECKPOINT_FILE).exists():
+        own.mkdir(parents=True, exist_ok=True)
+        os.replace(earlier, own / CHECKPOINT_FILE)
+    return {**task.engine, "checkpoint_dir": str(own)}
 
 
 def _run_external(task: TrialTask) -> None:

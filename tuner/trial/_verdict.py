@@ -62,6 +62,7 @@ class Attr(TextEnum):
     SEED = "seed"  # a promotion run: its seed, one no search trial used
     PARAMS = "searched_params"  # a promotion run: the search trial's searched values (JSON)
     RERUN = "run_again_of"  # a re-run of an interrupted trial's config: that trial's number
+    RESUMED = "resumed_after"  # our engine's trial resumed from its checkpoint: the iteration the checkpoint held
 
 
 class Ending(TextEnum):

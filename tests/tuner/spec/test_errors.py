@@ -80,6 +80,7 @@ CASES = [
     ("unknown-base-field", "name: x\nbase: {ppo_epoch: 4}\n", "base.ppo_epoch", "did you mean 'ppo_epochs'"),
     ("impossible-base-value", "name: x\nbase: {gae_lambda: 1.5}\n", "base.gae_lambda", "must be <= 1"),
     ("trial-field-in-base", "name: x\nbase: {model_path: gpt2}\n", "base.model_path", "trial.model"),
+    ("checkpoint-dir-in-base", "name: x\nbase: {checkpoint_dir: ckpt}\n", "base.checkpoint_dir", "in its own"),
     ("searched-and-fixed", "name: x\nbase: {cliprange: 0.2}\nsearch_space:\n  cliprange: {low: 0.1, high: 0.3}\n",
      "search_space.cliprange", "also fixed in base"),
     ("ray-num-cpus-with-address", "name: x\nray: {address: auto, num_cpus: 4}\n", "ray.num_cpus", "local Ray"),

@@ -14,10 +14,10 @@ from tuner.sweep.study import Attr, state_of
 from tuner.trial import ITERATION, StopReason, TrialReport, read_result
 
 
-def _result(iteration: int, kl: float, pid: int = 11, stop: str | None = None) -> dict:
+def _result(iteration: int, kl: float, pid: int = 11, stop: str | None = None, resumed_after: int = 0) -> dict:
     report = TrialReport(metrics={K.KL: kl, K.SCORES: 0.25, K.ITERATION_SECONDS: 2.0},
                          objective=0.1 * iteration, scheduler_score=0.1 * iteration,
-                         kl_max=kl, stop_reason=stop, pid=pid)
+                         kl_max=kl, stop_reason=stop, pid=pid, resumed_after=resumed_after)
     return {**report.to_result(), ITERATION: iteration, "time_this_iter_s": 0.1}
 
 
@@ -56,3 +56,17 @@ def test_a_finished_trial_is_recorded_with_its_verdict(searcher):
     assert trial.intermediate_values == {1: pytest.approx(0.1), 2: pytest.approx(0.2)}
     assert trial.user_attrs[Attr.STOP] == "kl_limit" and trial.user_attrs[Attr.ITERATIONS] == 2
     assert trial.user_attrs[Attr.PID] == 11 and trial.user_attrs[Attr.REWARD] == 0.25
+
+
+def test_a_retry_resumed_from_its_checkpoint_counts_the_restored_iterations_once(searcher):
+    searcher.on_trial_result("ray-1", _result(1, 2.0))
+    searcher.on_trial_result("ray-1", _result(2, 3.0))  # then its worker dies; its checkpoint holds iteration 1
+    searcher.on_retry("ray-1")
+    searcher.on_trial_result("ray-1", _result(1, 2.0, pid=12, resumed_after=1))  # reported again, not run
+    searcher.on_trial_complete("ray-1", _result(2, 3.0, pid=12, stop=StopReason.COMPLETED, resumed_after=1))
+    outcome = searcher.outcome("ray-1")
+    assert outcome.iterations == 2 and outcome.state == "COMPLETE"
+    assert outcome.compute_seconds == 6.0  # iteration 2 ran twice, iteration 1 once
+    (trial,) = searcher.study.get_trials()
+    assert trial.user_attrs[Attr.RESUMED] == 1 and trial.user_attrs[Attr.RETRIES] == 1
+    assert trial.intermediate_values == {1: pytest.approx(0.1), 2: pytest.approx(0.2)}
