@@ -65,15 +65,15 @@ def run_trials(path: str, claims: str) -> dict[str, Any]:
 
 def without_controller(sweep: dict[str, Any], at_once: int, script: str) -> dict[str, Any]:
     """The sweep's trials again in `at_once` plain processes started together (each `script --trials`)."""
-    folder = Path(tempfile.mkdtemp(prefix=f"ppo-baseline-{at_once}-"))
-    path, claims = folder / "trials.json", folder / "claims"
-    claims.mkdir()
-    path.write_text(json.dumps([{**t, "cpus_per_trial": sweep["cpus_per_trial"]} for t in sweep["per_trial"]]))
-    args = ["--trials", str(path), "--claims", str(claims)]
-    started = time.time()
-    with ThreadPoolExecutor(at_once) as pool:
-        procs = list(pool.map(lambda _: run_worker(sys.executable, script, args), range(at_once)))
-    wall = time.time() - started
+    with tempfile.TemporaryDirectory(prefix=f"ppo-baseline-{at_once}-") as tmp:
+        path, claims = Path(tmp) / "trials.json", Path(tmp) / "claims"
+        claims.mkdir()
+        path.write_text(json.dumps([{**t, "cpus_per_trial": sweep["cpus_per_trial"]} for t in sweep["per_trial"]]))
+        args = ["--trials", str(path), "--claims", str(claims)]
+        started = time.time()
+        with ThreadPoolExecutor(at_once) as pool:
+            procs = list(pool.map(lambda _: run_worker(sys.executable, script, args), range(at_once)))
+        wall = time.time() - started
     trials = sorted((t for p in procs for t in p["trials"]), key=lambda t: t["index"])
     firsts = [min(p["trials"], key=lambda t: t["start"]) for p in procs if p["trials"]]
     return {
