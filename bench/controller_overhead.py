@@ -1,248 +1,143 @@
-"""The controller's overhead: a real sweep's wall time against the ideal (the sum of its trials' compute
-divided by the concurrency), and where the difference goes.
+"""The controller's overhead: a real sweep's wall time against the ideal (its trials' compute divided by the
+concurrency), and where the difference goes, with the same trials run without the controller beside it.
 
-    python bench/controller_overhead.py      # about 9 minutes on 2 cores: the demo sweep, then a longer one, each
-                                             # followed by its trials again, one at a time
+    python bench/controller_overhead.py      # 3 repeats of each arm, about 20 minutes on 2 quiet cores
+    python bench/controller_overhead.py --quick --repeats 1    # a 2-trial sweep: a check of every step
 
-Each sweep runs as `tuner run SPEC` does (tuner.cli in this process, a local Ray, MLflow and the
-study in SQLite under a scratch directory), timed from outside without changing the controller:
-preflight, Ray start, the study and MLflow setup, Tuner.fit, the summary (plots, artifacts). In fit,
-each trial's driver-side timestamps (start, every result, end) give its compute (the sum of its
-perf/iteration_seconds, what the ideal counts), its start latency (start to first result, less the
-first iteration: Ray actor, process start and imports for a cold worker, then what the trial itself
-reports as perf/trial_start_seconds: loading, or copying cached checkpoints on a warm worker, and
-the initial evaluation), the latency of its later results, and the idle time of the slots. Time the
-driver spends in the MLflow and Optuna callbacks is summed too.
+Three arms, per sweep size and repeat, in this order within each repeat (the baselines alternate):
+- sweep: `tuner run` as a user runs it (tuner.cli in a fresh process, a local Ray, MLflow and the study in
+  SQLite under a scratch folder), timed from outside (bench/_overhead_sweep.py);
+- alone: the sweep's trials again (their engine configs, stopped after the iterations each ran in the sweep)
+  in one plain process, one at a time, with the torch threads the sweep gave them;
+- two at a time: the same trials in two plain processes started together, each taking the next trial
+  (bench/_overhead_baseline.py): the sweep's two slots sharing the cores, without the controller.
 
-The ideal counts compute twice: as the trials reported it inside the sweep (with the controller's
-processes on the same cores), and alone: after the sweep, in a fresh process with nothing else of
-ours running, each trial's config again, one at a time, for the iterations it ran in the sweep.
+Trial compute is the sum of each trial's perf/iteration_seconds. The sweep's compute against the two-at-a-time
+compute is the controller's share of the cores while trials run; two-at-a-time against alone is the trials
+sharing the cores with each other. The rest of the sweep's wall over the ideal (alone) splits into fixed
+costs (CLI, preflight, setup, Ray start, cold workers, teardown) and per-trial ones (result handling, warm
+starts, idle slots); the split sums to the difference.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata as md
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from _common import ROOT, emit, load, machine, run_worker, save
+from _overhead_baseline import run_trials, without_controller
 
-SIZES = {  # name: changes to search_spaces/demo.yaml (the search alone: bench/promotion_cost.py measures promotion)
-    "demo sweep (8 trials x 12 iterations, ASHA)": {"budget": {"promote": {"top_k": 0}}},
-    "longer sweep (16 trials x 40 iterations, no ASHA)": {
-        "budget": {"trials": 16, "iterations": 40, "promote": {"top_k": 0}},
-        "scheduler": {"type": "none"}},
+SIZES = {  # key: (name, changes to search_spaces/demo.yaml); promotion is bench/promotion_cost.py's
+    "demo": ("demo sweep (8 trials x 12 iterations, ASHA)", {"budget": {"promote": {"top_k": 0}}}),
+    "longer": ("longer sweep (16 trials x 40 iterations, no ASHA)", {
+        "budget": {"trials": 16, "iterations": 40, "promote": {"top_k": 0}}, "scheduler": {"type": "none"}}),
+    "quick": ("quick sweep (2 trials x 2 iterations, no ASHA)", {
+        "budget": {"trials": 2, "iterations": 2, "promote": {"top_k": 0}}, "scheduler": {"type": "none"}}),
 }
+PACKAGES = ("torch", "transformers", "ray", "optuna", "mlflow", "ppo-tuner")
 
 
-class Clock:
-    """Wall-clock stamps of the controller's steps and of every trial, taken from outside."""
-
-    def __init__(self) -> None:
-        self.steps: dict[str, float] = {}
-        self.callbacks = 0.0  # driver seconds in the MLflow and Optuna callbacks
-        self.trials: dict[str, dict[str, Any]] = {}
-        self.marks: dict[str, float] = {}  # step name + " start" / " end": last wall-clock stamps
-
-
-def _step(name: str, fn: Any) -> Any:
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        t = CLOCK.marks[f"{name} start"] = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            CLOCK.marks[f"{name} end"] = time.perf_counter()
-            CLOCK.steps[name] = CLOCK.steps.get(name, 0.0) + time.perf_counter() - t
-    return timed
-
-
-def _callback(fn: Any) -> Any:
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        t = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            CLOCK.callbacks += time.perf_counter() - t
-    return timed
-
-
-CLOCK = Clock()
-
-
-def instrument() -> None:
-    """Wrap the controller's steps and callbacks (module attributes, looked up at call time), once;
-    the wrappers read the module's CLOCK, which each sweep replaces."""
-    import ray.tune
-
-    import tuner.sweep as sweep
-    from trials import metrics as K
-    from tuner.cli import _table
-    from tuner.sweep import _events, _fit, _run, _searcher, _tracking
-
-    sweep.preflight = _step("preflight", sweep.preflight)
-    _run.open_study = _step("setup: Optuna study (SQLite)", _run.open_study)
-    _run.remaining_trials = _step("setup: Optuna study (SQLite)", _run.remaining_trials)
-    _tracking.SweepTracker.__init__ = _step("setup: MLflow store and parent run", _tracking.SweepTracker.__init__)
-    ray.tune.Tuner.__init__ = _step("setup: Ray Tune Tuner", ray.tune.Tuner.__init__)
-    sweep.run_sweep = _step("run_sweep", sweep.run_sweep)
-    _fit._ray_init = _step("ray_init", _fit._ray_init)
-    _run.summarise = _step("summary", _run.summarise)
-    _run.finish_sweep = _step("summary", _run.finish_sweep)
-    ray.tune.Tuner.fit = _step("fit", ray.tune.Tuner.fit)
-    for cls, names in ((_events.RayEvents, ("on_trial_start", "on_trial_result", "on_trial_complete")),
-                       (_searcher.StudySearcher, ("suggest", "on_trial_result", "on_trial_complete"))):
-        for name in names:
-            setattr(cls, name, _callback(getattr(cls, name)))
-
-    class TimedTable(_table.LiveTable):
-        def trial_started(self, task: Any) -> None:
-            CLOCK.trials.setdefault(task.number, {"start": time.perf_counter(), "results": [], "engine": task.engine})
-            super().trial_started(task)
-
-        def trial_reported(self, number: int, iteration: int, report: Any) -> None:
-            rec = CLOCK.trials[number]
-            rec["results"].append((time.perf_counter(), report.metrics.get(K.ITERATION_SECONDS, 0.0)))
-            rec["trial_start_seconds"] = report.start_seconds
-            rec["warm"] = float(report.warm_start)
-            rec["pid"] = report.pid
-            super().trial_reported(number, iteration, report)
-
-        def trial_ended(self, outcome: Any) -> None:
-            CLOCK.trials[outcome.number]["end"] = time.perf_counter()
-            super().trial_ended(outcome)
-
-    _table.LiveTable = TimedTable
-
-
-def run(name: str, changes: dict[str, Any], work: Path) -> dict[str, Any]:
-    """One sweep, in this (fresh) process, as `tuner run` would run it."""
-    t = time.perf_counter()
-    from tuner.cli import main as cli
-
-    cli_import = time.perf_counter() - t
-    instrument()
-
-    spec = yaml.safe_load((ROOT / "search_spaces" / "demo.yaml").read_text())
-    for section, values in changes.items():
-        spec[section] = {**spec.get(section, {}), **values} if isinstance(values, dict) else values
-    spec.update(name=f"overhead-{len(list(work.iterdir()))}", workdir=str(work / "sweeps"))
-    path = work / f"{spec['name']}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    global CLOCK
-    CLOCK = Clock()
-    started = time.perf_counter()
-    code = cli(["run", str(path)])
-    wall = time.perf_counter() - started
-    if code != 0:
-        raise RuntimeError(f"tuner run {path} exited with {code}")
-    return {**account(name, spec, CLOCK, wall + cli_import), "cli_import": cli_import}
-
-
-def account(name: str, spec: dict[str, Any], clock: Clock, wall: float) -> dict[str, Any]:
-    concurrency = spec["resources"]["max_concurrent"]
-    trials = list(clock.trials.values())
-    compute = sum(s for t in trials for _, s in t["results"])
-    trials = [t for t in trials if t["results"]]
-    start_latency = [t["results"][0][0] - t["start"] - t["results"][0][1] for t in trials]
-    result_latency = sum(b[0] - a[0] - b[1] for t in trials
-                         for a, b in zip(t["results"], t["results"][1:], strict=False))
-    busy = sum(t["end"] - t["start"] for t in trials)
-    fit = clock.steps.get("fit", 0.0)
-    ideal = compute / concurrency
-    steps = {k: v for k, v in clock.steps.items() if k != "run_sweep"}
-    steps["setup: other (spec file, callbacks)"] = clock.steps["run_sweep"] - sum(
-        v for k, v in clock.steps.items() if k in ("ray_init", "fit", "summary") or k.startswith("setup:"))
+def breakdown(r: dict[str, Any]) -> dict[str, float]:
+    """The sweep's wall time over the ideal from its trials' compute alone, in wall seconds (slot-seconds
+    divided by the concurrency). It sums to wall - ideal_alone when each slot kept one worker process."""
+    c, f, s = r["concurrency"], r["in_fit"], r["steps"]
+    cold = f["idle: before a worker's first trial"] + f["cold_start_latency_sum"]
     return {
-        "size": name, "trials": len(trials), "iterations": sum(len(t["results"]) for t in trials), "wall": wall,
-        "ideal": ideal, "overhead": wall / ideal - 1, "compute": compute, "concurrency": concurrency, "steps": steps,
-        "cpus_per_trial": spec["resources"]["cpus_per_trial"],
-        # imports of tuner.cli included
-        "cli_other": wall - clock.steps["run_sweep"] - clock.steps.get("preflight", 0.0),
-        "in_fit": {"start_latency_sum": sum(start_latency), "result_latency_sum": result_latency,
-                   "idle_slot_seconds": concurrency * fit - busy, **_idle(clock, trials),
-                   "callbacks_driver_seconds": clock.callbacks},
-        "per_trial": [{"engine": t["engine"], "iterations": len(t["results"]),
-                       "compute": sum(s for _, s in t["results"])} for t in trials],
-        "per_trial_start": [{"latency": lat, "trial_start_seconds": t.get("trial_start_seconds") or float("nan"),
-                             "warm": t.get("warm") if t.get("warm") is not None else float("nan"), "pid": t.get("pid")}
-                            for lat, t in zip(start_latency, trials, strict=True)],
+        "fixed: CLI (imports, spec, printing)": r["cli_other"],
+        "fixed: preflight": s.get("preflight", 0.0),
+        "fixed: setup (study, MLflow, Tune, other)": sum(v for k, v in s.items() if k.startswith("setup:")),
+        "fixed: Ray start": s.get("ray_init", 0.0),
+        "fixed: cold workers (actor, imports, models, first evaluation)": cold / c,
+        "fixed: teardown (summary, plots, Ray shutdown)": s.get("summary", 0.0) + s.get("teardown: Ray shutdown", 0.0),
+        "per trial: two trials sharing the cores": (r["pair"]["compute"] - r["alone"]["compute"]) / c,
+        "per trial: the controller's share of the cores": (r["compute"] - r["pair"]["compute"]) / c,
+        "per trial: result handling": f["result_latency_sum"] / c,
+        "per trial: warm starts": (f["start_latency_sum"] - f["cold_start_latency_sum"]) / c,
+        "per trial: after a trial's last result": f["after_last_result_sum"] / c,
+        "per trial: idle slots (packing, Tune's end)":
+            (f["idle: between trials"] + f["idle: after a worker's last trial"]) / c,
     }
 
 
-def _idle(clock: Clock, trials: list[dict[str, Any]]) -> dict[str, float]:
-    """Idle slot-seconds split by worker process: before its first trial, between trials, after its last."""
-    head = gaps = tail = 0.0
-    for pid in {t.get("pid") for t in trials}:
-        mine = sorted((t for t in trials if t.get("pid") == pid), key=lambda t: t["start"])
-        head += mine[0]["start"] - clock.marks["fit start"]
-        gaps += sum(b["start"] - a["end"] for a, b in zip(mine, mine[1:], strict=False))
-        tail += clock.marks["fit end"] - mine[-1]["end"]
-    return {"idle: before a worker's first trial": head, "idle: between trials": gaps,
-            "idle: after a worker's last trial": tail}
+def figures(r: dict[str, Any]) -> dict[str, float]:
+    """One repeat's headline figures (fractions, seconds, milliseconds)."""
+    parts = breakdown(r)
+    c, f, pair = r["concurrency"], r["in_fit"], r["pair"]
+    ideal_alone = r["alone"]["compute"] / c
+    return {
+        "wall_s": r["wall"], "ideal_alone_s": ideal_alone, "wall_over_ideal_alone": r["wall"] / ideal_alone,
+        "two_at_a_time_wall_s": pair["wall"], "wall_over_two_at_a_time_wall": r["wall"] / pair["wall"],
+        "fixed_s": sum(v for k, v in parts.items() if k.startswith("fixed:")),
+        "per_trial_s": sum(v for k, v in parts.items() if k.startswith("per trial:")),
+        "unaccounted_s": r["wall"] - ideal_alone - sum(parts.values()),
+        "controller_share_of_compute": r["compute"] / pair["compute"] - 1,
+        "core_sharing_of_compute": pair["compute"] / r["alone"]["compute"] - 1,
+        "ms_per_report_sweep": 1000 * f["result_latency_sum"] / max(f["results"], 1),
+        "ms_per_report_two_at_a_time": 1000 * pair["report_gap_sum"] / max(pair["reports"], 1),
+        "ms_driver_callbacks_per_report": 1000 * f["callbacks_driver_seconds"] / max(r["iterations"], 1),
+        "cold_worker_s_sweep": (f["idle: before a worker's first trial"] + f["cold_start_latency_sum"]) / c,
+        "cold_process_s_two_at_a_time": pair["cold_start_sum"] / c,
+        **{k: v for k, v in parts.items() if k.startswith("fixed:")},
+    }
 
 
-def alone(path: str) -> dict[str, Any]:
-    """Each trial of a sweep again, one at a time in this process: its engine config, stopped after the
-    iterations it ran in the sweep; the sum of its perf/iteration_seconds, as the sweep counts compute."""
-    import json
-
-    from trials import PPOConfig, PPOTrainer, reserved_threads
-    from trials import metrics as K
-
-    out = []
-    for t in json.loads(Path(path).read_text()):
-        seconds: list[float] = []
-        # the threads the sweep gave the trial (its CPU reservation), not all of this machine's
-        t["engine"]["num_threads"] = t["engine"].get("num_threads") or reserved_threads(t["cpus_per_trial"])
-
-        def report(iteration: int, metrics: dict[str, float], n: int = t["iterations"],
-                   seconds: list = seconds) -> bool:
-            seconds.append(metrics[K.ITERATION_SECONDS])
-            return iteration >= n
-
-        PPOTrainer(PPOConfig.from_dict(t["engine"])).train(report)
-        out.append({"iterations": len(seconds), "compute": sum(seconds), "in_sweep": t["compute"]})
-    return {"trials": out, "compute": sum(t["compute"] for t in out), "load": load()}
+def spread(values: list[float]) -> dict[str, Any]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
 
 
-def with_alone(r: dict[str, Any]) -> dict[str, Any]:
-    """The sweep's record with the ideal from its trials' compute measured alone (in a fresh process)."""
-    import json
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per size, each figure's median and min-max over the repeats."""
+    out: dict[str, Any] = {}
+    for size in dict.fromkeys(r["size"] for r in runs):
+        mine = [r["figures"] for r in runs if r["size"] == size]
+        out[size] = {k: spread([m[k] for m in mine]) for k in mine[0]}
+        out[size]["repeats"] = len(mine)
+    return out
 
-    path = Path(tempfile.mkdtemp(prefix="ppo-alone-")) / "trials.json"
-    path.write_text(json.dumps([{**t, "cpus_per_trial": r["cpus_per_trial"]} for t in r.pop("per_trial")]))
-    a = run_worker(sys.executable, "controller_overhead.py", ["--alone", str(path)])
-    return {**r, "alone": a, "ideal_alone": a["compute"] / r["concurrency"],
-            "overhead_alone": r["wall"] / (a["compute"] / r["concurrency"]) - 1}
+
+def arms(key: str, repeat: int) -> dict[str, Any]:
+    """One repeat of a size: the sweep (in a fresh process), then its trials alone and two at a time
+    (alternating which goes first), each load average recorded as it ends."""
+    sweep = {**run_worker(sys.executable, "controller_overhead.py", ["--size", key]), "load": load()}
+    order = ("alone", "pair") if repeat % 2 == 0 else ("pair", "alone")
+    for arm in order:
+        sweep[arm] = without_controller(sweep, 1 if arm == "alone" else sweep["concurrency"], "controller_overhead.py")
+    return {**sweep, "repeat": repeat, "order": ["sweep", *order], "figures": figures(sweep)}
 
 
 def report(r: dict[str, Any]) -> None:
-    print(f"\n{r['size']}: {r['trials']} trials, {r['iterations']} iterations, concurrency {r['concurrency']}")
-    print(f"  wall {r['wall']:.1f} s, ideal {r['ideal']:.1f} s "
-          f"(trial compute {r['compute']:.1f} s / {r['concurrency']}): "
-          f"overhead {r['overhead']:.0%} (target <= 10%): {'met' if r['overhead'] <= 0.10 else 'NOT met'}")
-    if "alone" in r:
-        print(f"  ideal from each trial's compute measured alone: {r['ideal_alone']:.1f} s "
-              f"({r['alone']['compute']:.1f} s / {r['concurrency']}; "
-              f"in the sweep {r['compute']:.1f} s): "
-              f"wall / ideal {r['wall'] / r['ideal_alone']:.2f}x, "
-              f"overhead {r['overhead_alone']:.0%} (target <= 10%): "
-              f"{'met' if r['overhead_alone'] <= 0.10 else 'NOT met'}")
-    print("  where the difference goes (seconds of wall time; in-fit items are slot-seconds, "
-          "divide by the concurrency):")
-    for k, v in r["steps"].items():
-        print(f"    {k:45s} {v:7.1f}")
-    print(f"    {'CLI (imports, spec load, summary print)':45s} {r['cli_other']:7.1f}")
-    for k, v in r["in_fit"].items():
-        print(f"    in fit: {k:37s} {v:7.1f}")
-    for i, t in enumerate(r["per_trial_start"]):
-        print(f"    trial start {i}: {t['latency']:.2f} s to its first result beyond its first "
-              f"iteration; it reports perf/trial_start_seconds {t['trial_start_seconds']:.2f}, "
-              f"warm_start {t['warm']:.0f}, worker pid {t['pid']}")
+    g = r["figures"]
+    print(f"\n{r['size']}, repeat {r['repeat']} ({' -> '.join(r['order'])}): {r['trials']} trials, "
+          f"{r['iterations']} iterations, concurrency {r['concurrency']}, load {r['load']}")
+    print(f"  sweep wall {r['wall']:.1f} s; ideal {g['ideal_alone_s']:.1f} s (compute alone "
+          f"{r['alone']['compute']:.1f} s / {r['concurrency']}): {g['wall_over_ideal_alone']:.2f}x; "
+          f"two plain processes at once, same trials: wall {g['two_at_a_time_wall_s']:.1f} s "
+          f"(the sweep {g['wall_over_two_at_a_time_wall']:.2f}x it)")
+    print(f"  trial compute: alone {r['alone']['compute']:.1f} s, two at a time {r['pair']['compute']:.1f} s "
+          f"({g['core_sharing_of_compute']:+.0%}), in the sweep {r['compute']:.1f} s "
+          f"({g['controller_share_of_compute']:+.0%} over two at a time: the controller's share of the cores)")
+    print(f"  per report: {g['ms_per_report_sweep']:.1f} ms between results beyond the iteration in the sweep, "
+          f"{g['ms_per_report_two_at_a_time']:.1f} ms without the controller; driver callbacks "
+          f"{g['ms_driver_callbacks_per_report']:.1f} ms")
+    print(f"  wall over the ideal, {r['wall'] - g['ideal_alone_s']:.1f} s: fixed {g['fixed_s']:.1f} s, "
+          f"per trial {g['per_trial_s']:.1f} s, unaccounted {g['unaccounted_s']:.1f} s")
+    for k, v in breakdown(r).items():
+        print(f"    {k:66s} {v:6.1f}")
+
+
+def report_summary(summary: dict[str, Any]) -> None:
+    print("\nmedian (min-max) over the repeats:")
+    for size, figs in summary.items():
+        print(f"  {size}, {figs['repeats']} repeats:")
+        for k, v in figs.items():
+            if k != "repeats":
+                print(f"    {k:66s} {v['median']:8.3f} ({v['min']:.3f}-{v['max']:.3f})")
 
 
 def cold_start() -> dict[str, Any]:
@@ -269,36 +164,52 @@ def cold_start() -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", type=int, action="append", help="run only these sizes (0, 1)")
-    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)  # worker: one sweep
+    parser.add_argument("--only", action="append", choices=["demo", "longer"], help="run only these sizes")
+    parser.add_argument("--quick", action="store_true", help="a 2-trial sweep only: a check of every step")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of each arm per size (default 3)")
+    parser.add_argument("--out", help="results/NAME.json (default controller_overhead, or _quick with --quick)")
+    parser.add_argument("--size", choices=list(SIZES), help=argparse.SUPPRESS)  # worker: one sweep
     parser.add_argument("--cold-start", action="store_true", help=argparse.SUPPRESS)  # worker
-    parser.add_argument("--alone", help=argparse.SUPPRESS)  # worker: a sweep's trials again, one at a time
+    parser.add_argument("--trials", help=argparse.SUPPRESS)  # worker: a sweep's trials without the controller
+    parser.add_argument("--claims", help=argparse.SUPPRESS)  # its folder of claimed trials
     args = parser.parse_args()
-    if args.alone:
-        emit(alone(args.alone))
+    if args.trials:
+        emit(run_trials(args.trials, args.claims))
         return 0
     if args.cold_start:
         emit(cold_start())
         return 0
     if args.size is not None:
-        name, changes = list(SIZES.items())[args.size]
+        from _overhead_sweep import run
+
+        name, changes = SIZES[args.size]
         emit(run(name, changes, Path(tempfile.mkdtemp(prefix="ppo-overhead-"))))
         return 0
-    res: dict[str, Any] = {"machine": machine(), "load": load(), "runs": []}
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: give 1 or more")
+    keys = ["quick"] if args.quick else (args.only or ["demo", "longer"])
+    res: dict[str, Any] = {"command": " ".join(["python", "bench/controller_overhead.py", *sys.argv[1:]]),
+                           "machine": machine(), "versions": {p: md.version(p) for p in PACKAGES},
+                           "load": load(), "runs": []}
     started = time.perf_counter()
-    for i in range(len(SIZES)):
-        if not args.only or i in args.only:  # each sweep in a fresh process, as `tuner run`
-            sweep = {**run_worker(sys.executable, "controller_overhead.py", ["--size", str(i)]), "load": load()}
-            res["runs"].append(with_alone(sweep))
+    for repeat in range(args.repeats):  # every size once per repeat, so that the repeats span the run's load
+        for key in keys:
+            res["runs"].append(arms(key, repeat))
+            report(res["runs"][-1])
+    res["summary"] = summarise(res["runs"])
     res["cold_start"] = run_worker(sys.executable, "controller_overhead.py", ["--cold-start"])
+    res["load_end"] = load()
+    res["loads_1min"] = spread([x for r in res["runs"] for x in (r["load"][0], r["alone"]["load"][0],
+                                                                  r["pair"]["load"][0])] + [res["load"][0]])
     res["seconds"] = time.perf_counter() - started
-    for r in res["runs"]:
-        report(r)
+    report_summary(res["summary"])
     print("\na fresh worker's start, step by step (seconds):")
     for k, v in res["cold_start"].items():
         if k != "process_seconds":
             print(f"  {k:62s} {v:6.2f}")
-    print(f"\nwrote {save('controller_overhead', res)} in {res['seconds']:.0f} s")
+    out = args.out or ("controller_overhead_quick" if args.quick else "controller_overhead")
+    print(f"\n1-minute load during the run {res['loads_1min']['min']}-{res['loads_1min']['max']}; "
+          f"wrote {save(out, res)} in {res['seconds']:.0f} s")
     return 0
 
 

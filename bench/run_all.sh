@@ -25,12 +25,13 @@ $python bench/sweep_efficiency.py --jobs 2
 $python bench/sweep_efficiency.py --table places --trials 16 --jobs 2
 $python bench/sweep_efficiency.py --live
 $python bench/kl_pruning.py
-$python bench/controller_overhead.py
+$python bench/controller_overhead.py   # 3 repeats of the sweep, its trials alone and two at a time: 20-30 minutes
 $python bench/external_engines.py
 $python bench/driver_memory.py   # 300 short trials: 10-15 minutes
 $python bench/promotion_cost.py --repeats 3
 $python bench/trial_checkpoint.py --iterations 12 --every 4 --kill 10   # what a preempted trial saves: ~1 minute
 $python bench/memory_lora.py --repeats 1   # peaks up to ~13 GB of RAM (full fine-tuning of a 0.36B model)
+$python bench/memory_small.py --repeats 3   # the slow memory test's model and trials, repeated
 $python bench/memory_heldout.py --repeats 2   # the memory model on a model and a GPU run not in its fit
 $python bench/cpu_bf16.py   # SmolLM2-135M-Instruct (the examples extra): fp32 against bf16 autocast
 $python bench/real_lm.py    # SmolLM2 sentiment: the sweep against the default and random search; ~30+ minutes

@@ -289,3 +289,30 @@ def test_trial_checkpoint_bench_resumes_after_the_last_checkpoint(tmp_path, demo
     assert res["retry_afresh"]["resumed_after"] == 0 and res["retry_afresh"]["iterations_run"] == 4
     assert res["uniform_preemption_lost_iterations"] == {"without": 2, "with": 0.67}  # k = 1, 2, 3: k; k mod 2
     assert res["save_full"]["size_mib"] > res["save_lora"]["size_mib"] > 0
+
+
+@pytest.mark.slow
+def test_controller_overhead_runs_the_sweeps_trials_alone_and_two_at_a_time(tmp_path):
+    proc = _bench("controller_overhead.py", "--quick", "--repeats", "1", out=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((tmp_path / "controller_overhead_quick.json").read_text())
+    [run] = res["runs"]
+    alone, pair = run["alone"], run["pair"]
+    # both baselines ran the sweep's trials, each for the iterations it ran in the sweep
+    assert [t["iterations"] for t in alone["trials"]] == [t["iterations"] for t in run["per_trial"]] == [2, 2]
+    assert [t["iterations"] for t in pair["trials"]] == [2, 2]
+    # alone: one process, one trial after the other; two at a time: two processes whose trials overlap
+    assert len({t["pid"] for t in alone["trials"]}) == 1
+    assert alone["trials"][1]["start"] >= alone["trials"][0]["end"]
+    assert len({t["pid"] for t in pair["trials"]}) == 2
+    assert max(t["start"] for t in pair["trials"]) < min(t["end"] for t in pair["trials"])
+    g = run["figures"]
+    assert g["controller_share_of_compute"] == pytest.approx(run["compute"] / pair["compute"] - 1)
+    assert g["core_sharing_of_compute"] == pytest.approx(pair["compute"] / alone["compute"] - 1)
+    # the breakdown accounts for the sweep's whole wall time over the ideal
+    assert g["fixed_s"] > 0 and abs(g["unaccounted_s"]) < 0.01 * run["wall"]
+    assert g["fixed_s"] + g["per_trial_s"] == pytest.approx(run["wall"] - alone["compute"] / 2, abs=0.01 * run["wall"])
+    summary = res["summary"][run["size"]]
+    assert summary["repeats"] == 1 and summary["wall_s"]["values"] == [run["wall"]]
+    assert res["command"].endswith("--quick --repeats 1") and set(res["versions"]) >= {"ray", "optuna", "mlflow"}
+    assert "two plain processes at once" in proc.stdout

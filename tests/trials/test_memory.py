@@ -4,13 +4,10 @@ peak (a fresh process's max RSS on the CPU)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import ROOT
 from trials import MemoryEstimate, PPOConfig, estimate_memory, model_config_of
 
 BASE = dict(rollout_batch_size=16, mini_batch_size=8, micro_batch_size=4, response_length=32, max_prompt_length=32,
@@ -84,37 +81,18 @@ def test_the_config_of_a_model_path_and_of_the_demo(demo_model, tmp_path):
     assert estimate_memory(PPOConfig(), model_config_of(str(tmp_path))).parameters > 0
 
 
-_MEASURE = """
-import json, sys
-import peft, torch, transformers
-from bench._common import peak_rss_bytes
-from trials import PPOConfig, PPOTrainer
-baseline = peak_rss_bytes()
-PPOTrainer(PPOConfig.from_dict(json.loads(sys.argv[1]))).train()
-print(peak_rss_bytes() - baseline)
-"""
-
-
-# The baseline is the import's high-water mark (VmHWM), not getrusage's ru_maxrss: Linux carries
-# ru_maxrss over the exec from the process that started this one, so under a large test process it
-# would read that process's peak, not this one's.
+# Measured as bench/memory_small.py measures it (its model, its trials, bench/memory_lora.py's worker): peak RSS
+# over the import's high-water mark (VmHWM), not getrusage's ru_maxrss: Linux carries ru_maxrss over the exec from
+# the process that started this one, so under a large test process it would read that process's peak.
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", [{}, {"lora_rank": 16, "value_backbone": "shared"}], ids=["full", "lora-shared"])
-def test_the_prediction_is_within_15_percent_of_a_measured_peak(tmp_path, mode):
-    from bench._common import build_qwen2
+@pytest.mark.parametrize("mode", ["full", "lora-shared"])
+def test_the_prediction_is_within_15_percent_of_a_measured_peak(tmp_path, monkeypatch, mode):
+    from bench._common import run_worker
+    from bench.memory_small import build_model, fields
 
-    build_qwen2(tmp_path / "model", dict(hidden_size=512, num_hidden_layers=8,
-                                         num_attention_heads=8, num_key_value_heads=2,
-                                         intermediate_size=2048,
-                                         tie_word_embeddings=True), dtype="bfloat16")
-    fields = dict(model_path=str(tmp_path / "model"), rollout_batch_size=4, mini_batch_size=4, micro_batch_size=2,
-                  response_length=16, max_prompt_length=8, num_iterations=2, num_eval_prompts=4, device="cpu",
-                  precision="fp32", num_threads=2, **mode)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MALLOC_MMAP_THRESHOLD_": str(2**20)}
-    proc = subprocess.run([sys.executable, "-c", _MEASURE, json.dumps(fields)], env=env, capture_output=True,
-                          text=True, timeout=600, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    measured = int(proc.stdout.strip().splitlines()[-1])
-    predicted = estimate_memory(PPOConfig.from_dict(fields), model_config_of(str(tmp_path / "model"))).peak
+    trial = fields(mode, build_model(tmp_path / "model"))
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", str(2**20))  # as the bench's workers run
+    measured = run_worker(sys.executable, "memory_lora.py", ["--worker", mode, json.dumps(trial)])["peak_bytes"]
+    predicted = estimate_memory(PPOConfig.from_dict(trial), model_config_of(trial["model_path"])).peak
     print(f"predicted {predicted / 2**20:.0f} MiB, measured {measured / 2**20:.0f} MiB")
     assert abs(predicted / measured - 1) < 0.15, (predicted, measured)
