@@ -150,6 +150,13 @@ def no_cuda(device: str) -> str | None:
     return "--device cuda: no CUDA device is available here; run on a machine with one, or use --device cpu"
 
 
+def no_vllm() -> str | None:
+    """The line for a run that needs vLLM rollouts where .venv-vllm is absent, or None."""
+    if VLLM_PYTHON.exists():
+        return None
+    return f"no {VLLM_PYTHON}: make the vLLM environment as README.md 'Install' says (vLLM rollouts)"
+
+
 def load() -> list[float]:
     """The 1, 5 and 15 minute load averages (other jobs share the cores: read every figure with them)."""
     return [round(x, 2) for x in os.getloadavg()]

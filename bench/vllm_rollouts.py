@@ -38,6 +38,7 @@ from _common import (
     median,
     model_path,
     no_cuda,
+    no_vllm,
     run_worker,
     save,
     versions,
@@ -175,9 +176,7 @@ def bad_args(args: argparse.Namespace) -> str | None:
             return f"--{name} {getattr(args, name)}: must be at least 1; give a positive number"
     if args.rollout % args.mini:
         return f"--mini {args.mini}: does not divide --rollout {args.rollout}; give a divisor of {args.rollout}"
-    if not VLLM_PYTHON.exists():
-        return f"no {VLLM_PYTHON}: make the vLLM environment as README.md 'Install' says (vLLM rollouts)"
-    return None
+    return no_vllm()
 
 
 def main(argv: list[str] | None = None) -> int:
