@@ -20,11 +20,12 @@ from trials import metrics as K
 from tuner.engines._base import Engine, TrainerError, Units, numbers
 from tuner.engines._placement import Layout, whole
 
-__all__ = ["DEFAULTS", "FIXED", "KEYS", "NEEDS", "SOURCE", "VERIFIED_KEYS", "VERL"]
+__all__ = ["DEFAULTS", "FIXED", "KEYS", "NEEDS", "ROLLOUT_NAME", "SOURCE", "VERIFIED_KEYS", "VERL"]
 
 SOURCE = "volcengine/verl verl/trainer/config/_generated_ppo_trainer.yaml (release 0.9.1)"
 
 _ACTOR, _ROLLOUT = "actor_rollout_ref.actor", "actor_rollout_ref.rollout"
+ROLLOUT_NAME = f"{_ROLLOUT}.name"  # the rollout engine: vllm, sglang or trtllm in verl 0.9.1's PPO
 _OPTIM = f"{_ACTOR}.optim"
 
 # Every key this export may write, as defined in SOURCE.
