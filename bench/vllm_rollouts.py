@@ -152,6 +152,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the trainer and of the vLLM "
                                                                "server (one of them computes at a time)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.3,
+                        help="--device cuda: the share of the GPU's memory the vLLM server takes beside the trainer "
+                             "(vllm_gpu_memory_utilization)")
     parser.add_argument("--precision", choices=["fp32", "bf16"],
                         help="default fp32 on the CPU (precision: auto's choice there), bf16 on cuda")
     parser.add_argument("--budget-minutes", type=float, default=20.0,
@@ -186,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         print(problem, file=sys.stderr)
         return 2
     w = Workload(model=args.model, rollout=args.rollout, response=args.response, mini=args.mini, epochs=args.epochs,
-                 lora=args.lora, threads=args.threads, device=args.device, precision=args.precision)
+                 lora=args.lora, threads=args.threads, device=args.device, precision=args.precision,
+                 vllm_gpu_memory=args.gpu_memory_utilization)
     model_path(w.model)  # built here once, before any worker loads it
     res: dict[str, Any] = {"workload": dataclasses.asdict(w), "quick": args.quick,
                            "command": " ".join(["python", "bench/vllm_rollouts.py", *sys.argv[1:]]),

@@ -205,6 +205,9 @@ class PPOConfig:
         "it trains on, so the sampler's numerics cannot bias the PPO ratio)", choices=("hf", "vllm"))
     vllm_python: str | None = _p(None, "rollout_engine vllm: the python of an environment with vLLM, e.g. "
                                  ".venv-vllm/bin/python (README: Install)", nullable=True, path=True)
+    vllm_gpu_memory_utilization: float = _p(0.3, "rollout_engine vllm on a GPU: the share of the GPU's memory the "
+                                            "vLLM server takes (weights and KV cache); the trainer has the rest",
+                                            unit="fraction", low=0, low_open=True, high=1)
 
     # -- LoRA and memory ------------------------------------------------------------------------
     lora_rank: int = _p(0, "rank of the policy's LoRA adapter (peft); 0 trains every weight (full "

@@ -169,7 +169,8 @@ def prepare(config: PPOConfig) -> _Run:
     bf16 = autocast is not contextlib.nullcontext or (config.lora_rank > 0 and frozen == torch.bfloat16)
     stop_ids = stop_token_ids(tokenizer, getattr(policy, "generation_config", None))
     vllm = (VLLMRollouts(config, model_path, torch.bfloat16 if bf16 else torch.float32, threads, stop_ids,
-                         tokenizer.pad_token_id) if config.rollout_engine == "vllm" else None)
+                         tokenizer.pad_token_id, gpu=device.type == "cuda")
+            if config.rollout_engine == "vllm" else None)
     return _Run(config=config, device=device, autocast=autocast, tokenizer=tokenizer, policy=policy,
                 ref=models.ref, value=models.value, policy_params=models.policy_params,
                 value_params=models.value_params, reward=reward, eval_reward=eval_reward, train_prompts=train_prompts,

@@ -92,16 +92,29 @@ class ServerKey:
     max_model_len: int  # tokens: the longest prompt plus the response
     max_lora_rank: int  # 0: no LoRA (full fine-tuning, weights reloaded in place)
     threads: int  # CPU threads of the engine
+    gpu_memory_utilization: float = 0.0  # the share of the GPU's memory it takes; 0: vLLM's CPU build
 
     @classmethod
-    def of(cls, config: PPOConfig, model: str, dtype: torch.dtype, threads: int) -> ServerKey:
+    def of(cls, config: PPOConfig, model: str, dtype: torch.dtype, threads: int, gpu: bool = False) -> ServerKey:
         rank = next((r for r in LORA_RANKS if r >= config.lora_rank), None) if config.lora_rank else 0
         if rank is None:
             raise VLLMError(f"vLLM serves LoRA adapters up to rank {LORA_RANKS[-1]}; lora_rank is {config.lora_rank}")
         return cls(python=str(config.vllm_python), model=model,
                    dtype="bfloat16" if dtype == torch.bfloat16 else "float32",
                    max_model_len=config.max_prompt_length + config.response_length, max_lora_rank=rank,
-                   threads=threads)
+                   threads=threads, gpu_memory_utilization=config.vllm_gpu_memory_utilization if gpu else 0.0)
+
+    def argv(self, port: int) -> list[str]:
+        """The server's command line on loopback `port`, under its group leader."""
+        argv = [self.python, "-c", GROUP_LEADER, self.python, "-m", "vllm.entrypoints.openai.api_server", "--model",
+                self.model, "--served-model-name", SERVED, "--host", "127.0.0.1", "--port", str(port),
+                "--dtype", self.dtype, "--max-model-len", str(self.max_model_len), "--no-enable-prefix-caching",
+                "--generation-config", "vllm"]
+        if self.gpu_memory_utilization:  # beside the trainer on its GPU: vLLM's default (0.9) would leave it none
+            argv += ["--gpu-memory-utilization", str(self.gpu_memory_utilization)]
+        if self.max_lora_rank:
+            argv += ["--enable-lora", "--max-lora-rank", str(self.max_lora_rank), "--max-loras", "1"]
+        return argv
 
 
 class VLLMServer:
@@ -120,14 +133,7 @@ class VLLMServer:
         self._wait_healthy(start_timeout)
 
     def argv(self) -> list[str]:
-        k = self.key
-        argv = [k.python, "-c", GROUP_LEADER, k.python, "-m", "vllm.entrypoints.openai.api_server", "--model",
-                k.model, "--served-model-name", SERVED, "--host", "127.0.0.1", "--port", str(self.port),
-                "--dtype", k.dtype, "--max-model-len", str(k.max_model_len), "--no-enable-prefix-caching",
-                "--generation-config", "vllm"]
-        if k.max_lora_rank:
-            argv += ["--enable-lora", "--max-lora-rank", str(k.max_lora_rank), "--max-loras", "1"]
-        return argv
+        return self.key.argv(self.port)
 
     def _popen(self) -> subprocess.Popen:
         env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_SERVER_DEV_MODE": "1",
@@ -200,13 +206,13 @@ class VLLMRollouts:
     stop tokens: EOS and the chat template's end-of-turn, kept in the response as generate keeps them)."""
 
     def __init__(self, config: PPOConfig, model: str, dtype: torch.dtype, threads: int, stop_ids: list[int],
-                 pad_id: int | None, start_timeout: float = START_TIMEOUT):
+                 pad_id: int | None, start_timeout: float = START_TIMEOUT, gpu: bool = False):
         problem = check_vllm_python(config.vllm_python)
         if problem:
             raise ConfigError([problem])
         self.config, self.stop_ids = config, list(stop_ids)
         self.pad_id = pad_id if pad_id is not None else (stop_ids[0] if stop_ids else 0)
-        self.server = server_for(ServerKey.of(config, model, dtype, threads), start_timeout)
+        self.server = server_for(ServerKey.of(config, model, dtype, threads, gpu), start_timeout)
         self.stale = True  # the server does not hold the policy's current weights
         self.sync_seconds = 0.0  # spent in sync since take_sync_seconds last read it
 

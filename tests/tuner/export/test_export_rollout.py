@@ -38,6 +38,7 @@ def test_openrlhf_gets_one_vllm_engine_and_says_which_rollout_engine_the_sweep_r
     assert flags["--rollout.temperature"] == [str(config.temperature)]
     assert flags["--rollout.max_new_tokens"] == [str(config.response_length)]
     assert "rollout_engine" not in not_applicable(text) and "vllm_python=" in not_applicable(text)
+    assert "vllm_gpu_memory_utilization=0.3" in not_applicable(text)  # its engines' GPUs are the cluster layout's
     assert not [w for w in warnings if "rollout" in w]
 
 
@@ -48,6 +49,10 @@ def test_verl_names_its_rollout_engine_once_with_the_sweeps_choice(config, why):
     overrides = verl_overrides(text)  # asserts no key is written twice (the fixed table's rollout.name too)
     assert overrides[verl_engine.ROLLOUT_NAME] == "vllm"
     assert why in line_of(text, verl_engine.ROLLOUT_NAME)
+    if config.rollout_engine == "vllm":  # vLLM's share of each GPU beside the actor, as in the sweep
+        assert float(overrides[verl_engine.ROLLOUT_MEMORY]) == config.vllm_gpu_memory_utilization == 0.3
+    else:  # verl's own default: the sweep never used the setting
+        assert verl_engine.ROLLOUT_MEMORY not in overrides
     assert "rollout_engine" not in not_applicable(text) and "vllm_python=" in not_applicable(text)
 
 
