@@ -66,6 +66,7 @@ class Workload:
     rollout_engine: str = "hf"  # ours: "hf" (the policy's generate) or "vllm" (a server from VLLM_PYTHON)
     device: str = "cpu"  # ours: "cpu" or "cuda"
     precision: str = "fp32"  # ours: "fp32" or "bf16" (the vLLM server runs the policy's dtype)
+    eval_prompts: int = 64  # ours: num_eval_prompts (the initial evaluation generates them, untimed)
     vllm_gpu_memory: float = 0.3  # ours on cuda with vLLM rollouts: the share of the GPU's memory the server takes
 
     def engine_config(self, **changes: Any) -> Any:
@@ -77,7 +78,7 @@ class Workload:
                       vf_coef=self.vf_coef, temperature=self.temperature, num_threads=self.threads,
                       seed=self.seed, device=self.device, precision=self.precision, eval_interval=10_000,
                       gamma=self.gamma, rollout_engine=self.rollout_engine,
-                      vllm_gpu_memory_utilization=self.vllm_gpu_memory,
+                      vllm_gpu_memory_utilization=self.vllm_gpu_memory, num_eval_prompts=self.eval_prompts,
                       vllm_python=str(VLLM_PYTHON) if self.rollout_engine == "vllm" else None,
                       gae_lambda=self.lam, cliprange=self.cliprange, cliprange_value=self.cliprange_value,
                       kl_estimator=self.kl_estimator, model_path=model_path(self.model), lora_rank=self.lora,

@@ -8,11 +8,12 @@ Both sides are the same PPO run (model, LoRA rank, prompts, reward, sizes, seed)
 responses: the policy's own `generate`, or a vLLM server (vLLM's CPU build in `.venv-vllm`, or `pip install vllm`
 on a GPU machine) given the policy's weights every iteration. Processes alternate in pairs, HF then vLLM, then
 vLLM then HF, ...; each loads the model (and starts its server, untimed), runs the initial evaluation (an untimed
-generation of the held-out prompts at the same length: the generator's warm-up), `--warmup` iterations and then
-the timed ones. Phases per iteration, from the engine's own perf/ metrics: generate (the sampling alone), weight
-sync (the policy to the server: vLLM only), score (the no-grad forwards: reference, value, and the policy's
-log-probs, which vLLM rollouts always recompute while HF sampling in fp32 returns them), update (GAE and the PPO
-epochs), total. The ratio is HF's seconds over vLLM's, pair by pair: its median and its spread.
+generation of one rollout's worth of held-out prompts at the same length: the generator's warm-up), `--warmup`
+iterations and then the timed ones. Phases per iteration, from the engine's own perf/ metrics: generate
+(the sampling alone), weight sync (the policy to the server: vLLM only), score (the no-grad forwards:
+reference, value, and the policy's log-probs, which vLLM rollouts always recompute while HF sampling in fp32
+returns them), update (GAE and the PPO epochs), total. The ratio is HF's seconds over vLLM's, pair by pair:
+its median and its spread.
 
 Other jobs share the cores: the machine's load is sampled every 10 s through the run and written with the
 figures. `--budget-minutes` ends the run after the last pair that fits (the JSON says how many did).
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     w = Workload(model=args.model, rollout=args.rollout, response=args.response, mini=args.mini, epochs=args.epochs,
                  lora=args.lora, threads=args.threads, device=args.device, precision=args.precision,
-                 vllm_gpu_memory=args.gpu_memory_utilization)
+                 vllm_gpu_memory=args.gpu_memory_utilization, eval_prompts=args.rollout)
     model_path(w.model)  # built here once, before any worker loads it
     res: dict[str, Any] = {"workload": dataclasses.asdict(w), "quick": args.quick,
                            "command": " ".join(["python", "bench/vllm_rollouts.py", *sys.argv[1:]]),
