@@ -21,17 +21,22 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = Path(os.environ.get("PPO_TUNER_BENCH_RESULTS") or BENCH / "results")  # tests write elsewhere
 TRL_PYTHON = BENCH / ".venv-trl" / "bin" / "python"
+VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"  # README "Install": vLLM rollouts (optional)
 # both sides must run the same versions (setup_trl.sh)
 SHARED_PACKAGES = ("torch", "transformers", "tokenizers", "numpy")
 MODEL_CACHE = BENCH / ".cache"  # the models built here (gitignored)
 # engine_vs_trl.py --model: "demo" is trials.demo's model (0.24M parameters, SFT-trained) and
 # "smollm2-135m-instruct" the pretrained SmolLM2 (134.5M parameters; trials builds both by name); the
-# others are Qwen2-shaped, built from a config with random weights and the demo's byte-level tokenizer
+# others are built from a config (Qwen2-shaped unless model_type says otherwise) with random weights and the demo's
+# byte-level tokenizer
 MODELS: dict[str, dict[str, Any] | None] = {
     "demo": None,
     "smollm2-135m-instruct": None,
     "qwen2-28m": dict(hidden_size=512, num_hidden_layers=10, num_attention_heads=8, num_key_value_heads=2,
                       intermediate_size=1408, max_position_embeddings=256, tie_word_embeddings=True),  # 28.3M
+    # the smallest model vLLM's CPU attention serves (head size 32): the vLLM benchmark's --quick size
+    "llama-tiny": dict(model_type="llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                       num_key_value_heads=1, intermediate_size=128, max_position_embeddings=256),  # 0.1M
 }
 
 
@@ -58,6 +63,11 @@ class Workload:
     clip_grad: bool = True  # ours clips each model's gradient norm to 1 (its default); TRL's PPO never clips
     model: str = "demo"
     lora: int = 0  # the policy's LoRA rank (all-linear, alpha 16; TRL: its peft_config); 0: full fine-tuning
+    rollout_engine: str = "hf"  # ours: "hf" (the policy's generate) or "vllm" (a server from VLLM_PYTHON)
+    device: str = "cpu"  # ours: "cpu" or "cuda"
+    precision: str = "fp32"  # ours: "fp32" or "bf16" (the vLLM server runs the policy's dtype)
+    eval_prompts: int = 64  # ours: num_eval_prompts (the initial evaluation generates them, untimed)
+    vllm_gpu_memory: float = 0.3  # ours on cuda with vLLM rollouts: the share of the GPU's memory the server takes
 
     def engine_config(self, **changes: Any) -> Any:
         """Our engine's config for this workload (evaluation only at the last iteration)."""
@@ -66,7 +76,10 @@ class Workload:
         fields = dict(rollout_batch_size=self.rollout, mini_batch_size=self.mini, ppo_epochs=self.epochs,
                       response_length=self.response, policy_lr=self.lr, value_lr=self.lr, kl_coef=self.kl_coef,
                       vf_coef=self.vf_coef, temperature=self.temperature, num_threads=self.threads,
-                      seed=self.seed, device="cpu", precision="fp32", eval_interval=10_000, gamma=self.gamma,
+                      seed=self.seed, device=self.device, precision=self.precision, eval_interval=10_000,
+                      gamma=self.gamma, rollout_engine=self.rollout_engine,
+                      vllm_gpu_memory_utilization=self.vllm_gpu_memory, num_eval_prompts=self.eval_prompts,
+                      vllm_python=str(VLLM_PYTHON) if self.rollout_engine == "vllm" else None,
                       gae_lambda=self.lam, cliprange=self.cliprange, cliprange_value=self.cliprange_value,
                       kl_estimator=self.kl_estimator, model_path=model_path(self.model), lora_rank=self.lora,
                       chat_template=False,  # TRL's side and the floor tokenize the prompts as they are
@@ -83,9 +96,11 @@ class Workload:
 
 def model_path(name: str) -> str:
     """The model_path both sides load the named model from (a name trials builds on first use, or a folder)."""
-    if MODELS[name] is None:
+    shape = MODELS[name]
+    if shape is None:
         return name
-    return str(build_qwen2(MODEL_CACHE / name, MODELS[name]))
+    shape = dict(shape)
+    return str(build_causal_lm(MODEL_CACHE / name, shape, model_type=shape.pop("model_type", "qwen2")))
 
 
 def build_qwen2(folder: Path, shape: dict[str, Any], dtype: str = "float32") -> Path:
@@ -125,6 +140,24 @@ def build_causal_lm(folder: Path, shape: dict[str, Any], dtype: str = "float32",
         hf_logging.enable_progress_bar()
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def no_cuda(device: str) -> str | None:
+    """The line for --device cuda where no CUDA device is available, or None."""
+    if device != "cuda":
+        return None
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    return "--device cuda: no CUDA device is available here; run on a machine with one, or use --device cpu"
+
+
+def no_vllm() -> str | None:
+    """The line for a run that needs vLLM rollouts where .venv-vllm is absent, or None."""
+    if VLLM_PYTHON.exists():
+        return None
+    return f"no {VLLM_PYTHON}: make the vLLM environment as README.md 'Install' says (vLLM rollouts)"
 
 
 def load() -> list[float]:

@@ -24,13 +24,15 @@ def _phases(metrics: dict[str, float]) -> dict[str, float]:
     from trials import metrics as K
 
     it, gen, score = metrics[K.ITERATION_SECONDS], metrics[K.GENERATE_SECONDS], metrics[K.SCORE_SECONDS]
-    return {"iteration": it, "generate": gen, "score": score, "update": it - gen - score, "gc": 0.0}
+    sync = metrics.get(K.SYNC_SECONDS, 0.0)  # vLLM rollouts: the policy's weights to the server, inside generate
+    return {"iteration": it, "generate": gen - sync, "sync": sync, "score": score, "update": it - gen - score,
+            "gc": 0.0}
 
 
 def speed(w: Workload, iterations: int, warmup: int, with_floor: bool = False) -> dict[str, Any]:
     from trials import PPOTrainer
 
-    # +1: the last iteration also evaluates, so it is not timed
+    # +1: the last iteration would also evaluate; the run stops after the last timed one instead
     trainer = PPOTrainer(w.engine_config(num_iterations=warmup + iterations + 1))
     floor = Floor(trainer.state, w) if with_floor else None
     rows: list[dict[str, float]] = []
@@ -49,7 +51,7 @@ def speed(w: Workload, iterations: int, warmup: int, with_floor: bool = False) -
         if warmup < iteration <= warmup + iterations:
             rows.append({**_phases(metrics), "clip": clip[0], **(floor.measure() if floor else {})})
         clip[0] = 0.0
-        return False
+        return iteration >= warmup + iterations
 
     load_before = load()
     trainer.train(report)

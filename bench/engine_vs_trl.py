@@ -4,6 +4,7 @@
     python bench/engine_vs_trl.py           # about 4 minutes on 2 quiet cores
     python bench/engine_vs_trl.py --model qwen2-28m --reps 3 --unclipped --out engine_vs_trl_qwen2   # about 14 minutes
     python bench/engine_vs_trl.py --model smollm2-135m-instruct --reps 2 --out engine_vs_trl_smollm2  # LoRA r8
+    python bench/engine_vs_trl.py --model smollm2-135m-instruct --vllm --reps 2 --out engine_vs_trl_smollm2_vllm
 
 Same work: the same model and weights (policy, reference; the value model is our engine's, given to
 TRL under its attribute names), the same prompts and reward, the same rollout batch, mini-batch,
@@ -24,6 +25,8 @@ with a model other than the demo, the default is speed and limit, with TRL witho
    (GAE, the PPO epochs, the optimizer): the update. --trl-no-gc adds TRL with its gc.collect() calls
    made no-ops as a side of its own ("trl, no gc"; Python's automatic collection still runs, as on
    every side), and the ratio of ours to it.
+   --vllm adds ours with vLLM rollouts (rollout_engine: vllm, the server from .venv-vllm; its weight
+   sync timed apart from generation) as a side of its own, and TRL's s/iteration over it.
 3. The limit: our iterations, each followed by every unavoidable model call of an iteration timed
    alone (HF generate; the reference and value forwards; per mini-batch the policy and value forward
    and backward, and a fused AdamW step); the ratio of the two.
@@ -48,6 +51,7 @@ from _common import (
     machine,
     median,
     model_path,
+    no_vllm,
     run_worker,
     save,
     version_mismatch,
@@ -56,6 +60,7 @@ from _common import (
 
 UNCLIPPED = "ours, no clipping"  # as in the parity check: TRL's PPO never clips gradients, ours does by default
 NO_GC = "trl, no gc"  # TRL with its gc.collect() calls made no-ops
+VLLM = "ours, vllm"  # ours with rollout_engine: vllm (a vLLM server from .venv-vllm generates)
 # per model, the defaults of --rollout, --mini, --epochs, --response (the demo's are those of the recorded figures)
 PRESETS = {"demo": dict(rollout=64, mini=16, epochs=4, response=16, lora=0),
            # --reps 3 --unclipped: about 14 minutes
@@ -66,11 +71,11 @@ SIDES = {"trl": (TRL_PYTHON, "_engine_trl.py", "speed"), NO_GC: (TRL_PYTHON, "_e
 
 
 def speed(w: Workload, reps: int, iterations: int, warmup: int, baseline: str | None = None,
-          trl: bool = True, unclipped: bool = False, no_gc: bool = False) -> dict[str, Any]:
-    """Alternating processes: ours, TRL (TRL without its gc.collect() calls; our engine as it was, from
-    `baseline`; ours without gradient clipping), order reversed every rep."""
+          trl: bool = True, unclipped: bool = False, no_gc: bool = False, vllm: bool = False) -> dict[str, Any]:
+    """Alternating processes: ours, TRL (TRL without its gc.collect() calls; ours with vLLM rollouts; our
+    engine as it was, from `baseline`; ours without gradient clipping), order reversed every rep."""
     runs: dict[str, list[dict[str, Any]]] = {"ours": [], **({"trl": []} if trl else {}),
-                                             **({NO_GC: []} if no_gc else {}),
+                                             **({NO_GC: []} if no_gc else {}), **({VLLM: []} if vllm else {}),
                                              **({"ours before": []} if baseline else {}),
                                              **({UNCLIPPED: []} if unclipped else {})}
     for rep in range(reps):
@@ -78,6 +83,7 @@ def speed(w: Workload, reps: int, iterations: int, warmup: int, baseline: str | 
         for side in order:
             python, script, mode = SIDES.get(side, (sys.executable, "_engine_ours.py", "speed"))
             ws = dataclasses.replace(w, clip_grad=False) if side == UNCLIPPED else w
+            ws = dataclasses.replace(w, rollout_engine="vllm") if side == VLLM else ws
             result = run_worker(python, script, [mode, ws.to_json(), str(iterations), str(warmup)],
                                 first_on_path=baseline if side == "ours before" else None)
             runs[side].append(result)
@@ -92,6 +98,12 @@ def speed(w: Workload, reps: int, iterations: int, warmup: int, baseline: str | 
     out: dict[str, Any] = {"sides": summary, "runs": runs}
     if no_gc:
         out.update(speedup_no_gc_per_rep=ratios(NO_GC), speedup_no_gc=median(ratios(NO_GC)))
+    if vllm:  # ours' s/iteration over ours with vLLM rollouts, and TRL's over it
+        out.update(vllm_speedup_per_rep=[1 / x for x in ratios(VLLM)])
+        out.update(vllm_speedup=median(out["vllm_speedup_per_rep"]))
+        if trl:
+            per = [a / b for a, b in zip(ratios("trl"), ratios(VLLM), strict=True)]
+            out.update(speedup_vllm_per_rep=per, speedup_vllm=median(per))
     if trl:
         out.update(speedup_per_rep=ratios("trl"), speedup=median(ratios("trl")))
         if unclipped:  # TRL's s/iteration over ours without clipping, pair by pair
@@ -108,6 +120,8 @@ def speed(w: Workload, reps: int, iterations: int, warmup: int, baseline: str | 
 def _summarise(w: Workload, results: list[dict[str, Any]]) -> dict[str, float]:
     rows = [row for r in results for row in r["rows"]]
     out = {k: median([row[k] for row in rows]) for k in ("iteration", "generate", "score", "gc", "update")}
+    if all("sync" in row for row in rows):  # ours: the weight sync to the vLLM server (0 with HF rollouts)
+        out["sync"] = median([row["sync"] for row in rows])
     if all("clip" in row for row in rows):  # ours: the two gradient-norm clips of every optimizer step
         out["clip"] = median([row["clip"] for row in rows])
     out["samples_per_sec"] = w.rollout / out["iteration"]
@@ -146,6 +160,12 @@ def report(res: dict[str, Any]) -> None:
             print(f"speedup (TRL s/iteration / ours, median of {len(s['speedup_per_rep'])} alternating pairs): "
                   f"{s['speedup']:.2f}x (target >= 2x): {'met' if s['speedup'] >= 2 else 'NOT met'}; per pair "
                   f"{', '.join(f'{x:.2f}' for x in s['speedup_per_rep'])}")
+        if "speedup_vllm" in s:
+            print(f"speedup against TRL of ours with vLLM rollouts: {s['speedup_vllm']:.2f}x; per pair "
+                  f"{', '.join(f'{x:.2f}' for x in s['speedup_vllm_per_rep'])}")
+        if "vllm_speedup" in s:
+            print(f"ours with HF rollouts / ours with vLLM rollouts, s/iteration: {s['vllm_speedup']:.2f}x; per pair "
+                  f"{', '.join(f'{x:.2f}' for x in s['vllm_speedup_per_rep'])}")
         if "speedup_no_gc" in s:
             print(f"speedup against TRL without its gc.collect() calls: {s['speedup_no_gc']:.2f}x "
                   f"(target >= 2x): {'met' if s['speedup_no_gc'] >= 2 else 'NOT met'}; per pair "
@@ -155,6 +175,9 @@ def report(res: dict[str, Any]) -> None:
                   f"{s['speedup_unclipped']:.2f}x; per pair "
                   f"{', '.join(f'{x:.2f}' for x in s['speedup_unclipped_per_rep'])}")
         for side, r in s["sides"].items():
+            if r.get("sync"):
+                print(f"  {side}: the policy's weights to the vLLM server {r['sync']:.3f} s/iteration (not in "
+                      f"generate)")
             if "clip" in r:
                 print(f"  {side}: clip_grad_norm_ (two a step; TRL's PPO has none) {r['clip']:.3f} s/iteration, "
                       f"{r['clip'] / r['iteration']:.1%} of the iteration")
@@ -219,6 +242,9 @@ def main() -> int:
                              "side of its own (always with a model other than the demo)")
     parser.add_argument("--unclipped", action="store_true", help="speed: also time ours without gradient clipping "
                                                                  "(as in the parity check and as TRL's PPO runs)")
+    parser.add_argument("--vllm", action="store_true",
+                        help="speed: also time ours with vLLM rollouts (rollout_engine: vllm, the server from "
+                             ".venv-vllm) as a side of its own")
     parser.add_argument("--baseline", help="a folder holding an older trials/ to time as a third side, e.g. from "
                                            "`git archive COMMIT trials | tar -x -C DIR`")
     args = parser.parse_args()
@@ -226,6 +252,9 @@ def main() -> int:
     only = args.only or (["parity", "speed", "limit"] if demo else ["speed", "limit"])
     no_gc = not args.no_trl and (args.trl_no_gc or not demo)
     uses_trl = "parity" in only or ("speed" in only and not args.no_trl)
+    if args.vllm and no_vllm():
+        print(no_vllm(), file=sys.stderr)
+        return 2
     if uses_trl and not TRL_PYTHON.exists():
         print(f"no {TRL_PYTHON}: run `bash bench/setup_trl.sh` first", file=sys.stderr)
         return 2
@@ -250,7 +279,7 @@ def main() -> int:
         res["parity"] = _parity.parity(w, args.parity_samples)
     if "speed" in only:
         res["speed"] = speed(w, args.reps, args.iterations, args.warmup, args.baseline, trl=not args.no_trl,
-                             unclipped=args.unclipped, no_gc=no_gc)
+                             unclipped=args.unclipped, no_gc=no_gc, vllm=args.vllm)
     if "limit" in only:
         res["limit"] = limit(w, args.iterations * 2, args.warmup)
     res["seconds"] = time.perf_counter() - started

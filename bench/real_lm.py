@@ -48,6 +48,7 @@ from _common import (
     Workload,
     load,
     machine,
+    no_cuda,
     run_worker,
     save,
     version_mismatch,
@@ -170,11 +171,8 @@ def engine_vs_trl(args: argparse.Namespace, s: dict[str, Any]) -> dict[str, Any]
 
 def problem(args: argparse.Namespace, s: dict[str, Any]) -> str | None:
     """One line for what stops this run before anything starts, or None."""
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            return "--device cuda: no CUDA device is available here; run on a machine with one, or use --device cpu"
+    if no_cuda(args.device):
+        return no_cuda(args.device)
     for name, value in [("threads", args.threads), *s.items()]:
         if value < 1:
             return f"--{name} {value}: must be at least 1; give a positive number"

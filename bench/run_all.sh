@@ -35,4 +35,8 @@ $python bench/memory_small.py --repeats 3   # the slow memory test's model and t
 $python bench/memory_heldout.py --repeats 2   # the memory model on a model and a GPU run not in its fit
 $python bench/cpu_bf16.py   # SmolLM2-135M-Instruct (the examples extra): fp32 against bf16 autocast
 $python bench/real_lm.py    # SmolLM2 sentiment: the sweep against the default and random search; ~30+ minutes
+if [ -x .venv-vllm/bin/python ]; then   # vLLM rollouts (README "Install"), SmolLM2: HF against vLLM, and against TRL
+  $python bench/vllm_rollouts.py   # rollout 64 x response 128; ends after the pairs that fit in 20 minutes
+  $python bench/engine_vs_trl.py --model smollm2-135m-instruct --vllm --reps 2 --out engine_vs_trl_smollm2_vllm
+fi
 uptime

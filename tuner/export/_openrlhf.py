@@ -26,6 +26,7 @@ from __future__ import annotations
 from trials import PPOConfig, RewardRef
 from tuner.engines.openrlhf import FIXED, FLAGS
 from tuner.export._common import (
+    NOT_APPLICABLE,
     Out,
     check_demo,
     launch_args,
@@ -64,7 +65,9 @@ class OpenRLHF(Exporter):
     target, names, fixed = "OpenRLHF", FLAGS, FIXED
     title = "OpenRLHF PPO, `python -m openrlhf.cli.train_ppo_ray` (flag names of openrlhf 0.11.2, valid since 0.10.2)"
     notes = ("Run as a bash script (on a Ray cluster: ray job submit ... -- python -m openrlhf.cli.train_ppo_ray ...).",
-             "Add your cluster layout: --actor.num_gpus_per_node, --critic.num_gpus_per_node, --vllm.num_engines, ...")
+             "Add your cluster layout: --actor.num_gpus_per_node, --critic.num_gpus_per_node, --vllm.num_engines "
+             "(1 below), ...")
+    plumbing = tuple(name for name in NOT_APPLICABLE if name != "rollout_engine")  # exported as --vllm.*
     optimizers = {"adamw": "adam", "adam": "adam"}
     critic_default = " (OpenRLHF's default is the reward model)"
     kl_caveat = " (and a TODO in openrlhf/trainer/ppo_trainer.py calls its adaptive controller unsupported)"
@@ -135,6 +138,15 @@ class OpenRLHF(Exporter):
         else:
             out.note("top_k 0: no top-k cut (OpenRLHF has no top-k flag)")
         out.set("top_p", c.top_p)
+
+    def rollout(self, out: Out, c: PPOConfig) -> None:
+        # OpenRLHF 0.11.2 samples only through vLLM engines (trainer/ppo_utils/samples_generator.py), with the
+        # --rollout.* settings above
+        why = ("rollout_engine vllm: one vLLM engine generates, as the sweep's server" if c.rollout_engine == "vllm"
+               else "rollout_engine hf: OpenRLHF generates only with vLLM engines, sampling as above")
+        out.put(("--vllm.num_engines",), 1, f"{why} (more engines, or --vllm.tensor_parallel_size, for a larger "
+                "cluster)", of="rollout_engine")
+        out.put(("--vllm.tensor_parallel_size",), 1, "GPUs per engine", of="rollout_engine")
 
     def adapter(self, out: Out, c: PPOConfig) -> None:
         out.set("lora_rank", c.lora_rank, "LoRA on the policy and on the critic")

@@ -68,8 +68,10 @@ class Exporter:
         out = Out(self.target, self.names, only=fields, skip=skip, mean_length=mean_length)
         for section in sections:
             getattr(self, section)(out, config)
+        written = {name for name, _, _ in out.items}
         for name, (value, why) in self.fixed.items():
-            out.put((name,), value, why)  # names of no field: always written, unless skipped
+            if name not in written:  # a section may have written it with the config's value (verl's rollout.name)
+                out.put((name,), value, why)  # names of no field: always written, unless skipped
         return out
 
     def launch(self, config: PPOConfig, fields: Collection[str] | None = None,
@@ -209,7 +211,11 @@ class Exporter:
         out.set("response_length", c.response_length, "tokens")
         out.set("temperature", c.temperature, "also the temperature of the log-probs, as ppo-tuner")
         self.sampling(out, c)
+        self.rollout(out, c)
         self.chat(out, c)
+
+    def rollout(self, out: Out, c: PPOConfig) -> None:
+        """A target with no rollout-engine setting: rollout_engine is among the run plumbing."""
 
     def chat(self, out: Out, c: PPOConfig) -> None:
         """A target whose prompts reach the model as written: the chat template is applied beforehand."""

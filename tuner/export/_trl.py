@@ -50,7 +50,7 @@ class TRL(Exporter):
     target, names, fixed = "TRL", KWARGS, FIXED
     title = "trl 1.12 PPOConfig (trl.experimental.ppo, the last TRL with PPO)"
     plumbing = ("num_threads", "num_eval_prompts", "eval_interval", "eval_reward", "save_merged",
-                "rollout_engine", "vllm_python", "checkpoint_every", "checkpoint_dir")
+                "rollout_engine", "vllm_python", "vllm_gpu_memory_utilization", "checkpoint_every", "checkpoint_dir")
     optimizers = {"adamw": "adamw_torch", "adam": "adamw_torch"}
     shared_value = ("it takes a value_model of its own, trained whole; wrap that model in a LoRA adapter of its "
                     "own yourself (a second copy of the base)")

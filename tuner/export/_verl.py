@@ -20,7 +20,7 @@ each model in its `fsdp_config.model_dtype` (fp32 by default).
 from __future__ import annotations
 
 from trials import PPOConfig, RewardRef
-from tuner.engines.verl import FIXED, KEYS
+from tuner.engines.verl import FIXED, KEYS, ROLLOUT_MEMORY, ROLLOUT_NAME
 from tuner.export._common import (
     Out,
     check_demo,
@@ -62,7 +62,7 @@ class Verl(Exporter):
     notes = ("Add your cluster layout and logging: trainer.n_gpus_per_node, trainer.nnodes, "
              "actor_rollout_ref.rollout.tensor_model_parallel_size, trainer.logger, ...",)
     plumbing = ("device", "precision", "num_threads", "output_dir", "save_merged", "num_eval_prompts", "eval_reward",
-                "rollout_engine", "vllm_python", "checkpoint_every", "checkpoint_dir")
+                "vllm_python", "checkpoint_every", "checkpoint_dir")
     optimizers = {"adamw": "AdamW", "adam": "Adam"}
     kl_estimators = {"k1": "kl", "k3": "low_var_kl"}
     shared_value = ("its critic is a model of its own: exported from model_path, with a LoRA adapter of the "
@@ -155,6 +155,19 @@ class Verl(Exporter):
         else:
             out.note(f"chat_template {c.chat_template}: verl's RLHFDataset applies the tokenizer's chat template to "
                      "the prompt column, which holds a list of messages: [{role: user, content: ...}]")
+
+    def rollout(self, out: Out, c: PPOConfig) -> None:
+        if c.rollout_engine == "vllm":
+            out.put((ROLLOUT_NAME,), "vllm", "rollout_engine vllm: vLLM generates, as in the sweep",
+                    of="rollout_engine")
+            out.put((ROLLOUT_MEMORY,), c.vllm_gpu_memory_utilization, "vllm_gpu_memory_utilization: the share of "
+                    "each GPU vLLM takes beside the actor (verl's default is 0.5)", of="vllm_gpu_memory_utilization")
+        else:
+            out.note(f"vllm_gpu_memory_utilization {c.vllm_gpu_memory_utilization}: unused by the sweep "
+                     f"(rollout_engine hf); {ROLLOUT_MEMORY} keeps verl's default")
+            # workers/rollout/replica.py registers vllm, sglang and trtllm; rollout.yaml's 'hf' has no replica
+            out.put((ROLLOUT_NAME,), "vllm", "rollout_engine hf: verl 0.9.1's PPO generates only through a "
+                    "server (vllm, sglang or trtllm); the sampling settings above are the same", of="rollout_engine")
 
     def checkpointing(self, out: Out, c: PPOConfig) -> None:
         out.set("gradient_checkpointing", c.gradient_checkpointing, "actor and critic (verl's default is True)")
