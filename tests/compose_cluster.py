@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,21 @@ def _descendants(pid: int) -> set[int]:
                 found.add(child)
                 todo.append(child)
     return found
+
+
+def end_process(proc: subprocess.Popen, also: Callable[[], Iterable[int]] = tuple) -> None:
+    """SIGTERM `proc` (a `ray start --block` then stops its node), wait up to 30 s, then SIGKILL whatever
+    of it, or below it, or of `also()`, is left."""
+    family = _descendants(proc.pid) | {proc.pid}
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
+    for pid in family | _descendants(proc.pid) | set(also()):
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:
@@ -272,16 +288,7 @@ class ComposeCluster:
         """SIGTERM each process started here (`ray start --block` then stops its node), then SIGKILL
         whatever of it, or below it, is left."""
         for _, proc, _ in reversed(self.procs):
-            family = _descendants(proc.pid) | {proc.pid}
-            if proc.poll() is None:
-                proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-            for pid in family | _descendants(proc.pid):
-                if _alive(pid):
-                    os.kill(pid, signal.SIGKILL)
+            end_process(proc)
         for stray in self._strays():  # Ray processes of this cluster whose parent died first
             os.kill(stray, signal.SIGKILL)
         self.pg.stop()

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from tests.compose_cluster import _alive, _descendants, processes_naming
+from tests.compose_cluster import end_process, processes_naming
 from tests.conftest import free_port
 
 
@@ -92,14 +91,5 @@ class GpuCluster:
     def stop(self) -> None:
         """SIGTERM to `ray start --block` (it stops its node), then SIGKILL what is left of it."""
         for proc in [*self.nodes, *([self.proc] if self.proc is not None else [])]:
-            family = _descendants(proc.pid) | {proc.pid}
-            if proc.poll() is None:
-                proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-            for pid in family | set(self.processes()):
-                if _alive(pid):
-                    os.kill(pid, signal.SIGKILL)
+            end_process(proc, self.processes)
         shutil.rmtree(self.folder, ignore_errors=True)

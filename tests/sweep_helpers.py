@@ -57,6 +57,18 @@ def start_tuner(*args: str, cwd: Path, log: Path) -> subprocess.Popen:
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
+def wait_while_running(predicate: Callable[[], Any], seconds: float, proc: subprocess.Popen, log: Path) -> Any:
+    """The first truthy value of `predicate()`, polled while the sweep `proc` runs (its log on failure)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out; log:\n{log.read_text()[-3000:]}")
+
+
 def stop_sweep(proc: subprocess.Popen, log: Path, ready: Callable[[], bool], sig: int = signal.SIGINT,
                within: float = 300, settle: float = 0.0) -> tuple[int, str, float]:
     """Once `ready()` holds (checked while the sweep `proc` runs, for `within` seconds) and `settle` seconds

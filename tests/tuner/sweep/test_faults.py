@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tests.sweep_helpers import start_tuner, sweep_runs, tuner, write_spec
+from tests.sweep_helpers import start_tuner, sweep_runs, tuner, wait_while_running, write_spec
 from tuner.spec import load_spec
 from tuner.sweep.study import open_storage
 
@@ -80,16 +80,6 @@ def test_a_fault_that_outlasts_max_failures_is_recorded_failed(tmp_path, demo_mo
     assert "RuntimeError: the reward service is unavailable" in failed[0].user_attrs["error"]
 
 
-def _wait_for(predicate, seconds: float, proc: subprocess.Popen, log: Path):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out; log:\n{log.read_text()[-3000:]}")
-
 
 def _running_trial_pid(spec) -> int | None:
     if not Path(spec.storage_url().removeprefix("sqlite:///")).is_file():
@@ -112,7 +102,7 @@ def test_a_killed_worker_is_retried_and_the_sweep_completes(tmp_path, demo_model
     log = tmp_path / "run.log"
     proc = subprocess.Popen([*_python_tuner(), "run", str(path)], cwd=tmp_path, stdout=log.open("w"),
                             stderr=subprocess.STDOUT, env=_env(tmp_path, FAULT_SLOW="0.2"))
-    pid = _wait_for(lambda: _running_trial_pid(spec), 240, proc, log)
+    pid = wait_while_running(lambda: _running_trial_pid(spec), 240, proc, log)
     os.kill(pid, signal.SIGKILL)
     assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
     trials = _trials(spec)
@@ -141,7 +131,7 @@ def test_the_controller_killed_mid_sweep_resumes_with_nothing_lost(tmp_path, dem
         except Exception:
             return 0
 
-    _wait_for(lambda: finished() >= 2 and _running_trial_pid(spec), 300, proc, log)
+    wait_while_running(lambda: finished() >= 2 and _running_trial_pid(spec), 300, proc, log)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     time.sleep(3)

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -17,7 +16,15 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tests.sweep_helpers import FAST_BASE, start_tuner, stop_sweep, sweep_runs, tuner, write_spec
+from tests.sweep_helpers import (
+    FAST_BASE,
+    start_tuner,
+    stop_sweep,
+    sweep_runs,
+    tuner,
+    wait_while_running,
+    write_spec,
+)
 from trials import CHECKPOINT_FILE, PPOConfig, train
 from trials import metrics as K
 from tuner.engines import CHECKPOINTS
@@ -42,16 +49,6 @@ def _pid(spec) -> int | None:
     return trial.user_attrs.get("pid") if trial is not None else None
 
 
-def _wait_for(predicate, seconds: float, proc: subprocess.Popen, log: Path):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out; log:\n{log.read_text()[-3000:]}")
-
 
 def _spec(tmp_path: Path, name: str) -> Path:
     """One trial of 8 iterations, a checkpoint every 2, the adaptive KL controller; rewards that can be slowed."""
@@ -74,7 +71,7 @@ def test_a_killed_trial_resumes_after_its_checkpoint_as_the_run_never_killed(tmp
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
     saved = spec.sweep_dir() / "trials" / "0" / CHECKPOINTS / CHECKPOINT_FILE
     try:
-        pid = _wait_for(lambda: saved.is_file() and _pid(spec), 300, proc, log)
+        pid = wait_while_running(lambda: saved.is_file() and _pid(spec), 300, proc, log)
         os.kill(pid, signal.SIGKILL)  # the worker dies mid-trial, as on a lost node
         killed_at = torch.load(saved, weights_only=False)["iteration"]  # what the retry finds
         assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
