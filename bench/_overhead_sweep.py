@@ -68,7 +68,7 @@ def instrument() -> None:
     _tracking.SweepTracker.__init__ = _step("setup: MLflow store and parent run", _tracking.SweepTracker.__init__)
     ray.tune.Tuner.__init__ = _step("setup: Ray Tune Tuner", ray.tune.Tuner.__init__)
     sweep.run_sweep = _step("run_sweep", sweep.run_sweep)
-    _fit._ray_init = _step("ray_init", _fit._ray_init)
+    _fit.join_ray = _step("ray_init", _fit.join_ray)
     _fit.RayUse.close = _step("teardown: Ray shutdown", _fit.RayUse.close)
     _run.summarise = _step("summary", _run.summarise)
     _run.finish_sweep = _step("summary", _run.finish_sweep)
