@@ -27,7 +27,7 @@ import torch
 
 if TYPE_CHECKING:
     from trials._config import PPOConfig
-    from trials._engine import _Run
+    from trials._run import _Run
 
 __all__ = ["CHECKPOINT_FILE", "Restored", "checkpoint_due", "checkpoint_path", "fingerprint", "load_checkpoint",
            "remove_checkpoint", "save_checkpoint"]
