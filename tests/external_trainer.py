@@ -5,7 +5,9 @@ Its per-token KL grows with the learning rate (--lr) and the step, so a large lr
 limit; it reports per-token KL and the response length, as many trainers log them. It starts a helper
 process (as a data loader would) that must be stopped with it. Faults for the tests: --crash-if-lr
 exits 1 with a traceback at step 2 (after one report); --hang-if-lr goes silent at step 2 and
-ignores SIGTERM. Each step saves a checkpoint file to the working folder.
+ignores SIGTERM. Each step saves a checkpoint file to the working folder. --linger-helper S starts a
+second helper in a session of its own (as a server would be) that ends S seconds after the trainer is
+gone: no signal to the trainer's group reaches it, and a sweep must wait for it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,14 @@ import signal
 import subprocess
 import sys
 import time
+
+LINGER = """
+import os, sys, time
+parent = os.getppid()
+while os.getppid() == parent:
+    time.sleep(0.1)
+time.sleep(float(sys.argv[1]))
+"""
 
 
 def report(**values: float) -> None:
@@ -32,11 +42,15 @@ def main() -> int:
     parser.add_argument("--step-seconds", type=float, default=0.1)
     parser.add_argument("--crash-if-lr", type=float, default=None)
     parser.add_argument("--hang-if-lr", type=float, default=None)
+    parser.add_argument("--linger-helper", type=float, default=None)
     args = parser.parse_args()
     with open(os.environ["PPO_TUNER_TRIAL_CONFIG"]) as f:
         trial = json.load(f)["number"]
     helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)",
                                os.environ["PPO_TUNER_TRIAL_CONFIG"]])
+    if args.linger_helper is not None:
+        subprocess.Popen([sys.executable, "-c", LINGER, str(args.linger_helper), os.environ["PPO_TUNER_TRIAL_CONFIG"]],
+                         start_new_session=True)
     sys.stdout.write(f"trial {trial}: training with lr {args.lr:g} (helper {helper.pid}), "
                      f"started at {time.time()}\n")
     for step in range(1, args.steps + 1):

@@ -1,7 +1,9 @@
 """Ray for a sweep's stages, and one stage's trials through Ray Tune.
 
 `RayUse` joins the cluster the spec or RAY_ADDRESS names, else starts a local Ray, once, for the
-first stage that has trials to run, and shuts down only a Ray it started. `fit` builds the Tuner
+first stage that has trials to run, and shuts down only a Ray it started; then it waits for every
+process that Ray's workers started (a trial's vLLM server, a trainer) to end, and kills what outlives
+the wait (trials.process.end_descendants): when a sweep returns, nothing it started runs. `fit` builds the Tuner
 (the stage's searcher and scheduler, the outage stopper, the one Ray callback that feeds the logger
 and the `SweepCallback`s, each trial's folder) and runs it.
 """
@@ -14,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from trials import ConfigError, Problem
+from trials.process import adopt_orphans, descendants, end_descendants
 from tuner.spec import CompiledSpec
 from tuner.sweep._callback import SweepCallback, tell
 from tuner.sweep._outage import StudyOutage
@@ -21,6 +24,8 @@ from tuner.sweep._signals import noting_tune_stops, stop_on_sigterm
 from tuner.trial import SCHEDULER_SCORE
 
 __all__ = ["RayUse", "fit", "join_ray", "search_scheduler"]
+
+ORPHAN_GRACE = 30.0  # seconds for a local Ray's processes to end after its shutdown before they are killed
 
 
 def join_ray(spec: CompiledSpec) -> bool:
@@ -70,10 +75,13 @@ def join_ray(spec: CompiledSpec) -> bool:
 
 class RayUse:
     """Ray for the sweep's stages: started (or joined) by the first stage that runs trials, shut
-    down at the end of the sweep if this sweep started it."""
+    down at the end of the sweep if this sweep started it, and then the processes its trials left waited
+    for (this process is their subreaper from `ensure` to `close`)."""
 
     def __init__(self, spec: CompiledSpec, callbacks: Sequence[SweepCallback]):
         self.spec, self.callbacks, self.started, self.up = spec, callbacks, False, False
+        self.before: set[tuple[int, int]] = set()  # this process's descendants before Ray started
+        self.adopting = False  # this made the process a subreaper (undone at close)
 
     def ensure(self, what: str) -> None:
         if self.up:
@@ -83,6 +91,9 @@ class RayUse:
         where = f"joining the Ray cluster at {address}" if address else "starting a local Ray"
         tell(self.callbacks,
              f"{where} for {what}, {self.spec.resources.max_concurrent} at a time")
+        # a trial's process tree, orphaned when Ray's workers end, stays below this process until close
+        self.adopting = adopt_orphans() is False
+        self.before = descendants()
         self.started = join_ray(self.spec)
         self.up = True
         tell(self.callbacks, "Ray is up: starting the trials' workers (each loads torch and its "
@@ -95,6 +106,13 @@ class RayUse:
 
             ray.shutdown()
             self.started = False
+            killed = end_descendants(self.before, ORPHAN_GRACE)
+            if killed:
+                tell(self.callbacks, f"{len(killed)} processes of the sweep's trials outlived Ray's shutdown by "
+                                     f"{ORPHAN_GRACE:g} s and were killed (pids {', '.join(map(str, killed))})")
+        if self.adopting:
+            adopt_orphans(False)
+            self.adopting = False
 
 
 def search_scheduler(spec: CompiledSpec) -> Any:

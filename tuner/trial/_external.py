@@ -84,13 +84,14 @@ class TrainerProcess:
 
     def _read(self, last: bool) -> None:
         assert self.proc.stdout is not None
-        with self.log_path.open("a") as log:  # a retried trial's attempts, one after another
+        # a retried trial's attempts, one after another; line-buffered: a child the trainer left may hold
+        # its output open past the trial's end, and what the trainer last wrote must be in the log by then
+        with self.log_path.open("a", buffering=1) as log:
             for line in self.proc.stdout:
                 log.write(line)
                 self.tail.append(line.rstrip("\n"))
                 if self.marker is not None and self.marker in line:
                     self.lines.put((time.perf_counter(), line))
-                    log.flush()
         self._output_done.set()
         if last:
             self.lines.put(None)

@@ -48,14 +48,15 @@ def sweep(tmp_path_factory):
     spec = {"name": "byot",
             "trial": {"engine": "command", "report_timeout": "4s", "stop_grace": 1,
                       "command": [sys.executable, str(SCRIPT), "--lr", "{policy_lr}", "--steps", "{num_iterations}",
-                                  "--step-seconds", "0.1", "--crash-if-lr", "2e-5", "--hang-if-lr", "3e-5"],
+                                  "--step-seconds", "0.1", "--crash-if-lr", "2e-5", "--hang-if-lr", "3e-5",
+                                  "--linger-helper", "15"],
                       "env": {"MARKER": str(folder)}},
             "search_space": {"policy_lr": {"choices": list(LRS)}}, "kl_limit": 15,
             "budget": {"trials": 4, "iterations": 4, "max_failures": 0, "promote": {"top_k": 0}},
             "scheduler": {"type": "none"},
             "sampler": {"type": "grid"}, "resources": {"max_concurrent": 2}, "ray": {"num_cpus": 2},
             "workdir": str(folder / "sweeps")}
-    return run_spec(folder, spec, timeout=300)
+    return {**run_spec(folder, spec, timeout=300), "left": processes_under(folder / "sweeps")}
 
 
 def run_spec(folder: Path, spec: dict, timeout: float) -> dict:
@@ -66,7 +67,8 @@ def run_spec(folder: Path, spec: dict, timeout: float) -> dict:
     proc = tuner("run", path, cwd=folder, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     compiled = load_spec(path)
-    return {"folder": folder, "spec": compiled, "study": load_study(compiled), "seconds": time.perf_counter() - started}
+    return {"folder": folder, "spec": compiled, "study": load_study(compiled), "seconds": time.perf_counter() - started,
+            "output": proc.stdout + proc.stderr}
 
 
 def test_states_follow_the_kl_limit_and_the_faults(sweep):
@@ -80,6 +82,13 @@ def test_states_follow_the_kl_limit_and_the_faults(sweep):
     assert "no report for 4 s" in hang
     assert "after 1 reports" in crash and rows[2e-5].iterations == 1  # as many as its error says
     assert processes_under(sweep["folder"]) == []
+
+
+def test_no_process_of_a_trial_outlives_the_sweep(sweep):
+    """Each trainer left a helper in a session of its own that ends 15 s after the trainer: `tuner run`
+    returned only once the last of them had ended (without killing it: they end within the wait)."""
+    assert sweep["left"] == []
+    assert "were killed" not in sweep["output"], sweep["output"][-3000:]
 
 
 def test_each_trial_runs_in_its_own_folder_under_the_sweep(sweep):
@@ -125,7 +134,7 @@ def test_export_gives_your_command_line_and_the_searched_values(sweep):
     folder = sweep["spec"].sweep_dir() / "trials" / str(best.number)
     lr = json.loads((folder / "trial_config.json").read_text())["engine"]["policy_lr"]
     argv = [sys.executable, str(SCRIPT), "--lr", str(lr), "--steps", "4", "--step-seconds", "0.1",
-            "--crash-if-lr", "2e-5", "--hang-if-lr", "3e-5"]
+            "--crash-if-lr", "2e-5", "--hang-if-lr", "3e-5", "--linger-helper", "15"]
     assert script.stdout.splitlines()[-1] == shlex.join(argv) and "model_path" not in script.stdout
     as_yaml = tuner("export", "byot", "--workdir", workdir, "--format", "yaml", cwd=sweep["folder"])
     assert yaml.safe_load(as_yaml.stdout) == {"policy_lr": 1e-5}, as_yaml.stdout
