@@ -115,6 +115,7 @@ def parity(w: Workload, replay_path: str, out_dir: str) -> dict[str, Any]:
     from trials import PPOTrainer
     from trials import _engine as E
     from trials import _math as M
+    from trials import _update as U
     from trials import metrics as K
     from trials._rollout import forward_logits, logprobs_of, response_mask
 
@@ -144,7 +145,7 @@ def parity(w: Workload, replay_path: str, out_dir: str) -> dict[str, Any]:
 
     steps: list[dict[str, float]] = []
     rewards: list[list[list[float]]] = []
-    micro_step, gae = E._micro_step, M.compute_gae
+    micro_step, gae = U._micro_step, M.compute_gae
 
     def recorded_micro_step(run: Any, ro: Any, advantages: Any, returns: Any, idx: Any, P: int, weight: float) -> Any:
         stats = micro_step(run, ro, advantages, returns, idx, P, weight)
@@ -160,7 +161,7 @@ def parity(w: Workload, replay_path: str, out_dir: str) -> dict[str, Any]:
     def grad_norms(optimizer: Any, *_: Any) -> None:
         steps[-1].update(grad_norm_policy=grad_norm(run.policy_params), grad_norm_value=grad_norm(run.value_params))
 
-    E._generate, E._next_prompts, E._micro_step, M.compute_gae = (
+    E._generate, E._next_prompts, U._micro_step, M.compute_gae = (
         replayed, lambda run, n: list(prompts), recorded_micro_step, recorded_gae)
     torch.randperm = replayed_order
     run.optimizer.register_step_pre_hook(grad_norms)

@@ -22,7 +22,7 @@ from trials import metrics as K
 from trials._chat import chat_format, stop_token_ids
 from trials._checkpoint import checkpoint_due, load_checkpoint, remove_checkpoint, save_checkpoint
 from trials._config import PPOConfig
-from trials._errors import ConfigError, NonFiniteError, Problem
+from trials._errors import ConfigError, Problem
 from trials._lora import frozen_dtype, load_models, reference, save_policy
 from trials._models import load_tokenizer, resolve_model_path
 from trials._prompts import load_prompts, split_prompts
@@ -37,6 +37,7 @@ from trials._rollout import (
 )
 from trials._run import _Rollout, _Run
 from trials._threads import reserved_threads
+from trials._update import explained_variance, update
 from trials._vllm import VLLMRollouts
 
 __all__ = ["PPOTrainer", "Reporter", "TrainResult", "evaluate", "train"]
@@ -267,7 +268,7 @@ def _iteration(run: _Run, iteration: int) -> dict[str, float]:
         advantages = M.masked_whiten(advantages, ro.mask) * ro.mask
 
     # 5. ppo_epochs x mini-batches of the clipped surrogate, clipped value loss, entropy bonus.
-    stats = _update(run, ro, advantages, returns)
+    stats = update(run, ro, advantages, returns)
     t3 = time.perf_counter()
 
     # 6. The adaptive KL controller follows the batch's KL (summed over each response).
@@ -283,7 +284,7 @@ def _iteration(run: _Run, iteration: int) -> dict[str, float]:
         K.RLHF_REWARD: (ro.scores + non_score.sum(1)).mean().item(),
         K.NON_SCORE_REWARD: non_score.sum(1).mean().item(),
         K.RESPONSE_LENGTH: ro.mask.sum(1).mean().item(),
-        K.EXPLAINED_VARIANCE: _explained_variance(ro.values, returns, ro.mask),
+        K.EXPLAINED_VARIANCE: explained_variance(ro.values, returns, ro.mask),
         K.LR_POLICY: run.optimizer.param_groups[0]["lr"],
         K.LR_VALUE: run.optimizer.param_groups[1]["lr"],
         **stats,
@@ -350,75 +351,6 @@ def _score(run: _Run, prompts: list[str], enc: dict[str, torch.Tensor], response
     return _Rollout(sequences=sequences, attention_mask=attn, position_ids=pos, mask=mask,
                     logprobs=policy_logprobs * mask, ref_logprobs=torch.cat(ref_logprobs) * mask,
                     values=torch.cat(values) * mask, scores=scores, prompt_len=P)
-
-
-def _update(run: _Run, ro: _Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
-    c = run.config
-    B, P = len(ro.scores), ro.prompt_len
-    micro = c.micro_batch_size or c.mini_batch_size
-    sums: dict[str, float] = {}
-    steps = 0
-    run.policy.train()  # dropout is off; training mode turns on gradient checkpointing and LoRA dropout
-    run.value.train()
-    for _ in range(c.ppo_epochs):
-        order = torch.randperm(B, generator=run.prompt_gen).to(run.device)
-        for start in range(0, B, c.mini_batch_size):
-            run.optimizer.zero_grad(set_to_none=True)
-            mb = order[start:start + c.mini_batch_size]
-            for m0 in range(0, len(mb), micro):
-                idx = mb[m0:m0 + micro]
-                stats = _micro_step(run, ro, advantages, returns, idx, P, weight=len(idx) / len(mb))
-                for key, value in stats.items():
-                    sums[key] = sums.get(key, 0.0) + value * len(idx) / len(mb)
-            torch.nn.utils.clip_grad_norm_(run.policy_params, c.max_grad_norm)
-            torch.nn.utils.clip_grad_norm_(run.value_params, c.max_grad_norm)
-            run.optimizer.step()
-            run.scheduler.step()
-            steps += 1
-    run.policy.eval()
-    run.value.eval()
-    if run.vllm:
-        run.vllm.stale = True
-    return {key: value / steps for key, value in sums.items()}
-
-
-def _micro_step(run: _Run, ro: _Rollout, advantages: torch.Tensor, returns: torch.Tensor,
-                idx: torch.Tensor, P: int, weight: float) -> dict[str, float]:
-    """Policy forward and backward, then value forward and backward: the loss is
-    pg_loss - ent_coef * entropy + vf_coef * vf_loss, its two parts touch disjoint parameters, and the
-    policy's activations are freed before the value's forward (a lower peak)."""
-    c = run.config
-    mask = ro.mask[idx]
-    ids, attn, pos = ro.sequences[idx], ro.attention_mask[idx], ro.position_ids[idx]
-    with run.autocast():
-        logits = forward_logits(run.policy, ids, attn, pos, P)
-    logits = logits.float() / c.temperature
-    logprobs = logprobs_of(logits, ids[:, P:], 1.0)
-    with torch.set_grad_enabled(c.ent_coef != 0):  # without an entropy bonus it is only reported: no backward
-        entropy = M.masked_mean(M.entropy_from_logits(logits), mask)
-    pg_loss, pg_stats = M.policy_loss(logprobs, ro.logprobs[idx], advantages[idx], mask, c.cliprange)
-    policy_loss = pg_loss - c.ent_coef * entropy
-    if not torch.isfinite(policy_loss):
-        raise NonFiniteError(f"the PPO loss became {policy_loss.item()} (policy {pg_loss.item()})")
-    (policy_loss * weight).backward()
-    del logits, logprobs
-    with run.value.active():  # a shared base runs the value adapter, in the forward and its backward
-        with run.autocast():
-            vpred = run.value(ids, attn, pos)[:, P - 1:-1]
-        vf_loss, vf_stats = M.value_loss(vpred, ro.values[idx], returns[idx], mask, c.cliprange_value)
-        if not torch.isfinite(vf_loss):
-            raise NonFiniteError(f"the value loss became {vf_loss.item()}")
-        (c.vf_coef * vf_loss * weight).backward()
-    return {K.POLICY_LOSS: pg_loss.item(), K.VALUE_LOSS: vf_loss.item(), K.CLIPFRAC: pg_stats["clipfrac"].item(),
-            K.APPROXKL: pg_stats["approxkl"].item(), K.VALUE_CLIPFRAC: vf_stats["clipfrac"].item(),
-            K.ENTROPY: entropy.item()}
-
-
-def _explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
-    var_returns = M.masked_var(returns, mask)
-    if var_returns.item() == 0:
-        return 0.0
-    return (1.0 - M.masked_var(returns - values, mask) / var_returns).item()
 
 
 @torch.no_grad()
