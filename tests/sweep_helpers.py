@@ -45,6 +45,19 @@ def write_spec(folder: Path, name: str, **overrides) -> Path:
     return path
 
 
+def unrun_sweep(folder: Path, name: str) -> Path:
+    """A sweep folder under folder/sweeps with its spec and an empty study, as `tuner run` leaves it before
+    its first trial (for the commands that read a sweep, without running one); `folder`."""
+    from tuner.spec import load_spec
+    from tuner.sweep import open_study
+
+    spec = load_spec(write_spec(folder, name))
+    spec.sweep_dir().mkdir(parents=True)
+    spec.spec_file().write_text(yaml.safe_dump(spec.resolved(), sort_keys=False))
+    open_study(spec, create=True)
+    return folder
+
+
 def tuner(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None, **popen) -> subprocess.CompletedProcess:
     env = {**(env or os.environ), "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "tuner.cli", *map(str, args)], cwd=cwd, env=env,

@@ -7,6 +7,7 @@ loaded checkpoints per process, so a warm worker pays for imports and model load
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -45,7 +46,8 @@ def run_trial(config: dict[str, Any]) -> None:
     objective = task.objective
     direction = objective["direction"]
     try:
-        trainer = PPOTrainer(PPOConfig.from_dict(own_checkpoints(task)))
+        engine = own_checkpoints(task)
+        trainer = PPOTrainer(PPOConfig.from_dict(engine))
         resumed = trainer.resumed.iteration if trainer.resumed else 0  # a retry continues after its checkpoint
         evaluated = objective["metric"] in K.EVALUATED or trainer.state.config.eval_reward
         initial = trainer.initial_evals() if evaluated else {}  # the curves start before any update
@@ -68,6 +70,9 @@ def run_trial(config: dict[str, Any]) -> None:
             return over
 
         trainer.train(report)
+        if engine is not task.engine:  # the trial's own checkpoint folder: empty once its run ended
+            with contextlib.suppress(OSError):
+                Path(engine["checkpoint_dir"]).rmdir()
     except Exception as exc:
         # Reported as the trial's last result. A cause that can pass (out of memory, a reward that
         # crashed, an unknown error) is raised again so that Ray retries the trial up to the spec's

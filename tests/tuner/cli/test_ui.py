@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT, free_port
 from tests.sweep_helpers import tuner, write_spec
+from tests.sweep_helpers import unrun_sweep as make_unrun_sweep
 from tuner._mlflow_ui import open_link
 from tuner.sweep import sweep_page
 
@@ -198,17 +199,7 @@ def test_optuna_dashboard_shows_the_kl_infeasible_trials_and_the_best_feasible(u
 @pytest.fixture(scope="module")
 def unrun_sweep(tmp_path_factory):
     """A sweep folder with its spec and an empty study, as `tuner run` leaves it before its first trial."""
-    import yaml
-
-    from tuner.spec import load_spec
-    from tuner.sweep import open_study
-
-    folder = tmp_path_factory.mktemp("serve")
-    spec = load_spec(write_spec(folder, "ui4"))
-    spec.sweep_dir().mkdir(parents=True)
-    spec.spec_file().write_text(yaml.safe_dump(spec.resolved(), sort_keys=False))
-    open_study(spec, create=True)
-    return folder
+    return make_unrun_sweep(tmp_path_factory.mktemp("serve"), "ui4")
 
 
 def _descendants(pid: int) -> set[int]:
