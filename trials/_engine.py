@@ -213,6 +213,10 @@ class PPOTrainer:
                 if checkpoint_due(config, iteration):
                     save_checkpoint(run, iteration, initial_evals)
                     saved = True
+            if saved and iteration == config.num_iterations:
+                # before the last report: a sweep may end the trial at that report, and nothing runs after it
+                remove_checkpoint(config)
+                saved = False
             if report(iteration, metrics):
                 stopped = iteration < config.num_iterations
                 break

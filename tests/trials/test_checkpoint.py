@@ -142,3 +142,19 @@ def test_no_checkpoint_dir_or_checkpoint_every_0_writes_nothing(demo_model, tmp_
     assert not list(tmp_path.iterdir())
     trainer = PPOTrainer(PPOConfig.from_dict({**BASE}))
     assert trainer.resumed is None
+
+
+def test_the_checkpoint_is_gone_by_the_last_report(demo_model, tmp_path):
+    """A sweep may end a trial at its last report (ASHA at max_t): nothing of the run executes after that
+    report returns, so the checkpoint is removed before it, not after."""
+    seen = {}
+
+    def report(iteration, metrics):
+        seen[iteration] = (tmp_path / CHECKPOINT_FILE).exists()
+        if iteration == 5:
+            raise Killed  # as the sweep ending the trial there: the run never gets past this call
+        return False
+
+    with pytest.raises(Killed):
+        PPOTrainer(config(tmp_path, num_iterations=5, checkpoint_every=2)).train(report)
+    assert seen[4] and not seen[5], seen  # saved after 2 and 4, gone by the report of 5, the last

@@ -51,11 +51,13 @@ from tuner.trial import (
     OBJECTIVE,
     Attr,
     MemoryCheck,
+    State,
     StopReason,
     TrialFailure,
     TrialReport,
     TrialTask,
     failing_alike,
+    remove_own_checkpoints,
 )
 
 __all__ = ["DUPLICATE_TRIES", "OutageStop", "PromotionSearcher", "StudySearcher", "ask_trial"]
@@ -196,7 +198,9 @@ class StudySearcher(TrialLedger, Searcher):
         budget = self.memory.budget_gb if self.memory is not None else None
         rules = Rules(planned=self.iterations, kl_limit=self.spec.kl_limit,
                       memory_budget_gb=budget, multi=self.multi)
-        self._outcomes[trial_id] = record(self.study, live, error, rules)
+        outcome = self._outcomes[trial_id] = record(self.study, live, error, rules)
+        if outcome.state != State.FAIL:
+            remove_own_checkpoints(live.task)
         self.forget(trial_id)
 
     def on_retry(self, trial_id: str) -> int:

@@ -32,7 +32,7 @@ from tuner.trial._result import (
 )
 from tuner.trial._scoring import WORST, Scorer, kl_constraint, overoptimized, scheduler_score, worst
 from tuner.trial._task import TrialTask
-from tuner.trial._trainable import run_trial
+from tuner.trial._trainable import remove_own_checkpoints, run_trial
 from tuner.trial._verdict import (
     Attr,
     Ending,
@@ -49,6 +49,7 @@ __all__ = ["ERROR", "GIB", "INITIAL_EVAL", "ITERATION", "KL_MAX", "OBJECTIVE", "
            "SCHEDULER_SCORE", "START_SECONDS", "STATES", "TRAINER", "WARM_START", "WORST", "Attr",
            "Ending", "MemoryCheck", "Outcome", "Scorer", "State", "StopReason", "TrialFailure",
            "TrialReport", "TrialTask", "Verdict", "check_trainer", "ending_of", "failing_alike",
+           "remove_own_checkpoints",
            "feasible", "kl_constraint", "last_line", "launch", "launch_argv", "memory_constraint",
            "overoptimized", "read_result", "recorded_state", "run_trial", "scheduler_score",
            "unfit", "verdict", "worst"]

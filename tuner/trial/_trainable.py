@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -60,6 +61,8 @@ def run_trial(config: dict[str, Any]) -> None:
             over = limit(iteration, metrics)
             score = scorer.update(metrics)
             done = over or iteration == last
+            if iteration == last:  # the engine removed its checkpoint; Tune may end the trial at this report
+                drop_own_folder(task, engine)
             reason = (StopReason.of_kl(limit) if over else StopReason.COMPLETED) if done else None
             tune.report(TrialReport(metrics=metrics, objective=score,
                                     scheduler_score=scheduler_score(score, over, direction),
@@ -70,9 +73,7 @@ def run_trial(config: dict[str, Any]) -> None:
             return over
 
         trainer.train(report)
-        if engine is not task.engine:  # the trial's own checkpoint folder: empty once its run ended
-            with contextlib.suppress(OSError):
-                Path(engine["checkpoint_dir"]).rmdir()
+        drop_own_folder(task, engine)
     except Exception as exc:
         # Reported as the trial's last result. A cause that can pass (out of memory, a reward that
         # crashed, an unknown error) is raised again so that Ray retries the trial up to the spec's
@@ -102,6 +103,25 @@ def own_checkpoints(task: TrialTask) -> dict[str, Any]:
         own.mkdir(parents=True, exist_ok=True)
         os.replace(earlier, own / CHECKPOINT_FILE)
     return {**task.engine, "checkpoint_dir": str(own)}
+
+
+def remove_own_checkpoints(task: TrialTask) -> None:
+    """The controller's cleanup of a trial of our engine that ended for good (not FAIL: a failed or
+    interrupted trial's checkpoint is what its retry or re-run resumes from): its own checkpoint folder
+    goes, with a checkpoint a cut (ASHA, the median rule) left in it, since the engine runs no further
+    once Ray Tune stops it. An external trainer's folder (its model) and a folder the user named stay."""
+    from tuner.engines import CHECKPOINTS
+
+    if task.engine_kind == "ppo-tuner" and task.folder and not task.engine.get("checkpoint_dir"):
+        shutil.rmtree(Path(task.folder) / CHECKPOINTS, ignore_errors=True)
+
+
+def drop_own_folder(task: TrialTask, engine: dict[str, Any]) -> None:
+    """Remove the trial's own checkpoint folder (own_checkpoints) if the run left it empty; a folder the
+    user named in base: is never touched."""
+    if engine is not task.engine:
+        with contextlib.suppress(OSError):  # not empty (a checkpoint to resume from), or never made
+            Path(engine["checkpoint_dir"]).rmdir()
 
 
 def _run_external(task: TrialTask) -> None:

@@ -20,7 +20,7 @@ from tuner.sweep import best_feasible, load_study, trial_rows
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, demo_model):
     folder = tmp_path_factory.mktemp("sweep")
-    spec_path = write_spec(folder, "grid6")
+    spec_path = write_spec(folder, "grid6", base={"checkpoint_every": 2})  # trials save after 2 and 4 of 6
     proc = tuner("run", spec_path, cwd=folder)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     spec = load_spec(spec_path)
@@ -34,6 +34,14 @@ def test_the_sweep_finishes_every_trial(sweep):
         (r.number, r.state, r.stop_reason) for r in rows]
     assert "Traceback" not in sweep["proc"].stderr
     assert "best feasible: trial" in sweep["proc"].stdout and "controller overhead" in sweep["proc"].stdout
+
+
+def test_no_trial_leaves_a_checkpoint_behind(sweep):
+    """Every trial saved checkpoints (unless it stopped before iteration 2) and ended: ASHA ends a trial at
+    its last report, a cut or the KL limit at another; none keeps a checkpoint or its emptied folder."""
+    assert any(r.iterations >= 2 for r in trial_rows(sweep["study"]))
+    trials = sweep["spec"].sweep_dir() / "trials"
+    assert sorted(str(p.relative_to(trials)) for p in trials.rglob("checkpoints*")) == []
 
 
 def test_kl_limit_trials_are_infeasible_and_never_best(sweep):
