@@ -7,7 +7,6 @@ loaded checkpoints per process, so a warm worker pays for imports and model load
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import shutil
@@ -47,8 +46,7 @@ def run_trial(config: dict[str, Any]) -> None:
     objective = task.objective
     direction = objective["direction"]
     try:
-        engine = own_checkpoints(task)
-        trainer = PPOTrainer(PPOConfig.from_dict(engine))
+        trainer = PPOTrainer(PPOConfig.from_dict(own_checkpoints(task)))
         resumed = trainer.resumed.iteration if trainer.resumed else 0  # a retry continues after its checkpoint
         evaluated = objective["metric"] in K.EVALUATED or trainer.state.config.eval_reward
         initial = trainer.initial_evals() if evaluated else {}  # the curves start before any update
@@ -61,8 +59,6 @@ def run_trial(config: dict[str, Any]) -> None:
             over = limit(iteration, metrics)
             score = scorer.update(metrics)
             done = over or iteration == last
-            if iteration == last:  # the engine removed its checkpoint; Tune may end the trial at this report
-                drop_own_folder(task, engine)
             reason = (StopReason.of_kl(limit) if over else StopReason.COMPLETED) if done else None
             tune.report(TrialReport(metrics=metrics, objective=score,
                                     scheduler_score=scheduler_score(score, over, direction),
@@ -73,7 +69,6 @@ def run_trial(config: dict[str, Any]) -> None:
             return over
 
         trainer.train(report)
-        drop_own_folder(task, engine)
     except Exception as exc:
         # Reported as the trial's last result. A cause that can pass (out of memory, a reward that
         # crashed, an unknown error) is raised again so that Ray retries the trial up to the spec's
@@ -114,14 +109,6 @@ def remove_own_checkpoints(task: TrialTask) -> None:
 
     if task.engine_kind == "ppo-tuner" and task.folder and not task.engine.get("checkpoint_dir"):
         shutil.rmtree(Path(task.folder) / CHECKPOINTS, ignore_errors=True)
-
-
-def drop_own_folder(task: TrialTask, engine: dict[str, Any]) -> None:
-    """Remove the trial's own checkpoint folder (own_checkpoints) if the run left it empty; a folder the
-    user named in base: is never touched."""
-    if engine is not task.engine:
-        with contextlib.suppress(OSError):  # not empty (a checkpoint to resume from), or never made
-            Path(engine["checkpoint_dir"]).rmdir()
 
 
 def _run_external(task: TrialTask) -> None:
